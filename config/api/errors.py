@@ -1,0 +1,56 @@
+"""One error format for every API error: {"message": "...", "extra": {...}}."""
+from django.core.exceptions import PermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import transaction
+from django.http import Http404, JsonResponse
+from rest_framework import exceptions
+from rest_framework.response import Response
+from rest_framework.serializers import as_serializer_error
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from config.db.rls import APP_ALIAS
+from config.errors import ApplicationError
+
+
+def _first_message(detail) -> str:
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            text = _first_message(value)
+            return text if key in ("non_field_errors", "detail") else f"{key}: {text}"
+    if isinstance(detail, list) and detail:
+        return _first_message(detail[0])
+    return str(detail)
+
+
+def exception_handler(exc, context):
+    # Nothing a failed request wrote survives it.
+    transaction.set_rollback(True, using=APP_ALIAS)
+    if isinstance(exc, ApplicationError):
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+        return Response({"message": exc.message, "extra": exc.extra}, status=exc.status_code, headers=headers)
+    if isinstance(exc, DjangoValidationError):
+        exc = exceptions.ValidationError(as_serializer_error(exc))
+    elif isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied()
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None  # a 500: Django's handler500 answers in the same format
+    if isinstance(exc, exceptions.ValidationError):
+        response.data = {"message": f"Invalid input: {_first_message(response.data)}", "extra": {"fields": response.data}}
+    else:
+        detail = response.data.get("detail", "") if isinstance(response.data, dict) else response.data
+        extra = {"code": getattr(detail, "code", None) or exc.default_code}
+        if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
+            extra["retry_after"] = int(exc.wait)
+        response.data = {"message": str(detail), "extra": extra}
+    return response
+
+
+def api_not_found(request, exception=None):
+    return JsonResponse({"message": f"No API endpoint at {request.path}.", "extra": {"code": "not_found"}}, status=404)
+
+
+def api_server_error(request):
+    return JsonResponse({"message": "Internal server error; it has been logged.", "extra": {"code": "server_error"}}, status=500)

@@ -1,0 +1,26 @@
+from drf_spectacular.utils import extend_schema
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.reverse import reverse
+from rest_framework.views import APIView
+
+
+class ApiRootView(APIView):
+    """Where everything in API v1 is: the endpoints, the schema and its docs."""
+
+    permission_classes = [AllowAny]
+    endpoint_names = ["accounts-api:me"]
+
+    @extend_schema(exclude=True)
+    def get(self, request):
+        endpoints = {}
+        for name in self.endpoint_names:
+            endpoints[name.split(":")[-1]] = reverse(name, request=request)
+        return Response(
+            {
+                "version": "v1",
+                "endpoints": endpoints,
+                "schema": reverse("schema", request=request),
+                "docs": reverse("swagger-ui", request=request),
+            }
+        )

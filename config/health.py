@@ -1,0 +1,55 @@
+"""Liveness and readiness: /health/live answers while the process runs; /health/ready
+checks PostgreSQL, Redis and the Celery broker, each with its latency."""
+import time
+
+from django.conf import settings
+from django.db import connections
+from django.http import JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+from django_redis import get_redis_connection
+from kombu import Connection
+
+CHECK_TIMEOUT_SECONDS = 2
+
+
+def _postgres() -> None:
+    with connections["default"].cursor() as cur:
+        cur.execute("SELECT 1")
+
+
+def _redis() -> None:
+    get_redis_connection("default").ping()
+
+
+def _celery_broker() -> None:
+    with Connection(settings.CELERY_BROKER_URL, connect_timeout=CHECK_TIMEOUT_SECONDS) as conn:
+        conn.ensure_connection(max_retries=1, timeout=CHECK_TIMEOUT_SECONDS)
+        conn.default_channel.client.ping()
+
+
+CHECKS = {"postgres": _postgres, "redis": _redis, "celery_broker": _celery_broker}
+
+
+def _run(check) -> dict:
+    start = time.perf_counter()
+    try:
+        check()
+    except Exception as exc:  # any failure makes the service not ready; say which and why
+        return {"ok": False, "latency_ms": round((time.perf_counter() - start) * 1000, 2), "error": f"{type(exc).__name__}: {exc}"[:300]}
+    return {"ok": True, "latency_ms": round((time.perf_counter() - start) * 1000, 2)}
+
+
+@never_cache
+@require_GET
+def live(request):
+    return JsonResponse({"status": "ok"})
+
+
+@never_cache
+@require_GET
+def ready(request):
+    results = {name: _run(check) for name, check in CHECKS.items()}
+    failing = [name for name, r in results.items() if not r["ok"]]
+    body = {"status": "ok" if not failing else "unavailable", "failing": failing, "checks": results}
+    return JsonResponse(body, status=503 if failing else 200)

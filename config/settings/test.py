@@ -1,0 +1,13 @@
+"""`make test`: real PostgreSQL and Redis (embedded unless DATABASE_URL / REDIS_URL are set)."""
+from .base import *  # noqa: F403
+from .base import DATABASES
+
+DEBUG = False
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed only; Argon2 is tested explicitly
+# The owner alias creates and migrates the test database; the app and worker aliases
+# point at it with their own roles (MIRROR copies NAME only, USER stays).
+for _alias in ("default", "privileged"):
+    DATABASES[_alias]["TEST"] = {"MIRROR": "owner"}
+EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+CELERY_TASK_TIME_LIMIT = 60
+CELERY_TASK_SOFT_TIME_LIMIT = 50

@@ -1,0 +1,57 @@
+"""Shared fixtures: real PostgreSQL (three roles), real Redis, a real Celery worker."""
+import pytest
+from django.db import connections
+
+import celery.contrib.testing.tasks  # noqa: F401  registers celery.ping for the worker's start check
+
+pytest_plugins = ("celery.contrib.pytest",)
+
+
+def pytest_collection_modifyitems(items):
+    # Every database test may touch all three aliases (owner creates fixtures' schema,
+    # app and worker roles read): include them so transactional tests flush the owner's.
+    for item in items:
+        marker = item.get_closest_marker("django_db")
+        if marker and "databases" not in marker.kwargs:
+            item.add_marker(pytest.mark.django_db(*marker.args, databases="__all__", **marker.kwargs), append=False)
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(request, django_test_environment, django_db_blocker, django_db_modify_db_settings):
+    """Create the test database once as the owner role; the app and worker aliases mirror it."""
+    from django.test.utils import setup_databases, teardown_databases
+
+    with django_db_blocker.unblock():
+        config = setup_databases(verbosity=request.config.option.verbose, interactive=False, aliases={"owner", "default", "privileged"})
+    yield
+    with django_db_blocker.unblock():
+        for connection in connections.all():
+            connection.close()
+        teardown_databases(config, verbosity=request.config.option.verbose)
+
+
+@pytest.fixture(scope="session")
+def celery_app():
+    from config.celery import app
+
+    return app
+
+
+@pytest.fixture(scope="session")
+def celery_worker_parameters():
+    return {"shutdown_timeout": 30}
+
+
+@pytest.fixture
+def raw_app_connection(django_db_blocker):
+    """A fresh psycopg connection as the app role to the test database (autocommit off)."""
+    import psycopg
+
+    params = connections["default"].get_connection_params()
+    params.pop("context", None)
+    params.pop("cursor_factory", None)
+    params.pop("prepare_threshold", None)
+    with django_db_blocker.unblock():
+        conn = psycopg.connect(**params)
+    yield conn
+    conn.close()
