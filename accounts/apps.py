@@ -6,6 +6,6 @@ class AccountsConfig(AppConfig):
     verbose_name = "Accounts"
 
     def ready(self):
-        from accounts import signals
+        from accounts import checks, signals  # noqa: F401  checks register on import
 
         signals.connect()

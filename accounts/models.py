@@ -1,7 +1,10 @@
 import uuid
+from decimal import Decimal
 
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.contrib.auth.models import PermissionsMixin
+from django.contrib.postgres.fields import ArrayField
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone as django_timezone
@@ -84,6 +87,8 @@ class Organization(models.Model):
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=220, unique=True)
     is_personal = models.BooleanField(default=False)
+    # Users signing up with an email at this domain join as members (e.g. "acme.com").
+    auto_join_domain = models.CharField(max_length=253, blank=True, db_index=True)
     created_by = models.ForeignKey(User, on_delete=models.SET_NULL, null=True, related_name="+")
     created_at = models.DateTimeField(default=django_timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
@@ -112,3 +117,170 @@ class Membership(models.Model):
 
     def __str__(self):
         return f"{self.user} in {self.organization} ({self.role})"
+
+
+class Preferences(models.Model):
+    class Theme(models.TextChoices):
+        LIGHT = "light", "Light"
+        DARK = "dark", "Dark"
+        SYSTEM = "system", "System"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.OneToOneField(User, on_delete=models.CASCADE, related_name="preferences")
+    preferred_provider = models.CharField(max_length=32, default="echo")
+    preferred_model = models.CharField(max_length=100, default="echo-1")
+    temperature = models.DecimalField(max_digits=3, decimal_places=2, default=Decimal("0.70"),
+                                      validators=[MinValueValidator(Decimal("0")), MaxValueValidator(Decimal("2"))])
+    theme = models.CharField(max_length=8, choices=Theme.choices, default=Theme.SYSTEM)
+    language = models.CharField(max_length=16, default="en")
+    email_notifications = models.BooleanField(default=True)
+    analytics_opt_out = models.BooleanField(default=False)
+    default_persona = models.CharField(max_length=100, blank=True)
+    extra = models.JSONField(default=dict, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "preferences"
+
+    def __str__(self):
+        return f"Preferences of {self.user}"
+
+
+class Invitation(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField()
+    role = models.CharField(max_length=16, choices=Membership.Role.choices, default=Membership.Role.MEMBER)
+    token_hash = models.CharField(max_length=64, unique=True)  # sha256 of the emailed token
+    invited_by = models.ForeignKey(User, on_delete=models.SET_NULL, null=True, related_name="+")
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=django_timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "email"], condition=models.Q(accepted_at__isnull=True, revoked_at__isnull=True),
+                                    name="accounts_invitation_one_pending"),
+        ]
+
+    def __str__(self):
+        return f"{self.email} to {self.organization}"
+
+    @property
+    def is_pending(self) -> bool:
+        return self.accepted_at is None and self.revoked_at is None and self.expires_at > django_timezone.now()
+
+
+class UserSession(models.Model):
+    """A signed-in browser session, as the user sees it in settings."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="sessions")
+    session_key = models.CharField(max_length=40, db_index=True)
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.TextField(blank=True)
+    device_type = models.CharField(max_length=16, blank=True)
+    browser = models.CharField(max_length=100, blank=True)
+    os = models.CharField(max_length=100, blank=True)
+    started_at = models.DateTimeField(default=django_timezone.now)
+    last_activity_at = models.DateTimeField(default=django_timezone.now)
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-last_activity_at"]
+
+    def __str__(self):
+        return f"{self.user} on {self.browser or 'unknown browser'} ({self.os or 'unknown OS'})"
+
+
+class ApiKey(models.Model):
+    """`ck_<prefix>_<secret>`: shown once; only the prefix and a hash are kept."""
+
+    class Scope(models.TextChoices):
+        ACCOUNT_READ = "account:read", "Read account"
+        ACCOUNT_WRITE = "account:write", "Change account"
+        CHAT_READ = "chat:read", "Read conversations"
+        CHAT_WRITE = "chat:write", "Send messages"
+        USAGE_READ = "usage:read", "Read usage"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, unique=True)
+    key_hash = models.CharField(max_length=64)
+    scopes = ArrayField(models.CharField(max_length=32, choices=Scope.choices), default=list)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    is_active = models.BooleanField(default=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=django_timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.name} (ck_{self.prefix}_…)"
+
+    @property
+    def masked(self) -> str:
+        return f"ck_{self.prefix}_…"
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= django_timezone.now()
+
+
+class ProviderCredential(models.Model):
+    """A model provider's key (the seeds' ai_provider_configs), encrypted at rest."""
+
+    class AccessType(models.TextChoices):
+        USER_API_KEY = "user_api_key", "Your own API key"
+        PRO_MANAGED = "pro_managed", "Managed by Confab (paid plans)"
+        FREE_TIER = "free_tier", "Free tier"
+
+    class Provider(models.TextChoices):
+        OPENAI = "openai", "OpenAI-compatible"
+        ANTHROPIC = "anthropic", "Anthropic"
+        GEMINI = "gemini", "Google Gemini"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="provider_credentials")
+    provider = models.CharField(max_length=32, choices=Provider.choices)
+    access_type = models.CharField(max_length=16, choices=AccessType.choices, default=AccessType.USER_API_KEY)
+    api_key_encrypted = models.TextField(blank=True)
+    api_key_mask = models.CharField(max_length=32, blank=True)
+    base_url = models.URLField(blank=True, help_text="For OpenAI-compatible servers (Ollama, vLLM, llama.cpp).")
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=django_timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["provider"]
+        constraints = [models.UniqueConstraint(fields=["user", "provider"], name="accounts_providercredential_one_per_provider")]
+
+    def __str__(self):
+        return f"{self.get_provider_display()} ({self.api_key_mask or self.get_access_type_display()})"
+
+
+class Integration(models.Model):
+    """A connected outside service (the seeds' mcp_connections), tokens encrypted at rest."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="integrations")
+    service = models.CharField(max_length=64)
+    access_token_encrypted = models.TextField(blank=True)
+    refresh_token_encrypted = models.TextField(blank=True)
+    access_token_mask = models.CharField(max_length=32, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    is_connected = models.BooleanField(default=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=django_timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["service"]
+        constraints = [models.UniqueConstraint(fields=["user", "service"], name="accounts_integration_one_per_service")]
+
+    def __str__(self):
+        return f"{self.service} for {self.user}"

@@ -1,10 +1,16 @@
-"""Sign-in and sign-out move the request's row-level security context with the user."""
+"""Sign-in and sign-out move the request's row-level security context with the user,
+record the browser session, and count failures for throttling."""
 from django.contrib.auth.models import update_last_login
-from django.contrib.auth.signals import user_logged_in, user_logged_out
+from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 from django.db import connections
+from django.dispatch import Signal
 from django.utils import timezone
 
+from accounts import services
 from config.db import rls
+
+# Security events for the audit log (analytics listens): sender=None, kwargs below.
+security_event = Signal()  # event: str, user_id, ip, detail: dict
 
 
 def on_login(sender, request, user, **kwargs):
@@ -13,14 +19,33 @@ def on_login(sender, request, user, **kwargs):
         rls.context_set_for_user(user)
         user.last_login = timezone.now()
         user.save(update_fields=["last_login"])
+        if request is not None and hasattr(request, "session"):
+            services.user_session_start(request=request, user=user)
+            services.login_failures_clear(email=user.email)
+    security_event.send(sender=None, event="login", user_id=user.pk, ip=_ip(request), detail={})
 
 
 def on_logout(sender, request, user, **kwargs):
+    if request is not None and hasattr(request, "session"):
+        services.user_session_end(session_key=request.session.session_key)
     if connections[rls.current_alias()].in_atomic_block:
         rls.context_clear()
+    if user is not None:
+        security_event.send(sender=None, event="logout", user_id=user.pk, ip=_ip(request), detail={})
+
+
+def on_login_failed(sender, credentials, request=None, **kwargs):
+    email = credentials.get("email") or credentials.get("username") or ""
+    services.login_failure_record(email=email, ip=_ip(request))
+    security_event.send(sender=None, event="login_failed", user_id=None, ip=_ip(request), detail={"email": email})
+
+
+def _ip(request):
+    return request.META.get("REMOTE_ADDR") if request is not None else None
 
 
 def connect():
     user_logged_in.disconnect(update_last_login, dispatch_uid="update_last_login")
     user_logged_in.connect(on_login, dispatch_uid="accounts_login_context")
     user_logged_out.connect(on_logout, dispatch_uid="accounts_logout_context")
+    user_login_failed.connect(on_login_failed, dispatch_uid="accounts_login_failed")

@@ -9,7 +9,12 @@ class ConfigAppConfig(AppConfig):
     verbose_name = "Infrastructure"
 
     def ready(self):
+        from django.conf import settings
         from django.core.signals import request_finished
+
+        from config.crypto import keys_load
+
+        keys_load(settings.FIELD_ENCRYPTION_KEYS)  # a missing or malformed key stops start-up here
 
         from config.db.rls import connections_reset
 

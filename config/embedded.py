@@ -178,6 +178,17 @@ def redis_stop(redis_dir: Path) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
+def field_encryption_key(var_dir: Path) -> str:
+    """A local key for secrets at rest, generated once and kept under var/."""
+    from cryptography.fernet import Fernet
+
+    key_file = Path(var_dir) / "field-encryption.key"
+    if not key_file.exists():
+        key_file.write_text(Fernet.generate_key().decode())
+        key_file.chmod(0o600)
+    return key_file.read_text().strip()
+
+
 # --- Supervisor ----------------------------------------------------------------
 
 def _say(text: str) -> None:
@@ -210,6 +221,8 @@ class Servers:
             env["REDIS_URL"] = urls["REDIS_URL"]
             _say(f"Redis ready in {time.monotonic() - t:.1f}s")
         env["CONFAB_VAR_DIR"] = str(self.var_dir)
+        if not os.environ.get("FIELD_ENCRYPTION_KEYS"):
+            env["FIELD_ENCRYPTION_KEYS"] = field_encryption_key(self.var_dir)
         return env
 
     def stop(self) -> None:

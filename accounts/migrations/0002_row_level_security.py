@@ -20,8 +20,8 @@ SHARES_ORGANIZATION = f"""id IN (SELECT m.user_id FROM accounts_membership m WHE
 def grant_lookup(apps, schema_editor):
     from django.conf import settings
 
-    role = schema_editor.quote_name(settings.DATABASES["default"]["USER"])
-    schema_editor.execute(GRANT_LOOKUP.format(role=role))
+    for alias in ("default", "privileged"):
+        schema_editor.execute(GRANT_LOOKUP.format(role=schema_editor.quote_name(settings.DATABASES[alias]["USER"])))
 
 
 class Migration(migrations.Migration):

@@ -25,6 +25,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
+    "django.contrib.postgres",
     "rest_framework",
     "drf_spectacular",
     "accounts.apps.AccountsConfig",
@@ -39,6 +40,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     # Opens the request's transaction and sets its row-level security context.
     "config.db.rls.RLSContextMiddleware",
+    "accounts.middleware.SessionActivityMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -67,7 +69,7 @@ TEMPLATES = [
 # partition DDL, `default` is the web app's role under row-level security, and
 # `privileged` is the worker role (BYPASSRLS), entered only through rls.privileged().
 # Unset DATABASE_URL means the embedded server under var/.
-EMBEDDED = embedded.embedded_urls(env.path("CONFAB_VAR_DIR", default=BASE_DIR / "var"))
+EMBEDDED = embedded.embedded_urls(Path(env("CONFAB_VAR_DIR", default=str(BASE_DIR / "var"))))
 DATABASE_URL = env("DATABASE_URL", default=None)
 if DATABASE_URL:
     _db_urls = {
@@ -156,8 +158,14 @@ STATIC_ROOT = BASE_DIR / "var" / "staticfiles"
 
 # --- API -------------------------------------------------------------------
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "accounts.authentication.ApiKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": [
+        "rest_framework.permissions.IsAuthenticated",
+        "config.api.permissions.HasRequiredScope",
+    ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "config.api.pagination.Pagination",
     "EXCEPTION_HANDLER": "config.api.errors.exception_handler",
@@ -170,6 +178,10 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
 }
+
+# Secrets at rest (config/crypto.py): Fernet keys, newest first. `make run` keeps a
+# generated key in var/ when unset; production must set it.
+FIELD_ENCRYPTION_KEYS = env.list("FIELD_ENCRYPTION_KEYS", default=[])
 
 EMAIL_BACKEND = env("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="Confab <no-reply@confab.local>")

@@ -11,3 +11,8 @@ for _alias in ("default", "privileged"):
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 CELERY_TASK_TIME_LIMIT = 60
 CELERY_TASK_SOFT_TIME_LIMIT = 50
+# Two fixed keys: tests encrypt under the first and can rotate from the second.
+FIELD_ENCRYPTION_KEYS = [
+    "wF0xF3H0n2xkXm9mZcCqD0nUq3s8b1n8o8q2QbV2n3U=",
+    "0u6m8mVq1b5Xn0xkq2VtTqW3n8c5F9mJp0yJYxH1k2E=",
+]

@@ -98,8 +98,9 @@ def test_swagger_ui_and_api_root(client):
 @pytest.mark.django_db
 def test_api_errors_share_one_format(client):
     unauthenticated = client.get("/api/v1/me")
-    assert unauthenticated.status_code == 403
+    assert unauthenticated.status_code == 401
     assert set(unauthenticated.json()) == {"message", "extra"}
+    assert unauthenticated["WWW-Authenticate"].startswith("Bearer")
     missing = client.get("/api/v1/no-such-thing")
     assert missing.status_code == 404
     assert missing.json()["message"] == "No API endpoint at /api/v1/no-such-thing."
