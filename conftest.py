@@ -55,3 +55,12 @@ def raw_app_connection(django_db_blocker):
         conn = psycopg.connect(**params)
     yield conn
     conn.close()
+
+
+@pytest.fixture(autouse=True)
+def _redis_clean(request):
+    """Each test starts with an empty Redis (counters, throttles, buffers, broker queues)."""
+    from django_redis import get_redis_connection
+
+    get_redis_connection("default").flushdb()
+    yield

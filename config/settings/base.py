@@ -29,6 +29,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "accounts.apps.AccountsConfig",
+    "analytics.apps.AnalyticsConfig",
 ]
 
 MIDDLEWARE = [
@@ -122,10 +123,10 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Static schedule; each app's tasks join it as they arrive.
 CELERY_BEAT_SCHEDULE = {
-    "health-heartbeat": {
-        "task": "config.tasks.heartbeat",
-        "schedule": crontab(minute="*"),
-    },
+    "health-heartbeat": {"task": "config.tasks.heartbeat", "schedule": crontab(minute="*")},
+    "usage-rollup": {"task": "analytics.tasks.usage_rollup_task", "schedule": crontab(minute="*")},
+    "usage-counters-reconcile": {"task": "analytics.tasks.usage_counters_reconcile_task", "schedule": crontab(minute=17)},
+    "partitions-upkeep": {"task": "analytics.tasks.partitions_upkeep_task", "schedule": crontab(hour=3, minute=5)},
 }
 
 # --- Auth ------------------------------------------------------------------
@@ -177,6 +178,11 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
+    # Two choice sets share the field name `role`; name each enum after its model.
+    "ENUM_NAME_OVERRIDES": {
+        "UserRoleEnum": "accounts.models.User.Role",
+        "MembershipRoleEnum": "accounts.models.Membership.Role",
+    },
 }
 
 # Secrets at rest (config/crypto.py): Fernet keys, newest first. `make run` keeps a
@@ -194,3 +200,12 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
 }
 RLS_ORGANIZATION_IDS_RESOLVER = "accounts.selectors.organization_ids_for_user"
+
+# --- Partitioned tables (config/db/partitions.py) ----------------------------
+PARTITION_MONTHS_AHEAD = env.int("PARTITION_MONTHS_AHEAD", default=3)
+PARTITIONED_TABLES = {
+    "analytics_tokenusage": {"retention_months": env.int("RETENTION_MONTHS_TOKEN_USAGE", default=36)},
+    "analytics_apilog": {"retention_months": env.int("RETENTION_MONTHS_API_LOG", default=3)},
+    "analytics_event": {"retention_months": env.int("RETENTION_MONTHS_EVENT", default=13)},
+    "analytics_auditlog": {"retention_months": env.int("RETENTION_MONTHS_AUDIT_LOG", default=24)},
+}

@@ -1,0 +1,177 @@
+"""Usage facts. The four logs are monthly-partitioned tables whose database primary key
+is (id, created_at); Django sees `id` (unique by its sequence) as the key, which keeps
+admin and DRF working. The tables are created by RunSQL (config/db/partitions.py)."""
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+def _user_fk(**kwargs):
+    # No database constraint: the ledger outlives accounts (erasure anonymizes, never cascades).
+    return models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+", **kwargs)
+
+
+def _organization_fk(**kwargs):
+    return models.ForeignKey("accounts.Organization", on_delete=models.DO_NOTHING, db_constraint=False, related_name="+", **kwargs)
+
+
+class TokenUsage(models.Model):
+    """One model call: the append-only ledger everything else is computed from."""
+
+    id = models.BigAutoField(primary_key=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    user = _user_fk()
+    organization = _organization_fk()
+    provider = models.CharField(max_length=32)
+    model = models.CharField(max_length=100)
+    input_tokens = models.IntegerField()
+    output_tokens = models.IntegerField()
+    total_tokens = models.IntegerField()
+    input_price = models.DecimalField(max_digits=12, decimal_places=6, help_text="USD per million input tokens")
+    output_price = models.DecimalField(max_digits=12, decimal_places=6, help_text="USD per million output tokens")
+    cost = models.DecimalField(max_digits=14, decimal_places=6)
+    conversation_id = models.UUIDField(null=True, blank=True)
+    message_id = models.UUIDField(null=True, blank=True)
+    request_id = models.CharField(max_length=64)
+    latency_ms = models.IntegerField(default=0)
+    success = models.BooleanField(default=True)
+    error = models.TextField(blank=True, default="")
+
+    class Meta:
+        db_table = "analytics_tokenusage"
+        ordering = ["-created_at"]
+        verbose_name = "token usage"
+        verbose_name_plural = "token usage ledger"
+
+    def __str__(self):
+        return f"{self.provider}/{self.model} {self.total_tokens} tokens ${self.cost}"
+
+
+class UsageRequest(models.Model):
+    """Request ids already in the ledger: recording one twice records it once."""
+
+    request_id = models.CharField(max_length=64, primary_key=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "analytics_usagerequest"
+
+
+class UsageRollup(models.Model):
+    """Daily and monthly totals per organization, user, provider and model; always equal to the ledger."""
+
+    class Period(models.TextChoices):
+        DAY = "day", "Day"
+        MONTH = "month", "Month"
+
+    id = models.BigAutoField(primary_key=True)
+    period = models.CharField(max_length=5, choices=Period.choices)
+    period_start = models.DateField()
+    organization = _organization_fk()
+    user = _user_fk()
+    provider = models.CharField(max_length=32)
+    model = models.CharField(max_length=100)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    total_tokens = models.BigIntegerField(default=0)
+    calls = models.BigIntegerField(default=0)
+    errors = models.BigIntegerField(default=0)
+    cost = models.DecimalField(max_digits=18, decimal_places=6, default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "analytics_usagerollup"
+        ordering = ["-period_start"]
+        constraints = [
+            models.UniqueConstraint(fields=["period", "period_start", "organization", "user", "provider", "model"], name="analytics_usagerollup_key"),
+        ]
+        indexes = [
+            models.Index(fields=["organization", "period", "period_start"], name="analytics_rollup_org_idx"),
+            models.Index(fields=["user", "period", "period_start"], name="analytics_rollup_user_idx"),
+        ]
+
+    def __str__(self):
+        return f"{self.period} {self.period_start} {self.provider}/{self.model}"
+
+
+class RollupWatermark(models.Model):
+    """How far the rollups have read the ledger: every row of a transaction id below `horizon`."""
+
+    name = models.CharField(max_length=50, primary_key=True)
+    horizon = models.CharField(max_length=24, default="0")  # an xid8, as text
+    rows_total = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "analytics_rollupwatermark"
+
+
+class ApiLog(models.Model):
+    id = models.BigAutoField(primary_key=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    request_uuid = models.UUIDField()
+    user = _user_fk(null=True, blank=True)
+    api_key_id = models.UUIDField(null=True, blank=True)
+    route = models.CharField(max_length=200)
+    method = models.CharField(max_length=10)
+    status = models.SmallIntegerField()
+    duration_ms = models.IntegerField()
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.TextField(blank=True, default="")
+    error = models.TextField(blank=True, default="")
+
+    class Meta:
+        db_table = "analytics_apilog"
+        ordering = ["-created_at"]
+        verbose_name = "API log entry"
+
+    def __str__(self):
+        return f"{self.method} {self.route} {self.status}"
+
+
+class Event(models.Model):
+    class Source(models.TextChoices):
+        CLIENT = "client", "Client"
+        SERVER = "server", "Server"
+
+    id = models.BigAutoField(primary_key=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    event_uuid = models.UUIDField()
+    user = _user_fk(null=True, blank=True)
+    organization = _organization_fk(null=True, blank=True)
+    name = models.CharField(max_length=100)
+    properties = models.JSONField(default=dict, blank=True)
+    source = models.CharField(max_length=8, choices=Source.choices, default=Source.SERVER)
+    session_id = models.CharField(max_length=64, blank=True, default="")
+
+    class Meta:
+        db_table = "analytics_event"
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return self.name
+
+
+class AuditLog(models.Model):
+    """Who changed what, and security events. Immutable (a trigger refuses UPDATE and DELETE)."""
+
+    id = models.BigAutoField(primary_key=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    entry_uuid = models.UUIDField()
+    user = _user_fk(null=True, blank=True)  # the actor; None for the system
+    organization = _organization_fk(null=True, blank=True)
+    action = models.CharField(max_length=40)
+    table_name = models.CharField(max_length=100, blank=True, default="")
+    record_id = models.CharField(max_length=64, blank=True, default="")
+    old_values = models.JSONField(null=True, blank=True)
+    new_values = models.JSONField(null=True, blank=True)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.TextField(blank=True, default="")
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        db_table = "analytics_auditlog"
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.action} {self.table_name} {self.record_id}"

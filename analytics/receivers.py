@@ -1,0 +1,1 @@
+"""Signal receivers: the audit log listens to accounts and the privileged context."""

@@ -1,0 +1,28 @@
+"""Analytics upkeep on Celery beat: rollups every minute, counters hourly, partitions daily."""
+import logging
+
+from celery import shared_task
+
+from analytics import counters, services
+from config.db import partitions
+
+logger = logging.getLogger("confab.analytics.tasks")
+
+
+@shared_task(acks_late=True)
+def usage_rollup_task(pause_before_commit: float = 0.0) -> dict:
+    result = services.usage_rollup(pause_before_commit=pause_before_commit)
+    return {"ran": result.ran, "rows": result.rows, "horizon": result.horizon}
+
+
+@shared_task(acks_late=True)
+def usage_counters_reconcile_task() -> int:
+    repaired = counters.counters_reconcile()
+    if repaired:
+        logger.warning("reconciliation repaired %d usage counter(s)", len(repaired))
+    return len(repaired)
+
+
+@shared_task(acks_late=True)
+def partitions_upkeep_task() -> dict:
+    return partitions.partitions_upkeep()

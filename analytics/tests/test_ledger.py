@@ -1,0 +1,277 @@
+"""The ledger: exact, append-only, once per request id; rollups and live counters equal it."""
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timedelta, timezone as dt_timezone
+from decimal import Decimal
+
+import psycopg
+import pytest
+from django.conf import settings
+from django.db import connections, transaction
+from django_redis import get_redis_connection
+
+from analytics import counters, services
+from analytics.errors import UsageInvalid
+from analytics.models import TokenUsage, UsageRollup
+from analytics.tests.factories import make_member, usage_fields
+from config.db import rls
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _as(user, organization_id):
+    """The app role's context for this user, as a request would have it."""
+    rls.context_set(user_id=user.pk, organization_ids=[organization_id])
+
+
+def _ledger_totals():
+    with connections["owner"].cursor() as cur:
+        cur.execute("""SELECT (created_at AT TIME ZONE 'UTC')::date, organization_id, user_id, provider, model,
+                              sum(input_tokens), sum(output_tokens), sum(total_tokens), count(*), sum(cost)
+                       FROM analytics_tokenusage GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5""")
+        return cur.fetchall()
+
+
+def _rollup_totals(period="day"):
+    with connections["owner"].cursor() as cur:
+        cur.execute("""SELECT period_start, organization_id, user_id, provider, model,
+                              input_tokens, output_tokens, total_tokens, calls, cost
+                       FROM analytics_usagerollup WHERE period = %s ORDER BY 1, 2, 3, 4, 5""", [period])
+        return cur.fetchall()
+
+
+def _monthly_from_daily(rows):
+    totals = {}
+    for day, org, user, provider, model, *values in rows:
+        key = (day.replace(day=1), org, user, provider, model)
+        totals[key] = [a + b for a, b in zip(totals.get(key, [0, 0, 0, 0, Decimal(0)]), values)]
+    return sorted((*k, *v) for k, v in totals.items())
+
+
+def test_usage_record_writes_the_price_and_exact_cost():
+    user, org = make_member()
+    with transaction.atomic():
+        _as(user, org)
+        row = services.usage_record(**usage_fields(user, org, input_tokens=1234, output_tokens=567,
+                                                   input_price=Decimal("3"), output_price=Decimal("15")))
+    stored = TokenUsage.objects.using("privileged").get(pk=row.pk)
+    assert stored.cost == Decimal("0.012207")  # (1234*3 + 567*15) / 1e6 = 0.012207
+    assert (stored.input_price, stored.output_price, stored.total_tokens) == (Decimal("3"), Decimal("15"), 1801)
+
+
+def test_the_same_request_id_is_recorded_once():
+    user, org = make_member()
+    fields = usage_fields(user, org, request_id="req-retry-1")
+    with transaction.atomic():
+        _as(user, org)
+        assert services.usage_record(**fields) is not None
+    with transaction.atomic():
+        _as(user, org)
+        assert services.usage_record(**fields) is None
+    assert TokenUsage.objects.using("privileged").filter(request_id="req-retry-1").count() == 1
+
+
+@pytest.mark.parametrize("override,field", [
+    ({"input_tokens": -1}, "input_tokens"),
+    ({"output_tokens": -5}, "output_tokens"),
+    ({"input_price": Decimal("-0.01")}, "input_price"),
+    ({"output_price": "abc"}, "output_price"),
+    ({"cost": Decimal("-1")}, "cost"),
+    ({"request_id": ""}, "request_id"),
+    ({"input_price": Decimal("1000000")}, "input_price"),
+    ({"output_tokens": 2**31}, "output_tokens"),
+])
+def test_impossible_values_are_refused(override, field):
+    user, org = make_member()
+    with pytest.raises(UsageInvalid) as error, transaction.atomic():
+        _as(user, org)
+        services.usage_record(**usage_fields(user, org, **override))
+    assert field in error.value.extra["fields"]
+    assert TokenUsage.objects.using("privileged").count() == 0
+
+
+def test_the_app_role_cannot_record_for_another_user_nor_change_the_ledger(raw_app_connection):
+    alice, alice_org = make_member()
+    bob, bob_org = make_member()
+    with transaction.atomic():
+        _as(alice, alice_org)
+        services.usage_record(**usage_fields(alice, alice_org))
+    with pytest.raises(Exception, match="row-level security"), transaction.atomic():
+        _as(alice, alice_org)
+        services.usage_record(**usage_fields(bob, bob_org))
+    with raw_app_connection.cursor() as cur:
+        cur.execute("SELECT set_config('app.user_id', %s, true), set_config('app.organization_ids', %s, true)", [str(alice.pk), str(alice_org)])
+        for statement in ("UPDATE analytics_tokenusage SET cost = 0", "DELETE FROM analytics_tokenusage"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                cur.execute(statement)
+            raw_app_connection.rollback()
+            cur.execute("SELECT set_config('app.user_id', %s, true)", [str(alice.pk)])
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            cur.execute("INSERT INTO analytics_usagerollup (period, period_start, organization_id, user_id, provider, model, "
+                        "input_tokens, output_tokens, total_tokens, calls, errors, cost, updated_at) "
+                        "VALUES ('day', '2026-01-01', %s, %s, 'x', 'y', 1, 1, 2, 1, 0, 1, now())", [alice_org, alice.pk])
+    raw_app_connection.rollback()
+
+
+def test_rollups_equal_the_ledger_with_concurrent_writers_and_rollups():
+    members = [make_member() for _ in range(4)]
+    writers, batches, per_batch = 4, 12, 25
+    errors, stop = [], threading.Event()
+    base = datetime.now(dt_timezone.utc)
+
+    def write(index):
+        user, org = members[index]
+        try:
+            for batch in range(batches):
+                records = [usage_fields(user, org, model=f"m{(batch + i) % 3}", provider=("openai", "anthropic")[i % 2],
+                                        created_at=base - timedelta(days=(batch + i) % 3),
+                                        success=(i % 9 != 0))
+                           for i in range(per_batch)]
+                with transaction.atomic():
+                    _as(user, org)
+                    services.usage_record_batch(records)
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    def roll():
+        try:
+            while not stop.is_set():
+                services.usage_rollup()
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    rollers = [threading.Thread(target=roll) for _ in range(2)]
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
+    for t in rollers + threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    for t in rollers:
+        t.join()
+    assert not errors, errors
+    services.usage_rollup()
+    again = services.usage_rollup()  # rerun: nothing new, same totals
+    assert again.rows == 0
+    ledger = _ledger_totals()
+    assert sum(r[8] for r in ledger) == writers * batches * per_batch
+    assert _rollup_totals("day") == ledger
+    assert _rollup_totals("month") == _monthly_from_daily(ledger)
+
+
+def test_overlapping_rollups_do_nothing_twice():
+    user, org = make_member()
+    with transaction.atomic():
+        _as(user, org)
+        services.usage_record_batch([usage_fields(user, org) for _ in range(10)])
+    with rls.privileged(reason="test: hold the rollup lock"), connections["privileged"].cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", [services.ROLLUP_LOCK])
+        result = {}
+        thread = threading.Thread(target=lambda: result.update(r=services.usage_rollup()) or connections.close_all())
+        thread.start()
+        thread.join()
+    assert result["r"].ran is False
+    assert services.usage_rollup().rows == 10
+    assert _rollup_totals("day") == _ledger_totals()
+
+
+def _worker_env():
+    def url(alias):
+        db = connections[alias].settings_dict  # NAME is the test database's
+        return f"postgres://{db['USER']}@/{db['NAME']}?host={db['HOST']}"
+
+    return {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.test",
+            "DATABASE_URL": url("owner"), "DATABASE_APP_URL": url("default"), "DATABASE_WORKER_URL": url("privileged"),
+            "REDIS_URL": settings.REDIS_URL}
+
+
+def _idle_rollup_backend():
+    # As the worker role: pg_stat_activity shows a session's state only to its own role.
+    with connections["privileged"].cursor() as cur:
+        cur.execute("""SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND state = 'idle in transaction'
+                       AND query LIKE 'UPDATE analytics_rollupwatermark%%'""")
+        return cur.fetchone()
+
+
+def test_a_worker_killed_mid_rollup_leaves_totals_the_next_run_completes_exactly():
+    from analytics.tasks import usage_rollup_task
+
+    user, org = make_member()
+    with transaction.atomic():
+        _as(user, org)
+        services.usage_record_batch([usage_fields(user, org) for _ in range(40)])
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool", "solo", "-l", "WARNING", "-Q", "rollup-kill-test"],
+        env=_worker_env(), cwd=settings.BASE_DIR, start_new_session=True,
+    )
+    try:
+        usage_rollup_task.apply_async(kwargs={"pause_before_commit": 120}, queue="rollup-kill-test")
+        deadline = time.monotonic() + 60
+        while _idle_rollup_backend() is None:
+            assert time.monotonic() < deadline, "the worker never reached the middle of the rollup"
+            assert worker.poll() is None, "the worker died early"
+            time.sleep(0.2)
+        os.killpg(worker.pid, signal.SIGKILL)  # mid-transaction: rollups written, not committed
+        worker.wait(timeout=10)
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while _idle_rollup_backend() is not None:  # PostgreSQL notices the dead client and aborts
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert _rollup_totals("day") == []
+    assert services.usage_rollup().rows == 40
+    assert _rollup_totals("day") == _ledger_totals()
+    get_redis_connection("default").delete("rollup-kill-test")  # the redelivered message's queue
+
+
+def test_live_counters_equal_the_ledger_after_a_redis_flush_and_rebuild():
+    members = [make_member() for _ in range(3)]
+    for user, org in members:
+        with transaction.atomic():
+            _as(user, org)
+            services.usage_record_batch([usage_fields(user, org) for _ in range(7)])
+    services.usage_rollup()  # part of the month is in rollups...
+    user, org = members[0]
+    with transaction.atomic():
+        _as(user, org)
+        services.usage_record_batch([usage_fields(user, org) for _ in range(5)])  # ...and part is the ledger tail
+    get_redis_connection("default").flushdb()
+    for user, org in members:
+        for scope, owner, column in (("org", org, "organization_id"), ("user", user.pk, "user_id")):
+            live = counters.counters_read(scope=scope, owner_id=owner)
+            with connections["owner"].cursor() as cur:
+                cur.execute(f"SELECT sum(input_tokens), sum(output_tokens), sum(total_tokens), count(*), sum(cost) "
+                            f"FROM analytics_tokenusage WHERE {column} = %s", [owner])
+                i, o, t, c, cost = cur.fetchone()
+            assert (live.input_tokens, live.output_tokens, live.total_tokens, live.calls, live.cost) == (i, o, t, c, cost)
+    # Live increments continue on the rebuilt counter.
+    user, org = members[0]
+    with transaction.atomic():
+        _as(user, org)
+        services.usage_record(**usage_fields(user, org, input_tokens=10, output_tokens=0, input_price=Decimal("100")))
+    assert counters.counters_read(scope="user", owner_id=user.pk).calls == 13
+
+
+def test_reconciliation_repairs_and_reports_drift(caplog):
+    user, org = make_member()
+    with transaction.atomic():
+        _as(user, org)
+        services.usage_record_batch([usage_fields(user, org) for _ in range(3)])
+    truth = counters.counters_read(scope="user", owner_id=user.pk)
+    key = counters.counter_key("user", user.pk, counters.month_of())
+    get_redis_connection("default").hincrby(key, "total_tokens", 999)  # lost or doubled increments
+    repaired = counters.counters_reconcile()
+    assert [r["key"] for r in repaired] == [key]
+    assert "drift repaired" in caplog.text
+    assert counters.counters_read(scope="user", owner_id=user.pk) == truth
+    assert counters.counters_reconcile() == []
