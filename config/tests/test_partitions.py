@@ -1,0 +1,98 @@
+"""Monthly partitions: created ahead, strays moved out of the default, dropped past retention."""
+from datetime import date
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connections
+
+from config.db import partitions
+
+pytestmark = pytest.mark.django_db(transaction=True)
+TABLE = "test_parted_log"
+
+
+@pytest.fixture
+def parted_table(settings):
+    forward, reverse = partitions.partitioned_table_sql(TABLE, "user_id uuid NULL, note text NOT NULL DEFAULT ''")
+    with connections["owner"].cursor() as cur:
+        cur.execute(forward)
+        for role in ("confab_app", "confab_worker"):
+            cur.execute(f"REVOKE ALL ON {TABLE}_default FROM {role}")
+    settings.PARTITIONED_TABLES = {**settings.PARTITIONED_TABLES, TABLE: {"retention_months": 3}}
+    yield TABLE
+    with connections["owner"].cursor() as cur:
+        cur.execute(reverse)
+
+
+def _months(table=TABLE):
+    return [(p.start, p.end) for p in partitions.partitions_list(table) if not p.is_default]
+
+
+def _insert(created_at):
+    with connections["owner"].cursor() as cur:
+        cur.execute(f"INSERT INTO {TABLE} (created_at, note) VALUES (%s, 'x')", [created_at])
+
+
+def test_month_arithmetic_crosses_year_boundaries():
+    assert partitions.month_add(date(2026, 11, 1), 2) == date(2027, 1, 1)
+    assert partitions.month_add(date(2027, 1, 1), -1) == date(2026, 12, 1)
+    assert partitions.month_add(date(2026, 12, 1), -24) == date(2024, 12, 1)
+
+
+def test_ensure_creates_months_ahead_across_the_year_boundary(parted_table):
+    created = partitions.partition_ensure(TABLE, months_ahead=3, today=date(2026, 11, 20))
+    assert created == [f"{TABLE}_p202611", f"{TABLE}_p202612", f"{TABLE}_p202701", f"{TABLE}_p202702"]
+    assert _months()[-1] == (date(2027, 2, 1), date(2027, 3, 1))
+    assert partitions.partition_ensure(TABLE, months_ahead=3, today=date(2026, 11, 20)) == []  # rerun: nothing new
+    # New partitions carry no grants for the app or worker roles (policies live on the parent).
+    with connections["owner"].cursor() as cur:
+        cur.execute("SELECT has_table_privilege('confab_app', %s, 'SELECT')", [f"{TABLE}_p202701"])
+        assert cur.fetchone()[0] is False
+
+
+def test_rows_in_the_default_partition_move_where_they_belong(parted_table):
+    partitions.partition_ensure(TABLE, months_ahead=0, today=date(2026, 12, 5))
+    _insert("2027-03-15T10:00:00Z")  # no partition yet: lands in the default
+    _insert("2025-06-01T00:00:00Z")
+    assert [p.rows for p in partitions.partitions_list(TABLE, count_rows=True) if p.is_default] == [2]
+    created = partitions.partition_ensure(TABLE, months_ahead=0, today=date(2026, 12, 5))
+    assert created == [f"{TABLE}_p202506", f"{TABLE}_p202703"]
+    counts = {p.name: p.rows for p in partitions.partitions_list(TABLE, count_rows=True)}
+    assert counts[f"{TABLE}_default"] == 0
+    assert counts[f"{TABLE}_p202703"] == counts[f"{TABLE}_p202506"] == 1
+
+
+def test_prune_drops_only_partitions_past_retention_across_the_year_boundary(parted_table):
+    for month in ("2026-09-01", "2026-10-01", "2026-11-01", "2026-12-01"):
+        partitions.partition_ensure(TABLE, months_ahead=0, today=date.fromisoformat(month))
+    _insert("2026-09-10T00:00:00Z")
+    # Today 2027-01-10 with 3 months' retention: keep October onwards, drop September.
+    dropped = partitions.partition_prune(TABLE, retention_months=3, today=date(2027, 1, 10))
+    assert dropped == [f"{TABLE}_p202609"]
+    assert _months()[0] == (date(2026, 10, 1), date(2026, 11, 1))
+    with connections["owner"].cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM {TABLE}")
+        assert cur.fetchone()[0] == 0
+        cur.execute("SELECT to_regclass(%s)", [f"{TABLE}_p202609"])
+        assert cur.fetchone()[0] is None  # detached and dropped, not left behind
+    assert partitions.partition_prune(TABLE, retention_months=3, today=date(2027, 1, 10)) == []
+
+
+def test_partitions_command_lists_ensures_and_prunes(parted_table, capsys):
+    call_command("partitions", "ensure", "--table", TABLE, "--months-ahead", "1", "--today", "2026-12-31")
+    call_command("partitions", "list", "--table", TABLE)
+    out = capsys.readouterr().out
+    assert f"{TABLE}_p202701" in out and "2026-12-01 .. 2027-01-01" in out and "DEFAULT" in out
+    call_command("partitions", "prune", "--table", TABLE, "--today", "2027-05-01")
+    assert f"dropped {TABLE}_p202612" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["ensure", "--table", "no_such_table"], "not a partitioned table"),
+    (["ensure", "--today", "31/12/2026"], "--today must be a date"),
+    (["ensure", "--months-ahead", "-1"], "0 or more"),
+])
+def test_partitions_command_refuses_bad_input(args, message):
+    with pytest.raises(CommandError, match=message):
+        call_command("partitions", *args)
