@@ -1,6 +1,70 @@
-from accounts.models import Membership
+"""Account reads. Each runs under the request's row-level security context, so another
+tenant's row is simply not there: the `*_get` functions raise Http404 for it."""
+from django.db.models import F, QuerySet
+from django.shortcuts import get_object_or_404
+
+from accounts.models import ApiKey, Invitation, Membership, Organization, Preferences, ProviderCredential, User, UserSession
 
 
 def organization_ids_for_user(user) -> list:
     """The organizations the user belongs to (read under the user's own context)."""
     return list(Membership.objects.filter(user_id=user.pk).values_list("organization_id", flat=True))
+
+
+def preferences_get(*, user: User) -> Preferences:
+    """The user's preferences; the defaults (unsaved) if the row is missing."""
+    return Preferences.objects.filter(user=user).first() or Preferences(user=user)
+
+
+def organization_list(*, user: User) -> QuerySet[Organization]:
+    """The user's organizations, each annotated with `role`: the user's role in it."""
+    return Organization.objects.filter(memberships__user=user).annotate(role=F("memberships__role")).order_by("-is_personal", "name", "id")
+
+
+def organization_get(*, user: User, organization_id) -> Organization:
+    return get_object_or_404(organization_list(user=user), pk=organization_id)
+
+
+def membership_list(*, organization: Organization) -> QuerySet[Membership]:
+    return Membership.objects.filter(organization=organization).select_related("user").order_by("created_at", "id")
+
+
+def membership_get(*, organization: Organization, membership_id) -> Membership:
+    return get_object_or_404(Membership.objects.select_related("organization", "user"), organization=organization, pk=membership_id)
+
+
+def invitation_list(*, organization: Organization) -> QuerySet[Invitation]:
+    return Invitation.objects.filter(organization=organization).order_by("-created_at", "id")
+
+
+def invitation_get(*, organization: Organization, invitation_id) -> Invitation:
+    return get_object_or_404(Invitation.objects.select_related("organization"), organization=organization, pk=invitation_id)
+
+
+def api_key_list(*, user: User) -> QuerySet[ApiKey]:
+    return ApiKey.objects.filter(user=user).order_by("-created_at", "id")
+
+
+def api_key_get(*, user: User, api_key_id) -> ApiKey:
+    return get_object_or_404(ApiKey, user=user, pk=api_key_id)
+
+
+def provider_credential_list(*, user: User) -> QuerySet[ProviderCredential]:
+    return ProviderCredential.objects.filter(user=user).order_by("provider", "id")
+
+
+def provider_credential_get(*, user: User, credential_id) -> ProviderCredential:
+    return get_object_or_404(ProviderCredential, user=user, pk=credential_id)
+
+
+def provider_credential_exists(*, user: User, provider: str) -> bool:
+    return ProviderCredential.objects.filter(user=user, provider=provider).exists()
+
+
+def user_session_list(*, user: User) -> QuerySet[UserSession]:
+    """The user's signed-in sessions that have not ended, most recently active first."""
+    return UserSession.objects.filter(user=user, ended_at__isnull=True).order_by("-last_activity_at", "id")
+
+
+def user_session_get(*, user: User, user_session_id) -> UserSession:
+    return get_object_or_404(UserSession, user=user, pk=user_session_id)

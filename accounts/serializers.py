@@ -1,11 +1,180 @@
+"""The accounts API's shapes: `*In` parse a request body, `*Out` render a response.
+Secrets never have an output field: an API key's secret appears once, in ApiKeyCreatedOut."""
+import zoneinfo
+
 from rest_framework import serializers
 
-from accounts.models import User
+from accounts.models import ApiKey, Invitation, Membership, Organization, Preferences, ProviderCredential, User, UserSession
 
 
-class MeSerializer(serializers.ModelSerializer):
+class ErrorOut(serializers.Serializer):
+    """Every API error: a sentence, and structured detail (e.g. `fields` for invalid input)."""
+
+    message = serializers.CharField()
+    extra = serializers.DictField()
+
+
+# --- Me and preferences ------------------------------------------------------------
+
+class MeOut(serializers.ModelSerializer):
     class Meta:
         model = User
         fields = ["id", "email", "first_name", "last_name", "display_name", "avatar_url", "timezone", "locale",
                   "role", "email_verified", "created_at"]
         read_only_fields = ["id", "email", "role", "email_verified", "created_at"]
+
+
+class MeIn(serializers.Serializer):
+    first_name = serializers.CharField(max_length=150, required=False, allow_blank=True)
+    last_name = serializers.CharField(max_length=150, required=False, allow_blank=True)
+    display_name = serializers.CharField(max_length=150, required=False, allow_blank=True)
+    avatar_url = serializers.URLField(max_length=200, required=False, allow_blank=True)
+    timezone = serializers.CharField(max_length=64, required=False, help_text="An IANA time zone, e.g. Europe/Paris.")
+    locale = serializers.CharField(max_length=16, required=False)
+
+    def validate_timezone(self, value):
+        if value not in zoneinfo.available_timezones():
+            raise serializers.ValidationError(f"Unknown time zone '{value}'; use an IANA name like Europe/Paris.")
+        return value
+
+
+class PreferencesSerializer(serializers.ModelSerializer):
+    """Read and partial update: every field is optional on PATCH."""
+
+    class Meta:
+        model = Preferences
+        fields = ["preferred_provider", "preferred_model", "temperature", "theme", "language", "email_notifications",
+                  "analytics_opt_out", "default_persona", "extra", "updated_at"]
+        read_only_fields = ["updated_at"]
+        extra_kwargs = {"temperature": {"help_text": "0.00 to 2.00."}}
+
+    def validate_extra(self, value):
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("Must be a JSON object.")
+        return value
+
+
+# --- Organizations -------------------------------------------------------------------
+
+class OrganizationOut(serializers.ModelSerializer):
+    role = serializers.ChoiceField(choices=Membership.Role.choices, read_only=True, help_text="Your role in it.")
+
+    class Meta:
+        model = Organization
+        fields = ["id", "name", "slug", "is_personal", "auto_join_domain", "role", "created_at", "updated_at"]
+        read_only_fields = fields
+
+
+class OrganizationCreateIn(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+
+
+class OrganizationUpdateIn(serializers.Serializer):
+    name = serializers.CharField(max_length=200, required=False)
+    auto_join_domain = serializers.CharField(max_length=253, required=False, allow_blank=True,
+                                             help_text="People signing up with an email at this domain join as members; blank turns it off.")
+
+
+class MemberUserOut(serializers.ModelSerializer):
+    class Meta:
+        model = User
+        fields = ["id", "email", "first_name", "last_name", "display_name"]
+        read_only_fields = fields
+
+
+class MembershipOut(serializers.ModelSerializer):
+    user = MemberUserOut(read_only=True)
+
+    class Meta:
+        model = Membership
+        fields = ["id", "user", "role", "created_at"]
+        read_only_fields = fields
+
+
+class MembershipRoleIn(serializers.Serializer):
+    role = serializers.ChoiceField(choices=Membership.Role.choices)
+
+
+class InvitationOut(serializers.ModelSerializer):
+    status = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Invitation
+        fields = ["id", "email", "role", "status", "invited_by", "expires_at", "accepted_at", "revoked_at", "created_at"]
+        read_only_fields = fields
+
+    def get_status(self, invitation) -> str:
+        if invitation.accepted_at:
+            return "accepted"
+        if invitation.revoked_at:
+            return "revoked"
+        return "pending" if invitation.is_pending else "expired"
+
+
+class InvitationCreateIn(serializers.Serializer):
+    email = serializers.EmailField()
+    role = serializers.ChoiceField(choices=Membership.Role.choices, default=Membership.Role.MEMBER)
+
+
+class InvitationAcceptIn(serializers.Serializer):
+    token = serializers.CharField(max_length=200, help_text="The token from the invitation email's link.")
+
+
+# --- API keys ------------------------------------------------------------------------
+
+class ApiKeyOut(serializers.ModelSerializer):
+    scopes = serializers.ListField(child=serializers.ChoiceField(choices=ApiKey.Scope.choices), read_only=True)
+    masked = serializers.CharField(read_only=True, help_text="The key's public part, e.g. `ck_abc…`; the secret is never shown again.")
+
+    class Meta:
+        model = ApiKey
+        fields = ["id", "name", "prefix", "masked", "scopes", "expires_at", "last_used_at", "is_active", "revoked_at", "created_at"]
+        read_only_fields = fields
+
+
+class ApiKeyCreatedOut(ApiKeyOut):
+    key = serializers.CharField(read_only=True, help_text="The secret: shown in this response only. Send it as `Authorization: Bearer <key>`.")
+
+    class Meta(ApiKeyOut.Meta):
+        fields = [*ApiKeyOut.Meta.fields, "key"]
+        read_only_fields = fields
+
+
+class ApiKeyCreateIn(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+    scopes = serializers.ListField(child=serializers.ChoiceField(choices=ApiKey.Scope.choices), allow_empty=False)
+    expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+
+
+# --- Provider credentials ---------------------------------------------------------------
+
+class ProviderCredentialOut(serializers.ModelSerializer):
+    class Meta:
+        model = ProviderCredential
+        fields = ["id", "provider", "access_type", "api_key_mask", "base_url", "is_active", "created_at", "updated_at"]
+        read_only_fields = fields
+
+
+class ProviderCredentialIn(serializers.Serializer):
+    provider = serializers.ChoiceField(choices=ProviderCredential.Provider.choices)
+    access_type = serializers.ChoiceField(choices=ProviderCredential.AccessType.choices, default=ProviderCredential.AccessType.USER_API_KEY)
+    # Checked by the service, which says what is wrong without echoing the key.
+    api_key = serializers.CharField(write_only=True, required=False, allow_blank=True, trim_whitespace=False, default="",
+                                    help_text="Required for `user_api_key`; stored encrypted, never returned.")
+    base_url = serializers.URLField(required=False, allow_blank=True, default="",
+                                    help_text="For OpenAI-compatible servers (Ollama, vLLM, llama.cpp).")
+
+
+# --- Sessions -----------------------------------------------------------------------------
+
+class UserSessionOut(serializers.ModelSerializer):
+    current = serializers.SerializerMethodField(help_text="True for the session making this request.")
+
+    class Meta:
+        model = UserSession
+        fields = ["id", "current", "ip_address", "user_agent", "device_type", "browser", "os", "started_at", "last_activity_at", "ended_at"]
+        read_only_fields = fields
+
+    def get_current(self, user_session) -> bool:
+        current_key = self.context.get("session_key")
+        return bool(current_key) and user_session.session_key == current_key

@@ -495,7 +495,8 @@ def invitation_revoke(*, actor: User, invitation: Invitation) -> Invitation:
 
 def invitation_for_token(*, token: str) -> Invitation:
     """The invitation behind a token, if it is addressed to the context's user."""
-    invitation = Invitation.objects.select_related("organization").filter(token_hash=_sha256(token or "")).first()
+    # No join to the organization: the invitee cannot see it (row-level security) until they join.
+    invitation = Invitation.objects.filter(token_hash=_sha256(token or "")).first()
     if invitation is None:
         raise InvitationInvalid("This invitation does not exist or is addressed to another email address.", status_code=404)
     return invitation

@@ -9,7 +9,16 @@ class ApiRootView(APIView):
     """Where everything in API v1 is: the endpoints, the schema and its docs."""
 
     permission_classes = [AllowAny]
-    endpoint_names = ["accounts-api:me"]
+    # Collection endpoints only; items are reached from their collection.
+    endpoint_names = [
+        "accounts-api:me",
+        "accounts-api:preferences",
+        "accounts-api:organizations",
+        "accounts-api:invitation-accept",
+        "accounts-api:api-keys",
+        "accounts-api:provider-credentials",
+        "accounts-api:sessions",
+    ]
 
     @extend_schema(exclude=True)
     def get(self, request):
