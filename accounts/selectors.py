@@ -16,9 +16,26 @@ def preferences_get(*, user: User) -> Preferences:
     return Preferences.objects.filter(user=user).first() or Preferences(user=user)
 
 
+def analytics_opted_out(*, user: User) -> bool:
+    """Whether the user turned product analytics off (read under the caller's context)."""
+    return Preferences.objects.filter(user_id=user.pk, analytics_opt_out=True).exists()
+
+
 def organization_list(*, user: User) -> QuerySet[Organization]:
     """The user's organizations, each annotated with `role`: the user's role in it."""
     return Organization.objects.filter(memberships__user=user).annotate(role=F("memberships__role")).order_by("-is_personal", "name", "id")
+
+
+def organization_list_administered(*, user: User) -> QuerySet[Organization]:
+    """The shared (not personal) organizations the user is an owner or admin of, annotated with `role`."""
+    # On the annotated role: a second memberships__ filter would join another membership, not the user's.
+    return organization_list(user=user).filter(is_personal=False, role__in=[Membership.Role.OWNER, Membership.Role.ADMIN])
+
+
+def member_names(*, organization_ids) -> dict:
+    """user id -> display name (or email) of every member of these organizations."""
+    rows = Membership.objects.filter(organization_id__in=list(organization_ids)).values_list("user_id", "user__display_name", "user__email")
+    return {user_id: display_name or email for user_id, display_name, email in rows}
 
 
 def organization_get(*, user: User, organization_id) -> Organization:

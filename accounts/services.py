@@ -268,6 +268,7 @@ def api_key_create(*, user: User, name: str, scopes: list[str], expires_at: date
     with rls.atomic():
         key = ApiKey.objects.create(user=user, name=name[:100], prefix=prefix, key_hash=_sha256(secret),
                                     scopes=sorted(set(scopes)), expires_at=expires_at)
+    _security_event("api_key_created", user_id=user.pk, detail={"api_key_id": str(key.pk), "name": key.name, "scopes": key.scopes})
     return key, secret
 
 
@@ -278,7 +279,14 @@ def api_key_revoke(*, user: User, api_key: ApiKey) -> ApiKey:
         api_key.is_active = False
         api_key.revoked_at = api_key.revoked_at or timezone.now()
         api_key.save(update_fields=["is_active", "revoked_at"])
+    _security_event("api_key_revoked", user_id=user.pk, detail={"api_key_id": str(api_key.pk), "name": api_key.name})
     return api_key
+
+
+def _security_event(event: str, *, user_id, detail: dict) -> None:
+    from accounts.signals import security_event  # signals imports this module
+
+    security_event.send(sender=None, event=event, user_id=user_id, ip=None, detail=detail)
 
 
 API_KEY_PATTERN = re.compile(r"^ck_([a-z0-9]{10})_[A-Za-z0-9_\-]{20,}$")

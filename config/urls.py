@@ -8,6 +8,7 @@ from config.api.views import ApiRootView
 api_v1 = [
     path("", ApiRootView.as_view(), name="api-root"),
     path("", include("accounts.api_urls")),
+    path("", include("analytics.api_urls")),
 ]
 
 urlpatterns = [
@@ -16,6 +17,8 @@ urlpatterns = [
     path("health/ready", health.ready, name="health-ready"),
     path("admin/", admin.site.urls),
     path("accounts/", include("accounts.urls")),
+    path("settings/", include("accounts.settings_urls")),
+    path("usage/", include("analytics.urls")),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
