@@ -25,7 +25,7 @@ test: $(VENV)/.dev
 	$(BIN)/python -m config.embedded test -- $(PYTEST_ARGS)
 
 bench: $(VENV)/.dev
-	$(BIN)/python -m config.embedded test -- -m bench -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m config.embedded test -- -m bench -p no:cacheprovider -s $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev
 	$(BIN)/python -m compileall -q accounts analytics billing chat config

@@ -1,4 +1,4 @@
-"""Analytics writes: the ledger, its rollups, and (in buffer.py) the logs.
+"""Analytics writes: the ledger, its rollups, product events, and (through buffer.py) the logs.
 
 Other apps record usage only through `usage_record` / `usage_record_batch`.
 """
@@ -9,12 +9,13 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from django.db import connections, transaction
 from django.utils import timezone
 
-from analytics import counters
+from accounts import selectors as accounts_selectors
+from analytics import buffer, counters
 from analytics.errors import UsageInvalid
 from analytics.models import TokenUsage
 from config.db import rls
@@ -213,3 +214,40 @@ def usage_rollup(*, pause_before_commit: float = 0.0) -> RollupResult:
         if pause_before_commit:
             time.sleep(pause_before_commit)  # idle in transaction: a killed process aborts it
     return RollupResult(ran=True, rows=rows, horizon=new)
+
+
+# --- Product events ----------------------------------------------------------------
+
+def _event_row(*, name: str, user_id, organization_id, properties: dict | None, source: str, session_id: str,
+               occurred_at: datetime | None) -> dict:
+    return {
+        "event_uuid": str(uuid4()), "created_at": (occurred_at or timezone.now()).isoformat(),
+        "user_id": str(user_id) if user_id else None, "organization_id": str(organization_id) if organization_id else None,
+        "name": name, "properties": properties or {}, "source": source, "session_id": session_id or "",
+    }
+
+
+def event_track(*, name: str, user=None, organization_id: UUID | None = None, properties: dict | None = None,
+                source: str = "server", session_id: str = "", occurred_at: datetime | None = None) -> UUID | None:
+    """Queue one product event for the event log (written by the log flush, not here).
+    Returns its uuid, or None when the user opted out of analytics (nothing is kept).
+    The opt-out is read under the caller's context: the user's own, or privileged."""
+    if user is not None and accounts_selectors.analytics_opted_out(user=user):
+        return None
+    row = _event_row(name=name, user_id=getattr(user, "pk", None), organization_id=organization_id, properties=properties,
+                     source=source, session_id=session_id, occurred_at=occurred_at)
+    buffer.buffer_push("event", row)
+    return UUID(row["event_uuid"])
+
+
+def event_track_batch(*, user, events: list[dict], source: str = "client") -> int:
+    """Queue a user's validated events (name, properties, occurred_at, session_id);
+    returns how many were kept: 0 when the user opted out of analytics."""
+    if accounts_selectors.analytics_opted_out(user=user):
+        return 0
+    for event in events:
+        buffer.buffer_push("event", _event_row(
+            name=event["name"], user_id=user.pk, organization_id=None, properties=event.get("properties"), source=source,
+            session_id=event.get("session_id", ""), occurred_at=event.get("occurred_at"),
+        ))
+    return len(events)

@@ -1,9 +1,9 @@
-"""Analytics upkeep on Celery beat: rollups every minute, counters hourly, partitions daily."""
+"""Analytics upkeep on Celery beat: logs flushed every 10 seconds, rollups every minute, counters hourly, partitions daily."""
 import logging
 
 from celery import shared_task
 
-from analytics import counters, services
+from analytics import buffer, counters, services
 from config.db import partitions
 
 logger = logging.getLogger("confab.analytics.tasks")
@@ -26,3 +26,9 @@ def usage_counters_reconcile_task() -> int:
 @shared_task(acks_late=True)
 def partitions_upkeep_task() -> dict:
     return partitions.partitions_upkeep()
+
+
+@shared_task(acks_late=True)
+def logs_flush_task() -> dict:
+    """Write the buffered API logs, events and audit entries (every 10 seconds)."""
+    return buffer.buffer_flush_all()

@@ -18,6 +18,8 @@ class ApiRootView(APIView):
         "accounts-api:api-keys",
         "accounts-api:provider-credentials",
         "accounts-api:sessions",
+        "analytics-api:usage-summary",
+        "analytics-api:usage-daily",
     ]
 
     @extend_schema(exclude=True)

@@ -34,6 +34,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Times the whole API request and queues its log row (analytics/buffer.py).
+    "analytics.middleware.ApiLogMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -41,6 +43,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     # Opens the request's transaction and sets its row-level security context.
     "config.db.rls.RLSContextMiddleware",
+    # Audit entries made during the request name its user, IP and user agent.
+    "analytics.middleware.AuditContextMiddleware",
     "accounts.middleware.SessionActivityMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
@@ -60,6 +64,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "accounts.context_processors.theme",
             ],
         },
     },
@@ -127,6 +132,8 @@ CELERY_BEAT_SCHEDULE = {
     "usage-rollup": {"task": "analytics.tasks.usage_rollup_task", "schedule": crontab(minute="*")},
     "usage-counters-reconcile": {"task": "analytics.tasks.usage_counters_reconcile_task", "schedule": crontab(minute=17)},
     "partitions-upkeep": {"task": "analytics.tasks.partitions_upkeep_task", "schedule": crontab(hour=3, minute=5)},
+    # API logs, events and audit entries wait in Redis until this writes them (seconds).
+    "logs-flush": {"task": "analytics.tasks.logs_flush_task", "schedule": 10.0, "options": {"expires": 30}},
 }
 
 # --- Auth ------------------------------------------------------------------
@@ -209,3 +216,14 @@ PARTITIONED_TABLES = {
     "analytics_event": {"retention_months": env.int("RETENTION_MONTHS_EVENT", default=13)},
     "analytics_auditlog": {"retention_months": env.int("RETENTION_MONTHS_AUDIT_LOG", default=24)},
 }
+
+# --- Audit log (analytics/audit.py) ------------------------------------------------
+# Models whose creates, updates and deletes are written to the audit log with old/new values.
+AUDITED_MODELS = [
+    "accounts.User",
+    "accounts.Organization",
+    "accounts.Membership",
+    "accounts.ApiKey",
+    "accounts.ProviderCredential",
+    "accounts.Invitation",
+]

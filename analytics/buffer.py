@@ -1,0 +1,229 @@
+"""The log buffer: API logs, events and audit entries wait in Redis lists until Celery
+writes them to PostgreSQL in batches.
+
+The request path only RPUSHes JSON (the app role may not insert into the logs); the
+flush reads a batch from the head, inserts it as the worker role with
+ON CONFLICT (uuid, created_at) DO NOTHING, and only then trims the batch off the list.
+So a flush that dies between the insert and the trim re-inserts nothing twice, and
+nothing is lost while no worker runs: the list just grows. A row that cannot be parsed
+goes to `analytics:buffer:dead:<kind>` instead of blocking the queue.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import DatabaseError, DataError, IntegrityError, connections, transaction
+from django_redis import get_redis_connection
+
+from config.db import rls
+
+logger = logging.getLogger("confab.analytics.buffer")
+
+# The audit receiver skips privileged reasons with this prefix: a flush must not audit itself.
+UNAUDITED_PREFIX = "analytics buffer"
+FLUSH_REASON = f"{UNAUDITED_PREFIX} flush"
+LOCK_TIMEOUT = 60  # seconds; renewed after every batch
+
+
+@dataclass(frozen=True)
+class Kind:
+    table: str
+    key_column: str
+    columns: tuple[tuple[str, str], ...]  # (column, coercion) after key_column and created_at
+
+
+KINDS = {
+    "api_log": Kind("analytics_apilog", "request_uuid", (
+        ("user_id", "uuid?"), ("api_key_id", "uuid?"), ("route", "str:200"), ("method", "str:10"),
+        ("status", "int"), ("duration_ms", "int"), ("ip", "inet?"), ("user_agent", "str:1000"), ("error", "str:2000"),
+    )),
+    "event": Kind("analytics_event", "event_uuid", (
+        ("user_id", "uuid?"), ("organization_id", "uuid?"), ("name", "str:100"), ("properties", "json"),
+        ("source", "str:8"), ("session_id", "str:64"),
+    )),
+    "audit": Kind("analytics_auditlog", "entry_uuid", (
+        ("user_id", "uuid?"), ("organization_id", "uuid?"), ("action", "str:40"), ("table_name", "str:100"),
+        ("record_id", "str:64"), ("old_values", "json?"), ("new_values", "json?"), ("ip", "inet?"),
+        ("user_agent", "str:1000"), ("detail", "json"),
+    )),
+}
+_SQL_TYPES = {"uuid?": "uuid", "int": "integer", "inet?": "inet", "json": "jsonb", "json?": "jsonb"}
+
+
+class BadRow(ValueError):
+    """A buffered row that can never be inserted."""
+
+
+def buffer_key(kind: str) -> str:
+    return f"analytics:buffer:{kind}"
+
+
+def dead_key(kind: str) -> str:
+    return f"analytics:buffer:dead:{kind}"
+
+
+class _Encoder(DjangoJSONEncoder):
+    def default(self, o):
+        # Full microseconds (DjangoJSONEncoder keeps milliseconds): created_at is half the row's key.
+        return o.isoformat() if isinstance(o, datetime) else super().default(o)
+
+
+def _redis():
+    return get_redis_connection("default")
+
+
+def buffer_push(kind: str, row: dict) -> None:
+    """Queue one row; it must carry its uuid (the kind's key column) and created_at."""
+    spec = KINDS[kind]
+    if not row.get(spec.key_column) or not row.get("created_at"):
+        raise ValueError(f"A buffered {kind} row needs {spec.key_column} and created_at.")
+    _redis().rpush(buffer_key(kind), json.dumps(row, cls=_Encoder))
+
+
+def buffer_length(kind: str) -> int:
+    return _redis().llen(buffer_key(kind))
+
+
+def _coerce(value, coercion: str):
+    optional = coercion.endswith("?")
+    if value is None or (optional and value == ""):
+        if optional:
+            return None
+        if coercion.startswith("str"):
+            return ""
+        if coercion == "json":
+            return {}
+        raise BadRow("missing value")
+    if coercion == "uuid?":
+        return str(uuid.UUID(str(value)))
+    if coercion == "int":
+        if isinstance(value, bool) or not isinstance(value, int) or not -(2**31) <= value < 2**31:
+            raise BadRow(f"not an integer: {value!r}")
+        return value
+    if coercion == "inet?":
+        return str(ipaddress.ip_address(str(value)))
+    if coercion.startswith("str:"):
+        return str(value)[: int(coercion[4:])].replace("\x00", "")
+    return value  # json, json?: already parsed
+
+
+def _parse(kind: str, raw: bytes) -> dict:
+    """The row as the insert wants it, or BadRow."""
+    spec = KINDS[kind]
+    try:
+        row = json.loads(raw)
+        if not isinstance(row, dict):
+            raise BadRow("not a JSON object")
+        created_at = datetime.fromisoformat(row["created_at"])
+        if created_at.tzinfo is None:
+            raise BadRow("created_at has no time zone")
+        parsed = {spec.key_column: str(uuid.UUID(str(row[spec.key_column]))), "created_at": created_at.isoformat()}
+        for column, coercion in spec.columns:
+            parsed[column] = _coerce(row.get(column), coercion)
+        return parsed
+    except BadRow:
+        raise
+    except (ValueError, TypeError, KeyError) as exc:
+        raise BadRow(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _insert(kind: str, rows: list[dict]) -> int:
+    """One INSERT ... SELECT from the batch as JSON, skipping rows already written."""
+    spec = KINDS[kind]
+    columns = [spec.key_column, "created_at", *(c for c, _ in spec.columns)]
+    types = ["uuid", "timestamptz", *(_SQL_TYPES.get(coercion, "text") for _, coercion in spec.columns)]
+    record = ", ".join(f"{c} {t}" for c, t in zip(columns, types))
+    names = ", ".join(columns)
+    with connections[rls.PRIVILEGED_ALIAS].cursor() as cur:
+        cur.execute(
+            f"INSERT INTO {spec.table} ({names}) SELECT {names} FROM jsonb_to_recordset(%s::jsonb) AS r({record}) "
+            f"ON CONFLICT ({spec.key_column}, created_at) DO NOTHING",
+            [json.dumps(rows)],
+        )
+        return cur.rowcount
+
+
+def _insert_each(kind: str, rows: list[dict]) -> tuple[int, list[int]]:
+    """Row by row (after a batch failed on its data): the inserted count and the rows the database refused."""
+    inserted, refused = 0, []
+    for index, row in enumerate(rows):
+        try:
+            with transaction.atomic(using=rls.PRIVILEGED_ALIAS):
+                inserted += _insert(kind, [row])
+        except (DataError, IntegrityError):
+            logger.warning("buffered %s row refused by the database", kind, exc_info=True)
+            refused.append(index)
+    return inserted, refused
+
+
+def _trim(kind: str, count: int, dead: list[bytes]) -> None:
+    """Drop the batch off the head of the list (and keep its bad rows aside), atomically."""
+    pipe = _redis().pipeline(transaction=True)
+    if dead:
+        pipe.rpush(dead_key(kind), *dead)
+    pipe.ltrim(buffer_key(kind), count, -1)
+    pipe.execute()
+
+
+def buffer_flush(kind: str, batch_size: int = 1000, *, max_rows: int = 100_000) -> int:
+    """Write what the buffer holds (up to `max_rows` per run); returns the rows inserted.
+
+    One flusher per kind at a time (a Redis lock): the trim removes the first N rows of
+    the list, which must be the N rows this flusher read.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"Unknown buffer kind '{kind}'.")
+    redis = _redis()
+    lock = redis.lock(f"analytics:buffer:lock:{kind}", timeout=LOCK_TIMEOUT)
+    if not lock.acquire(blocking=False):
+        return 0
+    inserted = read = 0
+    try:
+        while read < max_rows:
+            raws = redis.lrange(buffer_key(kind), 0, min(batch_size, max_rows - read) - 1)
+            if not raws:
+                break
+            rows, positions, dead = [], [], []
+            for raw in raws:
+                try:
+                    rows.append(_parse(kind, raw))
+                    positions.append(raw)
+                except BadRow as exc:
+                    logger.error("unparseable %s row moved to %s: %s", kind, dead_key(kind), exc)
+                    dead.append(raw)
+            if rows:
+                try:
+                    with rls.privileged(reason=FLUSH_REASON):
+                        inserted += _insert(kind, rows)
+                except (DataError, IntegrityError):
+                    with rls.privileged(reason=FLUSH_REASON):
+                        count, refused = _insert_each(kind, rows)
+                    inserted += count
+                    dead.extend(positions[i] for i in refused)
+            _trim(kind, len(raws), dead)
+            read += len(raws)
+            lock.reacquire()
+    finally:
+        try:
+            lock.release()
+        except Exception:  # expired: another flusher may hold it now
+            logger.warning("buffer lock for %s expired during the flush", kind)
+    return inserted
+
+
+def buffer_flush_all(batch_size: int = 1000) -> dict[str, int]:
+    """Flush every kind; one failing kind (database down) does not stop the others."""
+    report = {}
+    for kind in KINDS:
+        try:
+            report[kind] = buffer_flush(kind, batch_size)
+        except DatabaseError:
+            logger.exception("flushing the %s buffer failed; its rows stay queued", kind)
+            report[kind] = -1
+    return report
