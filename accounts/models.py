@@ -149,6 +149,8 @@ class Preferences(models.Model):
 class Invitation(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="invitations")
+    # The name as it was when invited: the invitee cannot read the organization row until they join.
+    organization_name = models.CharField(max_length=200, blank=True)
     email = models.EmailField()
     role = models.CharField(max_length=16, choices=Membership.Role.choices, default=Membership.Role.MEMBER)
     token_hash = models.CharField(max_length=64, unique=True)  # sha256 of the emailed token

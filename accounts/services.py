@@ -481,7 +481,8 @@ def invitation_create(*, actor: User, organization: Organization, email: str, ro
     token = secrets.token_urlsafe(32)
     with rls.atomic():
         Invitation.objects.filter(organization=organization, email=email, accepted_at__isnull=True, revoked_at__isnull=True).update(revoked_at=timezone.now())
-        invitation = Invitation.objects.create(organization=organization, email=email, role=role, token_hash=_sha256(token),
+        invitation = Invitation.objects.create(organization=organization, organization_name=organization.name, email=email,
+                                               role=role, token_hash=_sha256(token),
                                                invited_by=actor, expires_at=timezone.now() + INVITATION_LIFETIME)
     send_mail(
         f"{actor.get_short_name()} invited you to {organization.name} on Confab",

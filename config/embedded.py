@@ -283,6 +283,7 @@ def command_run() -> int:
         env.update(servers.start())
         _prepare_database(env)
         _manage(env, "demo_data")
+        _manage(env, "demo_usage")
         port = env.get("PORT", "8000")
         celery = [sys.executable, "-m", "celery", "-A", "config"]
         procs = [

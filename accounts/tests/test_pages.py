@@ -436,6 +436,7 @@ def test_invitation_is_accepted_by_the_invited_user_who_is_then_listed():
     sign_in(invitee, bob.email)
     page = invitee.get(link)
     assert page.status_code == 200 and b"Accept invitation" in page.content and b"Admin" in page.content
+    assert b"Join Acme" in page.content  # named before joining, though the organization row is not visible yet
 
     response = invitee.post(link)
     assert response.status_code == 302 and response["Location"] == f"/settings/organization/?org={acme.pk}"

@@ -18,6 +18,7 @@ class ApiRootView(APIView):
         "accounts-api:api-keys",
         "accounts-api:provider-credentials",
         "accounts-api:sessions",
+        "analytics-api:events",
         "analytics-api:usage-summary",
         "analytics-api:usage-daily",
     ]
