@@ -16,6 +16,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from accounts import services
+from config.admin import ReadOnlyAdmin
 from accounts.errors import MalformedProviderKey
 from accounts.models import (
     ApiKey,
@@ -211,7 +212,7 @@ class InvitationAdmin(admin.ModelAdmin):
 
 
 @admin.register(UserSession)
-class UserSessionAdmin(admin.ModelAdmin):
+class UserSessionAdmin(ReadOnlyAdmin):
     list_display = ("user", "device_type", "browser", "os", "ip_address", "started_at", "last_activity_at", "ended_at")
     list_filter = ("device_type", ("ended_at", admin.EmptyFieldListFilter), "started_at")
     list_select_related = ("user",)
@@ -222,15 +223,6 @@ class UserSessionAdmin(admin.ModelAdmin):
     fields = ("user", "ip_address", "device_type", "browser", "os", "user_agent", "started_at", "last_activity_at", "ended_at")
     readonly_fields = fields
     actions = ["revoke_sessions"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     def has_revoke_permission(self, request):
         return request.user.has_perm("accounts.change_usersession")

@@ -8,22 +8,13 @@ from the small monthly rollups instead of a DISTINCT over the ledger.
 from django.contrib import admin
 
 from analytics.models import ApiLog, AuditLog, Event, RollupWatermark, TokenUsage, UsageRollup
+from config import admin as config_admin
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Facts are written by the product and the workers, never edited by hand."""
-
+class ReadOnlyAdmin(config_admin.ReadOnlyAdmin):
+    # The logs are large: no full counts, short pages.
     show_full_result_count = False
     list_per_page = 50
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 class RollupValueFilter(admin.SimpleListFilter):

@@ -25,3 +25,16 @@ class ConfabAdminSite(admin.AdminSite):
                 return response
 
         return privileged_view
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Facts written by the product and its workers (ledgers, logs, sessions): staff look, never edit."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
