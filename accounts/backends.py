@@ -6,6 +6,7 @@ one question — which id has this email — and nothing else; the row itself is
 under that user's own context and the password checked.
 """
 from django.contrib.auth.backends import BaseBackend
+from django.core.exceptions import PermissionDenied
 from django.db import connection
 
 from accounts.models import User
@@ -23,6 +24,15 @@ class EmailBackend(BaseBackend):
         email = email or username
         if not email or password is None:
             return None
+        # Every password path (pages, admin, any later API login) is throttled here; the
+        # sign-in form checks first only to show the sentence.
+        from accounts.errors import LoginThrottled
+        from accounts.services import login_throttle_check
+
+        try:
+            login_throttle_check(email=email, ip=request.META.get("REMOTE_ADDR") if request is not None else None)
+        except LoginThrottled as exc:
+            raise PermissionDenied(exc.message) from exc
         user_id = user_id_for_login(email)
         if user_id is None:
             User().set_password(password)  # same work as a real check: no timing oracle for unknown emails

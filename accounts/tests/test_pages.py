@@ -141,6 +141,15 @@ def test_login_refuses_a_wrong_password_then_throttles_even_the_right_one(client
     assert client.get("/settings/profile/").status_code == 302
 
 
+def test_admin_login_is_throttled_too(client):
+    make_user(email="boss@example.com", role="staff", is_superuser=True)
+    for _ in range(5):
+        client.post("/admin/login/", {"username": "boss@example.com", "password": "wrong-password-1", "next": "/admin/"})
+    response = client.post("/admin/login/", {"username": "boss@example.com", "password": PASSWORD, "next": "/admin/"})
+    assert response.status_code == 200  # the login form again, not the admin index
+    assert client.get("/admin/").status_code == 302
+
+
 def test_unknown_email_gets_the_same_generic_error(client):
     response = client.post("/accounts/login/", {"username": "nobody@example.com", "password": PASSWORD})
 
