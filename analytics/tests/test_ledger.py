@@ -16,7 +16,7 @@ from django_redis import get_redis_connection
 
 from analytics import counters, services
 from analytics.errors import UsageInvalid
-from analytics.models import TokenUsage, UsageRollup
+from analytics.models import TokenUsage
 from analytics.tests.factories import make_member, usage_fields
 from config.db import rls
 
