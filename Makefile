@@ -21,14 +21,16 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt | $(BIN)/python
 run: $(VENV)/.runtime
 	$(BIN)/python -m config.embedded run
 
-test: $(VENV)/.dev
+test: lint
 	$(BIN)/python -m config.embedded test -- $(PYTEST_ARGS)
 
 bench: $(VENV)/.dev
 	$(BIN)/python -m config.embedded test -- -m bench -p no:cacheprovider -s $(PYTEST_ARGS)
 
+# Style first, so a test run never starts on code that would fail review.
 lint: $(VENV)/.dev
-	$(BIN)/python -m compileall -q accounts analytics billing chat config
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 clean:
 	rm -rf $(VENV) var

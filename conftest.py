@@ -1,8 +1,8 @@
 """Shared fixtures: real PostgreSQL (three roles), real Redis, a real Celery worker."""
-import pytest
-from django.db import connections
 
 import celery.contrib.testing.tasks  # noqa: F401  registers celery.ping for the worker's start check
+import pytest
+from django.db import connections
 
 pytest_plugins = ("celery.contrib.pytest",)
 

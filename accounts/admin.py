@@ -5,6 +5,7 @@ API keys their prefix, and no hash (password, API key, invitation token) or sess
 is rendered. Writes with rules attached (creating users, deactivating them, revoking
 keys and sessions, setting provider keys) go through accounts.services.
 """
+
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
@@ -16,19 +17,9 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from accounts import services
-from config.admin import ReadOnlyAdmin
 from accounts.errors import MalformedProviderKey
-from accounts.models import (
-    ApiKey,
-    Integration,
-    Invitation,
-    Membership,
-    Organization,
-    Preferences,
-    ProviderCredential,
-    User,
-    UserSession,
-)
+from accounts.models import ApiKey, Integration, Invitation, Membership, Organization, Preferences, ProviderCredential, User, UserSession
+from config.admin import ReadOnlyAdmin
 
 # Django 6 assumes https for scheme-less URLs; say so now (merged with the admin's URL widget).
 URL_FIELDS = {models.URLField: {"assume_scheme": "https"}}
@@ -75,11 +66,23 @@ class UserAdmin(DjangoUserAdmin):
         ("Other", {"classes": ("collapse",), "fields": ("metadata",)}),
     )
     add_fieldsets = (
-        (None, {
-            "classes": ("wide",),
-            "fields": ("email", "display_name", "first_name", "last_name", "role", "email_verified",
-                       "usable_password", "password1", "password2"),
-        }),
+        (
+            None,
+            {
+                "classes": ("wide",),
+                "fields": (
+                    "email",
+                    "display_name",
+                    "first_name",
+                    "last_name",
+                    "role",
+                    "email_verified",
+                    "usable_password",
+                    "password1",
+                    "password2",
+                ),
+            },
+        ),
     )
     formfield_overrides = URL_FIELDS
     actions = ["deactivate_users"]
@@ -124,8 +127,17 @@ class UserAdmin(DjangoUserAdmin):
 
 @admin.register(Preferences)
 class PreferencesAdmin(admin.ModelAdmin):
-    list_display = ("user", "preferred_provider", "preferred_model", "temperature", "theme", "language",
-                    "email_notifications", "analytics_opt_out", "updated_at")
+    list_display = (
+        "user",
+        "preferred_provider",
+        "preferred_model",
+        "temperature",
+        "theme",
+        "language",
+        "email_notifications",
+        "analytics_opt_out",
+        "updated_at",
+    )
     list_filter = ("theme", "preferred_provider", "email_notifications", "analytics_opt_out")
     list_select_related = ("user",)
     search_fields = ("user__email", "preferred_model", "default_persona")
@@ -276,7 +288,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
 class ProviderCredentialAdminForm(forms.ModelForm):
     replace_key = forms.CharField(
-        label="Replace key", required=False, strip=True,
+        label="Replace key",
+        required=False,
+        strip=True,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
         help_text="Write-only: the stored key is never shown. Leave empty to keep it.",
     )
@@ -293,7 +307,9 @@ class ProviderCredentialAdminForm(forms.ModelForm):
         access_type = cleaned.get("access_type") or instance.access_type
         if key:
             try:
-                cleaned["replace_key"] = services.provider_key_validate(provider=provider, api_key=key, base_url=cleaned.get("base_url", ""))
+                cleaned["replace_key"] = services.provider_key_validate(
+                    provider=provider, api_key=key, base_url=cleaned.get("base_url", "")
+                )
             except MalformedProviderKey as exc:
                 self.add_error("replace_key", str(exc))
         elif access_type == ProviderCredential.AccessType.USER_API_KEY and not instance.api_key_encrypted:
@@ -320,12 +336,15 @@ class ProviderCredentialAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         key = form.cleaned_data.get("replace_key", "")
-        key_changes = key or not change or ("access_type" in form.changed_data and obj.access_type != ProviderCredential.AccessType.USER_API_KEY)
+        key_changes = (
+            key or not change or ("access_type" in form.changed_data and obj.access_type != ProviderCredential.AccessType.USER_API_KEY)
+        )
         if not key_changes:
             super().save_model(request, obj, form, change)
             return
-        credential = services.provider_credential_set(user=obj.user, provider=obj.provider, api_key=key,
-                                                      access_type=obj.access_type, base_url=obj.base_url)
+        credential = services.provider_credential_set(
+            user=obj.user, provider=obj.provider, api_key=key, access_type=obj.access_type, base_url=obj.base_url
+        )
         if not obj.is_active:
             credential.is_active = False
             credential.save(update_fields=["is_active", "updated_at"])

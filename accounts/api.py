@@ -4,6 +4,7 @@ Reads go through accounts.selectors under the request's row-level security conte
 another tenant's id is answered 404, never 403. API keys need `account:read` to read and
 `account:write` to change anything here; signed-in browser sessions are not scope-limited.
 """
+
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.response import Response
@@ -56,6 +57,7 @@ def _page(view: APIView, request, queryset, serializer_class, context: dict | No
 
 # --- Me and preferences ------------------------------------------------------------
 
+
 class MeApi(APIView):
     required_scopes = ACCOUNT_SCOPES
 
@@ -84,6 +86,7 @@ class PreferencesApi(APIView):
 
 # --- Organizations -------------------------------------------------------------------
 
+
 class OrganizationListApi(APIView):
     required_scopes = ACCOUNT_SCOPES
     pagination_class = api_settings.DEFAULT_PAGINATION_CLASS
@@ -109,8 +112,9 @@ class OrganizationDetailApi(APIView):
     @extend_schema(request=OrganizationUpdateIn, responses={200: OrganizationOut, **_errors(400, 401, 403, 404)})
     def patch(self, request, organization_id):
         organization = selectors.organization_get(user=request.user, organization_id=organization_id)
-        organization = services.organization_update(actor=request.user, organization=organization,
-                                                    **_parse(OrganizationUpdateIn, request, partial=True))
+        organization = services.organization_update(
+            actor=request.user, organization=organization, **_parse(OrganizationUpdateIn, request, partial=True)
+        )
         return Response(OrganizationOut(organization).data)
 
 
@@ -162,12 +166,19 @@ class InvitationListApi(APIView):
         organization = selectors.organization_get(user=request.user, organization_id=organization_id)
         return _page(self, request, selectors.invitation_list(organization=organization), InvitationOut)
 
-    @extend_schema(request=InvitationCreateIn, responses={201: InvitationOut, **_errors(400, 401, 403, 404)},
-                   description="Emails the invitation link; the token is only ever in that email.")
+    @extend_schema(
+        request=InvitationCreateIn,
+        responses={201: InvitationOut, **_errors(400, 401, 403, 404)},
+        description="Emails the invitation link; the token is only ever in that email.",
+    )
     def post(self, request, organization_id):
         organization = selectors.organization_get(user=request.user, organization_id=organization_id)
-        invitation, _token = services.invitation_create(actor=request.user, organization=organization,
-                                                        base_url=request.build_absolute_uri("/")[:-1], **_parse(InvitationCreateIn, request))
+        invitation, _token = services.invitation_create(
+            actor=request.user,
+            organization=organization,
+            base_url=request.build_absolute_uri("/")[:-1],
+            **_parse(InvitationCreateIn, request),
+        )
         return Response(InvitationOut(invitation).data, status=status.HTTP_201_CREATED)
 
 
@@ -177,15 +188,20 @@ class InvitationDetailApi(APIView):
     @extend_schema(responses={204: None, **_errors(401, 403, 404)}, description="Withdraws the invitation; its link stops working.")
     def delete(self, request, organization_id, invitation_id):
         organization = selectors.organization_get(user=request.user, organization_id=organization_id)
-        services.invitation_revoke(actor=request.user, invitation=selectors.invitation_get(organization=organization, invitation_id=invitation_id))
+        services.invitation_revoke(
+            actor=request.user, invitation=selectors.invitation_get(organization=organization, invitation_id=invitation_id)
+        )
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class InvitationAcceptApi(APIView):
     required_scopes = ACCOUNT_SCOPES
 
-    @extend_schema(request=InvitationAcceptIn, responses={201: OrganizationOut, **_errors(400, 401, 403, 404)},
-                   description="Join the organization an invitation addressed to your email is for.")
+    @extend_schema(
+        request=InvitationAcceptIn,
+        responses={201: OrganizationOut, **_errors(400, 401, 403, 404)},
+        description="Join the organization an invitation addressed to your email is for.",
+    )
     def post(self, request):
         membership = services.invitation_accept(user=request.user, **_parse(InvitationAcceptIn, request))
         organization = selectors.organization_get(user=request.user, organization_id=membership.organization_id)
@@ -193,6 +209,7 @@ class InvitationAcceptApi(APIView):
 
 
 # --- API keys ------------------------------------------------------------------------
+
 
 class ApiKeyListApi(APIView):
     required_scopes = ACCOUNT_SCOPES
@@ -202,8 +219,11 @@ class ApiKeyListApi(APIView):
     def get(self, request):
         return _page(self, request, selectors.api_key_list(user=request.user), ApiKeyOut)
 
-    @extend_schema(request=ApiKeyCreateIn, responses={201: ApiKeyCreatedOut, **_errors(400, 401, 403)},
-                   description="The response's `key` is the secret, shown this once only.")
+    @extend_schema(
+        request=ApiKeyCreateIn,
+        responses={201: ApiKeyCreatedOut, **_errors(400, 401, 403)},
+        description="The response's `key` is the secret, shown this once only.",
+    )
     def post(self, request):
         data = _parse(ApiKeyCreateIn, request)
         if isinstance(request.auth, ApiKey) and not set(data["scopes"]) <= set(request.auth.scopes):
@@ -229,6 +249,7 @@ class ApiKeyDetailApi(APIView):
 
 # --- Provider credentials ---------------------------------------------------------------
 
+
 class ProviderCredentialListApi(APIView):
     required_scopes = ACCOUNT_SCOPES
     pagination_class = api_settings.DEFAULT_PAGINATION_CLASS
@@ -237,9 +258,12 @@ class ProviderCredentialListApi(APIView):
     def get(self, request):
         return _page(self, request, selectors.provider_credential_list(user=request.user), ProviderCredentialOut)
 
-    @extend_schema(request=ProviderCredentialIn, responses={201: ProviderCredentialOut, 200: ProviderCredentialOut, **_errors(400, 401, 403)},
-                   description="Adds the credential for a provider (201) or replaces the existing one (200). "
-                               "The key is stored encrypted and only its mask is ever shown.")
+    @extend_schema(
+        request=ProviderCredentialIn,
+        responses={201: ProviderCredentialOut, 200: ProviderCredentialOut, **_errors(400, 401, 403)},
+        description="Adds the credential for a provider (201) or replaces the existing one (200). "
+        "The key is stored encrypted and only its mask is ever shown.",
+    )
     def post(self, request):
         data = _parse(ProviderCredentialIn, request)
         replacing = selectors.provider_credential_exists(user=request.user, provider=data["provider"])
@@ -263,12 +287,15 @@ class ProviderCredentialDetailApi(APIView):
 
 # --- Sessions -------------------------------------------------------------------------------
 
+
 class UserSessionListApi(APIView):
     required_scopes = ACCOUNT_SCOPES
     pagination_class = api_settings.DEFAULT_PAGINATION_CLASS
 
-    @extend_schema(responses={200: UserSessionOut(many=True), **_errors(401, 403)},
-                   description="Your signed-in browser sessions that have not ended; `current` marks this request's.")
+    @extend_schema(
+        responses={200: UserSessionOut(many=True), **_errors(401, 403)},
+        description="Your signed-in browser sessions that have not ended; `current` marks this request's.",
+    )
     def get(self, request):
         # Only a request signed in by its session cookie has a current session.
         session_key = request.session.session_key if request.auth is None and hasattr(request, "session") else None

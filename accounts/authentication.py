@@ -1,4 +1,5 @@
 """DRF authentication by API key: `Authorization: Bearer ck_...`."""
+
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 

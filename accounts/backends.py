@@ -5,6 +5,7 @@ Before sign-in there is no context, so the user's row is invisible to the app ro
 one question — which id has this email — and nothing else; the row itself is then read
 under that user's own context and the password checked.
 """
+
 from django.contrib.auth.backends import BaseBackend
 from django.core.exceptions import PermissionDenied
 from django.db import connection

@@ -1,4 +1,5 @@
 """Start-up check: the configured keys open the secrets already stored (run by migrate)."""
+
 from django.core import checks
 
 
@@ -22,7 +23,11 @@ def encryption_keys_open_stored_secrets(app_configs, databases=None, **kwargs):
     try:
         secret_decrypt(sample)
     except SecretUndecryptable:
-        return [checks.Error("FIELD_ENCRYPTION_KEYS cannot decrypt the stored provider keys.",
-                             hint="Add the key they were encrypted with (after the newest), then run rotate_encryption_keys.",
-                             id="accounts.E001")]
+        return [
+            checks.Error(
+                "FIELD_ENCRYPTION_KEYS cannot decrypt the stored provider keys.",
+                hint="Add the key they were encrypted with (after the newest), then run rotate_encryption_keys.",
+                id="accounts.E001",
+            )
+        ]
     return []

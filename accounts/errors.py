@@ -1,4 +1,5 @@
 """Account failures, each with a sentence a user understands."""
+
 from config.errors import ApplicationError, ForbiddenError, NotFoundError
 
 

@@ -1,4 +1,5 @@
 """Forms of the account pages. They parse and validate input only: views call the services."""
+
 from __future__ import annotations
 
 import zoneinfo
@@ -44,15 +45,24 @@ def rls_context_kept():
 
 # --- Sign-up and sign-in --------------------------------------------------------------
 
+
 class SignupForm(forms.Form):
     email = forms.EmailField(max_length=254, widget=forms.EmailInput(attrs={"autocomplete": "email", "autofocus": True}))
-    display_name = forms.CharField(label="Display name", max_length=150, required=False,
-                                   widget=forms.TextInput(attrs={"autocomplete": "nickname"}),
-                                   help_text="How Confab greets you. Optional.")
-    password = forms.CharField(strip=False, widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
-                               help_text="At least 10 characters; not a common password, not only digits.")
-    password_confirm = forms.CharField(label="Confirm password", strip=False,
-                                       widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}))
+    display_name = forms.CharField(
+        label="Display name",
+        max_length=150,
+        required=False,
+        widget=forms.TextInput(attrs={"autocomplete": "nickname"}),
+        help_text="How Confab greets you. Optional.",
+    )
+    password = forms.CharField(
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+        help_text="At least 10 characters; not a common password, not only digits.",
+    )
+    password_confirm = forms.CharField(
+        label="Confirm password", strip=False, widget=forms.PasswordInput(attrs={"autocomplete": "new-password"})
+    )
 
     def clean(self):
         data = super().clean()
@@ -64,12 +74,8 @@ class SignupForm(forms.Form):
 class LoginForm(AuthenticationForm):
     """Email and password; throttled per email and IP before any password is checked."""
 
-    username = forms.EmailField(label="Email", max_length=254,
-                                widget=forms.EmailInput(attrs={"autocomplete": "email", "autofocus": True}))
-    error_messages = {
-        "invalid_login": "Email or password is incorrect.",
-        "inactive": "This account is deactivated.",
-    }
+    username = forms.EmailField(label="Email", max_length=254, widget=forms.EmailInput(attrs={"autocomplete": "email", "autofocus": True}))
+    error_messages = {"invalid_login": "Email or password is incorrect.", "inactive": "This account is deactivated."}
 
     def clean(self):
         email = self.cleaned_data.get("username")
@@ -107,6 +113,7 @@ class AccountPasswordResetForm(PasswordResetForm):
 
 # --- Settings ----------------------------------------------------------------------------
 
+
 def _timezone_choices():
     return [(name, name) for name in sorted(zoneinfo.available_timezones())]
 
@@ -123,8 +130,16 @@ class ProfileForm(forms.Form):
 class PreferencesForm(forms.ModelForm):
     class Meta:
         model = Preferences
-        fields = ["theme", "preferred_provider", "preferred_model", "temperature", "language",
-                  "default_persona", "email_notifications", "analytics_opt_out"]
+        fields = [
+            "theme",
+            "preferred_provider",
+            "preferred_model",
+            "temperature",
+            "language",
+            "default_persona",
+            "email_notifications",
+            "analytics_opt_out",
+        ]
         widgets = {
             "theme": forms.Select(attrs={"data-theme-preview": ""}),
             "temperature": forms.NumberInput(attrs={"step": "0.05", "min": "0", "max": "2"}),
@@ -134,22 +149,33 @@ class PreferencesForm(forms.ModelForm):
 
 class ProviderCredentialForm(forms.Form):
     provider = forms.ChoiceField(choices=ProviderCredential.Provider.choices)
-    access_type = forms.ChoiceField(label="Access type", choices=ProviderCredential.AccessType.choices,
-                                    initial=ProviderCredential.AccessType.USER_API_KEY)
+    access_type = forms.ChoiceField(
+        label="Access type", choices=ProviderCredential.AccessType.choices, initial=ProviderCredential.AccessType.USER_API_KEY
+    )
     # Never rendered back: a bad submission asks for the key again.
-    api_key = forms.CharField(label="API key", required=False, strip=True,
-                              widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off", "spellcheck": "false"}),
-                              help_text="Stored encrypted; only its last characters are ever shown again.")
-    base_url = forms.URLField(label="Base URL", required=False, assume_scheme="https",
-                              help_text="Only for OpenAI-compatible servers (Ollama, vLLM, llama.cpp).")
+    api_key = forms.CharField(
+        label="API key",
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off", "spellcheck": "false"}),
+        help_text="Stored encrypted; only its last characters are ever shown again.",
+    )
+    base_url = forms.URLField(
+        label="Base URL", required=False, assume_scheme="https", help_text="Only for OpenAI-compatible servers (Ollama, vLLM, llama.cpp)."
+    )
 
 
 class ApiKeyCreateForm(forms.Form):
     name = forms.CharField(max_length=100)
-    scopes = forms.MultipleChoiceField(choices=ApiKey.Scope.choices, widget=forms.CheckboxSelectMultiple,
-                                       error_messages={"required": "Choose at least one scope."})
-    expires_at = forms.DateField(label="Expires on", required=False, widget=forms.DateInput(attrs={"type": "date"}),
-                                 help_text="Optional. The key stops working at the end of this day.")
+    scopes = forms.MultipleChoiceField(
+        choices=ApiKey.Scope.choices, widget=forms.CheckboxSelectMultiple, error_messages={"required": "Choose at least one scope."}
+    )
+    expires_at = forms.DateField(
+        label="Expires on",
+        required=False,
+        widget=forms.DateInput(attrs={"type": "date"}),
+        help_text="Optional. The key stops working at the end of this day.",
+    )
 
     def __init__(self, *args, user_timezone: str = "UTC", **kwargs):
         super().__init__(*args, **kwargs)
@@ -172,8 +198,12 @@ class OrganizationCreateForm(forms.Form):
 
 class OrganizationUpdateForm(forms.Form):
     name = forms.CharField(max_length=200)
-    auto_join_domain = forms.CharField(label="Auto-join domain", max_length=253, required=False,
-                                       help_text="People signing up with an email at this domain join as members, e.g. example.com.")
+    auto_join_domain = forms.CharField(
+        label="Auto-join domain",
+        max_length=253,
+        required=False,
+        help_text="People signing up with an email at this domain join as members, e.g. example.com.",
+    )
 
 
 class InvitationCreateForm(forms.Form):

@@ -62,9 +62,7 @@ class User(AbstractBaseUser, PermissionsMixin):
 
     class Meta:
         ordering = ["email"]
-        constraints = [
-            models.CheckConstraint(condition=models.Q(email=Lower("email")), name="accounts_user_email_lowercase"),
-        ]
+        constraints = [models.CheckConstraint(condition=models.Q(email=Lower("email")), name="accounts_user_email_lowercase")]
 
     def __str__(self):
         return self.email
@@ -129,8 +127,12 @@ class Preferences(models.Model):
     user = models.OneToOneField(User, on_delete=models.CASCADE, related_name="preferences")
     preferred_provider = models.CharField(max_length=32, default="echo")
     preferred_model = models.CharField(max_length=100, default="echo-1")
-    temperature = models.DecimalField(max_digits=3, decimal_places=2, default=Decimal("0.70"),
-                                      validators=[MinValueValidator(Decimal("0")), MaxValueValidator(Decimal("2"))])
+    temperature = models.DecimalField(
+        max_digits=3,
+        decimal_places=2,
+        default=Decimal("0.70"),
+        validators=[MinValueValidator(Decimal("0")), MaxValueValidator(Decimal("2"))],
+    )
     theme = models.CharField(max_length=8, choices=Theme.choices, default=Theme.SYSTEM)
     language = models.CharField(max_length=16, default="en")
     email_notifications = models.BooleanField(default=True)
@@ -163,8 +165,11 @@ class Invitation(models.Model):
     class Meta:
         ordering = ["-created_at"]
         constraints = [
-            models.UniqueConstraint(fields=["organization", "email"], condition=models.Q(accepted_at__isnull=True, revoked_at__isnull=True),
-                                    name="accounts_invitation_one_pending"),
+            models.UniqueConstraint(
+                fields=["organization", "email"],
+                condition=models.Q(accepted_at__isnull=True, revoked_at__isnull=True),
+                name="accounts_invitation_one_pending",
+            )
         ]
 
     def __str__(self):

@@ -1,5 +1,6 @@
 """Account reads. Each runs under the request's row-level security context, so another
 tenant's row is simply not there: the `*_get` functions raise Http404 for it."""
+
 from django.db.models import F, QuerySet
 from django.shortcuts import get_object_or_404
 

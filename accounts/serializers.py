@@ -1,5 +1,6 @@
 """The accounts API's shapes: `*In` parse a request body, `*Out` render a response.
 Secrets never have an output field: an API key's secret appears once, in ApiKeyCreatedOut."""
+
 import zoneinfo
 
 from rest_framework import serializers
@@ -16,11 +17,23 @@ class ErrorOut(serializers.Serializer):
 
 # --- Me and preferences ------------------------------------------------------------
 
+
 class MeOut(serializers.ModelSerializer):
     class Meta:
         model = User
-        fields = ["id", "email", "first_name", "last_name", "display_name", "avatar_url", "timezone", "locale",
-                  "role", "email_verified", "created_at"]
+        fields = [
+            "id",
+            "email",
+            "first_name",
+            "last_name",
+            "display_name",
+            "avatar_url",
+            "timezone",
+            "locale",
+            "role",
+            "email_verified",
+            "created_at",
+        ]
         read_only_fields = ["id", "email", "role", "email_verified", "created_at"]
 
 
@@ -43,8 +56,18 @@ class PreferencesSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Preferences
-        fields = ["preferred_provider", "preferred_model", "temperature", "theme", "language", "email_notifications",
-                  "analytics_opt_out", "default_persona", "extra", "updated_at"]
+        fields = [
+            "preferred_provider",
+            "preferred_model",
+            "temperature",
+            "theme",
+            "language",
+            "email_notifications",
+            "analytics_opt_out",
+            "default_persona",
+            "extra",
+            "updated_at",
+        ]
         read_only_fields = ["updated_at"]
         extra_kwargs = {"temperature": {"help_text": "0.00 to 2.00."}}
 
@@ -55,6 +78,7 @@ class PreferencesSerializer(serializers.ModelSerializer):
 
 
 # --- Organizations -------------------------------------------------------------------
+
 
 class OrganizationOut(serializers.ModelSerializer):
     role = serializers.ChoiceField(choices=Membership.Role.choices, read_only=True, help_text="Your role in it.")
@@ -71,8 +95,12 @@ class OrganizationCreateIn(serializers.Serializer):
 
 class OrganizationUpdateIn(serializers.Serializer):
     name = serializers.CharField(max_length=200, required=False)
-    auto_join_domain = serializers.CharField(max_length=253, required=False, allow_blank=True,
-                                             help_text="People signing up with an email at this domain join as members; blank turns it off.")
+    auto_join_domain = serializers.CharField(
+        max_length=253,
+        required=False,
+        allow_blank=True,
+        help_text="People signing up with an email at this domain join as members; blank turns it off.",
+    )
 
 
 class MemberUserOut(serializers.ModelSerializer):
@@ -122,6 +150,7 @@ class InvitationAcceptIn(serializers.Serializer):
 
 # --- API keys ------------------------------------------------------------------------
 
+
 class ApiKeyOut(serializers.ModelSerializer):
     scopes = serializers.ListField(child=serializers.ChoiceField(choices=ApiKey.Scope.choices), read_only=True)
     masked = serializers.CharField(read_only=True, help_text="The key's public part, e.g. `ck_abc…`; the secret is never shown again.")
@@ -133,7 +162,9 @@ class ApiKeyOut(serializers.ModelSerializer):
 
 
 class ApiKeyCreatedOut(ApiKeyOut):
-    key = serializers.CharField(read_only=True, help_text="The secret: shown in this response only. Send it as `Authorization: Bearer <key>`.")
+    key = serializers.CharField(
+        read_only=True, help_text="The secret: shown in this response only. Send it as `Authorization: Bearer <key>`."
+    )
 
     class Meta(ApiKeyOut.Meta):
         fields = [*ApiKeyOut.Meta.fields, "key"]
@@ -148,6 +179,7 @@ class ApiKeyCreateIn(serializers.Serializer):
 
 # --- Provider credentials ---------------------------------------------------------------
 
+
 class ProviderCredentialOut(serializers.ModelSerializer):
     class Meta:
         model = ProviderCredential
@@ -159,13 +191,21 @@ class ProviderCredentialIn(serializers.Serializer):
     provider = serializers.ChoiceField(choices=ProviderCredential.Provider.choices)
     access_type = serializers.ChoiceField(choices=ProviderCredential.AccessType.choices, default=ProviderCredential.AccessType.USER_API_KEY)
     # Checked by the service, which says what is wrong without echoing the key.
-    api_key = serializers.CharField(write_only=True, required=False, allow_blank=True, trim_whitespace=False, default="",
-                                    help_text="Required for `user_api_key`; stored encrypted, never returned.")
-    base_url = serializers.URLField(required=False, allow_blank=True, default="",
-                                    help_text="For OpenAI-compatible servers (Ollama, vLLM, llama.cpp).")
+    api_key = serializers.CharField(
+        write_only=True,
+        required=False,
+        allow_blank=True,
+        trim_whitespace=False,
+        default="",
+        help_text="Required for `user_api_key`; stored encrypted, never returned.",
+    )
+    base_url = serializers.URLField(
+        required=False, allow_blank=True, default="", help_text="For OpenAI-compatible servers (Ollama, vLLM, llama.cpp)."
+    )
 
 
 # --- Sessions -----------------------------------------------------------------------------
+
 
 class UserSessionOut(serializers.ModelSerializer):
     current = serializers.SerializerMethodField(help_text="True for the session making this request.")

@@ -1,4 +1,5 @@
 """/settings/...: the signed-in user's account pages."""
+
 from django.urls import path
 
 from accounts import views
@@ -20,9 +21,7 @@ urlpatterns = [
     path("organization/<uuid:organization_id>/", views.organization_update, name="organization_update"),
     path("organization/<uuid:organization_id>/leave/", views.organization_leave, name="organization_leave"),
     path("organization/<uuid:organization_id>/invitations/", views.invitation_create, name="invitation_create"),
-    path("organization/<uuid:organization_id>/invitations/<uuid:invitation_id>/revoke/", views.invitation_revoke,
-         name="invitation_revoke"),
+    path("organization/<uuid:organization_id>/invitations/<uuid:invitation_id>/revoke/", views.invitation_revoke, name="invitation_revoke"),
     path("organization/<uuid:organization_id>/members/<uuid:membership_id>/role/", views.membership_role, name="membership_role"),
-    path("organization/<uuid:organization_id>/members/<uuid:membership_id>/remove/", views.membership_remove,
-         name="membership_remove"),
+    path("organization/<uuid:organization_id>/members/<uuid:membership_id>/remove/", views.membership_remove, name="membership_remove"),
 ]

@@ -1,5 +1,6 @@
 """Sign-in and sign-out move the request's row-level security context with the user,
 record the browser session, and count failures for throttling."""
+
 from django.contrib.auth.models import update_last_login
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 from django.db import connections

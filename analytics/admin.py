@@ -5,6 +5,7 @@ logs are large monthly-partitioned tables, so their pages never count every row
 (show_full_result_count), search by exact ids, sort by time only, and take filter choices
 from the small monthly rollups instead of a DISTINCT over the ledger.
 """
+
 from django.contrib import admin
 
 from analytics.models import ApiLog, AuditLog, Event, RollupWatermark, TokenUsage, UsageRollup
@@ -23,7 +24,9 @@ class RollupValueFilter(admin.SimpleListFilter):
     field = ""
 
     def lookups(self, request, model_admin):
-        values = UsageRollup.objects.filter(period=UsageRollup.Period.MONTH).order_by(self.field).values_list(self.field, flat=True).distinct()
+        values = (
+            UsageRollup.objects.filter(period=UsageRollup.Period.MONTH).order_by(self.field).values_list(self.field, flat=True).distinct()
+        )
         return [(value, value) for value in values]
 
     def queryset(self, request, queryset):
@@ -54,8 +57,20 @@ class StatusClassFilter(admin.SimpleListFilter):
 
 @admin.register(TokenUsage)
 class TokenUsageAdmin(ReadOnlyAdmin):
-    list_display = ("created_at", "user", "organization", "provider", "model", "input_tokens", "output_tokens",
-                    "total_tokens", "cost", "success", "latency_ms", "request_id")
+    list_display = (
+        "created_at",
+        "user",
+        "organization",
+        "provider",
+        "model",
+        "input_tokens",
+        "output_tokens",
+        "total_tokens",
+        "cost",
+        "success",
+        "latency_ms",
+        "request_id",
+    )
     list_filter = (ProviderFilter, ModelFilter, "success")
     list_select_related = ("user", "organization")
     search_fields = ("=request_id",)
@@ -67,8 +82,21 @@ class TokenUsageAdmin(ReadOnlyAdmin):
 
 @admin.register(UsageRollup)
 class UsageRollupAdmin(ReadOnlyAdmin):
-    list_display = ("period", "period_start", "user", "organization", "provider", "model", "calls", "errors",
-                    "input_tokens", "output_tokens", "total_tokens", "cost", "updated_at")
+    list_display = (
+        "period",
+        "period_start",
+        "user",
+        "organization",
+        "provider",
+        "model",
+        "calls",
+        "errors",
+        "input_tokens",
+        "output_tokens",
+        "total_tokens",
+        "cost",
+        "updated_at",
+    )
     list_filter = ("period", ProviderFilter, ModelFilter)
     list_select_related = ("user", "organization")
     search_fields = ("=user__email", "=model")

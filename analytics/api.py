@@ -1,4 +1,5 @@
 """The analytics REST API (/api/v1/): each view parses input, calls one service, renders output."""
+
 import json
 from datetime import timedelta
 
@@ -21,11 +22,13 @@ EVENT_MAX_AHEAD = timedelta(minutes=5)
 
 
 class EventIn(serializers.Serializer):
-    name = serializers.RegexField(r"^[A-Za-z0-9_.:/\- ]+$", max_length=100,
-                                  error_messages={"invalid": "Use letters, digits, spaces and _ . : / - only."})
+    name = serializers.RegexField(
+        r"^[A-Za-z0-9_.:/\- ]+$", max_length=100, error_messages={"invalid": "Use letters, digits, spaces and _ . : / - only."}
+    )
     properties = serializers.JSONField(required=False, default=dict, help_text="A JSON object, 8 KB at most.")
-    occurred_at = serializers.DateTimeField(required=False, help_text="When it happened (ISO 8601); default now. "
-                                            "At most 5 minutes ahead and 7 days old.")
+    occurred_at = serializers.DateTimeField(
+        required=False, help_text="When it happened (ISO 8601); default now. At most 5 minutes ahead and 7 days old."
+    )
     session_id = serializers.CharField(required=False, allow_blank=True, max_length=64, default="")
 
     def validate_properties(self, value):
@@ -80,18 +83,32 @@ class EventBatchApi(APIView):
         ),
         request=EventBatchIn,
         responses={202: EventBatchOut, 400: EventBatchErrorOut, 401: EventBatchErrorOut, 403: EventBatchErrorOut},
-        examples=[OpenApiExample("Two events", request_only=True, value={"events": [
-            {"name": "page_view", "properties": {"path": "/chat"}},
-            {"name": "button_click", "properties": {"id": "new-chat"}, "occurred_at": "2026-01-01T12:00:00Z", "session_id": "s-1"},
-        ]})],
+        examples=[
+            OpenApiExample(
+                "Two events",
+                request_only=True,
+                value={
+                    "events": [
+                        {"name": "page_view", "properties": {"path": "/chat"}},
+                        {
+                            "name": "button_click",
+                            "properties": {"id": "new-chat"},
+                            "occurred_at": "2026-01-01T12:00:00Z",
+                            "session_id": "s-1",
+                        },
+                    ]
+                },
+            )
+        ],
     )
     def post(self, request):
         events = request.data.get("events") if isinstance(request.data, dict) else None
         if not isinstance(events, list) or not events:
             raise ApplicationError("Send a JSON object with a non-empty `events` list.", {"field": "events"})
         if len(events) > EVENTS_MAX:
-            raise ApplicationError(f"Send at most {EVENTS_MAX} events per request; this one has {len(events)}.",
-                                   {"field": "events", "max": EVENTS_MAX})
+            raise ApplicationError(
+                f"Send at most {EVENTS_MAX} events per request; this one has {len(events)}.", {"field": "events", "max": EVENTS_MAX}
+            )
         valid, rejected = [], []
         for index, item in enumerate(events):
             serializer = EventIn(data=item)
@@ -117,14 +134,20 @@ class UsageErrorOut(serializers.Serializer):
 
 
 class UsageSummaryIn(serializers.Serializer):
-    period = serializers.ChoiceField(choices=selectors.PERIODS, default="month",
-                                     error_messages={"invalid_choice": "'{input}' is not a period: use day, week, month or 30d."})
+    period = serializers.ChoiceField(
+        choices=selectors.PERIODS,
+        default="month",
+        error_messages={"invalid_choice": "'{input}' is not a period: use day, week, month or 30d."},
+    )
 
 
 class UsageDailyIn(serializers.Serializer):
     to = serializers.DateField(required=False, error_messages={"invalid": "Give the date as YYYY-MM-DD."})
-    group_by = serializers.ChoiceField(choices=selectors.GROUPINGS, default="model",
-                                       error_messages={"invalid_choice": "'{input}' is not a grouping: use model, provider or user."})
+    group_by = serializers.ChoiceField(
+        choices=selectors.GROUPINGS,
+        default="model",
+        error_messages={"invalid_choice": "'{input}' is not a grouping: use model, provider or user."},
+    )
     organization = serializers.UUIDField(required=False, error_messages={"invalid": "Give the organization's id (a UUID)."})
 
     def get_fields(self):
@@ -173,12 +196,17 @@ class UsageSummaryApi(APIView):
     @extend_schema(
         operation_id="usage_summary",
         summary="Usage totals for a period",
-        description="Your own tokens, calls, errors and cost over the period ending today (UTC). "
-                    "API keys need the `usage:read` scope.",
-        parameters=[OpenApiParameter(
-            "period", OpenApiTypes.STR, OpenApiParameter.QUERY, enum=list(selectors.PERIODS), default="month",
-            description="`day`: today; `week`: since Monday; `month`: since the 1st; `30d`: the last 30 days, today included.",
-        )],
+        description="Your own tokens, calls, errors and cost over the period ending today (UTC). API keys need the `usage:read` scope.",
+        parameters=[
+            OpenApiParameter(
+                "period",
+                OpenApiTypes.STR,
+                OpenApiParameter.QUERY,
+                enum=list(selectors.PERIODS),
+                default="month",
+                description="`day`: today; `week`: since Monday; `month`: since the 1st; `30d`: the last 30 days, today included.",
+            )
+        ],
         responses={200: UsageSummaryOut, **_usage_errors(400, 401, 403)},
     )
     def get(self, request):
@@ -201,13 +229,24 @@ class UsageDailyApi(APIView):
             "API keys need the `usage:read` scope."
         ),
         parameters=[
-            OpenApiParameter("from", OpenApiTypes.DATE, OpenApiParameter.QUERY,
-                             description="First day, YYYY-MM-DD (UTC); default 29 days before `to`."),
+            OpenApiParameter(
+                "from", OpenApiTypes.DATE, OpenApiParameter.QUERY, description="First day, YYYY-MM-DD (UTC); default 29 days before `to`."
+            ),
             OpenApiParameter("to", OpenApiTypes.DATE, OpenApiParameter.QUERY, description="Last day, YYYY-MM-DD (UTC); default today."),
-            OpenApiParameter("group_by", OpenApiTypes.STR, OpenApiParameter.QUERY, enum=list(selectors.GROUPINGS), default="model",
-                             description="What each row is about: a model, a provider, or a member (`user`)."),
-            OpenApiParameter("organization", OpenApiTypes.UUID, OpenApiParameter.QUERY,
-                             description="Only this organization's usage (for `group_by=user`: one you own or administer)."),
+            OpenApiParameter(
+                "group_by",
+                OpenApiTypes.STR,
+                OpenApiParameter.QUERY,
+                enum=list(selectors.GROUPINGS),
+                default="model",
+                description="What each row is about: a model, a provider, or a member (`user`).",
+            ),
+            OpenApiParameter(
+                "organization",
+                OpenApiTypes.UUID,
+                OpenApiParameter.QUERY,
+                description="Only this organization's usage (for `group_by=user`: one you own or administer).",
+            ),
         ],
         responses={200: UsageDailyRowOut(many=True), **_usage_errors(400, 401, 403)},
     )
@@ -215,6 +254,7 @@ class UsageDailyApi(APIView):
         params = _query(UsageDailyIn, request)
         end = params.get("to") or selectors.usage_today()
         start = params.get("from") or end - timedelta(days=selectors.DAILY_CHART_DAYS - 1)
-        rows = selectors.usage_daily(user=request.user, start=start, end=end, group_by=params["group_by"],
-                                     organization_id=params.get("organization"))
+        rows = selectors.usage_daily(
+            user=request.user, start=start, end=end, group_by=params["group_by"], organization_id=params.get("organization")
+        )
         return Response(UsageDailyRowOut(rows, many=True).data)

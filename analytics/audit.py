@@ -6,6 +6,7 @@ The actor, IP and user agent come from the request being served (AuditContextMid
 work outside a request (Celery, shell) has no actor. Secrets never reach the log: a field
 whose name says it holds one is written as "[redacted]".
 """
+
 from __future__ import annotations
 
 import copy
@@ -58,17 +59,34 @@ def request_user_agent(request) -> str:
     return request.META.get("HTTP_USER_AGENT", "")[:1000] if request is not None else ""
 
 
-def audit_record(*, action: str, user_id=None, organization_id=None, table_name: str = "", record_id: str = "",
-                 old_values: dict | None = None, new_values: dict | None = None, detail: dict | None = None,
-                 ip: str | None = None, on_commit_of: str | None = None) -> None:
+def audit_record(
+    *,
+    action: str,
+    user_id=None,
+    organization_id=None,
+    table_name: str = "",
+    record_id: str = "",
+    old_values: dict | None = None,
+    new_values: dict | None = None,
+    detail: dict | None = None,
+    ip: str | None = None,
+    on_commit_of: str | None = None,
+) -> None:
     """Queue one entry. With `on_commit_of` (an alias) it is queued only if that transaction commits."""
     request = _request.get()
     row = {
-        "entry_uuid": str(uuid.uuid4()), "created_at": timezone.now().isoformat(),
-        "user_id": str(user_id) if user_id else None, "organization_id": str(organization_id) if organization_id else None,
-        "action": action, "table_name": table_name, "record_id": record_id,
-        "old_values": old_values, "new_values": new_values, "detail": detail or {},
-        "ip": ip or request_ip(request), "user_agent": request_user_agent(request),
+        "entry_uuid": str(uuid.uuid4()),
+        "created_at": timezone.now().isoformat(),
+        "user_id": str(user_id) if user_id else None,
+        "organization_id": str(organization_id) if organization_id else None,
+        "action": action,
+        "table_name": table_name,
+        "record_id": record_id,
+        "old_values": old_values,
+        "new_values": new_values,
+        "detail": detail or {},
+        "ip": ip or request_ip(request),
+        "user_agent": request_user_agent(request),
     }
 
     def push():
@@ -89,6 +107,7 @@ def actor_id():
 
 # --- Model changes -------------------------------------------------------------------
 
+
 def _is_secret(name: str) -> bool:
     name = name.lower()
     return any(marker in name for marker in SECRET_MARKERS)
@@ -98,7 +117,8 @@ def _values(instance) -> dict:
     loaded = instance.__dict__
     return {
         f.attname: copy.deepcopy(loaded[f.attname]) if isinstance(loaded[f.attname], (dict, list)) else loaded[f.attname]
-        for f in instance._meta.concrete_fields if f.attname in loaded  # deferred fields are not known
+        for f in instance._meta.concrete_fields
+        if f.attname in loaded  # deferred fields are not known
     }
 
 
@@ -133,14 +153,27 @@ def change_saved(sender, instance, created: bool, using: str, update_fields=None
             return
         old = {k: _shown(k, before[k]) for k in sorted(changed)}
         new = {k: _shown(k, current[k]) for k in sorted(changed)}
-    audit_record(action="create" if created else "update", user_id=actor_id(), organization_id=_organization_of(instance),
-                 table_name=instance._meta.db_table, record_id=str(instance.pk), old_values=old, new_values=new,
-                 on_commit_of=using)
+    audit_record(
+        action="create" if created else "update",
+        user_id=actor_id(),
+        organization_id=_organization_of(instance),
+        table_name=instance._meta.db_table,
+        record_id=str(instance.pk),
+        old_values=old,
+        new_values=new,
+        on_commit_of=using,
+    )
 
 
 def change_deleted(sender, instance, using: str, **kwargs) -> None:
     """post_delete: the values the row had."""
     values = getattr(instance, SNAPSHOT, None) or _values(instance)
-    audit_record(action="delete", user_id=actor_id(), organization_id=_organization_of(instance),
-                 table_name=instance._meta.db_table, record_id=str(instance.pk),
-                 old_values={k: _shown(k, v) for k, v in values.items() if k not in IGNORED_FIELDS}, on_commit_of=using)
+    audit_record(
+        action="delete",
+        user_id=actor_id(),
+        organization_id=_organization_of(instance),
+        table_name=instance._meta.db_table,
+        record_id=str(instance.pk),
+        old_values={k: _shown(k, v) for k, v in values.items() if k not in IGNORED_FIELDS},
+        on_commit_of=using,
+    )

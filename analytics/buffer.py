@@ -8,6 +8,7 @@ So a flush that dies between the insert and the trim re-inserts nothing twice, a
 nothing is lost while no worker runs: the list just grows. A row that cannot be parsed
 goes to `analytics:buffer:dead:<kind>` instead of blocking the queue.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -39,19 +40,49 @@ class Kind:
 
 
 KINDS = {
-    "api_log": Kind("analytics_apilog", "request_uuid", (
-        ("user_id", "uuid?"), ("api_key_id", "uuid?"), ("route", "str:200"), ("method", "str:10"),
-        ("status", "int"), ("duration_ms", "int"), ("ip", "inet?"), ("user_agent", "str:1000"), ("error", "str:2000"),
-    )),
-    "event": Kind("analytics_event", "event_uuid", (
-        ("user_id", "uuid?"), ("organization_id", "uuid?"), ("name", "str:100"), ("properties", "json"),
-        ("source", "str:8"), ("session_id", "str:64"),
-    )),
-    "audit": Kind("analytics_auditlog", "entry_uuid", (
-        ("user_id", "uuid?"), ("organization_id", "uuid?"), ("action", "str:40"), ("table_name", "str:100"),
-        ("record_id", "str:64"), ("old_values", "json?"), ("new_values", "json?"), ("ip", "inet?"),
-        ("user_agent", "str:1000"), ("detail", "json"),
-    )),
+    "api_log": Kind(
+        "analytics_apilog",
+        "request_uuid",
+        (
+            ("user_id", "uuid?"),
+            ("api_key_id", "uuid?"),
+            ("route", "str:200"),
+            ("method", "str:10"),
+            ("status", "int"),
+            ("duration_ms", "int"),
+            ("ip", "inet?"),
+            ("user_agent", "str:1000"),
+            ("error", "str:2000"),
+        ),
+    ),
+    "event": Kind(
+        "analytics_event",
+        "event_uuid",
+        (
+            ("user_id", "uuid?"),
+            ("organization_id", "uuid?"),
+            ("name", "str:100"),
+            ("properties", "json"),
+            ("source", "str:8"),
+            ("session_id", "str:64"),
+        ),
+    ),
+    "audit": Kind(
+        "analytics_auditlog",
+        "entry_uuid",
+        (
+            ("user_id", "uuid?"),
+            ("organization_id", "uuid?"),
+            ("action", "str:40"),
+            ("table_name", "str:100"),
+            ("record_id", "str:64"),
+            ("old_values", "json?"),
+            ("new_values", "json?"),
+            ("ip", "inet?"),
+            ("user_agent", "str:1000"),
+            ("detail", "json"),
+        ),
+    ),
 }
 _SQL_TYPES = {"uuid?": "uuid", "int": "integer", "inet?": "inet", "json": "jsonb", "json?": "jsonb"}
 

@@ -8,12 +8,12 @@ Billing reads them on every message, so they must be cheap and right:
 - the hourly reconciliation compares every live counter with the ledger and repairs drift.
 Cost is kept in micro-dollars (integers), so Redis arithmetic stays exact.
 """
+
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import date, datetime
-from datetime import timezone as dt_timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 from django.db import connections
@@ -66,7 +66,7 @@ def _redis():
 
 
 def month_of(moment: datetime | None = None) -> date:
-    return month_start((moment or timezone.now()).astimezone(dt_timezone.utc).date())
+    return month_start((moment or timezone.now()).astimezone(UTC).date())
 
 
 def counter_key(scope: str, owner_id, month: date) -> str:
@@ -109,12 +109,14 @@ def usage_from_database(*, scope: str, owner_id, month: date) -> Usage:
     from analytics.services import ROLLUP_WATERMARK  # the rollup owns the watermark's name
 
     owner_column = {"org": "organization_id", "user": "user_id"}[scope]
-    start = datetime(month.year, month.month, 1, tzinfo=dt_timezone.utc)
+    start = datetime(month.year, month.month, 1, tzinfo=UTC)
     end_month = month_add(month, 1)
-    end = datetime(end_month.year, end_month.month, 1, tzinfo=dt_timezone.utc)
+    end = datetime(end_month.year, end_month.month, 1, tzinfo=UTC)
     with rls.privileged(reason=f"usage counters: rebuild {scope} {owner_id}"), connections[rls.PRIVILEGED_ALIAS].cursor() as cur:
-        cur.execute(_TRUTH_SQL.format(owner_column=owner_column),
-                    {"watermark": ROLLUP_WATERMARK, "month": month, "owner": owner_id, "start": start, "end": end})
+        cur.execute(
+            _TRUTH_SQL.format(owner_column=owner_column),
+            {"watermark": ROLLUP_WATERMARK, "month": month, "owner": owner_id, "start": start, "end": end},
+        )
         i, o, t, c, cost = cur.fetchone()
     return Usage(int(i), int(o), int(t), int(c), cost_micros(cost))
 

@@ -1,5 +1,6 @@
 """Request-side logging: every API request is timed and queued for the API log, and
 audit entries learn who is acting. Neither writes to the database."""
+
 import json
 import logging
 import time
@@ -48,19 +49,22 @@ class ApiLogMiddleware:
         try:
             match = request.resolver_match
             auth = getattr(request, "auth", None)  # DRF copies the key to the Django request
-            buffer_push("api_log", {
-                "request_uuid": str(uuid.uuid4()),
-                "created_at": timezone.now().isoformat(),
-                "user_id": str(user_id) if (user_id := audit.request_user_id(request)) else None,
-                "api_key_id": str(auth.pk) if getattr(auth, "pk", None) else None,
-                "route": (match.route if match and match.route else UNMATCHED_ROUTE),
-                "method": request.method,
-                "status": response.status_code,
-                "duration_ms": duration_ms,
-                "ip": audit.request_ip(request),
-                "user_agent": audit.request_user_agent(request),
-                "error": _error_message(response),
-            })
+            buffer_push(
+                "api_log",
+                {
+                    "request_uuid": str(uuid.uuid4()),
+                    "created_at": timezone.now().isoformat(),
+                    "user_id": str(user_id) if (user_id := audit.request_user_id(request)) else None,
+                    "api_key_id": str(auth.pk) if getattr(auth, "pk", None) else None,
+                    "route": (match.route if match and match.route else UNMATCHED_ROUTE),
+                    "method": request.method,
+                    "status": response.status_code,
+                    "duration_ms": duration_ms,
+                    "ip": audit.request_ip(request),
+                    "user_agent": audit.request_user_agent(request),
+                    "error": _error_message(response),
+                },
+            )
         except Exception:  # the log is not worth failing the request for
             logger.exception("API log entry lost for %s %s", request.method, request.path)
         return response

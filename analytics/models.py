@@ -1,6 +1,7 @@
 """Usage facts. The four logs are monthly-partitioned tables whose database primary key
 is (id, created_at); Django sees `id` (unique by its sequence) as the key, which keeps
 admin and DRF working. The tables are created by RunSQL (config/db/partitions.py)."""
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -56,6 +57,9 @@ class UsageRequest(models.Model):
     class Meta:
         db_table = "analytics_usagerequest"
 
+    def __str__(self):
+        return self.request_id
+
 
 class UsageRollup(models.Model):
     """Daily and monthly totals per organization, user, provider and model; always equal to the ledger."""
@@ -83,7 +87,9 @@ class UsageRollup(models.Model):
         db_table = "analytics_usagerollup"
         ordering = ["-period_start"]
         constraints = [
-            models.UniqueConstraint(fields=["period", "period_start", "organization", "user", "provider", "model"], name="analytics_usagerollup_key"),
+            models.UniqueConstraint(
+                fields=["period", "period_start", "organization", "user", "provider", "model"], name="analytics_usagerollup_key"
+            )
         ]
         indexes = [
             models.Index(fields=["organization", "period", "period_start"], name="analytics_rollup_org_idx"),
@@ -104,6 +110,9 @@ class RollupWatermark(models.Model):
 
     class Meta:
         db_table = "analytics_rollupwatermark"
+
+    def __str__(self):
+        return f"{self.name} at {self.horizon}"
 
 
 class ApiLog(models.Model):

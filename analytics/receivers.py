@@ -1,4 +1,5 @@
 """Signal receivers: the audit log listens to accounts and the privileged context."""
+
 from django.apps import apps
 from django.conf import settings
 from django.db.models.signals import post_delete, post_init, post_save

@@ -7,10 +7,10 @@ organization they administer (usage by member). Days are UTC days, as in the rol
 Costs are Decimals with 6 places; the staff overview reads across tenants in the
 audited privileged context.
 """
+
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
-from datetime import timezone as dt_timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 from django.db.models import Count, DecimalField, Q, QuerySet, Sum, Value
@@ -35,7 +35,7 @@ DAY, MONTH = UsageRollup.Period.DAY, UsageRollup.Period.MONTH
 
 def usage_today() -> date:
     """Today as the rollups count days: in UTC."""
-    return timezone.now().astimezone(dt_timezone.utc).date()
+    return timezone.now().astimezone(UTC).date()
 
 
 def period_bounds(*, period: str, today: date | None = None) -> tuple[date, date]:
@@ -117,7 +117,9 @@ def usage_daily(*, user, start: date, end: date, group_by: str, organization_id=
     """
     date_range_check(start=start, end=end)
     if group_by not in GROUPINGS:
-        raise UsageQueryInvalid(f"Unknown grouping '{group_by}': use model, provider or user.", {"field": "group_by", "choices": list(GROUPINGS)})
+        raise UsageQueryInvalid(
+            f"Unknown grouping '{group_by}': use model, provider or user.", {"field": "group_by", "choices": list(GROUPINGS)}
+        )
     rows = UsageRollup.objects.filter(period=DAY, period_start__range=(start, end))
     names = {}
     if group_by == "user":
@@ -132,17 +134,25 @@ def usage_daily(*, user, start: date, end: date, group_by: str, organization_id=
         column = group_by
     grouped = rows.values("period_start", column).annotate(**_sums()).order_by("period_start", column)
     return [
-        {"date": row["period_start"], "key": str(row[column]),
-         "label": names.get(row[column], "Former member") if group_by == "user" else row[column],
-         **_totals(row)}
+        {
+            "date": row["period_start"],
+            "key": str(row[column]),
+            "label": names.get(row[column], "Former member") if group_by == "user" else row[column],
+            **_totals(row),
+        }
         for row in grouped
     ]
 
 
 def usage_by_model(*, user, month: date) -> list[dict]:
     """The user's own usage in a month per provider and model, most costly first."""
-    rows = (_own(user).filter(period=MONTH, period_start=month.replace(day=1))
-            .values("provider", "model").annotate(**_sums()).order_by("-cost", "-total_tokens", "provider", "model"))
+    rows = (
+        _own(user)
+        .filter(period=MONTH, period_start=month.replace(day=1))
+        .values("provider", "model")
+        .annotate(**_sums())
+        .order_by("-cost", "-total_tokens", "provider", "model")
+    )
     return [{"provider": row["provider"], "model": row["model"], **_totals(row)} for row in rows]
 
 
@@ -151,8 +161,11 @@ def usage_by_member(*, user, organization_id, month: date) -> list[dict]:
     listed (with zeros when idle), former members with usage too. Owners and admins only."""
     _administered_ids(user=user, organization_id=organization_id)
     names = accounts_selectors.member_names(organization_ids=[organization_id])
-    rows = (UsageRollup.objects.filter(period=MONTH, period_start=month.replace(day=1), organization_id=organization_id)
-            .values("user_id").annotate(**_sums()))
+    rows = (
+        UsageRollup.objects.filter(period=MONTH, period_start=month.replace(day=1), organization_id=organization_id)
+        .values("user_id")
+        .annotate(**_sums())
+    )
     usage = {row["user_id"]: _totals(row) for row in rows}
     members = [
         {"user_id": user_id, "name": names.get(user_id, "Former member"), "is_member": user_id in names, **usage.get(user_id, _zero())}
@@ -177,24 +190,42 @@ def staff_usage_overview(*, today: date | None = None, now: datetime | None = No
     with rls.privileged(reason="staff usage dashboard"):
         monthly = UsageRollup.objects.filter(period=MONTH, period_start=month)
         totals = monthly.aggregate(**_sums(), active_users=Count("user_id", distinct=True))
-        top_users = list(monthly.values("user_id", "user__email").annotate(**_sums()).order_by("-cost", "-total_tokens", "user_id")[:STAFF_TOP])
-        top_organizations = list(monthly.values("organization_id", "organization__name").annotate(**_sums())
-                                 .order_by("-cost", "-total_tokens", "organization_id")[:STAFF_TOP])
+        top_users = list(
+            monthly.values("user_id", "user__email").annotate(**_sums()).order_by("-cost", "-total_tokens", "user_id")[:STAFF_TOP]
+        )
+        top_organizations = list(
+            monthly.values("organization_id", "organization__name")
+            .annotate(**_sums())
+            .order_by("-cost", "-total_tokens", "organization_id")[:STAFF_TOP]
+        )
         by_model = list(monthly.values("provider", "model").annotate(**_sums()).order_by("-cost", "-total_tokens", "provider", "model"))
-        daily = {row["period_start"]: row for row in UsageRollup.objects.filter(period=DAY, period_start__range=(chart_start, today))
-                 .values("period_start").annotate(**_sums())}
-        hours = list(ApiLog.objects.filter(created_at__gte=since, created_at__lte=now)
-                     .annotate(hour=TruncHour("created_at")).values("hour")
-                     .annotate(requests=Count("id"), client_errors=Count("id", filter=Q(status__gte=400, status__lt=500)),
-                               server_errors=Count("id", filter=Q(status__gte=500)))
-                     .order_by("hour"))
+        daily = {
+            row["period_start"]: row
+            for row in UsageRollup.objects.filter(period=DAY, period_start__range=(chart_start, today))
+            .values("period_start")
+            .annotate(**_sums())
+        }
+        hours = list(
+            ApiLog.objects.filter(created_at__gte=since, created_at__lte=now)
+            .annotate(hour=TruncHour("created_at"))
+            .values("hour")
+            .annotate(
+                requests=Count("id"),
+                client_errors=Count("id", filter=Q(status__gte=400, status__lt=500)),
+                server_errors=Count("id", filter=Q(status__gte=500)),
+            )
+            .order_by("hour")
+        )
     by_provider: dict[str, dict] = {}
     for row in by_model:
         _add(by_provider.setdefault(row["provider"], _zero()), _totals(row))
     counted = {h["hour"]: h for h in hours}
     first_hour = since.replace(minute=0, second=0, microsecond=0)
-    hours = [counted.get(hour, {"hour": hour, "requests": 0, "client_errors": 0, "server_errors": 0})
-             for hour in (first_hour + timedelta(hours=n) for n in range(25)) if hour <= now]
+    hours = [
+        counted.get(hour, {"hour": hour, "requests": 0, "client_errors": 0, "server_errors": 0})
+        for hour in (first_hour + timedelta(hours=n) for n in range(25))
+        if hour <= now
+    ]
     requests = sum(h["requests"] for h in hours)
     client_errors = sum(h["client_errors"] for h in hours)
     server_errors = sum(h["server_errors"] for h in hours)
@@ -202,7 +233,9 @@ def staff_usage_overview(*, today: date | None = None, now: datetime | None = No
         "month": month,
         "totals": {**_totals(totals), "active_users": totals["active_users"]},
         "top_users": [{"user_id": r["user_id"], "email": r["user__email"], **_totals(r)} for r in top_users],
-        "top_organizations": [{"organization_id": r["organization_id"], "name": r["organization__name"], **_totals(r)} for r in top_organizations],
+        "top_organizations": [
+            {"organization_id": r["organization_id"], "name": r["organization__name"], **_totals(r)} for r in top_organizations
+        ],
         "by_provider": sorted(({"provider": p, **t} for p, t in by_provider.items()), key=lambda r: (-r["cost"], r["provider"])),
         "by_model": [{"provider": r["provider"], "model": r["model"], **_totals(r)} for r in by_model],
         "daily": [{"date": day, **_totals(daily.get(day, {}))} for day in _days(chart_start, today)],

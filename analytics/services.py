@@ -2,6 +2,7 @@
 
 Other apps record usage only through `usage_record` / `usage_record_batch`.
 """
+
 from __future__ import annotations
 
 import time
@@ -60,8 +61,20 @@ class UsageRecord:
         return self.input_tokens + self.output_tokens
 
 
-def _validated(*, user_id, organization_id, provider: str, model: str, input_tokens: int, output_tokens: int,
-               input_price, output_price, request_id: str, cost=None, **optional) -> UsageRecord:
+def _validated(
+    *,
+    user_id,
+    organization_id,
+    provider: str,
+    model: str,
+    input_tokens: int,
+    output_tokens: int,
+    input_price,
+    output_price,
+    request_id: str,
+    cost=None,
+    **optional,
+) -> UsageRecord:
     problems = {}
     for name, value in (("input_tokens", input_tokens), ("output_tokens", output_tokens), ("latency_ms", optional.get("latency_ms", 0))):
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_TOKENS:
@@ -88,14 +101,21 @@ def _validated(*, user_id, organization_id, provider: str, model: str, input_tok
         problems["user_id"] = "user and organization are required"
     if problems:
         raise UsageInvalid("Usage not recorded: " + "; ".join(f"{k} {v}" for k, v in problems.items()) + ".", {"fields": problems})
-    computed = usage_cost(input_tokens=input_tokens, output_tokens=output_tokens,
-                          input_price=prices["input_price"], output_price=prices["output_price"])
+    computed = usage_cost(
+        input_tokens=input_tokens, output_tokens=output_tokens, input_price=prices["input_price"], output_price=prices["output_price"]
+    )
     return UsageRecord(
-        user_id=user_id, organization_id=organization_id, provider=provider, model=model,
-        input_tokens=input_tokens, output_tokens=output_tokens,
-        input_price=prices["input_price"].quantize(COST_PLACES), output_price=prices["output_price"].quantize(COST_PLACES),
+        user_id=user_id,
+        organization_id=organization_id,
+        provider=provider,
+        model=model,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        input_price=prices["input_price"].quantize(COST_PLACES),
+        output_price=prices["output_price"].quantize(COST_PLACES),
         cost=prices["cost"].quantize(COST_PLACES, rounding=ROUND_HALF_UP) if "cost" in prices else computed,
-        request_id=request_id, **optional,
+        request_id=request_id,
+        **optional,
     )
 
 
@@ -126,16 +146,30 @@ def usage_record_batch(records: list[dict]) -> list[TokenUsage]:
             if r.request_id in fresh and r.request_id not in seen:
                 seen.add(r.request_id)
                 to_write.append(r)
-        rows = TokenUsage.objects.using(alias).bulk_create([
-            TokenUsage(
-                created_at=r.created_at or now, user_id=r.user_id, organization_id=r.organization_id,
-                provider=r.provider, model=r.model, input_tokens=r.input_tokens, output_tokens=r.output_tokens,
-                total_tokens=r.total_tokens, input_price=r.input_price, output_price=r.output_price, cost=r.cost,
-                conversation_id=r.conversation_id, message_id=r.message_id, request_id=r.request_id,
-                latency_ms=r.latency_ms, success=r.success, error=r.error[:2000],
-            )
-            for r in to_write
-        ])
+        rows = TokenUsage.objects.using(alias).bulk_create(
+            [
+                TokenUsage(
+                    created_at=r.created_at or now,
+                    user_id=r.user_id,
+                    organization_id=r.organization_id,
+                    provider=r.provider,
+                    model=r.model,
+                    input_tokens=r.input_tokens,
+                    output_tokens=r.output_tokens,
+                    total_tokens=r.total_tokens,
+                    input_price=r.input_price,
+                    output_price=r.output_price,
+                    cost=r.cost,
+                    conversation_id=r.conversation_id,
+                    message_id=r.message_id,
+                    request_id=r.request_id,
+                    latency_ms=r.latency_ms,
+                    success=r.success,
+                    error=r.error[:2000],
+                )
+                for r in to_write
+            ]
+        )
         transaction.on_commit(lambda: _count_live(rows), using=alias)
     return rows
 
@@ -199,8 +233,11 @@ def usage_rollup(*, pause_before_commit: float = 0.0) -> RollupResult:
         cur.execute("SELECT pg_try_advisory_xact_lock(%s)", [ROLLUP_LOCK])
         if not cur.fetchone()[0]:
             return RollupResult(ran=False)
-        cur.execute("INSERT INTO analytics_rollupwatermark (name, horizon, rows_total, updated_at) VALUES (%s, '0', 0, now()) "
-                    "ON CONFLICT (name) DO NOTHING", [ROLLUP_WATERMARK])
+        cur.execute(
+            "INSERT INTO analytics_rollupwatermark (name, horizon, rows_total, updated_at) VALUES (%s, '0', 0, now()) "
+            "ON CONFLICT (name) DO NOTHING",
+            [ROLLUP_WATERMARK],
+        )
         cur.execute("SELECT horizon FROM analytics_rollupwatermark WHERE name = %s FOR UPDATE", [ROLLUP_WATERMARK])
         old = cur.fetchone()[0]
         cur.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
@@ -209,8 +246,10 @@ def usage_rollup(*, pause_before_commit: float = 0.0) -> RollupResult:
         rows = cur.fetchone()[0]
         if rows:
             cur.execute(_ROLLUP_SQL, {"old": old, "new": new})
-        cur.execute("UPDATE analytics_rollupwatermark SET horizon = %s, rows_total = rows_total + %s, updated_at = now() WHERE name = %s",
-                    [new, rows, ROLLUP_WATERMARK])
+        cur.execute(
+            "UPDATE analytics_rollupwatermark SET horizon = %s, rows_total = rows_total + %s, updated_at = now() WHERE name = %s",
+            [new, rows, ROLLUP_WATERMARK],
+        )
         if pause_before_commit:
             time.sleep(pause_before_commit)  # idle in transaction: a killed process aborts it
     return RollupResult(ran=True, rows=rows, horizon=new)
@@ -218,24 +257,46 @@ def usage_rollup(*, pause_before_commit: float = 0.0) -> RollupResult:
 
 # --- Product events ----------------------------------------------------------------
 
-def _event_row(*, name: str, user_id, organization_id, properties: dict | None, source: str, session_id: str,
-               occurred_at: datetime | None) -> dict:
+
+def _event_row(
+    *, name: str, user_id, organization_id, properties: dict | None, source: str, session_id: str, occurred_at: datetime | None
+) -> dict:
     return {
-        "event_uuid": str(uuid4()), "created_at": (occurred_at or timezone.now()).isoformat(),
-        "user_id": str(user_id) if user_id else None, "organization_id": str(organization_id) if organization_id else None,
-        "name": name, "properties": properties or {}, "source": source, "session_id": session_id or "",
+        "event_uuid": str(uuid4()),
+        "created_at": (occurred_at or timezone.now()).isoformat(),
+        "user_id": str(user_id) if user_id else None,
+        "organization_id": str(organization_id) if organization_id else None,
+        "name": name,
+        "properties": properties or {},
+        "source": source,
+        "session_id": session_id or "",
     }
 
 
-def event_track(*, name: str, user=None, organization_id: UUID | None = None, properties: dict | None = None,
-                source: str = "server", session_id: str = "", occurred_at: datetime | None = None) -> UUID | None:
+def event_track(
+    *,
+    name: str,
+    user=None,
+    organization_id: UUID | None = None,
+    properties: dict | None = None,
+    source: str = "server",
+    session_id: str = "",
+    occurred_at: datetime | None = None,
+) -> UUID | None:
     """Queue one product event for the event log (written by the log flush, not here).
     Returns its uuid, or None when the user opted out of analytics (nothing is kept).
     The opt-out is read under the caller's context: the user's own, or privileged."""
     if user is not None and accounts_selectors.analytics_opted_out(user=user):
         return None
-    row = _event_row(name=name, user_id=getattr(user, "pk", None), organization_id=organization_id, properties=properties,
-                     source=source, session_id=session_id, occurred_at=occurred_at)
+    row = _event_row(
+        name=name,
+        user_id=getattr(user, "pk", None),
+        organization_id=organization_id,
+        properties=properties,
+        source=source,
+        session_id=session_id,
+        occurred_at=occurred_at,
+    )
     buffer.buffer_push("event", row)
     return UUID(row["event_uuid"])
 
@@ -246,8 +307,16 @@ def event_track_batch(*, user, events: list[dict], source: str = "client") -> in
     if accounts_selectors.analytics_opted_out(user=user):
         return 0
     for event in events:
-        buffer.buffer_push("event", _event_row(
-            name=event["name"], user_id=user.pk, organization_id=None, properties=event.get("properties"), source=source,
-            session_id=event.get("session_id", ""), occurred_at=event.get("occurred_at"),
-        ))
+        buffer.buffer_push(
+            "event",
+            _event_row(
+                name=event["name"],
+                user_id=user.pk,
+                organization_id=None,
+                properties=event.get("properties"),
+                source=source,
+                session_id=event.get("session_id", ""),
+                occurred_at=event.get("occurred_at"),
+            ),
+        )
     return len(events)

@@ -1,4 +1,5 @@
 """Analytics upkeep on Celery beat: logs flushed every 10 seconds, rollups every minute, counters hourly, partitions daily."""
+
 import logging
 
 from celery import shared_task

@@ -4,7 +4,4 @@ from analytics import views
 
 app_name = "analytics"
 
-urlpatterns = [
-    path("", views.dashboard, name="dashboard"),
-    path("staff/", views.staff_dashboard, name="staff"),
-]
+urlpatterns = [path("", views.dashboard, name="dashboard"), path("staff/", views.staff_dashboard, name="staff")]

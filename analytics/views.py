@@ -5,6 +5,7 @@ Figures come from the rollups through analytics.selectors; this month's headline
 come from the live counters (the ones plan limits will be checked against). Charts are
 Chart.js configurations in `data-chart` attributes (static/js/app.js draws them).
 """
+
 from __future__ import annotations
 
 import json
@@ -34,25 +35,48 @@ def _day_label(day: date) -> str:
 
 def _tokens_and_cost_chart(days: list[date], stacks: dict[str, dict[date, int]], cost: dict[date, float]) -> str:
     """Stacked token bars (left axis) and a cost line (right axis), one point per day."""
-    datasets = [{"type": "line", "label": "Cost (USD)", "data": [round(cost.get(d, 0), 6) for d in days],
-                 "yAxisID": "cost", "cubicInterpolationMode": "monotone", "pointRadius": 2, "order": 0}]
-    datasets += [{"label": label, "data": [series.get(d, 0) for d in days], "stack": "tokens", "yAxisID": "tokens", "order": 1}
-                 for label, series in stacks.items()]
-    return _chart({
-        "type": "bar",
-        "data": {"labels": [_day_label(d) for d in days], "datasets": datasets},
-        "options": {
-            "interaction": {"mode": "index", "intersect": False},
-            "plugins": {"legend": {"position": "bottom"}},
-            "scales": {
-                "x": {"stacked": True, "grid": {"display": False}},
-                "tokens": {"type": "linear", "position": "left", "stacked": True, "beginAtZero": True,
-                           "title": {"display": True, "text": "Tokens"}},
-                "cost": {"type": "linear", "position": "right", "beginAtZero": True, "grid": {"drawOnChartArea": False},
-                         "title": {"display": True, "text": "Cost (USD)"}},
+    datasets = [
+        {
+            "type": "line",
+            "label": "Cost (USD)",
+            "data": [round(cost.get(d, 0), 6) for d in days],
+            "yAxisID": "cost",
+            "cubicInterpolationMode": "monotone",
+            "pointRadius": 2,
+            "order": 0,
+        }
+    ]
+    datasets += [
+        {"label": label, "data": [series.get(d, 0) for d in days], "stack": "tokens", "yAxisID": "tokens", "order": 1}
+        for label, series in stacks.items()
+    ]
+    return _chart(
+        {
+            "type": "bar",
+            "data": {"labels": [_day_label(d) for d in days], "datasets": datasets},
+            "options": {
+                "interaction": {"mode": "index", "intersect": False},
+                "plugins": {"legend": {"position": "bottom"}},
+                "scales": {
+                    "x": {"stacked": True, "grid": {"display": False}},
+                    "tokens": {
+                        "type": "linear",
+                        "position": "left",
+                        "stacked": True,
+                        "beginAtZero": True,
+                        "title": {"display": True, "text": "Tokens"},
+                    },
+                    "cost": {
+                        "type": "linear",
+                        "position": "right",
+                        "beginAtZero": True,
+                        "grid": {"drawOnChartArea": False},
+                        "title": {"display": True, "text": "Cost (USD)"},
+                    },
+                },
             },
-        },
-    })
+        }
+    )
 
 
 def _daily_by_model_chart(rows: list[dict], start: date, end: date) -> str:
@@ -112,27 +136,35 @@ def dashboard(request):
 
 
 def _provider_chart(by_provider: list[dict]) -> str:
-    return _chart({
-        "type": "doughnut",
-        "data": {"labels": [row["provider"] for row in by_provider],
-                 "datasets": [{"label": "Cost (USD)", "data": [float(row["cost"]) for row in by_provider]}]},
-        "options": {"plugins": {"legend": {"position": "bottom"}}},
-    })
+    return _chart(
+        {
+            "type": "doughnut",
+            "data": {
+                "labels": [row["provider"] for row in by_provider],
+                "datasets": [{"label": "Cost (USD)", "data": [float(row["cost"]) for row in by_provider]}],
+            },
+            "options": {"plugins": {"legend": {"position": "bottom"}}},
+        }
+    )
 
 
 def _model_chart(by_model: list[dict]) -> str:
     top = by_model[:10]
-    return _chart({
-        "type": "bar",
-        "data": {"labels": [f"{row['provider']}/{row['model']}" for row in top],
-                 "datasets": [{"label": "Total tokens", "data": [row["total_tokens"] for row in top]}]},
-        "options": {"indexAxis": "y", "plugins": {"legend": {"display": False}},
-                    "scales": {"x": {"beginAtZero": True}}},
-    })
+    return _chart(
+        {
+            "type": "bar",
+            "data": {
+                "labels": [f"{row['provider']}/{row['model']}" for row in top],
+                "datasets": [{"label": "Total tokens", "data": [row["total_tokens"] for row in top]}],
+            },
+            "options": {"indexAxis": "y", "plugins": {"legend": {"display": False}}, "scales": {"x": {"beginAtZero": True}}},
+        }
+    )
 
 
 def _api_chart(hours: list[dict]) -> str:
     """API requests per hour, stacked by outcome."""
+
     def series(label, color, values):
         return {"label": label, "data": values, "stack": "requests", "backgroundColor": color, "borderColor": color}
 
@@ -141,12 +173,16 @@ def _api_chart(hours: list[dict]) -> str:
         series("4xx", API_COLORS["client"], [h["client_errors"] for h in hours]),
         series("5xx", API_COLORS["server"], [h["server_errors"] for h in hours]),
     ]
-    return _chart({
-        "type": "bar",
-        "data": {"labels": [f"{h['hour']:%H}:00" for h in hours], "datasets": datasets},
-        "options": {"plugins": {"legend": {"position": "bottom"}},
-                    "scales": {"x": {"stacked": True, "grid": {"display": False}}, "y": {"stacked": True, "beginAtZero": True}}},
-    })
+    return _chart(
+        {
+            "type": "bar",
+            "data": {"labels": [f"{h['hour']:%H}:00" for h in hours], "datasets": datasets},
+            "options": {
+                "plugins": {"legend": {"position": "bottom"}},
+                "scales": {"x": {"stacked": True, "grid": {"display": False}}, "y": {"stacked": True, "beginAtZero": True}},
+            },
+        }
+    )
 
 
 @login_required
@@ -160,8 +196,10 @@ def staff_dashboard(request):
         "overview": overview,
         "daily_chart": _tokens_and_cost_chart(
             days,
-            {"Input tokens": {r["date"]: r["input_tokens"] for r in overview["daily"]},
-             "Output tokens": {r["date"]: r["output_tokens"] for r in overview["daily"]}},
+            {
+                "Input tokens": {r["date"]: r["input_tokens"] for r in overview["daily"]},
+                "Output tokens": {r["date"]: r["output_tokens"] for r in overview["daily"]},
+            },
             {r["date"]: float(r["cost"]) for r in overview["daily"]},
         ),
         "provider_chart": _provider_chart(overview["by_provider"]),

@@ -1,4 +1,5 @@
 """The admin site: staff work through the audited privileged context."""
+
 from functools import wraps
 
 from django.contrib import admin

@@ -1,4 +1,5 @@
 """The Celery app: Redis broker, JSON only, settings under the CELERY_ namespace."""
+
 import os
 
 from celery import Celery

@@ -3,6 +3,8 @@
 Each value gets its own random IV (Fernet). A value is decrypted only where it is
 used (a provider call), never to show it: pages, API and admin show `secret_mask()`.
 """
+
+import hashlib
 from functools import lru_cache
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -27,7 +29,9 @@ def keys_load(raw_keys) -> MultiFernet:
         try:
             fernets.append(Fernet(key))
         except (ValueError, TypeError) as exc:
-            raise ImproperlyConfigured(f"FIELD_ENCRYPTION_KEYS key #{position} is not a valid Fernet key (32 url-safe base64 bytes).") from exc
+            raise ImproperlyConfigured(
+                f"FIELD_ENCRYPTION_KEYS key #{position} is not a valid Fernet key (32 url-safe base64 bytes)."
+            ) from exc
     return MultiFernet(fernets)
 
 
@@ -66,3 +70,8 @@ def secret_mask(plaintext: str) -> str:
         return "…" + plaintext[-2:] if plaintext else ""
     head = plaintext[:3] if plaintext[:3].isascii() else ""
     return f"{head}…{plaintext[-4:]}"
+
+
+def token_digest(token: str) -> str:
+    """The SHA-256 hex digest under which a bearer token (API key, invitation, session) is stored."""
+    return hashlib.sha256(token.encode()).hexdigest()

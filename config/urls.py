@@ -5,11 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from config import health, views
 from config.api.views import ApiRootView
 
-api_v1 = [
-    path("", ApiRootView.as_view(), name="api-root"),
-    path("", include("accounts.api_urls")),
-    path("", include("analytics.api_urls")),
-]
+api_v1 = [path("", ApiRootView.as_view(), name="api-root"), path("", include("accounts.api_urls")), path("", include("analytics.api_urls"))]
 
 urlpatterns = [
     path("", views.home, name="home"),

@@ -1,4 +1,5 @@
 """Project-wide pages: home, and error handlers that answer /api/ in JSON."""
+
 from django.shortcuts import render
 from django.views import defaults
 

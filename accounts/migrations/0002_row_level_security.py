@@ -1,4 +1,5 @@
 """Row-level security for users, organizations and memberships, and the sign-in lookup."""
+
 from django.db import migrations
 
 from config.db.operations import CURRENT_USER, CreatePolicy, EnableRowLevelSecurity, in_organization, owned_by_user
@@ -14,7 +15,7 @@ GRANT_LOOKUP = "GRANT EXECUTE ON FUNCTION accounts_user_id_for_login(text) TO {r
 DROP_LOOKUP = "DROP FUNCTION IF EXISTS accounts_user_id_for_login(text)"
 
 # Members of an organization see each other's user rows (names, emails), read-only.
-SHARES_ORGANIZATION = f"""id IN (SELECT m.user_id FROM accounts_membership m WHERE {in_organization('m.organization_id')})"""
+SHARES_ORGANIZATION = f"""id IN (SELECT m.user_id FROM accounts_membership m WHERE {in_organization("m.organization_id")})"""
 
 
 def grant_lookup(apps, schema_editor):
@@ -25,10 +26,7 @@ def grant_lookup(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [
-        ("accounts", "0001_users_organizations"),
-        ("config", "0001_roles_grants_and_rls_functions"),
-    ]
+    dependencies = [("accounts", "0001_users_organizations"), ("config", "0001_roles_grants_and_rls_functions")]
 
     operations = [
         # Users: each their own row; fellow members' rows read-only.
@@ -47,9 +45,7 @@ class Migration(migrations.Migration):
         # creator adds it to the context before adding themself).
         EnableRowLevelSecurity("accounts_membership"),
         CreatePolicy(
-            "accounts_membership", "accounts_membership_member",
-            using=f"{owned_by_user()} OR {in_organization()}",
-            check=in_organization(),
+            "accounts_membership", "accounts_membership_member", using=f"{owned_by_user()} OR {in_organization()}", check=in_organization()
         ),
         migrations.RunSQL(LOGIN_LOOKUP, DROP_LOOKUP),
         migrations.RunPython(grant_lookup, migrations.RunPython.noop),

@@ -1,5 +1,6 @@
 """Row-level security for the rest of the account data, and the narrow lookups that run
 before a context exists (API-key sign-in) or across it (joining an organization)."""
+
 from django.db import migrations
 
 from config.db.operations import CURRENT_USER, CreatePolicy, EnableRowLevelSecurity, in_organization, user_owned_table
@@ -79,7 +80,9 @@ class Migration(migrations.Migration):
         CreatePolicy("accounts_invitation", "accounts_invitation_invitee_accept", using=INVITEE, command="UPDATE"),
         # Joining: only through an invitation or the auto-join domain.
         CreatePolicy(
-            "accounts_membership", "accounts_membership_join", command="INSERT",
+            "accounts_membership",
+            "accounts_membership_join",
+            command="INSERT",
             check=f"user_id = {CURRENT_USER} AND accounts_may_join(organization_id, role)",
         ),
     ]

@@ -4,15 +4,8 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
-    dependencies = [
-        ('accounts', '0004_row_level_security_for_account_data'),
-    ]
+    dependencies = [("accounts", "0004_row_level_security_for_account_data")]
 
     operations = [
-        migrations.AddField(
-            model_name='invitation',
-            name='organization_name',
-            field=models.CharField(blank=True, max_length=200),
-        ),
+        migrations.AddField(model_name="invitation", name="organization_name", field=models.CharField(blank=True, max_length=200))
     ]

@@ -1,4 +1,5 @@
 """Test data, written the way the product writes it (services, under the right context)."""
+
 import itertools
 
 from accounts.services import user_create

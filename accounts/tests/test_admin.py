@@ -1,20 +1,11 @@
 """Staff admin for accounts: every page works in the privileged context, shows every
 user's rows, never shows a secret, and its actions go through the services."""
+
 import pytest
 from django.urls import reverse
 
 from accounts import services
-from accounts.models import (
-    ApiKey,
-    Integration,
-    Invitation,
-    Membership,
-    Organization,
-    Preferences,
-    ProviderCredential,
-    User,
-    UserSession,
-)
+from accounts.models import ApiKey, Integration, Invitation, Membership, Organization, Preferences, ProviderCredential, User, UserSession
 from accounts.tests.factories import make_user
 from config.db import rls
 
@@ -36,7 +27,9 @@ def world():
             rows[f"{name}_key"], rows[f"{name}_secret"] = services.api_key_create(user=user, name=f"{name}'s key", scopes=["chat:read"])
             UserSession.objects.create(user=user, session_key=f"sess{user.pk.hex[:28]}", browser="Firefox 128", os="Linux")
         rows["credential"] = services.provider_credential_set(user=alice, provider="openai", api_key=OPENAI_KEY)
-        rows["integration"] = services.integration_connect(user=alice, service="calendar", access_token=ACCESS_TOKEN, refresh_token="refresh-" + "r" * 30)
+        rows["integration"] = services.integration_connect(
+            user=alice, service="calendar", access_token=ACCESS_TOKEN, refresh_token="refresh-" + "r" * 30
+        )
         organization = Membership.objects.get(user=alice).organization
         rows["invitation"], _ = services.invitation_create(actor=alice, organization=organization, email="guest@example.com")
     return rows
@@ -60,7 +53,10 @@ def _privileged(model):
 PAGES = {
     User: (lambda w: w["alice"], ["alice@example.com", "bob@example.com"]),
     Preferences: (lambda w: _privileged(Preferences).get(user=w["bob"]), ["alice@example.com", "bob@example.com"]),
-    Organization: (lambda w: _privileged(Membership).get(user=w["bob"]).organization, ["alice@example.com&#x27;s workspace", "bob@example.com&#x27;s workspace"]),
+    Organization: (
+        lambda w: _privileged(Membership).get(user=w["bob"]).organization,
+        ["alice@example.com&#x27;s workspace", "bob@example.com&#x27;s workspace"],
+    ),
     Invitation: (lambda w: w["invitation"], ["guest@example.com"]),
     UserSession: (lambda w: _privileged(UserSession).get(user=w["bob"]), ["alice@example.com", "bob@example.com"]),
     ApiKey: (lambda w: w["bob_key"], ["alice&#x27;s key", "bob&#x27;s key"]),
@@ -134,13 +130,13 @@ def test_provider_credential_key_is_replaced_through_the_service(staff_client, w
     stored = _privileged(ProviderCredential).get(pk=credential.pk)
     assert stored.api_key_mask == "sk-…9z8y"
     from config.crypto import secret_decrypt
+
     assert secret_decrypt(stored.api_key_encrypted) == NEW_OPENAI_KEY
 
     kept = staff_client.post(url, {**data, "replace_key": "", "base_url": "http://localhost:11434/v1"})
     assert kept.status_code == 302
     again = _privileged(ProviderCredential).get(pk=credential.pk)
     assert again.api_key_encrypted == stored.api_key_encrypted and again.base_url == "http://localhost:11434/v1"
-
 
 
 def test_provider_credential_is_added_through_the_service(staff_client, world):
@@ -151,6 +147,7 @@ def test_provider_credential_is_added_through_the_service(staff_client, world):
     assert response.status_code == 302
     credential = _privileged(ProviderCredential).get(user=bob, provider="anthropic")
     assert credential.api_key_mask == "sk-…wxyz" and credential.api_key_encrypted
+
 
 def test_integration_shows_only_the_mask(staff_client, world):
     integration = _privileged(Integration).get(pk=world["integration"].pk)
@@ -209,8 +206,17 @@ def test_deactivate_action_deactivates_users_and_revokes_their_keys(staff_client
 
 def test_unticking_active_on_the_change_form_also_revokes_keys(staff_client, world):
     bob = _privileged(User).get(pk=world["bob"].pk)
-    data = {"email": bob.email, "display_name": "", "first_name": "", "last_name": "", "avatar_url": "",
-            "timezone": "UTC", "locale": "en", "role": "member", "metadata": "{}"}
+    data = {
+        "email": bob.email,
+        "display_name": "",
+        "first_name": "",
+        "last_name": "",
+        "avatar_url": "",
+        "timezone": "UTC",
+        "locale": "en",
+        "role": "member",
+        "metadata": "{}",
+    }
     response = staff_client.post(_url("accounts_user_change", bob.pk), data)
     assert response.status_code == 302, response.content.decode()[:2000]
     assert _privileged(User).get(pk=bob.pk).is_active is False
@@ -231,9 +237,7 @@ def test_revoke_action_revokes_api_keys(staff_client, world):
 def test_revoke_action_ends_sessions(staff_client, world):
     session = _privileged(UserSession).get(user=world["alice"])
     response = staff_client.post(
-        _url("accounts_usersession_changelist"),
-        {"action": "revoke_sessions", "_selected_action": [str(session.pk)]},
-        follow=True,
+        _url("accounts_usersession_changelist"), {"action": "revoke_sessions", "_selected_action": [str(session.pk)]}, follow=True
     )
     assert "Revoked 1 session(s)" in response.content.decode()
     assert _privileged(UserSession).get(pk=session.pk).ended_at is not None
@@ -247,10 +251,19 @@ def test_session_pages_do_not_show_the_session_key(staff_client, world):
 
 
 def test_add_user_goes_through_the_service(staff_client):
-    response = staff_client.post(_url("accounts_user_add"), {
-        "email": "New.Person@Example.com", "display_name": "New", "first_name": "", "last_name": "", "role": "member",
-        "usable_password": "true", "password1": "a-long-enough-pass-42", "password2": "a-long-enough-pass-42",
-    })
+    response = staff_client.post(
+        _url("accounts_user_add"),
+        {
+            "email": "New.Person@Example.com",
+            "display_name": "New",
+            "first_name": "",
+            "last_name": "",
+            "role": "member",
+            "usable_password": "true",
+            "password1": "a-long-enough-pass-42",
+            "password2": "a-long-enough-pass-42",
+        },
+    )
     assert response.status_code == 302, response.content.decode()[:3000]
     user = _privileged(User).get(email="new.person@example.com")
     assert response["Location"] == _url("accounts_user_change", user.pk)
@@ -258,9 +271,7 @@ def test_add_user_goes_through_the_service(staff_client):
     assert _privileged(Preferences).filter(user=user).exists()
     assert _privileged(Membership).filter(user=user, role="owner", organization__is_personal=True).exists()
 
-    taken = staff_client.post(_url("accounts_user_add"), {
-        "email": "NEW.person@example.com", "role": "member", "usable_password": "false",
-    })
+    taken = staff_client.post(_url("accounts_user_add"), {"email": "NEW.person@example.com", "role": "member", "usable_password": "false"})
     assert taken.status_code == 200 and "already exists" in taken.content.decode()
 
 
@@ -273,4 +284,3 @@ def test_non_staff_is_sent_to_the_admin_login_and_sees_no_data(client, world):
     page = client.get(_url("accounts_user_changelist"), follow=True)
     html = page.content.decode()
     assert "bob@example.com" not in html and "alice&#x27;s key" not in html
-

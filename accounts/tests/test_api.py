@@ -1,5 +1,6 @@
 """The accounts REST API: one test per endpoint, its happy path and each error path;
 other tenants' ids answer 404; secrets never leave the response they were made in."""
+
 import re
 from datetime import timedelta
 
@@ -84,6 +85,7 @@ def acme(alice, bob, mailoutbox):
 
 # --- Root, schema, authentication ---------------------------------------------------------
 
+
 def test_root_lists_the_account_endpoints(client):
     endpoints = client.get(f"{API}/").json()["endpoints"]
     assert {"me", "preferences", "organizations", "api-keys", "provider-credentials", "sessions", "invitation-accept"} <= set(endpoints)
@@ -116,7 +118,9 @@ def test_openapi_schema_validates_and_lists_every_account_path(client):
     for path, methods in expected.items():
         assert set(schema["paths"][path]) == methods, path
     # Lists are paginated; secrets have no output field except the one-time `key`.
-    assert schema["paths"]["/api/v1/api-keys"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("PaginatedApiKeyOutList")
+    assert schema["paths"]["/api/v1/api-keys"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "PaginatedApiKeyOutList"
+    )
     components = schema["components"]["schemas"]
     assert "key" not in components["ApiKeyOut"]["properties"]
     assert "key" in components["ApiKeyCreatedOut"]["properties"]
@@ -174,6 +178,7 @@ def test_last_used_at_is_written_at_most_once_a_minute(alice):
 
 # --- Me and preferences --------------------------------------------------------------------
 
+
 def test_me_read_and_update(alice):
     client = key_client(alice)
     me = client.get(f"{API}/me").json()
@@ -181,8 +186,9 @@ def test_me_read_and_update(alice):
     assert me["display_name"] == "Alice"
     assert "password" not in me
 
-    response = client.patch(f"{API}/me", {"display_name": "Al", "timezone": "Europe/Paris", "email": "evil@example.com", "role": "staff"},
-                            format="json")
+    response = client.patch(
+        f"{API}/me", {"display_name": "Al", "timezone": "Europe/Paris", "email": "evil@example.com", "role": "staff"}, format="json"
+    )
     assert response.status_code == 200, response.json()
     assert response.json()["display_name"] == "Al"
     assert response.json()["timezone"] == "Europe/Paris"
@@ -207,14 +213,20 @@ def test_preferences_read_and_update(alice):
     assert (response.json()["temperature"], response.json()["theme"], response.json()["extra"]) == ("1.50", "dark", {"font": "mono"})
     assert client.get(f"{API}/preferences").json()["theme"] == "dark"
 
-    for bad, field in (({"temperature": "2.5"}, "temperature"), ({"temperature": "-0.1"}, "temperature"),
-                       ({"temperature": "warm"}, "temperature"), ({"theme": "neon"}, "theme"), ({"extra": [1, 2]}, "extra")):
+    for bad, field in (
+        ({"temperature": "2.5"}, "temperature"),
+        ({"temperature": "-0.1"}, "temperature"),
+        ({"temperature": "warm"}, "temperature"),
+        ({"theme": "neon"}, "theme"),
+        ({"extra": [1, 2]}, "extra"),
+    ):
         body = assert_error(client.patch(f"{API}/preferences", bad, format="json"), 400, f"Invalid input: {field}")
         assert field in body["extra"]["fields"]
     assert client.get(f"{API}/preferences").json()["temperature"] == "1.50"
 
 
 # --- API keys ----------------------------------------------------------------------------
+
 
 def test_api_key_create_shows_the_secret_once_and_it_authenticates(alice):
     client = session_client(alice)
@@ -273,6 +285,7 @@ def test_api_key_revoke_keeps_the_row_and_stops_the_key(alice):
 
 # --- Provider credentials -----------------------------------------------------------------
 
+
 def test_provider_credentials_are_masked_encrypted_and_replaced_in_place(alice):
     client = key_client(alice)
     response = client.post(f"{API}/provider-credentials", {"provider": "openai", "api_key": OPENAI_KEY}, format="json")
@@ -306,17 +319,31 @@ def test_provider_credentials_are_masked_encrypted_and_replaced_in_place(alice):
 
 def test_provider_credential_refuses_malformed_keys_without_echoing_them(alice):
     client = session_client(alice)
-    body = assert_error(client.post(f"{API}/provider-credentials", {"provider": "openai", "api_key": "pk-not-a-real-key-123456"}, format="json"),
-                        400, "does not look like")
+    body = assert_error(
+        client.post(f"{API}/provider-credentials", {"provider": "openai", "api_key": "pk-not-a-real-key-123456"}, format="json"),
+        400,
+        "does not look like",
+    )
     assert body["extra"] == {"field": "api_key"}
     assert "pk-not-a-real-key" not in str(body)
-    assert_error(client.post(f"{API}/provider-credentials", {"provider": "anthropic", "api_key": ""}, format="json"), 400, "paste the api key")
-    assert_error(client.post(f"{API}/provider-credentials", {"provider": "openai", "api_key": "sk-abc def" + "x" * 20}, format="json"), 400, "spaces")
-    assert_error(client.post(f"{API}/provider-credentials", {"provider": "mistral", "api_key": OPENAI_KEY}, format="json"), 400, "Invalid input: provider")
+    assert_error(
+        client.post(f"{API}/provider-credentials", {"provider": "anthropic", "api_key": ""}, format="json"), 400, "paste the api key"
+    )
+    assert_error(
+        client.post(f"{API}/provider-credentials", {"provider": "openai", "api_key": "sk-abc def" + "x" * 20}, format="json"), 400, "spaces"
+    )
+    assert_error(
+        client.post(f"{API}/provider-credentials", {"provider": "mistral", "api_key": OPENAI_KEY}, format="json"),
+        400,
+        "Invalid input: provider",
+    )
     assert_error(client.post(f"{API}/provider-credentials", {"provider": "openai", "base_url": "nope"}, format="json"), 400, "base_url")
     # A self-hosted OpenAI-compatible server may use any token; managed access needs no key.
-    local = client.post(f"{API}/provider-credentials", {"provider": "openai", "api_key": "local-token", "base_url": "http://localhost:11434/v1"},
-                        format="json")
+    local = client.post(
+        f"{API}/provider-credentials",
+        {"provider": "openai", "api_key": "local-token", "base_url": "http://localhost:11434/v1"},
+        format="json",
+    )
     assert local.status_code == 201, local.json()
     managed = client.post(f"{API}/provider-credentials", {"provider": "gemini", "access_type": "free_tier"}, format="json")
     assert managed.status_code == 201, managed.json()
@@ -326,11 +353,15 @@ def test_provider_credential_refuses_malformed_keys_without_echoing_them(alice):
 
 # --- Organizations, members, invitations ------------------------------------------------------
 
+
 def test_organization_list_create_read_update(alice, bob, acme):
     client = session_client(alice)
     orgs = client.get(f"{API}/organizations").json()
     assert orgs["count"] == 2
-    assert [(o["name"], o["role"], o["is_personal"]) for o in orgs["results"]] == [("Alice's workspace", "owner", True), ("Acme", "owner", False)]
+    assert [(o["name"], o["role"], o["is_personal"]) for o in orgs["results"]] == [
+        ("Alice's workspace", "owner", True),
+        ("Acme", "owner", False),
+    ]
     bob_orgs = session_client(bob).get(f"{API}/organizations").json()["results"]
     assert [(o["name"], o["role"]) for o in bob_orgs] == [("Bob's workspace", "owner"), ("Acme", "member")]
 
@@ -365,8 +396,12 @@ def test_invitations_create_list_accept(alice, bob, mailoutbox):
     assert listed.json()["count"] == 1 and token not in listed.content.decode()
 
     assert_error(client.post(f"{API}/organizations/{org_id}/invitations", {"email": "nope"}, format="json"), 400, "Invalid input: email")
-    assert_error(client.post(f"{API}/organizations/{org_id}/invitations", {"email": "x@example.com", "role": "king"}, format="json"), 400, "role")
-    assert_error(client.post(f"{API}/organizations/{org_id}/invitations", {"email": "alice@example.com"}, format="json"), 400, "already a member")
+    assert_error(
+        client.post(f"{API}/organizations/{org_id}/invitations", {"email": "x@example.com", "role": "king"}, format="json"), 400, "role"
+    )
+    assert_error(
+        client.post(f"{API}/organizations/{org_id}/invitations", {"email": "alice@example.com"}, format="json"), 400, "already a member"
+    )
 
     # Someone else cannot use Bob's token; Bob can, once.
     carol = make_user(email="carol@example.com")
@@ -381,7 +416,10 @@ def test_invitations_create_list_accept(alice, bob, mailoutbox):
 
     members = client.get(f"{API}/organizations/{org_id}/members").json()
     assert members["count"] == 2
-    assert sorted((m["user"]["email"], m["role"]) for m in members["results"]) == [("alice@example.com", "owner"), ("bob@example.com", "admin")]
+    assert sorted((m["user"]["email"], m["role"]) for m in members["results"]) == [
+        ("alice@example.com", "owner"),
+        ("bob@example.com", "admin"),
+    ]
     assert bob_client.get(f"{API}/organizations/{org_id}/members").json()["count"] == 2
     assert client.get(f"{API}/organizations/{org_id}/invitations").json()["results"][0]["status"] == "accepted"
 
@@ -391,7 +429,9 @@ def test_invitation_revoke_and_rules(alice, bob, acme, mailoutbox):
     invitation = client.post(f"{API}/organizations/{acme['id']}/invitations", {"email": "carol@example.com"}, format="json").json()
     token = re.search(r"/accounts/invitations/([^/\s]+)/", mailoutbox[-1].body).group(1)
     # Bob is a plain member: he can neither invite nor withdraw.
-    assert_error(session_client(bob).post(f"{API}/organizations/{acme['id']}/invitations", {"email": "dan@example.com"}, format="json"), 403)
+    assert_error(
+        session_client(bob).post(f"{API}/organizations/{acme['id']}/invitations", {"email": "dan@example.com"}, format="json"), 403
+    )
     assert_error(session_client(bob).delete(f"{API}/organizations/{acme['id']}/invitations/{invitation['id']}"), 403)
     assert client.delete(f"{API}/organizations/{acme['id']}/invitations/{invitation['id']}").status_code == 204
     assert client.get(f"{API}/organizations/{acme['id']}/invitations").json()["results"][0]["status"] == "revoked"
@@ -407,7 +447,9 @@ def test_member_role_change_rules(alice, bob, acme):
     assert_error(bob_client.patch(f"{member_url}/{acme['alice_membership']}", {"role": "member"}, format="json"), 403)
     assert_error(bob_client.patch(f"{member_url}/{acme['bob_membership']}", {"role": "owner"}, format="json"), 403)
     # The last owner cannot be demoted.
-    assert_error(alice_client.patch(f"{member_url}/{acme['alice_membership']}", {"role": "admin"}, format="json"), 400, "at least one owner")
+    assert_error(
+        alice_client.patch(f"{member_url}/{acme['alice_membership']}", {"role": "admin"}, format="json"), 400, "at least one owner"
+    )
     assert_error(alice_client.patch(f"{member_url}/{acme['bob_membership']}", {"role": "boss"}, format="json"), 400, "Invalid input: role")
     promoted = alice_client.patch(f"{member_url}/{acme['bob_membership']}", {"role": "admin"}, format="json")
     assert promoted.status_code == 200, promoted.json()
@@ -438,10 +480,13 @@ def test_leave_rules(alice, bob, acme):
     assert_error(bob_client.get(f"{API}/organizations/{acme['id']}"), 404)
     assert_error(bob_client.post(f"{API}/organizations/{acme['id']}/leave"), 404)
     assert [o["name"] for o in bob_client.get(f"{API}/organizations").json()["results"]] == ["Bob's workspace"]
-    assert [m["user"]["email"] for m in alice_client.get(f"{API}/organizations/{acme['id']}/members").json()["results"]] == ["alice@example.com"]
+    assert [m["user"]["email"] for m in alice_client.get(f"{API}/organizations/{acme['id']}/members").json()["results"]] == [
+        "alice@example.com"
+    ]
 
 
 # --- Sessions -------------------------------------------------------------------------------
+
 
 def test_sessions_list_marks_the_current_one_and_revoke_signs_out(alice):
     laptop, phone = session_client(alice), session_client(alice)
@@ -465,6 +510,7 @@ def test_sessions_list_marks_the_current_one_and_revoke_signs_out(alice):
 
 
 # --- Other tenants ----------------------------------------------------------------------------
+
 
 def test_other_tenants_ids_are_404_not_403(alice, bob, acme):
     with rls.privileged(reason="test: alice's rows"):
@@ -498,7 +544,9 @@ def test_other_tenants_ids_are_404_not_403(alice, bob, acme):
     # Bob shares Acme with Alice, not her personal workspace: its membership ids are 404 even under Acme's id.
     bob_client = session_client(bob)
     assert_error(bob_client.get(f"{API}/organizations/{alice_personal}/members"), 404)
-    assert_error(bob_client.patch(f"{API}/organizations/{acme['id']}/members/{alice_personal_membership}", {"role": "member"}, format="json"), 404)
+    assert_error(
+        bob_client.patch(f"{API}/organizations/{acme['id']}/members/{alice_personal_membership}", {"role": "member"}, format="json"), 404
+    )
     # Nothing changed.
     assert privileged(ApiKey).get(pk=alice_key.pk).is_active
     assert privileged(ProviderCredential).filter(pk=credential.pk).exists()

@@ -4,6 +4,7 @@ create an API key, use it against the API, revoke it in the browser.
 Needs Debian's Chromium at /usr/bin/chromium (`apt-get install chromium`; .ci/run does it):
 Playwright's own browser download is not available on these machines.
 """
+
 import json
 import os
 import re
@@ -16,8 +17,16 @@ from django.db import connections
 from accounts.models import ApiKey, ProviderCredential, User
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 PASSWORD = "browser-walk-passphrase-7"
 PROVIDER_KEY = "sk-test" + "Zq9Xw8Vu7" * 3 + "k3y9"
 

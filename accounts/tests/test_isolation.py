@@ -1,4 +1,5 @@
 """Every account table: another user cannot read or write a user's rows (raw SQL, app role)."""
+
 import psycopg
 import pytest
 
@@ -29,8 +30,13 @@ def tenants():
             services.integration_connect(user=user, service="calendar", access_token="tok-" + user.email)
             UserSession.objects.create(user=user, session_key=f"sess-{user.pk.hex[:20]}")
             org = Membership.objects.get(user=user).organization
-            Invitation.objects.create(organization=org, email=f"guest-of-{user.email}", token_hash=user.pk.hex * 2,
-                                      invited_by=user, expires_at="2100-01-01T00:00:00Z")
+            Invitation.objects.create(
+                organization=org,
+                email=f"guest-of-{user.email}",
+                token_hash=user.pk.hex * 2,
+                invited_by=user,
+                expires_at="2100-01-01T00:00:00Z",
+            )
     return alice, bob
 
 
@@ -83,21 +89,30 @@ def test_joining_an_organization_needs_an_invitation(raw_app_connection, tenants
     with raw_app_connection.cursor() as cur:
         _context(cur, alice)
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            cur.execute("INSERT INTO accounts_membership (id, organization_id, user_id, role, created_at) "
-                        "VALUES (gen_random_uuid(), %s, %s, 'member', now())", [bob_org, alice.pk])
+            cur.execute(
+                "INSERT INTO accounts_membership (id, organization_id, user_id, role, created_at) "
+                "VALUES (gen_random_uuid(), %s, %s, 'member', now())",
+                [bob_org, alice.pk],
+            )
     raw_app_connection.rollback()
     guest = make_user(email="guest-of-bob@example.com")
     with raw_app_connection.cursor() as cur:
         _context(cur, guest)
         # Invited as a member: joining as owner is refused, as member accepted.
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            cur.execute("INSERT INTO accounts_membership (id, organization_id, user_id, role, created_at) "
-                        "VALUES (gen_random_uuid(), %s, %s, 'owner', now())", [bob_org, guest.pk])
+            cur.execute(
+                "INSERT INTO accounts_membership (id, organization_id, user_id, role, created_at) "
+                "VALUES (gen_random_uuid(), %s, %s, 'owner', now())",
+                [bob_org, guest.pk],
+            )
     raw_app_connection.rollback()
     with raw_app_connection.cursor() as cur:
         _context(cur, guest)
-        cur.execute("INSERT INTO accounts_membership (id, organization_id, user_id, role, created_at) "
-                    "VALUES (gen_random_uuid(), %s, %s, 'member', now())", [bob_org, guest.pk])
+        cur.execute(
+            "INSERT INTO accounts_membership (id, organization_id, user_id, role, created_at) "
+            "VALUES (gen_random_uuid(), %s, %s, 'member', now())",
+            [bob_org, guest.pk],
+        )
         assert cur.rowcount == 1
     raw_app_connection.rollback()
 

@@ -1,5 +1,6 @@
 """The server-rendered account and settings pages, through the test client against the
 real database: every request runs under row-level security as the signed-in user."""
+
 import hashlib
 import re
 from datetime import timedelta
@@ -42,11 +43,12 @@ def link_in(message, path_prefix: str) -> str:
 
 # --- Sign-up ---------------------------------------------------------------------------
 
+
 def test_signup_creates_the_account_sends_the_verification_email_and_signs_in(client):
-    response = client.post("/accounts/signup/", {
-        "email": "New.Person@Example.com", "display_name": "Newbie",
-        "password": PASSWORD, "password_confirm": PASSWORD,
-    })
+    response = client.post(
+        "/accounts/signup/",
+        {"email": "New.Person@Example.com", "display_name": "Newbie", "password": PASSWORD, "password_confirm": PASSWORD},
+    )
 
     assert response.status_code == 302 and response["Location"] == "/"
     user = db(User).get(email="new.person@example.com")
@@ -65,10 +67,10 @@ def test_signup_creates_the_account_sends_the_verification_email_and_signs_in(cl
 def test_signup_refuses_a_taken_email_whatever_its_case(client):
     make_user(email="taken@example.com")
 
-    response = client.post("/accounts/signup/", {
-        "email": "TAKEN@Example.com", "display_name": "Second Try",
-        "password": PASSWORD, "password_confirm": PASSWORD,
-    })
+    response = client.post(
+        "/accounts/signup/",
+        {"email": "TAKEN@Example.com", "display_name": "Second Try", "password": PASSWORD, "password_confirm": PASSWORD},
+    )
 
     assert response.status_code == 400
     assert response.context["form"].errors["email"] == ["An account with this email already exists. Log in or reset your password."]
@@ -81,9 +83,9 @@ def test_signup_refuses_a_taken_email_whatever_its_case(client):
 
 
 def test_signup_refuses_a_weak_password_on_the_password_field(client):
-    response = client.post("/accounts/signup/", {
-        "email": "weak@example.com", "display_name": "", "password": "password", "password_confirm": "password",
-    })
+    response = client.post(
+        "/accounts/signup/", {"email": "weak@example.com", "display_name": "", "password": "password", "password_confirm": "password"}
+    )
 
     assert response.status_code == 400
     errors = response.context["form"].errors["password"]
@@ -95,9 +97,7 @@ def test_signup_refuses_a_weak_password_on_the_password_field(client):
 
 
 def test_signup_refuses_mismatched_passwords(client):
-    response = client.post("/accounts/signup/", {
-        "email": "typo@example.com", "password": PASSWORD, "password_confirm": PASSWORD + "x",
-    })
+    response = client.post("/accounts/signup/", {"email": "typo@example.com", "password": PASSWORD, "password_confirm": PASSWORD + "x"})
 
     assert response.status_code == 400
     assert response.context["form"].errors["password_confirm"] == ["The two passwords do not match."]
@@ -105,6 +105,7 @@ def test_signup_refuses_mismatched_passwords(client):
 
 
 # --- Sign-in, throttling, sign-out ----------------------------------------------------------
+
 
 def test_login_with_email_and_logout(client):
     user = make_user(email="login@example.com")
@@ -159,6 +160,7 @@ def test_unknown_email_gets_the_same_generic_error(client):
 
 # --- Password reset -------------------------------------------------------------------------
 
+
 def test_password_reset_by_email_link(client):
     user = make_user(email="forgetful@example.com")
 
@@ -206,6 +208,7 @@ def test_password_reset_link_with_a_bad_token_is_refused(client):
 
 # --- Email verification ------------------------------------------------------------------------
 
+
 def test_email_verification_link_marks_the_email_verified(client):
     client.post("/accounts/signup/", {"email": "verify@example.com", "password": PASSWORD, "password_confirm": PASSWORD})
     link = link_in(mail.outbox[0], "/accounts/verify-email/")
@@ -243,44 +246,57 @@ def test_verification_email_can_be_sent_again(client):
 
 # --- Profile and preferences -----------------------------------------------------------------
 
+
 def test_profile_and_preferences_are_saved_and_the_theme_applies(client):
     user = make_user(email="prefs@example.com")
     sign_in(client, user.email)
     assert b'data-theme="system"' in client.get("/settings/profile/").content
     assert client.get("/settings/")["Location"] == "/settings/profile/"
 
-    response = client.post("/settings/profile/", {"display_name": "Pat", "first_name": "Pat", "last_name": "Lee",
-                                                  "avatar_url": "", "timezone": "Europe/Paris", "locale": "fr"})
+    response = client.post(
+        "/settings/profile/",
+        {"display_name": "Pat", "first_name": "Pat", "last_name": "Lee", "avatar_url": "", "timezone": "Europe/Paris", "locale": "fr"},
+    )
     assert response.status_code == 302
     saved = db(User).get(pk=user.pk)
     assert (saved.display_name, saved.timezone, saved.locale) == ("Pat", "Europe/Paris", "fr")
 
-    response = client.post("/settings/preferences/", {
-        "theme": "dark", "preferred_provider": "echo", "preferred_model": "echo-1", "temperature": "1.10",
-        "language": "en", "default_persona": "", "email_notifications": "on",
-    })
+    response = client.post(
+        "/settings/preferences/",
+        {
+            "theme": "dark",
+            "preferred_provider": "echo",
+            "preferred_model": "echo-1",
+            "temperature": "1.10",
+            "language": "en",
+            "default_persona": "",
+            "email_notifications": "on",
+        },
+    )
     assert response.status_code == 302
     preferences = db(Preferences).get(user=user)
     assert preferences.theme == "dark" and str(preferences.temperature) == "1.10" and not preferences.analytics_opt_out
     page = client.get("/settings/preferences/")
     assert b'data-theme="dark"' in page.content and b"data-theme-preview" in page.content
 
-    response = client.post("/settings/preferences/", {
-        "theme": "dark", "preferred_provider": "echo", "preferred_model": "echo-1", "temperature": "3",
-        "language": "de",
-    })
+    response = client.post(
+        "/settings/preferences/",
+        {"theme": "dark", "preferred_provider": "echo", "preferred_model": "echo-1", "temperature": "3", "language": "de"},
+    )
     assert response.status_code == 400 and "temperature" in response.context["form"].errors
     assert db(Preferences).get(user=user).language == "en"
 
 
 # --- Provider keys -------------------------------------------------------------------------------
 
+
 def test_provider_key_is_stored_encrypted_and_only_its_mask_is_shown(client):
     user = make_user(email="keys@example.com")
     sign_in(client, user.email)
 
-    response = client.post("/settings/credentials/", {"provider": "openai", "access_type": "user_api_key",
-                                                       "api_key": OPENAI_KEY, "base_url": ""})
+    response = client.post(
+        "/settings/credentials/", {"provider": "openai", "access_type": "user_api_key", "api_key": OPENAI_KEY, "base_url": ""}
+    )
 
     assert response.status_code == 302
     credential = db(ProviderCredential).get(user=user, provider="openai")
@@ -293,8 +309,10 @@ def test_malformed_provider_key_is_refused_on_its_field_with_the_other_input_kep
     user = make_user(email="typo-key@example.com")
     sign_in(client, user.email)
 
-    response = client.post("/settings/credentials/", {"provider": "gemini", "access_type": "user_api_key",
-                                                      "api_key": "not-a-gemini-key", "base_url": "https://proxy.example.com/v1"})
+    response = client.post(
+        "/settings/credentials/",
+        {"provider": "gemini", "access_type": "user_api_key", "api_key": "not-a-gemini-key", "base_url": "https://proxy.example.com/v1"},
+    )
 
     assert response.status_code == 400
     message = "That does not look like a Google Gemini key: Gemini keys start with 'AIza' and are 39 characters long."
@@ -320,6 +338,7 @@ def test_provider_key_can_be_deleted(client):
 
 
 # --- API keys ------------------------------------------------------------------------------------
+
 
 def test_api_key_secret_is_shown_once_works_and_stops_working_when_revoked(client):
     user = make_user(email="api@example.com")
@@ -385,6 +404,7 @@ def test_api_key_revoke_by_htmx_returns_the_updated_row(client):
 
 # --- Sessions ------------------------------------------------------------------------------------
 
+
 def test_sessions_are_listed_and_revoking_one_signs_that_browser_out():
     user = make_user(email="twice@example.com")
     laptop, phone = Client(HTTP_USER_AGENT="Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0"), Client()
@@ -422,6 +442,7 @@ def test_revoking_the_current_session_signs_out(client):
 
 
 # --- Organizations -------------------------------------------------------------------------------
+
 
 def test_invitation_is_accepted_by_the_invited_user_who_is_then_listed():
     alice, bob = make_user(email="alice@example.com"), make_user(email="bob@example.com")
@@ -570,6 +591,7 @@ def test_invitation_can_be_revoked():
 
 # --- Another tenant's objects --------------------------------------------------------------------
 
+
 def test_another_tenants_objects_are_not_found():
     alice, bob = make_user(email="a@example.com"), make_user(email="b@example.com")
     with rls.privileged(reason="test"):
@@ -608,8 +630,15 @@ def test_another_tenants_objects_are_not_found():
 
 
 def test_settings_pages_need_a_signed_in_user(client):
-    for path in ("/settings/", "/settings/profile/", "/settings/preferences/", "/settings/credentials/",
-                 "/settings/api-keys/", "/settings/sessions/", "/settings/organization/"):
+    for path in (
+        "/settings/",
+        "/settings/profile/",
+        "/settings/preferences/",
+        "/settings/credentials/",
+        "/settings/api-keys/",
+        "/settings/sessions/",
+        "/settings/organization/",
+    ):
         response = client.get(path)
         assert response.status_code == 302 and response["Location"].startswith("/accounts/login/?next="), path
 
@@ -617,8 +646,14 @@ def test_settings_pages_need_a_signed_in_user(client):
 def test_every_settings_page_renders_for_a_signed_in_user(client):
     user = make_user(email="pages@example.com")
     sign_in(client, user.email)
-    for path in ("/settings/profile/", "/settings/preferences/", "/settings/credentials/",
-                 "/settings/api-keys/", "/settings/sessions/", "/settings/organization/"):
+    for path in (
+        "/settings/profile/",
+        "/settings/preferences/",
+        "/settings/credentials/",
+        "/settings/api-keys/",
+        "/settings/sessions/",
+        "/settings/organization/",
+    ):
         response = client.get(path)
         assert response.status_code == 200, path
         assert b'aria-current="page"' in response.content and b"csrfmiddlewaretoken" in response.content, path

@@ -1,4 +1,5 @@
 """Secrets at rest: encrypted, masked, rotatable; wrong or missing keys fail loudly."""
+
 import pytest
 from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
@@ -8,6 +9,7 @@ from django.db import connections
 
 from accounts import services
 from accounts.checks import encryption_keys_open_stored_secrets
+from accounts.errors import MalformedProviderKey
 from accounts.models import Integration, ProviderCredential
 from accounts.tests.factories import make_user
 from config.crypto import keys_load, secret_decrypt, secret_mask
@@ -28,7 +30,9 @@ def stored_secrets():
     user = make_user()
     with rls.privileged(reason="test"):
         credential = services.provider_credential_set(user=user, provider="openai", api_key=OPENAI_KEY)
-        integration = services.integration_connect(user=user, service="calendar", access_token="access-123456789", refresh_token="refresh-987654321")
+        integration = services.integration_connect(
+            user=user, service="calendar", access_token="access-123456789", refresh_token="refresh-987654321"
+        )
     return credential, integration
 
 
@@ -91,16 +95,19 @@ def test_mask_shows_only_head_and_tail():
     assert "abcdefgh" not in secret_mask("sk-abcdefghijklmnopf3a9")
 
 
-@pytest.mark.parametrize("provider,key,fragment", [
-    ("openai", "", "Paste the API key"),
-    ("openai", "sk-has space in it-aaaaaaaaaaaa", "spaces"),
-    ("openai", "pk-" + "a" * 40, "OpenAI keys start with 'sk-'"),
-    ("anthropic", "sk-" + "a" * 40, "Anthropic keys start with 'sk-ant-'"),
-    ("gemini", "AIza123", "Gemini keys start with 'AIza'"),
-])
+@pytest.mark.parametrize(
+    "provider,key,fragment",
+    [
+        ("openai", "", "Paste the API key"),
+        ("openai", "sk-has space in it-aaaaaaaaaaaa", "spaces"),
+        ("openai", "pk-" + "a" * 40, "OpenAI keys start with 'sk-'"),
+        ("anthropic", "sk-" + "a" * 40, "Anthropic keys start with 'sk-ant-'"),
+        ("gemini", "AIza123", "Gemini keys start with 'AIza'"),
+    ],
+)
 def test_malformed_provider_keys_are_refused_with_a_reason(provider, key, fragment):
     user = make_user()
-    with rls.privileged(reason="test"), pytest.raises(services.MalformedProviderKey, match=fragment):
+    with rls.privileged(reason="test"), pytest.raises(MalformedProviderKey, match=fragment):
         services.provider_credential_set(user=user, provider=provider, api_key=key)
     assert not ProviderCredential.objects.using("privileged").filter(user=user).exists()
 
@@ -108,5 +115,7 @@ def test_malformed_provider_keys_are_refused_with_a_reason(provider, key, fragme
 def test_self_hosted_openai_compatible_server_accepts_any_token():
     user = make_user()
     with rls.privileged(reason="test"):
-        credential = services.provider_credential_set(user=user, provider="openai", api_key="ollama-local-token", base_url="http://127.0.0.1:11434/v1")
+        credential = services.provider_credential_set(
+            user=user, provider="openai", api_key="ollama-local-token", base_url="http://127.0.0.1:11434/v1"
+        )
     assert credential.api_key_mask == "oll…oken"

@@ -49,8 +49,10 @@ PARTITIONED = {
             user_agent text NOT NULL DEFAULT '',
             error text NOT NULL DEFAULT '',
             UNIQUE (request_uuid, created_at)""",
-        indexes=["CREATE INDEX analytics_apilog_user_created ON analytics_apilog (user_id, created_at)",
-                 "CREATE INDEX analytics_apilog_created ON analytics_apilog (created_at)"],
+        indexes=[
+            "CREATE INDEX analytics_apilog_user_created ON analytics_apilog (user_id, created_at)",
+            "CREATE INDEX analytics_apilog_created ON analytics_apilog (created_at)",
+        ],
     ),
     "Event": partitioned_table_sql(
         "analytics_event",
@@ -62,8 +64,10 @@ PARTITIONED = {
             source varchar(8) NOT NULL DEFAULT 'server',
             session_id varchar(64) NOT NULL DEFAULT '',
             UNIQUE (event_uuid, created_at)""",
-        indexes=["CREATE INDEX analytics_event_name_created ON analytics_event (name, created_at)",
-                 "CREATE INDEX analytics_event_user_created ON analytics_event (user_id, created_at)"],
+        indexes=[
+            "CREATE INDEX analytics_event_name_created ON analytics_event (name, created_at)",
+            "CREATE INDEX analytics_event_user_created ON analytics_event (user_id, created_at)",
+        ],
     ),
     "AuditLog": partitioned_table_sql(
         "analytics_auditlog",
@@ -79,164 +83,226 @@ PARTITIONED = {
             user_agent text NOT NULL DEFAULT '',
             detail jsonb NOT NULL DEFAULT '{}',
             UNIQUE (entry_uuid, created_at)""",
-        indexes=["CREATE INDEX analytics_auditlog_user_created ON analytics_auditlog (user_id, created_at)",
-                 "CREATE INDEX analytics_auditlog_table_record ON analytics_auditlog (table_name, record_id)"],
+        indexes=[
+            "CREATE INDEX analytics_auditlog_user_created ON analytics_auditlog (user_id, created_at)",
+            "CREATE INDEX analytics_auditlog_table_record ON analytics_auditlog (table_name, record_id)",
+        ],
     ),
 }
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-        ('accounts', '0004_row_level_security_for_account_data'),
-        migrations.swappable_dependency(settings.AUTH_USER_MODEL),
-    ]
+    dependencies = [("accounts", "0004_row_level_security_for_account_data"), migrations.swappable_dependency(settings.AUTH_USER_MODEL)]
 
     operations = [
         migrations.CreateModel(
-            name='RollupWatermark',
+            name="RollupWatermark",
             fields=[
-                ('name', models.CharField(max_length=50, primary_key=True, serialize=False)),
-                ('horizon', models.CharField(default='0', max_length=24)),
-                ('rows_total', models.BigIntegerField(default=0)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                ("name", models.CharField(max_length=50, primary_key=True, serialize=False)),
+                ("horizon", models.CharField(default="0", max_length=24)),
+                ("rows_total", models.BigIntegerField(default=0)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+            ],
+            options={"db_table": "analytics_rollupwatermark"},
+        ),
+        migrations.CreateModel(
+            name="UsageRequest",
+            fields=[
+                ("request_id", models.CharField(max_length=64, primary_key=True, serialize=False)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+            ],
+            options={"db_table": "analytics_usagerequest"},
+        ),
+        migrations.CreateModel(
+            name="ApiLog",
+            fields=[
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("request_uuid", models.UUIDField()),
+                ("api_key_id", models.UUIDField(blank=True, null=True)),
+                ("route", models.CharField(max_length=200)),
+                ("method", models.CharField(max_length=10)),
+                ("status", models.SmallIntegerField()),
+                ("duration_ms", models.IntegerField()),
+                ("ip", models.GenericIPAddressField(blank=True, null=True)),
+                ("user_agent", models.TextField(blank=True, default="")),
+                ("error", models.TextField(blank=True, default="")),
+                (
+                    "user",
+                    models.ForeignKey(
+                        blank=True,
+                        db_constraint=False,
+                        null=True,
+                        on_delete=django.db.models.deletion.DO_NOTHING,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+            ],
+            options={"verbose_name": "API log entry", "db_table": "analytics_apilog", "ordering": ["-created_at"]},
+        ),
+        migrations.CreateModel(
+            name="AuditLog",
+            fields=[
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("entry_uuid", models.UUIDField()),
+                ("action", models.CharField(max_length=40)),
+                ("table_name", models.CharField(blank=True, default="", max_length=100)),
+                ("record_id", models.CharField(blank=True, default="", max_length=64)),
+                ("old_values", models.JSONField(blank=True, null=True)),
+                ("new_values", models.JSONField(blank=True, null=True)),
+                ("ip", models.GenericIPAddressField(blank=True, null=True)),
+                ("user_agent", models.TextField(blank=True, default="")),
+                ("detail", models.JSONField(blank=True, default=dict)),
+                (
+                    "organization",
+                    models.ForeignKey(
+                        blank=True,
+                        db_constraint=False,
+                        null=True,
+                        on_delete=django.db.models.deletion.DO_NOTHING,
+                        related_name="+",
+                        to="accounts.organization",
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        blank=True,
+                        db_constraint=False,
+                        null=True,
+                        on_delete=django.db.models.deletion.DO_NOTHING,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+            ],
+            options={"db_table": "analytics_auditlog", "ordering": ["-created_at"]},
+        ),
+        migrations.CreateModel(
+            name="Event",
+            fields=[
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("event_uuid", models.UUIDField()),
+                ("name", models.CharField(max_length=100)),
+                ("properties", models.JSONField(blank=True, default=dict)),
+                ("source", models.CharField(choices=[("client", "Client"), ("server", "Server")], default="server", max_length=8)),
+                ("session_id", models.CharField(blank=True, default="", max_length=64)),
+                (
+                    "organization",
+                    models.ForeignKey(
+                        blank=True,
+                        db_constraint=False,
+                        null=True,
+                        on_delete=django.db.models.deletion.DO_NOTHING,
+                        related_name="+",
+                        to="accounts.organization",
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        blank=True,
+                        db_constraint=False,
+                        null=True,
+                        on_delete=django.db.models.deletion.DO_NOTHING,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+            ],
+            options={"db_table": "analytics_event", "ordering": ["-created_at"]},
+        ),
+        migrations.CreateModel(
+            name="TokenUsage",
+            fields=[
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("provider", models.CharField(max_length=32)),
+                ("model", models.CharField(max_length=100)),
+                ("input_tokens", models.IntegerField()),
+                ("output_tokens", models.IntegerField()),
+                ("total_tokens", models.IntegerField()),
+                ("input_price", models.DecimalField(decimal_places=6, help_text="USD per million input tokens", max_digits=12)),
+                ("output_price", models.DecimalField(decimal_places=6, help_text="USD per million output tokens", max_digits=12)),
+                ("cost", models.DecimalField(decimal_places=6, max_digits=14)),
+                ("conversation_id", models.UUIDField(blank=True, null=True)),
+                ("message_id", models.UUIDField(blank=True, null=True)),
+                ("request_id", models.CharField(max_length=64)),
+                ("latency_ms", models.IntegerField(default=0)),
+                ("success", models.BooleanField(default=True)),
+                ("error", models.TextField(blank=True, default="")),
+                (
+                    "organization",
+                    models.ForeignKey(
+                        db_constraint=False, on_delete=django.db.models.deletion.DO_NOTHING, related_name="+", to="accounts.organization"
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        db_constraint=False, on_delete=django.db.models.deletion.DO_NOTHING, related_name="+", to=settings.AUTH_USER_MODEL
+                    ),
+                ),
             ],
             options={
-                'db_table': 'analytics_rollupwatermark',
+                "verbose_name": "token usage",
+                "verbose_name_plural": "token usage ledger",
+                "db_table": "analytics_tokenusage",
+                "ordering": ["-created_at"],
             },
         ),
         migrations.CreateModel(
-            name='UsageRequest',
+            name="UsageRollup",
             fields=[
-                ('request_id', models.CharField(max_length=64, primary_key=True, serialize=False)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("period", models.CharField(choices=[("day", "Day"), ("month", "Month")], max_length=5)),
+                ("period_start", models.DateField()),
+                ("provider", models.CharField(max_length=32)),
+                ("model", models.CharField(max_length=100)),
+                ("input_tokens", models.BigIntegerField(default=0)),
+                ("output_tokens", models.BigIntegerField(default=0)),
+                ("total_tokens", models.BigIntegerField(default=0)),
+                ("calls", models.BigIntegerField(default=0)),
+                ("errors", models.BigIntegerField(default=0)),
+                ("cost", models.DecimalField(decimal_places=6, default=0, max_digits=18)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "organization",
+                    models.ForeignKey(
+                        db_constraint=False, on_delete=django.db.models.deletion.DO_NOTHING, related_name="+", to="accounts.organization"
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        db_constraint=False, on_delete=django.db.models.deletion.DO_NOTHING, related_name="+", to=settings.AUTH_USER_MODEL
+                    ),
+                ),
             ],
             options={
-                'db_table': 'analytics_usagerequest',
-            },
-        ),
-        migrations.CreateModel(
-            name='ApiLog',
-            fields=[
-                ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('request_uuid', models.UUIDField()),
-                ('api_key_id', models.UUIDField(blank=True, null=True)),
-                ('route', models.CharField(max_length=200)),
-                ('method', models.CharField(max_length=10)),
-                ('status', models.SmallIntegerField()),
-                ('duration_ms', models.IntegerField()),
-                ('ip', models.GenericIPAddressField(blank=True, null=True)),
-                ('user_agent', models.TextField(blank=True, default='')),
-                ('error', models.TextField(blank=True, default='')),
-                ('user', models.ForeignKey(blank=True, db_constraint=False, null=True, on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to=settings.AUTH_USER_MODEL)),
-            ],
-            options={
-                'verbose_name': 'API log entry',
-                'db_table': 'analytics_apilog',
-                'ordering': ['-created_at'],
-            },
-        ),
-        migrations.CreateModel(
-            name='AuditLog',
-            fields=[
-                ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('entry_uuid', models.UUIDField()),
-                ('action', models.CharField(max_length=40)),
-                ('table_name', models.CharField(blank=True, default='', max_length=100)),
-                ('record_id', models.CharField(blank=True, default='', max_length=64)),
-                ('old_values', models.JSONField(blank=True, null=True)),
-                ('new_values', models.JSONField(blank=True, null=True)),
-                ('ip', models.GenericIPAddressField(blank=True, null=True)),
-                ('user_agent', models.TextField(blank=True, default='')),
-                ('detail', models.JSONField(blank=True, default=dict)),
-                ('organization', models.ForeignKey(blank=True, db_constraint=False, null=True, on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to='accounts.organization')),
-                ('user', models.ForeignKey(blank=True, db_constraint=False, null=True, on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to=settings.AUTH_USER_MODEL)),
-            ],
-            options={
-                'db_table': 'analytics_auditlog',
-                'ordering': ['-created_at'],
-            },
-        ),
-        migrations.CreateModel(
-            name='Event',
-            fields=[
-                ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('event_uuid', models.UUIDField()),
-                ('name', models.CharField(max_length=100)),
-                ('properties', models.JSONField(blank=True, default=dict)),
-                ('source', models.CharField(choices=[('client', 'Client'), ('server', 'Server')], default='server', max_length=8)),
-                ('session_id', models.CharField(blank=True, default='', max_length=64)),
-                ('organization', models.ForeignKey(blank=True, db_constraint=False, null=True, on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to='accounts.organization')),
-                ('user', models.ForeignKey(blank=True, db_constraint=False, null=True, on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to=settings.AUTH_USER_MODEL)),
-            ],
-            options={
-                'db_table': 'analytics_event',
-                'ordering': ['-created_at'],
-            },
-        ),
-        migrations.CreateModel(
-            name='TokenUsage',
-            fields=[
-                ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('provider', models.CharField(max_length=32)),
-                ('model', models.CharField(max_length=100)),
-                ('input_tokens', models.IntegerField()),
-                ('output_tokens', models.IntegerField()),
-                ('total_tokens', models.IntegerField()),
-                ('input_price', models.DecimalField(decimal_places=6, help_text='USD per million input tokens', max_digits=12)),
-                ('output_price', models.DecimalField(decimal_places=6, help_text='USD per million output tokens', max_digits=12)),
-                ('cost', models.DecimalField(decimal_places=6, max_digits=14)),
-                ('conversation_id', models.UUIDField(blank=True, null=True)),
-                ('message_id', models.UUIDField(blank=True, null=True)),
-                ('request_id', models.CharField(max_length=64)),
-                ('latency_ms', models.IntegerField(default=0)),
-                ('success', models.BooleanField(default=True)),
-                ('error', models.TextField(blank=True, default='')),
-                ('organization', models.ForeignKey(db_constraint=False, on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to='accounts.organization')),
-                ('user', models.ForeignKey(db_constraint=False, on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to=settings.AUTH_USER_MODEL)),
-            ],
-            options={
-                'verbose_name': 'token usage',
-                'verbose_name_plural': 'token usage ledger',
-                'db_table': 'analytics_tokenusage',
-                'ordering': ['-created_at'],
-            },
-        ),
-        migrations.CreateModel(
-            name='UsageRollup',
-            fields=[
-                ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('period', models.CharField(choices=[('day', 'Day'), ('month', 'Month')], max_length=5)),
-                ('period_start', models.DateField()),
-                ('provider', models.CharField(max_length=32)),
-                ('model', models.CharField(max_length=100)),
-                ('input_tokens', models.BigIntegerField(default=0)),
-                ('output_tokens', models.BigIntegerField(default=0)),
-                ('total_tokens', models.BigIntegerField(default=0)),
-                ('calls', models.BigIntegerField(default=0)),
-                ('errors', models.BigIntegerField(default=0)),
-                ('cost', models.DecimalField(decimal_places=6, default=0, max_digits=18)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('organization', models.ForeignKey(db_constraint=False, on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to='accounts.organization')),
-                ('user', models.ForeignKey(db_constraint=False, on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to=settings.AUTH_USER_MODEL)),
-            ],
-            options={
-                'db_table': 'analytics_usagerollup',
-                'ordering': ['-period_start'],
-                'indexes': [models.Index(fields=['organization', 'period', 'period_start'], name='analytics_rollup_org_idx'), models.Index(fields=['user', 'period', 'period_start'], name='analytics_rollup_user_idx')],
-                'constraints': [models.UniqueConstraint(fields=('period', 'period_start', 'organization', 'user', 'provider', 'model'), name='analytics_usagerollup_key')],
+                "db_table": "analytics_usagerollup",
+                "ordering": ["-period_start"],
+                "indexes": [
+                    models.Index(fields=["organization", "period", "period_start"], name="analytics_rollup_org_idx"),
+                    models.Index(fields=["user", "period", "period_start"], name="analytics_rollup_user_idx"),
+                ],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("period", "period_start", "organization", "user", "provider", "model"), name="analytics_usagerollup_key"
+                    )
+                ],
             },
         ),
     ]
     # The partitioned models: state from CreateModel, tables from RunSQL.
     operations = [
         migrations.SeparateDatabaseAndState(state_operations=[op], database_operations=[migrations.RunSQL(*PARTITIONED[op.name])])
-        if isinstance(op, migrations.CreateModel) and op.name in PARTITIONED else op
+        if isinstance(op, migrations.CreateModel) and op.name in PARTITIONED
+        else op
         for op in operations
     ]

@@ -5,6 +5,7 @@ The app role reads its own (and its organizations') usage, inserts its own ledge
 and may never update or delete the ledger; rollups, watermarks and the three logs are
 written by the worker role only (Celery), so the app role gets SELECT on them at most.
 """
+
 from django.conf import settings
 from django.db import migrations
 
@@ -63,13 +64,16 @@ class Migration(migrations.Migration):
     operations = [
         EnableRowLevelSecurity("analytics_tokenusage"),
         CreatePolicy("analytics_tokenusage", "analytics_tokenusage_read", using=OWN_OR_ORGANIZATION, command="SELECT"),
-        CreatePolicy("analytics_tokenusage", "analytics_tokenusage_record", check=f"{owned_by_user()} AND {in_organization()}", command="INSERT"),
+        CreatePolicy(
+            "analytics_tokenusage", "analytics_tokenusage_record", check=f"{owned_by_user()} AND {in_organization()}", command="INSERT"
+        ),
         EnableRowLevelSecurity("analytics_usagerollup"),
         CreatePolicy("analytics_usagerollup", "analytics_usagerollup_read", using=OWN_OR_ORGANIZATION, command="SELECT"),
-        *[op for table in LOGS for op in (
-            EnableRowLevelSecurity(table),
-            CreatePolicy(table, f"{table}_own", using=owned_by_user(), command="SELECT"),
-        )],
+        *[
+            op
+            for table in LOGS
+            for op in (EnableRowLevelSecurity(table), CreatePolicy(table, f"{table}_own", using=owned_by_user(), command="SELECT"))
+        ],
         migrations.RunSQL(IMMUTABLE_AUDIT, DROP_IMMUTABLE_AUDIT),
         migrations.RunPython(grants, migrations.RunPython.noop),
         migrations.RunPython(partitions_create, migrations.RunPython.noop),

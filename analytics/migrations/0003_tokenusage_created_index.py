@@ -1,5 +1,6 @@
 """Time-only index on the ledger: the admin's date hierarchy and newest-first list scan
 each partition by created_at alone."""
+
 from django.db import migrations
 
 
@@ -10,5 +11,5 @@ class Migration(migrations.Migration):
         migrations.RunSQL(
             "CREATE INDEX analytics_tokenusage_created ON analytics_tokenusage (created_at)",
             "DROP INDEX IF EXISTS analytics_tokenusage_created",
-        ),
+        )
     ]

@@ -5,6 +5,7 @@ OR in the ledger's policy made the planner misjudge every partition (it sorted a
 user's rows instead of reading the newest from the index: +146% on a list query, see the
 RLS benchmark); one equality on user_id lets the (user_id, created_at) index serve it.
 """
+
 from django.db import migrations
 
 from config.db.operations import CURRENT_USER, CreatePolicy, in_organization, owned_by_user

@@ -1,4 +1,5 @@
 """How usage figures read on pages: tokens with thousands separators, dollars, shares."""
+
 from decimal import Decimal
 
 from django import template

@@ -1,5 +1,6 @@
 """Staff admin for analytics: every model's list and detail pages work for staff across
 tenants, nothing can be added, changed or deleted, and the big tables are never counted."""
+
 import uuid
 from datetime import timedelta
 
@@ -22,11 +23,25 @@ def world():
     world = usage_world()
     now = timezone.now()
     with rls.privileged(reason="test: log rows"):
-        ApiLog.objects.create(request_uuid=uuid.uuid4(), user=world.bob, route="/api/v1/usage/summary", method="GET",
-                              status=503, duration_ms=40, created_at=now - timedelta(minutes=3), ip="10.0.0.2")
+        ApiLog.objects.create(
+            request_uuid=uuid.uuid4(),
+            user=world.bob,
+            route="/api/v1/usage/summary",
+            method="GET",
+            status=503,
+            duration_ms=40,
+            created_at=now - timedelta(minutes=3),
+            ip="10.0.0.2",
+        )
         Event.objects.create(event_uuid=uuid.uuid4(), user=world.bob, organization_id=world.acme.pk, name="bob_clicked")
-        AuditLog.objects.create(entry_uuid=uuid.uuid4(), user=world.bob, organization_id=world.acme.pk, action="bob.audited",
-                                table_name="accounts_user", record_id=str(world.bob.pk))
+        AuditLog.objects.create(
+            entry_uuid=uuid.uuid4(),
+            user=world.bob,
+            organization_id=world.acme.pk,
+            action="bob.audited",
+            table_name="accounts_user",
+            record_id=str(world.bob.pk),
+        )
     return world
 
 

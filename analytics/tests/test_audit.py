@@ -1,5 +1,6 @@
 """The audit log: sign-ins, failures, API keys, privileged access and changes to account
 models, with who, from where, old and new values — never a secret — and no way to change it."""
+
 import json
 
 import pytest
@@ -50,8 +51,11 @@ def test_api_keys_created_and_revoked_are_recorded_without_their_secret():
         key, secret = account_services.api_key_create(user=user, name="ci", scopes=["account:read"])
     assert _session(user).delete(f"/api/v1/api-keys/{key.pk}").status_code == 204
     created, revoked = _entries(action__in=["api_key_created", "api_key_revoked"])
-    assert (created.action, created.user_id, created.detail) == ("api_key_created", user.pk,
-                                                                 {"api_key_id": str(key.pk), "name": "ci", "scopes": ["account:read"]})
+    assert (created.action, created.user_id, created.detail) == (
+        "api_key_created",
+        user.pk,
+        {"api_key_id": str(key.pk), "name": "ci", "scopes": ["account:read"]},
+    )
     assert (revoked.action, revoked.user_id, str(revoked.ip)) == ("api_key_revoked", user.pk, "203.0.113.7")
     changes = _entries(table_name="accounts_apikey", record_id=str(key.pk))
     assert [c.action for c in changes] == ["create", "update"]
@@ -90,7 +94,9 @@ def test_replacing_a_provider_key_records_the_change_but_never_the_key_or_its_ci
     client = _session(user)
     assert client.post("/api/v1/provider-credentials", {"provider": "openai", "api_key": OPENAI_KEY}, format="json").status_code == 201
     first = ProviderCredential.objects.using("privileged").get(user=user).api_key_encrypted
-    assert client.post("/api/v1/provider-credentials", {"provider": "openai", "api_key": OTHER_OPENAI_KEY}, format="json").status_code == 200
+    assert (
+        client.post("/api/v1/provider-credentials", {"provider": "openai", "api_key": OTHER_OPENAI_KEY}, format="json").status_code == 200
+    )
     credential = ProviderCredential.objects.using("privileged").get(user=user)
     created, replaced = _entries(table_name="accounts_providercredential")
     assert (created.action, created.user_id, created.record_id) == ("create", user.pk, str(credential.pk))
@@ -136,8 +142,10 @@ def test_the_audit_log_refuses_update_and_delete_even_for_the_worker_and_the_own
     make_user()
     entry = _entries()[0]
     for alias in ("privileged", "owner"):
-        for statement in ("UPDATE analytics_auditlog SET action = 'tampered' WHERE id = %s",
-                          "DELETE FROM analytics_auditlog WHERE id = %s"):
+        for statement in (
+            "UPDATE analytics_auditlog SET action = 'tampered' WHERE id = %s",
+            "DELETE FROM analytics_auditlog WHERE id = %s",
+        ):
             with pytest.raises(ProgrammingError, match="immutable|permission denied"), connections[alias].cursor() as cur:
                 cur.execute(statement, [entry.pk])
     assert AuditLog.objects.using("privileged").get(pk=entry.pk).action == entry.action

@@ -1,6 +1,7 @@
 """The usage pages: /usage/ shows a user their own figures (and, to organization owners and
 admins, usage by member), /usage/staff/ shows every tenant to staff only; both read the
 rollups and live counters, never the ledger, in a fixed number of queries."""
+
 import html
 import json
 import re
@@ -114,7 +115,11 @@ def test_dashboard_query_count_does_not_grow_with_the_data(client, world, django
     with django_assert_num_queries(DASHBOARD_QUERIES):
         client.get(DASHBOARD)
     for user, organization in ((world.alice, world.alice_personal), (world.bob, world.acme.pk)):
-        record(user, organization, [{"model": f"model-{n}", "provider": f"provider-{n % 3}", "created_at": world.now - timedelta(days=n)} for n in range(25)])
+        record(
+            user,
+            organization,
+            [{"model": f"model-{n}", "provider": f"provider-{n % 3}", "created_at": world.now - timedelta(days=n)} for n in range(25)],
+        )
     services.usage_rollup()
     counters.counters_read(scope="user", owner_id=world.alice.pk)
     with django_assert_num_queries(DASHBOARD_QUERIES):

@@ -8,7 +8,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def _count(table):
     with connections["owner"].cursor() as cur:
-        cur.execute(f"SELECT count(*), COALESCE(sum(total_tokens), 0) FROM {table}" + (" WHERE period = 'day'" if "rollup" in table else ""))
+        cur.execute(
+            f"SELECT count(*), COALESCE(sum(total_tokens), 0) FROM {table}" + (" WHERE period = 'day'" if "rollup" in table else "")
+        )
         return cur.fetchone()
 
 

@@ -1,5 +1,6 @@
 """Product events: POST /api/v1/events keeps the valid events of a batch and reports the
 rest by index; server events through event_track; opted-out users are not tracked."""
+
 import uuid
 from datetime import timedelta
 
@@ -33,14 +34,20 @@ def _events():
 def test_a_mixed_batch_keeps_the_good_events_and_reports_the_bad_by_index():
     user, _ = make_member()
     occurred = timezone.now() - timedelta(hours=2)
-    response = _session(user).post(URL, {"events": [
-        {"name": "page_view", "properties": {"path": "/chat"}},
-        {"properties": {"path": "/x"}},  # no name
-        {"name": "button_click", "properties": {"id": "new"}, "occurred_at": occurred.isoformat(), "session_id": "s-1"},
-        {"name": "bad props", "properties": ["not", "an", "object"]},
-        "not an object",
-        {"name": "signup_seen"},
-    ]}, format="json")
+    response = _session(user).post(
+        URL,
+        {
+            "events": [
+                {"name": "page_view", "properties": {"path": "/chat"}},
+                {"properties": {"path": "/x"}},  # no name
+                {"name": "button_click", "properties": {"id": "new"}, "occurred_at": occurred.isoformat(), "session_id": "s-1"},
+                {"name": "bad props", "properties": ["not", "an", "object"]},
+                "not an object",
+                {"name": "signup_seen"},
+            ]
+        },
+        format="json",
+    )
     assert response.status_code == 202, response.json()
     body = response.json()
     assert body["accepted"] == 3
@@ -75,14 +82,20 @@ def test_a_request_without_an_events_list_is_refused(payload):
 def test_an_all_bad_batch_is_a_400_with_the_errors_of_each_event():
     user, _ = make_member()
     now = timezone.now()
-    response = _session(user).post(URL, {"events": [
-        {"name": "future", "occurred_at": (now + timedelta(minutes=10)).isoformat()},
-        {"name": "ancient", "occurred_at": (now - timedelta(days=8)).isoformat()},
-        {"name": "big", "properties": {"blob": "x" * 9000}},
-        {"name": "long session", "session_id": "s" * 65},
-        {"name": "not a date", "occurred_at": "yesterday"},
-        {"name": "bad/name!"},
-    ]}, format="json")
+    response = _session(user).post(
+        URL,
+        {
+            "events": [
+                {"name": "future", "occurred_at": (now + timedelta(minutes=10)).isoformat()},
+                {"name": "ancient", "occurred_at": (now - timedelta(days=8)).isoformat()},
+                {"name": "big", "properties": {"blob": "x" * 9000}},
+                {"name": "long session", "session_id": "s" * 65},
+                {"name": "not a date", "occurred_at": "yesterday"},
+                {"name": "bad/name!"},
+            ]
+        },
+        format="json",
+    )
     assert response.status_code == 400
     body = response.json()
     assert body["message"] == "None of the 6 events is valid; see extra.rejected."
@@ -97,10 +110,16 @@ def test_an_all_bad_batch_is_a_400_with_the_errors_of_each_event():
 def test_occurred_at_within_the_allowed_window_is_kept():
     user, _ = make_member()
     now = timezone.now()
-    response = _session(user).post(URL, {"events": [
-        {"name": "soon", "occurred_at": (now + timedelta(minutes=4)).isoformat()},
-        {"name": "last week", "occurred_at": (now - timedelta(days=6, hours=23)).isoformat()},
-    ]}, format="json")
+    response = _session(user).post(
+        URL,
+        {
+            "events": [
+                {"name": "soon", "occurred_at": (now + timedelta(minutes=4)).isoformat()},
+                {"name": "last week", "occurred_at": (now - timedelta(days=6, hours=23)).isoformat()},
+            ]
+        },
+        format="json",
+    )
     assert response.json() == {"accepted": 2, "rejected": []}
 
 

@@ -1,11 +1,12 @@
 """The ledger: exact, append-only, once per request id; rollups and live counters equal it."""
+
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timedelta, timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import psycopg
@@ -38,9 +39,12 @@ def _ledger_totals():
 
 def _rollup_totals(period="day"):
     with connections["owner"].cursor() as cur:
-        cur.execute("""SELECT period_start, organization_id, user_id, provider, model,
+        cur.execute(
+            """SELECT period_start, organization_id, user_id, provider, model,
                               input_tokens, output_tokens, total_tokens, calls, cost
-                       FROM analytics_usagerollup WHERE period = %s ORDER BY 1, 2, 3, 4, 5""", [period])
+                       FROM analytics_usagerollup WHERE period = %s ORDER BY 1, 2, 3, 4, 5""",
+            [period],
+        )
         return cur.fetchall()
 
 
@@ -56,8 +60,9 @@ def test_usage_record_writes_the_price_and_exact_cost():
     user, org = make_member()
     with transaction.atomic():
         _as(user, org)
-        row = services.usage_record(**usage_fields(user, org, input_tokens=1234, output_tokens=567,
-                                                   input_price=Decimal("3"), output_price=Decimal("15")))
+        row = services.usage_record(
+            **usage_fields(user, org, input_tokens=1234, output_tokens=567, input_price=Decimal("3"), output_price=Decimal("15"))
+        )
     stored = TokenUsage.objects.using("privileged").get(pk=row.pk)
     assert stored.cost == Decimal("0.012207")  # (1234*3 + 567*15) / 1e6 = 0.012207
     assert (stored.input_price, stored.output_price, stored.total_tokens) == (Decimal("3"), Decimal("15"), 1801)
@@ -75,16 +80,19 @@ def test_the_same_request_id_is_recorded_once():
     assert TokenUsage.objects.using("privileged").filter(request_id="req-retry-1").count() == 1
 
 
-@pytest.mark.parametrize("override,field", [
-    ({"input_tokens": -1}, "input_tokens"),
-    ({"output_tokens": -5}, "output_tokens"),
-    ({"input_price": Decimal("-0.01")}, "input_price"),
-    ({"output_price": "abc"}, "output_price"),
-    ({"cost": Decimal("-1")}, "cost"),
-    ({"request_id": ""}, "request_id"),
-    ({"input_price": Decimal("1000000")}, "input_price"),
-    ({"output_tokens": 2**31}, "output_tokens"),
-])
+@pytest.mark.parametrize(
+    "override,field",
+    [
+        ({"input_tokens": -1}, "input_tokens"),
+        ({"output_tokens": -5}, "output_tokens"),
+        ({"input_price": Decimal("-0.01")}, "input_price"),
+        ({"output_price": "abc"}, "output_price"),
+        ({"cost": Decimal("-1")}, "cost"),
+        ({"request_id": ""}, "request_id"),
+        ({"input_price": Decimal("1000000")}, "input_price"),
+        ({"output_tokens": 2**31}, "output_tokens"),
+    ],
+)
 def test_impossible_values_are_refused(override, field):
     user, org = make_member()
     with pytest.raises(UsageInvalid) as error, transaction.atomic():
@@ -104,16 +112,21 @@ def test_the_app_role_cannot_record_for_another_user_nor_change_the_ledger(raw_a
         _as(alice, alice_org)
         services.usage_record(**usage_fields(bob, bob_org))
     with raw_app_connection.cursor() as cur:
-        cur.execute("SELECT set_config('app.user_id', %s, true), set_config('app.organization_ids', %s, true)", [str(alice.pk), str(alice_org)])
+        cur.execute(
+            "SELECT set_config('app.user_id', %s, true), set_config('app.organization_ids', %s, true)", [str(alice.pk), str(alice_org)]
+        )
         for statement in ("UPDATE analytics_tokenusage SET cost = 0", "DELETE FROM analytics_tokenusage"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 cur.execute(statement)
             raw_app_connection.rollback()
             cur.execute("SELECT set_config('app.user_id', %s, true)", [str(alice.pk)])
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            cur.execute("INSERT INTO analytics_usagerollup (period, period_start, organization_id, user_id, provider, model, "
-                        "input_tokens, output_tokens, total_tokens, calls, errors, cost, updated_at) "
-                        "VALUES ('day', '2026-01-01', %s, %s, 'x', 'y', 1, 1, 2, 1, 0, 1, now())", [alice_org, alice.pk])
+            cur.execute(
+                "INSERT INTO analytics_usagerollup (period, period_start, organization_id, user_id, provider, model, "
+                "input_tokens, output_tokens, total_tokens, calls, errors, cost, updated_at) "
+                "VALUES ('day', '2026-01-01', %s, %s, 'x', 'y', 1, 1, 2, 1, 0, 1, now())",
+                [alice_org, alice.pk],
+            )
     raw_app_connection.rollback()
 
 
@@ -121,16 +134,23 @@ def test_rollups_equal_the_ledger_with_concurrent_writers_and_rollups():
     members = [make_member() for _ in range(4)]
     writers, batches, per_batch = 4, 12, 25
     errors, stop = [], threading.Event()
-    base = datetime.now(dt_timezone.utc)
+    base = datetime.now(UTC)
 
     def write(index):
         user, org = members[index]
         try:
             for batch in range(batches):
-                records = [usage_fields(user, org, model=f"m{(batch + i) % 3}", provider=("openai", "anthropic")[i % 2],
-                                        created_at=base - timedelta(days=(batch + i) % 3),
-                                        success=(i % 9 != 0))
-                           for i in range(per_batch)]
+                records = [
+                    usage_fields(
+                        user,
+                        org,
+                        model=f"m{(batch + i) % 3}",
+                        provider=("openai", "anthropic")[i % 2],
+                        created_at=base - timedelta(days=(batch + i) % 3),
+                        success=(i % 9 != 0),
+                    )
+                    for i in range(per_batch)
+                ]
                 with transaction.atomic():
                     _as(user, org)
                     services.usage_record_batch(records)
@@ -188,9 +208,14 @@ def _worker_env():
         db = connections[alias].settings_dict  # NAME is the test database's
         return f"postgres://{db['USER']}@/{db['NAME']}?host={db['HOST']}"
 
-    return {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.test",
-            "DATABASE_URL": url("owner"), "DATABASE_APP_URL": url("default"), "DATABASE_WORKER_URL": url("privileged"),
-            "REDIS_URL": settings.REDIS_URL}
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.test",
+        "DATABASE_URL": url("owner"),
+        "DATABASE_APP_URL": url("default"),
+        "DATABASE_WORKER_URL": url("privileged"),
+        "REDIS_URL": settings.REDIS_URL,
+    }
 
 
 def _idle_rollup_backend():
@@ -210,7 +235,9 @@ def test_a_worker_killed_mid_rollup_leaves_totals_the_next_run_completes_exactly
         services.usage_record_batch([usage_fields(user, org) for _ in range(40)])
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool", "solo", "-l", "WARNING", "-Q", "rollup-kill-test"],
-        env=_worker_env(), cwd=settings.BASE_DIR, start_new_session=True,
+        env=_worker_env(),
+        cwd=settings.BASE_DIR,
+        start_new_session=True,
     )
     try:
         usage_rollup_task.apply_async(kwargs={"pause_before_commit": 120}, queue="rollup-kill-test")
@@ -250,8 +277,11 @@ def test_live_counters_equal_the_ledger_after_a_redis_flush_and_rebuild():
         for scope, owner, column in (("org", org, "organization_id"), ("user", user.pk, "user_id")):
             live = counters.counters_read(scope=scope, owner_id=owner)
             with connections["owner"].cursor() as cur:
-                cur.execute(f"SELECT sum(input_tokens), sum(output_tokens), sum(total_tokens), count(*), sum(cost) "
-                            f"FROM analytics_tokenusage WHERE {column} = %s", [owner])
+                cur.execute(
+                    f"SELECT sum(input_tokens), sum(output_tokens), sum(total_tokens), count(*), sum(cost) "
+                    f"FROM analytics_tokenusage WHERE {column} = %s",
+                    [owner],
+                )
                 i, o, t, c, cost = cur.fetchone()
             assert (live.input_tokens, live.output_tokens, live.total_tokens, live.calls, live.cost) == (i, o, t, c, cost)
     # Live increments continue on the rebuilt counter.

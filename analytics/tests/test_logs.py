@@ -1,8 +1,9 @@
 """API logs and the log buffer: requests queue rows in Redis, the flush writes each once,
 a dead flush or a missing worker loses nothing, bad rows step aside; the app role only reads its own."""
+
 import json
 import uuid
-from datetime import datetime, timezone as dt_timezone
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
@@ -33,9 +34,19 @@ def _buffered(kind):
 
 
 def _api_log_row(**overrides):
-    row = {"request_uuid": str(uuid.uuid4()), "created_at": timezone.now().isoformat(), "user_id": None, "api_key_id": None,
-           "route": "api/v1/me", "method": "GET", "status": 200, "duration_ms": 3, "ip": "127.0.0.1",
-           "user_agent": "pytest", "error": ""}
+    row = {
+        "request_uuid": str(uuid.uuid4()),
+        "created_at": timezone.now().isoformat(),
+        "user_id": None,
+        "api_key_id": None,
+        "route": "api/v1/me",
+        "method": "GET",
+        "status": 200,
+        "duration_ms": 3,
+        "ip": "127.0.0.1",
+        "user_agent": "pytest",
+        "error": "",
+    }
     row.update(overrides)
     return row
 
@@ -80,8 +91,13 @@ def test_api_requests_are_buffered_with_the_route_pattern_status_user_and_key():
     assert buffer.buffer_flush("api_log") == 6
     stored = ApiLog.objects.using("privileged").order_by("created_at")
     assert [(s.route, s.status, s.user_id, s.api_key_id) for s in stored] == [
-        (r["route"], r["status"], uuid.UUID(r["user_id"]) if r["user_id"] else None,
-         uuid.UUID(r["api_key_id"]) if r["api_key_id"] else None) for r in logged
+        (
+            r["route"],
+            r["status"],
+            uuid.UUID(r["user_id"]) if r["user_id"] else None,
+            uuid.UUID(r["api_key_id"]) if r["api_key_id"] else None,
+        )
+        for r in logged
     ]
     assert buffer.buffer_length("api_log") == 0
 
@@ -139,9 +155,14 @@ def test_unparseable_rows_go_to_the_dead_letter_list_without_blocking_the_others
     redis = get_redis_connection("default")
     good = [_api_log_row() for _ in range(3)]
     buffer.buffer_push("api_log", good[0])
-    redis.rpush(buffer.buffer_key("api_log"), b"{not json", b"[1, 2]",
-                json.dumps(_api_log_row(request_uuid="nope")), json.dumps(_api_log_row(status="teapot")),
-                json.dumps(_api_log_row(created_at="2026-01-01T00:00:00")))  # no time zone
+    redis.rpush(
+        buffer.buffer_key("api_log"),
+        b"{not json",
+        b"[1, 2]",
+        json.dumps(_api_log_row(request_uuid="nope")),
+        json.dumps(_api_log_row(status="teapot")),
+        json.dumps(_api_log_row(created_at="2026-01-01T00:00:00")),
+    )  # no time zone
     buffer.buffer_push("api_log", good[1])
     buffer.buffer_push("api_log", good[2])
     assert buffer.buffer_flush("api_log") == 3
@@ -155,8 +176,16 @@ def test_unparseable_rows_go_to_the_dead_letter_list_without_blocking_the_others
 def test_a_row_the_database_refuses_steps_aside_and_the_rest_of_its_batch_lands():
     for n in range(4):
         properties = {"text": "nul \u0000 here"} if n == 2 else {"n": n}  # jsonb refuses \u0000
-        buffer.buffer_push("event", {"event_uuid": str(uuid.uuid4()), "created_at": timezone.now().isoformat(),
-                                     "name": f"e{n}", "properties": properties, "source": "server"})
+        buffer.buffer_push(
+            "event",
+            {
+                "event_uuid": str(uuid.uuid4()),
+                "created_at": timezone.now().isoformat(),
+                "name": f"e{n}",
+                "properties": properties,
+                "source": "server",
+            },
+        )
     assert buffer.buffer_flush("event") == 3
     assert sorted(Event.objects.using("privileged").values_list("name", flat=True)) == ["e0", "e1", "e3"]
     assert len(get_redis_connection("default").lrange(buffer.dead_key("event"), 0, -1)) == 1
@@ -164,7 +193,7 @@ def test_a_row_the_database_refuses_steps_aside_and_the_rest_of_its_batch_lands(
 
 
 def test_rows_keep_their_own_created_at_to_the_microsecond():
-    at = datetime(2026, 2, 14, 9, 30, 15, 123456, tzinfo=dt_timezone.utc)
+    at = datetime(2026, 2, 14, 9, 30, 15, 123456, tzinfo=UTC)
     buffer.buffer_push("api_log", _api_log_row(created_at=at))
     assert buffer.buffer_flush("api_log") == 1
     assert ApiLog.objects.using("privileged").get().created_at == at
@@ -204,21 +233,31 @@ def test_the_app_role_reads_only_its_own_log_rows_and_cannot_insert_any(raw_app_
         buffer.buffer_push("api_log", _api_log_row(user_id=str(user.pk)))
         with rls.privileged(reason="test: track"):
             services.event_track(name="seen", user=user, organization_id=org)
-        buffer.buffer_push("audit", {"entry_uuid": str(uuid.uuid4()), "created_at": timezone.now().isoformat(),
-                                     "user_id": str(user.pk), "action": "update", "table_name": "accounts_user",
-                                     "record_id": str(user.pk), "detail": {}})
+        buffer.buffer_push(
+            "audit",
+            {
+                "entry_uuid": str(uuid.uuid4()),
+                "created_at": timezone.now().isoformat(),
+                "user_id": str(user.pk),
+                "action": "update",
+                "table_name": "accounts_user",
+                "record_id": str(user.pk),
+                "detail": {},
+            },
+        )
     buffer.buffer_flush_all()
     assert _rows("analytics_auditlog", "user_id IS NULL") > 0  # system entries alice must not see either
     with raw_app_connection.cursor() as cur:
-        cur.execute("SELECT set_config('app.user_id', %s, true), set_config('app.organization_ids', %s, true)",
-                    [str(alice.pk), str(alice_org)])
+        cur.execute(
+            "SELECT set_config('app.user_id', %s, true), set_config('app.organization_ids', %s, true)", [str(alice.pk), str(alice_org)]
+        )
         for table in ("analytics_apilog", "analytics_event", "analytics_auditlog"):
             cur.execute(f"SELECT DISTINCT user_id FROM {table}")
             assert cur.fetchall() == [(alice.pk,)], table
     raw_app_connection.rollback()
     inserts = {
         "analytics_apilog": "INSERT INTO analytics_apilog (request_uuid, user_id, route, method, status, duration_ms) "
-                            "VALUES (gen_random_uuid(), %s, 'x', 'GET', 200, 1)",
+        "VALUES (gen_random_uuid(), %s, 'x', 'GET', 200, 1)",
         "analytics_event": "INSERT INTO analytics_event (event_uuid, user_id, name) VALUES (gen_random_uuid(), %s, 'x')",
         "analytics_auditlog": "INSERT INTO analytics_auditlog (entry_uuid, user_id, action) VALUES (gen_random_uuid(), %s, 'x')",
     }

@@ -1,4 +1,5 @@
 """The analytics tables are partitioned by month and queries prune to the months they ask for."""
+
 from datetime import date
 
 import pytest

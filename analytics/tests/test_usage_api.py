@@ -1,6 +1,7 @@
 """The usage API: summary and daily figures equal the ledger, each bad input is a 400 in the
 one error format, by-member figures are for organization admins only, API keys need
 `usage:read`, a user sees only their own usage, and the ledger itself is never read."""
+
 from datetime import timedelta
 from decimal import Decimal
 
@@ -80,8 +81,9 @@ def test_daily_equals_the_ledger(world, group_by):
     response = key_client(world.alice).get(DAILY, {"from": start.isoformat(), "to": today.isoformat(), "group_by": group_by})
     assert response.status_code == 200, response.json()
     expected = ledger(where="user_id = %s AND day BETWEEN %s AND %s", params=[world.alice.pk, start, today], group_by=f"day, {group_by}")
-    assert [(r["date"], r["key"], api_totals(r)) for r in response.json()] == \
-        [(e["day"].isoformat(), e[group_by], totals_of(e)) for e in expected]
+    assert [(r["date"], r["key"], api_totals(r)) for r in response.json()] == [
+        (e["day"].isoformat(), e[group_by], totals_of(e)) for e in expected
+    ]
 
 
 def test_daily_defaults_to_the_last_30_days_by_model(world):
@@ -98,8 +100,9 @@ def test_daily_by_member_for_an_admin(world):
     response = key_client(world.carol).get(DAILY, {"from": start, "to": today, "group_by": "user", "organization": world.acme.pk})
     assert response.status_code == 200, response.json()
     expected = ledger(where="organization_id = %s AND day BETWEEN %s AND %s", params=[world.acme.pk, start, today], group_by="day, user_id")
-    assert [(r["date"], r["key"], api_totals(r)) for r in response.json()] == \
-        [(e["day"].isoformat(), str(e["user_id"]), totals_of(e)) for e in expected]
+    assert [(r["date"], r["key"], api_totals(r)) for r in response.json()] == [
+        (e["day"].isoformat(), str(e["user_id"]), totals_of(e)) for e in expected
+    ]
     assert {r["label"] for r in response.json()} == {"Alice", "Bob"}
 
 
@@ -110,14 +113,17 @@ def test_daily_by_member_is_refused_to_a_plain_member(world):
     assert body["extra"]["code"] == "not_organization_admin"
 
 
-@pytest.mark.parametrize("params,fragment,field", [
-    ({"from": "yesterday"}, "YYYY-MM-DD", "from"),
-    ({"to": "2026-13-01"}, "YYYY-MM-DD", "to"),
-    ({"from": "2026-03-02", "to": "2026-03-01"}, "on or before", "from"),
-    ({"from": "2025-01-01", "to": "2026-01-02"}, "at most 366 days", "to"),
-    ({"group_by": "day"}, "is not a grouping", "group_by"),
-    ({"group_by": "user", "organization": "acme"}, "UUID", "organization"),
-])
+@pytest.mark.parametrize(
+    "params,fragment,field",
+    [
+        ({"from": "yesterday"}, "YYYY-MM-DD", "from"),
+        ({"to": "2026-13-01"}, "YYYY-MM-DD", "to"),
+        ({"from": "2026-03-02", "to": "2026-03-01"}, "on or before", "from"),
+        ({"from": "2025-01-01", "to": "2026-01-02"}, "at most 366 days", "to"),
+        ({"group_by": "day"}, "is not a grouping", "group_by"),
+        ({"group_by": "user", "organization": "acme"}, "UUID", "organization"),
+    ],
+)
 def test_daily_refuses_bad_input(world, params, fragment, field):
     body = assert_error(session_client(world.alice).get(DAILY, params), 400, fragment)
     assert field in body["extra"].get("fields", {}) or body["extra"].get("field") == field
@@ -133,7 +139,9 @@ def test_a_user_sees_only_their_own_usage(world):
     for client in (session_client(world.bob), key_client(world.bob)):
         summary = client.get(SUMMARY, {"period": "30d"}).json()
         start, end = selectors.period_bounds(period="30d")
-        assert api_totals(summary) == totals_of(ledger_totals(where="user_id = %s AND day BETWEEN %s AND %s", params=[world.bob.pk, start, end]))
+        assert api_totals(summary) == totals_of(
+            ledger_totals(where="user_id = %s AND day BETWEEN %s AND %s", params=[world.bob.pk, start, end])
+        )
         daily = client.get(DAILY, {"group_by": "model"}).json()
         assert {r["key"] for r in daily} == {"bob-only-model"}
         assert client.get(DAILY, {"group_by": "model", "organization": world.acme.pk}).json() != []
@@ -160,7 +168,9 @@ def test_query_counts_do_not_grow_with_the_data(world, django_assert_num_queries
     sizes = []
     for more_data in (False, True):
         if more_data:
-            record(world.alice, world.alice_personal, [{"model": f"model-{n}", "created_at": world.now - timedelta(days=n)} for n in range(20)])
+            record(
+                world.alice, world.alice_personal, [{"model": f"model-{n}", "created_at": world.now - timedelta(days=n)} for n in range(20)]
+            )
             record(world.bob, world.acme.pk, [{"model": f"model-{n}", "created_at": world.now - timedelta(days=n)} for n in range(20)])
             services.usage_rollup()
         with django_assert_num_queries(REQUEST_QUERIES + 1):  # the rollups

@@ -1,4 +1,5 @@
 """One error format for every API error: {"message": "...", "extra": {...}}."""
+
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction

@@ -4,6 +4,7 @@ Session-authenticated requests act as the user in the browser and are not limite
 by scopes. Views declare e.g. `required_scopes = {"GET": "usage:read"}` or a single
 string for every method.
 """
+
 from rest_framework.permissions import BasePermission
 
 

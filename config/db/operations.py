@@ -4,6 +4,7 @@ Policies read the user as CURRENT_USER below (after a transaction-local setting 
 the value is '', not NULL), and organization membership through the STABLE function
 app_organization_ids() created by config's first migration, so that rule lives in one place.
 """
+
 from django.db import migrations
 
 CURRENT_USER = "NULLIF(current_setting('app.user_id', true), '')::uuid"

@@ -7,6 +7,7 @@ privilege of the app and worker roles revoked (the owner's default privileges wo
 otherwise grant them, and a grant on a partition bypasses the parent's policies).
 All DDL runs as the owner role.
 """
+
 from __future__ import annotations
 
 import re

@@ -7,6 +7,7 @@ and staff tools see everything only inside `privileged(reason=...)`, which route
 ORM to the `privileged` alias (the BYPASSRLS worker role) and announces itself so the
 access is audited.
 """
+
 from __future__ import annotations
 
 import logging

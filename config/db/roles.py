@@ -1,4 +1,5 @@
 """The three database roles (ARCHITECTURE.md) and the database, created idempotently."""
+
 from psycopg import connect, sql
 from psycopg.conninfo import conninfo_to_dict
 
@@ -31,8 +32,9 @@ def database_bootstrap(*, admin_url: str, owner_url: str, app_url: str, worker_u
         _role_ensure(cur, worker["user"], worker.get("password"), WORKER_ATTRS)
         cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", [dbname])
         if not cur.fetchone():
-            cur.execute(sql.SQL("CREATE DATABASE {} OWNER {} ENCODING 'UTF8'").format(
-                sql.Identifier(dbname), sql.Identifier(owner["user"])))
+            cur.execute(
+                sql.SQL("CREATE DATABASE {} OWNER {} ENCODING 'UTF8'").format(sql.Identifier(dbname), sql.Identifier(owner["user"]))
+            )
     admin_db = {**conninfo_to_dict(admin_url), "dbname": dbname}
     with connect(**admin_db, autocommit=True) as conn, conn.cursor() as cur:
         cur.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(owner["user"])))

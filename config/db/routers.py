@@ -1,4 +1,5 @@
 """Database routing: which role a query runs as, and where migrations run."""
+
 from config.db import rls
 
 OWNER_ALIAS = "owner"

@@ -1,4 +1,5 @@
 """Grants for the app and worker roles, and the membership function policies read."""
+
 from django.conf import settings
 from django.db import migrations
 from psycopg import sql
@@ -38,7 +39,4 @@ def revoke(apps, schema_editor):
 class Migration(migrations.Migration):
     initial = True
     dependencies = []
-    operations = [
-        migrations.RunPython(grant, revoke),
-        migrations.RunSQL(FUNCTIONS, DROP_FUNCTIONS),
-    ]
+    operations = [migrations.RunPython(grant, revoke), migrations.RunSQL(FUNCTIONS, DROP_FUNCTIONS)]

@@ -1,4 +1,5 @@
 """Settings shared by every environment. Values come from the environment (django-environ)."""
+
 from pathlib import Path
 
 import environ
@@ -65,9 +66,9 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "accounts.context_processors.theme",
-            ],
+            ]
         },
-    },
+    }
 ]
 
 # --- Databases -------------------------------------------------------------
@@ -78,17 +79,9 @@ TEMPLATES = [
 EMBEDDED = embedded.embedded_urls(Path(env("CONFAB_VAR_DIR", default=str(BASE_DIR / "var"))))
 DATABASE_URL = env("DATABASE_URL", default=None)
 if DATABASE_URL:
-    _db_urls = {
-        "owner": DATABASE_URL,
-        "default": env("DATABASE_APP_URL"),
-        "privileged": env("DATABASE_WORKER_URL"),
-    }
+    _db_urls = {"owner": DATABASE_URL, "default": env("DATABASE_APP_URL"), "privileged": env("DATABASE_WORKER_URL")}
 else:
-    _db_urls = {
-        "owner": EMBEDDED["DATABASE_URL"],
-        "default": EMBEDDED["DATABASE_APP_URL"],
-        "privileged": EMBEDDED["DATABASE_WORKER_URL"],
-    }
+    _db_urls = {"owner": EMBEDDED["DATABASE_URL"], "default": EMBEDDED["DATABASE_APP_URL"], "privileged": EMBEDDED["DATABASE_WORKER_URL"]}
 DATABASES = {}
 for _alias, _url in _db_urls.items():
     _db = env.db_url_config(_url)
@@ -139,10 +132,7 @@ CELERY_BEAT_SCHEDULE = {
 # --- Auth ------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
 AUTHENTICATION_BACKENDS = ["accounts.backends.EmailBackend"]
-PASSWORD_HASHERS = [
-    "django.contrib.auth.hashers.Argon2PasswordHasher",
-    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
-]
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.Argon2PasswordHasher", "django.contrib.auth.hashers.PBKDF2PasswordHasher"]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 10}},
@@ -170,10 +160,7 @@ REST_FRAMEWORK = {
         "accounts.authentication.ApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": [
-        "rest_framework.permissions.IsAuthenticated",
-        "config.api.permissions.HasRequiredScope",
-    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated", "config.api.permissions.HasRequiredScope"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "config.api.pagination.Pagination",
     "EXCEPTION_HANDLER": "config.api.errors.exception_handler",
@@ -186,10 +173,7 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
     # Two choice sets share the field name `role`; name each enum after its model.
-    "ENUM_NAME_OVERRIDES": {
-        "UserRoleEnum": "accounts.models.User.Role",
-        "MembershipRoleEnum": "accounts.models.Membership.Role",
-    },
+    "ENUM_NAME_OVERRIDES": {"UserRoleEnum": "accounts.models.User.Role", "MembershipRoleEnum": "accounts.models.Membership.Role"},
 }
 
 # Secrets at rest (config/crypto.py): Fernet keys, newest first. `make run` keeps a

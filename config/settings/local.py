@@ -1,4 +1,5 @@
 """Developer machine: `make run`, embedded PostgreSQL and Redis under var/ by default."""
+
 from .base import *  # noqa: F403
 from .base import env
 

@@ -1,4 +1,5 @@
 """Production: every secret from the environment, no defaults."""
+
 from .base import *  # noqa: F403
 from .base import env
 

@@ -1,4 +1,5 @@
 """`make test`: real PostgreSQL and Redis (embedded unless DATABASE_URL / REDIS_URL are set)."""
+
 from .base import *  # noqa: F403
 from .base import DATABASES
 
@@ -12,7 +13,4 @@ EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 CELERY_TASK_TIME_LIMIT = 60
 CELERY_TASK_SOFT_TIME_LIMIT = 50
 # Two fixed keys: tests encrypt under the first and can rotate from the second.
-FIELD_ENCRYPTION_KEYS = [
-    "wF0xF3H0n2xkXm9mZcCqD0nUq3s8b1n8o8q2QbV2n3U=",
-    "0u6m8mVq1b5Xn0xkq2VtTqW3n8c5F9mJp0yJYxH1k2E=",
-]
+FIELD_ENCRYPTION_KEYS = ["wF0xF3H0n2xkXm9mZcCqD0nUq3s8b1n8o8q2QbV2n3U=", "0u6m8mVq1b5Xn0xkq2VtTqW3n8c5F9mJp0yJYxH1k2E="]

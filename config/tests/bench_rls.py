@@ -12,6 +12,7 @@ Server-side planning/execution times (EXPLAIN ANALYZE) and the plans are printed
 Data: 1,000 users in 100 organizations, 1,000,000 ledger rows over 7 monthly partitions,
 100,000 API keys (100 per user).
 """
+
 from __future__ import annotations
 
 import random
@@ -29,17 +30,25 @@ KEYS_PER_USER = 100
 ITERATIONS, WARMUP = 2000, 200
 SAMPLE_USERS = 20
 
-LEDGER_LIST = ("SELECT id, created_at, provider, model, input_tokens, output_tokens, cost FROM analytics_tokenusage "
-               "WHERE user_id = %s ORDER BY created_at DESC LIMIT 50")
-KEYS_LIST = ("SELECT id, name, prefix, scopes, is_active, last_used_at, created_at FROM accounts_apikey "
-             "WHERE user_id = %s ORDER BY created_at DESC LIMIT 50")
-LEDGER_PREPARE = ("PREPARE bench_ledger_list(uuid) AS SELECT id, created_at, provider, model, input_tokens, output_tokens, cost "
-                  "FROM analytics_tokenusage WHERE user_id = $1 ORDER BY created_at DESC LIMIT 50")
+LEDGER_LIST = (
+    "SELECT id, created_at, provider, model, input_tokens, output_tokens, cost FROM analytics_tokenusage "
+    "WHERE user_id = %s ORDER BY created_at DESC LIMIT 50"
+)
+KEYS_LIST = (
+    "SELECT id, name, prefix, scopes, is_active, last_used_at, created_at FROM accounts_apikey "
+    "WHERE user_id = %s ORDER BY created_at DESC LIMIT 50"
+)
+LEDGER_PREPARE = (
+    "PREPARE bench_ledger_list(uuid) AS SELECT id, created_at, provider, model, input_tokens, output_tokens, cost "
+    "FROM analytics_tokenusage WHERE user_id = $1 ORDER BY created_at DESC LIMIT 50"
+)
 LEDGER_EXECUTE = "EXECUTE bench_ledger_list(%s)"
-LEDGER_LIST_POLICY_ONLY = ("SELECT id, created_at, provider, model, input_tokens, output_tokens, cost FROM analytics_tokenusage "
-                           "ORDER BY created_at DESC LIMIT 50")
-KEYS_LIST_POLICY_ONLY = ("SELECT id, name, prefix, scopes, is_active, last_used_at, created_at FROM accounts_apikey "
-                         "ORDER BY created_at DESC LIMIT 50")
+LEDGER_LIST_POLICY_ONLY = (
+    "SELECT id, created_at, provider, model, input_tokens, output_tokens, cost FROM analytics_tokenusage ORDER BY created_at DESC LIMIT 50"
+)
+KEYS_LIST_POLICY_ONLY = (
+    "SELECT id, name, prefix, scopes, is_active, last_used_at, created_at FROM accounts_apikey ORDER BY created_at DESC LIMIT 50"
+)
 
 
 def _api_keys_create() -> None:
@@ -155,18 +164,28 @@ def test_bench_rls_overhead():
         _, _, keys_priv = _privileged(user, KEYS_LIST, [user[0]])
         assert keys_app == keys_policy == keys_priv and len(keys_app) == 50
 
-    ledger = _compare("ledger", {
-        "app role + RLS": lambda u: _app(u, LEDGER_LIST, [u[0]]),
-        "app role + RLS only (no WHERE)": lambda u: _app(u, LEDGER_LIST_POLICY_ONLY, None),
-        "privileged + WHERE": lambda u: _privileged(u, LEDGER_LIST, [u[0]]),
-        "app role + RLS, prepared": lambda u: _app(u, LEDGER_EXECUTE, [u[0]]),
-        "privileged + WHERE, prepared": lambda u: _privileged(u, LEDGER_EXECUTE, [u[0]]),
-    }, users, ITERATIONS)
-    keys = _compare("api keys", {
-        "app role + RLS + WHERE": lambda u: _app(u, KEYS_LIST, [u[0]]),
-        "app role + RLS only (no WHERE)": lambda u: _app(u, KEYS_LIST_POLICY_ONLY, None),
-        "privileged + WHERE": lambda u: _privileged(u, KEYS_LIST, [u[0]]),
-    }, users, ITERATIONS)
+    ledger = _compare(
+        "ledger",
+        {
+            "app role + RLS": lambda u: _app(u, LEDGER_LIST, [u[0]]),
+            "app role + RLS only (no WHERE)": lambda u: _app(u, LEDGER_LIST_POLICY_ONLY, None),
+            "privileged + WHERE": lambda u: _privileged(u, LEDGER_LIST, [u[0]]),
+            "app role + RLS, prepared": lambda u: _app(u, LEDGER_EXECUTE, [u[0]]),
+            "privileged + WHERE, prepared": lambda u: _privileged(u, LEDGER_EXECUTE, [u[0]]),
+        },
+        users,
+        ITERATIONS,
+    )
+    keys = _compare(
+        "api keys",
+        {
+            "app role + RLS + WHERE": lambda u: _app(u, KEYS_LIST, [u[0]]),
+            "app role + RLS only (no WHERE)": lambda u: _app(u, KEYS_LIST_POLICY_ONLY, None),
+            "privileged + WHERE": lambda u: _privileged(u, KEYS_LIST, [u[0]]),
+        },
+        users,
+        ITERATIONS,
+    )
 
     server = {
         "ledger: app role + RLS": _server_times("default", users, LEDGER_LIST, lambda u: [u[0]]),
@@ -190,9 +209,11 @@ def test_bench_rls_overhead():
     for alias in ("default", "privileged"):
         bk.sql("DEALLOCATE bench_ledger_list", alias=alias)
 
-    bk.say(f"\n### RLS overhead: {ITERATIONS:,} interleaved iterations per variant after {WARMUP} warm-up, "
-           f"{len(users)} users cycled; ledger {LEDGER_ROWS:,} rows in {partitions_with_rows} partitions, "
-           f"{USERS * KEYS_PER_USER:,} API keys; setup {setup_s:.1f}s")
+    bk.say(
+        f"\n### RLS overhead: {ITERATIONS:,} interleaved iterations per variant after {WARMUP} warm-up, "
+        f"{len(users)} users cycled; ledger {LEDGER_ROWS:,} rows in {partitions_with_rows} partitions, "
+        f"{USERS * KEYS_PER_USER:,} API keys; setup {setup_s:.1f}s"
+    )
     rows = []
     figures = {}
     for title, result in (("ledger: 50 most recent rows of a user", ledger), ("api keys: 50 most recent keys of a user", keys)):
@@ -202,20 +223,47 @@ def test_bench_rls_overhead():
             q = r["query_us"]
             overhead = (q["p50"] - base["p50"]) / base["p50"] * 100
             overhead_mean = (q["mean"] - base["mean"]) / base["mean"] * 100
-            rows.append([f"{title.split(':')[0]}: {variant}", q["p50"], q["p95"], q["mean"],
-                         "-" if variant == baseline else f"{overhead:+.1f}%",
-                         "-" if variant == baseline else f"{overhead_mean:+.1f}%", r["prelude_us"]["p50"]])
+            rows.append(
+                [
+                    f"{title.split(':')[0]}: {variant}",
+                    q["p50"],
+                    q["p95"],
+                    q["mean"],
+                    "-" if variant == baseline else f"{overhead:+.1f}%",
+                    "-" if variant == baseline else f"{overhead_mean:+.1f}%",
+                    r["prelude_us"]["p50"],
+                ]
+            )
         figures[title] = result
-    bk.say(bk.table("query time (µs, client side); overhead vs privileged + explicit WHERE (prepared vs prepared); "
-                    "prelude = BEGIN + first statement (set_config for the app role, a 2-column SELECT for the privileged role)",
-                    ["variant", "p50 µs", "p95 µs", "mean µs", "overhead p50", "overhead mean", "prelude p50 µs"], rows))
-    bk.say(bk.table("server side, EXPLAIN (ANALYZE, SUMMARY) medians over the sample users (ms)",
-                    ["variant", "planning ms", "execution ms"],
-                    [[k, v["planning_ms_p50"], v["execution_ms_p50"]] for k, v in server.items()]))
+    bk.say(
+        bk.table(
+            "query time (µs, client side); overhead vs privileged + explicit WHERE (prepared vs prepared); "
+            "prelude = BEGIN + first statement (set_config for the app role, a 2-column SELECT for the privileged role)",
+            ["variant", "p50 µs", "p95 µs", "mean µs", "overhead p50", "overhead mean", "prelude p50 µs"],
+            rows,
+        )
+    )
+    bk.say(
+        bk.table(
+            "server side, EXPLAIN (ANALYZE, SUMMARY) medians over the sample users (ms)",
+            ["variant", "planning ms", "execution ms"],
+            [[k, v["planning_ms_p50"], v["execution_ms_p50"]] for k, v in server.items()],
+        )
+    )
     for name, plan in plans.items():
         bk.say(f"\n-- EXPLAIN (ANALYZE, BUFFERS) {name}\n{plan}")
-    bk.report_write("rls_overhead", {
-        "iterations": ITERATIONS, "warmup": WARMUP, "sample_users": len(users), "ledger_rows": LEDGER_ROWS,
-        "ledger_partitions_with_rows": partitions_with_rows, "api_keys": USERS * KEYS_PER_USER,
-        "setup_seconds": round(setup_s, 1), "results": figures, "server_times_ms": server, "plans": plans,
-    })
+    bk.report_write(
+        "rls_overhead",
+        {
+            "iterations": ITERATIONS,
+            "warmup": WARMUP,
+            "sample_users": len(users),
+            "ledger_rows": LEDGER_ROWS,
+            "ledger_partitions_with_rows": partitions_with_rows,
+            "api_keys": USERS * KEYS_PER_USER,
+            "setup_seconds": round(setup_s, 1),
+            "results": figures,
+            "server_times_ms": server,
+            "plans": plans,
+        },
+    )

@@ -4,13 +4,14 @@ Bulk rows are written with INSERT ... SELECT generate_series through the owner a
 (BYPASSRLS), with deterministic ids (md5 of a label) so runs are comparable. Every
 benchmark prints a table and writes its figures to var/bench/<name>.json.
 """
+
 from __future__ import annotations
 
 import json
 import platform
 import statistics
 import time
-from datetime import date, datetime, timezone as dt_timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from django.conf import settings
@@ -35,6 +36,7 @@ MODELS = [
 
 # --- SQL helpers -----------------------------------------------------------------
 
+
 def sql(statement: str, params=None, *, alias: str = OWNER):
     with connections[alias].cursor() as cur:
         cur.execute(statement, params)
@@ -46,7 +48,15 @@ def scalar(statement: str, params=None, *, alias: str = OWNER):
 
 
 def server_settings() -> dict:
-    names = ("server_version", "shared_buffers", "work_mem", "maintenance_work_mem", "max_wal_size", "jit", "max_parallel_workers_per_gather")
+    names = (
+        "server_version",
+        "shared_buffers",
+        "work_mem",
+        "maintenance_work_mem",
+        "max_wal_size",
+        "jit",
+        "max_parallel_workers_per_gather",
+    )
     return {n: scalar(f"SHOW {n}") for n in names}
 
 
@@ -58,7 +68,7 @@ def machine() -> dict:
 
 def months_back_ensure(table: str, months: int, *, today: date | None = None) -> None:
     """Monthly partitions from `months` months ago to now (and the usual months ahead)."""
-    today = today or datetime.now(dt_timezone.utc).date()
+    today = today or datetime.now(UTC).date()
     current = partitions.month_start(today)
     for n in range(months, 0, -1):
         partitions.partition_ensure(table, months_ahead=0, today=partitions.month_add(current, -n))
@@ -66,6 +76,7 @@ def months_back_ensure(table: str, months: int, *, today: date | None = None) ->
 
 
 # --- Population -------------------------------------------------------------------
+
 
 def population_create(*, users: int = 1000, organizations: int = 100, label: str = "bench") -> list[tuple[str, str]]:
     """`users` users spread over `organizations` organizations (one membership each), by SQL.
@@ -119,7 +130,9 @@ def models_table_create() -> None:
         rows.append((acc / total, (acc + weight) / total, provider, model, in_price, out_price))
         acc += weight
     sql("DROP TABLE IF EXISTS bench_models")
-    sql("CREATE TEMP TABLE bench_models (lo float8, hi float8, provider text, model text, input_price numeric(12, 6), output_price numeric(12, 6))")
+    sql(
+        "CREATE TEMP TABLE bench_models (lo float8, hi float8, provider text, model text, input_price numeric(12, 6), output_price numeric(12, 6))"
+    )
     with connections[OWNER].cursor() as cur:
         cur.executemany("INSERT INTO bench_models VALUES (%s, %s, %s, %s, %s, %s)", rows)
 
@@ -174,6 +187,7 @@ def vacuum_analyze(*tables: str) -> float:
 
 # --- Timing and reports -----------------------------------------------------------
 
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     if not ordered:
@@ -219,8 +233,13 @@ def say(text: str = "") -> None:
 def report_write(name: str, figures: dict) -> Path:
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     path = BENCH_DIR / f"{name}.json"
-    payload = {"benchmark": name, "at": datetime.now(dt_timezone.utc).isoformat(timespec="seconds"),
-               "machine": machine(), "postgres": server_settings(), **figures}
+    payload = {
+        "benchmark": name,
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "postgres": server_settings(),
+        **figures,
+    }
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     say(f"   -> {path.relative_to(settings.BASE_DIR)}")
     return path

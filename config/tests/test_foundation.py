@@ -1,4 +1,5 @@
 """The foundation: roles, health, a real Celery worker, the OpenAPI schema, the error format."""
+
 import json
 import tempfile
 from pathlib import Path

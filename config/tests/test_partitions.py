@@ -1,4 +1,5 @@
 """Monthly partitions: created ahead, strays moved out of the default, dropped past retention."""
+
 from datetime import date
 
 import pytest
@@ -88,11 +89,14 @@ def test_partitions_command_lists_ensures_and_prunes(parted_table, capsys):
     assert f"dropped {TABLE}_p202612" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("args,message", [
-    (["ensure", "--table", "no_such_table"], "not a partitioned table"),
-    (["ensure", "--today", "31/12/2026"], "--today must be a date"),
-    (["ensure", "--months-ahead", "-1"], "0 or more"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["ensure", "--table", "no_such_table"], "not a partitioned table"),
+        (["ensure", "--today", "31/12/2026"], "--today must be a date"),
+        (["ensure", "--months-ahead", "-1"], "0 or more"),
+    ],
+)
 def test_partitions_command_refuses_bad_input(args, message):
     with pytest.raises(CommandError, match=message):
         call_command("partitions", *args)

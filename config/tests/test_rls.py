@@ -1,4 +1,5 @@
 """Row-level security, proved on raw SQL as the app role and through requests and Celery."""
+
 import psycopg
 import pytest
 from celery import shared_task
@@ -114,6 +115,7 @@ def test_login_uses_the_narrow_lookup_and_sees_only_self(client, two_users):
 
 # --- Unfiltered querysets inside views -----------------------------------------
 
+
 def everything_view(request):
     """Deliberately forgets to filter: row-level security must still hold."""
     from django.http import JsonResponse
@@ -151,6 +153,7 @@ def test_streaming_response_sets_its_own_context(client, two_users):
 
 # --- Celery: privileged only when asked ----------------------------------------
 
+
 @shared_task
 def count_users_task(privileged: bool) -> int:
     if privileged:
@@ -182,6 +185,7 @@ def test_object_read_privileged_is_written_as_the_app_role_afterwards(two_users)
 
 # --- rls_audit -----------------------------------------------------------------
 
+
 def test_rls_audit_passes_on_the_real_schema():
     call_command("rls_audit")
 
@@ -202,7 +206,9 @@ def test_rls_audit_fails_when_the_app_role_has_a_grant_on_a_partition():
         cur.execute("CREATE TABLE audit_parted (id bigint, user_id uuid, created_at timestamptz) PARTITION BY RANGE (created_at)")
         cur.execute("ALTER TABLE audit_parted ENABLE ROW LEVEL SECURITY")
         cur.execute("ALTER TABLE audit_parted FORCE ROW LEVEL SECURITY")
-        cur.execute("CREATE POLICY audit_parted_owner ON audit_parted USING (user_id = NULLIF(current_setting('app.user_id', true), '')::uuid)")
+        cur.execute(
+            "CREATE POLICY audit_parted_owner ON audit_parted USING (user_id = NULLIF(current_setting('app.user_id', true), '')::uuid)"
+        )
         cur.execute("CREATE TABLE audit_parted_p1 PARTITION OF audit_parted FOR VALUES FROM ('2026-01-01') TO ('2026-02-01')")
         cur.execute("REVOKE ALL ON audit_parted_p1 FROM confab_app")
     try:

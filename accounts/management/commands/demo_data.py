@@ -1,4 +1,5 @@
 """Idempotent demo data for `make run`: a staff user and a demo user, credentials printed."""
+
 from django.core.management.base import BaseCommand
 
 from accounts.models import User
@@ -6,7 +7,13 @@ from accounts.services import user_create
 from config.db import rls
 
 DEMO_USERS = [
-    {"email": "admin@confab.local", "password": "confab-admin-demo", "role": User.Role.STAFF, "is_superuser": True, "display_name": "Admin"},
+    {
+        "email": "admin@confab.local",
+        "password": "confab-admin-demo",
+        "role": User.Role.STAFF,
+        "is_superuser": True,
+        "display_name": "Admin",
+    },
     {"email": "demo@confab.local", "password": "confab-demo-user", "role": User.Role.MEMBER, "is_superuser": False, "display_name": "Demo"},
 ]
 

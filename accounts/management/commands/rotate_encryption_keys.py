@@ -1,4 +1,5 @@
 """Re-encrypt every stored secret under the newest FIELD_ENCRYPTION_KEYS key."""
+
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.services import secrets_rotate
@@ -12,5 +13,7 @@ class Command(BaseCommand):
         try:
             count = secrets_rotate()
         except SecretUndecryptable as exc:
-            raise CommandError(f"{exc} Nothing was changed: put the old key back in FIELD_ENCRYPTION_KEYS (after the new one) and rerun.") from exc
+            raise CommandError(
+                f"{exc} Nothing was changed: put the old key back in FIELD_ENCRYPTION_KEYS (after the new one) and rerun."
+            ) from exc
         self.stdout.write(self.style.SUCCESS(f"Re-encrypted {count} secret(s) under the newest key."))

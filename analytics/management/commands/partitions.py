@@ -1,4 +1,5 @@
 """manage.py partitions list|ensure|prune — monthly partitions of the analytics tables."""
+
 from datetime import date
 
 from django.core.management.base import BaseCommand, CommandError

@@ -1,4 +1,5 @@
 """Create the owner, app and worker roles and the database (needs DATABASE_ADMIN_URL)."""
+
 import environ
 from django.core.management.base import BaseCommand, CommandError
 

@@ -1,4 +1,5 @@
 """List every table's row-level security and fail where a user's data is unprotected."""
+
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections

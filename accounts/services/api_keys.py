@@ -1,0 +1,96 @@
+"""API keys: create, revoke, authenticate."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from datetime import datetime
+
+from django.core.cache import cache
+from django.db import connections
+from django.utils import timezone
+from django.utils.crypto import get_random_string
+
+from accounts.errors import InvalidScopes, NotAllowed
+from accounts.models import ApiKey, User
+from accounts.services.sessions import ACTIVITY_WRITE_INTERVAL
+from config.crypto import token_digest
+from config.db import rls
+from config.errors import ApplicationError
+
+API_KEY_PREFIX = "ck_"
+
+
+def api_key_create(*, user: User, name: str, scopes: list[str], expires_at: datetime | None = None) -> tuple[ApiKey, str]:
+    """A new key; the returned secret is the only time it exists outside the caller."""
+    name = (name or "").strip()
+    if not name:
+        raise ApplicationError("Give the key a name, so you can tell it apart later.", {"field": "name"})
+    valid = set(ApiKey.Scope.values)
+    unknown = sorted(set(scopes) - valid)
+    if unknown:
+        raise InvalidScopes(unknown)
+    if not scopes:
+        raise ApplicationError("Choose at least one scope.", {"field": "scopes"})
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ApplicationError("The expiry date must be in the future.", {"field": "expires_at"})
+    prefix = get_random_string(10, allowed_chars="abcdefghijkmnopqrstuvwxyz23456789")
+    secret = f"{API_KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
+    with rls.atomic():
+        key = ApiKey.objects.create(
+            user=user, name=name[:100], prefix=prefix, key_hash=token_digest(secret), scopes=sorted(set(scopes)), expires_at=expires_at
+        )
+    _security_event("api_key_created", user_id=user.pk, detail={"api_key_id": str(key.pk), "name": key.name, "scopes": key.scopes})
+    return key, secret
+
+
+def api_key_revoke(*, user: User, api_key: ApiKey) -> ApiKey:
+    if api_key.user_id != user.pk:
+        raise NotAllowed("That API key is not yours.")
+    with rls.atomic():
+        api_key.is_active = False
+        api_key.revoked_at = api_key.revoked_at or timezone.now()
+        api_key.save(update_fields=["is_active", "revoked_at"])
+    _security_event("api_key_revoked", user_id=user.pk, detail={"api_key_id": str(api_key.pk), "name": api_key.name})
+    return api_key
+
+
+def _security_event(event: str, *, user_id, detail: dict) -> None:
+    from accounts.signals import security_event  # signals imports this module
+
+    security_event.send(sender=None, event=event, user_id=user_id, ip=None, detail=detail)
+
+
+API_KEY_PATTERN = re.compile(r"^ck_([a-z0-9]{10})_[A-Za-z0-9_\-]{20,}$")
+
+
+class ApiKeyRejected(Exception):
+    """Why a presented key does not sign anyone in (a sentence for the 401)."""
+
+
+def api_key_authenticate(*, raw_key: str) -> tuple[User, ApiKey]:
+    """The user and key behind `ck_...`, under that user's context; ApiKeyRejected otherwise."""
+    match = API_KEY_PATTERN.match(raw_key or "")
+    if not match:
+        raise ApiKeyRejected("Malformed API key: expected 'Authorization: Bearer ck_...'.")
+    with connections[rls.current_alias()].cursor() as cur:
+        cur.execute("SELECT accounts_api_key_user(%s, %s)", [match.group(1), token_digest(raw_key)])
+        user_id = cur.fetchone()[0]
+    if user_id is None:
+        raise ApiKeyRejected("Unknown API key.")
+    rls.context_set(user_id=user_id)
+    key = ApiKey.objects.select_related("user").get(prefix=match.group(1))
+    problem = None
+    if not key.is_active or key.revoked_at:
+        problem = "This API key has been revoked."
+    elif key.is_expired:
+        problem = "This API key has expired."
+    elif not (key.user.is_active and key.user.deleted_at is None):
+        problem = "The account that owns this API key is deactivated."
+    if problem:
+        rls.context_clear()
+        raise ApiKeyRejected(problem)
+    rls.context_set_for_user(key.user)
+    if cache.add(f"apikey-used:{key.pk}", 1, ACTIVITY_WRITE_INTERVAL):
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=timezone.now())
+    return key.user, key

@@ -1,0 +1,127 @@
+"""Users: sign-up, profile, preferences, deactivation, email verification."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.auth import password_validation
+from django.core import signing
+from django.core.mail import send_mail
+from django.db import IntegrityError, connections
+from django.utils import timezone
+
+from accounts.errors import EmailTaken, InvitationInvalid
+from accounts.models import ApiKey, Membership, Preferences, User
+from accounts.services.organizations import _organization_create
+from config.db import rls
+
+EMAIL_VERIFICATION_MAX_AGE = 3 * 24 * 3600
+
+
+def user_create(*, email: str, password: str | None, **fields) -> User:
+    """A user, their preferences and personal organization, written under their own context.
+
+    Refuses a taken email (EmailTaken) and, when a password is given, a weak one
+    (django ValidationError with the validators' sentences). Joins any organization
+    whose auto-join domain matches the email.
+    """
+    email = User.objects.normalize_email(email)
+    user = User(email=email, **fields)
+    if password is not None:
+        password_validation.validate_password(password, user)
+    user.set_password(password)
+    if password is None:
+        user.set_unusable_password()
+    if _email_registered(email):
+        raise EmailTaken()
+    try:
+        with rls.atomic():
+            rls.context_set(user_id=user.pk)  # the row being inserted is the context's own
+            user.save(force_insert=True)
+            Preferences.objects.create(user=user)
+            _organization_create(user=user, name=f"{user.get_short_name()}'s workspace", is_personal=True)
+            _auto_join(user)
+    except IntegrityError as exc:
+        if "email" in str(exc):
+            raise EmailTaken() from exc
+        raise
+    return user
+
+
+def _email_registered(email: str) -> bool:
+    from accounts.backends import user_id_for_login
+
+    return user_id_for_login(email) is not None
+
+
+def _auto_join(user: User) -> None:
+    """Join the organizations that admit the user's email domain (they cannot see them yet)."""
+    with connections[rls.current_alias()].cursor() as cur:
+        cur.execute("SELECT unnest(accounts_auto_join_organizations())")
+        organization_ids = [row[0] for row in cur.fetchall()]
+    for organization_id in organization_ids:
+        Membership.objects.create(organization_id=organization_id, user=user, role=Membership.Role.MEMBER)
+    rls.context_set_for_user(user)
+
+
+def user_update(*, user: User, **fields) -> User:
+    allowed = {"first_name", "last_name", "display_name", "avatar_url", "timezone", "locale"}
+    unknown = set(fields) - allowed
+    if unknown:
+        raise ValueError(f"Not editable: {', '.join(sorted(unknown))}")
+    for name, value in fields.items():
+        setattr(user, name, value)
+    user.full_clean(exclude=["password", "email"])
+    with rls.atomic():
+        user.save(update_fields=[*fields, "updated_at"])
+    return user
+
+
+def preferences_update(*, user: User, **fields) -> Preferences:
+    preferences, _ = Preferences.objects.get_or_create(user=user)
+    for name, value in fields.items():
+        setattr(preferences, name, value)
+    preferences.full_clean(exclude=["user"])
+    with rls.atomic():
+        preferences.save(update_fields=[*fields, "updated_at"])
+    return preferences
+
+
+def user_deactivate(*, user: User) -> User:
+    """Staff action: the user can no longer sign in; their API keys stop working."""
+    with rls.atomic():
+        user.is_active = False
+        user.save(update_fields=["is_active", "updated_at"])
+        ApiKey.objects.filter(user=user, is_active=True).update(is_active=False, revoked_at=timezone.now())
+    return user
+
+
+def email_verification_token(*, user: User) -> str:
+    return signing.dumps({"u": str(user.pk), "e": user.email}, salt="accounts.email-verify")
+
+
+def email_verification_send(*, user: User, base_url: str) -> None:
+    token = email_verification_token(user=user)
+    send_mail(
+        "Confirm your email for Confab",
+        f"Confirm your email address by opening this link:\n\n{base_url}/accounts/verify-email/{token}/\n\nThe link works for 3 days.",
+        settings.DEFAULT_FROM_EMAIL,
+        [user.email],
+    )
+
+
+def email_verify(*, token: str) -> User:
+    """Mark the email verified; refuses expired, tampered or outdated links."""
+    try:
+        data = signing.loads(token, salt="accounts.email-verify", max_age=EMAIL_VERIFICATION_MAX_AGE)
+    except signing.SignatureExpired as exc:
+        raise InvitationInvalid("This verification link has expired. Ask for a new one from your profile.") from exc
+    except signing.BadSignature as exc:
+        raise InvitationInvalid("This verification link is not valid.") from exc
+    with rls.atomic():
+        rls.context_set(user_id=data["u"])
+        user = User.objects.filter(pk=data["u"], email=data["e"]).first()
+        if user is None:
+            raise InvitationInvalid("This verification link is for an email address that has since changed.")
+        user.email_verified = True
+        user.save(update_fields=["email_verified", "updated_at"])
+    return user
