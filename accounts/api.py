@@ -161,9 +161,9 @@ class InvitationListApi(APIView):
     required_scopes = ACCOUNT_SCOPES
     pagination_class = api_settings.DEFAULT_PAGINATION_CLASS
 
-    @extend_schema(responses={200: InvitationOut(many=True), **_errors(401, 403, 404)})
+    @extend_schema(responses={200: InvitationOut(many=True), **_errors(401, 403, 404)}, description="Owners and admins only.")
     def get(self, request, organization_id):
-        organization = selectors.organization_get(user=request.user, organization_id=organization_id)
+        organization = selectors.organization_get_administered(user=request.user, organization_id=organization_id)
         return _page(self, request, selectors.invitation_list(organization=organization), InvitationOut)
 
     @extend_schema(

@@ -4,6 +4,7 @@ tenant's row is simply not there: the `*_get` functions raise Http404 for it."""
 from django.db.models import F, QuerySet
 from django.shortcuts import get_object_or_404
 
+from accounts.errors import NotAllowed
 from accounts.models import ApiKey, Invitation, Membership, Organization, Preferences, ProviderCredential, User, UserSession
 
 
@@ -41,6 +42,14 @@ def member_names(*, organization_ids) -> dict:
 
 def organization_get(*, user: User, organization_id) -> Organization:
     return get_object_or_404(organization_list(user=user), pk=organization_id)
+
+
+def organization_get_administered(*, user: User, organization_id) -> Organization:
+    """One of the user's organizations that they own or administer: 404 if not theirs, 403 if only a member."""
+    organization = organization_get(user=user, organization_id=organization_id)
+    if organization.role not in (Membership.Role.OWNER, Membership.Role.ADMIN):
+        raise NotAllowed("Only the organization's owners and admins can do that.")
+    return organization
 
 
 def membership_list(*, organization: Organization) -> QuerySet[Membership]:

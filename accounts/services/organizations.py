@@ -148,19 +148,28 @@ def invitation_accept(*, user: User, token: str) -> Membership:
     return membership
 
 
-def _owners(organization: Organization) -> int:
-    return Membership.objects.filter(organization=organization, role=Membership.Role.OWNER).count()
+def _another_owner_remains(membership: Membership, message: str) -> None:
+    """Refuse unless an owner other than `membership` remains; call inside the transaction that writes.
+
+    The organization's owner rows are locked (in one order) before counting, so of two
+    owners stepping down at once the second waits and then counts without the first. The
+    database's deferred trigger (migration 0006) refuses a zero-owner commit either way.
+    """
+    owners = Membership.objects.select_for_update().filter(organization_id=membership.organization_id, role=Membership.Role.OWNER)
+    if not [pk for pk in owners.order_by("pk").values_list("pk", flat=True) if pk != membership.pk]:
+        raise OrganizationRuleBroken(message)
 
 
 def membership_role_change(*, actor: User, membership: Membership, role: str) -> Membership:
-    actor_membership = _require_admin(actor, membership.organization)
+    """Change a member's role: owners and admins, only owners make or unmake owners, an owner always remains."""
     if role not in Membership.Role.values:
         raise OrganizationRuleBroken(f"Unknown role '{role}'.", {"field": "role"})
-    if Membership.Role.OWNER in (role, membership.role) and actor_membership.role != Membership.Role.OWNER:
-        raise NotAllowed("Only owners can make or unmake owners.")
-    if membership.role == Membership.Role.OWNER and role != Membership.Role.OWNER and _owners(membership.organization) == 1:
-        raise OrganizationRuleBroken("An organization needs at least one owner: make someone else owner first.")
     with rls.atomic():
+        actor_membership = _require_admin(actor, membership.organization)
+        if Membership.Role.OWNER in (role, membership.role) and actor_membership.role != Membership.Role.OWNER:
+            raise NotAllowed("Only owners can make or unmake owners.")
+        if membership.role == Membership.Role.OWNER and role != Membership.Role.OWNER:
+            _another_owner_remains(membership, "An organization needs at least one owner: make someone else owner first.")
         membership.role = role
         membership.save(update_fields=["role"])
     return membership
@@ -170,21 +179,21 @@ def membership_remove(*, actor: User, membership: Membership) -> None:
     if membership.user_id == actor.pk:
         organization_leave(user=actor, organization=membership.organization)
         return
-    actor_membership = _require_admin(actor, membership.organization)
-    if membership.role == Membership.Role.OWNER and actor_membership.role != Membership.Role.OWNER:
-        raise NotAllowed("Only owners can remove an owner.")
-    if membership.role == Membership.Role.OWNER and _owners(membership.organization) == 1:
-        raise OrganizationRuleBroken("An organization needs at least one owner.")
     with rls.atomic():
+        actor_membership = _require_admin(actor, membership.organization)
+        if membership.role == Membership.Role.OWNER:
+            if actor_membership.role != Membership.Role.OWNER:
+                raise NotAllowed("Only owners can remove an owner.")
+            _another_owner_remains(membership, "An organization needs at least one owner.")
         membership.delete()
 
 
 def organization_leave(*, user: User, organization: Organization) -> None:
-    membership = _membership_of(user, organization)
-    if organization.is_personal:
-        raise OrganizationRuleBroken("You cannot leave your personal workspace.")
-    if membership.role == Membership.Role.OWNER and _owners(organization) == 1:
-        raise OrganizationRuleBroken("You are this organization's last owner: make someone else owner before you leave.")
     with rls.atomic():
+        membership = _membership_of(user, organization)
+        if organization.is_personal:
+            raise OrganizationRuleBroken("You cannot leave your personal workspace.")
+        if membership.role == Membership.Role.OWNER:
+            _another_owner_remains(membership, "You are this organization's last owner: make someone else owner before you leave.")
         membership.delete()
         rls.context_set_for_user(user)
