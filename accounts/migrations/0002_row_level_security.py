@@ -2,7 +2,19 @@
 
 from django.db import migrations
 
-from config.db.operations import CURRENT_USER, CreatePolicy, EnableRowLevelSecurity, in_organization, owned_by_user
+from config.db.operations import CreatePolicy, EnableRowLevelSecurity
+
+# Frozen SQL fragments (as config.db.operations wrote them when this migration was made).
+CURRENT_USER = "NULLIF(current_setting('app.user_id', true), '')::uuid"
+
+
+def owned_by_user(column: str = "user_id") -> str:
+    return f"{column} = {CURRENT_USER}"
+
+
+def in_organization(column: str = "organization_id") -> str:
+    return f"{column} = ANY (app_organization_ids())"
+
 
 # The single path from an email to a user id before any context exists.
 LOGIN_LOOKUP = """

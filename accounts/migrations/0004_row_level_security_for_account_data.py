@@ -3,7 +3,23 @@ before a context exists (API-key sign-in) or across it (joining an organization)
 
 from django.db import migrations
 
-from config.db.operations import CURRENT_USER, CreatePolicy, EnableRowLevelSecurity, in_organization, user_owned_table
+from config.db.operations import CreatePolicy, EnableRowLevelSecurity
+
+# Frozen SQL fragments (as config.db.operations wrote them when this migration was made).
+CURRENT_USER = "NULLIF(current_setting('app.user_id', true), '')::uuid"
+
+
+def in_organization(column: str = "organization_id") -> str:
+    return f"{column} = ANY (app_organization_ids())"
+
+
+def owned_by_user(column: str = "user_id") -> str:
+    return f"{column} = {CURRENT_USER}"
+
+
+def user_owned_table(table: str, column: str = "user_id") -> list:
+    return [EnableRowLevelSecurity(table), CreatePolicy(table, f"{table}_owner", using=owned_by_user(column))]
+
 
 FUNCTIONS = f"""
 CREATE OR REPLACE FUNCTION accounts_current_user_email() RETURNS text

@@ -11,7 +11,19 @@ accepted/withdrawn marks of an invitation, may change after they are made (colum
 
 from django.db import migrations
 
-from config.db.operations import CURRENT_USER, CreatePolicy, in_organization, owned_by_user
+from config.db.operations import CreatePolicy
+
+# Frozen SQL fragments (as config.db.operations wrote them when this migration was made).
+CURRENT_USER = "NULLIF(current_setting('app.user_id', true), '')::uuid"
+
+
+def owned_by_user(column: str = "user_id") -> str:
+    return f"{column} = {CURRENT_USER}"
+
+
+def in_organization(column: str = "organization_id") -> str:
+    return f"{column} = ANY (app_organization_ids())"
+
 
 FUNCTIONS = f"""
 -- The context user's role in an organization, from their membership row (NULL if none).

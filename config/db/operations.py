@@ -1,5 +1,9 @@
 """Migration operations for row-level security.
 
+Migrations use these classes as they use Django's own operations: the SQL an operation emits
+is part of the history it wrote, so it never changes; a new behaviour is a new class. SQL
+fragments (the policies' rules) are copied into each migration, not imported.
+
 Policies read the user as CURRENT_USER below (after a transaction-local setting ends,
 the value is '', not NULL), and organization membership through the STABLE function
 app_organization_ids() created by config's first migration, so that rule lives in one place.

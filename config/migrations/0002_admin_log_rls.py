@@ -3,7 +3,18 @@
 
 from django.db import migrations
 
-from config.db.operations import user_owned_table
+from config.db.operations import CreatePolicy, EnableRowLevelSecurity
+
+# Frozen SQL fragments (as config.db.operations wrote them when this migration was made).
+CURRENT_USER = "NULLIF(current_setting('app.user_id', true), '')::uuid"
+
+
+def owned_by_user(column: str = "user_id") -> str:
+    return f"{column} = {CURRENT_USER}"
+
+
+def user_owned_table(table: str, column: str = "user_id") -> list:
+    return [EnableRowLevelSecurity(table), CreatePolicy(table, f"{table}_owner", using=owned_by_user(column))]
 
 
 class Migration(migrations.Migration):
