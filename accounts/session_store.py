@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
-from django.contrib.sessions.backends.base import CreateError, SessionBase, UpdateError
+from django.contrib.sessions.backends.base import VALID_KEY_CHARS, CreateError, SessionBase, UpdateError
 from django.core.cache import caches
 from django.db import connections, transaction
+from django.utils.crypto import get_random_string
 from django_redis.exceptions import ConnectionInterrupted
 from redis.exceptions import RedisError
 
@@ -87,6 +88,9 @@ class SessionStore(SessionBase):
 
     def exists(self, session_key):
         return bool(session_key) and _call("accounts_session_exists", session_key)
+
+    def _get_new_session_key(self):
+        return get_random_string(32, VALID_KEY_CHARS)  # no exists() round trip: create() retries a taken key
 
     def create(self):
         while True:

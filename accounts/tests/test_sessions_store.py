@@ -151,6 +151,21 @@ def test_must_create_refuses_an_existing_key_and_update_refuses_a_deleted_one():
         twin.save()  # a revoked session is not written back by a request that was still running
 
 
+def test_migration_moves_live_django_sessions_under_their_hash():
+    move = import_module("accounts.migrations.0007_session_store_and_grants").SESSIONS_MOVE
+    live_key, expired_key = "l" * 32, "e" * 32
+    data = _store().encode({"carried": "over"})
+    with connections["owner"].cursor() as cur:
+        cur.execute(
+            "INSERT INTO django_session VALUES (%s, %s, now() + interval '1 day'), (%s, %s, now() - interval '1 day')",
+            [live_key, data, expired_key, data],
+        )
+        cur.execute(move)
+    assert _store(live_key).load() == {"carried": "over"}
+    assert _owner_count("SELECT count(*) FROM accounts_session WHERE key_hash = %s", [token_digest(expired_key)]) == 0
+    assert _owner_count("SELECT count(*) FROM django_session") == 0  # the raw keys are gone
+
+
 # --- Redis down ------------------------------------------------------------------------------------
 
 
