@@ -95,7 +95,7 @@ DELETE FROM django_session;
 # What each role keeps on Django's own tables (everything else there is revoked).
 # Catalogs are written by `migrate` as the owner; groups are edited in admin (worker role).
 APP_KEEPS = {
-    "django_migrations": "",
+    "django_migrations": "SELECT",  # runserver checks for unapplied migrations as this role
     "django_session": "",
     "django_content_type": "SELECT",
     "auth_permission": "SELECT",

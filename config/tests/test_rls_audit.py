@@ -47,6 +47,13 @@ def test_fails_when_an_allowlisted_table_gets_a_grant_beyond_its_reason():
         call_command("rls_audit")
 
 
+def test_app_role_reads_schema_history_for_runserver_check():
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connections["default"])
+    assert executor.migration_plan(executor.loader.graph.leaf_nodes()) == []
+
+
 @pytest.mark.parametrize(
     "statement",
     [

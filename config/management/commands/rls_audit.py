@@ -10,7 +10,7 @@ from config.db.routers import OWNER_ALIAS
 
 # Tables without a policy of their own: why each is safe, and the app role's most privileges.
 ALLOWLIST = {
-    "django_migrations": ("schema history, written by `migrate` as the owner", ()),
+    "django_migrations": ("schema history, written by `migrate` as the owner; read by runserver's check", ("SELECT",)),
     "django_content_type": ("read-only catalog of models, written by `migrate`", ("SELECT",)),
     "auth_permission": ("read-only catalog of permissions, written by `migrate`", ("SELECT",)),
     "auth_group": ("staff-defined groups, no user data; edited in admin under the worker role", ("SELECT",)),
