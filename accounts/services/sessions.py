@@ -5,12 +5,12 @@ from __future__ import annotations
 import user_agents
 from django.conf import settings
 from django.contrib.sessions.backends.base import SessionBase
-from django.core.cache import cache
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from accounts.errors import NotAllowed
 from accounts.models import User, UserSession
+from accounts.session_store import session_cache_call
 from config.crypto import token_digest
 from config.db import rls
 
@@ -41,9 +41,9 @@ def user_session_start(*, request, user: User) -> UserSession:
 
 
 def user_session_touch(*, request) -> None:
-    """Last activity, written at most once a minute per session."""
+    """Last activity, written at most once a minute per session (skipped while Redis is unreachable)."""
     key = request.session.session_key
-    if not key or not cache.add(f"session-touch:{token_digest(key)}", 1, ACTIVITY_WRITE_INTERVAL):
+    if not key or not session_cache_call("add", f"session-touch:{token_digest(key)}", 1, ACTIVITY_WRITE_INTERVAL, default=False):
         return
     UserSession.objects.filter(session_key=key, ended_at__isnull=True).update(last_activity_at=timezone.now())
 

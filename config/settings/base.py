@@ -105,7 +105,8 @@ CACHES = {
         "KEY_PREFIX": env("CACHE_KEY_PREFIX", default="confab"),
     }
 }
-SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+# Sessions under the hash of their key, cached in Redis, from the database when Redis is down.
+SESSION_ENGINE = "accounts.session_store"
 SESSION_COOKIE_AGE = env.int("SESSION_COOKIE_AGE", default=60 * 60 * 24 * 14)
 
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=None) or embedded.celery_broker_url(REDIS_URL)

@@ -1,0 +1,126 @@
+"""Sessions kept under the SHA-256 of their key, cached in Redis, and served from the
+database alone while Redis is unreachable.
+
+The table (`accounts_session`, migration 0007) is closed to both roles: the store calls
+SECURITY DEFINER functions that take the key and hash it themselves, so reading a
+session needs its key. Redis names a session by the same hash. The database is the
+copy; a cache error is logged and costs one round trip, never a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.contrib.sessions.backends.base import VALID_KEY_CHARS, CreateError, SessionBase, UpdateError
+from django.core.cache import caches
+from django.db import connections, transaction
+from django.utils.crypto import get_random_string
+from django_redis.exceptions import ConnectionInterrupted
+from redis.exceptions import RedisError
+
+from config.crypto import token_digest
+from config.db.rls import APP_ALIAS
+
+logger = logging.getLogger("confab.sessions")
+
+CACHE_KEY_PREFIX = "session:"
+# Bounds how long another process's cached copy may outlive a change it missed while Redis was unreachable.
+CACHE_SECONDS = 300
+CACHE_ERRORS = (ConnectionInterrupted, RedisError, OSError)
+
+# Cache keys whose update or delete failed: never read from Redis until deleted there.
+_missed: set[str] = set()
+_FAILED = object()
+
+
+def session_cache_call(method: str, *args, default=None):
+    """One call on the session cache; when Redis is unreachable, log it and return `default`."""
+    cache = caches[settings.SESSION_CACHE_ALIAS]
+    try:
+        if _missed:
+            missed = set(_missed)
+            cache.delete_many(list(missed))
+            _missed.difference_update(missed)
+        return getattr(cache, method)(*args)
+    except CACHE_ERRORS as exc:
+        logger.warning("session cache unavailable, using the database: %s %s", method, exc)
+        return default
+
+
+def _cache_key(session_key: str) -> str:
+    return CACHE_KEY_PREFIX + token_digest(session_key)
+
+
+def _cache_write(method: str, cache_key: str, *args) -> None:
+    if session_cache_call(method, cache_key, *args, default=_FAILED) is _FAILED:
+        _missed.add(cache_key)
+
+
+def _after_commit(method: str, cache_key: str, *args) -> None:
+    """The cache follows what the database committed (at once outside a transaction)."""
+    transaction.on_commit(lambda: _cache_write(method, cache_key, *args), using=APP_ALIAS)
+
+
+def _call(function: str, *args):
+    with connections[APP_ALIAS].cursor() as cur:
+        cur.execute(f"SELECT {function}({', '.join(['%s'] * len(args))})", args)
+        return cur.fetchone()[0]
+
+
+class SessionStore(SessionBase):
+    """Django's session interface over the accounts_session_* functions."""
+
+    def load(self):
+        cache_key = _cache_key(self.session_key)
+        data = None if cache_key in _missed else session_cache_call("get", cache_key)
+        if data is not None:
+            return data
+        with connections[APP_ALIAS].cursor() as cur:
+            cur.execute("SELECT session_data, expire_date FROM accounts_session_load(%s)", [self.session_key])
+            row = cur.fetchone()
+        if row is None:
+            self._session_key = None  # unknown or expired: a new key on the next save
+            return {}
+        data = self.decode(row[0])
+        _after_commit("set", cache_key, data, min(CACHE_SECONDS, self.get_expiry_age(expiry=row[1])))
+        return data
+
+    def exists(self, session_key):
+        return bool(session_key) and _call("accounts_session_exists", session_key)
+
+    def _get_new_session_key(self):
+        return get_random_string(32, VALID_KEY_CHARS)  # no exists() round trip: create() retries a taken key
+
+    def create(self):
+        while True:
+            self._session_key = self._get_new_session_key()
+            try:
+                self.save(must_create=True)
+            except CreateError:
+                continue  # the key was taken
+            self.modified = True
+            return
+
+    def save(self, must_create=False):
+        if self.session_key is None:
+            return self.create()
+        data = self._get_session(no_load=must_create)
+        function = "accounts_session_create" if must_create else "accounts_session_update"
+        if not _call(function, self.session_key, self.encode(data), self.get_expiry_date()):
+            raise CreateError if must_create else UpdateError
+        _after_commit("set", _cache_key(self.session_key), dict(data), min(CACHE_SECONDS, self.get_expiry_age()))
+
+    def delete(self, session_key=None):
+        session_key = session_key or self.session_key
+        if session_key is None:
+            return
+        _call("accounts_session_delete", session_key)
+        cache_key = _cache_key(session_key)
+        _cache_write("delete", cache_key)
+        if connections[APP_ALIAS].in_atomic_block:
+            _after_commit("delete", cache_key)  # a concurrent request may have cached it again meanwhile
+
+    @classmethod
+    def clear_expired(cls):
+        _call("accounts_session_clear_expired")
