@@ -134,7 +134,7 @@ def grants_restore(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("accounts", "0005_invitation_organization_name"),
+        ("accounts", "0006_role_write_policies_last_owner"),
         ("auth", "0012_alter_user_first_name_max_length"),
         ("contenttypes", "0002_remove_content_type_name"),
         ("sessions", "0001_initial"),
