@@ -15,7 +15,19 @@ class LoginThrottled(ApplicationError):
         minutes = max(1, round(retry_after / 60))
         super().__init__(
             f"Too many failed sign-in attempts. Try again in {minutes} minute{'s' if minutes != 1 else ''}.",
-            {"retry_after": retry_after},
+            {"code": "login_throttled", "retry_after": retry_after},
+            retry_after=retry_after,
+        )
+
+
+class PasswordResetThrottled(ApplicationError):
+    status_code = 429
+
+    def __init__(self, retry_after: int):
+        minutes = max(1, round(retry_after / 60))
+        super().__init__(
+            f"Too many password reset requests. Try again in {minutes} minute{'s' if minutes != 1 else ''}.",
+            {"code": "password_reset_throttled", "retry_after": retry_after},
             retry_after=retry_after,
         )
 
