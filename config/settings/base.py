@@ -105,6 +105,9 @@ CACHES = {
         "KEY_PREFIX": env("CACHE_KEY_PREFIX", default="confab"),
     }
 }
+# A Redis that hangs holds a request this long (seconds) per call before its fallback runs.
+REDIS_SOCKET_TIMEOUT = env.float("REDIS_SOCKET_TIMEOUT", default=1.0)
+CACHES["default"]["OPTIONS"].update(SOCKET_CONNECT_TIMEOUT=REDIS_SOCKET_TIMEOUT, SOCKET_TIMEOUT=REDIS_SOCKET_TIMEOUT)
 SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 SESSION_COOKIE_AGE = env.int("SESSION_COOKIE_AGE", default=60 * 60 * 24 * 14)
 

@@ -7,6 +7,7 @@ Signed-in session pages depend on the session store (tested with sessions); this
 signs in with the database session engine so only the parts under test touch Redis.
 """
 
+import socket
 import tempfile
 import threading
 import time
@@ -136,3 +137,37 @@ def test_stopping_redis_under_traffic_returns_no_500(own_redis):
 
     ready = Client().get("/health/ready")
     assert ready.status_code == 503 and "redis" in ready.json()["failing"]
+
+
+def test_a_hung_redis_costs_a_sign_in_its_timeouts_not_the_request(settings):
+    """A server that accepts connections and never answers (a stuck Redis): the socket
+    timeouts in settings end each call and the fallbacks answer."""
+    with tempfile.TemporaryDirectory(prefix="confab-hang-") as tmp:
+        path = str(Path(tmp) / "redis.sock")
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(path)
+        server.listen(64)  # the kernel completes connections; nothing ever replies
+        settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"], "LOCATION": f"unix://{path}?db=0"}}
+        settings.SESSION_ENGINE = "django.contrib.sessions.backends.db"
+        statuses = []
+
+        def sign_in():
+            try:
+                statuses.append(
+                    Client(REMOTE_ADDR="192.0.2.9", raise_request_exception=False)
+                    .post("/accounts/login/", {"username": "a@example.com", "password": "wrong-password-1"})
+                    .status_code
+                )
+            finally:
+                connections.close_all()
+
+        started = time.monotonic()
+        thread = threading.Thread(target=sign_in)
+        thread.start()
+        thread.join(timeout=30)
+        elapsed = time.monotonic() - started
+        server.close()
+        thread.join(timeout=30)
+    # Four Redis calls (two throttle checks, the failure count, the audit entry) at REDIS_SOCKET_TIMEOUT (1 s) each;
+    # the client's own default (5 s each) would take 20 s.
+    assert statuses == [200] and elapsed < 8, (statuses, elapsed)
