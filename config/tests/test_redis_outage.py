@@ -112,6 +112,8 @@ def test_stopping_redis_under_traffic_returns_no_500(own_redis):
     # Logs the request path could not queue were written straight to PostgreSQL.
     assert _owner_count("SELECT count(*) FROM analytics_event WHERE user_id = %s", [user.pk]) >= after[("events", 202)]
     assert _owner_count("SELECT count(*) FROM analytics_apilog WHERE api_key_id IS NOT NULL", []) >= after[("me", 200)]
+    # Audit entries too (those queued before the stop are still in the stopped Redis, not here).
+    assert _owner_count("SELECT count(*) FROM analytics_auditlog WHERE action = 'login_failed' AND ip = '198.51.100.20'", []) > 0
 
     # Sign-in throttling still holds, counted in this process: the guesser is stopped, the owner is not.
     guesser, owner = Client(REMOTE_ADDR="198.51.100.77"), Client(REMOTE_ADDR="203.0.113.77")
