@@ -27,13 +27,22 @@ logger = logging.getLogger("confab.accounts.throttling")
 KEY_PREFIX = "throttle:v1"
 LOCAL_MAX_KEYS = 100_000
 
-# KEYS: counters; ARGV: their windows. Returns count, ttl for each key.
+# KEYS: counters; ARGV: their windows, their limits, then "1" to count nothing when any
+# counter is already at its limit (an attempt the throttle refused). Returns count, ttl per key.
 _HIT = """
+local n = #KEYS
 local out = {}
+local refused = false
+if ARGV[2 * n + 1] == '1' then
+    for i, key in ipairs(KEYS) do
+        if tonumber(redis.call('GET', key) or '0') >= tonumber(ARGV[n + i]) then refused = true end
+    end
+end
 for i, key in ipairs(KEYS) do
-    local count = redis.call('INCR', key)
+    local count
+    if refused then count = tonumber(redis.call('GET', key) or '0') else count = redis.call('INCR', key) end
     local ttl = redis.call('TTL', key)
-    if ttl < 0 then
+    if ttl < 0 and count > 0 then
         ttl = tonumber(ARGV[i])
         redis.call('EXPIRE', key, ttl)
     end
@@ -59,7 +68,7 @@ def _ip_bucket(ip: str | None) -> str:
     """One IPv6 host owns a whole /64, so a /64 is counted as one address."""
     if not ip:
         return "unknown"
-    address = ipaddress.ip_address(ip)
+    address = ipaddress.ip_address(ip)  # client_ip() validated it
     if address.version == 6:
         return str(ipaddress.ip_network(f"{address}/64", strict=False))
     return str(address)
@@ -69,7 +78,8 @@ def _email_digest(email: str) -> str:
     return token_digest(User.objects.normalize_email(email or "").lower())
 
 
-def _local_counts(keys: list[str], windows: list[int], *, hit: bool) -> list[tuple[int, int]]:
+def _local_counts(keys: list[str], windows: list[int], limits: list[int], *, hit: bool, unless_over: bool) -> list[tuple[int, int]]:
+    """The same counts as the Redis scripts, in this process only."""
     now = time.monotonic()
     with _local_lock:
         if len(_local) > LOCAL_MAX_KEYS:  # bounded memory: forget expired windows, then everything
@@ -77,30 +87,32 @@ def _local_counts(keys: list[str], windows: list[int], *, hit: bool) -> list[tup
                 del _local[key]
             if len(_local) > LOCAL_MAX_KEYS:
                 _local.clear()
-        out = []
+        current = []
         for key, window in zip(keys, windows):
             count, expires = _local.get(key, (0, 0.0))
-            if expires <= now:
-                count, expires = 0, now + window
-            if hit:
-                count += 1
-                _local[key] = (count, expires)
-            out.append((count, max(1, math.ceil(expires - now))))
-        return out
+            current.append((0, now + window) if expires <= now else (count, expires))
+        if hit and not (unless_over and any(count >= limit for (count, _), limit in zip(current, limits))):
+            current = [(count + 1, expires) for count, expires in current]
+            _local.update(zip(keys, current))
+        return [(count, max(1, math.ceil(expires - now))) for count, expires in current]
 
 
-def _counts(names_subjects: list[tuple[str, str]], *, hit: bool) -> list[tuple[int, int, int]]:
-    """(count, seconds left in the window, limit) per (throttle name, subject); counts one more if `hit`."""
+def _counts(names_subjects: list[tuple[str, str]], *, hit: bool, unless_over: bool = False) -> list[tuple[int, int, int]]:
+    """(count, seconds left in the window, limit) per (throttle name, subject). With `hit` each
+    counts one more, unless `unless_over` and one of them is already at its limit."""
     keys = [f"{KEY_PREFIX}:{name}:{subject}" for name, subject in names_subjects]
     limits = [settings.THROTTLES[name][0] for name, _ in names_subjects]
     windows = [settings.THROTTLES[name][1] for name, _ in names_subjects]
     try:
         client = get_redis_connection("default")
-        raw = client.register_script(_HIT if hit else _PEEK)(keys=keys, args=windows)
+        if hit:
+            raw = client.register_script(_HIT)(keys=keys, args=[*windows, *limits, "1" if unless_over else "0"])
+        else:
+            raw = client.register_script(_PEEK)(keys=keys)
         counts = [(int(raw[2 * i]), int(raw[2 * i + 1]) if int(raw[2 * i + 1]) > 0 else window) for i, window in enumerate(windows)]
     except REDIS_ERRORS as exc:
         logger.warning("Redis unreachable (%s); throttles count per process", type(exc).__name__)
-        counts = _local_counts(keys, windows, hit=hit)
+        counts = _local_counts(keys, windows, limits, hit=hit, unless_over=unless_over)
     return [(count, ttl, limit) for (count, ttl), limit in zip(counts, limits)]
 
 
@@ -111,7 +123,8 @@ def _retry_after(counts: list[tuple[int, int, int]], *, over) -> int | None:
 
 def _login_subjects(email: str, ip: str | None) -> list[tuple[str, str]]:
     digest, bucket = _email_digest(email), _ip_bucket(ip)
-    return [("login_email_ip", f"{digest}:{bucket}"), ("login_ip", bucket), ("login_email", digest)]
+    subjects = [("login_email_ip", f"{digest}:{bucket}"), ("login_email", digest)]
+    return [*subjects, ("login_ip", bucket)] if ip else subjects  # no address known: no shared "unknown" bucket
 
 
 def login_throttle_check(*, email: str, ip: str | None) -> None:
@@ -123,7 +136,9 @@ def login_throttle_check(*, email: str, ip: str | None) -> None:
 
 
 def login_failure_record(*, email: str, ip: str | None) -> None:
-    _counts(_login_subjects(email, ip), hit=True)
+    """Count a failed password; an attempt the throttle already refused counts nowhere, so a
+    locked-out guesser cannot push the victim's per-email ceiling."""
+    _counts(_login_subjects(email, ip), hit=True, unless_over=True)
 
 
 def login_failures_clear(*, email: str, ip: str | None) -> None:
@@ -139,7 +154,7 @@ def login_failures_clear(*, email: str, ip: str | None) -> None:
 
 def password_reset_throttle(*, email: str, ip: str | None) -> None:
     """Count one password-reset request; refuse (PasswordResetThrottled) past the per-email or per-IP limit."""
-    subjects = [("password_reset_email", _email_digest(email)), ("password_reset_ip", _ip_bucket(ip))]
+    subjects = [("password_reset_email", _email_digest(email))] + ([("password_reset_ip", _ip_bucket(ip))] if ip else [])
     wait = _retry_after(_counts(subjects, hit=True), over=lambda count, limit: count > limit)
     if wait is not None:
         raise PasswordResetThrottled(retry_after=wait)

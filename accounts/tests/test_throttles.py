@@ -87,6 +87,17 @@ def test_admin_login_is_throttled_by_pair_too():
     assert admitted.status_code == 302 and admitted["Location"] == "/admin/"
 
 
+def test_refused_attempts_do_not_count_toward_the_ceilings(settings):
+    """A guesser locked out of their pair keeps posting (admin sends user_login_failed even
+    for a throttled attempt): those refusals must not push the victim's per-email ceiling."""
+    settings.THROTTLES = {**settings.THROTTLES, "login_email": (8, 900)}
+    make_user(email="ceo@example.com", role="staff", is_superuser=True)
+    for _ in range(20):
+        login("ceo@example.com", WRONG, ATTACKER, path="/admin/login/")
+
+    assert login("ceo@example.com", PASSWORD, VICTIM, path="/admin/login/").status_code == 302
+
+
 def test_concurrent_failures_are_all_counted(settings):
     """The count is one atomic script per request: 40 racing failures are 40, not fewer."""
     settings.THROTTLES = {**settings.THROTTLES, "login_email_ip": (40, 900), "login_ip": (1000, 900)}
