@@ -12,6 +12,7 @@ from django.db import connection
 
 from accounts.models import User
 from config.db import rls
+from config.http import client_ip
 
 
 def user_id_for_login(email: str):
@@ -31,7 +32,7 @@ class EmailBackend(BaseBackend):
         from accounts.services import login_throttle_check
 
         try:
-            login_throttle_check(email=email, ip=request.META.get("REMOTE_ADDR") if request is not None else None)
+            login_throttle_check(email=email, ip=client_ip(request))
         except LoginThrottled as exc:
             raise PermissionDenied(exc.message) from exc
         user_id = user_id_for_login(email)

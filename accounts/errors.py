@@ -8,16 +8,25 @@ class EmailTaken(ApplicationError):
         super().__init__("An account with this email already exists. Log in or reset your password.", {"field": "email"})
 
 
-class LoginThrottled(ApplicationError):
+class _Throttled(ApplicationError):
     status_code = 429
+    code = sentence = ""
 
     def __init__(self, retry_after: int):
         minutes = max(1, round(retry_after / 60))
         super().__init__(
-            f"Too many failed sign-in attempts. Try again in {minutes} minute{'s' if minutes != 1 else ''}.",
-            {"retry_after": retry_after},
+            f"{self.sentence} Try again in {minutes} minute{'s' if minutes != 1 else ''}.",
+            {"code": self.code, "retry_after": retry_after},
             retry_after=retry_after,
         )
+
+
+class LoginThrottled(_Throttled):
+    code, sentence = "login_throttled", "Too many failed sign-in attempts."
+
+
+class PasswordResetThrottled(_Throttled):
+    code, sentence = "password_reset_throttled", "Too many password reset requests."
 
 
 class MalformedProviderKey(ApplicationError):

@@ -17,6 +17,7 @@ from accounts.errors import LoginThrottled
 from accounts.models import ApiKey, Membership, Preferences, ProviderCredential, User
 from config.db import rls
 from config.errors import ApplicationError
+from config.http import client_ip
 
 
 def add_service_error(form: forms.Form, exc: Exception, *, field: str | None = None) -> None:
@@ -82,7 +83,7 @@ class LoginForm(AuthenticationForm):
         password = self.cleaned_data.get("password")
         if email and password:
             try:
-                services.login_throttle_check(email=email, ip=self.request.META.get("REMOTE_ADDR") if self.request else None)
+                services.login_throttle_check(email=email, ip=client_ip(self.request))
             except LoginThrottled as exc:
                 raise ValidationError(exc.message, code="throttled") from exc
             self.user_cache = authenticate(self.request, email=email, password=password)

@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from accounts import services
 from config.db import rls
+from config.http import client_ip
 
 # Security events for the audit log (analytics listens): sender=None, kwargs below.
 security_event = Signal()  # event: str, user_id, ip, detail: dict
@@ -22,8 +23,8 @@ def on_login(sender, request, user, **kwargs):
         user.save(update_fields=["last_login"])
         if request is not None and hasattr(request, "session"):
             services.user_session_start(request=request, user=user)
-            services.login_failures_clear(email=user.email)
-    security_event.send(sender=None, event="login", user_id=user.pk, ip=_ip(request), detail={})
+            services.login_failures_clear(email=user.email, ip=client_ip(request))
+    security_event.send(sender=None, event="login", user_id=user.pk, ip=client_ip(request), detail={})
 
 
 def on_logout(sender, request, user, **kwargs):
@@ -32,17 +33,13 @@ def on_logout(sender, request, user, **kwargs):
     if connections[rls.current_alias()].in_atomic_block:
         rls.context_clear()
     if user is not None:
-        security_event.send(sender=None, event="logout", user_id=user.pk, ip=_ip(request), detail={})
+        security_event.send(sender=None, event="logout", user_id=user.pk, ip=client_ip(request), detail={})
 
 
 def on_login_failed(sender, credentials, request=None, **kwargs):
     email = credentials.get("email") or credentials.get("username") or ""
-    services.login_failure_record(email=email, ip=_ip(request))
-    security_event.send(sender=None, event="login_failed", user_id=None, ip=_ip(request), detail={"email": email})
-
-
-def _ip(request):
-    return request.META.get("REMOTE_ADDR") if request is not None else None
+    services.login_failure_record(email=email, ip=client_ip(request))
+    security_event.send(sender=None, event="login_failed", user_id=None, ip=client_ip(request), detail={"email": email})
 
 
 def connect():

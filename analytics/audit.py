@@ -21,6 +21,7 @@ from django.utils import timezone
 from django.utils.functional import empty
 
 from analytics.buffer import buffer_push
+from config.http import client_ip
 
 logger = logging.getLogger("confab.analytics.audit")
 
@@ -49,10 +50,6 @@ def request_user_id(request):
     if user is None or getattr(user, "_wrapped", None) is empty:
         return None
     return user.pk if user.is_authenticated else None
-
-
-def request_ip(request) -> str | None:
-    return (request.META.get("REMOTE_ADDR") or None) if request is not None else None
 
 
 def request_user_agent(request) -> str:
@@ -85,7 +82,7 @@ def audit_record(
         "old_values": old_values,
         "new_values": new_values,
         "detail": detail or {},
-        "ip": ip or request_ip(request),
+        "ip": ip or client_ip(request),
         "user_agent": request_user_agent(request),
     }
 

@@ -22,6 +22,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DatabaseError, DataError, IntegrityError, connections, transaction
 from django_redis import get_redis_connection
 
+from config.cache import REDIS_ERRORS
 from config.db import rls
 
 logger = logging.getLogger("confab.analytics.buffer")
@@ -29,6 +30,7 @@ logger = logging.getLogger("confab.analytics.buffer")
 # The audit receiver skips privileged reasons with this prefix: a flush must not audit itself.
 UNAUDITED_PREFIX = "analytics buffer"
 FLUSH_REASON = f"{UNAUDITED_PREFIX} flush"
+WRITE_THROUGH_REASON = f"{UNAUDITED_PREFIX} write-through"
 LOCK_TIMEOUT = 60  # seconds; renewed after every batch
 
 
@@ -110,11 +112,28 @@ def _redis():
 
 
 def buffer_push(kind: str, row: dict) -> None:
-    """Queue one row; it must carry its uuid (the kind's key column) and created_at."""
+    """Queue one row; it must carry its uuid (the kind's key column) and created_at.
+    While Redis is unreachable the row is written straight to PostgreSQL instead."""
     spec = KINDS[kind]
     if not row.get(spec.key_column) or not row.get("created_at"):
         raise ValueError(f"A buffered {kind} row needs {spec.key_column} and created_at.")
-    _redis().rpush(buffer_key(kind), json.dumps(row, cls=_Encoder))
+    raw = json.dumps(row, cls=_Encoder)
+    try:
+        _redis().rpush(buffer_key(kind), raw)
+    except REDIS_ERRORS:
+        _write_through(kind, raw)
+
+
+def _write_through(kind: str, raw: str) -> None:
+    """Redis is down: insert the one row now (same parse and insert as the flush); a row
+    that still cannot be written is logged and dropped, never the request's failure."""
+    logger.warning("Redis unreachable; %s row written through to PostgreSQL", kind)
+    try:
+        row = _parse(kind, raw)
+        with rls.privileged(reason=WRITE_THROUGH_REASON):
+            _insert(kind, [row])
+    except (BadRow, DatabaseError):
+        logger.exception("buffered %s row lost (Redis unreachable, write-through failed): %s", kind, raw[:500])
 
 
 def buffer_length(kind: str) -> int:

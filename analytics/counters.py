@@ -20,6 +20,7 @@ from django.db import connections
 from django.utils import timezone
 from django_redis import get_redis_connection
 
+from config.cache import REDIS_ERRORS
 from config.db import rls
 from config.db.partitions import month_add, month_start
 
@@ -78,11 +79,18 @@ def cost_micros(cost: Decimal) -> int:
 
 
 def counters_increment(*, organization_id, user_id, month: date, usage: Usage) -> None:
+    """Add to both live counters. With Redis unreachable the increment is logged and lost:
+    the ledger row is written, and the rebuild or hourly reconciliation restores the count."""
     args = [x for pair in usage.as_fields().items() for x in pair]
-    client = _redis()
-    script = client.register_script(_INCR_IF_EXISTS)
-    for scope, owner in (("org", organization_id), ("user", user_id)):
-        script(keys=[counter_key(scope, owner, month)], args=args)
+    try:
+        client = _redis()
+        script = client.register_script(_INCR_IF_EXISTS)
+        for scope, owner in (("org", organization_id), ("user", user_id)):
+            script(keys=[counter_key(scope, owner, month)], args=args)
+    except REDIS_ERRORS:
+        logger.exception(
+            "live usage counter increment lost for org %s user %s (%s); reconciliation repairs it", organization_id, user_id, month
+        )
 
 
 _TRUTH_SQL = """
@@ -133,13 +141,19 @@ def counters_read(*, scope: str, owner_id, month: date | None = None) -> Usage:
     """The live counter, rebuilt from the database when Redis does not have it."""
     month = month or month_of()
     key = counter_key(scope, owner_id, month)
-    client = _redis()
-    raw = client.hgetall(key)
+    try:
+        raw = _redis().hgetall(key)
+    except REDIS_ERRORS:
+        logger.warning("Redis unreachable; usage counter %s read from the ledger", key)
+        return usage_from_database(scope=scope, owner_id=owner_id, month=month)
     if raw:
         return _parse(raw)
     usage = usage_from_database(scope=scope, owner_id=owner_id, month=month)
     args = [TTL_SECONDS, *[x for pair in usage.as_fields().items() for x in pair]]
-    stored = client.register_script(_SET_IF_MISSING)(keys=[key], args=args)
+    try:
+        stored = _redis().register_script(_SET_IF_MISSING)(keys=[key], args=args)
+    except REDIS_ERRORS:
+        return usage  # Redis went away between the read and the write: the ledger's answer stands
     return _parse(stored)
 
 

@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from analytics import audit
 from analytics.buffer import buffer_push
+from config.http import client_ip
 
 logger = logging.getLogger("confab.analytics.middleware")
 UNMATCHED_ROUTE = "(unmatched)"
@@ -60,7 +61,7 @@ class ApiLogMiddleware:
                     "method": request.method,
                     "status": response.status_code,
                     "duration_ms": duration_ms,
-                    "ip": audit.request_ip(request),
+                    "ip": client_ip(request),
                     "user_agent": audit.request_user_agent(request),
                     "error": _error_message(response),
                 },

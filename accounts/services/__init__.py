@@ -30,12 +30,11 @@ from accounts.services.sessions import (  # noqa: F401
     user_session_touch,
 )
 from accounts.services.throttling import (  # noqa: F401
-    LOGIN_FAILURE_LIMIT_EMAIL,
-    LOGIN_FAILURE_LIMIT_IP,
-    LOGIN_FAILURE_WINDOW,
+    api_request_throttle,
     login_failure_record,
     login_failures_clear,
     login_throttle_check,
+    password_reset_throttle,
 )
 from accounts.services.users import (  # noqa: F401
     EMAIL_VERIFICATION_MAX_AGE,

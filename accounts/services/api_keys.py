@@ -14,6 +14,7 @@ from django.utils.crypto import get_random_string
 from accounts.errors import InvalidScopes, NotAllowed
 from accounts.models import ApiKey, User
 from accounts.services.sessions import ACTIVITY_WRITE_INTERVAL
+from config.cache import REDIS_ERRORS
 from config.crypto import token_digest
 from config.db import rls
 from config.errors import ApplicationError
@@ -91,6 +92,10 @@ def api_key_authenticate(*, raw_key: str) -> tuple[User, ApiKey]:
         rls.context_clear()
         raise ApiKeyRejected(problem)
     rls.context_set_for_user(key.user)
-    if cache.add(f"apikey-used:{key.pk}", 1, ACTIVITY_WRITE_INTERVAL):
+    try:
+        first_in_interval = cache.add(f"apikey-used:{key.pk}", 1, ACTIVITY_WRITE_INTERVAL)
+    except REDIS_ERRORS:
+        first_in_interval = False  # Redis down: last_used_at waits for it rather than a write per request
+    if first_in_interval:
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=timezone.now())
     return key.user, key

@@ -13,12 +13,9 @@ from accounts.models import User, UserSession
 from accounts.session_store import session_cache_call
 from config.crypto import token_digest
 from config.db import rls
+from config.http import client_ip
 
 ACTIVITY_WRITE_INTERVAL = 60
-
-
-def _client_ip(request) -> str | None:
-    return request.META.get("REMOTE_ADDR") or None
 
 
 def user_session_start(*, request, user: User) -> UserSession:
@@ -32,7 +29,7 @@ def user_session_start(*, request, user: User) -> UserSession:
         return UserSession.objects.create(
             user=user,
             session_key=request.session.session_key,
-            ip_address=_client_ip(request),
+            ip_address=client_ip(request),
             user_agent=ua_string,
             device_type=device,
             browser=f"{ua.browser.family} {ua.browser.version_string}".strip(),

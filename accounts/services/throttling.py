@@ -1,38 +1,167 @@
-"""Sign-in throttling."""
+"""Throttles: sign-in failures, password-reset mail, API requests.
+
+Each throttle is a fixed window counted in Redis with one atomic script (INCR, and
+EXPIRE when the key has no expiry yet), so concurrent requests on every web process
+share one count. While Redis is unreachable each process counts alone, in memory, with
+the same numbers: guessing stays throttled (per process) and nobody is locked out by
+the outage. Numbers: settings.THROTTLES; README "Redis outages and throttles".
+"""
 
 from __future__ import annotations
 
-from django.core.cache import cache
+import ipaddress
+import logging
+import math
+import threading
+import time
 
-from accounts.errors import LoginThrottled
+from django.conf import settings
+from django_redis import get_redis_connection
+
+from accounts.errors import LoginThrottled, PasswordResetThrottled
 from accounts.models import User
+from config.cache import REDIS_ERRORS
 from config.crypto import token_digest
 
-LOGIN_FAILURE_LIMIT_EMAIL = 5
-LOGIN_FAILURE_LIMIT_IP = 20
-LOGIN_FAILURE_WINDOW = 15 * 60
+logger = logging.getLogger("confab.accounts.throttling")
+KEY_PREFIX = "throttle:v1"
+LOCAL_MAX_KEYS = 100_000
+
+# KEYS: counters; ARGV: their windows, their limits, then "1" to count nothing when any
+# counter is already at its limit (an attempt the throttle refused). Returns count, ttl per key.
+_HIT = """
+local n = #KEYS
+local out = {}
+local refused = false
+if ARGV[2 * n + 1] == '1' then
+    for i, key in ipairs(KEYS) do
+        if tonumber(redis.call('GET', key) or '0') >= tonumber(ARGV[n + i]) then refused = true end
+    end
+end
+for i, key in ipairs(KEYS) do
+    local count
+    if refused then count = tonumber(redis.call('GET', key) or '0') else count = redis.call('INCR', key) end
+    local ttl = redis.call('TTL', key)
+    if ttl < 0 and count > 0 then
+        ttl = tonumber(ARGV[i])
+        redis.call('EXPIRE', key, ttl)
+    end
+    out[2 * i - 1] = count
+    out[2 * i] = ttl
+end
+return out
+"""
+_PEEK = """
+local out = {}
+for i, key in ipairs(KEYS) do
+    out[2 * i - 1] = tonumber(redis.call('GET', key) or '0')
+    out[2 * i] = redis.call('TTL', key)
+end
+return out
+"""
+
+_local: dict[str, tuple[int, float]] = {}  # key: (count, monotonic expiry); used only while Redis is down
+_local_lock = threading.Lock()
 
 
-def _throttle_keys(email: str, ip: str | None) -> list[tuple[str, int]]:
-    keys = [(f"login-fail:email:{token_digest(User.objects.normalize_email(email))}", LOGIN_FAILURE_LIMIT_EMAIL)]
-    if ip:
-        keys.append((f"login-fail:ip:{ip}", LOGIN_FAILURE_LIMIT_IP))
-    return keys
+def _ip_bucket(ip: str | None) -> str:
+    """One IPv6 host owns a whole /64, so a /64 is counted as one address."""
+    if not ip:
+        return "unknown"
+    address = ipaddress.ip_address(ip)  # client_ip() validated it
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
+def _email_digest(email: str) -> str:
+    return token_digest(User.objects.normalize_email(email or "").lower())
+
+
+def _local_counts(keys: list[str], windows: list[int], limits: list[int], *, hit: bool, unless_over: bool) -> list[tuple[int, int]]:
+    """The same counts as the Redis scripts, in this process only."""
+    now = time.monotonic()
+    with _local_lock:
+        if len(_local) > LOCAL_MAX_KEYS:  # bounded memory: forget expired windows, then everything
+            for key in [k for k, (_, expires) in _local.items() if expires <= now]:
+                del _local[key]
+            if len(_local) > LOCAL_MAX_KEYS:
+                _local.clear()
+        current = []
+        for key, window in zip(keys, windows):
+            count, expires = _local.get(key, (0, 0.0))
+            current.append((0, now + window) if expires <= now else (count, expires))
+        if hit and not (unless_over and any(count >= limit for (count, _), limit in zip(current, limits))):
+            current = [(count + 1, expires) for count, expires in current]
+            _local.update(zip(keys, current))
+        return [(count, max(1, math.ceil(expires - now))) for count, expires in current]
+
+
+def _counts(names_subjects: list[tuple[str, str]], *, hit: bool, unless_over: bool = False) -> list[tuple[int, int, int]]:
+    """(count, seconds left in the window, limit) per (throttle name, subject). With `hit` each
+    counts one more, unless `unless_over` and one of them is already at its limit."""
+    keys = [f"{KEY_PREFIX}:{name}:{subject}" for name, subject in names_subjects]
+    limits = [settings.THROTTLES[name][0] for name, _ in names_subjects]
+    windows = [settings.THROTTLES[name][1] for name, _ in names_subjects]
+    try:
+        client = get_redis_connection("default")
+        if hit:
+            raw = client.register_script(_HIT)(keys=keys, args=[*windows, *limits, "1" if unless_over else "0"])
+        else:
+            raw = client.register_script(_PEEK)(keys=keys)
+        counts = [(int(raw[2 * i]), int(raw[2 * i + 1]) if int(raw[2 * i + 1]) > 0 else window) for i, window in enumerate(windows)]
+    except REDIS_ERRORS as exc:
+        logger.warning("Redis unreachable (%s); throttles count per process", type(exc).__name__)
+        counts = _local_counts(keys, windows, limits, hit=hit, unless_over=unless_over)
+    return [(count, ttl, limit) for (count, ttl), limit in zip(counts, limits)]
+
+
+def _retry_after(counts: list[tuple[int, int, int]], *, over) -> int | None:
+    waits = [ttl for count, ttl, limit in counts if over(count, limit)]
+    return max(waits) if waits else None
+
+
+def _login_subjects(email: str, ip: str | None) -> list[tuple[str, str]]:
+    digest, bucket = _email_digest(email), _ip_bucket(ip)
+    subjects = [("login_email_ip", f"{digest}:{bucket}"), ("login_email", digest)]
+    return [*subjects, ("login_ip", bucket)] if ip else subjects  # no address known: no shared "unknown" bucket
 
 
 def login_throttle_check(*, email: str, ip: str | None) -> None:
-    """Refuse (LoginThrottled) while an email or IP has too many recent failures."""
-    for key, limit in _throttle_keys(email or "", ip):
-        if (cache.get(key) or 0) >= limit:
-            ttl = cache.ttl(key) if hasattr(cache, "ttl") else LOGIN_FAILURE_WINDOW
-            raise LoginThrottled(retry_after=int(ttl or LOGIN_FAILURE_WINDOW))
+    """Refuse (LoginThrottled) while this email from this IP, this IP, or (a far higher
+    ceiling) this email from anywhere has too many recent failures."""
+    wait = _retry_after(_counts(_login_subjects(email, ip), hit=False), over=lambda count, limit: count >= limit)
+    if wait is not None:
+        raise LoginThrottled(retry_after=wait)
 
 
 def login_failure_record(*, email: str, ip: str | None) -> None:
-    for key, _ in _throttle_keys(email or "", ip):
-        cache.add(key, 0, LOGIN_FAILURE_WINDOW)  # the window starts at the first failure
-        cache.incr(key)
+    """Count a failed password; an attempt the throttle already refused counts nowhere, so a
+    locked-out guesser cannot push the victim's per-email ceiling."""
+    _counts(_login_subjects(email, ip), hit=True, unless_over=True)
 
 
-def login_failures_clear(*, email: str) -> None:
-    cache.delete(_throttle_keys(email, None)[0][0])
+def login_failures_clear(*, email: str, ip: str | None) -> None:
+    """A successful sign-in clears its own (email, IP) count; the IP and per-email ceilings run out."""
+    key = f"{KEY_PREFIX}:login_email_ip:{_email_digest(email)}:{_ip_bucket(ip)}"
+    try:
+        get_redis_connection("default").delete(key)
+    except REDIS_ERRORS:
+        pass  # nothing to clear in Redis while it is down
+    with _local_lock:
+        _local.pop(key, None)
+
+
+def password_reset_throttle(*, email: str, ip: str | None) -> None:
+    """Count one password-reset request; refuse (PasswordResetThrottled) past the per-email or per-IP limit."""
+    subjects = [("password_reset_email", _email_digest(email))] + ([("password_reset_ip", _ip_bucket(ip))] if ip else [])
+    wait = _retry_after(_counts(subjects, hit=True), over=lambda count, limit: count > limit)
+    if wait is not None:
+        raise PasswordResetThrottled(retry_after=wait)
+
+
+def api_request_throttle(*, subject: str) -> int | None:
+    """Count one API request by `subject` (an API key or user); the seconds to wait past the limit, else None."""
+    if settings.THROTTLES["api"][0] <= 0:
+        return None
+    return _retry_after(_counts([("api", subject)], hit=True), over=lambda count, limit: count > limit)

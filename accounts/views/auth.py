@@ -17,11 +17,12 @@ from django.utils.http import urlsafe_base64_decode
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts import services
-from accounts.errors import InvitationInvalid
+from accounts.errors import InvitationInvalid, PasswordResetThrottled
 from accounts.forms import AccountPasswordResetForm, LoginForm, SignupForm, add_service_error, rls_context_kept
 from accounts.views._common import BACKEND, _base_url
 from config.db import rls
 from config.errors import ApplicationError
+from config.http import client_ip
 
 
 @require_http_methods(["GET", "POST"])
@@ -56,6 +57,18 @@ class PasswordResetView(auth_views.PasswordResetView):
     email_template_name = "accounts/password_reset_email.txt"
     subject_template_name = "accounts/password_reset_subject.txt"
     success_url = reverse_lazy("accounts:password_reset_done")
+
+    def form_valid(self, form):
+        # Counted for every address asked, known or not: the refusal reveals no account.
+        try:
+            services.password_reset_throttle(email=form.cleaned_data["email"], ip=client_ip(self.request))
+        except PasswordResetThrottled as exc:
+            form.add_error(None, exc.message)
+            response = self.form_invalid(form)
+            response.status_code = exc.status_code
+            response["Retry-After"] = str(exc.retry_after)
+            return response
+        return super().form_valid(form)
 
 
 class PasswordResetDoneView(auth_views.PasswordResetDoneView):

@@ -97,15 +97,16 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: cache, sessions, Celery broker ---------------------------------
 REDIS_URL = env("REDIS_URL", default=None) or EMBEDDED["REDIS_URL"]
+# A Redis that hangs holds a request this long (seconds) per call before its fallback runs.
+REDIS_SOCKET_TIMEOUT = env.float("REDIS_SOCKET_TIMEOUT", default=1.0)
 CACHES = {
     "default": {
         "BACKEND": "django_redis.cache.RedisCache",
         "LOCATION": REDIS_URL,
-        # A Redis that stops answering fails fast (seconds), so the fallbacks run instead of a hang.
         "OPTIONS": {
             "CLIENT_CLASS": "django_redis.client.DefaultClient",
-            "SOCKET_CONNECT_TIMEOUT": env.float("REDIS_CONNECT_TIMEOUT", default=1.0),
-            "SOCKET_TIMEOUT": env.float("REDIS_SOCKET_TIMEOUT", default=2.0),
+            "SOCKET_CONNECT_TIMEOUT": REDIS_SOCKET_TIMEOUT,
+            "SOCKET_TIMEOUT": REDIS_SOCKET_TIMEOUT,
         },
         "KEY_PREFIX": env("CACHE_KEY_PREFIX", default="confab"),
     }
@@ -149,6 +150,19 @@ LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/"
 
+# --- Client address and throttles (config/http.py, accounts/services/throttling.py) ---
+# Proxies in front of the app that each append to X-Forwarded-For; 0 trusts no header.
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+# name: (limit, window in seconds); README "Redis outages and throttles" says why each.
+THROTTLES = {
+    "login_email_ip": (env.int("THROTTLE_LOGIN_EMAIL_IP", default=5), 15 * 60),
+    "login_ip": (env.int("THROTTLE_LOGIN_IP", default=30), 15 * 60),
+    "login_email": (env.int("THROTTLE_LOGIN_EMAIL", default=100), 15 * 60),
+    "password_reset_email": (env.int("THROTTLE_PASSWORD_RESET_EMAIL", default=3), 60 * 60),
+    "password_reset_ip": (env.int("THROTTLE_PASSWORD_RESET_IP", default=20), 60 * 60),
+    "api": (env.int("THROTTLE_API_PER_MINUTE", default=1200), 60),  # per API key or user; 0 turns it off
+}
+
 # --- I18N / time -----------------------------------------------------------
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -170,6 +184,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "config.api.pagination.Pagination",
     "EXCEPTION_HANDLER": "config.api.errors.exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": ["accounts.throttles.ApiRequestThrottle"],
     "PAGE_SIZE": 50,
 }
 SPECTACULAR_SETTINGS = {

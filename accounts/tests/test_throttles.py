@@ -1,0 +1,177 @@
+"""Throttles that cannot be turned against users: sign-in by (email, IP), by IP and a far
+higher per-email ceiling; password-reset mail per email and per IP; API 429 + Retry-After.
+Counted in the real Redis."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from django.core import mail
+from django.test import Client
+from rest_framework.test import APIClient
+
+from accounts import services
+from accounts.errors import LoginThrottled
+from accounts.tests.factories import PASSWORD, make_user
+from config.db import rls
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ATTACKER, VICTIM, ELSEWHERE = "198.51.100.66", "203.0.113.5", "192.0.2.44"
+WRONG = "wrong-password-1"
+
+
+def login(email, password, ip, path="/accounts/login/"):
+    data = {"username": email, "password": password}
+    if path.startswith("/admin/"):
+        data["next"] = "/admin/"
+    return Client(REMOTE_ADDR=ip).post(path, data)
+
+
+def throttled(response) -> bool:
+    return response.status_code == 200 and b"Too many failed sign-in attempts" in response.content
+
+
+def test_an_attacker_on_another_ip_does_not_lock_the_victim_out():
+    make_user(email="victim@example.com")
+    for _ in range(10):
+        login("victim@example.com", WRONG, ATTACKER)
+
+    assert throttled(login("victim@example.com", PASSWORD, ATTACKER))  # the guesser is stopped
+    assert login("victim@example.com", PASSWORD, VICTIM).status_code == 302  # the owner is not
+
+
+def test_five_failures_lock_that_email_on_that_ip():
+    make_user(email="typo@example.com")
+    for attempt in range(5):
+        response = login("typo@example.com", WRONG, VICTIM)
+        assert not throttled(response), attempt
+    assert throttled(login("typo@example.com", PASSWORD, VICTIM))
+
+
+def test_one_ip_guessing_across_many_emails_is_stopped(settings):
+    settings.THROTTLES = {**settings.THROTTLES, "login_ip": (8, 900)}
+    make_user(email="someone@example.com")
+    for n in range(8):
+        assert not throttled(login(f"guess{n}@example.com", WRONG, ATTACKER))
+
+    assert throttled(login("someone@example.com", PASSWORD, ATTACKER))
+    assert login("someone@example.com", PASSWORD, ELSEWHERE).status_code == 302
+
+
+def test_many_ips_on_one_email_meet_the_higher_ceiling(settings):
+    settings.THROTTLES = {**settings.THROTTLES, "login_email": (12, 900)}
+    make_user(email="famous@example.com")
+    for n in range(12):
+        login("famous@example.com", WRONG, f"198.51.100.{n + 1}")
+
+    assert throttled(login("famous@example.com", PASSWORD, VICTIM))
+
+
+def test_success_clears_only_its_own_pair():
+    make_user(email="forgetful@example.com")
+    for _ in range(4):
+        login("forgetful@example.com", WRONG, VICTIM)
+    assert login("forgetful@example.com", PASSWORD, VICTIM).status_code == 302
+    for _ in range(4):
+        assert not throttled(login("forgetful@example.com", WRONG, VICTIM))
+
+
+def test_admin_login_is_throttled_by_pair_too():
+    make_user(email="boss@example.com", role="staff", is_superuser=True)
+    for _ in range(5):
+        login("boss@example.com", WRONG, ATTACKER, path="/admin/login/")
+
+    refused = login("boss@example.com", PASSWORD, ATTACKER, path="/admin/login/")
+    assert refused.status_code == 200  # the admin login form again, not the admin index
+    admitted = login("boss@example.com", PASSWORD, VICTIM, path="/admin/login/")
+    assert admitted.status_code == 302 and admitted["Location"] == "/admin/"
+
+
+def test_refused_attempts_do_not_count_toward_the_ceilings(settings):
+    """A guesser locked out of their pair keeps posting (admin sends user_login_failed even
+    for a throttled attempt): those refusals must not push the victim's per-email ceiling."""
+    settings.THROTTLES = {**settings.THROTTLES, "login_email": (8, 900)}
+    make_user(email="ceo@example.com", role="staff", is_superuser=True)
+    for _ in range(20):
+        login("ceo@example.com", WRONG, ATTACKER, path="/admin/login/")
+
+    assert login("ceo@example.com", PASSWORD, VICTIM, path="/admin/login/").status_code == 302
+
+
+def test_concurrent_failures_are_all_counted(settings):
+    """The count is one atomic script per request: 40 racing failures are 40, not fewer."""
+    settings.THROTTLES = {**settings.THROTTLES, "login_email_ip": (40, 900), "login_ip": (1000, 900)}
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: services.login_failure_record(email="race@example.com", ip=ATTACKER), range(39)))
+    services.login_throttle_check(email="race@example.com", ip=ATTACKER)  # 39 < 40
+    services.login_failure_record(email="race@example.com", ip=ATTACKER)
+    with pytest.raises(LoginThrottled) as refused:
+        services.login_throttle_check(email="race@example.com", ip=ATTACKER)
+    assert 0 < refused.value.retry_after <= 900
+
+
+def test_ipv6_addresses_in_one_slash_64_share_a_count():
+    for n in range(5):
+        services.login_failure_record(email="v6@example.com", ip=f"2001:db8:1:2::{n + 1}")
+    with pytest.raises(LoginThrottled):
+        services.login_throttle_check(email="v6@example.com", ip="2001:db8:1:2::ffff")
+    services.login_throttle_check(email="v6@example.com", ip="2001:db8:1:3::1")
+
+
+# --- Password reset -------------------------------------------------------------------------
+
+
+def reset(email, ip):
+    return Client(REMOTE_ADDR=ip).post("/accounts/password-reset/", {"email": email})
+
+
+def test_password_reset_mail_is_throttled_per_email():
+    make_user(email="inbox@example.com")
+    for n in range(3):
+        assert reset("inbox@example.com", f"198.51.100.{n + 1}").status_code == 302
+    assert len(mail.outbox) == 3
+
+    refused = reset("inbox@example.com", ELSEWHERE)
+    assert refused.status_code == 429
+    assert 0 < int(refused["Retry-After"]) <= 3600
+    assert b"Too many password reset requests" in refused.content
+    assert len(mail.outbox) == 3
+
+
+def test_password_reset_is_throttled_per_ip_for_unknown_emails_too(settings):
+    settings.THROTTLES = {**settings.THROTTLES, "password_reset_ip": (4, 3600)}
+    make_user(email="real@example.com")
+    for n in range(4):
+        assert reset(f"nobody{n}@example.com", ATTACKER).status_code == 302
+
+    assert reset("real@example.com", ATTACKER).status_code == 429
+    assert len(mail.outbox) == 0
+    assert reset("real@example.com", VICTIM).status_code == 302
+    assert len(mail.outbox) == 1
+
+
+# --- API --------------------------------------------------------------------------------------
+
+
+def key_client(user) -> APIClient:
+    with rls.privileged(reason="test: issue an API key"):
+        _, secret = services.api_key_create(user=user, name="throttle test", scopes=["account:read"])
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    return client
+
+
+def test_api_refusal_is_429_with_retry_after_and_the_error_shape(settings):
+    settings.THROTTLES = {**settings.THROTTLES, "api": (3, 60)}
+    user = make_user()
+    busy, other = key_client(user), key_client(user)
+    for _ in range(3):
+        assert busy.get("/api/v1/me").status_code == 200
+
+    refused = busy.get("/api/v1/me")
+    assert refused.status_code == 429
+    assert 0 < int(refused["Retry-After"]) <= 60
+    body = refused.json()
+    assert body["message"] and body["extra"]["code"] == "throttled"
+    assert 0 < body["extra"]["retry_after"] <= 60
+    assert other.get("/api/v1/me").status_code == 200  # counted per key

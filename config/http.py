@@ -1,0 +1,32 @@
+"""The client's address, as one function for every reader (throttles, sessions, audit)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from django.conf import settings
+
+
+def _valid_ip(value: str | None) -> str | None:
+    try:
+        return str(ipaddress.ip_address((value or "").strip()))
+    except ValueError:
+        return None
+
+
+def client_ip(request) -> str | None:
+    """The address the request came from: with N trusted proxies in front (TRUSTED_PROXY_COUNT),
+    the Nth X-Forwarded-For address from the right; REMOTE_ADDR when there are none or the
+    header is missing, short or malformed. None when no valid address is known."""
+    if request is None:
+        return None
+    peer = _valid_ip(request.META.get("REMOTE_ADDR"))
+    count = settings.TRUSTED_PROXY_COUNT
+    if count <= 0:
+        return peer
+    # Entries left of the Nth from the right were written by the client and prove nothing.
+    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")
+    if len(forwarded) < count:
+        return peer
+    trusted = [_valid_ip(entry) for entry in forwarded[-count:]]
+    return trusted[0] if all(trusted) else peer
