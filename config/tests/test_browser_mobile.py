@@ -101,3 +101,13 @@ def test_swagger_ui_renders_offline_under_the_csp(live_server, browser):
     assert tab.locator(".opblock").count() > 10
     assert outside == []
     assert tab.csp_violations == []
+
+
+def test_the_admin_runs_under_the_csp(live_server, browser):
+    world = usage_world(rollup=False)
+    tab = _phone(browser)
+    _log_in(tab, live_server.url, world.staff.email)
+    for path in ("/admin/", "/admin/accounts/user/", f"/admin/accounts/user/{world.alice.pk}/change/", "/admin/accounts/organization/"):
+        assert tab.goto(f"{live_server.url}{path}").status == 200, path
+        tab.wait_for_load_state("load")
+    assert tab.csp_violations == []
