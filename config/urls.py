@@ -1,9 +1,8 @@
 from django.contrib import admin
-from django.urls import include, path, re_path
+from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from config import health, views
-from config.api.errors import api_not_found
 from config.api.views import ApiRootView
 
 api_v1 = [path("", ApiRootView.as_view(), name="api-root"), path("", include("accounts.api_urls")), path("", include("analytics.api_urls"))]
@@ -20,8 +19,6 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     # The split view serves its start-up script as a file: no inline script for the CSP to refuse.
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema", template_name="api/swagger_ui.html"), name="swagger-ui"),
-    # Last: any other /api/ path answers the JSON error shape, with DEBUG on too (no debug page).
-    re_path(r"^api/", api_not_found),
 ]
 
 handler400 = "config.views.bad_request"
