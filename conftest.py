@@ -4,7 +4,7 @@ import celery.contrib.testing.tasks  # noqa: F401  registers celery.ping for the
 import pytest
 from django.db import connections
 
-pytest_plugins = ("celery.contrib.pytest",)
+pytest_plugins = ("celery.contrib.pytest", "config.tests.browser")
 
 
 def pytest_collection_modifyitems(items):

@@ -18,7 +18,6 @@ from accounts.serializers import (
     ApiKeyCreatedOut,
     ApiKeyCreateIn,
     ApiKeyOut,
-    ErrorOut,
     InvitationAcceptIn,
     InvitationCreateIn,
     InvitationOut,
@@ -34,19 +33,11 @@ from accounts.serializers import (
     ProviderCredentialOut,
     UserSessionOut,
 )
+from config.api.errors import error_responses
+from config.api.inputs import validated_body
 
 READ, WRITE = ApiKey.Scope.ACCOUNT_READ.value, ApiKey.Scope.ACCOUNT_WRITE.value
 ACCOUNT_SCOPES = {"GET": READ, "HEAD": READ, "OPTIONS": READ, "*": WRITE}
-
-
-def _errors(*codes: int) -> dict:
-    return {code: ErrorOut for code in codes}
-
-
-def _parse(serializer_class, request, **kwargs) -> dict:
-    serializer = serializer_class(data=request.data, **kwargs)
-    serializer.is_valid(raise_exception=True)
-    return serializer.validated_data
 
 
 def _page(view: APIView, request, queryset, serializer_class, context: dict | None = None) -> Response:
@@ -61,26 +52,26 @@ def _page(view: APIView, request, queryset, serializer_class, context: dict | No
 class MeApi(APIView):
     required_scopes = ACCOUNT_SCOPES
 
-    @extend_schema(responses={200: MeOut, **_errors(401, 403)})
+    @extend_schema(responses={200: MeOut, **error_responses(401, 403)})
     def get(self, request):
         return Response(MeOut(request.user).data)
 
-    @extend_schema(request=MeIn, responses={200: MeOut, **_errors(400, 401, 403)})
+    @extend_schema(request=MeIn, responses={200: MeOut, **error_responses(400, 401, 403)})
     def patch(self, request):
-        user = services.user_update(user=request.user, **_parse(MeIn, request, partial=True))
+        user = services.user_update(user=request.user, **validated_body(MeIn, request, partial=True))
         return Response(MeOut(user).data)
 
 
 class PreferencesApi(APIView):
     required_scopes = ACCOUNT_SCOPES
 
-    @extend_schema(responses={200: PreferencesSerializer, **_errors(401, 403)})
+    @extend_schema(responses={200: PreferencesSerializer, **error_responses(401, 403)})
     def get(self, request):
         return Response(PreferencesSerializer(selectors.preferences_get(user=request.user)).data)
 
-    @extend_schema(request=PreferencesSerializer, responses={200: PreferencesSerializer, **_errors(400, 401, 403)})
+    @extend_schema(request=PreferencesSerializer, responses={200: PreferencesSerializer, **error_responses(400, 401, 403)})
     def patch(self, request):
-        preferences = services.preferences_update(user=request.user, **_parse(PreferencesSerializer, request, partial=True))
+        preferences = services.preferences_update(user=request.user, **validated_body(PreferencesSerializer, request, partial=True))
         return Response(PreferencesSerializer(preferences).data)
 
 
@@ -91,13 +82,13 @@ class OrganizationListApi(APIView):
     required_scopes = ACCOUNT_SCOPES
     pagination_class = api_settings.DEFAULT_PAGINATION_CLASS
 
-    @extend_schema(responses={200: OrganizationOut(many=True), **_errors(401, 403)})
+    @extend_schema(responses={200: OrganizationOut(many=True), **error_responses(401, 403)})
     def get(self, request):
         return _page(self, request, selectors.organization_list(user=request.user), OrganizationOut)
 
-    @extend_schema(request=OrganizationCreateIn, responses={201: OrganizationOut, **_errors(400, 401, 403)})
+    @extend_schema(request=OrganizationCreateIn, responses={201: OrganizationOut, **error_responses(400, 401, 403)})
     def post(self, request):
-        organization = services.organization_create(user=request.user, **_parse(OrganizationCreateIn, request))
+        organization = services.organization_create(user=request.user, **validated_body(OrganizationCreateIn, request))
         organization = selectors.organization_get(user=request.user, organization_id=organization.pk)
         return Response(OrganizationOut(organization).data, status=status.HTTP_201_CREATED)
 
@@ -105,15 +96,15 @@ class OrganizationListApi(APIView):
 class OrganizationDetailApi(APIView):
     required_scopes = ACCOUNT_SCOPES
 
-    @extend_schema(responses={200: OrganizationOut, **_errors(401, 403, 404)})
+    @extend_schema(responses={200: OrganizationOut, **error_responses(401, 403, 404)})
     def get(self, request, organization_id):
         return Response(OrganizationOut(selectors.organization_get(user=request.user, organization_id=organization_id)).data)
 
-    @extend_schema(request=OrganizationUpdateIn, responses={200: OrganizationOut, **_errors(400, 401, 403, 404)})
+    @extend_schema(request=OrganizationUpdateIn, responses={200: OrganizationOut, **error_responses(400, 401, 403, 404)})
     def patch(self, request, organization_id):
         organization = selectors.organization_get(user=request.user, organization_id=organization_id)
         organization = services.organization_update(
-            actor=request.user, organization=organization, **_parse(OrganizationUpdateIn, request, partial=True)
+            actor=request.user, organization=organization, **validated_body(OrganizationUpdateIn, request, partial=True)
         )
         return Response(OrganizationOut(organization).data)
 
@@ -121,7 +112,7 @@ class OrganizationDetailApi(APIView):
 class OrganizationLeaveApi(APIView):
     required_scopes = ACCOUNT_SCOPES
 
-    @extend_schema(request=None, responses={204: None, **_errors(400, 401, 403, 404)})
+    @extend_schema(request=None, responses={204: None, **error_responses(400, 401, 403, 404)})
     def post(self, request, organization_id):
         organization = selectors.organization_get(user=request.user, organization_id=organization_id)
         services.organization_leave(user=request.user, organization=organization)
@@ -132,7 +123,7 @@ class MemberListApi(APIView):
     required_scopes = ACCOUNT_SCOPES
     pagination_class = api_settings.DEFAULT_PAGINATION_CLASS
 
-    @extend_schema(responses={200: MembershipOut(many=True), **_errors(401, 403, 404)})
+    @extend_schema(responses={200: MembershipOut(many=True), **error_responses(401, 403, 404)})
     def get(self, request, organization_id):
         organization = selectors.organization_get(user=request.user, organization_id=organization_id)
         return _page(self, request, selectors.membership_list(organization=organization), MembershipOut)
@@ -145,13 +136,13 @@ class MemberDetailApi(APIView):
         organization = selectors.organization_get(user=request.user, organization_id=organization_id)
         return selectors.membership_get(organization=organization, membership_id=membership_id)
 
-    @extend_schema(request=MembershipRoleIn, responses={200: MembershipOut, **_errors(400, 401, 403, 404)})
+    @extend_schema(request=MembershipRoleIn, responses={200: MembershipOut, **error_responses(400, 401, 403, 404)})
     def patch(self, request, organization_id, membership_id):
         membership = self._membership(request, organization_id, membership_id)
-        membership = services.membership_role_change(actor=request.user, membership=membership, **_parse(MembershipRoleIn, request))
+        membership = services.membership_role_change(actor=request.user, membership=membership, **validated_body(MembershipRoleIn, request))
         return Response(MembershipOut(membership).data)
 
-    @extend_schema(responses={204: None, **_errors(400, 401, 403, 404)})
+    @extend_schema(responses={204: None, **error_responses(400, 401, 403, 404)})
     def delete(self, request, organization_id, membership_id):
         services.membership_remove(actor=request.user, membership=self._membership(request, organization_id, membership_id))
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -161,14 +152,14 @@ class InvitationListApi(APIView):
     required_scopes = ACCOUNT_SCOPES
     pagination_class = api_settings.DEFAULT_PAGINATION_CLASS
 
-    @extend_schema(responses={200: InvitationOut(many=True), **_errors(401, 403, 404)}, description="Owners and admins only.")
+    @extend_schema(responses={200: InvitationOut(many=True), **error_responses(401, 403, 404)}, description="Owners and admins only.")
     def get(self, request, organization_id):
         organization = selectors.organization_get_administered(user=request.user, organization_id=organization_id)
         return _page(self, request, selectors.invitation_list(organization=organization), InvitationOut)
 
     @extend_schema(
         request=InvitationCreateIn,
-        responses={201: InvitationOut, **_errors(400, 401, 403, 404)},
+        responses={201: InvitationOut, **error_responses(400, 401, 403, 404)},
         description="Emails the invitation link; the token is only ever in that email.",
     )
     def post(self, request, organization_id):
@@ -177,7 +168,7 @@ class InvitationListApi(APIView):
             actor=request.user,
             organization=organization,
             base_url=request.build_absolute_uri("/")[:-1],
-            **_parse(InvitationCreateIn, request),
+            **validated_body(InvitationCreateIn, request),
         )
         return Response(InvitationOut(invitation).data, status=status.HTTP_201_CREATED)
 
@@ -185,7 +176,7 @@ class InvitationListApi(APIView):
 class InvitationDetailApi(APIView):
     required_scopes = ACCOUNT_SCOPES
 
-    @extend_schema(responses={204: None, **_errors(401, 403, 404)}, description="Withdraws the invitation; its link stops working.")
+    @extend_schema(responses={204: None, **error_responses(401, 403, 404)}, description="Withdraws the invitation; its link stops working.")
     def delete(self, request, organization_id, invitation_id):
         organization = selectors.organization_get(user=request.user, organization_id=organization_id)
         services.invitation_revoke(
@@ -199,11 +190,11 @@ class InvitationAcceptApi(APIView):
 
     @extend_schema(
         request=InvitationAcceptIn,
-        responses={201: OrganizationOut, **_errors(400, 401, 403, 404)},
+        responses={201: OrganizationOut, **error_responses(400, 401, 403, 404)},
         description="Join the organization an invitation addressed to your email is for.",
     )
     def post(self, request):
-        membership = services.invitation_accept(user=request.user, **_parse(InvitationAcceptIn, request))
+        membership = services.invitation_accept(user=request.user, **validated_body(InvitationAcceptIn, request))
         organization = selectors.organization_get(user=request.user, organization_id=membership.organization_id)
         return Response(OrganizationOut(organization).data, status=status.HTTP_201_CREATED)
 
@@ -215,17 +206,17 @@ class ApiKeyListApi(APIView):
     required_scopes = ACCOUNT_SCOPES
     pagination_class = api_settings.DEFAULT_PAGINATION_CLASS
 
-    @extend_schema(responses={200: ApiKeyOut(many=True), **_errors(401, 403)})
+    @extend_schema(responses={200: ApiKeyOut(many=True), **error_responses(401, 403)})
     def get(self, request):
         return _page(self, request, selectors.api_key_list(user=request.user), ApiKeyOut)
 
     @extend_schema(
         request=ApiKeyCreateIn,
-        responses={201: ApiKeyCreatedOut, **_errors(400, 401, 403)},
+        responses={201: ApiKeyCreatedOut, **error_responses(400, 401, 403)},
         description="The response's `key` is the secret, shown this once only.",
     )
     def post(self, request):
-        data = _parse(ApiKeyCreateIn, request)
+        data = validated_body(ApiKeyCreateIn, request)
         if isinstance(request.auth, ApiKey) and not set(data["scopes"]) <= set(request.auth.scopes):
             # Otherwise a narrow key could mint itself a wider one.
             raise NotAllowed("An API key can only create keys with scopes it has itself.")
@@ -237,11 +228,11 @@ class ApiKeyListApi(APIView):
 class ApiKeyDetailApi(APIView):
     required_scopes = ACCOUNT_SCOPES
 
-    @extend_schema(responses={200: ApiKeyOut, **_errors(401, 403, 404)})
+    @extend_schema(responses={200: ApiKeyOut, **error_responses(401, 403, 404)})
     def get(self, request, api_key_id):
         return Response(ApiKeyOut(selectors.api_key_get(user=request.user, api_key_id=api_key_id)).data)
 
-    @extend_schema(responses={204: None, **_errors(401, 403, 404)}, description="Revokes the key; it stays listed as revoked.")
+    @extend_schema(responses={204: None, **error_responses(401, 403, 404)}, description="Revokes the key; it stays listed as revoked.")
     def delete(self, request, api_key_id):
         services.api_key_revoke(user=request.user, api_key=selectors.api_key_get(user=request.user, api_key_id=api_key_id))
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -254,18 +245,18 @@ class ProviderCredentialListApi(APIView):
     required_scopes = ACCOUNT_SCOPES
     pagination_class = api_settings.DEFAULT_PAGINATION_CLASS
 
-    @extend_schema(responses={200: ProviderCredentialOut(many=True), **_errors(401, 403)})
+    @extend_schema(responses={200: ProviderCredentialOut(many=True), **error_responses(401, 403)})
     def get(self, request):
         return _page(self, request, selectors.provider_credential_list(user=request.user), ProviderCredentialOut)
 
     @extend_schema(
         request=ProviderCredentialIn,
-        responses={201: ProviderCredentialOut, 200: ProviderCredentialOut, **_errors(400, 401, 403)},
+        responses={201: ProviderCredentialOut, 200: ProviderCredentialOut, **error_responses(400, 401, 403)},
         description="Adds the credential for a provider (201) or replaces the existing one (200). "
         "The key is stored encrypted and only its mask is ever shown.",
     )
     def post(self, request):
-        data = _parse(ProviderCredentialIn, request)
+        data = validated_body(ProviderCredentialIn, request)
         replacing = selectors.provider_credential_exists(user=request.user, provider=data["provider"])
         credential = services.provider_credential_set(user=request.user, **data)
         return Response(ProviderCredentialOut(credential).data, status=status.HTTP_200_OK if replacing else status.HTTP_201_CREATED)
@@ -274,11 +265,11 @@ class ProviderCredentialListApi(APIView):
 class ProviderCredentialDetailApi(APIView):
     required_scopes = ACCOUNT_SCOPES
 
-    @extend_schema(responses={200: ProviderCredentialOut, **_errors(401, 403, 404)})
+    @extend_schema(responses={200: ProviderCredentialOut, **error_responses(401, 403, 404)})
     def get(self, request, credential_id):
         return Response(ProviderCredentialOut(selectors.provider_credential_get(user=request.user, credential_id=credential_id)).data)
 
-    @extend_schema(responses={204: None, **_errors(401, 403, 404)})
+    @extend_schema(responses={204: None, **error_responses(401, 403, 404)})
     def delete(self, request, credential_id):
         credential = selectors.provider_credential_get(user=request.user, credential_id=credential_id)
         services.provider_credential_delete(user=request.user, credential=credential)
@@ -293,7 +284,7 @@ class UserSessionListApi(APIView):
     pagination_class = api_settings.DEFAULT_PAGINATION_CLASS
 
     @extend_schema(
-        responses={200: UserSessionOut(many=True), **_errors(401, 403)},
+        responses={200: UserSessionOut(many=True), **error_responses(401, 403)},
         description="Your signed-in browser sessions that have not ended; `current` marks this request's.",
     )
     def get(self, request):
@@ -305,7 +296,7 @@ class UserSessionListApi(APIView):
 class UserSessionDetailApi(APIView):
     required_scopes = ACCOUNT_SCOPES
 
-    @extend_schema(responses={204: None, **_errors(401, 403, 404)}, description="Signs that browser out at once.")
+    @extend_schema(responses={204: None, **error_responses(401, 403, 404)}, description="Signs that browser out at once.")
     def delete(self, request, user_session_id):
         user_session = selectors.user_session_get(user=request.user, user_session_id=user_session_id)
         services.user_session_revoke(user=request.user, user_session=user_session)

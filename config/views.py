@@ -3,11 +3,17 @@
 from django.shortcuts import render
 from django.views import defaults
 
-from config.api.errors import api_not_found, api_server_error
+from config.api.errors import api_bad_request, api_not_found, api_server_error
 
 
 def home(request):
     return render(request, "home.html")
+
+
+def bad_request(request, exception=None):
+    if request.path.startswith("/api/"):
+        return api_bad_request(request, exception)
+    return defaults.bad_request(request, exception)
 
 
 def not_found(request, exception=None):

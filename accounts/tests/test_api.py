@@ -324,7 +324,7 @@ def test_provider_credential_refuses_malformed_keys_without_echoing_them(alice):
         400,
         "does not look like",
     )
-    assert body["extra"] == {"field": "api_key"}
+    assert body["extra"] == {"code": "malformed_provider_key", "field": "api_key"}
     assert "pk-not-a-real-key" not in str(body)
     assert_error(
         client.post(f"{API}/provider-credentials", {"provider": "anthropic", "api_key": ""}, format="json"), 400, "paste the api key"

@@ -1,73 +1,22 @@
 """A real headless Chromium walks the account pages: sign up, sign in, add a provider key,
 create an API key, use it against the API, revoke it in the browser.
 
-Needs Debian's Chromium at /usr/bin/chromium (`apt-get install chromium`; .ci/run does it):
-Playwright's own browser download is not available on these machines.
+Chromium and the `page` fixture come from config/tests/browser.py.
 """
 
 import json
-import os
 import re
 import urllib.error
 import urllib.request
 
 import pytest
-from django.db import connections
 
 from accounts.models import ApiKey, ProviderCredential, User
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 PASSWORD = "browser-walk-passphrase-7"
 PROVIDER_KEY = "sk-test" + "Zq9Xw8Vu7" * 3 + "k3y9"
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def no_persistent_connections():
-    """The live server's request threads close their database connections after each request:
-    a browser's keep-alive connection would otherwise hold one open past the test database."""
-
-    saved = {alias: connections.settings[alias]["CONN_MAX_AGE"] for alias in connections}
-    for alias in connections:
-        connections.settings[alias]["CONN_MAX_AGE"] = 0
-    yield
-    for alias, value in saved.items():
-        connections.settings[alias]["CONN_MAX_AGE"] = value
-
-
-@pytest.fixture
-def page(no_persistent_connections, monkeypatch):
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: install it with `apt-get install chromium` (Playwright cannot download browsers here).")
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API runs an event loop in this thread; the test's own ORM calls
-    # (assertions) are still plain synchronous code.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            context = browser.new_context()
-            context.set_default_timeout(15_000)
-            tab = context.new_page()
-            tab.on("dialog", lambda dialog: dialog.accept())  # data-confirm asks before revoking
-            yield tab
-        finally:
-            browser.close()
-            # Connections the test body opened while Playwright ran are not the ones the session's
-            # teardown sees (another context): close them here, or the test database cannot be dropped.
-            connections.close_all()
 
 
 def api_me(base_url: str, key: str) -> tuple[int, dict]:

@@ -1,16 +1,29 @@
 """One error format for every API error: {"message": "...", "extra": {...}}."""
 
-from django.core.exceptions import PermissionDenied
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
 from django.http import Http404, JsonResponse
-from rest_framework import exceptions
+from rest_framework import exceptions, serializers
 from rest_framework.response import Response
 from rest_framework.serializers import as_serializer_error
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from config.db.rls import APP_ALIAS
 from config.errors import ApplicationError
+
+
+class ErrorOut(serializers.Serializer):
+    """Every API error: a sentence, and structured detail (always `code`; `fields` for invalid input)."""
+
+    message = serializers.CharField(help_text="A sentence saying what is wrong.")
+    extra = serializers.DictField(help_text="`code`: machine-readable; more detail, e.g. `fields` for invalid input.")
+
+
+def error_responses(*statuses: int) -> dict:
+    """For extend_schema(responses=...): each status answers the one error shape."""
+    return {status: ErrorOut for status in statuses}
 
 
 def _first_message(detail) -> str:
@@ -28,7 +41,7 @@ def exception_handler(exc, context):
     transaction.set_rollback(True, using=APP_ALIAS)
     if isinstance(exc, ApplicationError):
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
-        return Response({"message": exc.message, "extra": exc.extra}, status=exc.status_code, headers=headers)
+        return Response({"message": exc.message, "extra": {"code": exc.code, **exc.extra}}, status=exc.status_code, headers=headers)
     if isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(as_serializer_error(exc))
     elif isinstance(exc, Http404):
@@ -39,7 +52,10 @@ def exception_handler(exc, context):
     if response is None:
         return None  # a 500: Django's handler500 answers in the same format
     if isinstance(exc, exceptions.ValidationError):
-        response.data = {"message": f"Invalid input: {_first_message(response.data)}", "extra": {"fields": response.data}}
+        response.data = {
+            "message": f"Invalid input: {_first_message(response.data)}",
+            "extra": {"code": "invalid", "fields": response.data},
+        }
     else:
         detail = response.data.get("detail", "") if isinstance(response.data, dict) else response.data
         extra = {"code": getattr(detail, "code", None) or exc.default_code}
@@ -51,6 +67,14 @@ def exception_handler(exc, context):
 
 def api_not_found(request, exception=None):
     return JsonResponse({"message": f"No API endpoint at {request.path}.", "extra": {"code": "not_found"}}, status=404)
+
+
+def api_bad_request(request, exception=None):
+    if isinstance(exception, RequestDataTooBig):
+        message, code = f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes.", "too_large"
+    else:
+        message, code = "The request was malformed.", "bad_request"
+    return JsonResponse({"message": message, "extra": {"code": code}}, status=400)
 
 
 def api_server_error(request):

@@ -1,4 +1,4 @@
-"""The three database roles (ARCHITECTURE.md) and the database, created idempotently."""
+"""The three database roles (docs/architecture.md) and the database, created idempotently."""
 
 from psycopg import connect, sql
 from psycopg.conninfo import conninfo_to_dict

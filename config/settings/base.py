@@ -4,8 +4,10 @@ from pathlib import Path
 
 import environ
 from celery.schedules import crontab
+from csp.constants import NONE, SELF, UNSAFE_INLINE
+from django.core.exceptions import ImproperlyConfigured
 
-from config import embedded
+from config.celery import celery_broker_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 env = environ.Env()
@@ -29,14 +31,19 @@ INSTALLED_APPS = [
     "django.contrib.postgres",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "csp",
     "accounts.apps.AccountsConfig",
     "analytics.apps.AnalyticsConfig",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     # Times the whole API request and queues its log row (analytics/buffer.py).
     "analytics.middleware.ApiLogMiddleware",
+    # Unknown /api/ paths answer JSON, also with DEBUG on (inside ApiLogMiddleware, which logs the answer).
+    "config.api.middleware.ApiNotFoundMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -71,17 +78,17 @@ TEMPLATES = [
     }
 ]
 
-# --- Databases -------------------------------------------------------------
-# Three roles on one database (see ARCHITECTURE.md): `owner` runs migrations and
+# --- Databases ---------------------------------------------------------------
+# Three roles on one database (see docs/architecture.md): `owner` runs migrations and
 # partition DDL, `default` is the web app's role under row-level security, and
 # `privileged` is the worker role (BYPASSRLS), entered only through rls.privileged().
-# Unset DATABASE_URL means the embedded server under var/.
-EMBEDDED = embedded.embedded_urls(Path(env("CONFAB_VAR_DIR", default=str(BASE_DIR / "var"))))
+# No fallback here: local.py and test.py point unset URLs at the embedded servers first.
 DATABASE_URL = env("DATABASE_URL", default=None)
-if DATABASE_URL:
-    _db_urls = {"owner": DATABASE_URL, "default": env("DATABASE_APP_URL"), "privileged": env("DATABASE_WORKER_URL")}
-else:
-    _db_urls = {"owner": EMBEDDED["DATABASE_URL"], "default": EMBEDDED["DATABASE_APP_URL"], "privileged": EMBEDDED["DATABASE_WORKER_URL"]}
+if not DATABASE_URL:
+    raise ImproperlyConfigured(
+        "Production needs DATABASE_URL (the owner role's PostgreSQL URL), with DATABASE_APP_URL and DATABASE_WORKER_URL; see .env.example."
+    )
+_db_urls = {"owner": DATABASE_URL, "default": env("DATABASE_APP_URL"), "privileged": env("DATABASE_WORKER_URL")}
 DATABASES = {}
 for _alias, _url in _db_urls.items():
     _db = env.db_url_config(_url)
@@ -96,7 +103,9 @@ DATABASE_ROUTERS = ["config.db.routers.PrivilegedRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: cache, sessions, Celery broker ---------------------------------
-REDIS_URL = env("REDIS_URL", default=None) or EMBEDDED["REDIS_URL"]
+REDIS_URL = env("REDIS_URL", default=None)
+if not REDIS_URL:
+    raise ImproperlyConfigured("Production needs REDIS_URL (cache, sessions, counters and the Celery broker); see .env.example.")
 # A Redis that hangs holds a request this long (seconds) per call before its fallback runs.
 REDIS_SOCKET_TIMEOUT = env.float("REDIS_SOCKET_TIMEOUT", default=1.0)
 CACHES = {
@@ -115,8 +124,8 @@ CACHES = {
 SESSION_ENGINE = "accounts.session_store"
 SESSION_COOKIE_AGE = env.int("SESSION_COOKIE_AGE", default=60 * 60 * 24 * 14)
 
-CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=None) or embedded.celery_broker_url(REDIS_URL)
-CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND", default=None) or embedded.celery_broker_url(REDIS_URL)
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=None) or celery_broker_url(REDIS_URL)
+CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND", default=None) or celery_broker_url(REDIS_URL)
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
@@ -181,6 +190,12 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated", "config.api.permissions.HasRequiredScope"],
+    # JSON bodies are bounded in size and nesting depth (a 400, not a RecursionError).
+    "DEFAULT_PARSER_CLASSES": [
+        "config.api.parsers.BoundedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "config.api.pagination.Pagination",
     "EXCEPTION_HANDLER": "config.api.errors.exception_handler",
@@ -193,8 +208,31 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
+    # Swagger UI from drf-spectacular-sidecar's static files: no CDN, works offline.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     # Two choice sets share the field name `role`; name each enum after its model.
     "ENUM_NAME_OVERRIDES": {"UserRoleEnum": "accounts.models.User.Role", "MembershipRoleEnum": "accounts.models.Membership.Role"},
+}
+
+# --- Content-Security-Policy (django-csp) ----------------------------------------
+# Our own files only: HTMX, Chart.js, app.js and Swagger UI are served from static/. The one
+# inline allowance is style attributes (a meter's width), which cannot run script.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "style-src-attr": [UNSAFE_INLINE],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
 }
 
 # Secrets at rest (config/crypto.py): Fernet keys, newest first. `make run` keeps a

@@ -1,7 +1,11 @@
 """Developer machine: `make run`, embedded PostgreSQL and Redis under var/ by default."""
 
-from .base import *  # noqa: F403
-from .base import env
+from config import embedded
+
+embedded.environ_setdefault()  # before base: unset DATABASE_URL / REDIS_URL mean the embedded servers
+
+from .base import *  # noqa: E402, F403
+from .base import env  # noqa: E402
 
 DEBUG = env.bool("DJANGO_DEBUG", default=True)
 

@@ -1,7 +1,11 @@
 """`make test`: real PostgreSQL and Redis (embedded unless DATABASE_URL / REDIS_URL are set)."""
 
-from .base import *  # noqa: F403
-from .base import DATABASES
+from config import embedded
+
+embedded.environ_setdefault()  # before base: unset DATABASE_URL / REDIS_URL mean the embedded servers
+
+from .base import *  # noqa: E402, F403
+from .base import DATABASES  # noqa: E402
 
 DEBUG = False
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed only; Argon2 is tested explicitly

@@ -11,6 +11,7 @@ from django.db import connections
 from openapi_spec_validator import validate
 
 from config import embedded
+from config.celery import celery_broker_url
 from config.tasks import ping
 
 
@@ -60,7 +61,7 @@ def test_health_ready_503_names_redis_when_it_is_stopped(client, settings):
         sock = embedded.redis_start(redis_dir, persist=False)
         redis_url = f"unix://{sock}?db=0"
         settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"], "LOCATION": redis_url}}
-        settings.CELERY_BROKER_URL = embedded.celery_broker_url(redis_url)
+        settings.CELERY_BROKER_URL = celery_broker_url(redis_url)
         assert client.get("/health/ready").status_code == 200
         embedded.redis_stop(redis_dir)
         response = client.get("/health/ready")
@@ -108,8 +109,8 @@ def test_api_errors_share_one_format(client):
 
 
 def test_celery_broker_url_for_a_unix_socket():
-    assert embedded.celery_broker_url("unix:///tmp/r.sock?db=3") == "redis+socket:///tmp/r.sock?virtual_host=3"
-    assert embedded.celery_broker_url("redis://redis:6379/0") == "redis://redis:6379/0"
+    assert celery_broker_url("unix:///tmp/r.sock?db=3") == "redis+socket:///tmp/r.sock?virtual_host=3"
+    assert celery_broker_url("redis://redis:6379/0") == "redis://redis:6379/0"
 
 
 def test_settings_read_the_embedded_servers_when_no_url_is_set(tmp_path):

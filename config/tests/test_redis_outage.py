@@ -26,6 +26,7 @@ from analytics import counters
 from analytics import services as analytics_services
 from analytics.tests.factories import usage_fields
 from config import embedded
+from config.celery import celery_broker_url
 from config.db import rls
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -38,7 +39,7 @@ def own_redis(settings):
         sock = embedded.redis_start(redis_dir, persist=False)
         url = f"unix://{sock}?db=0"
         settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"], "LOCATION": url}}
-        settings.CELERY_BROKER_URL = embedded.celery_broker_url(url)
+        settings.CELERY_BROKER_URL = celery_broker_url(url)
         yield redis_dir
         embedded.redis_stop(redis_dir)
 
