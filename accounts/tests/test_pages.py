@@ -657,3 +657,106 @@ def test_every_settings_page_renders_for_a_signed_in_user(client):
         response = client.get(path)
         assert response.status_code == 200, path
         assert b'aria-current="page"' in response.content and b"csrfmiddlewaretoken" in response.content, path
+
+
+# --- Newcomers: the invitation survives sign-in and sign-up; refusals redirect; welcome -----------
+
+
+def _invite(email: str, *, name: str = "Acme"):
+    alice = make_user()
+    with rls.privileged(reason="test"):
+        org = services.organization_create(user=alice, name=name)
+        _, token = services.invitation_create(actor=alice, organization=org, email=email)
+    return org, f"/accounts/invitations/{token}/"
+
+
+def test_an_invite_link_opened_logged_out_leads_through_signup_back_to_the_invitation(client):
+    org, link = _invite("newbie@example.com")
+
+    login_page = client.get(link, follow=True)
+    assert login_page.status_code == 200 and "Acme" in login_page.content.decode()  # not a bare login page
+    signup_link = re.search(r'href="(/accounts/signup/\?next=[^"]+)"', login_page.content.decode()).group(1)
+    signup_page = client.get(signup_link.replace("&amp;", "&"))
+    assert f'name="next" value="{link}"' in signup_page.content.decode()
+
+    response = client.post(
+        signup_link.replace("&amp;", "&"), {"email": "newbie@example.com", "password": PASSWORD, "password_confirm": PASSWORD, "next": link}
+    )
+    assert response.status_code == 302 and response["Location"] == link
+    page = client.get(link)
+    assert b"Join Acme" in page.content and b"Accept invitation" in page.content
+
+
+def test_signup_ignores_a_next_that_leaves_the_site(client):
+    response = client.post(
+        "/accounts/signup/",
+        {"email": "away@example.com", "password": PASSWORD, "password_confirm": PASSWORD, "next": "https://evil.example/"},
+    )
+    assert response.status_code == 302 and response["Location"] == "/"
+
+
+def test_an_invite_link_opened_logged_out_leads_through_login_back_to_the_invitation(client):
+    bob = make_user(email="bob-login@example.com")
+    _org, link = _invite(bob.email)
+    response = client.post(f"/accounts/login/?next={link}", {"username": bob.email, "password": PASSWORD, "next": link})
+    assert response.status_code == 302 and response["Location"] == link
+
+
+def test_pending_invitations_for_the_users_email_are_shown(client):
+    _invite("carol-p@example.com", name="Globex")
+    response = client.post("/accounts/signup/", {"email": "carol-p@example.com", "password": PASSWORD, "password_confirm": PASSWORD})
+    assert response.status_code == 302
+    page = client.get("/settings/organization/")
+    assert "Invitations for you" in page.content.decode() and "Globex" in page.content.decode()
+    home = client.get("/")
+    assert "Globex" in home.content.decode()  # the sign-up message names it too
+
+
+def test_a_refused_organization_change_redirects_with_the_input_and_the_error_kept(client):
+    alice = make_user(email="prg@example.com")
+    sign_in(client, alice.email)
+    org = personal_organization(alice)
+
+    response = client.post(f"/settings/organization/{org.pk}/", {"name": "Renamed", "auto_join_domain": "not a domain"})
+    assert response.status_code == 302 and response["Location"] == f"/settings/organization/?org={org.pk}"
+    page = client.get(response["Location"])
+    assert page.context["update_form"].errors["auto_join_domain"] == ["Enter a domain like example.com (no @, no spaces)."]
+    assert b'value="Renamed"' in page.content
+    assert client.get(response["Location"]).context["update_form"].errors == {}  # shown once
+
+    response = client.post(f"/settings/organization/{org.pk}/leave/")
+    assert response.status_code == 302
+    assert b"You cannot leave your personal workspace." in client.get(response["Location"]).content
+
+    response = client.post(f"/settings/organization/{org.pk}/invitations/", {"email": "not an email", "role": "member"})
+    assert response.status_code == 302
+    page = client.get(response["Location"])
+    assert page.context["invite_form"].errors["email"] and b'value="not an email"' in page.content
+
+
+def test_signup_shows_every_password_problem_at_once(client):
+    response = client.post("/accounts/signup/", {"email": "all@example.com", "password": "123", "password_confirm": "1234"})
+    assert response.status_code == 400
+    errors = response.context["form"].errors
+    assert any("too short" in e for e in errors["password"]) and any("entirely numeric" in e for e in errors["password"])
+    assert errors["password_confirm"] == ["The two passwords do not match."]
+
+
+def test_welcome_back_is_only_for_returning_users(client):
+    client.post("/accounts/signup/", {"email": "fresh@example.com", "password": PASSWORD, "password_confirm": PASSWORD})
+    home = client.get("/").content.decode()
+    assert "Welcome back" not in home and "Welcome to Confab" in home
+    client.post("/accounts/logout/")
+    sign_in(client, "fresh@example.com")
+    assert "Welcome back" in client.get("/").content.decode()
+
+
+def test_the_demo_banner_names_the_port_really_served(monkeypatch):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    monkeypatch.setenv("PORT", "8123")
+    out = StringIO()
+    call_command("demo_data", stdout=out)
+    assert "http://127.0.0.1:8123/accounts/login/" in out.getvalue()
