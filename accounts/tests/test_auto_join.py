@@ -64,7 +64,9 @@ def test_public_webmail_and_disposable_domains_are_refused(email):
 
 def test_a_personal_workspace_cannot_auto_join():
     owner = verified(make_user(email="boss@acme.test"))
-    personal = Membership.objects.using("privileged").get(user=owner, organization__is_personal=True).organization
+    personal = (
+        Membership.objects.using("privileged").select_related("organization").get(user=owner, organization__is_personal=True).organization
+    )
     assert "personal" in _refused(owner, personal, "acme.test")
 
 
@@ -109,7 +111,9 @@ def test_the_database_admits_no_unverified_newcomer_and_no_unproven_domain(raw_a
     owner = verified(make_user(email="boss@acme.test"))
     acme = team(owner)
     unproven = team(make_user(email="lazy@acme.test"), name="Unproven")  # owner never verified
-    personal = Membership.objects.using("privileged").get(user=owner, organization__is_personal=True).organization
+    personal = (
+        Membership.objects.using("privileged").select_related("organization").get(user=owner, organization__is_personal=True).organization
+    )
     for organization in (acme, unproven, personal):
         _owner_sql("UPDATE accounts_organization SET auto_join_domain = 'acme.test' WHERE id = %s", [organization.pk])
     newcomer = make_user(email="dev@acme.test")

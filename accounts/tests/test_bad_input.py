@@ -78,7 +78,7 @@ def test_the_api_answers_400_with_a_message_for_a_name_with_a_newline():
     assert created.status_code == 400 and "control" in str(created.json())
     me = client.patch("/api/v1/me", {"display_name": "Bob\u202e"}, format="json")
     assert me.status_code == 400 and "control" in str(me.json())
-    organization = Membership.objects.using("privileged").get(user=user).organization
+    organization = Membership.objects.using("privileged").select_related("organization").get(user=user).organization
     renamed = client.patch(f"/api/v1/organizations/{organization.pk}", {"name": "A\nB"}, format="json")
     assert renamed.status_code == 400 and "control" in str(renamed.json())
 

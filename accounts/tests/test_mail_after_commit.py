@@ -1,8 +1,6 @@
 """Invitation and verification mail leave only after the transaction commits, from a
 Celery task: a rollback sends and queues nothing; a commit hands the mail to a real worker."""
 
-import time
-
 import pytest
 from django.core import mail
 from django.db import transaction
@@ -10,7 +8,7 @@ from django_redis import get_redis_connection
 
 from accounts import services
 from accounts.models import Invitation
-from accounts.tests.factories import PASSWORD, make_user
+from accounts.tests.factories import PASSWORD, mail_arrives, make_user
 from config.db import rls
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -25,13 +23,6 @@ class Rollback(Exception):
 def queued() -> int:
     """Messages waiting on the broker's default queue (same Redis as the cache in tests)."""
     return get_redis_connection("default").llen("celery")
-
-
-def mail_arrives(count: int = 1, timeout: float = 20.0) -> list:
-    deadline = time.monotonic() + timeout
-    while len(mail.outbox) < count and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return list(mail.outbox)
 
 
 def _team(owner):
