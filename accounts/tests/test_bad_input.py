@@ -149,6 +149,48 @@ def test_accepting_an_invitation_when_already_a_member_shows_an_error_on_the_pag
     assert "already a member" in response.content.decode()
 
 
+def test_two_accepts_racing_one_joins_and_the_other_is_told_it_is_already_a_member():
+    """A second acceptance that passed the membership check before the first committed gets
+    the unique constraint, reported as a 400, not an IntegrityError (two real connections)."""
+    import threading
+
+    import psycopg
+
+    alice, bob = make_user(email="alice@example.com"), make_user(email="bob@example.com")
+    with rls.privileged(reason="test"):
+        acme = services.organization_create(user=alice, name="Acme")
+        _, token = services.invitation_create(actor=alice, organization=acme, email=bob.email)
+    params = connections["owner"].get_connection_params()
+    for name in ("context", "cursor_factory", "prepare_threshold"):
+        params.pop(name, None)
+    first = psycopg.connect(**params)  # the first acceptance, not yet committed
+    first.execute(
+        "INSERT INTO accounts_membership (id, organization_id, user_id, role, created_at) VALUES (gen_random_uuid(), %s, %s, 'member', now())",
+        [acme.pk, bob.pk],
+    )
+    outcome = {}
+
+    def second():
+        try:
+            with rls.privileged(reason="test: second acceptance"):
+                services.invitation_accept(user=bob, token=token)
+        except Exception as exc:  # the test reads what was raised
+            outcome["error"] = exc
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    thread.join(timeout=1)
+    assert thread.is_alive()  # waiting on the first acceptance's row
+    first.commit()
+    first.close()
+    thread.join(timeout=10)
+    assert isinstance(outcome.get("error"), InvitationInvalid), outcome
+    assert outcome["error"].status_code == 400 and "already a member" in outcome["error"].message
+    assert Membership.objects.using("privileged").filter(organization=acme, user=bob).count() == 1
+
+
 # --- /events: accepted means stored ----------------------------------------------------
 
 
