@@ -2,6 +2,7 @@
 
 import celery.contrib.testing.tasks  # noqa: F401  registers celery.ping for the worker's start check
 import pytest
+from celery.signals import setup_logging
 from django.db import connections
 
 pytest_plugins = ("celery.contrib.pytest", "config.tests.browser")
@@ -31,6 +32,12 @@ def django_db_setup(request, django_test_environment, django_db_blocker, django_
             teardown_databases(config, verbosity=request.config.option.verbose)
         except Exception as exc:  # as pytest-django does: the throwaway server goes away anyway
             request.node.warn(pytest.PytestWarning(f"Error when trying to teardown test databases: {exc!r}"))
+
+
+@setup_logging.connect(weak=False)
+def _celery_keeps_the_test_logging(**kwargs):
+    """A receiver here stops each in-thread worker from resetting the root logger (its level
+    to ERROR, its handlers), which silenced warnings that later tests read with caplog."""
 
 
 @pytest.fixture(scope="session")

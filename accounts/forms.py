@@ -7,14 +7,14 @@ from contextlib import contextmanager
 from datetime import datetime, time
 
 from django import forms
-from django.contrib.auth import authenticate
+from django.contrib.auth import authenticate, password_validation
 from django.contrib.auth.forms import AuthenticationForm, PasswordResetForm
 from django.core.exceptions import ValidationError
 
 from accounts import services
 from accounts.backends import user_id_for_login
 from accounts.errors import LoginThrottled
-from accounts.models import ApiKey, Membership, Preferences, ProviderCredential, User
+from accounts.models import ApiKey, Membership, Preferences, ProviderCredential, User, validate_name
 from config.db import rls
 from config.errors import ApplicationError
 from config.http import client_ip
@@ -53,6 +53,7 @@ class SignupForm(forms.Form):
         label="Display name",
         max_length=150,
         required=False,
+        validators=[validate_name],
         widget=forms.TextInput(attrs={"autocomplete": "nickname"}),
         help_text="How Confab greets you. Optional.",
     )
@@ -64,10 +65,20 @@ class SignupForm(forms.Form):
     password_confirm = forms.CharField(
         label="Confirm password", strip=False, widget=forms.PasswordInput(attrs={"autocomplete": "new-password"})
     )
+    next = forms.CharField(required=False, widget=forms.HiddenInput)  # where an invitation link was headed
 
     def clean(self):
+        # Every password problem at once: each validator's sentence and a mismatch together.
         data = super().clean()
-        if data.get("password") and data.get("password_confirm") and data["password"] != data["password_confirm"]:
+        password = data.get("password")
+        if password:
+            try:
+                password_validation.validate_password(
+                    password, User(email=data.get("email") or "", display_name=data.get("display_name") or "")
+                )
+            except ValidationError as exc:
+                self.add_error("password", exc)
+        if password and data.get("password_confirm") and password != data["password_confirm"]:
             self.add_error("password_confirm", "The two passwords do not match.")
         return data
 
@@ -120,9 +131,9 @@ def _timezone_choices():
 
 
 class ProfileForm(forms.Form):
-    display_name = forms.CharField(label="Display name", max_length=150, required=False)
-    first_name = forms.CharField(label="First name", max_length=150, required=False)
-    last_name = forms.CharField(label="Last name", max_length=150, required=False)
+    display_name = forms.CharField(label="Display name", max_length=150, required=False, validators=[validate_name])
+    first_name = forms.CharField(label="First name", max_length=150, required=False, validators=[validate_name])
+    last_name = forms.CharField(label="Last name", max_length=150, required=False, validators=[validate_name])
     avatar_url = forms.URLField(label="Avatar URL", required=False, assume_scheme="https")
     timezone = forms.ChoiceField(choices=_timezone_choices)
     locale = forms.CharField(max_length=16, help_text="A language tag such as en or fr-CA.")
@@ -194,16 +205,17 @@ class ApiKeyCreateForm(forms.Form):
 
 
 class OrganizationCreateForm(forms.Form):
-    name = forms.CharField(label="Organization name", max_length=200)
+    name = forms.CharField(label="Organization name", max_length=200, validators=[validate_name])
 
 
 class OrganizationUpdateForm(forms.Form):
-    name = forms.CharField(max_length=200)
+    name = forms.CharField(max_length=200, validators=[validate_name])
     auto_join_domain = forms.CharField(
         label="Auto-join domain",
         max_length=253,
         required=False,
-        help_text="People signing up with an email at this domain join as members, e.g. example.com.",
+        help_text="People who confirm an email at this domain join as members. It must be your own verified email's domain, "
+        "not a public one like gmail.com.",
     )
 
 

@@ -1,13 +1,26 @@
+import unicodedata
 import uuid
 from decimal import Decimal
 
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.contrib.auth.models import PermissionsMixin
 from django.contrib.postgres.fields import ArrayField
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone as django_timezone
+
+# Right-to-left/left-to-right overrides, embeddings, isolates and marks (format characters, Cf).
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def validate_name(value: str) -> None:
+    """Names reach mail headers and every page: no control characters (Cc) and no bidi controls."""
+    if any(unicodedata.category(c) == "Cc" or c in BIDI_CONTROLS for c in value or ""):
+        raise ValidationError(
+            "Remove the control characters (line breaks, tabs, text-direction marks) from this name.", code="control_characters"
+        )
 
 
 class UserManager(BaseUserManager):
@@ -40,9 +53,9 @@ class User(AbstractBaseUser, PermissionsMixin):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     email = models.EmailField(unique=True)
-    first_name = models.CharField(max_length=150, blank=True)
-    last_name = models.CharField(max_length=150, blank=True)
-    display_name = models.CharField(max_length=150, blank=True)
+    first_name = models.CharField(max_length=150, blank=True, validators=[validate_name])
+    last_name = models.CharField(max_length=150, blank=True, validators=[validate_name])
+    display_name = models.CharField(max_length=150, blank=True, validators=[validate_name])
     avatar_url = models.URLField(blank=True)
     timezone = models.CharField(max_length=64, default="UTC")
     locale = models.CharField(max_length=16, default="en")
@@ -82,7 +95,7 @@ class Organization(models.Model):
     """The billing account. Every user gets a personal one at signup."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    name = models.CharField(max_length=200)
+    name = models.CharField(max_length=200, validators=[validate_name])
     slug = models.SlugField(max_length=220, unique=True)
     is_personal = models.BooleanField(default=False)
     # Users signing up with an email at this domain join as members (e.g. "acme.com").

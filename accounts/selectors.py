@@ -3,6 +3,7 @@ tenant's row is simply not there: the `*_get` functions raise Http404 for it."""
 
 from django.db.models import F, QuerySet
 from django.shortcuts import get_object_or_404
+from django.utils import timezone
 
 from accounts.errors import NotAllowed
 from accounts.models import ApiKey, Invitation, Membership, Organization, Preferences, ProviderCredential, User, UserSession
@@ -62,6 +63,13 @@ def membership_get(*, organization: Organization, membership_id) -> Membership:
 
 def invitation_list(*, organization: Organization) -> QuerySet[Invitation]:
     return Invitation.objects.filter(organization=organization).order_by("-created_at", "id")
+
+
+def invitation_pending_for(*, user: User) -> QuerySet[Invitation]:
+    """Invitations waiting for the user's email (the invitee reads them, not their organization)."""
+    return Invitation.objects.filter(
+        email=user.email, accepted_at__isnull=True, revoked_at__isnull=True, expires_at__gt=timezone.now()
+    ).order_by("-created_at", "id")
 
 
 def invitation_get(*, organization: Organization, invitation_id) -> Invitation:

@@ -5,7 +5,7 @@ import zoneinfo
 
 from rest_framework import serializers
 
-from accounts.models import ApiKey, Invitation, Membership, Organization, Preferences, ProviderCredential, User, UserSession
+from accounts.models import ApiKey, Invitation, Membership, Organization, Preferences, ProviderCredential, User, UserSession, validate_name
 
 # --- Me and preferences ------------------------------------------------------------
 
@@ -30,9 +30,9 @@ class MeOut(serializers.ModelSerializer):
 
 
 class MeIn(serializers.Serializer):
-    first_name = serializers.CharField(max_length=150, required=False, allow_blank=True)
-    last_name = serializers.CharField(max_length=150, required=False, allow_blank=True)
-    display_name = serializers.CharField(max_length=150, required=False, allow_blank=True)
+    first_name = serializers.CharField(max_length=150, required=False, allow_blank=True, validators=[validate_name])
+    last_name = serializers.CharField(max_length=150, required=False, allow_blank=True, validators=[validate_name])
+    display_name = serializers.CharField(max_length=150, required=False, allow_blank=True, validators=[validate_name])
     avatar_url = serializers.URLField(max_length=200, required=False, allow_blank=True)
     timezone = serializers.CharField(max_length=64, required=False, help_text="An IANA time zone, e.g. Europe/Paris.")
     locale = serializers.CharField(max_length=16, required=False)
@@ -82,16 +82,17 @@ class OrganizationOut(serializers.ModelSerializer):
 
 
 class OrganizationCreateIn(serializers.Serializer):
-    name = serializers.CharField(max_length=200)
+    name = serializers.CharField(max_length=200, validators=[validate_name])
 
 
 class OrganizationUpdateIn(serializers.Serializer):
-    name = serializers.CharField(max_length=200, required=False)
+    name = serializers.CharField(max_length=200, required=False, validators=[validate_name])
     auto_join_domain = serializers.CharField(
         max_length=253,
         required=False,
         allow_blank=True,
-        help_text="People signing up with an email at this domain join as members; blank turns it off.",
+        help_text="People who confirm an email at this domain join as members; blank turns it off. Only a verified owner "
+        "or admin may set the domain of their own email, never a public or disposable one; not on a personal workspace.",
     )
 
 

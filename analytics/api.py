@@ -1,6 +1,7 @@
 """The analytics REST API (/api/v1/): each view parses input, calls one service, renders output."""
 
 import json
+import math
 from datetime import timedelta
 
 from django.utils import timezone
@@ -23,6 +24,28 @@ EVENT_MAX_AGE = timedelta(days=7)
 EVENT_MAX_AHEAD = timedelta(minutes=5)
 
 
+def _unstorable(value) -> str | None:
+    """Why PostgreSQL would refuse this parsed JSON (it stores no NUL and no unpaired surrogate), else None."""
+    stack = [value]
+    while stack:  # a loop, not recursion: nesting depth is bounded elsewhere
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                return "Contains a NUL character (\\u0000), which cannot be stored."
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return "Contains an unpaired surrogate (invalid Unicode), which cannot be stored."
+        elif isinstance(item, float) and not math.isfinite(item):
+            return "Contains NaN or Infinity, which cannot be stored."
+    return None
+
+
 class EventIn(serializers.Serializer):
     name = serializers.RegexField(
         r"^[A-Za-z0-9_.:/\- ]+$", max_length=100, error_messages={"invalid": "Use letters, digits, spaces and _ . : / - only."}
@@ -38,6 +61,13 @@ class EventIn(serializers.Serializer):
             raise serializers.ValidationError("Must be a JSON object.")
         if len(json.dumps(value, separators=(",", ":"))) > EVENT_PROPERTIES_MAX_BYTES:
             raise serializers.ValidationError(f"Must be {EVENT_PROPERTIES_MAX_BYTES // 1024} KB of JSON at most.")
+        if reason := _unstorable(value):
+            raise serializers.ValidationError(reason)
+        return value
+
+    def validate_session_id(self, value):
+        if reason := _unstorable(value):
+            raise serializers.ValidationError(reason)
         return value
 
     def validate_occurred_at(self, value):
@@ -73,7 +103,8 @@ class EventBatchApi(APIView):
         operation_id="events_track",
         summary="Track product events",
         description=(
-            f"Send up to {EVENTS_MAX} events at once. Each event is validated on its own: valid ones are kept, "
+            f"Send up to {EVENTS_MAX} events at once. Each event is validated in full before any is queued: "
+            "`accepted` counts exactly the events that will be stored; "
             "invalid ones are listed under `rejected` with their index and errors (202). If none is valid, "
             "the answer is 400 with the same list under `extra.rejected`. For a user who opted out of "
             "analytics nothing is kept (`accepted` is 0). API keys need the `account:write` scope."

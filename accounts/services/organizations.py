@@ -6,29 +6,54 @@ import re
 import secrets
 from datetime import timedelta
 
-from django.conf import settings
-from django.core.mail import send_mail
+from disposable_email_domains import blocklist as DISPOSABLE_EMAIL_DOMAINS
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError
 from django.utils import timezone
 from django.utils.crypto import get_random_string
 from django.utils.text import slugify
 
 from accounts.errors import InvitationInvalid, NotAllowed, OrganizationRuleBroken
-from accounts.models import Invitation, Membership, Organization, User
+from accounts.models import Invitation, Membership, Organization, User, validate_name
+from accounts.tasks import mail_send_on_commit
 from config.crypto import token_digest
 from config.db import rls
 
 INVITATION_LIFETIME = timedelta(days=7)
+
+# Anyone can have an address at these: a domain there proves no tie to an organization.
+PUBLIC_EMAIL_DOMAINS = frozenset(
+    {
+        "gmail.com", "googlemail.com", "outlook.com", "hotmail.com", "live.com", "msn.com", "yahoo.com", "ymail.com",
+        "rocketmail.com", "icloud.com", "me.com", "mac.com", "aol.com", "proton.me", "protonmail.com", "pm.me",
+        "tutanota.com", "tuta.io", "fastmail.com", "zoho.com", "mail.com", "email.com", "gmx.com", "gmx.net", "web.de",
+        "t-online.de", "freenet.de", "mail.ru", "inbox.ru", "list.ru", "bk.ru", "rambler.ru", "yandex.com", "ya.ru",
+        "qq.com", "163.com", "126.com", "sina.com", "naver.com", "daum.net", "hanmail.net", "rediffmail.com",
+        "libero.it", "orange.fr", "free.fr", "laposte.net", "wp.pl", "o2.pl", "seznam.cz", "hey.com",
+    }
+)  # fmt: skip
+# Providers with one public domain per country (gmx.de, yahoo.co.uk, hotmail.fr, yandex.ru, ...).
+PUBLIC_EMAIL_BRANDS = frozenset({"gmail", "outlook", "hotmail", "live", "yahoo", "gmx", "yandex", "aol", "tempmail", "temp-mail"})
 
 
 def _organization_slug(name: str) -> str:
     return f"{slugify(name)[:200] or 'org'}-{get_random_string(6).lower()}"
 
 
-def organization_create(*, user: User, name: str, is_personal: bool = False) -> Organization:
-    """A new organization owned by `user`; the context then includes it."""
+def _organization_name(name: str | None) -> str:
     name = (name or "").strip()
     if not name:
         raise OrganizationRuleBroken("Give the organization a name.", {"field": "name"})
+    try:
+        validate_name(name)
+    except ValidationError as exc:
+        raise OrganizationRuleBroken(exc.messages[0], {"field": "name"}) from exc
+    return name[:200]
+
+
+def organization_create(*, user: User, name: str, is_personal: bool = False) -> Organization:
+    """A new organization owned by `user`; the context then includes it."""
+    name = _organization_name(name)
     with rls.atomic():
         return _organization_create(user=user, name=name, is_personal=is_personal)
 
@@ -54,20 +79,47 @@ def _require_admin(user: User, organization: Organization) -> Membership:
     return membership
 
 
+def _email_domain_is_public(domain: str) -> bool:
+    labels = domain.split(".")
+    parents = {".".join(labels[i:]) for i in range(len(labels) - 1)}  # eu.mailinator.com counts as mailinator.com
+    if parents & (PUBLIC_EMAIL_DOMAINS | DISPOSABLE_EMAIL_DOMAINS):
+        return True
+    country_domain = len(labels) == 2 or (len(labels) == 3 and labels[1] in ("co", "com"))
+    return country_domain and labels[0] in PUBLIC_EMAIL_BRANDS
+
+
+def _auto_join_domain_check(actor: User, organization: Organization, domain: str) -> None:
+    """Proof on the organization's side: a verified owner or admin at that very domain, not webmail."""
+
+    def refuse(message: str):
+        raise OrganizationRuleBroken(message, {"field": "auto_join_domain"})
+
+    if not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", domain):
+        refuse("Enter a domain like example.com (no @, no spaces).")
+    if organization.is_personal:
+        refuse("A personal workspace cannot admit people by domain: create an organization for your team.")
+    if _email_domain_is_public(domain):
+        refuse(f"{domain} is a public or disposable email domain: anyone can have an address there.")
+    if not actor.email_verified:
+        refuse("Confirm your email address first: only a verified owner or admin at that domain can turn on auto-join.")
+    own_domain = actor.email.rsplit("@", 1)[-1]
+    if domain != own_domain:
+        refuse(f"You can only set the domain of your own verified email address ({own_domain}).")
+
+
 def organization_update(
     *, actor: User, organization: Organization, name: str | None = None, auto_join_domain: str | None = None
 ) -> Organization:
+    """Rename, or set the auto-join domain (blank turns it off) under _auto_join_domain_check's rules."""
     _require_admin(actor, organization)
     fields = []
     if name is not None:
-        if not name.strip():
-            raise OrganizationRuleBroken("Give the organization a name.", {"field": "name"})
-        organization.name = name.strip()[:200]
+        organization.name = _organization_name(name)
         fields.append("name")
     if auto_join_domain is not None:
         domain = auto_join_domain.strip().lower().lstrip("@")
-        if domain and not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", domain):
-            raise OrganizationRuleBroken("Enter a domain like example.com (no @, no spaces).", {"field": "auto_join_domain"})
+        if domain and domain != organization.auto_join_domain:
+            _auto_join_domain_check(actor, organization, domain)
         organization.auto_join_domain = domain
         fields.append("auto_join_domain")
     with rls.atomic():
@@ -78,7 +130,7 @@ def organization_update(
 def invitation_create(
     *, actor: User, organization: Organization, email: str, role: str = Membership.Role.MEMBER, base_url: str = ""
 ) -> tuple[Invitation, str]:
-    """Invite by email (sent now); returns the invitation and its token (only in the email)."""
+    """Invite by email (mailed once the transaction commits); returns the invitation and its token (only in the email)."""
     inviter = _require_admin(actor, organization)
     email = User.objects.normalize_email(email)
     if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", email):
@@ -103,13 +155,12 @@ def invitation_create(
             invited_by=actor,
             expires_at=timezone.now() + INVITATION_LIFETIME,
         )
-    send_mail(
-        f"{actor.get_short_name()} invited you to {organization.name} on Confab",
-        f"Join {organization.name} as {invitation.get_role_display().lower()}:\n\n{base_url}/accounts/invitations/{token}/\n\n"
-        f"The invitation expires in {INVITATION_LIFETIME.days} days.",
-        settings.DEFAULT_FROM_EMAIL,
-        [email],
-    )
+        mail_send_on_commit(
+            subject=f"{actor.get_short_name()} invited you to {organization.name} on Confab",
+            body=f"Join {organization.name} as {invitation.get_role_display().lower()}:\n\n{base_url}/accounts/invitations/{token}/\n\n"
+            f"The invitation expires in {INVITATION_LIFETIME.days} days.",
+            recipients=[email],
+        )
     return invitation, token
 
 
@@ -140,11 +191,17 @@ def invitation_accept(*, user: User, token: str) -> Membership:
         raise InvitationInvalid("This invitation has expired. Ask the organization for a new one.")
     if invitation.email != user.email:
         raise InvitationInvalid("This invitation is addressed to another email address.", status_code=404)
-    with rls.atomic():
-        membership = Membership.objects.create(organization_id=invitation.organization_id, user=user, role=invitation.role)
-        invitation.accepted_at = timezone.now()
-        invitation.save(update_fields=["accepted_at"])
-        rls.context_set_for_user(user)
+    already = InvitationInvalid("You are already a member of this organization.")
+    if Membership.objects.filter(organization_id=invitation.organization_id, user=user).exists():
+        raise already
+    try:
+        with rls.atomic():
+            membership = Membership.objects.create(organization_id=invitation.organization_id, user=user, role=invitation.role)
+            invitation.accepted_at = timezone.now()
+            invitation.save(update_fields=["accepted_at"])
+            rls.context_set_for_user(user)
+    except IntegrityError as exc:  # joined in a concurrent request since the check
+        raise already from exc
     return membership
 
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.contrib.auth import password_validation
 from django.core import signing
-from django.core.mail import send_mail
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connections
 from django.utils import timezone
 
 from accounts.errors import EmailTaken, InvitationInvalid
-from accounts.models import ApiKey, Membership, Preferences, User
+from accounts.models import ApiKey, Membership, Preferences, User, validate_name
 from accounts.services.organizations import _organization_create
+from accounts.tasks import mail_send_on_commit
 from config.db import rls
 
 EMAIL_VERIFICATION_MAX_AGE = 3 * 24 * 3600
@@ -21,11 +21,13 @@ def user_create(*, email: str, password: str | None, **fields) -> User:
     """A user, their preferences and personal organization, written under their own context.
 
     Refuses a taken email (EmailTaken) and, when a password is given, a weak one
-    (django ValidationError with the validators' sentences). Joins any organization
-    whose auto-join domain matches the email.
+    (django ValidationError with the validators' sentences), and names with control
+    characters. A user created with a verified email joins the organizations that admit
+    its domain; others join when they verify it (email_verify).
     """
     email = User.objects.normalize_email(email)
     user = User(email=email, **fields)
+    _names_check(user)
     if password is not None:
         password_validation.validate_password(password, user)
     user.set_password(password)
@@ -39,12 +41,24 @@ def user_create(*, email: str, password: str | None, **fields) -> User:
             user.save(force_insert=True)
             Preferences.objects.create(user=user)
             _organization_create(user=user, name=f"{user.get_short_name()}'s workspace", is_personal=True)
-            _auto_join(user)
+            if user.email_verified:
+                _auto_join(user)
     except IntegrityError as exc:
         if "email" in str(exc):
             raise EmailTaken() from exc
         raise
     return user
+
+
+def _names_check(user: User) -> None:
+    errors = {}
+    for name in ("first_name", "last_name", "display_name"):
+        try:
+            validate_name(getattr(user, name))
+        except ValidationError as exc:
+            errors[name] = exc.messages
+    if errors:
+        raise ValidationError(errors)
 
 
 def _email_registered(email: str) -> bool:
@@ -54,7 +68,8 @@ def _email_registered(email: str) -> bool:
 
 
 def _auto_join(user: User) -> None:
-    """Join the organizations that admit the user's email domain (they cannot see them yet)."""
+    """Join the organizations that admit the user's verified email domain (they cannot see them yet);
+    the database's function and join policy hold the rules (migration 0008)."""
     with connections[rls.current_alias()].cursor() as cur:
         cur.execute("SELECT unnest(accounts_auto_join_organizations())")
         organization_ids = [row[0] for row in cur.fetchall()]
@@ -100,17 +115,18 @@ def email_verification_token(*, user: User) -> str:
 
 
 def email_verification_send(*, user: User, base_url: str) -> None:
+    """Mail the verification link once the current transaction commits."""
     token = email_verification_token(user=user)
-    send_mail(
-        "Confirm your email for Confab",
-        f"Confirm your email address by opening this link:\n\n{base_url}/accounts/verify-email/{token}/\n\nThe link works for 3 days.",
-        settings.DEFAULT_FROM_EMAIL,
-        [user.email],
+    mail_send_on_commit(
+        subject="Confirm your email for Confab",
+        body=f"Confirm your email address by opening this link:\n\n{base_url}/accounts/verify-email/{token}/\n\nThe link works for 3 days.",
+        recipients=[user.email],
     )
 
 
 def email_verify(*, token: str) -> User:
-    """Mark the email verified; refuses expired, tampered or outdated links."""
+    """Mark the email verified and join the organizations that admit its domain;
+    refuses expired, tampered or outdated links."""
     try:
         data = signing.loads(token, salt="accounts.email-verify", max_age=EMAIL_VERIFICATION_MAX_AGE)
     except signing.SignatureExpired as exc:
@@ -124,4 +140,5 @@ def email_verify(*, token: str) -> User:
             raise InvitationInvalid("This verification link is for an email address that has since changed.")
         user.email_verified = True
         user.save(update_fields=["email_verified", "updated_at"])
+        _auto_join(user)
     return user

@@ -132,12 +132,12 @@ def test_fellow_members_see_each_other_but_cannot_edit(raw_app_connection, tenan
 
 
 def test_auto_join_domain_adds_new_users_as_members():
-    owner = make_user(email="boss@acme.test")
+    owner = make_user(email="boss@acme.test", email_verified=True)
     with rls.privileged(reason="test: configure domain"):
         org = services.organization_create(user=owner, name="Acme")
         services.organization_update(actor=owner, organization=org, auto_join_domain="acme.test")
-    newcomer = make_user(email="dev@acme.test")
-    outsider = make_user(email="dev@other.test")
+    newcomer = make_user(email="dev@acme.test", email_verified=True)  # verified: joins at once (else on verifying)
+    outsider = make_user(email="dev@other.test", email_verified=True)
     roles = dict(Membership.objects.using("privileged").filter(organization=org).values_list("user__email", "role"))
     assert roles == {"boss@acme.test": "owner", "dev@acme.test": "member"}
     assert not Membership.objects.using("privileged").filter(organization=org, user=outsider).exists()

@@ -13,7 +13,7 @@ from django.utils.html import escape
 
 from accounts import services
 from accounts.models import ApiKey, Invitation, Membership, Organization, Preferences, ProviderCredential, User, UserSession
-from accounts.tests.factories import PASSWORD, make_user
+from accounts.tests.factories import PASSWORD, mail_arrives, make_user
 from config.db import rls
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -44,7 +44,7 @@ def link_in(message, path_prefix: str) -> str:
 # --- Sign-up ---------------------------------------------------------------------------
 
 
-def test_signup_creates_the_account_sends_the_verification_email_and_signs_in(client):
+def test_signup_creates_the_account_sends_the_verification_email_and_signs_in(client, celery_worker):
     response = client.post(
         "/accounts/signup/",
         {"email": "New.Person@Example.com", "display_name": "Newbie", "password": PASSWORD, "password_confirm": PASSWORD},
@@ -56,7 +56,7 @@ def test_signup_creates_the_account_sends_the_verification_email_and_signs_in(cl
     assert db(Preferences).filter(user=user).exists()
     membership = db(Membership).select_related("organization").get(user=user)
     assert membership.organization.is_personal and membership.role == Membership.Role.OWNER
-    assert len(mail.outbox) == 1 and mail.outbox[0].to == ["new.person@example.com"]
+    assert len(mail_arrives()) == 1 and mail.outbox[0].to == ["new.person@example.com"]
     assert "/accounts/verify-email/" in mail.outbox[0].body
     assert db(UserSession).filter(user=user, ended_at__isnull=True).count() == 1
     page = client.get("/settings/profile/")
@@ -209,9 +209,9 @@ def test_password_reset_link_with_a_bad_token_is_refused(client):
 # --- Email verification ------------------------------------------------------------------------
 
 
-def test_email_verification_link_marks_the_email_verified(client):
+def test_email_verification_link_marks_the_email_verified(client, celery_worker):
     client.post("/accounts/signup/", {"email": "verify@example.com", "password": PASSWORD, "password_confirm": PASSWORD})
-    link = link_in(mail.outbox[0], "/accounts/verify-email/")
+    link = link_in(mail_arrives()[0], "/accounts/verify-email/")
 
     response = client.get(link)
 
@@ -232,14 +232,14 @@ def test_tampered_verification_link_is_refused(client):
     assert not db(User).get(pk=user.pk).email_verified
 
 
-def test_verification_email_can_be_sent_again(client):
+def test_verification_email_can_be_sent_again(client, celery_worker):
     make_user(email="resend@example.com")
     sign_in(client, "resend@example.com")
 
     response = client.post("/accounts/verify-email/resend/")
 
     assert response.status_code == 302
-    assert len(mail.outbox) == 1 and mail.outbox[0].to == ["resend@example.com"]
+    assert len(mail_arrives()) == 1 and mail.outbox[0].to == ["resend@example.com"]
     client.get(link_in(mail.outbox[0], "/accounts/verify-email/"))
     assert db(User).get(email="resend@example.com").email_verified
 
@@ -444,7 +444,7 @@ def test_revoking_the_current_session_signs_out(client):
 # --- Organizations -------------------------------------------------------------------------------
 
 
-def test_invitation_is_accepted_by_the_invited_user_who_is_then_listed():
+def test_invitation_is_accepted_by_the_invited_user_who_is_then_listed(celery_worker):
     alice, bob = make_user(email="alice@example.com"), make_user(email="bob@example.com")
     owner, invitee = Client(), Client()
     sign_in(owner, alice.email)
@@ -457,7 +457,7 @@ def test_invitation_is_accepted_by_the_invited_user_who_is_then_listed():
     response = owner.post(f"/settings/organization/{acme.pk}/invitations/", {"email": "Bob@Example.com", "role": "admin"})
     assert response.status_code == 302
     assert db(Invitation).get(organization=acme).email == "bob@example.com"
-    link = link_in(mail.outbox[-1], "/accounts/invitations/")
+    link = link_in(mail_arrives()[-1], "/accounts/invitations/")
     assert "bob@example.com" in owner.get(f"/settings/organization/?org={acme.pk}").content.decode()  # pending
 
     anonymous = invitee.get(link)
@@ -522,18 +522,20 @@ def test_organization_rename_domain_role_change_remove_and_leave():
     member.post(f"/accounts/invitations/{token}/")
     bob_membership = db(Membership).get(organization=org, user=bob)
 
-    response = owner.post(f"/settings/organization/{org.pk}/", {"name": "Team", "auto_join_domain": "not a domain"})
-    assert response.status_code == 400
+    response = owner.post(f"/settings/organization/{org.pk}/", {"name": "Team", "auto_join_domain": "not a domain"}, follow=True)
+    assert response.redirect_chain == [(f"/settings/organization/?org={org.pk}", 302)]
     assert response.context["update_form"].errors["auto_join_domain"] == ["Enter a domain like example.com (no @, no spaces)."]
     assert b'value="not a domain"' in response.content
+    services.email_verify(token=services.email_verification_token(user=alice))  # a domain needs a verified owner at it
     response = owner.post(f"/settings/organization/{org.pk}/", {"name": "Team Two", "auto_join_domain": "Example.com"})
     assert response.status_code == 302
     org = db(Organization).get(pk=org.pk)
     assert (org.name, org.auto_join_domain) == ("Team Two", "example.com")
 
     # A member cannot manage members: the page says why, nothing changes.
-    response = member.post(f"/settings/organization/{org.pk}/members/{bob_membership.pk}/role/", {"role": "admin"})
-    assert response.status_code == 403 and b"Only the organization&#x27;s owners and admins can do that." in response.content
+    response = member.post(f"/settings/organization/{org.pk}/members/{bob_membership.pk}/role/", {"role": "admin"}, follow=True)
+    assert response.redirect_chain == [(f"/settings/organization/?org={org.pk}", 302)]
+    assert b"Only the organization&#x27;s owners and admins can do that." in response.content
     assert db(Membership).get(pk=bob_membership.pk).role == Membership.Role.MEMBER
 
     with rls.privileged(reason="test"):
@@ -547,8 +549,8 @@ def test_organization_rename_domain_role_change_remove_and_leave():
     assert db(Membership).get(pk=bob_membership.pk).role == Membership.Role.ADMIN
 
     alice_membership = db(Membership).get(organization=org, user=alice)
-    response = owner.post(f"/settings/organization/{org.pk}/leave/")
-    assert response.status_code == 400 and b"last owner" in response.content
+    response = owner.post(f"/settings/organization/{org.pk}/leave/", follow=True)
+    assert response.redirect_chain[0][1] == 302 and b"last owner" in response.content
     assert db(Membership).filter(pk=alice_membership.pk).exists()
 
     assert owner.post(f"/settings/organization/{org.pk}/members/{bob_membership.pk}/remove/").status_code == 302
@@ -566,8 +568,8 @@ def test_member_can_leave_and_personal_workspace_cannot_be_left():
     member.post(f"/accounts/invitations/{token}/")
 
     personal = personal_organization(bob)
-    response = member.post(f"/settings/organization/{personal.pk}/leave/")
-    assert response.status_code == 400 and b"You cannot leave your personal workspace." in response.content
+    response = member.post(f"/settings/organization/{personal.pk}/leave/", follow=True)
+    assert response.redirect_chain[0][1] == 302 and b"You cannot leave your personal workspace." in response.content
 
     response = member.post(f"/settings/organization/{org.pk}/leave/")
     assert response.status_code == 302
@@ -657,3 +659,106 @@ def test_every_settings_page_renders_for_a_signed_in_user(client):
         response = client.get(path)
         assert response.status_code == 200, path
         assert b'aria-current="page"' in response.content and b"csrfmiddlewaretoken" in response.content, path
+
+
+# --- Newcomers: the invitation survives sign-in and sign-up; refusals redirect; welcome -----------
+
+
+def _invite(email: str, *, name: str = "Acme"):
+    alice = make_user()
+    with rls.privileged(reason="test"):
+        org = services.organization_create(user=alice, name=name)
+        _, token = services.invitation_create(actor=alice, organization=org, email=email)
+    return org, f"/accounts/invitations/{token}/"
+
+
+def test_an_invite_link_opened_logged_out_leads_through_signup_back_to_the_invitation(client):
+    org, link = _invite("newbie@example.com")
+
+    login_page = client.get(link, follow=True)
+    assert login_page.status_code == 200 and "Acme" in login_page.content.decode()  # not a bare login page
+    signup_link = re.search(r'href="(/accounts/signup/\?next=[^"]+)"', login_page.content.decode()).group(1)
+    signup_page = client.get(signup_link.replace("&amp;", "&"))
+    assert f'name="next" value="{link}"' in signup_page.content.decode()
+
+    response = client.post(
+        signup_link.replace("&amp;", "&"), {"email": "newbie@example.com", "password": PASSWORD, "password_confirm": PASSWORD, "next": link}
+    )
+    assert response.status_code == 302 and response["Location"] == link
+    page = client.get(link)
+    assert b"Join Acme" in page.content and b"Accept invitation" in page.content
+
+
+def test_signup_ignores_a_next_that_leaves_the_site(client):
+    response = client.post(
+        "/accounts/signup/",
+        {"email": "away@example.com", "password": PASSWORD, "password_confirm": PASSWORD, "next": "https://evil.example/"},
+    )
+    assert response.status_code == 302 and response["Location"] == "/"
+
+
+def test_an_invite_link_opened_logged_out_leads_through_login_back_to_the_invitation(client):
+    bob = make_user(email="bob-login@example.com")
+    _org, link = _invite(bob.email)
+    response = client.post(f"/accounts/login/?next={link}", {"username": bob.email, "password": PASSWORD, "next": link})
+    assert response.status_code == 302 and response["Location"] == link
+
+
+def test_pending_invitations_for_the_users_email_are_shown(client):
+    _invite("carol-p@example.com", name="Globex")
+    response = client.post("/accounts/signup/", {"email": "carol-p@example.com", "password": PASSWORD, "password_confirm": PASSWORD})
+    assert response.status_code == 302
+    home = client.get(response["Location"])
+    assert "Globex" in home.content.decode()  # the sign-up message names it
+    page = client.get("/settings/organization/")
+    assert "Invitations for you" in page.content.decode() and "Globex" in page.content.decode()
+
+
+def test_a_refused_organization_change_redirects_with_the_input_and_the_error_kept(client):
+    alice = make_user(email="prg@example.com")
+    sign_in(client, alice.email)
+    org = personal_organization(alice)
+
+    response = client.post(f"/settings/organization/{org.pk}/", {"name": "Renamed", "auto_join_domain": "not a domain"})
+    assert response.status_code == 302 and response["Location"] == f"/settings/organization/?org={org.pk}"
+    page = client.get(response["Location"])
+    assert page.context["update_form"].errors["auto_join_domain"] == ["Enter a domain like example.com (no @, no spaces)."]
+    assert b'value="Renamed"' in page.content
+    assert client.get(response["Location"]).context["update_form"].errors == {}  # shown once
+
+    response = client.post(f"/settings/organization/{org.pk}/leave/")
+    assert response.status_code == 302
+    assert b"You cannot leave your personal workspace." in client.get(response["Location"]).content
+
+    response = client.post(f"/settings/organization/{org.pk}/invitations/", {"email": "not an email", "role": "member"})
+    assert response.status_code == 302
+    page = client.get(response["Location"])
+    assert page.context["invite_form"].errors["email"] and b'value="not an email"' in page.content
+
+
+def test_signup_shows_every_password_problem_at_once(client):
+    response = client.post("/accounts/signup/", {"email": "all@example.com", "password": "123", "password_confirm": "1234"})
+    assert response.status_code == 400
+    errors = response.context["form"].errors
+    assert any("too short" in e for e in errors["password"]) and any("entirely numeric" in e for e in errors["password"])
+    assert errors["password_confirm"] == ["The two passwords do not match."]
+
+
+def test_welcome_back_is_only_for_returning_users(client):
+    client.post("/accounts/signup/", {"email": "fresh@example.com", "password": PASSWORD, "password_confirm": PASSWORD})
+    home = client.get("/").content.decode()
+    assert "Welcome back" not in home and "Welcome to Confab" in home
+    client.post("/accounts/logout/")
+    sign_in(client, "fresh@example.com")
+    assert "Welcome back" in client.get("/").content.decode()
+
+
+def test_the_demo_banner_names_the_port_really_served(monkeypatch):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    monkeypatch.setenv("PORT", "8123")
+    out = StringIO()
+    call_command("demo_data", stdout=out)
+    assert "http://127.0.0.1:8123/accounts/login/" in out.getvalue()

@@ -13,10 +13,10 @@ from django.core.exceptions import ValidationError
 from django.shortcuts import redirect, render
 from django.urls import reverse, reverse_lazy
 from django.utils.encoding import force_str
-from django.utils.http import urlsafe_base64_decode
+from django.utils.http import url_has_allowed_host_and_scheme, urlsafe_base64_decode
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from accounts import services
+from accounts import selectors, services
 from accounts.errors import InvitationInvalid, PasswordResetThrottled
 from accounts.forms import AccountPasswordResetForm, LoginForm, SignupForm, add_service_error, rls_context_kept
 from accounts.views._common import BACKEND, _base_url
@@ -25,11 +25,17 @@ from config.errors import ApplicationError
 from config.http import client_ip
 
 
+def _safe_next(request, url: str | None) -> str | None:
+    if url and url_has_allowed_host_and_scheme(url, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
+        return url
+    return None
+
+
 @require_http_methods(["GET", "POST"])
 def signup(request):
     if request.user.is_authenticated:
         return redirect("/")
-    form = SignupForm(request.POST or None)
+    form = SignupForm(request.POST or None, initial={"next": request.GET.get("next", "")})
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
@@ -38,10 +44,23 @@ def signup(request):
             add_service_error(form, exc, field="password")
         else:
             login(request, user, backend=BACKEND)
+            request.session["new_account"] = True  # the home page greets a newcomer, not a returning user
             services.email_verification_send(user=user, base_url=_base_url(request))
             messages.success(request, f"Welcome to Confab! We sent a link to {user.email} to confirm your address.")
+            next_url = _safe_next(request, data["next"] or request.GET.get("next"))
+            if next_url:
+                return redirect(next_url)
+            _pending_invitations_say(request)
             return redirect("/")
     return render(request, "accounts/signup.html", {"form": form}, status=400 if form.errors else 200)
+
+
+def _pending_invitations_say(request) -> None:
+    names = [i.organization_name or "an organization" for i in selectors.invitation_pending_for(user=request.user)]
+    if names:
+        messages.info(
+            request, f"You are invited to join {', '.join(names)}: open the link in the invitation email, or see Settings → Organization."
+        )
 
 
 class LoginView(auth_views.LoginView):
@@ -49,6 +68,12 @@ class LoginView(auth_views.LoginView):
     # relies on it); a signed-in user may sign in as someone else.
     form_class = LoginForm
     template_name = "accounts/login.html"
+
+    def form_valid(self, form):
+        response = super().form_valid(form)
+        if not self.get_redirect_url():
+            _pending_invitations_say(self.request)
+        return response
 
 
 class PasswordResetView(auth_views.PasswordResetView):
@@ -123,6 +148,7 @@ def verify_email_resend(request):
 @require_http_methods(["GET", "POST"])
 def invitation(request, token: str):
     if not request.user.is_authenticated:
+        _invitation_sign_in_say(request, token)
         return redirect_to_login(request.get_full_path())
     if request.method == "POST":
         try:
@@ -132,6 +158,21 @@ def invitation(request, token: str):
         messages.success(request, "You joined the organization.")
         return redirect(f"{reverse('settings:organization')}?org={membership.organization_id}")
     return _invitation_page(request, token)
+
+
+def _invitation_sign_in_say(request, token: str) -> None:
+    """Signed out, the invitee cannot read the invitation (no context): read it by its token, audited."""
+    try:
+        with rls.privileged(reason="invitation link opened signed out"):
+            invitation = services.invitation_for_token(token=token)
+    except InvitationInvalid:
+        return
+    if invitation.is_pending:
+        messages.info(
+            request,
+            f"You are invited to join {invitation.organization_name or 'an organization'} on Confab. "
+            f"Log in, or create an account, with {invitation.email} to accept.",
+        )
 
 
 def _invitation_page(request, token: str, *, error: str | None = None, status: int = 200):

@@ -1,5 +1,7 @@
 """Idempotent demo data for `make run`: a staff user and a demo user, credentials printed."""
 
+import os
+
 from django.core.management.base import BaseCommand
 
 from accounts.models import User
@@ -27,6 +29,7 @@ class Command(BaseCommand):
                 fields = {k: v for k, v in spec.items() if k not in ("email", "password")}
                 if not User.objects.filter(email=spec["email"]).exists():
                     user_create(email=spec["email"], password=spec["password"], email_verified=True, **fields)
-        self.stdout.write("Demo accounts (log in at http://127.0.0.1:8000/accounts/login/):")
+        port = os.environ.get("PORT", "8000")  # the port `make run` serves (config/embedded.py reads the same)
+        self.stdout.write(f"Demo accounts (log in at http://127.0.0.1:{port}/accounts/login/):")
         for spec in DEMO_USERS:
             self.stdout.write(f"  {spec['role']:<7} {spec['email']}  password: {spec['password']}")
