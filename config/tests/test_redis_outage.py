@@ -140,6 +140,13 @@ def test_stopping_redis_under_traffic_returns_no_500(own_redis):
     assert Client(REMOTE_ADDR="203.0.113.79").post("/accounts/password-reset/", {"email": "steady@example.com"}).status_code == 429
     assert len(mail.outbox) == 3
 
+    # Account mail queued after commit is sent in the request when the broker (this Redis) is gone.
+    newcomer = make_user(email="newcomer@example.com", email_verified=False)
+    signed_in = Client(raise_request_exception=False)
+    signed_in.force_login(newcomer)
+    assert signed_in.post("/accounts/verify-email/resend/").status_code == 302
+    assert [m.to for m in mail.outbox[3:]] == [["newcomer@example.com"]]
+
     # Usage is recorded (the ledger is the truth) and the live counter reads from it.
     organization_id = user.memberships.using("privileged").values_list("organization_id", flat=True).first()
     with transaction.atomic():
