@@ -90,7 +90,6 @@ def api_key_authenticate(*, raw_key: str) -> tuple[User, ApiKey]:
     if problem:
         rls.context_clear()
         raise ApiKeyRejected(problem)
-    rls.context_set_for_user(key.user)
     if cache.add(f"apikey-used:{key.pk}", 1, ACTIVITY_WRITE_INTERVAL):
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=timezone.now())
     return key.user, key

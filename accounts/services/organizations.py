@@ -25,7 +25,7 @@ def _organization_slug(name: str) -> str:
 
 
 def organization_create(*, user: User, name: str, is_personal: bool = False) -> Organization:
-    """A new organization owned by `user`; the context then includes it."""
+    """A new organization owned by `user`; the context sees it once the owner's membership exists."""
     name = (name or "").strip()
     if not name:
         raise OrganizationRuleBroken("Give the organization a name.", {"field": "name"})
@@ -35,7 +35,6 @@ def organization_create(*, user: User, name: str, is_personal: bool = False) -> 
 
 def _organization_create(*, user: User, name: str, is_personal: bool) -> Organization:
     organization = Organization.objects.create(name=name[:200], slug=_organization_slug(name), is_personal=is_personal, created_by=user)
-    rls.context_set(user_id=user.pk, organization_ids=[*rls.organization_ids_for(user), organization.pk])
     Membership.objects.create(organization=organization, user=user, role=Membership.Role.OWNER)
     return organization
 
@@ -144,7 +143,6 @@ def invitation_accept(*, user: User, token: str) -> Membership:
         membership = Membership.objects.create(organization_id=invitation.organization_id, user=user, role=invitation.role)
         invitation.accepted_at = timezone.now()
         invitation.save(update_fields=["accepted_at"])
-        rls.context_set_for_user(user)
     return membership
 
 
@@ -196,4 +194,3 @@ def organization_leave(*, user: User, organization: Organization) -> None:
         if membership.role == Membership.Role.OWNER:
             _another_owner_remains(membership, "You are this organization's last owner: make someone else owner before you leave.")
         membership.delete()
-        rls.context_set_for_user(user)

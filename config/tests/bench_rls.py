@@ -92,7 +92,7 @@ def _privileged(user, query, params):
 def _explain(alias: str, user, query: str, params, options: str = "ANALYZE, BUFFERS") -> str:
     with transaction.atomic(using=alias), connections[alias].cursor() as cur:
         if alias == "default":
-            rls.context_set(user_id=user[0], organization_ids=[user[1]], using=alias)
+            rls.context_set(user_id=user[0], using=alias)
         cur.execute(f"EXPLAIN ({options}) " + query, params)
         return "\n".join(r[0] for r in cur.fetchall())
 
