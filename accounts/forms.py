@@ -37,11 +37,11 @@ def add_service_error(form: forms.Form, exc: Exception, *, field: str | None = N
 @contextmanager
 def rls_context_kept():
     """Restore the request's row-level security context after a block that switches it."""
-    user_id, organization_ids = rls.context_get(using=rls.current_alias())
+    user_id = rls.context_get(using=rls.current_alias())
     try:
         yield
     finally:
-        rls.context_set(user_id=user_id or None, organization_ids=[o for o in organization_ids.split(",") if o])
+        rls.context_set(user_id=user_id or None)
 
 
 # --- Sign-up and sign-in --------------------------------------------------------------

@@ -9,11 +9,6 @@ from accounts.errors import NotAllowed
 from accounts.models import ApiKey, Invitation, Membership, Organization, Preferences, ProviderCredential, User, UserSession
 
 
-def organization_ids_for_user(user) -> list:
-    """The organizations the user belongs to (read under the user's own context)."""
-    return list(Membership.objects.filter(user_id=user.pk).values_list("organization_id", flat=True))
-
-
 def preferences_get(*, user: User) -> Preferences:
     """The user's preferences; the defaults (unsaved) if the row is missing."""
     return Preferences.objects.filter(user=user).first() or Preferences(user=user)

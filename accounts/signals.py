@@ -18,7 +18,7 @@ security_event = Signal()  # event: str, user_id, ip, detail: dict
 def on_login(sender, request, user, **kwargs):
     # From here on the request acts as this user; last_login is their own row.
     with rls.atomic():
-        rls.context_set_for_user(user)
+        rls.context_set(user_id=user.pk)
         user.last_login = timezone.now()
         user.save(update_fields=["last_login"])
         if request is not None and hasattr(request, "session"):

@@ -91,7 +91,6 @@ def api_key_authenticate(*, raw_key: str) -> tuple[User, ApiKey]:
     if problem:
         rls.context_clear()
         raise ApiKeyRejected(problem)
-    rls.context_set_for_user(key.user)
     try:
         first_in_interval = cache.add(f"apikey-used:{key.pk}", 1, ACTIVITY_WRITE_INTERVAL)
     except REDIS_ERRORS:

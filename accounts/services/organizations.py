@@ -60,7 +60,6 @@ def organization_create(*, user: User, name: str, is_personal: bool = False) -> 
 
 def _organization_create(*, user: User, name: str, is_personal: bool) -> Organization:
     organization = Organization.objects.create(name=name[:200], slug=_organization_slug(name), is_personal=is_personal, created_by=user)
-    rls.context_set(user_id=user.pk, organization_ids=[*rls.organization_ids_for(user), organization.pk])
     Membership.objects.create(organization=organization, user=user, role=Membership.Role.OWNER)
     return organization
 
@@ -199,7 +198,6 @@ def invitation_accept(*, user: User, token: str) -> Membership:
             membership = Membership.objects.create(organization_id=invitation.organization_id, user=user, role=invitation.role)
             invitation.accepted_at = timezone.now()
             invitation.save(update_fields=["accepted_at"])
-            rls.context_set_for_user(user)
     except IntegrityError as exc:  # joined in a concurrent request since the check
         raise already from exc
     return membership
@@ -253,4 +251,3 @@ def organization_leave(*, user: User, organization: Organization) -> None:
         if membership.role == Membership.Role.OWNER:
             _another_owner_remains(membership, "You are this organization's last owner: make someone else owner before you leave.")
         membership.delete()
-        rls.context_set_for_user(user)

@@ -75,7 +75,6 @@ def _auto_join(user: User) -> None:
         organization_ids = [row[0] for row in cur.fetchall()]
     for organization_id in organization_ids:
         Membership.objects.create(organization_id=organization_id, user=user, role=Membership.Role.MEMBER)
-    rls.context_set_for_user(user)
 
 
 def user_update(*, user: User, **fields) -> User:

@@ -190,7 +190,7 @@ def test_the_services_paths_still_write(acme):
     """Joining by invitation and creating an organization (its first owner) still pass the policies."""
     carol = acme["carol"]
     with transaction.atomic():
-        rls.context_set_for_user(carol)
+        rls.context_set(user_id=carol.pk)
         assert services.invitation_accept(user=carol, token=acme["token"]).role == MEMBER
         created = services.organization_create(user=carol, name="Carol's team")
     assert _role(created, carol) == OWNER and _role(acme["org"], carol) == MEMBER
@@ -261,7 +261,7 @@ def test_two_owners_stepping_down_at_once_through_the_services_leave_one(acme, a
     def step_down(user, barrier):
         try:
             with transaction.atomic():
-                rls.context_set_for_user(user)
+                rls.context_set(user_id=user.pk)
                 barrier.wait(timeout=20)
                 if action == "leave":
                     services.organization_leave(user=user, organization=org)

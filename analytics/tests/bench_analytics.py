@@ -97,7 +97,7 @@ def _copy_row(r: dict) -> tuple:
 def _ingest_service(user, records) -> float:
     t = time.perf_counter()
     with transaction.atomic():
-        rls.context_set(user_id=user[0], organization_ids=[user[1]])
+        rls.context_set(user_id=user[0])
         written = services.usage_record_batch(records)
     elapsed = time.perf_counter() - t
     assert len(written) == len(records)

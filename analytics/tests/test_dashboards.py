@@ -102,11 +102,11 @@ def test_the_dashboard_with_no_usage_at_all(client):
     assert "No usage this month yet" in content and "$0.00" in content and 'id="by-member"' not in content
 
 
-# The request's own 9 (BEGIN, the session user, three context settings, the memberships, the
-# preferences for the theme, COMMIT, RESET ALL) and the dashboard's 6: organizations
+# The request's own 6 (BEGIN, the context setting, the session user, the preferences for the
+# theme, COMMIT, RESET ALL) and the dashboard's 6: organizations
 # administered, daily rollups, monthly rollups by model, the admin check, member names, and
 # the monthly rollups by member. This month's figures come from Redis.
-DASHBOARD_QUERIES = 9 + 6
+DASHBOARD_QUERIES = 6 + 6
 
 
 def test_dashboard_query_count_does_not_grow_with_the_data(client, world, django_assert_num_queries):

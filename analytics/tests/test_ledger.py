@@ -24,9 +24,9 @@ from config.db import rls
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def _as(user, organization_id):
+def _as(user):
     """The app role's context for this user, as a request would have it."""
-    rls.context_set(user_id=user.pk, organization_ids=[organization_id])
+    rls.context_set(user_id=user.pk)
 
 
 def _ledger_totals():
@@ -59,7 +59,7 @@ def _monthly_from_daily(rows):
 def test_usage_record_writes_the_price_and_exact_cost():
     user, org = make_member()
     with transaction.atomic():
-        _as(user, org)
+        _as(user)
         row = services.usage_record(
             **usage_fields(user, org, input_tokens=1234, output_tokens=567, input_price=Decimal("3"), output_price=Decimal("15"))
         )
@@ -72,10 +72,10 @@ def test_the_same_request_id_is_recorded_once():
     user, org = make_member()
     fields = usage_fields(user, org, request_id="req-retry-1")
     with transaction.atomic():
-        _as(user, org)
+        _as(user)
         assert services.usage_record(**fields) is not None
     with transaction.atomic():
-        _as(user, org)
+        _as(user)
         assert services.usage_record(**fields) is None
     assert TokenUsage.objects.using("privileged").filter(request_id="req-retry-1").count() == 1
 
@@ -96,7 +96,7 @@ def test_the_same_request_id_is_recorded_once():
 def test_impossible_values_are_refused(override, field):
     user, org = make_member()
     with pytest.raises(UsageInvalid) as error, transaction.atomic():
-        _as(user, org)
+        _as(user)
         services.usage_record(**usage_fields(user, org, **override))
     assert field in error.value.extra["fields"]
     assert TokenUsage.objects.using("privileged").count() == 0
@@ -106,10 +106,10 @@ def test_the_app_role_cannot_record_for_another_user_nor_change_the_ledger(raw_a
     alice, alice_org = make_member()
     bob, bob_org = make_member()
     with transaction.atomic():
-        _as(alice, alice_org)
+        _as(alice)
         services.usage_record(**usage_fields(alice, alice_org))
     with pytest.raises(Exception, match="row-level security"), transaction.atomic():
-        _as(alice, alice_org)
+        _as(alice)
         services.usage_record(**usage_fields(bob, bob_org))
     with raw_app_connection.cursor() as cur:
         cur.execute(
@@ -152,7 +152,7 @@ def test_rollups_equal_the_ledger_with_concurrent_writers_and_rollups():
                     for i in range(per_batch)
                 ]
                 with transaction.atomic():
-                    _as(user, org)
+                    _as(user)
                     services.usage_record_batch(records)
         except Exception as exc:  # surfaced below
             errors.append(exc)
@@ -190,7 +190,7 @@ def test_rollups_equal_the_ledger_with_concurrent_writers_and_rollups():
 def test_overlapping_rollups_do_nothing_twice():
     user, org = make_member()
     with transaction.atomic():
-        _as(user, org)
+        _as(user)
         services.usage_record_batch([usage_fields(user, org) for _ in range(10)])
     with rls.privileged(reason="test: hold the rollup lock"), connections["privileged"].cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", [services.ROLLUP_LOCK])
@@ -231,7 +231,7 @@ def test_a_worker_killed_mid_rollup_leaves_totals_the_next_run_completes_exactly
 
     user, org = make_member()
     with transaction.atomic():
-        _as(user, org)
+        _as(user)
         services.usage_record_batch([usage_fields(user, org) for _ in range(40)])
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool", "solo", "-l", "WARNING", "-Q", "rollup-kill-test"],
@@ -265,12 +265,12 @@ def test_live_counters_equal_the_ledger_after_a_redis_flush_and_rebuild():
     members = [make_member() for _ in range(3)]
     for user, org in members:
         with transaction.atomic():
-            _as(user, org)
+            _as(user)
             services.usage_record_batch([usage_fields(user, org) for _ in range(7)])
     services.usage_rollup()  # part of the month is in rollups...
     user, org = members[0]
     with transaction.atomic():
-        _as(user, org)
+        _as(user)
         services.usage_record_batch([usage_fields(user, org) for _ in range(5)])  # ...and part is the ledger tail
     get_redis_connection("default").flushdb()
     for user, org in members:
@@ -287,7 +287,7 @@ def test_live_counters_equal_the_ledger_after_a_redis_flush_and_rebuild():
     # Live increments continue on the rebuilt counter.
     user, org = members[0]
     with transaction.atomic():
-        _as(user, org)
+        _as(user)
         services.usage_record(**usage_fields(user, org, input_tokens=10, output_tokens=0, input_price=Decimal("100")))
     assert counters.counters_read(scope="user", owner_id=user.pk).calls == 13
 
@@ -295,7 +295,7 @@ def test_live_counters_equal_the_ledger_after_a_redis_flush_and_rebuild():
 def test_reconciliation_repairs_and_reports_drift(caplog):
     user, org = make_member()
     with transaction.atomic():
-        _as(user, org)
+        _as(user)
         services.usage_record_batch([usage_fields(user, org) for _ in range(3)])
     truth = counters.counters_read(scope="user", owner_id=user.pk)
     key = counters.counter_key("user", user.pk, counters.month_of())

@@ -24,7 +24,7 @@ def world():
 def as_user(user, read):
     """Run a read the way a request does: in a transaction with the user's context."""
     with transaction.atomic():
-        rls.context_set_for_user(user)
+        rls.context_set(user_id=user.pk)
         return read()
 
 

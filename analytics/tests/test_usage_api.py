@@ -157,9 +157,9 @@ def test_api_keys_need_the_usage_read_scope(world):
         assert_error(APIClient().get(url), 401)
 
 
-# An API-key request's own statements: BEGIN, the key lookup, three context settings, the
-# memberships, the key and its user, COMMIT, RESET ALL.
-REQUEST_QUERIES = 9
+# An API-key request's own statements: BEGIN, the key lookup, the context setting, the key
+# and its user, COMMIT, RESET ALL.
+REQUEST_QUERIES = 6
 
 
 def test_query_counts_do_not_grow_with_the_data(world, django_assert_num_queries):

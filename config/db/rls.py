@@ -1,8 +1,9 @@
 """Row-level security context: who the database thinks is asking.
 
 The web app's role (`default` alias) sees only rows its transaction's context allows.
-The context is two transaction-local settings, `app.user_id` and
-`app.organization_ids`, read by the policies (config/db/operations.py). Celery tasks
+The context is one transaction-local setting, `app.user_id`, read by the policies
+(config/db/operations.py); the user's organizations come from their memberships in the
+database (app_organization_ids(), accounts migration 0010), never from the client. Celery tasks
 and staff tools see everything only inside `privileged(reason=...)`, which routes the
 ORM to the `privileged` alias (the BYPASSRLS worker role) and announces itself so the
 access is audited.
@@ -11,7 +12,7 @@ access is audited.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from uuid import UUID
@@ -20,7 +21,6 @@ from django.conf import settings
 from django.contrib.auth import SESSION_KEY
 from django.db import connections, transaction
 from django.dispatch import Signal
-from django.utils.module_loading import import_string
 
 APP_ALIAS = "default"
 PRIVILEGED_ALIAS = "privileged"
@@ -45,42 +45,25 @@ def atomic():
     return transaction.atomic(using=current_alias())
 
 
-def context_set(*, user_id: UUID | str | None, organization_ids: Iterable[UUID | str] = (), using: str | None = None) -> None:
+def context_set(*, user_id: UUID | str | None, using: str | None = None) -> None:
     """Set the context for the current transaction only (set_config(..., true))."""
     connection = connections[using or current_alias()]
     if not connection.in_atomic_block:
         # Outside a transaction a local setting would vanish with the statement.
         raise ContextError("The row-level security context needs an open transaction (transaction.atomic).")
     with connection.cursor() as cur:
-        cur.execute(
-            "SELECT set_config('app.user_id', %s, true), set_config('app.organization_ids', %s, true)",
-            [str(user_id) if user_id else "", ",".join(str(o) for o in organization_ids)],
-        )
+        cur.execute("SELECT set_config('app.user_id', %s, true)", [str(user_id) if user_id else ""])
 
 
 def context_clear(*, using: str | None = None) -> None:
     context_set(user_id=None, using=using)
 
 
-def context_get(*, using: str = APP_ALIAS) -> tuple[str, str]:
+def context_get(*, using: str = APP_ALIAS) -> str:
+    """The context's user id ('' when none)."""
     with connections[using].cursor() as cur:
-        cur.execute("SELECT current_setting('app.user_id', true), current_setting('app.organization_ids', true)")
-        user_id, org_ids = cur.fetchone()
-    return user_id or "", org_ids or ""
-
-
-def organization_ids_for(user) -> list:
-    """The user's organizations, from the resolver the accounts app names in settings."""
-    resolver = getattr(settings, "RLS_ORGANIZATION_IDS_RESOLVER", None)
-    return list(import_string(resolver)(user)) if resolver else []
-
-
-def context_set_for_user(user, *, using: str | None = None) -> None:
-    """The full context of an authenticated user: their id, then their organizations."""
-    context_set(user_id=user.pk, using=using)
-    org_ids = organization_ids_for(user)  # readable now: memberships are the user's own rows
-    if org_ids:
-        context_set(user_id=user.pk, organization_ids=org_ids, using=using)
+        cur.execute("SELECT current_setting('app.user_id', true)")
+        return cur.fetchone()[0] or ""
 
 
 @contextmanager
@@ -138,21 +121,19 @@ class RLSContextMiddleware:
             user_id = request.session.get(SESSION_KEY)
             if user_id:
                 context_set(user_id=user_id)
-                if request.user.is_authenticated:
-                    context_set_for_user(request.user)
-                else:
+                if not request.user.is_authenticated:
                     context_clear()
             response = self.get_response(request)
             if response.status_code >= 500:
                 transaction.set_rollback(True, using=APP_ALIAS)
             context = context_get() if response.streaming else None
         if response.streaming:
-            response.streaming_content = _stream_in_context(response.streaming_content, *context)
+            response.streaming_content = _stream_in_context(response.streaming_content, context)
         return response
 
 
-def _stream_in_context(content, user_id: str, organization_ids: str):
+def _stream_in_context(content, user_id: str):
     """Streaming bodies run after the view's transaction: they open their own, same context."""
     with transaction.atomic(using=APP_ALIAS):
-        context_set(user_id=user_id or None, organization_ids=[o for o in organization_ids.split(",") if o])
+        context_set(user_id=user_id or None)
         yield from content

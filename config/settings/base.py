@@ -249,7 +249,6 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
 }
-RLS_ORGANIZATION_IDS_RESOLVER = "accounts.selectors.organization_ids_for_user"
 
 # --- Partitioned tables (config/db/partitions.py) ----------------------------
 PARTITION_MONTHS_AHEAD = env.int("PARTITION_MONTHS_AHEAD", default=3)

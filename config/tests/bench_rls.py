@@ -92,7 +92,7 @@ def _privileged(user, query, params):
 def _explain(alias: str, user, query: str, params, options: str = "ANALYZE, BUFFERS") -> str:
     with transaction.atomic(using=alias), connections[alias].cursor() as cur:
         if alias == "default":
-            rls.context_set(user_id=user[0], organization_ids=[user[1]], using=alias)
+            rls.context_set(user_id=user[0], using=alias)
         cur.execute(f"EXPLAIN ({options}) " + query, params)
         return "\n".join(r[0] for r in cur.fetchall())
 
@@ -264,6 +264,123 @@ def test_bench_rls_overhead():
             "setup_seconds": round(setup_s, 1),
             "results": figures,
             "server_times_ms": server,
+            "plans": plans,
+        },
+    )
+
+
+# --- Organization policies: the ones that read app_organization_ids() ----------------------
+
+ORG_ITERATIONS = 1000
+ROLLUP_DAYS, ROLLUP_MODELS = 90, 3
+MEMBER_USAGE = (
+    "SELECT user_id, sum(total_tokens), sum(cost) FROM analytics_usagerollup "
+    "WHERE period = 'day' AND organization_id = %s AND period_start >= current_date - 30 GROUP BY user_id ORDER BY user_id"
+)
+MEMBERS_LIST = "SELECT id, user_id, role, created_at FROM accounts_membership WHERE organization_id = %s ORDER BY created_at, id"
+MEMBERS_LIST_POLICY_ONLY = "SELECT id, user_id, role, created_at FROM accounts_membership ORDER BY created_at, id"
+
+
+def _rollups_create() -> None:
+    """Daily rollups: every user, every day of the last ROLLUP_DAYS, ROLLUP_MODELS models."""
+    bk.sql(
+        """INSERT INTO analytics_usagerollup (period, period_start, organization_id, user_id, provider, model, input_tokens,
+                                             output_tokens, total_tokens, calls, errors, cost, updated_at)
+           SELECT 'day', current_date - d, u.organization_id, u.user_id, 'openai', 'model-' || m, 1000 + u.i + d, 500 + m,
+                  1500 + u.i + d + m, 3, 0, (u.i %% 7 + m) * 0.0125, now()
+           FROM bench_users u CROSS JOIN generate_series(0, %s - 1) d CROSS JOIN generate_series(1, %s) m""",
+        [ROLLUP_DAYS, ROLLUP_MODELS],
+    )
+
+
+@pytest.mark.bench
+@pytest.mark.django_db(transaction=True)
+def test_bench_rls_organization_policies():
+    """Queries whose policy reads the caller's organizations (app_organization_ids())."""
+    t_setup = time.perf_counter()
+    population = bk.population_create(users=USERS, organizations=ORGANIZATIONS)
+    _rollups_create()
+    bk.vacuum_analyze("analytics_usagerollup", "accounts_membership", "accounts_organization", "accounts_user")
+    setup_s = time.perf_counter() - t_setup
+    rollups = bk.scalar("SELECT count(*) FROM analytics_usagerollup")
+    assert rollups == USERS * ROLLUP_DAYS * ROLLUP_MODELS
+    users = population[:: max(1, len(population) // SAMPLE_USERS)][:SAMPLE_USERS]
+    members = USERS // ORGANIZATIONS
+
+    # Correctness: the app role sees exactly its organization's rows, as the privileged role does with a WHERE.
+    for user in users:
+        _, _, usage_app = _app(user, MEMBER_USAGE, [user[1]])
+        _, _, usage_priv = _privileged(user, MEMBER_USAGE, [user[1]])
+        assert usage_app == usage_priv and len(usage_app) == members
+        _, _, members_app = _app(user, MEMBERS_LIST, [user[1]])
+        _, _, members_policy = _app(user, MEMBERS_LIST_POLICY_ONLY, None)
+        _, _, members_priv = _privileged(user, MEMBERS_LIST, [user[1]])
+        assert members_app == members_policy == members_priv and len(members_app) == members
+
+    usage = _compare(
+        "member usage",
+        {
+            "app role + RLS + WHERE": lambda u: _app(u, MEMBER_USAGE, [u[1]]),
+            "privileged + WHERE": lambda u: _privileged(u, MEMBER_USAGE, [u[1]]),
+        },
+        users,
+        ORG_ITERATIONS,
+    )
+    memberships = _compare(
+        "memberships",
+        {
+            "app role + RLS + WHERE": lambda u: _app(u, MEMBERS_LIST, [u[1]]),
+            "app role + RLS only (no WHERE)": lambda u: _app(u, MEMBERS_LIST_POLICY_ONLY, None),
+            "privileged + WHERE": lambda u: _privileged(u, MEMBERS_LIST, [u[1]]),
+        },
+        users,
+        ORG_ITERATIONS,
+    )
+    median = users[len(users) // 2]
+    plans = {
+        "member usage / app role + RLS + WHERE": _explain("default", median, MEMBER_USAGE, [median[1]]),
+        "member usage / privileged + WHERE": _explain("privileged", median, MEMBER_USAGE, [median[1]]),
+        "memberships / app role + RLS only, no WHERE": _explain("default", median, MEMBERS_LIST_POLICY_ONLY, None),
+    }
+    bk.say(
+        f"\n### RLS organization policies: {ORG_ITERATIONS:,} interleaved iterations per variant after {WARMUP} warm-up, "
+        f"{len(users)} users cycled; {rollups:,} daily rollups, {USERS:,} memberships in {ORGANIZATIONS} organizations; "
+        f"setup {setup_s:.1f}s"
+    )
+    rows = []
+    for title, result in (("member usage: 30 days of an organization by member", usage), ("memberships: an organization's", memberships)):
+        base = result["privileged + WHERE"]["query_us"]
+        for variant, r in result.items():
+            q = r["query_us"]
+            rows.append(
+                [
+                    f"{title.split(':')[0]}: {variant}",
+                    q["p50"],
+                    q["p95"],
+                    q["mean"],
+                    "-" if variant == "privileged + WHERE" else f"{(q['p50'] - base['p50']) / base['p50'] * 100:+.1f}%",
+                    "-" if variant == "privileged + WHERE" else f"{(q['mean'] - base['mean']) / base['mean'] * 100:+.1f}%",
+                    r["prelude_us"]["p50"],
+                ]
+            )
+    bk.say(
+        bk.table(
+            "query time (µs, client side); overhead vs privileged + explicit WHERE",
+            ["variant", "p50 µs", "p95 µs", "mean µs", "overhead p50", "overhead mean", "prelude p50 µs"],
+            rows,
+        )
+    )
+    for name, plan in plans.items():
+        bk.say(f"\n-- EXPLAIN (ANALYZE, BUFFERS) {name}\n{plan}")
+    bk.report_write(
+        "rls_organization_policies",
+        {
+            "iterations": ORG_ITERATIONS,
+            "warmup": WARMUP,
+            "sample_users": len(users),
+            "rollups": rollups,
+            "setup_seconds": round(setup_s, 1),
+            "results": {"member usage": usage, "memberships": memberships},
             "plans": plans,
         },
     )

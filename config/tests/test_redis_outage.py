@@ -150,7 +150,7 @@ def test_stopping_redis_under_traffic_returns_no_500(own_redis):
     # Usage is recorded (the ledger is the truth) and the live counter reads from it.
     organization_id = user.memberships.using("privileged").values_list("organization_id", flat=True).first()
     with transaction.atomic():
-        rls.context_set(user_id=user.pk, organization_ids=[organization_id])
+        rls.context_set(user_id=user.pk)
         row = analytics_services.usage_record(**usage_fields(user, organization_id))
     assert row is not None
     assert counters.counters_read(scope="user", owner_id=user.pk).calls == 1
