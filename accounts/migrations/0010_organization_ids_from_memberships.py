@@ -68,7 +68,7 @@ def ungrant(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("accounts", "0006_role_write_policies_last_owner")]
+    dependencies = [("accounts", "0009_name_validators")]
 
     operations = [
         migrations.RunSQL(FUNCTION, FUNCTION_BEFORE),
