@@ -164,6 +164,8 @@ def partitions_upkeep(*, today: date | None = None) -> dict[str, dict[str, list[
 def partitioned_table_sql(table: str, columns: str, *, indexes: list[str] = ()) -> tuple[str, str]:
     """Forward and reverse SQL for a monthly-partitioned table with a default partition.
 
+    A migration never calls this (it may change later): paste its output into the migration.
+
     `columns` is the column list (without `id` and `created_at`, which are added:
     a bigint from the table's own sequence and the partition key; the primary key is both).
     """
