@@ -5,16 +5,19 @@ Billing reads them on every message, so they must be cheap and right:
 - a missing counter (new month, Redis restarted or flushed) is rebuilt from the monthly
   rollup plus the ledger rows the rollup has not reached yet, in one SQL statement (one
   snapshot), never reset to zero;
-- the hourly reconciliation compares every live counter with the ledger and repairs drift.
+- the hourly reconciliation compares every live counter with the ledger and adds the
+  drift (never overwrites: increments landing meanwhile are kept).
 Cost is kept in micro-dollars (integers), so Redis arithmetic stays exact.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from uuid import UUID
 
 from django.db import connections
 from django.utils import timezone
@@ -30,8 +33,9 @@ TTL_SECONDS = 40 * 24 * 3600
 MICROS = Decimal("1000000")
 FIELDS = ("input_tokens", "output_tokens", "total_tokens", "calls", "cost_micros")
 SCOPES = ("org", "user")
+SETTLE_SECONDS = 1.0  # a drift still there after this is real, not an increment in flight
 
-# Increment only a counter that exists: a missing one is rebuilt whole from the database.
+# Increment (or repair by a drift) only a counter that exists: a missing one is rebuilt whole from the database.
 _INCR_IF_EXISTS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 for i = 1, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
@@ -93,40 +97,60 @@ def counters_increment(*, organization_id, user_id, month: date, usage: Usage) -
         )
 
 
+# Every asked-for counter's month in one statement (one snapshot): the monthly rollup plus
+# the ledger rows its watermark has not reached, per organization and per user.
 _TRUTH_SQL = """
 WITH w AS (
     SELECT COALESCE((SELECT horizon::xid8 FROM analytics_rollupwatermark WHERE name = %(watermark)s), '0'::xid8) AS h
-), rolled AS (
-    SELECT COALESCE(sum(input_tokens), 0) AS i, COALESCE(sum(output_tokens), 0) AS o, COALESCE(sum(total_tokens), 0) AS t,
-           COALESCE(sum(calls), 0) AS c, COALESCE(sum(cost), 0) AS cost
+), usage AS (
+    SELECT 'org' AS scope, organization_id AS owner, input_tokens AS i, output_tokens AS o, total_tokens AS t, calls AS c, cost
     FROM analytics_usagerollup
-    WHERE period = 'month' AND period_start = %(month)s AND {owner_column} = %(owner)s
-), tail AS (
-    SELECT COALESCE(sum(input_tokens), 0) AS i, COALESCE(sum(output_tokens), 0) AS o, COALESCE(sum(total_tokens), 0) AS t,
-           count(*) AS c, COALESCE(sum(cost), 0) AS cost
+    WHERE period = 'month' AND period_start = %(month)s AND organization_id = ANY(%(orgs)s::uuid[])
+    UNION ALL
+    SELECT 'user', user_id, input_tokens, output_tokens, total_tokens, calls, cost
+    FROM analytics_usagerollup
+    WHERE period = 'month' AND period_start = %(month)s AND user_id = ANY(%(users)s::uuid[])
+    UNION ALL
+    SELECT 'org', organization_id, input_tokens, output_tokens, total_tokens, 1, cost
     FROM analytics_tokenusage, w
-    WHERE created_at >= %(start)s AND created_at < %(end)s AND {owner_column} = %(owner)s AND xact_id >= w.h
+    WHERE created_at >= %(start)s AND created_at < %(end)s AND organization_id = ANY(%(orgs)s::uuid[]) AND xact_id >= w.h
+    UNION ALL
+    SELECT 'user', user_id, input_tokens, output_tokens, total_tokens, 1, cost
+    FROM analytics_tokenusage, w
+    WHERE created_at >= %(start)s AND created_at < %(end)s AND user_id = ANY(%(users)s::uuid[]) AND xact_id >= w.h
 )
-SELECT rolled.i + tail.i, rolled.o + tail.o, rolled.t + tail.t, rolled.c + tail.c, rolled.cost + tail.cost FROM rolled, tail
+SELECT scope, owner, sum(i), sum(o), sum(t), sum(c), sum(cost) FROM usage GROUP BY 1, 2
 """
 
 
-def usage_from_database(*, scope: str, owner_id, month: date) -> Usage:
-    """The month's exact usage: the monthly rollup plus the ledger rows past its watermark,
-    read in one statement so both come from the same snapshot."""
+def usages_from_database(*, owners: list[tuple[str, UUID]], month: date) -> dict[tuple[str, UUID], Usage]:
+    """The month's exact usage of each (scope, owner id): the monthly rollup plus the ledger
+    rows past its watermark, all read in one statement so they come from the same snapshot."""
     from analytics.services import ROLLUP_WATERMARK  # the rollup owns the watermark's name
 
-    owner_column = {"org": "organization_id", "user": "user_id"}[scope]
     start = datetime(month.year, month.month, 1, tzinfo=UTC)
     end_month = month_add(month, 1)
     end = datetime(end_month.year, end_month.month, 1, tzinfo=UTC)
-    with rls.privileged(reason=f"usage counters: rebuild {scope} {owner_id}"), connections[rls.PRIVILEGED_ALIAS].cursor() as cur:
-        cur.execute(
-            _TRUTH_SQL.format(owner_column=owner_column),
-            {"watermark": ROLLUP_WATERMARK, "month": month, "owner": owner_id, "start": start, "end": end},
-        )
-        i, o, t, c, cost = cur.fetchone()
-    return Usage(int(i), int(o), int(t), int(c), cost_micros(cost))
+    params = {
+        "watermark": ROLLUP_WATERMARK,
+        "month": month,
+        "start": start,
+        "end": end,
+        "orgs": [owner for scope, owner in owners if scope == "org"],
+        "users": [owner for scope, owner in owners if scope == "user"],
+    }
+    with rls.privileged(reason="usage counters: read the ledger", audited=False), connections[rls.PRIVILEGED_ALIAS].cursor() as cur:
+        cur.execute(_TRUTH_SQL, params)
+        found = {
+            (scope, owner): Usage(int(i), int(o), int(t), int(c), cost_micros(cost)) for scope, owner, i, o, t, c, cost in cur.fetchall()
+        }
+    return {key: found.get(key, Usage()) for key in owners}
+
+
+def usage_from_database(*, scope: str, owner_id, month: date) -> Usage:
+    """One counter's exact usage for the month (see usages_from_database)."""
+    key = (scope, UUID(str(owner_id)))
+    return usages_from_database(owners=[key], month=month)[key]
 
 
 def _parse(raw) -> Usage:
@@ -157,19 +181,53 @@ def counters_read(*, scope: str, owner_id, month: date | None = None) -> Usage:
     return _parse(stored)
 
 
+def _drifts(client, month: date, keys: dict[str, tuple[str, UUID]]) -> dict[str, tuple[Usage, Usage, Usage]]:
+    """(live, ledger, ledger - live) of each key that differs. Live values are read just
+    before the ledger, so an increment landing meanwhile is in both or in the live one only."""
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.hgetall(key)
+    lives = dict(zip(keys, pipe.execute()))
+    truths = usages_from_database(owners=list(keys.values()), month=month)
+    drifts = {}
+    for key, owner in keys.items():
+        if not lives[key]:
+            continue  # expired meanwhile: the next read rebuilds it whole
+        live, truth = _parse(lives[key]), truths[owner]
+        if live != truth:
+            delta = Usage(**{name: getattr(truth, name) - getattr(live, name) for name in FIELDS})
+            drifts[key] = (live, truth, delta)
+    return drifts
+
+
 def counters_reconcile(*, month: date | None = None) -> list[dict]:
-    """Compare every live counter of the month with the database; repair and report drift."""
+    """Compare every live counter of the month with the database; repair and report drift.
+
+    Never overwrites a counter: the drift is added to it atomically, so increments landing
+    while this runs are kept. A call between its ledger commit and its increment shows as a
+    passing drift, so only a drift seen twice, SETTLE_SECONDS apart, is repaired."""
     month = month or month_of()
     client = _redis()
-    repaired = []
+    keys = {}
     for key in client.scan_iter(match=f"{KEY_PREFIX}:{month:%Y%m}:*", count=500):
         key = key.decode() if isinstance(key, bytes) else key
         _, _, _, scope, owner_id = key.split(":")
-        live = _parse(client.hgetall(key))
-        truth = usage_from_database(scope=scope, owner_id=owner_id, month=month)
-        if live != truth:
-            client.hset(key, mapping=truth.as_fields())
-            client.expire(key, TTL_SECONDS)
+        try:
+            keys[key] = (scope, UUID(owner_id))
+        except ValueError:
+            logger.warning("usage counter with a malformed owner id skipped: %s", key)
+    first = _drifts(client, month, keys) if keys else {}
+    if not first:
+        return []
+    time.sleep(SETTLE_SECONDS)
+    second = _drifts(client, month, {key: keys[key] for key in first})
+    add = client.register_script(_INCR_IF_EXISTS)
+    repaired = []
+    for key, (live, truth, delta) in second.items():
+        if delta != first[key][2]:
+            logger.info("usage counter %s still moving; reconciled on the next run", key)
+            continue
+        if add(keys=[key], args=[x for pair in delta.as_fields().items() for x in pair]):
             drift = {"key": key, "live": live.as_fields(), "ledger": truth.as_fields()}
             logger.warning("usage counter drift repaired: %s", drift)
             repaired.append(drift)

@@ -51,7 +51,7 @@ class TokenUsage(models.Model):
 class UsageRequest(models.Model):
     """Request ids already in the ledger: recording one twice records it once."""
 
-    request_id = models.CharField(max_length=64, primary_key=True)
+    request_id = models.CharField(max_length=64, primary_key=True, db_collation="C")  # compared bytewise: see 0005
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

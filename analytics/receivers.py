@@ -6,13 +6,11 @@ from django.db.models.signals import post_delete, post_init, post_save
 
 from accounts.signals import security_event
 from analytics import audit
-from analytics.buffer import UNAUDITED_PREFIX
 from config.db.rls import privileged_entered
 
 
-def on_privileged_entered(sender, reason: str, **kwargs) -> None:
-    # The flush writes the audit log itself: auditing it would feed the buffer forever.
-    if reason.startswith(UNAUDITED_PREFIX):
+def on_privileged_entered(sender, reason: str, audited: bool = True, **kwargs) -> None:
+    if not audited:  # a scheduled system job: logged by rls, not audited
         return
     audit.audit_record(action="privileged_access", user_id=audit.actor_id(), detail={"reason": reason})
 

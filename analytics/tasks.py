@@ -1,4 +1,4 @@
-"""Analytics upkeep on Celery beat: logs flushed every 10 seconds, rollups every minute, counters hourly, partitions daily."""
+"""Analytics upkeep on Celery beat: logs flushed every 10 seconds, rollups every minute, counters hourly, partitions and request ids daily."""
 
 import logging
 
@@ -11,8 +11,8 @@ logger = logging.getLogger("confab.analytics.tasks")
 
 
 @shared_task(acks_late=True)
-def usage_rollup_task(pause_before_commit: float = 0.0) -> dict:
-    result = services.usage_rollup(pause_before_commit=pause_before_commit)
+def usage_rollup_task() -> dict:
+    result = services.usage_rollup()
     return {"ran": result.ran, "rows": result.rows, "horizon": result.horizon}
 
 
@@ -22,6 +22,12 @@ def usage_counters_reconcile_task() -> int:
     if repaired:
         logger.warning("reconciliation repaired %d usage counter(s)", len(repaired))
     return len(repaired)
+
+
+@shared_task(acks_late=True)
+def usage_requests_prune_task() -> int:
+    """Daily: request ids past the dedupe window are forgotten."""
+    return services.usage_requests_prune()
 
 
 @shared_task(acks_late=True)

@@ -7,86 +7,109 @@ import django.utils.timezone
 from django.conf import settings
 from django.db import migrations, models
 
-from config.db.partitions import partitioned_table_sql
-
+# Frozen SQL (a migration never calls live helpers): forward and reverse for each partitioned table.
 PARTITIONED = {
-    "TokenUsage": partitioned_table_sql(
-        "analytics_tokenusage",
-        """user_id uuid NOT NULL,
-            organization_id uuid NOT NULL,
-            provider varchar(32) NOT NULL,
-            model varchar(100) NOT NULL,
-            input_tokens integer NOT NULL CHECK (input_tokens >= 0),
-            output_tokens integer NOT NULL CHECK (output_tokens >= 0),
-            total_tokens integer NOT NULL CHECK (total_tokens = input_tokens + output_tokens),
-            input_price numeric(12, 6) NOT NULL CHECK (input_price >= 0),
-            output_price numeric(12, 6) NOT NULL CHECK (output_price >= 0),
-            cost numeric(14, 6) NOT NULL CHECK (cost >= 0),
-            conversation_id uuid NULL,
-            message_id uuid NULL,
-            request_id varchar(64) NOT NULL,
-            latency_ms integer NOT NULL DEFAULT 0,
-            success boolean NOT NULL DEFAULT true,
-            error text NOT NULL DEFAULT '',
-            -- the writing transaction: the rollup's watermark (see analytics/services.py)
-            xact_id xid8 NOT NULL DEFAULT pg_current_xact_id()""",
-        indexes=[
-            "CREATE INDEX analytics_tokenusage_org_created ON analytics_tokenusage (organization_id, created_at)",
-            "CREATE INDEX analytics_tokenusage_user_created ON analytics_tokenusage (user_id, created_at)",
-            "CREATE INDEX analytics_tokenusage_xact ON analytics_tokenusage (xact_id)",
-        ],
+    "TokenUsage": (
+        """CREATE SEQUENCE analytics_tokenusage_id_seq;
+CREATE TABLE analytics_tokenusage (
+    id bigint NOT NULL DEFAULT nextval('analytics_tokenusage_id_seq'),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    user_id uuid NOT NULL,
+    organization_id uuid NOT NULL,
+    provider varchar(32) NOT NULL,
+    model varchar(100) NOT NULL,
+    input_tokens integer NOT NULL CHECK (input_tokens >= 0),
+    output_tokens integer NOT NULL CHECK (output_tokens >= 0),
+    total_tokens integer NOT NULL CHECK (total_tokens = input_tokens + output_tokens),
+    input_price numeric(12, 6) NOT NULL CHECK (input_price >= 0),
+    output_price numeric(12, 6) NOT NULL CHECK (output_price >= 0),
+    cost numeric(14, 6) NOT NULL CHECK (cost >= 0),
+    conversation_id uuid NULL,
+    message_id uuid NULL,
+    request_id varchar(64) NOT NULL,
+    latency_ms integer NOT NULL DEFAULT 0,
+    success boolean NOT NULL DEFAULT true,
+    error text NOT NULL DEFAULT '',
+    -- the writing transaction: the rollup's watermark (see analytics/services.py)
+    xact_id xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    PRIMARY KEY (id, created_at)
+) PARTITION BY RANGE (created_at);
+ALTER SEQUENCE analytics_tokenusage_id_seq OWNED BY analytics_tokenusage.id;
+CREATE TABLE analytics_tokenusage_default PARTITION OF analytics_tokenusage DEFAULT;
+CREATE INDEX analytics_tokenusage_org_created ON analytics_tokenusage (organization_id, created_at);
+CREATE INDEX analytics_tokenusage_user_created ON analytics_tokenusage (user_id, created_at);
+CREATE INDEX analytics_tokenusage_xact ON analytics_tokenusage (xact_id);""",
+        "DROP TABLE IF EXISTS analytics_tokenusage CASCADE;",
     ),
-    "ApiLog": partitioned_table_sql(
-        "analytics_apilog",
-        """request_uuid uuid NOT NULL,
-            user_id uuid NULL,
-            api_key_id uuid NULL,
-            route varchar(200) NOT NULL,
-            method varchar(10) NOT NULL,
-            status smallint NOT NULL,
-            duration_ms integer NOT NULL,
-            ip inet NULL,
-            user_agent text NOT NULL DEFAULT '',
-            error text NOT NULL DEFAULT '',
-            UNIQUE (request_uuid, created_at)""",
-        indexes=[
-            "CREATE INDEX analytics_apilog_user_created ON analytics_apilog (user_id, created_at)",
-            "CREATE INDEX analytics_apilog_created ON analytics_apilog (created_at)",
-        ],
+    "ApiLog": (
+        """CREATE SEQUENCE analytics_apilog_id_seq;
+CREATE TABLE analytics_apilog (
+    id bigint NOT NULL DEFAULT nextval('analytics_apilog_id_seq'),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    request_uuid uuid NOT NULL,
+    user_id uuid NULL,
+    api_key_id uuid NULL,
+    route varchar(200) NOT NULL,
+    method varchar(10) NOT NULL,
+    status smallint NOT NULL,
+    duration_ms integer NOT NULL,
+    ip inet NULL,
+    user_agent text NOT NULL DEFAULT '',
+    error text NOT NULL DEFAULT '',
+    UNIQUE (request_uuid, created_at),
+    PRIMARY KEY (id, created_at)
+) PARTITION BY RANGE (created_at);
+ALTER SEQUENCE analytics_apilog_id_seq OWNED BY analytics_apilog.id;
+CREATE TABLE analytics_apilog_default PARTITION OF analytics_apilog DEFAULT;
+CREATE INDEX analytics_apilog_user_created ON analytics_apilog (user_id, created_at);
+CREATE INDEX analytics_apilog_created ON analytics_apilog (created_at);""",
+        "DROP TABLE IF EXISTS analytics_apilog CASCADE;",
     ),
-    "Event": partitioned_table_sql(
-        "analytics_event",
-        """event_uuid uuid NOT NULL,
-            user_id uuid NULL,
-            organization_id uuid NULL,
-            name varchar(100) NOT NULL,
-            properties jsonb NOT NULL DEFAULT '{}',
-            source varchar(8) NOT NULL DEFAULT 'server',
-            session_id varchar(64) NOT NULL DEFAULT '',
-            UNIQUE (event_uuid, created_at)""",
-        indexes=[
-            "CREATE INDEX analytics_event_name_created ON analytics_event (name, created_at)",
-            "CREATE INDEX analytics_event_user_created ON analytics_event (user_id, created_at)",
-        ],
+    "Event": (
+        """CREATE SEQUENCE analytics_event_id_seq;
+CREATE TABLE analytics_event (
+    id bigint NOT NULL DEFAULT nextval('analytics_event_id_seq'),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    event_uuid uuid NOT NULL,
+    user_id uuid NULL,
+    organization_id uuid NULL,
+    name varchar(100) NOT NULL,
+    properties jsonb NOT NULL DEFAULT '{}',
+    source varchar(8) NOT NULL DEFAULT 'server',
+    session_id varchar(64) NOT NULL DEFAULT '',
+    UNIQUE (event_uuid, created_at),
+    PRIMARY KEY (id, created_at)
+) PARTITION BY RANGE (created_at);
+ALTER SEQUENCE analytics_event_id_seq OWNED BY analytics_event.id;
+CREATE TABLE analytics_event_default PARTITION OF analytics_event DEFAULT;
+CREATE INDEX analytics_event_name_created ON analytics_event (name, created_at);
+CREATE INDEX analytics_event_user_created ON analytics_event (user_id, created_at);""",
+        "DROP TABLE IF EXISTS analytics_event CASCADE;",
     ),
-    "AuditLog": partitioned_table_sql(
-        "analytics_auditlog",
-        """entry_uuid uuid NOT NULL,
-            user_id uuid NULL,
-            organization_id uuid NULL,
-            action varchar(40) NOT NULL,
-            table_name varchar(100) NOT NULL DEFAULT '',
-            record_id varchar(64) NOT NULL DEFAULT '',
-            old_values jsonb NULL,
-            new_values jsonb NULL,
-            ip inet NULL,
-            user_agent text NOT NULL DEFAULT '',
-            detail jsonb NOT NULL DEFAULT '{}',
-            UNIQUE (entry_uuid, created_at)""",
-        indexes=[
-            "CREATE INDEX analytics_auditlog_user_created ON analytics_auditlog (user_id, created_at)",
-            "CREATE INDEX analytics_auditlog_table_record ON analytics_auditlog (table_name, record_id)",
-        ],
+    "AuditLog": (
+        """CREATE SEQUENCE analytics_auditlog_id_seq;
+CREATE TABLE analytics_auditlog (
+    id bigint NOT NULL DEFAULT nextval('analytics_auditlog_id_seq'),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    entry_uuid uuid NOT NULL,
+    user_id uuid NULL,
+    organization_id uuid NULL,
+    action varchar(40) NOT NULL,
+    table_name varchar(100) NOT NULL DEFAULT '',
+    record_id varchar(64) NOT NULL DEFAULT '',
+    old_values jsonb NULL,
+    new_values jsonb NULL,
+    ip inet NULL,
+    user_agent text NOT NULL DEFAULT '',
+    detail jsonb NOT NULL DEFAULT '{}',
+    UNIQUE (entry_uuid, created_at),
+    PRIMARY KEY (id, created_at)
+) PARTITION BY RANGE (created_at);
+ALTER SEQUENCE analytics_auditlog_id_seq OWNED BY analytics_auditlog.id;
+CREATE TABLE analytics_auditlog_default PARTITION OF analytics_auditlog DEFAULT;
+CREATE INDEX analytics_auditlog_user_created ON analytics_auditlog (user_id, created_at);
+CREATE INDEX analytics_auditlog_table_record ON analytics_auditlog (table_name, record_id);""",
+        "DROP TABLE IF EXISTS analytics_auditlog CASCADE;",
     ),
 }
 

@@ -20,6 +20,6 @@ POLICIES = {
 
 
 class Migration(migrations.Migration):
-    dependencies = [("analytics", "0004_tokenusage_own_rows_only"), ("accounts", "0010_organization_ids_from_memberships")]
+    dependencies = [("analytics", "0005_usagerequest_bounded"), ("accounts", "0010_organization_ids_from_memberships")]
 
     operations = [accounts_0010.policy_alter(table, name, clause, expression) for (table, name, clause), expression in POLICIES.items()]

@@ -98,9 +98,9 @@ def _ingest_service(user, records) -> float:
     t = time.perf_counter()
     with transaction.atomic():
         rls.context_set(user_id=user[0])
-        written = services.usage_record_batch(records)
+        written = services.usage_record_batch(records=records)
     elapsed = time.perf_counter() - t
-    assert len(written) == len(records)
+    assert written == len(records)
     return elapsed
 
 

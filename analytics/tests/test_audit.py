@@ -4,7 +4,7 @@ models, with who, from where, old and new values — never a secret — and no w
 import json
 
 import pytest
-from django.db import ProgrammingError, connections
+from django.db import ProgrammingError, connections, transaction
 from django_redis import get_redis_connection
 from rest_framework.test import APIClient
 
@@ -76,6 +76,29 @@ def test_privileged_access_is_recorded_with_its_reason_and_the_staff_actor():
     assert len(support) == 1 and support[0].user_id is None
     admin = [e for e in _entries(action="privileged_access") if e.detail["reason"].startswith("admin GET /admin/accounts/user/")]
     assert len(admin) == 1 and admin[0].user_id == staff.pk and str(admin[0].ip) == "203.0.113.7"
+
+
+def test_scheduled_system_jobs_are_logged_not_audited(caplog):
+    from analytics import counters, services, tasks
+    from analytics.tests.factories import make_member, usage_fields
+
+    user, org = make_member()
+    with transaction.atomic():
+        rls.context_set(user_id=user.pk)
+        services.usage_record(**usage_fields(user, org))
+    buffer.buffer_flush_all()
+    before = AuditLog.objects.using("privileged").filter(action="privileged_access").count()
+    caplog.set_level("INFO", logger="confab.rls")
+    tasks.usage_rollup_task()
+    counters.counters_read(scope="org", owner_id=org)  # a missing counter is rebuilt from the ledger
+    tasks.usage_counters_reconcile_task()
+    tasks.usage_requests_prune_task()
+    buffer.buffer_flush_all()
+    assert AuditLog.objects.using("privileged").filter(action="privileged_access").count() == before
+    assert "usage rollup" in caplog.text and "usage counters" in caplog.text  # logged all the same
+    with rls.privileged(reason="support: ticket 43"):  # a person's access stays audited
+        pass
+    assert len(_entries(action="privileged_access", detail__reason="support: ticket 43")) == 1
 
 
 def test_flushing_the_buffer_does_not_audit_itself():

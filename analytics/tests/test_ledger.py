@@ -80,6 +80,22 @@ def test_the_same_request_id_is_recorded_once():
     assert TokenUsage.objects.using("privileged").filter(request_id="req-retry-1").count() == 1
 
 
+def test_a_request_id_repeated_in_one_batch_is_recorded_once_with_its_first_call():
+    user, org = make_member()
+    first = usage_fields(user, org, request_id="req-twice", input_tokens=7)
+    with transaction.atomic():
+        _as(user)
+        assert services.usage_record_batch(records=[first, {**first, "input_tokens": 9}, usage_fields(user, org)]) == 2
+    assert TokenUsage.objects.using("privileged").get(request_id="req-twice").input_tokens == 7
+    assert counters.counters_read(scope="user", owner_id=user.pk).calls == 2
+
+
+def test_usage_record_takes_keyword_arguments_only():
+    user, org = make_member()
+    with pytest.raises(TypeError):
+        services.usage_record(user.pk, org, "openai", "gpt-test", 1, 1, Decimal("1"), Decimal("1"), "req-positional")
+
+
 @pytest.mark.parametrize(
     "override,field",
     [
@@ -91,6 +107,10 @@ def test_the_same_request_id_is_recorded_once():
         ({"request_id": ""}, "request_id"),
         ({"input_price": Decimal("1000000")}, "input_price"),
         ({"output_tokens": 2**31}, "output_tokens"),
+        ({"user_id": "not-a-uuid"}, "user_id"),
+        ({"conversation_id": "conv-1"}, "conversation_id"),
+        ({"created_at": datetime(2026, 11, 1, 12, 0)}, "created_at"),
+        ({"success": "yes"}, "success"),
     ],
 )
 def test_impossible_values_are_refused(override, field):
@@ -153,7 +173,7 @@ def test_rollups_equal_the_ledger_with_concurrent_writers_and_rollups():
                 ]
                 with transaction.atomic():
                     _as(user)
-                    services.usage_record_batch(records)
+                    services.usage_record_batch(records=records)
         except Exception as exc:  # surfaced below
             errors.append(exc)
         finally:
@@ -191,7 +211,7 @@ def test_overlapping_rollups_do_nothing_twice():
     user, org = make_member()
     with transaction.atomic():
         _as(user)
-        services.usage_record_batch([usage_fields(user, org) for _ in range(10)])
+        services.usage_record_batch(records=[usage_fields(user, org) for _ in range(10)])
     with rls.privileged(reason="test: hold the rollup lock"), connections["privileged"].cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", [services.ROLLUP_LOCK])
         result = {}
@@ -218,11 +238,11 @@ def _worker_env():
     }
 
 
-def _idle_rollup_backend():
-    # As the worker role: pg_stat_activity shows a session's state only to its own role.
+def _rollup_backend_waiting():
+    # As the worker role: pg_stat_activity shows a session's query only to its own role.
     with connections["privileged"].cursor() as cur:
-        cur.execute("""SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND state = 'idle in transaction'
-                       AND query LIKE 'UPDATE analytics_rollupwatermark%%'""")
+        cur.execute("""SELECT pid, wait_event_type FROM pg_stat_activity WHERE datname = current_database()
+                       AND pid <> pg_backend_pid() AND query LIKE '%%INSERT INTO analytics_usagerollup%%'""")
         return cur.fetchone()
 
 
@@ -232,7 +252,12 @@ def test_a_worker_killed_mid_rollup_leaves_totals_the_next_run_completes_exactly
     user, org = make_member()
     with transaction.atomic():
         _as(user)
-        services.usage_record_batch([usage_fields(user, org) for _ in range(40)])
+        services.usage_record_batch(records=[usage_fields(user, org) for _ in range(10)])
+    services.usage_rollup()
+    committed = _rollup_totals("day")
+    with transaction.atomic():
+        _as(user)
+        services.usage_record_batch(records=[usage_fields(user, org) for _ in range(40)])
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool", "solo", "-l", "WARNING", "-Q", "rollup-kill-test"],
         env=_worker_env(),
@@ -240,22 +265,25 @@ def test_a_worker_killed_mid_rollup_leaves_totals_the_next_run_completes_exactly
         start_new_session=True,
     )
     try:
-        usage_rollup_task.apply_async(kwargs={"pause_before_commit": 120}, queue="rollup-kill-test")
-        deadline = time.monotonic() + 60
-        while _idle_rollup_backend() is None:
-            assert time.monotonic() < deadline, "the worker never reached the middle of the rollup"
-            assert worker.poll() is None, "the worker died early"
-            time.sleep(0.2)
-        os.killpg(worker.pid, signal.SIGKILL)  # mid-transaction: rollups written, not committed
-        worker.wait(timeout=10)
+        # Another session holds the rollup rows: the run stops inside its transaction, mid-write.
+        with transaction.atomic(using="owner"), connections["owner"].cursor() as cur:
+            cur.execute("SELECT 1 FROM analytics_usagerollup FOR UPDATE")
+            usage_rollup_task.apply_async(queue="rollup-kill-test")
+            deadline = time.monotonic() + 60
+            while (_rollup_backend_waiting() or (None, None))[1] != "Lock":
+                assert time.monotonic() < deadline, "the worker never reached the middle of the rollup"
+                assert worker.poll() is None, "the worker died early"
+                time.sleep(0.2)
+            os.killpg(worker.pid, signal.SIGKILL)  # mid-transaction: the watermark moved, not committed
+            worker.wait(timeout=10)
     finally:
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGKILL)
     deadline = time.monotonic() + 30
-    while _idle_rollup_backend() is not None:  # PostgreSQL notices the dead client and aborts
+    while _rollup_backend_waiting() is not None:  # PostgreSQL finds its client gone and aborts
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    assert _rollup_totals("day") == []
+    assert _rollup_totals("day") == committed
     assert services.usage_rollup().rows == 40
     assert _rollup_totals("day") == _ledger_totals()
     get_redis_connection("default").delete("rollup-kill-test")  # the redelivered message's queue
@@ -266,12 +294,12 @@ def test_live_counters_equal_the_ledger_after_a_redis_flush_and_rebuild():
     for user, org in members:
         with transaction.atomic():
             _as(user)
-            services.usage_record_batch([usage_fields(user, org) for _ in range(7)])
+            services.usage_record_batch(records=[usage_fields(user, org) for _ in range(7)])
     services.usage_rollup()  # part of the month is in rollups...
     user, org = members[0]
     with transaction.atomic():
         _as(user)
-        services.usage_record_batch([usage_fields(user, org) for _ in range(5)])  # ...and part is the ledger tail
+        services.usage_record_batch(records=[usage_fields(user, org) for _ in range(5)])  # ...and part is the ledger tail
     get_redis_connection("default").flushdb()
     for user, org in members:
         for scope, owner, column in (("org", org, "organization_id"), ("user", user.pk, "user_id")):
@@ -296,7 +324,7 @@ def test_reconciliation_repairs_and_reports_drift(caplog):
     user, org = make_member()
     with transaction.atomic():
         _as(user)
-        services.usage_record_batch([usage_fields(user, org) for _ in range(3)])
+        services.usage_record_batch(records=[usage_fields(user, org) for _ in range(3)])
     truth = counters.counters_read(scope="user", owner_id=user.pk)
     key = counters.counter_key("user", user.pk, counters.month_of())
     get_redis_connection("default").hincrby(key, "total_tokens", 999)  # lost or doubled increments
@@ -305,3 +333,85 @@ def test_reconciliation_repairs_and_reports_drift(caplog):
     assert "drift repaired" in caplog.text
     assert counters.counters_read(scope="user", owner_id=user.pk) == truth
     assert counters.counters_reconcile() == []
+
+
+def _write_while_reconciling(*, writers: int, per_writer: int) -> tuple:
+    """Writers record calls for one user while reconciliation runs, until a quarter of the
+    writes are left (so no reconcile run can repair a loss after); returns the user and org."""
+    user, org = make_member()
+    counters.counters_read(scope="org", owner_id=org)  # live counters exist, so increments land on them
+    counters.counters_read(scope="user", owner_id=user.pk)
+    errors, done = [], threading.Event()
+
+    def write():
+        try:
+            for n in range(per_writer):
+                with transaction.atomic():
+                    _as(user)
+                    services.usage_record(**usage_fields(user, org))
+                if n == per_writer * 3 // 4:
+                    done.set()
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    def reconcile():
+        try:
+            while not done.is_set():
+                counters.counters_reconcile()
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=reconcile), *[threading.Thread(target=write) for _ in range(writers)]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    return user, org
+
+
+def test_reconciliation_keeps_increments_that_land_while_it_runs():
+    client, drift = get_redis_connection("default"), []
+    for _ in range(5):  # each round has its own user and organization
+        user, org = _write_while_reconciling(writers=4, per_writer=60)
+        with connections["owner"].cursor() as cur:
+            cur.execute("SELECT count(*), sum(total_tokens) FROM analytics_tokenusage WHERE user_id = %s", [user.pk])
+            ledger = cur.fetchone()
+        assert ledger[0] == 4 * 60
+        for scope, owner in (("org", org), ("user", user.pk)):
+            live = counters._parse(client.hgetall(counters.counter_key(scope, owner, counters.month_of())))
+            if (live.calls, live.total_tokens) != ledger:
+                drift.append((scope, (live.calls, live.total_tokens), ledger))
+    assert drift == []
+
+
+def test_request_ids_are_forgotten_after_the_dedupe_window_and_remembered_within_it():
+    user, org = make_member()
+    now = datetime.now(UTC)
+    window = services.USAGE_DEDUPE_WINDOW
+    with connections["owner"].cursor() as cur:
+        cur.execute(
+            "INSERT INTO analytics_usagerequest (request_id, created_at) SELECT 'old-' || n, %s FROM generate_series(1, 2500) n",
+            [now - window - timedelta(hours=1)],
+        )
+    recent = usage_fields(user, org, request_id="req-recent-retry")
+    with transaction.atomic():
+        _as(user)
+        assert services.usage_record(**recent) is not None
+    with connections["owner"].cursor() as cur:  # just inside the window: kept
+        cur.execute(
+            "UPDATE analytics_usagerequest SET created_at = %s WHERE request_id = %s",
+            [now - window + timedelta(hours=1), "req-recent-retry"],
+        )
+    assert services.usage_requests_prune() == 2500
+    with connections["owner"].cursor() as cur:
+        cur.execute("SELECT request_id FROM analytics_usagerequest")
+        assert [r[0] for r in cur.fetchall()] == ["req-recent-retry"]
+    with transaction.atomic():
+        _as(user)
+        assert services.usage_record(**recent) is None  # a retry inside the window still records nothing
+    assert services.usage_requests_prune() == 0

@@ -50,7 +50,7 @@ def record(user, organization_id, rows: list[dict]) -> None:
     """Ledger rows for one user in one organization, as the app role under their context."""
     with transaction.atomic():
         rls.context_set(user_id=user.pk)
-        services.usage_record_batch([usage_fields(user, organization_id, **row) for row in rows])
+        services.usage_record_batch(records=[usage_fields(user, organization_id, **row) for row in rows])
 
 
 def usage_world(*, rollup: bool = True) -> World:

@@ -119,11 +119,12 @@ def partition_ensure(table: str, *, months_ahead: int | None = None, today: date
     row sitting in the default partition; returns the partitions created."""
     months_ahead = settings.PARTITION_MONTHS_AHEAD if months_ahead is None else months_ahead
     current = month_start(today or _today())
-    existing = {p.start for p in partitions_list(table) if not p.is_default}
     created = []
     with transaction.atomic(using=OWNER_ALIAS), connections[OWNER_ALIAS].cursor() as cur:
-        # One ensure at a time per table: concurrent DDL on the same parent would deadlock.
+        # One ensure at a time per table, and the partitions read under the lock: a run that
+        # waited must see what the run before it created.
         cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"partitions:{table}"])
+        existing = {p.start for p in partitions_list(table) if not p.is_default}
         cur.execute(f"SELECT DISTINCT date_trunc('month', created_at AT TIME ZONE 'UTC')::date FROM {_q(table + '_default')}")
         stray_months = {row[0] for row in cur.fetchall()}
         wanted = {month_add(current, n) for n in range(months_ahead + 1)} | stray_months
@@ -162,6 +163,8 @@ def partitions_upkeep(*, today: date | None = None) -> dict[str, dict[str, list[
 
 def partitioned_table_sql(table: str, columns: str, *, indexes: list[str] = ()) -> tuple[str, str]:
     """Forward and reverse SQL for a monthly-partitioned table with a default partition.
+
+    A migration never calls this (it may change later): paste its output into the migration.
 
     `columns` is the column list (without `id` and `created_at`, which are added:
     a bigint from the table's own sequence and the partition key; the primary key is both).

@@ -6,7 +6,7 @@ The context is one transaction-local setting, `app.user_id`, read by the policie
 database (app_organization_ids(), accounts migration 0010), never from the client. Celery tasks
 and staff tools see everything only inside `privileged(reason=...)`, which routes the
 ORM to the `privileged` alias (the BYPASSRLS worker role) and announces itself so the
-access is audited.
+access is audited. Scheduled system jobs pass `audited=False`: they are logged, not audited.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ APP_ALIAS = "default"
 PRIVILEGED_ALIAS = "privileged"
 logger = logging.getLogger("confab.rls")
 
-# Sent on entering the privileged context; analytics writes it to the audit log.
+# Sent on entering the privileged context; analytics writes it to the audit log when `audited`.
 privileged_entered = Signal()
 _privileged_reason: ContextVar[str | None] = ContextVar("rls_privileged_reason", default=None)
 
@@ -67,15 +67,18 @@ def context_get(*, using: str = APP_ALIAS) -> str:
 
 
 @contextmanager
-def privileged(*, reason: str) -> Iterator[None]:
-    """See every row: route the ORM to the worker role for this block, and say why."""
+def privileged(*, reason: str, audited: bool = True) -> Iterator[None]:
+    """See every row: route the ORM to the worker role for this block, and say why.
+
+    A person's access is audited; a scheduled system job (rollups, counters, log flush)
+    passes audited=False and is only logged, or it would fill the audit log by itself."""
     if not reason or not reason.strip():
         raise ValueError("A privileged context needs a reason; it is written to the audit log.")
     token = _privileged_reason.set(reason)
     try:
         with transaction.atomic(using=PRIVILEGED_ALIAS):
-            logger.info("privileged access: %s", reason)
-            privileged_entered.send(sender=None, reason=reason)
+            logger.info("privileged access%s: %s", "" if audited else " (system job, not audited)", reason)
+            privileged_entered.send(sender=None, reason=reason, audited=audited)
             yield
     finally:
         _privileged_reason.reset(token)

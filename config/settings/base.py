@@ -141,6 +141,7 @@ CELERY_BEAT_SCHEDULE = {
     "usage-rollup": {"task": "analytics.tasks.usage_rollup_task", "schedule": crontab(minute="*")},
     "usage-counters-reconcile": {"task": "analytics.tasks.usage_counters_reconcile_task", "schedule": crontab(minute=17)},
     "partitions-upkeep": {"task": "analytics.tasks.partitions_upkeep_task", "schedule": crontab(hour=3, minute=5)},
+    "usage-requests-prune": {"task": "analytics.tasks.usage_requests_prune_task", "schedule": crontab(hour=3, minute=35)},
     # API logs, events and audit entries wait in Redis until this writes them (seconds).
     "logs-flush": {"task": "analytics.tasks.logs_flush_task", "schedule": 10.0, "options": {"expires": 30}},
 }

@@ -1,11 +1,13 @@
 """Monthly partitions: created ahead, strays moved out of the default, dropped past retention."""
 
+import threading
+import time
 from datetime import date
 
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connections
+from django.db import connections, transaction
 
 from config.db import partitions
 
@@ -87,6 +89,42 @@ def test_partitions_command_lists_ensures_and_prunes(parted_table, capsys):
     assert f"{TABLE}_p202701" in out and "2026-12-01 .. 2027-01-01" in out and "DEFAULT" in out
     call_command("partitions", "prune", "--table", TABLE, "--today", "2027-05-01")
     assert f"dropped {TABLE}_p202612" in capsys.readouterr().out
+
+
+def test_two_concurrent_ensures_create_each_partition_once(parted_table):
+    # Both runs start while another session holds the table's partition lock, so both are
+    # past any read made before the lock when it is released.
+    results, errors = [], []
+
+    def ensure():
+        try:
+            results.append(partitions.partition_ensure(TABLE, months_ahead=2, today=date(2026, 11, 20)))
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=ensure) for _ in range(2)]
+    with transaction.atomic(using="owner"), connections["owner"].cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"partitions:{TABLE}"])
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while True:
+            cur.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+            if cur.fetchone()[0] == 2:
+                break
+            assert time.monotonic() < deadline, "the two runs never both waited for the lock"
+            time.sleep(0.05)
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert sorted(results, key=len) == [[], [f"{TABLE}_p202611", f"{TABLE}_p202612", f"{TABLE}_p202701"]]
+    assert _months() == [
+        (date(2026, 11, 1), date(2026, 12, 1)),
+        (date(2026, 12, 1), date(2027, 1, 1)),
+        (date(2027, 1, 1), date(2027, 2, 1)),
+    ]
 
 
 @pytest.mark.parametrize(

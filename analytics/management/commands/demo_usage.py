@@ -51,6 +51,6 @@ class Command(BaseCommand):
                             "created_at": now - timedelta(days=day, minutes=rng.randint(0, 600)),
                         }
                     )
-            written = services.usage_record_batch(records)  # request ids make a rerun record nothing
+            written = services.usage_record_batch(records=records)  # request ids make a rerun record nothing
         services.usage_rollup()
-        self.stdout.write(f"Demo usage: {len(written)} new model calls recorded for {DEMO_EMAIL}.")
+        self.stdout.write(f"Demo usage: {written} new model calls recorded for {DEMO_EMAIL}.")
