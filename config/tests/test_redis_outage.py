@@ -41,7 +41,6 @@ def own_redis(settings):
         sock = embedded.redis_start(redis_dir, persist=False)
         url = f"unix://{sock}?db=0"
         settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"], "LOCATION": url}}
-        settings.CELERY_BROKER_URL = celery_broker_url(url)
         with _celery_broker(celery_broker_url(url)):
             yield redis_dir
         embedded.redis_stop(redis_dir)
