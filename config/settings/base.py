@@ -31,6 +31,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "accounts.apps.AccountsConfig",
     "analytics.apps.AnalyticsConfig",
+    "billing.apps.BillingConfig",
 ]
 
 MIDDLEWARE = [
