@@ -128,6 +128,7 @@ CELERY_BEAT_SCHEDULE = {
     "partitions-upkeep": {"task": "analytics.tasks.partitions_upkeep_task", "schedule": crontab(hour=3, minute=5)},
     # API logs, events and audit entries wait in Redis until this writes them (seconds).
     "logs-flush": {"task": "analytics.tasks.logs_flush_task", "schedule": 10.0, "options": {"expires": 30}},
+    "billing-periods-advance": {"task": "billing.tasks.subscription_periods_advance_task", "schedule": crontab(minute="*/5")},
 }
 
 # --- Auth ------------------------------------------------------------------
@@ -212,3 +213,7 @@ AUDITED_MODELS = [
     "accounts.ProviderCredential",
     "accounts.Invitation",
 ]
+
+# --- Billing (billing/) ----------------------------------------------------------
+# Days a past-due subscription keeps its plan before it gets the free plan's limits.
+BILLING_GRACE_DAYS = env.int("BILLING_GRACE_DAYS", default=7)
