@@ -4,12 +4,15 @@ and usage against each limit. Reads run under the caller's row-level security co
 from __future__ import annotations
 
 import calendar
+import logging
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from django.conf import settings
 from django.db.models import QuerySet
 from django.utils import timezone
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from accounts import selectors as accounts_selectors
 from accounts.models import Membership, Organization, User
@@ -18,6 +21,8 @@ from billing.models import CURRENT_STATUSES, Plan, Subscription
 from config.db.partitions import month_add
 
 MANAGER_ROLES = (Membership.Role.OWNER, Membership.Role.ADMIN)
+REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+logger = logging.getLogger("confab.billing")
 
 
 def plan_list() -> QuerySet[Plan]:
@@ -98,10 +103,19 @@ class LimitUsage:
         return min(100, round(100 * self.used / self.limit))
 
 
+def month_usage(*, organization_id) -> counters.Usage:
+    """This month's usage: the live counter (rebuilt when missing), the database when Redis is down."""
+    try:
+        return counters.counters_read(scope="org", owner_id=organization_id)
+    except REDIS_ERRORS as exc:
+        logger.warning("usage for %s read from the database (Redis unreachable: %s)", organization_id, exc)
+        return counters.usage_from_database(scope="org", owner_id=organization_id, month=counters.month_of())
+
+
 def usage_against_limits(*, organization: Organization, plan: Plan) -> list[LimitUsage]:
-    """This month's usage beside each limit of the plan (live counters, rebuilt when missing).
-    Requests per minute and conversations show their limit; chat counts conversations."""
-    usage = counters.counters_read(scope="org", owner_id=organization.pk)
+    """This month's usage beside each limit of the plan. Requests per minute and
+    conversations show their limit only (chat counts conversations)."""
+    usage = month_usage(organization_id=organization.pk)
     return [
         LimitUsage("monthly_tokens", "Tokens this month", plan.monthly_tokens, usage.total_tokens),
         LimitUsage("monthly_messages", "Messages this month", plan.monthly_messages, usage.calls),
@@ -121,3 +135,18 @@ def period_end_for(*, start: datetime, interval: str) -> datetime:
     first = month_add(start.date().replace(day=1), months)
     day = min(start.day, calendar.monthrange(first.year, first.month)[1])
     return start.replace(year=first.year, month=first.month, day=day)
+
+
+def subscription_overview(*, organization: Organization) -> dict:
+    """What the billing page and API show: the current subscription, the plan in force,
+    usage against each limit and when monthly limits reset."""
+    subscription = subscription_current(organization_id=organization.pk)
+    plan = plan_in_force(subscription=subscription)
+    return {
+        "subscription": subscription,
+        "plan": plan,
+        "limits": usage_against_limits(organization=organization, plan=plan),
+        "resets_on": month_reset(),
+        "grace_ends_at": grace_ends_at(subscription),
+        "payment_configured": payment_configured(),
+    }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -11,8 +10,6 @@ from django.db import IntegrityError
 from django.db.models import Q
 from django.utils import timezone
 from django_redis import get_redis_connection
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from accounts.models import Organization, User
 from analytics import counters
@@ -21,10 +18,9 @@ from billing.models import CURRENT_STATUSES, Plan, Subscription
 from config.db import rls
 from config.errors import ApplicationError, ForbiddenError, PlanRefused, QuotaExceeded, RateLimited
 
-logger = logging.getLogger("confab.billing")
+logger = selectors.logger
 RATE_WINDOW_MS = 60_000
 RATE_KEY_PREFIX = "billing:rate:v1"
-REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 # One round trip: read the organization's monthly counters, refuse on a monthly limit,
 # else take a request from the per-minute sliding windows (organization, then API key)
@@ -208,7 +204,7 @@ def entitlement_check(
             plan=plan, organization_id=organization.pk, api_key_id=api_key_id, estimated=estimated_tokens, month=month
         )
         degraded = False
-    except REDIS_ERRORS as exc:
+    except selectors.REDIS_ERRORS as exc:
         logger.warning("entitlement for %s decided from the database (Redis unreachable: %s); rate limit not applied", organization.pk, exc)
         usage = counters.usage_from_database(scope="org", owner_id=organization.pk, month=month)
         a, b, degraded = usage.total_tokens, usage.calls, True
