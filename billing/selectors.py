@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from django.conf import settings
+from django.db import connections
 from django.db.models import QuerySet
 from django.utils import timezone
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -18,6 +19,7 @@ from accounts import selectors as accounts_selectors
 from accounts.models import Membership, Organization, User
 from analytics import counters
 from billing.models import CURRENT_STATUSES, Plan, Subscription
+from config.db import rls
 from config.db.partitions import month_add
 
 MANAGER_ROLES = (Membership.Role.OWNER, Membership.Role.ADMIN)
@@ -38,14 +40,37 @@ def plan_free() -> Plan:
     return Plan.objects.get(slug="free")
 
 
+_SUBSCRIPTION_FIELDS = [f.attname for f in Subscription._meta.concrete_fields]
+_PLAN_FIELDS = [f.attname for f in Plan._meta.concrete_fields]
+# Asked before every model call: one statement, no ORM compilation (the plan comes joined).
+_CURRENT_SQL = (
+    f"SELECT {', '.join('s.' + c for c in _SUBSCRIPTION_FIELDS)}, {', '.join('p.' + c for c in _PLAN_FIELDS)} "
+    "FROM billing_subscription s JOIN billing_plan p ON p.id = s.plan_id "
+    f"WHERE s.organization_id = %s AND s.status IN ({', '.join(repr(s) for s in CURRENT_STATUSES)})"
+)
+
+
 def subscription_current(*, organization_id) -> Subscription | None:
-    """The organization's one current subscription with its plans, or None when the
+    """The organization's one current subscription with its plan, or None when the
     context cannot see it (the caller is not a member)."""
-    return (
-        Subscription.objects.select_related("plan", "scheduled_plan", "requested_plan")
-        .filter(organization_id=organization_id, status__in=CURRENT_STATUSES)
-        .first()
-    )
+    alias = rls.current_alias()
+    with connections[alias].cursor() as cur:
+        cur.execute(_CURRENT_SQL, [organization_id])
+        row = cur.fetchone()
+    if row is None:
+        return None
+    split = len(_SUBSCRIPTION_FIELDS)
+    subscription = _from_row(Subscription, alias, row[:split])
+    subscription.plan = _from_row(Plan, alias, row[split:])
+    return subscription
+
+
+def _from_row(model, alias: str, values):
+    """A model instance from raw column values, through each field's database converter (JSON)."""
+    connection = connections[alias]
+    fields = model._meta.concrete_fields
+    values = [f.from_db_value(v, None, connection) if hasattr(f, "from_db_value") else v for f, v in zip(fields, values)]
+    return model.from_db(alias, [f.attname for f in fields], values)
 
 
 def subscription_history(*, organization_id) -> QuerySet[Subscription]:

@@ -54,6 +54,7 @@ def test_subscription_shows_plan_status_limits_and_usage(owner):
     user, org = owner
     body = session_client(user).get(f"{API}/organizations/{org.pk}/subscription").json()
     assert body["plan"]["slug"] == "free" and body["status"] == "active"
+    assert body["plan"]["features"] == {} and "echo" in body["plan"]["allowed_providers"]  # JSON and arrays come back typed
     assert {item["name"]: (item["limit"], item["used"]) for item in body["limits"]}["monthly_tokens"] == (100_000, 0)
     assert body["payment_configured"] is False
 

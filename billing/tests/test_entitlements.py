@@ -19,6 +19,7 @@ from django_redis import get_redis_connection
 from accounts.tests.factories import make_user
 from analytics import counters
 from analytics.services import usage_record
+from billing import selectors
 from billing.services import entitlement_check
 from billing.tests.factories import organization_of, put_on_plan
 from config import embedded
@@ -161,6 +162,8 @@ def test_with_redis_stopped_decisions_come_from_the_database(member, settings, c
         embedded.redis_stop(Path(tmp))
         allowed = _check(user, org, estimated_tokens=1)
         refused = _check(user, org, estimated_tokens=2)
+        with rls.privileged(reason="test"):
+            assert selectors.month_usage(organization_id=org.pk).total_tokens == 99_999  # what the billing page shows
     assert allowed.allowed and allowed.degraded
     assert not refused.allowed and refused.degraded and "you have used 99,999" in refused.reason
     assert "decided from the database" in caplog.text
@@ -175,7 +178,8 @@ CHILD = textwrap.dedent(
     from django.db import connections
     settings.DATABASES["privileged"]["NAME"] = settings.DATABASES["default"]["NAME"] = sys.argv[1]
     from accounts.models import Organization, User
-    from billing.services import entitlement_check
+    from billing import selectors
+from billing.services import entitlement_check
     from config.db import rls
     with rls.privileged(reason="rate limit test"):
         org = Organization.objects.get(pk=sys.argv[2]); user = User.objects.get(pk=sys.argv[3])
