@@ -175,11 +175,9 @@ CHILD = textwrap.dedent(
     os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings.test"
     django.setup()
     from django.conf import settings
-    from django.db import connections
     settings.DATABASES["privileged"]["NAME"] = settings.DATABASES["default"]["NAME"] = sys.argv[1]
     from accounts.models import Organization, User
-    from billing import selectors
-from billing.services import entitlement_check
+    from billing.services import entitlement_check
     from config.db import rls
     with rls.privileged(reason="rate limit test"):
         org = Organization.objects.get(pk=sys.argv[2]); user = User.objects.get(pk=sys.argv[3])
