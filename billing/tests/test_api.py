@@ -2,38 +2,15 @@
 changes by owners and admins; scopes for API keys; errors in the one format."""
 
 import pytest
-from rest_framework.test import APIClient
 
-from accounts import services as accounts_services
 from accounts.models import Membership
 from accounts.tests.factories import make_user
+from accounts.tests.test_api import assert_error, key_client, session_client
 from billing.tests.factories import current_subscription, organization_of
 from config.db import rls
 
 pytestmark = pytest.mark.django_db(transaction=True)
 API = "/api/v1"
-
-
-def session_client(user) -> APIClient:
-    client = APIClient()
-    client.force_login(user)
-    return client
-
-
-def key_client(user, scopes) -> APIClient:
-    with rls.privileged(reason="test: issue an API key"):
-        _, secret = accounts_services.api_key_create(user=user, name="billing key", scopes=list(scopes))
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
-    return client
-
-
-def assert_error(response, status: int, fragment: str = "") -> dict:
-    body = response.json()
-    assert response.status_code == status, body
-    assert set(body) == {"message", "extra"}, body
-    assert fragment.lower() in body["message"].lower(), body
-    return body
 
 
 @pytest.fixture

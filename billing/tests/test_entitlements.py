@@ -41,6 +41,22 @@ def _use(org, *, tokens=0, messages=0):
     counters.counters_increment(organization_id=org.pk, user_id=uuid.uuid4(), month=counters.month_of(), usage=usage)
 
 
+def _ledger(user, org, *, tokens: int):
+    """One ledger row (committed, counted) of `tokens` for the organization."""
+    with rls.privileged(reason="test"):
+        usage_record(
+            user_id=user.pk,
+            organization_id=org.pk,
+            provider="echo",
+            model="echo-1",
+            input_tokens=tokens // 2,
+            output_tokens=tokens - tokens // 2,
+            input_price=Decimal("0"),
+            output_price=Decimal("0"),
+            request_id=uuid.uuid4().hex,
+        )
+
+
 def _check(user, org, **kwargs):
     kwargs.setdefault("provider", "echo")
     kwargs.setdefault("model", "echo-1")
@@ -113,18 +129,7 @@ def test_a_model_outside_the_plan_is_refused_with_the_plans_that_include_it(memb
 
 def test_a_missing_counter_is_rebuilt_from_the_ledger(member):
     user, org = member
-    with rls.privileged(reason="test"):
-        usage_record(
-            user_id=user.pk,
-            organization_id=org.pk,
-            provider="echo",
-            model="echo-1",
-            input_tokens=60_000,
-            output_tokens=40_000,
-            input_price=Decimal("0"),
-            output_price=Decimal("0"),
-            request_id="r-1",
-        )
+    _ledger(user, org, tokens=100_000)
     get_redis_connection("default").flushdb()
     refused = _check(user, org)
     assert refused.refusal.extra == {**refused.refusal.extra, "code": "monthly_tokens", "used": 100_000}
@@ -143,18 +148,7 @@ def test_past_due_keeps_the_plan_for_the_grace_period_then_gets_free_limits(memb
 
 def test_with_redis_stopped_decisions_come_from_the_database(member, settings, caplog):
     user, org = member
-    with rls.privileged(reason="test"):
-        usage_record(
-            user_id=user.pk,
-            organization_id=org.pk,
-            provider="echo",
-            model="echo-1",
-            input_tokens=50_000,
-            output_tokens=49_999,
-            input_price=Decimal("0"),
-            output_price=Decimal("0"),
-            request_id="r-2",
-        )
+    _ledger(user, org, tokens=99_999)
     with tempfile.TemporaryDirectory(prefix="confab-b-") as tmp:
         sock = embedded.redis_start(Path(tmp), persist=False)
         settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"], "LOCATION": f"unix://{sock}?db=0"}}

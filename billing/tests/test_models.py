@@ -34,6 +34,19 @@ def test_a_new_organization_starts_on_the_free_plan():
     assert subscription.plan.slug == "free" and subscription.status == "active"
 
 
+def test_an_organization_created_in_a_web_request_starts_on_free_and_its_owner_reads_it():
+    """The app role under RLS creates the organization; the trigger still adds its subscription."""
+    from accounts.services import organization_create
+    from billing import selectors
+
+    user = make_user()
+    with rls.atomic():
+        rls.context_set_for_user(user)
+        org = organization_create(user=user, name="Acme")
+        assert selectors.subscription_current(organization_id=org.pk).plan.slug == "free"
+    assert [s.plan.slug for s in _current(org)] == ["free"]
+
+
 def test_the_database_refuses_a_second_current_subscription(plans):
     org = _org_of(make_user())
     pro = plans["pro"]

@@ -6,11 +6,28 @@ from django.urls import reverse
 
 from accounts.models import Membership
 from accounts.tests.factories import make_user
-from billing.models import Subscription
+from billing.models import Plan, Subscription
 from billing.tests.factories import current_subscription, organization_of, put_on_plan
 from config.db import rls
 
 pytestmark = pytest.mark.django_db(transaction=True)
+PLAN_FORM = {
+    "name": "Pro",
+    "slug": "pro",
+    "monthly_price": "20.00",
+    "yearly_price": "200.00",
+    "currency": "usd",
+    "features": "{}",
+    "allowed_providers": "echo,openai",
+    "allowed_models": "",
+    "monthly_tokens": "6000000",
+    "monthly_messages": "20000",
+    "requests_per_minute": "60",
+    "max_conversations": "1000",
+    "trial_days": "14",
+    "is_active": "on",
+    "display_order": "1",
+}
 
 
 @pytest.fixture
@@ -68,6 +85,11 @@ def test_admin_lists_subscriptions_and_changes_plan_through_the_service(client, 
     client.force_login(staff)
     for url in ("/admin/billing/plan/", "/admin/billing/subscription/?status__exact=active", "/admin/billing/stripeevent/"):
         assert client.get(url).status_code == 200, url
+    edit = f"/admin/billing/plan/{plans['pro'].pk}/change/"
+    assert client.get(edit).status_code == 200
+    assert client.post(edit, PLAN_FORM).status_code == 302  # staff edit plans (worker role)
+    with rls.privileged(reason="test"):
+        assert Plan.objects.get(slug="pro").monthly_tokens == 6_000_000
     subscription = current_subscription(org)
     response = client.post(
         "/admin/billing/subscription/", {"action": "change_plan", "_selected_action": [subscription.pk], "plan": plans["pro"].pk}
