@@ -237,7 +237,7 @@ def _lock_current(organization_id) -> Subscription:
     raise ForbiddenError("Only the organization's owners and admins can change its billing.", {"code": "not_allowed"})
 
 
-def _replace(current: Subscription, *, plan: Plan, interval: str, status: str, now: datetime, trial_end=None) -> Subscription:
+def _replace(current: Subscription, *, plan: Plan, interval: str, status: str, now: datetime) -> Subscription:
     """End `current` and start its successor in the same transaction (rows are history)."""
     current.status = Subscription.Status.CANCELED
     current.ended_at = now
@@ -249,7 +249,6 @@ def _replace(current: Subscription, *, plan: Plan, interval: str, status: str, n
         status=status,
         current_period_start=now,
         current_period_end=None if plan.is_free else selectors.period_end_for(start=now, interval=interval),
-        trial_end=trial_end,
         stripe_customer_id=current.stripe_customer_id,
         stripe_subscription_id="" if plan.is_free else current.stripe_subscription_id,
     )
@@ -259,22 +258,16 @@ def _rank(plan: Plan) -> tuple:
     return (plan.monthly_price, plan.display_order)
 
 
-def subscription_plan_set(
-    *, organization: Organization, plan: Plan, interval: str = Subscription.Interval.MONTH, trial: bool = False
-) -> Subscription:
-    """Put the organization on `plan` now (staff in admin, a paid checkout, an owner's
-    immediate downgrade). With `trial`, the plan's trial days start now."""
+def subscription_plan_set(*, organization: Organization, plan: Plan, interval: str = Subscription.Interval.MONTH) -> Subscription:
+    """Put the organization on `plan` now (staff in admin, a paid checkout, an upgrade or an
+    owner's immediate downgrade), active, with a new period."""
     if interval not in Subscription.Interval.values:
         raise ApplicationError("Choose a monthly or yearly interval.", {"code": "invalid", "field": "interval"})
     now = timezone.now()
     with rls.atomic():
         current = _lock_current(organization.pk)
-        if trial and plan.trial_days:
-            status, trial_end = Subscription.Status.TRIALING, now + timedelta(days=plan.trial_days)
-        else:
-            status, trial_end = Subscription.Status.ACTIVE, None
         try:
-            return _replace(current, plan=plan, interval=interval, status=status, now=now, trial_end=trial_end)
+            return _replace(current, plan=plan, interval=interval, status=Subscription.Status.ACTIVE, now=now)
         except IntegrityError as exc:  # the index held against a writer that skipped the lock
             raise ApplicationError("The subscription changed at the same time; try again.", {"code": "conflict"}) from exc
 
@@ -287,9 +280,10 @@ def _require_manager(actor: User, organization: Organization) -> None:
 def subscription_change(
     *, actor: User, organization: Organization, plan: Plan, interval: str = Subscription.Interval.MONTH, immediately: bool = False
 ) -> Subscription:
-    """An owner or admin changes plan. Upgrades apply at once; downgrades at the period's
-    end unless `immediately`. Without payment configured a paid plan is requested, not
-    given (staff act on the request in admin)."""
+    """An owner or admin changes plan. Downgrades apply at the period's end unless
+    `immediately`. A paid upgrade is requested when payment is not configured (staff act
+    on it in admin) and goes through checkout when it is; either way it applies at once
+    when granted (`subscription_plan_set`)."""
     _require_manager(actor, organization)
     if not plan.is_active:
         raise ApplicationError("That plan is not offered any more.", {"code": "plan_inactive"})
@@ -301,6 +295,9 @@ def subscription_change(
     if not plan.is_free and not selectors.payment_configured():
         return subscription_request(actor=actor, organization=organization, plan=plan)
     upgrade = _rank(plan) >= _rank(current.plan)
+    if upgrade and not plan.is_free:
+        # A paid upgrade starts with a payment: checkout puts the plan in place when it succeeds.
+        raise ApplicationError(f"The {plan.name} plan is bought through checkout.", {"code": "checkout_required"}, status_code=402)
     if upgrade or immediately or current.current_period_end is None:
         return subscription_plan_set(organization=organization, plan=plan, interval=interval)
     with rls.atomic():

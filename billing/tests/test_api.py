@@ -6,7 +6,7 @@ import pytest
 from accounts.models import Membership
 from accounts.tests.factories import make_user
 from accounts.tests.test_api import assert_error, key_client, session_client
-from billing.tests.factories import current_subscription, organization_of
+from billing.tests.factories import current_subscription, organization_of, put_on_plan
 from config.db import rls
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -42,20 +42,22 @@ def test_another_organizations_subscription_is_404(owner):
     assert_error(session_client(user).get(f"{API}/organizations/{stranger_org.pk}/subscription"), 404)
 
 
-def test_owner_changes_plan_member_is_refused_and_bad_input_is_400(owner, plans, settings):
+def test_owner_changes_plan_member_is_refused_and_bad_input_is_400(owner, plans):
     user, org = owner
-    settings.STRIPE_SECRET_KEY = "sk_test_configured"
     client = session_client(user)
     response = client.post(f"{API}/organizations/{org.pk}/subscription", {"plan": "pro"}, format="json")
-    assert response.status_code == 200 and response.json()["plan"]["slug"] == "pro"
+    assert response.status_code == 200 and response.json()["requested_plan"] == "pro"  # payment is not configured
+    put_on_plan(org, plans["pro"])
+    response = client.post(f"{API}/organizations/{org.pk}/subscription", {"plan": "free", "immediately": True}, format="json")
+    assert response.status_code == 200 and response.json()["plan"]["slug"] == "free"
     assert_error(client.post(f"{API}/organizations/{org.pk}/subscription", {"plan": "gold"}, format="json"), 404, "no plan called")
     assert_error(client.post(f"{API}/organizations/{org.pk}/subscription", {"plan": "pro", "interval": "week"}, format="json"), 400)
     member = make_user()
     with rls.privileged(reason="test"):
         Membership.objects.create(organization=org, user=member, role="member")
-    body = assert_error(session_client(member).post(f"{API}/organizations/{org.pk}/subscription", {"plan": "free"}, format="json"), 403)
+    body = assert_error(session_client(member).post(f"{API}/organizations/{org.pk}/subscription", {"plan": "pro"}, format="json"), 403)
     assert body["extra"]["code"] == "not_allowed"
-    assert current_subscription(org).plan.slug == "pro"
+    assert current_subscription(org).plan.slug == "free"
 
 
 def test_api_keys_need_billing_scopes(owner):

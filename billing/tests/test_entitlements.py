@@ -118,6 +118,26 @@ def test_an_api_key_has_its_own_window_inside_the_organizations(member):
     assert refused.refusal.extra["scope"] == "organization"  # the organization's window is full
 
 
+def test_a_decision_is_one_database_query_and_one_redis_command(member, django_assert_num_queries, monkeypatch):
+    user, org = member
+    _use(org, tokens=1)
+    client = get_redis_connection("default")
+    sent = []
+    original = type(client).execute_command
+
+    def counted(self, *args, **options):
+        sent.append(args[0])
+        return original(self, *args, **options)
+
+    with rls.atomic():
+        rls.context_set_for_user(user)
+        entitlement_check(user=user, organization=org, provider="echo", model="echo-1", api_key_id=uuid.uuid4())  # script loaded
+        monkeypatch.setattr(type(client), "execute_command", counted)
+        with django_assert_num_queries(1):
+            assert entitlement_check(user=user, organization=org, provider="echo", model="echo-1", api_key_id=uuid.uuid4()).allowed
+    assert sent == ["EVALSHA"]
+
+
 def test_a_model_outside_the_plan_is_refused_with_the_plans_that_include_it(member):
     user, org = member
     refused = _check(user, org, provider="openai", model="gpt-4o")

@@ -50,9 +50,16 @@ def test_without_payment_a_paid_plan_is_requested_not_given(owner, plans):
     assert subscription.plan.slug == "free" and subscription.requested_plan_id == plans["pro"].pk
 
 
-def test_upgrades_apply_at_once_and_keep_the_old_row_as_history(owner, plans, paid):
+def test_with_payment_configured_a_paid_upgrade_goes_through_checkout(owner, plans, paid):
     user, org = owner
-    _as(user, services.subscription_change, actor=user, organization=org, plan=plans["pro"])
+    with pytest.raises(ApplicationError, match="bought through checkout") as refused:
+        _as(user, services.subscription_change, actor=user, organization=org, plan=plans["pro"])
+    assert refused.value.status_code == 402 and current_subscription(org).plan.slug == "free"
+
+
+def test_a_granted_upgrade_applies_at_once_and_keeps_the_old_row_as_history(owner, plans):
+    _, org = owner
+    _staff_sets(org, plans["pro"])
     subscription = current_subscription(org)
     assert subscription.plan.slug == "pro" and subscription.current_period_end > timezone.now()
     with rls.privileged(reason="test"):
