@@ -23,6 +23,7 @@ from billing import selectors
 from billing.services import entitlement_check
 from billing.tests.factories import organization_of, put_on_plan
 from config import embedded
+from config.api.errors import exception_handler
 from config.db import rls
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -107,6 +108,9 @@ def test_requests_per_minute_refuse_at_the_limit_with_retry_after(member):
     assert refused.refusal.status_code == 429
     assert 1 <= refused.refusal.retry_after <= 60
     assert "limited to 10 requests a minute" in refused.reason
+    with rls.atomic():
+        response = exception_handler(refused.refusal, {})  # how the API answers when chat raises it
+    assert response.status_code == 429 and response["Retry-After"] == str(refused.refusal.retry_after)
 
 
 def test_an_api_key_has_its_own_window_inside_the_organizations(member):
