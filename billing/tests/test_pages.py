@@ -6,6 +6,7 @@ from django.urls import reverse
 
 from accounts.models import Membership
 from accounts.tests.factories import make_user
+from billing import services
 from billing.models import Plan, Subscription
 from billing.tests.factories import current_subscription, organization_of, put_on_plan
 from config.db import rls
@@ -102,3 +103,17 @@ def test_admin_lists_subscriptions_and_changes_plan_through_the_service(client, 
     assert current_subscription(org).status == Subscription.Status.TRIALING
     client.post("/admin/billing/subscription/", {"action": "cancel_now", "_selected_action": [current_subscription(org).pk]})
     assert current_subscription(org).plan.slug == "free"
+
+
+def test_a_downgrade_waits_for_the_period_end_and_can_be_resumed(client, owner, plans):
+    _, org = owner
+    with rls.privileged(reason="staff in admin"):
+        services.subscription_plan_set(organization=org, plan=plans["pro"])
+    response = client.post(reverse("billing:change", args=[org.pk]), {"plan": "free"}, follow=True)
+    content = response.content.decode()
+    assert "You will move to the Free plan when the current period ends." in content
+    assert "You move to the Free plan when this period ends." in content
+    assert 'data-testid="plan-name">Pro<' in content
+    response = client.post(reverse("billing:resume", args=[org.pk]), follow=True)
+    assert "Your plan continues." in response.content.decode()
+    assert current_subscription(org).scheduled_plan_id is None
