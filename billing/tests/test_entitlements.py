@@ -15,11 +15,13 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 from django_redis import get_redis_connection
+from rest_framework.test import APIRequestFactory, force_authenticate
 
 from accounts.tests.factories import make_user
 from analytics import counters
 from analytics.services import usage_record
 from billing import selectors
+from billing.api import SubscriptionApi
 from billing.services import entitlement_check
 from billing.tests.factories import organization_of, put_on_plan
 from config import embedded
@@ -182,6 +184,13 @@ def test_with_redis_stopped_decisions_come_from_the_database(member, settings, c
         refused = _check(user, org, estimated_tokens=2)
         with rls.privileged(reason="test"):
             assert selectors.month_usage(organization_id=org.pk).total_tokens == 99_999  # what the billing page shows
+        request = APIRequestFactory().get(f"/api/v1/organizations/{org.pk}/subscription")
+        force_authenticate(request, user=user)  # API-key sign-in uses the cache itself (accounts)
+        with rls.atomic():
+            rls.context_set_for_user(user)
+            response = SubscriptionApi.as_view()(request, organization_id=org.pk)
+        assert response.status_code == 200
+        assert {i["name"]: i["used"] for i in response.data["limits"]}["monthly_tokens"] == 99_999
     assert allowed.allowed and allowed.degraded
     assert not refused.allowed and refused.degraded and "you have used 99,999" in refused.reason
     assert "decided from the database" in caplog.text
