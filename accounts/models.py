@@ -224,6 +224,8 @@ class ApiKey(models.Model):
         CHAT_READ = "chat:read", "Read conversations"
         CHAT_WRITE = "chat:write", "Send messages"
         USAGE_READ = "usage:read", "Read usage"
+        BILLING_READ = "billing:read", "Read billing"
+        BILLING_WRITE = "billing:write", "Change billing"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="api_keys")

@@ -32,3 +32,24 @@ class NotFoundError(ApplicationError):
 class ForbiddenError(ApplicationError):
     status_code = 403
     code = "permission_denied"
+
+
+class QuotaExceeded(ApplicationError):
+    """A plan's monthly or total limit is reached (billing)."""
+
+    status_code = 402
+    code = "quota_exceeded"
+
+
+class RateLimited(ApplicationError):
+    """Too many requests this minute; `retry_after` says when to try again (billing)."""
+
+    status_code = 429
+    code = "rate_limited"
+
+
+class PlanRefused(ApplicationError):
+    """The plan does not include this provider, model or action (billing)."""
+
+    status_code = 403
+    code = "plan_refused"

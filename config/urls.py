@@ -6,6 +6,7 @@ from config import health, views
 from config.api.views import ApiRootView
 
 api_v1 = [path("", ApiRootView.as_view(), name="api-root"), path("", include("accounts.api_urls")), path("", include("analytics.api_urls"))]
+api_v1 += [path("", include("billing.api_urls"))]
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -15,6 +16,7 @@ urlpatterns = [
     path("accounts/", include("accounts.urls")),
     path("settings/", include("accounts.settings_urls")),
     path("usage/", include("analytics.urls")),
+    path("billing/", include("billing.urls")),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     # The split view serves its start-up script as a file: no inline script for the CSP to refuse.

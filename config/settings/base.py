@@ -35,6 +35,7 @@ INSTALLED_APPS = [
     "csp",
     "accounts.apps.AccountsConfig",
     "analytics.apps.AnalyticsConfig",
+    "billing.apps.BillingConfig",
 ]
 
 MIDDLEWARE = [
@@ -144,6 +145,7 @@ CELERY_BEAT_SCHEDULE = {
     "usage-requests-prune": {"task": "analytics.tasks.usage_requests_prune_task", "schedule": crontab(hour=3, minute=35)},
     # API logs, events and audit entries wait in Redis until this writes them (seconds).
     "logs-flush": {"task": "analytics.tasks.logs_flush_task", "schedule": 10.0, "options": {"expires": 30}},
+    "billing-periods-advance": {"task": "billing.tasks.subscription_periods_advance_task", "schedule": crontab(minute="*/5")},
 }
 
 # --- Auth ------------------------------------------------------------------
@@ -270,3 +272,7 @@ AUDITED_MODELS = [
     "accounts.ProviderCredential",
     "accounts.Invitation",
 ]
+
+# --- Billing (billing/) ----------------------------------------------------------
+# Days a past-due subscription keeps its plan before it gets the free plan's limits.
+BILLING_GRACE_DAYS = env.int("BILLING_GRACE_DAYS", default=7)

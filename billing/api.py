@@ -1,0 +1,54 @@
+"""The billing REST API (/api/v1/): plans, and an organization's subscription.
+
+API keys need `billing:read` to read and `billing:write` to change a plan; members read,
+owners and admins change (the service and the row-level policies both say so)."""
+
+from drf_spectacular.utils import extend_schema
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts import selectors as accounts_selectors
+from accounts.models import ApiKey
+from accounts.serializers import ErrorOut
+from billing import selectors, services
+from billing.serializers import PlanOut, SubscriptionChangeIn, SubscriptionOut
+from config.errors import NotFoundError
+
+READ, WRITE = ApiKey.Scope.BILLING_READ.value, ApiKey.Scope.BILLING_WRITE.value
+BILLING_SCOPES = {"GET": READ, "HEAD": READ, "OPTIONS": READ, "*": WRITE}
+
+
+class PlanListApi(APIView):
+    required_scopes = BILLING_SCOPES
+
+    @extend_schema(responses={200: PlanOut(many=True), 401: ErrorOut, 403: ErrorOut})
+    def get(self, request):
+        return Response(PlanOut(selectors.plan_list(), many=True).data)
+
+
+class SubscriptionApi(APIView):
+    required_scopes = BILLING_SCOPES
+
+    @extend_schema(responses={200: SubscriptionOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut})
+    def get(self, request, organization_id):
+        organization = accounts_selectors.organization_get(user=request.user, organization_id=organization_id)
+        return Response(SubscriptionOut(selectors.subscription_overview(organization=organization)).data)
+
+    @extend_schema(
+        request=SubscriptionChangeIn, responses={200: SubscriptionOut, 400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut}
+    )
+    def post(self, request, organization_id):
+        organization = accounts_selectors.organization_get(user=request.user, organization_id=organization_id)
+        data = SubscriptionChangeIn(data=request.data)
+        data.is_valid(raise_exception=True)
+        plan = selectors.plan_get(slug=data.validated_data["plan"])
+        if plan is None:
+            raise NotFoundError(f"There is no plan called '{data.validated_data['plan']}'.", {"code": "plan_not_found"})
+        services.subscription_change(
+            actor=request.user,
+            organization=organization,
+            plan=plan,
+            interval=data.validated_data["interval"],
+            immediately=data.validated_data["immediately"],
+        )
+        return Response(SubscriptionOut(selectors.subscription_overview(organization=organization)).data)

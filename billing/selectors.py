@@ -1,0 +1,177 @@
+"""Billing reads: plans, an organization's current subscription, the plan in force now,
+and usage against each limit. Reads run under the caller's row-level security context."""
+
+from __future__ import annotations
+
+import calendar
+import logging
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+from django.conf import settings
+from django.db import connections
+from django.db.models import QuerySet
+from django.utils import timezone
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from accounts import selectors as accounts_selectors
+from accounts.models import Membership, Organization, User
+from analytics import counters
+from billing.models import CURRENT_STATUSES, Plan, Subscription
+from config.db import rls
+from config.db.partitions import month_add
+
+MANAGER_ROLES = (Membership.Role.OWNER, Membership.Role.ADMIN)
+REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+logger = logging.getLogger("confab.billing")
+
+
+def plan_list() -> QuerySet[Plan]:
+    """The active plans in display order."""
+    return Plan.objects.filter(is_active=True).order_by("display_order", "monthly_price", "name")
+
+
+def plan_get(*, slug: str) -> Plan | None:
+    return Plan.objects.filter(slug=slug, is_active=True).first()
+
+
+def plan_free() -> Plan:
+    return Plan.objects.get(slug="free")
+
+
+_SUBSCRIPTION_FIELDS = [f.attname for f in Subscription._meta.concrete_fields]
+_PLAN_FIELDS = [f.attname for f in Plan._meta.concrete_fields]
+# Asked before every model call: one statement, no ORM compilation (the plan comes joined).
+_CURRENT_SQL = (
+    f"SELECT {', '.join('s.' + c for c in _SUBSCRIPTION_FIELDS)}, {', '.join('p.' + c for c in _PLAN_FIELDS)} "
+    "FROM billing_subscription s JOIN billing_plan p ON p.id = s.plan_id "
+    f"WHERE s.organization_id = %s AND s.status IN ({', '.join(repr(s) for s in CURRENT_STATUSES)})"
+)
+
+
+def subscription_current(*, organization_id) -> Subscription | None:
+    """The organization's one current subscription with its plan, or None when the
+    context cannot see it (the caller is not a member)."""
+    alias = rls.current_alias()
+    with connections[alias].cursor() as cur:
+        cur.execute(_CURRENT_SQL, [organization_id])
+        row = cur.fetchone()
+    if row is None:
+        return None
+    split = len(_SUBSCRIPTION_FIELDS)
+    subscription = _from_row(Subscription, alias, row[:split])
+    subscription.plan = _from_row(Plan, alias, row[split:])
+    return subscription
+
+
+def _from_row(model, alias: str, values):
+    """A model instance from raw column values, through each field's database converter (JSON)."""
+    connection = connections[alias]
+    fields = model._meta.concrete_fields
+    values = [f.from_db_value(v, None, connection) if hasattr(f, "from_db_value") else v for f, v in zip(fields, values)]
+    return model.from_db(alias, [f.attname for f in fields], values)
+
+
+def subscription_history(*, organization_id) -> QuerySet[Subscription]:
+    return Subscription.objects.select_related("plan").filter(organization_id=organization_id).order_by("-created_at")
+
+
+def grace_ends_at(subscription: Subscription) -> datetime | None:
+    if subscription.status != Subscription.Status.PAST_DUE or subscription.past_due_since is None:
+        return None
+    return subscription.past_due_since + timedelta(days=settings.BILLING_GRACE_DAYS)
+
+
+def plan_in_force(*, subscription: Subscription, now: datetime | None = None) -> Plan:
+    """The plan whose limits apply now: past due beyond the grace period, an ended trial or
+    a period that ended with a cancellation fall to free; a downgrade chosen for the
+    period's end applies once it ends (before the periodic task writes it down)."""
+    now = now or timezone.now()
+    grace_end = grace_ends_at(subscription)
+    if grace_end is not None and grace_end <= now:
+        return plan_free()
+    if subscription.status == Subscription.Status.TRIALING and subscription.trial_end and subscription.trial_end <= now:
+        return plan_free()
+    period_over = subscription.current_period_end is not None and subscription.current_period_end <= now
+    if period_over and subscription.scheduled_plan_id:
+        return subscription.scheduled_plan
+    if period_over and subscription.cancel_at_period_end:
+        return plan_free()
+    return subscription.plan
+
+
+def month_reset(moment: datetime | None = None) -> date:
+    """The first day of the next calendar month in UTC: when monthly limits reset."""
+    return month_add(counters.month_of(moment), 1)
+
+
+def role_in(*, user: User, organization_id) -> str | None:
+    return accounts_selectors.organization_list(user=user).filter(pk=organization_id).values_list("role", flat=True).first()
+
+
+def caller_manages(*, user: User, organization_id) -> bool:
+    return role_in(user=user, organization_id=organization_id) in MANAGER_ROLES
+
+
+@dataclass(frozen=True)
+class LimitUsage:
+    name: str
+    label: str
+    limit: int | None
+    used: int | None
+
+    @property
+    def percent(self) -> int:
+        if not self.limit or self.used is None:
+            return 0
+        return min(100, round(100 * self.used / self.limit))
+
+
+def month_usage(*, organization_id) -> counters.Usage:
+    """This month's usage: the live counter (rebuilt when missing), the database when Redis is down."""
+    try:
+        return counters.counters_read(scope="org", owner_id=organization_id)
+    except REDIS_ERRORS as exc:
+        logger.warning("usage for %s read from the database (Redis unreachable: %s)", organization_id, exc)
+        return counters.usage_from_database(scope="org", owner_id=organization_id, month=counters.month_of())
+
+
+def usage_against_limits(*, organization: Organization, plan: Plan) -> list[LimitUsage]:
+    """This month's usage beside each limit of the plan. Requests per minute and
+    conversations show their limit only (chat counts conversations)."""
+    usage = month_usage(organization_id=organization.pk)
+    return [
+        LimitUsage("monthly_tokens", "Tokens this month", plan.monthly_tokens, usage.total_tokens),
+        LimitUsage("monthly_messages", "Messages this month", plan.monthly_messages, usage.calls),
+        LimitUsage("requests_per_minute", "Requests per minute", plan.requests_per_minute, None),
+        LimitUsage("max_conversations", "Conversations", plan.max_conversations, None),
+    ]
+
+
+def payment_configured() -> bool:
+    """Whether Stripe keys are set; without them staff change plans in admin."""
+    return bool(getattr(settings, "STRIPE_SECRET_KEY", ""))
+
+
+def period_end_for(*, start: datetime, interval: str) -> datetime:
+    months = 12 if interval == Subscription.Interval.YEAR else 1
+    start = start.astimezone(UTC)
+    first = month_add(start.date().replace(day=1), months)
+    day = min(start.day, calendar.monthrange(first.year, first.month)[1])
+    return start.replace(year=first.year, month=first.month, day=day)
+
+
+def subscription_overview(*, organization: Organization) -> dict:
+    """What the billing page and API show: the current subscription, the plan in force,
+    usage against each limit and when monthly limits reset."""
+    subscription = subscription_current(organization_id=organization.pk)
+    plan = plan_in_force(subscription=subscription)
+    return {
+        "subscription": subscription,
+        "plan": plan,
+        "limits": usage_against_limits(organization=organization, plan=plan),
+        "resets_on": month_reset(),
+        "grace_ends_at": grace_ends_at(subscription),
+        "payment_configured": payment_configured(),
+    }

@@ -1,0 +1,116 @@
+"""The billing page (/billing/): current plan, usage against every limit, plan comparison,
+and the owner's and admins' changes. Members read it; the services refuse their changes."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from accounts import selectors as accounts_selectors
+from billing import selectors, services
+from billing.forms import PlanChangeForm
+from config.errors import ApplicationError
+
+
+def _organization_for(request, organization_id=None):
+    """One of the user's organizations (404 for any other); default: the first, personal one."""
+    if organization_id is None:
+        organization = accounts_selectors.organization_list(user=request.user).first()
+        if organization is None:
+            raise Http404("You belong to no organization.")
+        return organization
+    try:
+        organization_id = uuid.UUID(str(organization_id))
+    except ValueError as exc:
+        raise Http404("No such organization.") from exc
+    return accounts_selectors.organization_get(user=request.user, organization_id=organization_id)
+
+
+def _billing_url(organization_id) -> str:
+    return f"{reverse('billing:page')}?org={organization_id}"
+
+
+def _page(request, organization, *, status: int = 200, error: str | None = None):
+    overview = selectors.subscription_overview(organization=organization)
+    context = {
+        **overview,
+        "organization": organization,
+        "organizations": accounts_selectors.organization_list(user=request.user),
+        "can_manage": organization.role in selectors.MANAGER_ROLES,
+        "plans": list(selectors.plan_list()),
+        "error": error,
+    }
+    return render(request, "billing/billing.html", context, status=status)
+
+
+@login_required
+@require_GET
+def billing_page(request):
+    return _page(request, _organization_for(request, request.GET.get("org")))
+
+
+def _run(request, organization_id, action, success: str):
+    organization = _organization_for(request, organization_id)
+    try:
+        action(organization)
+    except ApplicationError as exc:
+        return _page(request, organization, status=exc.status_code, error=exc.message)
+    messages.success(request, success)
+    return redirect(_billing_url(organization.pk))
+
+
+def _change_message(subscription, plan) -> str:
+    if subscription.plan_id == plan.pk:
+        return f"You are now on the {plan.name} plan."
+    if subscription.scheduled_plan_id == plan.pk:
+        return f"You will move to the {plan.name} plan when the current period ends."
+    return f"Your request for the {plan.name} plan was sent; staff will set it up with you (payment is not configured)."
+
+
+@login_required
+@require_POST
+def plan_change(request, organization_id):
+    organization = _organization_for(request, organization_id)
+    form = PlanChangeForm(request.POST)
+    if not form.is_valid():
+        return _page(request, organization, status=400, error=" ".join(e for errors in form.errors.values() for e in errors))
+    plan = selectors.plan_get(slug=form.cleaned_data["plan"])
+    if plan is None:
+        return _page(request, organization, status=400, error="There is no such plan.")
+    try:
+        subscription = services.subscription_change(
+            actor=request.user,
+            organization=organization,
+            plan=plan,
+            interval=form.cleaned_data["interval"],
+            immediately=form.cleaned_data["immediately"],
+        )
+    except ApplicationError as exc:
+        return _page(request, organization, status=exc.status_code, error=exc.message)
+    messages.success(request, _change_message(subscription, plan))
+    return redirect(_billing_url(organization.pk))
+
+
+@login_required
+@require_POST
+def subscription_cancel(request, organization_id):
+    return _run(
+        request,
+        organization_id,
+        lambda org: services.subscription_cancel(actor=request.user, organization=org),
+        "Your plan will end with the current period; you then move to the Free plan.",
+    )
+
+
+@login_required
+@require_POST
+def subscription_resume(request, organization_id):
+    return _run(
+        request, organization_id, lambda org: services.subscription_resume(actor=request.user, organization=org), "Your plan continues."
+    )
