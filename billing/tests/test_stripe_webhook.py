@@ -285,3 +285,41 @@ def test_a_real_worker_applies_the_event(client, org, celery_worker):
     assert stored_events()[0].processed_at is not None
     current = current_subscription(org)
     assert (current.plan.slug, current.interval, current.stripe_subscription_id) == ("pro", "year", "sub_1")
+
+
+ROUNDS = 4  # more rounds, more interleavings: without the advisory lock 1 run in 3 ended on an older state
+
+
+def test_racing_deliveries_of_one_subscription_end_on_its_newest_state(fake_stripe):
+    """Eight updates of one subscription, each delivered and applied by its own thread (own
+    connections) at once, newest first: the newest is what stays, round after round."""
+    prices = ["price_pro_month", "price_ent_month", "price_pro_year"]
+    for round_ in range(ROUNDS):
+        org, now = organization_of(make_user()), int(time.time())
+        sub = f"sub_race{round_}"
+        events = [
+            event(
+                "customer.subscription.updated", subscription_object(sub, price=prices[n % 3], organization_id=org.pk), created=now - 8 + n
+            )
+            for n in range(8)
+        ]
+        barrier, failures = threading.Barrier(len(events)), []
+
+        def deliver_and_apply(evt):
+            try:
+                barrier.wait()
+                assert deliver(Client(), evt).status_code == 200
+                process(evt)
+            except Exception as exc:  # reported below: an assertion in a thread would be lost
+                failures.append(exc)
+            finally:
+                connections.close_all()
+
+        threads = [threading.Thread(target=deliver_and_apply, args=(evt,)) for evt in reversed(events)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert failures == []
+        current = current_subscription(org)
+        assert (current.plan.slug, current.interval, current.stripe_subscription_id) == ("enterprise", "month", sub)  # events[7]
