@@ -108,3 +108,12 @@ def test_the_staff_page_before_any_snapshot(client, plans):
     client.force_login(make_user(role="staff"))
     response = client.get(STAFF_PAGE)
     assert response.status_code == 200 and "No snapshot yet" in response.content.decode()
+
+
+def test_staff_page_query_count(client, book, django_assert_num_queries):
+    revenue_snapshot_task.apply()
+    client.force_login(make_user(role="staff"))
+    client.get(STAFF_PAGE)
+    # Through the privileged alias: BEGIN, the latest snapshot, the last snapshot of each day, COMMIT, RESET ALL.
+    with django_assert_num_queries(5, using="privileged"):
+        client.get(STAFF_PAGE)
