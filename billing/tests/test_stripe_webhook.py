@@ -3,6 +3,7 @@ stored once and applied once by the task, the newest state of a subscription win
 
 import threading
 import time
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import pytest
@@ -323,3 +324,32 @@ def test_racing_deliveries_of_one_subscription_end_on_its_newest_state(fake_stri
         assert failures == []
         current = current_subscription(org)
         assert (current.plan.slug, current.interval, current.stripe_subscription_id) == ("enterprise", "month", sub)  # events[7]
+
+
+@contextmanager
+def broker_unreachable(tmp_path):
+    """The Celery app publishes to a Redis socket nobody serves, then back to the real one."""
+
+    def reset_pools():  # kombu keeps a producer pool per broker URL; the app picks again
+        celery_app._pool = None
+        celery_app.amqp._producer_pool = None
+
+    real = celery_app.conf.broker_url
+    celery_app.conf.broker_url = f"redis+socket://{tmp_path}/nobody.sock"
+    reset_pools()
+    try:
+        yield
+    finally:
+        celery_app.conf.broker_url = real
+        reset_pools()
+
+
+def test_with_the_queue_down_the_event_is_stored_and_stripe_is_asked_to_retry(client, org, tmp_path):
+    evt = created_event(org)
+    with broker_unreachable(tmp_path):
+        response = deliver(client, evt)
+    assert response.status_code == 503 and response.json()["message"] == "The event could not be queued; send it again."
+    [stored] = stored_events()
+    assert stored.processed_at is None
+    assert deliver(client, evt).status_code == 200  # Stripe's retry queues it
+    assert queued_tasks() == 1 and len(stored_events()) == 1
