@@ -7,6 +7,7 @@ from django.core.exceptions import ValidationError
 from django.shortcuts import redirect
 from django.views.decorators.http import require_POST
 
+from accounts import selectors as accounts_selectors
 from accounts.models import Organization
 from billing import selectors, stripe_services
 from config.errors import ApplicationError
@@ -15,9 +16,9 @@ BILLING_PAGE = "/billing/"
 
 
 def _organization(request) -> Organization:
-    """The organization named in the form, among the caller's (RLS shows only those)."""
+    """The organization named in the form, among the caller's."""
     try:
-        organization = Organization.objects.filter(pk=request.POST.get("organization", "")).first()
+        organization = accounts_selectors.organization_list(user=request.user).filter(pk=request.POST.get("organization", "")).first()
     except ValidationError:  # not a UUID
         organization = None
     if organization is None:

@@ -7,7 +7,9 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import pytest
+import stripe
 from django.db import connections
+from django.db.migrations.executor import MigrationExecutor
 from django.test import Client
 
 from accounts.tests.factories import make_user
@@ -97,8 +99,6 @@ def test_a_forged_signature_gets_400_and_changes_nothing(client, org, how):
 
 def test_a_signed_payload_that_is_not_an_event_gets_400(client, org):
     for payload in ('{"id": "evt_1"}', "not json", '{"id": "evt_1", "type": "x", "created": "soon", "data": {"object": {}}}'):
-        import stripe
-
         header = stripe.WebhookSignature.generate_signature_header(payload, "whsec_confab_test")
         response = client.post(WEBHOOK, data=payload, content_type="application/json", HTTP_STRIPE_SIGNATURE=header)
         assert response.status_code == 400 and response.json()["message"] == "The payload is not a Stripe event."
@@ -353,3 +353,18 @@ def test_with_the_queue_down_the_event_is_stored_and_stripe_is_asked_to_retry(cl
     assert stored.processed_at is None
     assert deliver(client, evt).status_code == 200  # Stripe's retry queues it
     assert queued_tasks() == 1 and len(stored_events()) == 1
+
+
+def test_migration_0003_reverses_with_an_unapplied_event_and_forwards_again(client, org):
+    deliver(client, created_event(org))
+    received = stored_events()[0].received_at
+    executor = MigrationExecutor(connections["owner"])
+    leaf = [key for key in executor.loader.graph.leaf_nodes() if key[0] == "billing"]
+    executor.migrate([("billing", "0002_seed_plans_and_free_subscriptions")])
+    try:
+        with connections["owner"].cursor() as cur:
+            cur.execute("SELECT processed_at FROM billing_stripeevent")
+            assert cur.fetchall() == [(received,)]  # the unapplied event keeps its arrival time
+    finally:
+        MigrationExecutor(connections["owner"]).migrate(leaf)
+    assert [e.received_at for e in stored_events()] == [received]
