@@ -125,10 +125,34 @@ class StripeEvent(models.Model):
     # The event's `created`: an older version of an object never overwrites a newer one.
     object_version_at = models.DateTimeField()
     payload = models.JSONField(default=dict, blank=True)
-    processed_at = models.DateTimeField(default=timezone.now)
+    received_at = models.DateTimeField(default=timezone.now)
+    # Empty until the task has applied the event; a replay of an unapplied event queues it again.
+    processed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        ordering = ["-processed_at"]
+        ordering = ["-received_at"]
 
     def __str__(self):
         return f"{self.type} {self.event_id}"
+
+
+class RevenueSnapshot(models.Model):
+    """Staff analytics taken by a task: organizations by plan and status, MRR and ARR, paying
+    organizations, trial conversions and churn in the month. Staff-only (RLS, no web policy)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    taken_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # [{"plan": slug, "plan_name": name, "status": status, "organizations": n}, ...]
+    by_plan_status = models.JSONField(default=list, blank=True)
+    mrr = models.DecimalField(max_digits=14, decimal_places=2)
+    arr = models.DecimalField(max_digits=16, decimal_places=2)
+    paying_organizations = models.PositiveIntegerField(default=0)
+    trial_conversions = models.PositiveIntegerField(default=0)
+    churned_this_month = models.PositiveIntegerField(default=0)
+    currency = models.CharField(max_length=3, default="usd")
+
+    class Meta:
+        ordering = ["-taken_at"]
+
+    def __str__(self):
+        return f"Revenue at {self.taken_at:%Y-%m-%d %H:%M}: MRR {self.mrr} {self.currency}"

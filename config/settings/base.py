@@ -276,3 +276,11 @@ AUDITED_MODELS = [
 # --- Billing (billing/) ----------------------------------------------------------
 # Days a past-due subscription keeps its plan before it gets the free plan's limits.
 BILLING_GRACE_DAYS = env.int("BILLING_GRACE_DAYS", default=7)
+
+# --- Stripe (billing/stripe_services.py) -----------------------------------------
+# Unset secret key: payment is not configured and staff change plans in admin.
+STRIPE_SECRET_KEY = env("STRIPE_SECRET_KEY", default="")
+STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET", default="")
+# Where the library sends API calls (tests point it at a local server speaking Stripe's wire format).
+STRIPE_API_BASE = env("STRIPE_API_BASE", default="https://api.stripe.com")
+CELERY_BEAT_SCHEDULE["billing-revenue-snapshot"] = {"task": "billing.tasks.revenue_snapshot_task", "schedule": crontab(minute=7)}

@@ -1,0 +1,352 @@
+"""Payment through Stripe: a Checkout session for a plan change, a Customer Portal link, and
+webhook events stored exactly once and applied by a task, the newest object state winning.
+
+Ordering: every handled event names one Stripe subscription (`StripeEvent.object_id`) and
+carries the time Stripe created it (`object_version_at`). Subscription events and a
+completed checkout carry the whole state; invoice events only the payment outcome. So a
+state event is stale when a newer state event for the same subscription is stored, and
+an invoice event is stale when any newer handled event is stored (subscription events
+carry the status too); a state event older than a stored invoice event keeps the status.
+Events of one subscription are applied one at a time (a transaction-level advisory lock).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+
+import stripe
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import connections, transaction
+from django.db.models import Q
+from django.utils import timezone
+from kombu.exceptions import OperationalError as QueueUnavailable
+
+from accounts.models import Organization, User
+from billing import selectors, services
+from billing.models import CURRENT_STATUSES, Plan, StripeEvent, Subscription
+from config.db import rls
+from config.errors import ApplicationError
+
+logger = logging.getLogger("confab.billing.stripe")
+
+STATE_EVENTS = frozenset(
+    {"checkout.session.completed", "customer.subscription.created", "customer.subscription.updated", "customer.subscription.deleted"}
+)
+INVOICE_EVENTS = frozenset({"invoice.paid", "invoice.payment_failed"})
+HANDLED_EVENTS = STATE_EVENTS | INVOICE_EVENTS
+# Stripe's subscription statuses in ours; "incomplete" (first payment pending) changes nothing.
+STATUSES = {
+    "trialing": Subscription.Status.TRIALING,
+    "active": Subscription.Status.ACTIVE,
+    "past_due": Subscription.Status.PAST_DUE,
+    "canceled": Subscription.Status.CANCELED,
+    "unpaid": Subscription.Status.EXPIRED,
+    "incomplete_expired": Subscription.Status.EXPIRED,
+    "paused": Subscription.Status.EXPIRED,
+}
+
+
+def _not_configured() -> ApplicationError:
+    return ApplicationError("Payment is not configured.", {"code": "payment_not_configured"})
+
+
+def stripe_client() -> stripe.StripeClient:
+    if not selectors.payment_configured():
+        raise _not_configured()
+    return stripe.StripeClient(settings.STRIPE_SECRET_KEY, base_addresses={"api": settings.STRIPE_API_BASE}, max_network_retries=2)
+
+
+def _stripe_call(method, *args, **kwargs):
+    """Call Stripe; its failures become one sentence for the user (the detail is logged)."""
+    try:
+        return method(*args, **kwargs)
+    except stripe.StripeError as exc:
+        logger.warning("Stripe call failed: %s", exc)
+        raise ApplicationError(
+            "The payment provider could not complete the request; try again in a moment.", {"code": "stripe_error"}, status_code=502
+        ) from exc
+
+
+# --- Checkout and the Customer Portal ----------------------------------------------
+
+
+def _customer_id(*, client: stripe.StripeClient, actor: User, organization: Organization, subscription: Subscription) -> str:
+    """The organization's Stripe customer, created once (the idempotency key covers a double click)."""
+    if subscription.stripe_customer_id:
+        return subscription.stripe_customer_id
+    customer = _stripe_call(
+        client.v1.customers.create,
+        params={"name": organization.name, "email": actor.email, "metadata": {"organization_id": str(organization.pk)}},
+        options={"idempotency_key": f"confab-customer-{organization.pk}"},
+    )
+    with rls.atomic():
+        Subscription.objects.filter(pk=subscription.pk).update(stripe_customer_id=customer.id, updated_at=timezone.now())
+    return customer.id
+
+
+def checkout_session_create(*, actor: User, organization: Organization, plan: Plan, interval: str, return_url: str) -> str:
+    """An owner or admin starts paying for `plan`: the URL of a Stripe Checkout page. The
+    subscription changes when Stripe's webhook says the checkout completed."""
+    client = stripe_client()
+    services._require_manager(actor, organization)
+    if interval not in Subscription.Interval.values:
+        raise ApplicationError("Choose a monthly or yearly interval.", {"code": "invalid", "field": "interval"})
+    price = plan.stripe_yearly_price_id if interval == Subscription.Interval.YEAR else plan.stripe_monthly_price_id
+    if plan.is_free or not plan.is_active or not price:
+        raise ApplicationError(f"The {plan.name} plan cannot be bought online with {interval}ly billing.", {"code": "plan_not_for_sale"})
+    current = selectors.subscription_current(organization_id=organization.pk)
+    if current.stripe_subscription_id and not current.plan.is_free:
+        raise ApplicationError("Your paid plan is managed in the billing portal: change or cancel it there.", {"code": "use_portal"})
+    customer = _customer_id(client=client, actor=actor, organization=organization, subscription=current)
+    metadata = {"organization_id": str(organization.pk), "plan": plan.slug}
+    session = _stripe_call(
+        client.v1.checkout.sessions.create,
+        params={
+            "mode": "subscription",
+            "customer": customer,
+            "client_reference_id": str(organization.pk),
+            "line_items": [{"price": price, "quantity": 1}],
+            "success_url": f"{return_url}?checkout=success",
+            "cancel_url": f"{return_url}?checkout=canceled",
+            "metadata": metadata,
+            # Subscription events then name the organization even before the checkout event arrives.
+            "subscription_data": {"metadata": metadata},
+        },
+    )
+    return session.url
+
+
+def portal_session_create(*, actor: User, organization: Organization, return_url: str) -> str:
+    """An owner or admin manages payment methods, invoices and the paid plan at Stripe."""
+    client = stripe_client()
+    services._require_manager(actor, organization)
+    current = selectors.subscription_current(organization_id=organization.pk)
+    if not current.stripe_customer_id:
+        raise ApplicationError("There is no payment account yet: choose a paid plan first.", {"code": "no_customer"})
+    session = _stripe_call(
+        client.v1.billing_portal.sessions.create, params={"customer": current.stripe_customer_id, "return_url": return_url}
+    )
+    return session.url
+
+
+# --- Webhook events --------------------------------------------------------------------
+
+
+def _id(value) -> str:
+    """An id Stripe may send as a string or as an expanded object."""
+    if isinstance(value, dict):
+        return value.get("id") or ""
+    return value or ""
+
+
+def _subscription_id_of(event_type: str, obj: dict) -> str:
+    if event_type.startswith("customer.subscription."):
+        return _id(obj.get("id"))
+    if event_type.startswith("invoice."):
+        # API versions from 2025-03-31 name it under parent.subscription_details.
+        details = (obj.get("parent") or {}).get("subscription_details") or {}
+        return _id(obj.get("subscription")) or _id(details.get("subscription"))
+    return _id(obj.get("subscription"))
+
+
+def _moment(timestamp) -> datetime | None:
+    return datetime.fromtimestamp(int(timestamp), tz=UTC) if timestamp else None
+
+
+def _parse(payload: bytes, signature: str) -> dict:
+    secret = settings.STRIPE_WEBHOOK_SECRET
+    if not secret:
+        raise _not_configured()
+    try:
+        stripe.Webhook.construct_event(payload, signature, secret)
+        event = json.loads(payload)
+        obj = event["data"]["object"]
+        if not (isinstance(event["id"], str) and isinstance(event["type"], str) and isinstance(obj, dict)):
+            raise ValueError("unexpected types")
+        event["created"] = int(event["created"])
+    except stripe.SignatureVerificationError:
+        raise ApplicationError("The Stripe-Signature header does not match this payload.", {"code": "bad_signature"})
+    except (ValueError, KeyError, TypeError):
+        raise ApplicationError("The payload is not a Stripe event.", {"code": "bad_payload"})
+    return event
+
+
+def stripe_event_record(*, payload: bytes, signature: str) -> StripeEvent:
+    """Verify a webhook delivery's signature and store its event once; processing is queued
+    after the commit. A replay stores nothing new (and queues again only an event not yet
+    applied, so a lost queue message heals on Stripe's next retry)."""
+    from billing.tasks import stripe_event_process_task
+
+    event = _parse(payload, signature)
+    obj = event["data"]["object"]
+    try:
+        with rls.privileged(reason="billing: store a Stripe webhook event"):
+            stored, _ = StripeEvent.objects.get_or_create(
+                event_id=event["id"],
+                defaults={
+                    "type": event["type"],
+                    "object_id": _subscription_id_of(event["type"], obj) if event["type"] in HANDLED_EVENTS else _id(obj.get("id")),
+                    "object_version_at": _moment(event["created"]),
+                    "payload": event,
+                },
+            )
+            if stored.processed_at is None:
+                transaction.on_commit(lambda: stripe_event_process_task.delay(event_id=stored.event_id), using=rls.PRIVILEGED_ALIAS)
+    except QueueUnavailable as exc:  # stored but not queued: a non-2xx answer makes Stripe send it again
+        logger.error("Stripe event %s stored but not queued: %s", event["id"], exc)
+        raise ApplicationError("The event could not be queued; send it again.", {"code": "queue_unavailable"}, status_code=503)
+    return stored
+
+
+def stripe_event_process(*, event_id: str) -> str:
+    """Apply a stored event exactly once. Returns the outcome: "applied", "stale" (a newer
+    state is stored), "ignored" (nothing of ours to change), or "duplicate"."""
+    event = StripeEvent.objects.using(rls.PRIVILEGED_ALIAS).get(event_id=event_id)
+    if event.processed_at is not None:
+        return "duplicate"
+    obj = event.payload["data"]["object"]
+    subscription, hint = None, {}
+    if event.type == "checkout.session.completed" and obj.get("mode") == "subscription" and event.object_id:
+        # The session names the subscription only; its state comes from Stripe, fetched before any lock.
+        subscription = _stripe_call(stripe_client().v1.subscriptions.retrieve, event.object_id).to_dict()
+        hint = {"organization_id": obj.get("client_reference_id") or "", "customer": _id(obj.get("customer"))}
+    elif event.type.startswith("customer.subscription."):
+        subscription = obj
+    with rls.privileged(reason="billing: apply a Stripe webhook event"):
+        event = StripeEvent.objects.select_for_update().get(pk=event.pk)
+        if event.processed_at is not None:
+            return "duplicate"
+        outcome = _apply(event, obj, subscription, hint) if event.type in HANDLED_EVENTS and event.object_id else "ignored"
+        event.processed_at = timezone.now()
+        event.save(update_fields=["processed_at"])
+    logger.info("Stripe event %s (%s): %s", event.event_id, event.type, outcome)
+    return outcome
+
+
+def _apply(event: StripeEvent, obj: dict, subscription: dict | None, hint: dict) -> str:
+    with connections[rls.PRIVILEGED_ALIAS].cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"stripe-subscription:{event.object_id}"])
+    newer = StripeEvent.objects.filter(
+        object_id=event.object_id, type__in=HANDLED_EVENTS, object_version_at__gt=event.object_version_at
+    ).exclude(pk=event.pk)
+    if event.type in INVOICE_EVENTS:
+        return "stale" if newer.exists() else _payment_apply(event)
+    if subscription is None:
+        return "ignored"
+    if newer.filter(type__in=STATE_EVENTS).exists():
+        return "stale"
+    return _state_apply(event, subscription, hint, keep_status=newer.exists())
+
+
+def _organization_for(subscription: dict, hint: dict) -> Organization | None:
+    """From the metadata Checkout set, the session's reference, or a subscription we already know."""
+    organization_id = (subscription.get("metadata") or {}).get("organization_id") or hint.get("organization_id")
+    if not organization_id:
+        known = Q(stripe_subscription_id=subscription["id"])
+        if customer := _id(subscription.get("customer")):
+            known |= Q(stripe_customer_id=customer)
+        organization_id = Subscription.objects.filter(known).values_list("organization_id", flat=True).first()
+    try:
+        return Organization.objects.filter(pk=organization_id).first() if organization_id else None
+    except ValidationError:  # metadata that is not a UUID
+        return None
+
+
+def _price_of(subscription: dict) -> tuple[str, dict]:
+    items = (subscription.get("items") or {}).get("data") or [{}]
+    return _id((items[0].get("price") or {}).get("id")), items[0]
+
+
+def _plan_for(price_id: str) -> tuple[Plan, str] | None:
+    if not price_id:
+        return None
+    plan = Plan.objects.filter(Q(stripe_monthly_price_id=price_id) | Q(stripe_yearly_price_id=price_id)).first()
+    if plan is None:
+        return None
+    return plan, Subscription.Interval.YEAR if plan.stripe_yearly_price_id == price_id else Subscription.Interval.MONTH
+
+
+def _locked_current(organization_id) -> Subscription:
+    return (
+        Subscription.objects.select_for_update(of=("self",))
+        .select_related("plan")
+        .get(organization_id=organization_id, status__in=CURRENT_STATUSES)
+    )
+
+
+STATE_FIELDS = (
+    "status",
+    "past_due_since",
+    "current_period_start",
+    "current_period_end",
+    "trial_end",
+    "cancel_at_period_end",
+    "stripe_subscription_id",
+    "stripe_customer_id",
+    "requested_plan",
+    "requested_at",
+)
+
+
+def _state_apply(event: StripeEvent, data: dict, hint: dict, *, keep_status: bool) -> str:
+    """Make the organization's subscription what Stripe says it is."""
+    status = STATUSES.get(data.get("status", ""))
+    organization = _organization_for(data, hint)
+    price_id, item = _price_of(data)
+    plan_interval = _plan_for(price_id)
+    if status is None or organization is None or plan_interval is None:
+        logger.warning("Stripe event %s: no status, organization or plan for price %r; nothing changed", event.event_id, price_id)
+        return "ignored"
+    plan, interval = plan_interval
+    current = _locked_current(organization.pk)
+    if event.type == "customer.subscription.deleted" or status not in CURRENT_STATUSES:
+        if current.stripe_subscription_id != data["id"]:
+            return "ignored"  # an older Stripe subscription ended after a newer one replaced it
+        services.subscription_plan_set(organization=organization, plan=selectors.plan_free())
+        ended = status if status not in CURRENT_STATUSES else Subscription.Status.CANCELED  # unpaid -> expired
+        Subscription.objects.filter(pk=current.pk).update(status=ended)
+        return "applied"
+    if (current.stripe_subscription_id, current.plan_id, current.interval) != (data["id"], plan.pk, interval):
+        kept = current.status, current.past_due_since
+        current = services.subscription_plan_set(organization=organization, plan=plan, interval=interval)
+        current.status, current.past_due_since = kept  # the successor starts where its predecessor stood
+    if not keep_status:
+        current.status = status
+        if status != Subscription.Status.PAST_DUE:
+            current.past_due_since = None
+        elif current.past_due_since is None:
+            current.past_due_since = event.object_version_at
+    current.current_period_start = (
+        _moment(item.get("current_period_start") or data.get("current_period_start")) or current.current_period_start
+    )
+    current.current_period_end = _moment(item.get("current_period_end") or data.get("current_period_end"))
+    current.trial_end = _moment(data.get("trial_end"))
+    current.cancel_at_period_end = bool(data.get("cancel_at_period_end"))
+    current.stripe_subscription_id = data["id"]
+    current.stripe_customer_id = _id(data.get("customer")) or hint.get("customer") or current.stripe_customer_id
+    current.requested_plan, current.requested_at = None, None
+    current.save(update_fields=[*STATE_FIELDS, "updated_at"])
+    return "applied"
+
+
+def _payment_apply(event: StripeEvent) -> str:
+    """A paid invoice ends a past-due period; a failed one starts it (the grace period counts from it)."""
+    current = (
+        Subscription.objects.select_for_update(of=("self",))
+        .filter(stripe_subscription_id=event.object_id, status__in=CURRENT_STATUSES)
+        .first()
+    )
+    if current is None:
+        return "ignored"  # not ours yet: the subscription's own event brings it
+    if event.type == "invoice.paid" and current.status == Subscription.Status.PAST_DUE:
+        current.status, current.past_due_since = Subscription.Status.ACTIVE, None
+    elif event.type == "invoice.payment_failed":
+        current.status = Subscription.Status.PAST_DUE
+        current.past_due_since = current.past_due_since or event.object_version_at
+    else:
+        return "applied"
+    current.save(update_fields=["status", "past_due_since", "updated_at"])
+    return "applied"

@@ -1,0 +1,60 @@
+"""POST /billing/checkout/ and /billing/portal/: to Stripe's hosted pages, or back to the
+billing page with the reason when that is not possible."""
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.shortcuts import redirect
+from django.views.decorators.http import require_POST
+
+from accounts import selectors as accounts_selectors
+from accounts.models import Organization
+from billing import selectors, stripe_services
+from config.errors import ApplicationError
+
+BILLING_PAGE = "/billing/"
+
+
+def _organization(request) -> Organization:
+    """The organization named in the form, among the caller's."""
+    try:
+        organization = accounts_selectors.organization_list(user=request.user).filter(pk=request.POST.get("organization", "")).first()
+    except ValidationError:  # not a UUID
+        organization = None
+    if organization is None:
+        raise ApplicationError("Choose one of your organizations.", {"code": "invalid", "field": "organization"})
+    return organization
+
+
+@login_required
+@require_POST
+def checkout(request):
+    try:
+        organization = _organization(request)
+        plan = selectors.plan_get(slug=request.POST.get("plan", ""))
+        if plan is None:
+            raise ApplicationError("Choose one of the plans offered.", {"code": "invalid", "field": "plan"})
+        url = stripe_services.checkout_session_create(
+            actor=request.user,
+            organization=organization,
+            plan=plan,
+            interval=request.POST.get("interval", "month"),
+            return_url=request.build_absolute_uri(BILLING_PAGE),
+        )
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+        return redirect(BILLING_PAGE)
+    return redirect(url)
+
+
+@login_required
+@require_POST
+def portal(request):
+    try:
+        url = stripe_services.portal_session_create(
+            actor=request.user, organization=_organization(request), return_url=request.build_absolute_uri(BILLING_PAGE)
+        )
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+        return redirect(BILLING_PAGE)
+    return redirect(url)
