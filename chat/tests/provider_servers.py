@@ -24,6 +24,7 @@ class Reply:
     events: list[str] = field(default_factory=list)  # whole SSE events, each ending in a blank line
     headers: dict[str, str] = field(default_factory=dict)
     cut_after: int | None = None  # close the connection after this many events
+    stall_after: int | None = None  # send nothing more after this many events, until the server stops
     hang: bool = False  # send nothing until the server stops
 
 
@@ -42,7 +43,7 @@ class ProviderServer(ThreadingHTTPServer):
         self.replies: deque[Reply] = deque()
         self.received: list[Received] = []
         self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
     def url(self) -> str:
@@ -90,6 +91,10 @@ class _Handler(BaseHTTPRequestHandler):
             if reply.cut_after is not None and index == reply.cut_after:
                 self._cut()
                 return
+            if reply.stall_after is not None and index == reply.stall_after:
+                self.server.stopping.wait(30)
+                self._cut()
+                return
             data = event.encode()
             self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
             self.wfile.flush()
@@ -135,8 +140,8 @@ def openai_completion(text: str, usage: dict, model: str = "gpt-test") -> dict:
     }
 
 
-def openai_stream(parts: list[str], usage: dict, model: str = "gpt-test") -> list[str]:
-    """Role chunk, one chunk per part, the finish chunk, the usage chunk (empty choices), [DONE]."""
+def openai_stream(parts: list[str], usage: dict | None, model: str = "gpt-test") -> list[str]:
+    """Role chunk, one chunk per part, the finish chunk, the usage chunk (empty choices; None: a server that sends none), [DONE]."""
 
     def chunk(choices: list, usage_value: dict | None = None) -> str:
         return sse(
@@ -153,7 +158,8 @@ def openai_stream(parts: list[str], usage: dict, model: str = "gpt-test") -> lis
     events = [chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])]
     events += [chunk([{"index": 0, "delta": {"content": part}, "finish_reason": None}]) for part in parts]
     events.append(chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}]))
-    events.append(chunk([], usage))
+    if usage is not None:
+        events.append(chunk([], usage))
     events.append(sse("[DONE]"))
     return events
 

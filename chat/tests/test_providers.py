@@ -20,6 +20,7 @@ from chat.tests.provider_servers import (
     openai_completion,
     openai_error,
     openai_stream,
+    sse,
 )
 
 pytestmark = pytest.mark.anyio
@@ -355,6 +356,40 @@ async def test_gemini_stream_cut_before_any_usage_estimates_input(server):
     with pytest.raises(ProviderError) as caught:
         await collect("gemini", request_for("gemini", server))
     assert classes(caught.value.usage) == (PROMPT_ESTIMATE, 0, 0, 0, 2, 0) and caught.value.usage.estimated
+
+
+async def test_anthropic_error_event_midway_is_an_interruption(server):
+    events = anthropic_stream(PARTS, {**ANTHROPIC_CACHE, "output_tokens": 1}, ANTHROPIC_DELTA_USAGE)[:8]
+    events.append(sse({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, "error"))
+    server.queue(Reply(events=events))
+    with pytest.raises(ProviderError) as caught:
+        await collect("anthropic", request_for("anthropic", server))
+    assert caught.value.kind == "interrupted" and caught.value.partial_text == "Hello "
+    assert classes(caught.value.usage) == (50, 2000, 500, 200, 5, 0) and caught.value.usage.estimated  # ceil(19 / 4)
+
+
+STALLS = {
+    "openai": (openai_stream(PARTS, OPENAI_USAGE), 2),
+    "anthropic": (anthropic_stream(PARTS, {**ANTHROPIC_CACHE, "output_tokens": 1}, ANTHROPIC_DELTA_USAGE), 8),
+    "gemini": (gemini_stream(PARTS, [gemini_running(2), gemini_running(5), gemini_running(9)]), 1),
+}
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini"])
+async def test_a_stream_that_stalls_midway_is_interrupted_not_a_plain_timeout(server, provider):
+    events, stall_after = STALLS[provider]
+    server.queue(Reply(events=events, stall_after=stall_after))
+    with pytest.raises(ProviderError) as caught:
+        await collect(provider, request_for(provider, server, timeout=0.5))
+    assert caught.value.kind == "interrupted" and caught.value.partial_text == "Hello "
+    assert caught.value.usage.output > 0 and caught.value.usage.input_total > 0
+
+
+async def test_openai_compatible_server_without_a_usage_chunk_is_estimated_not_free(server):
+    server.queue(Reply(events=openai_stream(["Par", "is."], None)))
+    deltas, done = await collect("openai", request_for("openai", server))
+    assert deltas == ["Par", "is."]
+    assert classes(done.usage) == (PROMPT_ESTIMATE, 0, 0, 0, 2, 0) and done.usage.estimated
 
 
 async def test_echo_streams_the_reply_word_by_word_with_documented_counts():
