@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 import anthropic
 import httpx2
 
-from .base import ChatRequest, Delta, Done, ProviderError, Usage, interrupted_usage, retry_after_from_headers
+from .base import ChatRequest, Delta, Done, ProviderError, Usage, http_client, interrupted_usage, retry_after_from_headers
 
 DEFAULT_MAX_TOKENS = 4096  # the API requires a cap; this one fits every current model
 # A dropped stream surfaces as the transport's error (or an `error` event, as an APIError).
@@ -43,7 +43,9 @@ def usage_from_anthropic(raw: dict) -> Usage:
 
 def _client(request: ChatRequest) -> anthropic.AsyncAnthropic:
     # No SDK retries: the chat layer decides, and a retried call would be billed twice.
-    return anthropic.AsyncAnthropic(api_key=request.api_key or "unused", base_url=request.base_url, timeout=request.timeout, max_retries=0)
+    return anthropic.AsyncAnthropic(
+        api_key=request.api_key or "unused", base_url=request.base_url, timeout=request.timeout, max_retries=0, http_client=http_client()
+    )
 
 
 def _arguments(request: ChatRequest) -> dict:
@@ -81,8 +83,7 @@ def _error(exc: Exception) -> ProviderError:
 
 async def complete(request: ChatRequest) -> tuple[str, Usage]:
     try:
-        async with _client(request) as client:
-            message = await client.messages.create(**_arguments(request))
+        message = await _client(request).messages.create(**_arguments(request))
     except anthropic.AnthropicError as exc:
         raise _error(exc)
     text = "".join(block.text for block in message.content if block.type == "text")
@@ -95,31 +96,27 @@ async def stream(request: ChatRequest) -> AsyncIterator[Delta | Done]:
     started = output_reported = False
     finish_reason = None
     try:
-        async with _client(request) as client:
-            events = await client.messages.create(**_arguments(request), stream=True)
-            try:
-                async for event in events:
-                    if event.type == "message_start":
-                        started = True
-                        raw.update(event.message.usage.model_dump(exclude_none=True))
-                    elif event.type == "message_delta":
-                        output_reported = True
-                        raw.update(event.usage.model_dump(exclude_none=True))
-                        finish_reason = event.delta.stop_reason or finish_reason
-                    elif event.type == "content_block_delta" and event.delta.type == "text_delta":
-                        text += event.delta.text
-                        yield Delta(event.delta.text)
-                    elif event.type == "content_block_delta" and event.delta.type == "thinking_delta":
-                        thinking += event.delta.thinking
-            except STREAM_DROPS as exc:
-                raise ProviderError(
-                    "interrupted",
-                    usage=_usage_so_far(raw, started, output_reported, request, thinking + text),
-                    partial_text=text,
-                    detail=str(exc),
-                )
+        events = await _client(request).messages.create(**_arguments(request), stream=True)
     except anthropic.AnthropicError as exc:
         raise _error(exc)
+    async with events:  # returns the connection to the pool even when the caller stops early
+        try:
+            async for event in events:
+                if event.type == "message_start":
+                    started = True
+                    raw.update(event.message.usage.model_dump(exclude_none=True))
+                elif event.type == "message_delta":
+                    output_reported = True
+                    raw.update(event.usage.model_dump(exclude_none=True))
+                    finish_reason = event.delta.stop_reason or finish_reason
+                elif event.type == "content_block_delta" and event.delta.type == "text_delta":
+                    text += event.delta.text
+                    yield Delta(event.delta.text)
+                elif event.type == "content_block_delta" and event.delta.type == "thinking_delta":
+                    thinking += event.delta.thinking
+        except STREAM_DROPS as exc:
+            usage = _usage_so_far(raw, started, output_reported, request, thinking + text)
+            raise ProviderError("interrupted", usage=usage, partial_text=text, detail=str(exc))
     yield Done(_usage_so_far(raw, started, output_reported, request, thinking + text), finish_reason)
 
 

@@ -15,25 +15,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 import httpx2
 from google import genai
 from google.genai import errors, types
 
-from .base import ChatRequest, Delta, Done, ProviderError, Usage, interrupted_usage, retry_after_from_headers
+from .base import ChatRequest, Delta, Done, ProviderError, Usage, http_client, interrupted_usage, retry_after_from_headers, ssl_context
 
-try:  # the SDK uses aiohttp for its async client when it is installed
-    import aiohttp
-
-    TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (httpx2.TransportError, aiohttp.ClientError, TimeoutError)
-    TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (httpx2.TimeoutException, TimeoutError)
-    CONNECT_ERRORS: tuple[type[BaseException], ...] = (httpx2.ConnectError, aiohttp.ClientConnectorError)
-except ImportError:
-    TRANSPORT_ERRORS = (httpx2.TransportError,)
-    TIMEOUT_ERRORS = (httpx2.TimeoutException,)
-    CONNECT_ERRORS = (httpx2.ConnectError,)
 # Before the first chunk these mean the request itself failed; any other drop means it was accepted.
-REQUEST_FAILURES = (errors.APIError, *TIMEOUT_ERRORS, *CONNECT_ERRORS)
+REQUEST_FAILURES = (errors.APIError, httpx2.TimeoutException, httpx2.ConnectError)
+# Built once: the SDK wants a sync client too, though this module never uses it.
+_sync_client = httpx2.Client(verify=ssl_context())
 
 
 def usage_from_gemini(raw: dict) -> Usage:
@@ -55,6 +48,10 @@ def _client(request: ChatRequest) -> genai.client.AsyncClient:
         timeout=int(request.timeout * 1000),
         # One attempt: the chat layer decides on retries, and a retried call would be billed twice.
         retry_options=types.HttpRetryOptions(attempts=1),
+        # The shared clients (with their TLS context) also keep the SDK off aiohttp, were it installed.
+        httpx_async_client=http_client(),
+        httpx_client=_sync_client,
+        async_client_args={"ssl": ssl_context()},
     )
     return genai.Client(api_key=request.api_key or "unused", http_options=options).aio
 
@@ -89,7 +86,7 @@ def _retry_after(exc: errors.APIError) -> float | None:
 
 
 def _error(exc: Exception) -> ProviderError:
-    if isinstance(exc, TIMEOUT_ERRORS):
+    if isinstance(exc, httpx2.TimeoutException):
         return ProviderError("timeout", detail=str(exc))
     if not isinstance(exc, errors.APIError):
         return ProviderError("unavailable", detail=str(exc))
@@ -120,13 +117,10 @@ def _finish_reason(response: types.GenerateContentResponse) -> str | None:
 
 
 async def complete(request: ChatRequest) -> tuple[str, Usage]:
-    client = _client(request)
     try:
-        response = await client.models.generate_content(**_arguments(request))
-    except (errors.APIError, *TRANSPORT_ERRORS) as exc:
+        response = await _client(request).models.generate_content(**_arguments(request))
+    except (errors.APIError, httpx2.TransportError) as exc:
         raise _error(exc)
-    finally:
-        await client.aclose()
     text, thoughts = _parts(response)
     return text, _usage_so_far(
         response.usage_metadata.model_dump(exclude_none=True) if response.usage_metadata else {},
@@ -139,27 +133,26 @@ async def stream(request: ChatRequest) -> AsyncIterator[Delta | Done]:
     raw: dict = {}
     text = unreported = ""
     finish_reason = None
-    client = _client(request)
     received = False
     try:
-        async for chunk in await client.models.generate_content_stream(**_arguments(request)):
-            received = True
-            reply, thoughts = _parts(chunk)
-            unreported += thoughts + reply
-            if chunk.usage_metadata is not None:
-                raw = chunk.usage_metadata.model_dump(exclude_none=True)
-                if raw.get("candidates_token_count") is not None:
-                    unreported = ""  # this chunk's totals cover its own text
-            finish_reason = _finish_reason(chunk) or finish_reason
-            if reply:
-                text += reply
-                yield Delta(reply)
-    except (errors.APIError, *TRANSPORT_ERRORS) as exc:
+        # aclosing: returns the connection to the pool even when the caller stops early.
+        async with aclosing(await _client(request).models.generate_content_stream(**_arguments(request))) as chunks:
+            async for chunk in chunks:
+                received = True
+                reply, thoughts = _parts(chunk)
+                unreported += thoughts + reply
+                if chunk.usage_metadata is not None:
+                    raw = chunk.usage_metadata.model_dump(exclude_none=True)
+                    if raw.get("candidates_token_count") is not None:
+                        unreported = ""  # this chunk's totals cover its own text
+                finish_reason = _finish_reason(chunk) or finish_reason
+                if reply:
+                    text += reply
+                    yield Delta(reply)
+    except (errors.APIError, httpx2.TransportError) as exc:
         if not received and isinstance(exc, REQUEST_FAILURES):  # the SDK sends the request on the first iteration
             raise _error(exc)
         raise ProviderError("interrupted", usage=_usage_so_far(raw, unreported, request), partial_text=text, detail=str(exc))
-    finally:
-        await client.aclose()
     yield Done(_usage_so_far(raw, unreported, request), finish_reason)
 
 

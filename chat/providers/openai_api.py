@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 import httpx2
 import openai
 
-from .base import ChatRequest, Delta, Done, ProviderError, Usage, interrupted_usage, retry_after_from_headers
+from .base import ChatRequest, Delta, Done, ProviderError, Usage, http_client, interrupted_usage, retry_after_from_headers
 
 # A dropped stream surfaces as the SDK's connection error (an APIError), an error event, or the bare transport error.
 STREAM_DROPS = (openai.APIError, httpx2.TransportError)
@@ -44,7 +44,9 @@ def usage_from_openai(raw: dict) -> Usage:
 
 def _client(request: ChatRequest) -> openai.AsyncOpenAI:
     # No SDK retries: the chat layer decides, and a retried call would be billed twice.
-    return openai.AsyncOpenAI(api_key=request.api_key or "unused", base_url=request.base_url, timeout=request.timeout, max_retries=0)
+    return openai.AsyncOpenAI(
+        api_key=request.api_key or "unused", base_url=request.base_url, timeout=request.timeout, max_retries=0, http_client=http_client()
+    )
 
 
 def _arguments(request: ChatRequest) -> dict:
@@ -76,8 +78,7 @@ def _error(exc: Exception) -> ProviderError:
 
 async def complete(request: ChatRequest) -> tuple[str, Usage]:
     try:
-        async with _client(request) as client:
-            response = await client.chat.completions.create(**_arguments(request))
+        response = await _client(request).chat.completions.create(**_arguments(request))
     except openai.OpenAIError as exc:
         raise _error(exc)
     text = (response.choices[0].message.content or "") if response.choices else ""
@@ -89,28 +90,22 @@ async def complete(request: ChatRequest) -> tuple[str, Usage]:
 async def stream(request: ChatRequest) -> AsyncIterator[Delta | Done]:
     text, usage, finish_reason = "", None, None
     try:
-        async with _client(request) as client:
-            chunks = await client.chat.completions.create(**_arguments(request), stream=True, stream_options={"include_usage": True})
-            try:
-                async for chunk in chunks:
-                    if chunk.usage is not None:
-                        usage = usage_from_openai(chunk.usage.model_dump(exclude_none=True))
-                    for choice in chunk.choices:
-                        finish_reason = choice.finish_reason or finish_reason
-                        if choice.delta and choice.delta.content:
-                            text += choice.delta.content
-                            yield Delta(choice.delta.content)
-            except STREAM_DROPS as exc:
-                reported = usage  # the usage chunk is the last: if it came, it counted everything
-                raise ProviderError(
-                    "interrupted",
-                    usage=interrupted_usage(
-                        reported, request=request, unreported_text="" if reported else text, output_final=reported is not None
-                    ),
-                    partial_text=text,
-                    detail=str(exc),
-                )
+        chunks = await _client(request).chat.completions.create(**_arguments(request), stream=True, stream_options={"include_usage": True})
     except openai.OpenAIError as exc:
         raise _error(exc)
+    async with chunks:  # returns the connection to the pool even when the caller stops early
+        try:
+            async for chunk in chunks:
+                if chunk.usage is not None:
+                    usage = usage_from_openai(chunk.usage.model_dump(exclude_none=True))
+                for choice in chunk.choices:
+                    finish_reason = choice.finish_reason or finish_reason
+                    if choice.delta and choice.delta.content:
+                        text += choice.delta.content
+                        yield Delta(choice.delta.content)
+        except STREAM_DROPS as exc:
+            # The usage chunk comes last: if it arrived, it counted everything.
+            estimate = interrupted_usage(usage, request=request, unreported_text="" if usage else text, output_final=usage is not None)
+            raise ProviderError("interrupted", usage=estimate, partial_text=text, detail=str(exc))
     # A server that ignores include_usage still answered: meter it, flagged as estimated.
     yield Done(usage or interrupted_usage(None, request=request, unreported_text=text, output_final=False), finish_reason)
