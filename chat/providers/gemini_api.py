@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from contextlib import aclosing
 
 import httpx2
 from google import genai
@@ -42,14 +41,14 @@ def usage_from_gemini(raw: dict) -> Usage:
     )
 
 
-def _client(request: ChatRequest) -> genai.client.AsyncClient:
+def _client(request: ChatRequest, on_response=None) -> genai.client.AsyncClient:
     options = types.HttpOptions(
         base_url=request.base_url,
         timeout=int(request.timeout * 1000),
         # One attempt: the chat layer decides on retries, and a retried call would be billed twice.
         retry_options=types.HttpRetryOptions(attempts=1),
         # The shared clients (with their TLS context) also keep the SDK off aiohttp, were it installed.
-        httpx_async_client=http_client(),
+        httpx_async_client=http_client(on_response=on_response),
         httpx_client=_sync_client,
         async_client_args={"ssl": ssl_context()},
     )
@@ -134,25 +133,32 @@ async def stream(request: ChatRequest) -> AsyncIterator[Delta | Done]:
     text = unreported = ""
     finish_reason = None
     received = False
+    responses: list[httpx2.Response] = []
+
+    async def opened(response: httpx2.Response) -> None:
+        responses.append(response)
+
     try:
-        # aclosing: returns the connection to the pool even when the caller stops early.
-        async with aclosing(await _client(request).models.generate_content_stream(**_arguments(request))) as chunks:
-            async for chunk in chunks:
-                received = True
-                reply, thoughts = _parts(chunk)
-                unreported += thoughts + reply
-                if chunk.usage_metadata is not None:
-                    raw = chunk.usage_metadata.model_dump(exclude_none=True)
-                    if raw.get("candidates_token_count") is not None:
-                        unreported = ""  # this chunk's totals cover its own text
-                finish_reason = _finish_reason(chunk) or finish_reason
-                if reply:
-                    text += reply
-                    yield Delta(reply)
+        async for chunk in await _client(request, opened).models.generate_content_stream(**_arguments(request)):
+            received = True
+            reply, thoughts = _parts(chunk)
+            unreported += thoughts + reply
+            if chunk.usage_metadata is not None:
+                raw = chunk.usage_metadata.model_dump(exclude_none=True)
+                if raw.get("candidates_token_count") is not None:
+                    unreported = ""  # this chunk's totals cover its own text
+            finish_reason = _finish_reason(chunk) or finish_reason
+            if reply:
+                text += reply
+                yield Delta(reply)
     except (errors.APIError, httpx2.TransportError) as exc:
         if not received and isinstance(exc, REQUEST_FAILURES):  # the SDK sends the request on the first iteration
             raise _error(exc)
         raise ProviderError("interrupted", usage=_usage_so_far(raw, unreported, request), partial_text=text, detail=str(exc))
+    finally:
+        # The SDK's nested generators would keep the response open when the caller stops early.
+        for response in responses:
+            await response.aclose()
     yield Done(_usage_so_far(raw, unreported, request), finish_reason)
 
 

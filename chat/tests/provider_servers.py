@@ -10,6 +10,7 @@ The payload builders below follow the shapes the pinned SDKs parse.
 from __future__ import annotations
 
 import json
+import select
 import socket
 import threading
 from collections import deque
@@ -42,6 +43,7 @@ class ProviderServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.replies: deque[Reply] = deque()
         self.received: list[Received] = []
+        self.disconnects = 0  # clients that closed a stalled stream
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
@@ -92,8 +94,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._cut()
                 return
             if reply.stall_after is not None and index == reply.stall_after:
-                self.server.stopping.wait(30)
-                self._cut()
+                self._stall()
                 return
             data = event.encode()
             self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
@@ -107,6 +108,15 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in {**defaults, **reply.headers}.items():
             self.send_header(name, value)
         self.end_headers()
+
+    def _stall(self) -> None:
+        # Send nothing more; note it when the client closes its end first.
+        while not self.server.stopping.wait(0.02):
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            if readable and not self.connection.recv(1):
+                self.server.disconnects += 1
+                return
+        self._cut()
 
     def _cut(self) -> None:
         # Mid-body, without the terminating chunk: the client sees an incomplete response.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import anyio
 import pytest
 
 from chat.providers import PROVIDERS, ChatMessage, ChatRequest, Delta, Done, ProviderError, Usage, echo, provider_for
@@ -265,6 +266,7 @@ async def test_provider_errors_become_one_kind_with_a_sentence(server, kind, pro
     assert error.kind == kind
     assert error.message.endswith(".") and "Error code" not in error.message  # a sentence, not the SDK's repr
     assert error.usage is None  # rejected before answering: nothing to meter
+    assert error.extra == {"kind": kind} and error.detail  # the provider's words are kept for logs, not shown
     assert len(server.received) == 1  # no SDK retry: a retried call could be billed twice
     if kind == "rate_limited":
         assert error.retry_after_seconds == 7.0 and error.retry_after == 7 and "7 seconds" in error.message
@@ -383,6 +385,19 @@ async def test_a_stream_that_stalls_midway_is_interrupted_not_a_plain_timeout(se
         await collect(provider, request_for(provider, server, timeout=0.5))
     assert caught.value.kind == "interrupted" and caught.value.partial_text == "Hello "
     assert caught.value.usage.output > 0 and caught.value.usage.input_total > 0
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini"])
+async def test_a_caller_that_stops_early_closes_the_connection(server, provider):
+    events, stall_after = STALLS[provider]
+    server.queue(Reply(events=events, stall_after=stall_after))
+    replies = provider_for(provider).stream(request_for(provider, server))
+    assert await anext(replies) == Delta("Hello ")
+    await replies.aclose()  # what a client going away does to the view's generator
+    deadline = time.monotonic() + 2
+    while server.disconnects == 0 and time.monotonic() < deadline:
+        await anyio.sleep(0.02)
+    assert server.disconnects == 1
 
 
 async def test_openai_compatible_server_without_a_usage_chunk_is_estimated_not_free(server):
