@@ -9,7 +9,7 @@ from types import ModuleType
 
 from .base import ChatMessage, ChatRequest, Delta, Done, ProviderError, Usage
 
-__all__ = ["PROVIDERS", "ChatMessage", "ChatRequest", "Delta", "Done", "ProviderError", "Usage", "provider_for"]
+__all__ = ["DEFAULT_PROVIDER", "PROVIDERS", "ChatMessage", "ChatRequest", "Delta", "Done", "ProviderError", "Usage", "provider_for"]
 
 PROVIDERS = {"echo": "echo", "openai": "openai_api", "anthropic": "anthropic_api", "gemini": "gemini_api"}
 DEFAULT_PROVIDER = "echo"

@@ -83,7 +83,7 @@ class Delta:
 @dataclass(frozen=True)
 class Done:
     usage: Usage
-    finish_reason: str | None = None
+    finish_reason: str | None = None  # as the provider names it: "stop", "end_turn", "STOP", "length", ...
 
 
 SENTENCES = {

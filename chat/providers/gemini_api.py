@@ -91,10 +91,10 @@ def _error(exc: Exception) -> ProviderError:
         return ProviderError("unavailable", detail=str(exc))
     detail = exc.message or str(exc)
     lowered = detail.lower()
-    if exc.code in (401, 403) or "api key" in lowered:
-        return ProviderError("auth", detail=detail)
     if exc.code == 429:
         return ProviderError("rate_limited", retry_after=_retry_after(exc), detail=detail)
+    if exc.code in (401, 403) or "api key" in lowered:  # a bad key is a 400 on the Gemini API
+        return ProviderError("auth", detail=detail)
     if exc.code == 400 and ("token count" in lowered or "too long" in lowered):
         return ProviderError("context_too_long", detail=detail)
     if 400 <= exc.code < 500:

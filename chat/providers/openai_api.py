@@ -22,6 +22,8 @@ from .base import ChatRequest, Delta, Done, ProviderError, Usage, http_client, i
 
 # A dropped stream surfaces as the SDK's connection error (an APIError), an error event, or the bare transport error.
 STREAM_DROPS = (openai.APIError, httpx2.TransportError)
+# How vLLM ("maximum context length") and llama.cpp ("exceeds the available context size") say it.
+CONTEXT_PHRASES = ("context length", "context size")
 
 
 def usage_from_openai(raw: dict) -> Usage:
@@ -67,9 +69,13 @@ def _error(exc: Exception) -> ProviderError:
         return ProviderError("unavailable", detail=detail)
     if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
         return ProviderError("auth", detail=detail)
+    if isinstance(exc, openai.RateLimitError) and exc.code == "insufficient_quota":
+        return ProviderError("unavailable", detail=detail)  # the account is out of credit: waiting will not help
     if isinstance(exc, openai.RateLimitError):
         return ProviderError("rate_limited", retry_after=retry_after_from_headers(exc.response.headers), detail=detail)
-    if isinstance(exc, openai.BadRequestError) and (exc.code == "context_length_exceeded" or "context length" in detail.lower()):
+    if isinstance(exc, openai.BadRequestError) and (
+        exc.code == "context_length_exceeded" or any(p in detail.lower() for p in CONTEXT_PHRASES)
+    ):
         return ProviderError("context_too_long", detail=detail)
     if isinstance(exc, openai.APIStatusError) and exc.status_code < 500:
         return ProviderError("bad_request", detail=detail)

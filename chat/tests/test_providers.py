@@ -272,6 +272,37 @@ async def test_provider_errors_become_one_kind_with_a_sentence(server, kind, pro
         assert error.retry_after_seconds == 7.0 and error.retry_after == 7 and "7 seconds" in error.message
 
 
+@pytest.mark.parametrize(
+    "reply, kind",
+    [
+        # llama.cpp's server when the prompt does not fit.
+        (
+            Reply(
+                status=400,
+                body={
+                    "error": {
+                        "code": 400,
+                        "message": "the request exceeds the available context size, try increasing it",
+                        "type": "exceed_context_size_error",
+                    }
+                },
+            ),
+            "context_too_long",
+        ),
+        # OpenAI's out-of-credit 429: waiting will not help, so it is not a rate limit.
+        (
+            Reply(status=429, body=openai_error(429, "You exceeded your current quota.", "insufficient_quota", "insufficient_quota")),
+            "unavailable",
+        ),
+    ],
+)
+async def test_openai_compatible_error_variants(server, reply, kind):
+    server.queue(reply)
+    with pytest.raises(ProviderError) as caught:
+        await provider_for("openai").complete(request_for("openai", server))
+    assert caught.value.kind == kind
+
+
 async def test_gemini_invalid_api_key_is_auth(server):
     # The Gemini API answers a bad key with 400 INVALID_ARGUMENT, not 401.
     server.queue(Reply(status=400, body=gemini_error(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.")))
