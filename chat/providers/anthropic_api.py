@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 import anthropic
 import httpx2
 
-from .base import ChatRequest, Delta, Done, ProviderError, Usage, http_client, interrupted_usage, retry_after_from_headers
+from .base import ChatRequest, Delta, Done, ProviderError, Usage, http_client, interrupted_usage, sdk_error
 
 DEFAULT_MAX_TOKENS = 4096  # the API requires a cap; this one fits every current model
 # A dropped stream surfaces as the transport's error (or an `error` event, as an APIError).
@@ -63,22 +63,11 @@ def _arguments(request: ChatRequest) -> dict:
 
 
 def _error(exc: Exception) -> ProviderError:
-    detail = str(getattr(exc, "message", "") or exc)
-    if isinstance(exc, anthropic.APITimeoutError):
-        return ProviderError("timeout", detail=detail)
-    if isinstance(exc, anthropic.APIConnectionError):
-        return ProviderError("unavailable", detail=detail)
-    if isinstance(exc, anthropic.AuthenticationError | anthropic.PermissionDeniedError):
-        return ProviderError("auth", detail=detail)
-    if isinstance(exc, anthropic.RateLimitError):
-        return ProviderError("rate_limited", retry_after=retry_after_from_headers(exc.response.headers), detail=detail)
-    if isinstance(exc, anthropic.ContentTooLargeError) or (
-        isinstance(exc, anthropic.BadRequestError) and "prompt is too long" in detail.lower()
-    ):
-        return ProviderError("context_too_long", detail=detail)
-    if isinstance(exc, anthropic.APIStatusError) and exc.status_code < 500:
-        return ProviderError("bad_request", detail=detail)
-    return ProviderError("unavailable", detail=detail)
+    detail = str(getattr(exc, "message", "") or exc).lower()
+    too_long = isinstance(exc, anthropic.ContentTooLargeError) or (
+        isinstance(exc, anthropic.BadRequestError) and "prompt is too long" in detail
+    )
+    return sdk_error(exc, anthropic, context_too_long=too_long)
 
 
 async def complete(request: ChatRequest) -> tuple[str, Usage]:

@@ -23,6 +23,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cache
+from types import ModuleType
 
 import httpx2
 
@@ -171,6 +172,28 @@ def retry_after_from_headers(headers: Mapping[str, str] | None) -> float | None:
     except ValueError:
         parsed = email.utils.parsedate_tz(value)
         return max(email.utils.mktime_tz(parsed) - time.time(), 0.0) if parsed else None
+
+
+def sdk_error(exc: Exception, sdk: ModuleType, *, out_of_credit: bool = False, context_too_long: bool = False) -> ProviderError:
+    """Map an `openai` or `anthropic` SDK error (one generator, the same classes) to a ProviderError.
+
+    The caller says what only its provider's wording tells: an account out of credit
+    (waiting will not help, so not a rate limit) and a prompt over the context window.
+    """
+    detail = str(getattr(exc, "message", "") or exc)
+    if isinstance(exc, sdk.APITimeoutError):
+        return ProviderError("timeout", detail=detail)
+    if isinstance(exc, sdk.APIConnectionError):
+        return ProviderError("unavailable", detail=detail)
+    if isinstance(exc, sdk.AuthenticationError | sdk.PermissionDeniedError):
+        return ProviderError("auth", detail=detail)
+    if isinstance(exc, sdk.RateLimitError) and not out_of_credit:
+        return ProviderError("rate_limited", retry_after=retry_after_from_headers(exc.response.headers), detail=detail)
+    if context_too_long:
+        return ProviderError("context_too_long", detail=detail)
+    if isinstance(exc, sdk.APIStatusError) and 400 <= exc.status_code < 500 and not out_of_credit:
+        return ProviderError("bad_request", detail=detail)
+    return ProviderError("unavailable", detail=detail)
 
 
 def interrupted_usage(reported: Usage | None, *, request: ChatRequest, unreported_text: str, output_final: bool) -> Usage:

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 import httpx2
 import openai
 
-from .base import ChatRequest, Delta, Done, ProviderError, Usage, http_client, interrupted_usage, retry_after_from_headers
+from .base import ChatRequest, Delta, Done, ProviderError, Usage, http_client, interrupted_usage, sdk_error
 
 # A dropped stream surfaces as the SDK's connection error (an APIError), an error event, or the bare transport error.
 STREAM_DROPS = (openai.APIError, httpx2.TransportError)
@@ -62,24 +62,10 @@ def _arguments(request: ChatRequest) -> dict:
 
 
 def _error(exc: Exception) -> ProviderError:
-    detail = str(getattr(exc, "message", "") or exc)
-    if isinstance(exc, openai.APITimeoutError):
-        return ProviderError("timeout", detail=detail)
-    if isinstance(exc, openai.APIConnectionError):
-        return ProviderError("unavailable", detail=detail)
-    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
-        return ProviderError("auth", detail=detail)
-    if isinstance(exc, openai.RateLimitError) and exc.code == "insufficient_quota":
-        return ProviderError("unavailable", detail=detail)  # the account is out of credit: waiting will not help
-    if isinstance(exc, openai.RateLimitError):
-        return ProviderError("rate_limited", retry_after=retry_after_from_headers(exc.response.headers), detail=detail)
-    if isinstance(exc, openai.BadRequestError) and (
-        exc.code == "context_length_exceeded" or any(p in detail.lower() for p in CONTEXT_PHRASES)
-    ):
-        return ProviderError("context_too_long", detail=detail)
-    if isinstance(exc, openai.APIStatusError) and exc.status_code < 500:
-        return ProviderError("bad_request", detail=detail)
-    return ProviderError("unavailable", detail=detail)
+    code = getattr(exc, "code", None)
+    detail = str(getattr(exc, "message", "") or exc).lower()
+    too_long = isinstance(exc, openai.BadRequestError) and (code == "context_length_exceeded" or any(p in detail for p in CONTEXT_PHRASES))
+    return sdk_error(exc, openai, out_of_credit=code == "insufficient_quota", context_too_long=too_long)
 
 
 async def complete(request: ChatRequest) -> tuple[str, Usage]:
