@@ -18,8 +18,8 @@ import asyncio
 import email.utils
 import math
 import ssl
+import threading
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cache
@@ -210,7 +210,8 @@ def interrupted_usage(reported: Usage | None, *, request: ChatRequest, unreporte
     return replace(usage, estimated=usage.estimated or reported is None or not output_final)
 
 
-_loop_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx2.AsyncHTTPTransport] = weakref.WeakKeyDictionary()
+_loop_pools: dict[asyncio.AbstractEventLoop, httpx2.AsyncHTTPTransport] = {}
+_loop_pools_lock = threading.Lock()  # sync callers run loops in several threads
 
 
 @cache
@@ -230,6 +231,10 @@ def http_client(*, on_response: Callable[[httpx2.Response], Awaitable[None]] | N
     loop = asyncio.get_running_loop()
     pool = _loop_pools.get(loop)
     if pool is None:
-        limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=100)  # as the openai SDK's default: many streams at once
-        pool = _loop_pools[loop] = httpx2.AsyncHTTPTransport(verify=ssl_context(), limits=limits)
+        with _loop_pools_lock:
+            # A finished loop's connections are dead; its pool (which holds the loop) would never be collected.
+            for closed in [other for other in _loop_pools if other.is_closed()]:
+                del _loop_pools[closed]
+            limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=100)  # as the openai SDK's default: many streams at once
+            pool = _loop_pools[loop] = httpx2.AsyncHTTPTransport(verify=ssl_context(), limits=limits)
     return httpx2.AsyncClient(transport=pool, follow_redirects=True, event_hooks={"response": [on_response] if on_response else []})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import anyio
@@ -436,6 +437,37 @@ async def test_openai_compatible_server_without_a_usage_chunk_is_estimated_not_f
     deltas, done = await collect("openai", request_for("openai", server))
     assert deltas == ["Par", "is."]
     assert classes(done.usage) == (PROMPT_ESTIMATE, 0, 0, 0, 2, 0) and done.usage.estimated
+
+
+def test_a_finished_event_loop_does_not_keep_its_connection_pool(server):
+    # A sync caller (a Celery task, a management command) runs each call in its own loop.
+    from chat.providers import base
+
+    server.queue(SUCCESS["openai"][0], SUCCESS["openai"][0])
+    loops = []
+
+    async def one_call():
+        loops.append(asyncio.get_running_loop())
+        await provider_for("openai").complete(request_for("openai", server))
+
+    asyncio.run(one_call())
+    asyncio.run(one_call())
+    assert loops[0] not in base._loop_pools and loops[1] in base._loop_pools
+    assert len(server.received) == 2
+
+
+async def test_concurrent_streams_share_one_pool(server):
+    server.queue(*(Reply(events=openai_stream(["Par", "is."], OPENAI_USAGE)) for _ in range(5)))
+    results = []
+
+    async def one_stream():
+        results.append(await collect("openai", request_for("openai", server)))
+
+    async with anyio.create_task_group() as group:
+        for _ in range(5):
+            group.start_soon(one_stream)
+    assert [deltas for deltas, _ in results] == [["Par", "is."]] * 5
+    assert all(classes(done.usage) == OPENAI_CLASSES for _, done in results)
 
 
 async def test_echo_streams_the_reply_word_by_word_with_documented_counts():
