@@ -1,0 +1,240 @@
+"""The provider interface: requests, stream events, normalized usage and the one error type.
+
+Every adapter module (`echo`, `openai_api`, `anthropic_api`, `gemini_api`) offers two coroutines:
+
+- `stream(request) -> AsyncIterator[Delta | Done]`: text deltas, then exactly one `Done`
+  with the call's usage; a failure raises `ProviderError`.
+- `complete(request) -> tuple[str, Usage]`: the whole reply through the provider's
+  non-streaming API (its usage object differs from the stream's, so both are kept).
+
+Estimates (only for what a provider never reported, always flagged `estimated=True`):
+a text's tokens are ceil(characters / 4), summed per message for a prompt
+(`prompt_tokens_estimate`). No tokenizer: tiktoken loads its encodings from the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import math
+import ssl
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from functools import cache
+from types import ModuleType
+
+import httpx2
+
+from config.errors import ApplicationError
+
+
+@dataclass(frozen=True)
+class Usage:
+    """One call's tokens by billing class; `reasoning` is a part of `output`, shown apart."""
+
+    input_uncached: int = 0
+    cache_read: int = 0
+    cache_write_5m: int = 0
+    cache_write_1h: int = 0
+    output: int = 0
+    reasoning: int = 0
+    estimated: bool = False
+    raw: dict = field(default_factory=dict, hash=False)
+
+    @property
+    def input_total(self) -> int:
+        return self.input_uncached + self.cache_read + self.cache_write_5m + self.cache_write_1h
+
+    def classes(self) -> dict[str, int]:
+        """The billing classes alone (no flag, no raw object): what a ledger row records."""
+        return {
+            "input_uncached": self.input_uncached,
+            "cache_read": self.cache_read,
+            "cache_write_5m": self.cache_write_5m,
+            "cache_write_1h": self.cache_write_1h,
+            "output": self.output,
+            "reasoning": self.reasoning,
+        }
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str  # "system", "user" or "assistant"
+    content: str
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    model: str
+    messages: tuple[ChatMessage, ...]
+    max_tokens: int | None = None
+    temperature: float | None = None
+    base_url: str | None = None
+    api_key: str | None = None
+    timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class Delta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Done:
+    usage: Usage
+    finish_reason: str | None = None  # as the provider names it: "stop", "end_turn", "STOP", "length", ...
+
+
+SENTENCES = {
+    "auth": "The AI provider rejected the API key. Check the provider's key in the settings.",
+    "rate_limited": "The AI provider is receiving too many requests right now. Please try again shortly.",
+    "timeout": "The AI provider did not answer in time. Please try again.",
+    "unavailable": "The AI provider is unavailable right now. Please try again later.",
+    "context_too_long": "This conversation is too long for the model. Start a new conversation or choose a model with a larger context.",
+    "bad_request": "The AI provider could not process this request.",
+    "interrupted": "The reply was cut off because the connection to the AI provider dropped. The part that arrived is kept.",
+}
+STATUS_CODES = {
+    "auth": 502,
+    "rate_limited": 429,
+    "timeout": 504,
+    "unavailable": 503,
+    "context_too_long": 400,
+    "bad_request": 400,
+    "interrupted": 502,
+}
+
+
+class ProviderError(ApplicationError):
+    """A provider call failed. `kind` is one of SENTENCES; `message` is its sentence for the user.
+
+    `usage` is what the provider had reported (estimated where it had not) when it had
+    started answering: a failed call is metered too. `detail` keeps the provider's own words.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        message: str | None = None,
+        usage: Usage | None = None,
+        *,
+        retry_after: float | None = None,
+        partial_text: str = "",
+        detail: str = "",
+    ):
+        if kind not in SENTENCES:
+            raise ValueError(f"unknown provider error kind {kind!r}")
+        if message is None:
+            message = SENTENCES[kind]
+            if kind == "rate_limited" and retry_after:
+                message = f"The AI provider is receiving too many requests right now. Please try again in {math.ceil(retry_after)} seconds."
+        super().__init__(
+            message,
+            {"kind": kind},  # not `detail`: a provider's words can echo part of our key
+            status_code=STATUS_CODES[kind],
+            retry_after=math.ceil(retry_after) if retry_after is not None else None,
+        )
+        self.kind = kind
+        self.usage = usage
+        self.retry_after_seconds = retry_after
+        self.partial_text = partial_text
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}" + (f" ({self.detail})" if self.detail else "")
+
+
+def text_tokens_estimate(text: str) -> int:
+    """ceil(characters / 4): the documented estimate for a text no provider counted."""
+    return math.ceil(len(text) / 4)
+
+
+def prompt_tokens_estimate(messages: tuple[ChatMessage, ...]) -> int:
+    """The prompt's input tokens when the provider never said: ceil(characters / 4) per message."""
+    return sum(text_tokens_estimate(message.content) for message in messages)
+
+
+def retry_after_from_headers(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds to wait from `retry-after-ms`, or `retry-after` as seconds or an HTTP date."""
+    if not headers:
+        return None
+    try:
+        return float(headers.get("retry-after-ms")) / 1000
+    except (TypeError, ValueError):
+        pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        parsed = email.utils.parsedate_tz(value)
+        return max(email.utils.mktime_tz(parsed) - time.time(), 0.0) if parsed else None
+
+
+def sdk_error(exc: Exception, sdk: ModuleType, *, out_of_credit: bool = False, context_too_long: bool = False) -> ProviderError:
+    """Map an `openai` or `anthropic` SDK error (one generator, the same classes) to a ProviderError.
+
+    The caller says what only its provider's wording tells: an account out of credit
+    (waiting will not help, so not a rate limit) and a prompt over the context window.
+    """
+    detail = str(getattr(exc, "message", "") or exc)
+    if isinstance(exc, sdk.APITimeoutError):
+        return ProviderError("timeout", detail=detail)
+    if isinstance(exc, sdk.APIConnectionError):
+        return ProviderError("unavailable", detail=detail)
+    if isinstance(exc, sdk.AuthenticationError | sdk.PermissionDeniedError):
+        return ProviderError("auth", detail=detail)
+    if isinstance(exc, sdk.RateLimitError) and not out_of_credit:
+        return ProviderError("rate_limited", retry_after=retry_after_from_headers(exc.response.headers), detail=detail)
+    if context_too_long:
+        return ProviderError("context_too_long", detail=detail)
+    if isinstance(exc, sdk.APIStatusError) and 400 <= exc.status_code < 500 and not out_of_credit:
+        return ProviderError("bad_request", detail=detail)
+    return ProviderError("unavailable", detail=detail)
+
+
+def interrupted_usage(reported: Usage | None, *, request: ChatRequest, unreported_text: str, output_final: bool) -> Usage:
+    """Usage for a stream that dropped: every class the provider reported, exactly; the rest estimated.
+
+    `reported` is None when no input count arrived: the whole prompt is estimated as
+    uncached input. Unless the provider's output count was final for what arrived
+    (`output_final`), the text received after its last output count (reply and reasoning
+    alike) is estimated and added. Any estimate flags the usage `estimated`.
+    """
+    usage = reported or Usage(input_uncached=prompt_tokens_estimate(request.messages))
+    if not output_final:
+        usage = replace(usage, output=usage.output + text_tokens_estimate(unreported_text))
+    return replace(usage, estimated=usage.estimated or reported is None or not output_final)
+
+
+_loop_pools: dict[asyncio.AbstractEventLoop, httpx2.AsyncHTTPTransport] = {}
+_loop_pools_lock = threading.Lock()  # sync callers run loops in several threads
+
+
+@cache
+def ssl_context() -> ssl.SSLContext:
+    """One TLS context per process (httpx's default trust): loading CAs costs ~40 ms, far over a request's budget."""
+    return httpx2.create_ssl_context()
+
+
+def http_client(*, on_response: Callable[[httpx2.Response], Awaitable[None]] | None = None) -> httpx2.AsyncClient:
+    """An HTTP client for one call, over the running event loop's shared connection pool.
+
+    An SDK client built with its own HTTP client costs 50-95 ms (TLS setup) and a new
+    pool; built on this one, under 0.2 ms. Timeouts are set per request by the SDKs.
+    A pool is bound to its loop, so each loop has its own. Never close the client (that
+    closes the pool): close its responses, which `on_response` receives as they open.
+    """
+    loop = asyncio.get_running_loop()
+    pool = _loop_pools.get(loop)
+    if pool is None:
+        with _loop_pools_lock:
+            # A finished loop's connections are dead; its pool (which holds the loop) would never be collected.
+            for closed in [other for other in _loop_pools if other.is_closed()]:
+                del _loop_pools[closed]
+            limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=100)  # as the openai SDK's default: many streams at once
+            pool = _loop_pools[loop] = httpx2.AsyncHTTPTransport(verify=ssl_context(), limits=limits)
+    return httpx2.AsyncClient(transport=pool, follow_redirects=True, event_hooks={"response": [on_response] if on_response else []})

@@ -1,0 +1,44 @@
+"""The built-in `echo` provider: offline and deterministic, so the app works with no keys.
+
+The reply is "You said: <the last user message>", streamed one word per `Delta`
+(words keep their following space) with `delay` seconds before each word.
+
+Token counts, exact by definition (no estimate): input is the number of
+whitespace-separated words over all prompt messages; output is the number of
+whitespace-separated words of the reply. No cache, no reasoning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+
+from .base import ChatRequest, Delta, Done, Usage
+
+DELAY = 0.05  # seconds before each word: enough to see a stream, short enough for tests
+
+
+def reply_for(request: ChatRequest) -> str:
+    last_user = next((message.content for message in reversed(request.messages) if message.role == "user"), "")
+    return f"You said: {last_user}"
+
+
+def usage_for(request: ChatRequest, reply: str) -> Usage:
+    prompt_words = sum(len(message.content.split()) for message in request.messages)
+    output_words = len(reply.split())
+    return Usage(input_uncached=prompt_words, output=output_words, raw={"prompt_words": prompt_words, "reply_words": output_words})
+
+
+async def stream(request: ChatRequest, *, delay: float = DELAY) -> AsyncIterator[Delta | Done]:
+    reply = reply_for(request)
+    for word in re.findall(r"\S+\s*", reply):  # the reply starts with a word, so this covers all of it
+        await asyncio.sleep(delay)
+        yield Delta(word)
+    yield Done(usage_for(request, reply), "stop")
+
+
+async def complete(request: ChatRequest, *, delay: float = DELAY) -> tuple[str, Usage]:
+    reply = reply_for(request)
+    await asyncio.sleep(delay)
+    return reply, usage_for(request, reply)

@@ -1,0 +1,103 @@
+"""OpenAI and OpenAI-compatible servers (Ollama, vLLM, llama.cpp) through the `openai` SDK.
+
+`request.base_url` points the client at a compatible server; None means OpenAI itself.
+
+Usage (Chat Completions and Responses alike): `prompt_tokens` / `input_tokens` include
+`cached_tokens` and `cache_write_tokens` (in the prompt details), so uncached input is what
+remains; OpenAI has one cache-write price, recorded as 5-minute writes. `completion_tokens`
+/ `output_tokens` include reasoning and rejected prediction tokens: output is the whole
+count, reasoning the part shown apart. A stream carries usage only in its last chunk and
+only when `stream_options.include_usage` is set, so it always is; if that chunk never
+comes, input is estimated from the prompt and output from the text received.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx2
+import openai
+
+from .base import ChatRequest, Delta, Done, ProviderError, Usage, http_client, interrupted_usage, sdk_error
+
+# A dropped stream surfaces as the SDK's connection error (an APIError), an error event, or the bare transport error.
+STREAM_DROPS = (openai.APIError, httpx2.TransportError)
+# How vLLM ("maximum context length") and llama.cpp ("exceeds the available context size") say it.
+CONTEXT_PHRASES = ("context length", "context size")
+
+
+def usage_from_openai(raw: dict) -> Usage:
+    """Normalize a Chat Completions `usage` or a Responses `usage` object (as a dict)."""
+    prompt = raw.get("prompt_tokens", raw.get("input_tokens")) or 0
+    completion = raw.get("completion_tokens", raw.get("output_tokens")) or 0
+    prompt_details = raw.get("prompt_tokens_details") or raw.get("input_tokens_details") or {}
+    completion_details = raw.get("completion_tokens_details") or raw.get("output_tokens_details") or {}
+    cache_read = prompt_details.get("cached_tokens") or 0
+    cache_write = prompt_details.get("cache_write_tokens") or 0
+    return Usage(
+        input_uncached=prompt - cache_read - cache_write,
+        cache_read=cache_read,
+        cache_write_5m=cache_write,
+        output=completion,
+        reasoning=completion_details.get("reasoning_tokens") or 0,
+        raw=raw,
+    )
+
+
+def _client(request: ChatRequest) -> openai.AsyncOpenAI:
+    # No SDK retries: the chat layer decides, and a retried call would be billed twice.
+    return openai.AsyncOpenAI(
+        api_key=request.api_key or "unused", base_url=request.base_url, timeout=request.timeout, max_retries=0, http_client=http_client()
+    )
+
+
+def _arguments(request: ChatRequest) -> dict:
+    arguments = {"model": request.model, "messages": [{"role": m.role, "content": m.content} for m in request.messages]}
+    if request.max_tokens is not None:
+        # OpenAI's reasoning models refuse `max_tokens`; compatible servers know only it.
+        arguments["max_tokens" if request.base_url else "max_completion_tokens"] = request.max_tokens
+    if request.temperature is not None:
+        arguments["temperature"] = request.temperature
+    return arguments
+
+
+def _error(exc: Exception) -> ProviderError:
+    code = getattr(exc, "code", None)
+    detail = str(getattr(exc, "message", "") or exc).lower()
+    too_long = isinstance(exc, openai.BadRequestError) and (code == "context_length_exceeded" or any(p in detail for p in CONTEXT_PHRASES))
+    return sdk_error(exc, openai, out_of_credit=code == "insufficient_quota", context_too_long=too_long)
+
+
+async def complete(request: ChatRequest) -> tuple[str, Usage]:
+    try:
+        response = await _client(request).chat.completions.create(**_arguments(request))
+    except openai.OpenAIError as exc:
+        raise _error(exc)
+    text = (response.choices[0].message.content or "") if response.choices else ""
+    if response.usage is None:
+        return text, interrupted_usage(None, request=request, unreported_text=text, output_final=False)
+    return text, usage_from_openai(response.usage.model_dump(exclude_none=True))
+
+
+async def stream(request: ChatRequest) -> AsyncIterator[Delta | Done]:
+    text, usage, finish_reason = "", None, None
+    try:
+        chunks = await _client(request).chat.completions.create(**_arguments(request), stream=True, stream_options={"include_usage": True})
+    except openai.OpenAIError as exc:
+        raise _error(exc)
+    async with chunks:  # returns the connection to the pool even when the caller stops early
+        try:
+            async for chunk in chunks:
+                if chunk.usage is not None:
+                    usage = usage_from_openai(chunk.usage.model_dump(exclude_none=True))
+                for choice in chunk.choices:
+                    finish_reason = choice.finish_reason or finish_reason
+                    if choice.delta and choice.delta.content:
+                        text += choice.delta.content
+                        yield Delta(choice.delta.content)
+        except STREAM_DROPS as exc:
+            # The usage chunk comes last: if it arrived, it counted everything.
+            estimate = interrupted_usage(usage, request=request, unreported_text="" if usage else text, output_final=usage is not None)
+            raise ProviderError("interrupted", usage=estimate, partial_text=text, detail=str(exc))
+    # A server that ignores include_usage still answered: meter it, flagged as estimated.
+    yield Done(usage or interrupted_usage(None, request=request, unreported_text=text, output_final=False), finish_reason)
