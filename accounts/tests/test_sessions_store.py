@@ -141,7 +141,7 @@ def test_signed_in_sessions_list_keeps_the_digest_of_the_key_not_the_key():
 
 
 def test_migration_hashes_keys_in_sql_as_token_digest_does():
-    hashed = import_module("accounts.migrations.0011_usersession_key_digest").HASHED
+    hashed = import_module("accounts.migrations.0012_usersession_key_digest").HASHED
     keys = ["a" * 32, "0123456789abcdefghijklmnopqrstuv", "clé-ünïcode-✓"]
     with connections["owner"].cursor() as cur:
         cur.execute(f"SELECT {hashed} FROM unnest(%s::text[]) WITH ORDINALITY AS k(session_key, n) ORDER BY n", [keys])
@@ -151,7 +151,7 @@ def test_migration_hashes_keys_in_sql_as_token_digest_does():
 
 def test_migration_back_and_forth_ends_sessions_and_hashes_existing_keys():
     """Reversing signs out the listed sessions (their keys cannot come back); going forward hashes what is there."""
-    migration = import_module("accounts.migrations.0011_usersession_key_digest")
+    migration = import_module("accounts.migrations.0012_usersession_key_digest")
     alice = make_user(email="alice@example.com")
     key = _sign_in(Client(), alice.email)
     with transaction.atomic(using="owner"), connections["owner"].cursor() as cur:

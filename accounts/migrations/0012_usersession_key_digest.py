@@ -81,7 +81,7 @@ def grant_functions(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("accounts", "0010_organization_ids_from_memberships")]
+    dependencies = [("accounts", "0011_apikey_billing_scopes")]
 
     operations = [
         migrations.SeparateDatabaseAndState(
