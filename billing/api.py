@@ -9,9 +9,9 @@ from rest_framework.views import APIView
 
 from accounts import selectors as accounts_selectors
 from accounts.models import ApiKey
-from accounts.serializers import ErrorOut
 from billing import selectors, services
 from billing.serializers import PlanOut, SubscriptionChangeIn, SubscriptionOut
+from config.api.errors import error_responses
 from config.errors import NotFoundError
 
 READ, WRITE = ApiKey.Scope.BILLING_READ.value, ApiKey.Scope.BILLING_WRITE.value
@@ -21,7 +21,7 @@ BILLING_SCOPES = {"GET": READ, "HEAD": READ, "OPTIONS": READ, "*": WRITE}
 class PlanListApi(APIView):
     required_scopes = BILLING_SCOPES
 
-    @extend_schema(responses={200: PlanOut(many=True), 401: ErrorOut, 403: ErrorOut})
+    @extend_schema(responses={200: PlanOut(many=True), **error_responses(401, 403)})
     def get(self, request):
         return Response(PlanOut(selectors.plan_list(), many=True).data)
 
@@ -29,14 +29,12 @@ class PlanListApi(APIView):
 class SubscriptionApi(APIView):
     required_scopes = BILLING_SCOPES
 
-    @extend_schema(responses={200: SubscriptionOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut})
+    @extend_schema(responses={200: SubscriptionOut, **error_responses(401, 403, 404)})
     def get(self, request, organization_id):
         organization = accounts_selectors.organization_get(user=request.user, organization_id=organization_id)
         return Response(SubscriptionOut(selectors.subscription_overview(organization=organization)).data)
 
-    @extend_schema(
-        request=SubscriptionChangeIn, responses={200: SubscriptionOut, 400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut}
-    )
+    @extend_schema(request=SubscriptionChangeIn, responses={200: SubscriptionOut, **error_responses(400, 401, 403, 404)})
     def post(self, request, organization_id):
         organization = accounts_selectors.organization_get(user=request.user, organization_id=organization_id)
         data = SubscriptionChangeIn(data=request.data)
