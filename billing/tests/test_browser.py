@@ -1,16 +1,15 @@
 """A real headless Chromium changes plan without Stripe and sees the new limits on the
-billing page, which fits a 390px-wide phone."""
+billing page, which fits a 390px-wide phone (Chromium and `page` come from config/tests/browser.py)."""
 
 import pytest
 
 from accounts.tests.factories import PASSWORD, make_user
-from accounts.tests.test_browser import no_persistent_connections, page  # noqa: F401  the shared Chromium fixtures
 from billing.tests.factories import current_subscription, make_plans, organization_of, put_on_plan
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
-def test_owner_downgrades_now_and_sees_the_free_limits(live_server, page):  # noqa: F811
+def test_owner_downgrades_now_and_sees_the_free_limits(live_server, page):
     from playwright.sync_api import expect
 
     plans = make_plans()
