@@ -288,7 +288,7 @@ def _stop_processes(procs: list[subprocess.Popen]) -> None:
 def web_command(*, bind: str, workers: int | str, access_log: bool = True) -> list[str]:
     """The ASGI server, as production runs it: gunicorn supervising uvicorn workers."""
     command = [sys.executable, "-m", "gunicorn", "config.asgi:application", "--worker-class", "uvicorn_worker.UvicornWorker"]
-    command += ["--bind", bind, "--workers", str(workers), "--graceful-timeout", "10"]
+    command += ["--bind", bind, "--workers", str(workers), "--graceful-timeout", "10", "--no-control-socket"]
     return command + (["--access-logfile", "-"] if access_log else [])
 
 

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,11 +45,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def wsgi_command(*, bind: str, workers: int) -> list[str]:
+    """The server before issue #10 (gunicorn sync workers, WSGI): the bench's baseline."""
+    return [sys.executable, "-m", "gunicorn", "config.wsgi:application", "--bind", bind, "--workers", str(workers), "--no-control-socket"]
+
+
 @contextmanager
-def served(*, workers: int, **env: str) -> Iterator[str]:
+def served(*, workers: int, wsgi: bool = False, **env: str) -> Iterator[str]:
     """Start the server, wait for /health/live, yield its base URL, stop it (its whole process group)."""
     port = _free_port()
-    command = embedded.web_command(bind=f"127.0.0.1:{port}", workers=workers, access_log=False)
+    bind = f"127.0.0.1:{port}"
+    command = wsgi_command(bind=bind, workers=workers) if wsgi else embedded.web_command(bind=bind, workers=workers, access_log=False)
     proc = subprocess.Popen(command, cwd=settings.BASE_DIR, env=server_env(**env), start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
