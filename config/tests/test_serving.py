@@ -3,9 +3,13 @@ run it, started as a real server against the test database (config/tests/serving
 
 import asyncio
 import time
+import uuid
 
 import httpx
 import pytest
+from django.conf import settings
+from django.db import connections
+from psycopg_pool import ConnectionPool
 
 from accounts.services import api_key_create
 from accounts.tests.factories import make_user
@@ -80,3 +84,17 @@ def test_a_pooled_connection_carries_no_context_into_the_next_request():
     assert as_alice.status_code == as_bob.status_code == 200
     assert [k["id"] for k in as_alice.json()["results"]] == [str(alice_key.pk)]
     assert [k["id"] for k in as_bob.json()["results"]] == [str(bob_key.pk)]
+
+
+@pytest.mark.django_db
+def test_the_pool_reset_hook_clears_session_settings_on_check_in():
+    params = connections["default"].get_connection_params()  # the app role on the test database
+    params = {k: v for k, v in params.items() if k not in ("context", "cursor_factory", "prepare_threshold")}
+    with ConnectionPool(
+        kwargs={**params, "autocommit": True}, min_size=1, max_size=1, reset=settings.DATABASE_POOL_OPTIONS["reset"]
+    ) as pool:
+        with pool.connection() as conn:
+            pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+            conn.execute("SELECT set_config('app.user_id', %s, false)", [str(uuid.uuid4())])
+        with pool.connection() as conn:
+            assert conn.execute("SELECT pg_backend_pid(), current_setting('app.user_id', true)").fetchone() == (pid, "")
