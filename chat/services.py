@@ -53,7 +53,8 @@ def usage_cost(*, usage: Usage, price: ModelPrice) -> Decimal:
     return (total / MILLION).quantize(CENT_FRACTION)
 
 
-def _price_for(*, provider: str, model: str) -> ModelPrice:
+def model_price_for(*, provider: str, model: str) -> ModelPrice:
+    """The price in force for a provider's model; ModelUnavailable (400) with the reason when there is none."""
     if provider not in PROVIDERS:
         raise ModelUnavailable(f"Unknown provider '{provider}'. Choose one of: {', '.join(PROVIDERS)}.", {"field": "provider"})
     if not model:
@@ -122,13 +123,20 @@ def conversation_delete(*, user: User, conversation: Conversation) -> None:
         conversation.delete()
 
 
+def _persona_model_check(fields: dict) -> None:
+    if fields.get("provider") or fields.get("model"):
+        model_price_for(provider=fields.get("provider") or settings.CHAT_DEFAULT_PROVIDER, model=fields.get("model") or "")
+
+
 def persona_create(*, user: User, **fields) -> Persona:
+    _persona_model_check(fields)
     with rls.atomic():
         rls.context_set(user_id=user.pk)
         return Persona.objects.create(user_id=user.pk, **fields)
 
 
 def persona_update(*, user: User, persona: Persona, **fields) -> Persona:
+    _persona_model_check({"provider": persona.provider, "model": persona.model, **fields})
     with rls.atomic():
         rls.context_set(user_id=user.pk)
         for name, value in fields.items():
@@ -224,7 +232,7 @@ def message_prepare(
         persona = conversation.persona if conversation is not None and conversation.persona_id else None
         provider = provider or (persona.provider if persona else "") or settings.CHAT_DEFAULT_PROVIDER
         model = model or (persona.model if persona and persona.provider == provider else "") or _default_model(provider)
-        price = _price_for(provider=provider, model=model)
+        price = model_price_for(provider=provider, model=model)
         if conversation is None:
             organization = _personal_organization(user)
         else:
