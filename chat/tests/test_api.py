@@ -5,6 +5,8 @@ import json
 from decimal import Decimal
 
 import pytest
+from asgiref.sync import sync_to_async
+from django.db import connections
 
 from accounts.tests.factories import make_user
 from accounts.tests.test_api import assert_error, key_client, session_client
@@ -12,6 +14,7 @@ from analytics.models import TokenUsage
 from billing.tests.factories import organization_of, put_on_plan
 from chat import services
 from chat.models import Conversation, Message
+from chat.providers import echo
 from config.db import rls
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -100,7 +103,17 @@ def test_refusals_are_402_429_and_400_with_the_reason_and_store_nothing(alice, p
         assert (Message.objects.count(), TokenUsage.objects.count()) == (2, 1)
 
 
-def test_stream_sends_deltas_then_a_final_event_with_tokens_and_cost(alice):
+def test_stream_sends_deltas_then_a_final_event_with_tokens_and_cost(alice, monkeypatch):
+    in_transaction = []
+    real = echo.stream
+
+    async def watched(request, **kwargs):
+        # Where the request ran (its thread's connection): is a transaction open while the provider answers?
+        in_transaction.append(await sync_to_async(lambda: connections["default"].in_atomic_block)())
+        async for event in real(request, **kwargs):
+            yield event
+
+    monkeypatch.setattr(echo, "stream", watched)
     client = session_client(alice)
     conversation_id = client.post(f"{API}/conversations", {}, format="json").json()["id"]
     response = client.post(f"{API}/conversations/{conversation_id}/messages?stream=true", {"content": "stream this"}, format="json")
@@ -114,6 +127,7 @@ def test_stream_sends_deltas_then_a_final_event_with_tokens_and_cost(alice):
         message = Message.objects.get(pk=done["message_id"])
         assert TokenUsage.objects.get().message_id == message.pk
     assert message.content == "You said: stream this" and message.status == "complete"
+    assert in_transaction == [False]
 
 
 def test_messages_are_listed_in_order_with_cursor_pages(alice):
