@@ -38,8 +38,8 @@ class ConversationIn(serializers.Serializer):
 
 class ConversationFilter(serializers.Serializer):
     archived = serializers.BooleanField(required=False, allow_null=True, default=None)
-    q = serializers.CharField(max_length=200, required=False, default="")
-    tag = serializers.CharField(max_length=50, required=False, default="")
+    q = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    tag = serializers.CharField(max_length=50, required=False, allow_blank=True, default="")
     persona_id = serializers.UUIDField(required=False, default=None)
     organization_id = serializers.UUIDField(required=False, default=None)
 
