@@ -288,11 +288,20 @@ def _default_model(provider: str) -> str:
 
 
 def _reply_finish(
-    pending: PendingReply, *, text: str, usage: Usage, status: str, error: str = "", latency_ms: int, finish_reason: str | None = None
+    pending: PendingReply,
+    *,
+    text: str,
+    usage: Usage,
+    status: str,
+    error: str = "",
+    latency_ms: int,
+    finish_reason: str | None = None,
+    provider_failed: bool = False,
 ) -> Message:
     """Store the reply and meter it, in one short transaction: the message, the
-    conversation's totals and the ledger row agree or none is written. A reply already
-    closed (by the stale-stream task) is left as it is."""
+    conversation's totals and the ledger row agree or none is written. A provider's failure
+    is a failed ledger row (a client going away is not). A reply already closed (by the
+    stale-stream task) is left as it is."""
     message = pending.message
     cost = usage_cost(usage=usage, price=pending.price)
     metadata = {
@@ -318,13 +327,7 @@ def _reply_finish(
             message.refresh_from_db()
             return message
         _meter(
-            message=message,
-            usage=usage,
-            cost=cost,
-            price=pending.price,
-            latency_ms=latency_ms,
-            success=status != Status.FAILED,
-            error=error,
+            message=message, usage=usage, cost=cost, price=pending.price, latency_ms=latency_ms, success=not provider_failed, error=error
         )
     for name, value in fields.items():
         setattr(message, name, value)
@@ -397,7 +400,16 @@ def message_send(
     started = time.monotonic()
     text, usage, status, error, finish = async_to_sync(_complete)(pending)
     latency_ms = int((time.monotonic() - started) * 1000)
-    message = _reply_finish(pending, text=text, usage=usage, status=status, error=error, latency_ms=latency_ms, finish_reason=finish)
+    message = _reply_finish(
+        pending,
+        text=text,
+        usage=usage,
+        status=status,
+        error=error,
+        latency_ms=latency_ms,
+        finish_reason=finish,
+        provider_failed=bool(error),
+    )
     with rls.atomic():
         rls.context_set(user_id=user.pk)
         conversation = selectors.conversation_get(user=user, conversation_id=pending.conversation.pk)
@@ -418,10 +430,18 @@ async def message_stream(*, pending: PendingReply) -> AsyncIterator[dict]:
     events = adapter.stream(pending.request)
     finish_async = sync_to_async(_reply_finish)
 
-    async def close(status: str, usage: Usage, error: str = "") -> Message:
+    async def close(status: str, usage: Usage, error: str = "", provider_failed: bool = False) -> Message:
         latency_ms = int((time.monotonic() - started) * 1000)
+        text = "".join(parts)
         return await finish_async(
-            pending, text="".join(parts), usage=usage, status=status, error=error, latency_ms=latency_ms, finish_reason=finish
+            pending,
+            text=text,
+            usage=usage,
+            status=status,
+            error=error,
+            latency_ms=latency_ms,
+            finish_reason=finish,
+            provider_failed=provider_failed,
         )
 
     try:
@@ -439,7 +459,7 @@ async def message_stream(*, pending: PendingReply) -> AsyncIterator[dict]:
         status, usage, error = _failure(exc, pending.request, "".join(parts))
     finally:
         await events.aclose()
-    message = await close(status, usage or Usage())
+    message = await close(status, usage or Usage(), error, provider_failed=bool(error))
     yield {
         "type": "done",
         "message_id": str(message.pk),

@@ -18,9 +18,9 @@ from billing.tests.factories import organization_of, put_on_plan
 from chat import services
 from chat.errors import ModelUnavailable, ProviderKeyMissing
 from chat.models import Conversation, Message
-from chat.providers.base import text_tokens_estimate
+from chat.providers.base import SENTENCES, text_tokens_estimate
 from chat.tests.factories import price_add
-from chat.tests.provider_servers import ProviderServer, Reply, openai_completion, openai_error
+from chat.tests.provider_servers import ProviderServer, Reply, openai_completion, openai_error, openai_stream
 from config.db import rls
 from config.errors import NotFoundError, QuotaExceeded, RateLimited
 
@@ -276,3 +276,24 @@ def test_another_users_conversation_cannot_be_sent_to(alice):
     with pytest.raises(NotFoundError):
         services.message_send(user=bob, content="intrude", conversation=conversation)
     assert len(messages_of(alice)) == 2 and messages_of(bob) == []
+
+
+def test_a_stream_the_provider_drops_midway_keeps_the_part_and_is_a_failed_metered_call(alice, openai_server):
+    with rls.privileged(reason="test"):
+        provider_credential_set(user=alice, provider="openai", api_key="sk-user-own-key-1234567890", base_url=f"{openai_server.url}/v1")
+    openai_server.queue(Reply(events=openai_stream(["Hello ", "world, ", "this is cut"], None), cut_after=3))
+    pending = services.message_prepare(user=alice, content="Say hello", provider="openai", model="gpt-4o-mini")
+
+    async def read():
+        return [event async for event in services.message_stream(pending=pending)]
+
+    events = async_to_sync(read)()
+    assert "".join(e["text"] for e in events if e["type"] == "delta") == "Hello world, "
+    done = events[-1]
+    assert (done["type"], done["status"]) == ("done", "interrupted")
+    assert done["error"] == SENTENCES["interrupted"]
+    [message] = [m for m in messages_of(alice) if m.role == "assistant"]
+    assert (message.status, message.content, message.error) == ("interrupted", "Hello world, ", SENTENCES["interrupted"])
+    assert message.output_tokens == text_tokens_estimate("Hello world, ") and message.metadata["estimated"] is True
+    [row] = ledger()
+    assert (row.success, row.error, row.output_tokens, row.cost) == (False, SENTENCES["interrupted"], message.output_tokens, message.cost)
