@@ -180,3 +180,23 @@ def test_models_lists_the_catalog_with_prices(alice):
     models = {m["model"]: m for m in session_client(alice).get(f"{API}/models").json()}
     assert models["gpt-4o-mini"]["input_price"] == "0.150000" and models["gpt-4o-mini"]["output_price"] == "0.600000"
     assert models["echo-1"]["provider"] == "echo" and {"openai", "anthropic", "gemini", "echo"} == {m["provider"] for m in models.values()}
+
+
+def _queries(client, url) -> int:
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connections["default"]) as captured:
+        assert client.get(url).status_code == 200
+    return len(captured)
+
+
+def test_lists_cost_the_same_queries_for_one_row_or_many(alice):
+    client = session_client(alice)
+    reply = services.message_send(user=alice, content="first")
+    client.get(f"{API}/models")  # the session's first request also records its activity
+    one = (_queries(client, f"{API}/conversations"), _queries(client, f"{API}/conversations/{reply.conversation.pk}/messages"))
+    for n in range(4):
+        services.message_send(user=alice, content=f"more {n}", conversation=reply.conversation)
+        services.message_send(user=alice, content=f"another {n}")
+    many = (_queries(client, f"{API}/conversations"), _queries(client, f"{API}/conversations/{reply.conversation.pk}/messages"))
+    assert one == many
