@@ -7,6 +7,7 @@ from config.api.views import ApiRootView
 
 api_v1 = [path("", ApiRootView.as_view(), name="api-root"), path("", include("accounts.api_urls")), path("", include("analytics.api_urls"))]
 api_v1 += [path("", include("billing.api_urls"))]
+api_v1 += [path("", include("chat.api_urls"))]
 
 urlpatterns = [
     path("", views.home, name="home"),

@@ -135,7 +135,8 @@ class RLSContextMiddleware:
             if response.status_code >= 500:
                 transaction.set_rollback(True, using=APP_ALIAS)
             context = context_get() if response.streaming else None
-        if response.streaming:
+        # An async body (chat's server-sent events) opens its own short transactions with its own context.
+        if response.streaming and not response.is_async:
             response.streaming_content = _stream_in_context(response.streaming_content, context)
         return response
 

@@ -37,6 +37,7 @@ INSTALLED_APPS = [
     "accounts.apps.AccountsConfig",
     "analytics.apps.AnalyticsConfig",
     "billing.apps.BillingConfig",
+    "chat.apps.ChatConfig",
 ]
 
 MIDDLEWARE = [
@@ -294,3 +295,17 @@ STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET", default="")
 # Where the library sends API calls (tests point it at a local server speaking Stripe's wire format).
 STRIPE_API_BASE = env("STRIPE_API_BASE", default="https://api.stripe.com")
 CELERY_BEAT_SCHEDULE["billing-revenue-snapshot"] = {"task": "billing.tasks.revenue_snapshot_task", "schedule": crontab(minute=7)}
+
+# --- Chat (chat/) ------------------------------------------------------------------
+CHAT_DEFAULT_PROVIDER = env("CHAT_DEFAULT_PROVIDER", default="echo")
+CHAT_DEFAULT_MODEL = env("CHAT_DEFAULT_MODEL", default="echo-1")
+# The platform's keys: managed (paid plans) and free tier; unset means that access is not offered.
+OPENAI_API_KEY = env("OPENAI_API_KEY", default=None)
+ANTHROPIC_API_KEY = env("ANTHROPIC_API_KEY", default=None)
+GEMINI_API_KEY = env("GEMINI_API_KEY", default=None)
+OPENAI_FREE_TIER_API_KEY = env("OPENAI_FREE_TIER_API_KEY", default=None)
+ANTHROPIC_FREE_TIER_API_KEY = env("ANTHROPIC_FREE_TIER_API_KEY", default=None)
+GEMINI_FREE_TIER_API_KEY = env("GEMINI_FREE_TIER_API_KEY", default=None)
+# A reply still `streaming` after this many minutes lost its worker: closed as interrupted and metered.
+CHAT_STREAM_STALE_MINUTES = env.int("CHAT_STREAM_STALE_MINUTES", default=15)
+CELERY_BEAT_SCHEDULE["chat-streams-close-stale"] = {"task": "chat.tasks.streams_close_stale_task", "schedule": crontab(minute="*/5")}

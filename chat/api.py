@@ -1,0 +1,216 @@
+"""The chat REST API (/api/v1/): conversations, their messages (sent and streamed), personas
+and the model catalog. Each view parses input, calls one service or selector, renders.
+
+Another user's conversation or persona is 404 (row-level security hides it). API keys need
+`chat:read` to read and `chat:write` to change or send. Refusals answer 402 (quota), 429
+(rate, with Retry-After), 403 (plan) or 400 (unknown model, no price, no key).
+"""
+
+import json
+
+from asgiref.sync import async_to_sync, sync_to_async
+from django.db import connections
+from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.pagination import CursorPagination
+from rest_framework.response import Response
+from rest_framework.settings import api_settings
+from rest_framework.views import APIView
+
+from accounts.models import ApiKey
+from chat import selectors, services
+from chat.serializers import (
+    ConversationFilter,
+    ConversationIn,
+    ConversationOut,
+    MessageIn,
+    MessageOut,
+    ModelPriceOut,
+    PersonaSerializer,
+    ReplyOut,
+    StreamQuery,
+)
+from config.api.errors import error_responses
+from config.api.inputs import validated_body, validated_query
+
+READ, WRITE = ApiKey.Scope.CHAT_READ.value, ApiKey.Scope.CHAT_WRITE.value
+CHAT_SCOPES = {"GET": READ, "HEAD": READ, "OPTIONS": READ, "*": WRITE}
+SEND_ERRORS = error_responses(400, 401, 402, 403, 404, 429)
+
+
+class MessageCursor(CursorPagination):
+    ordering = "sequence"
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 200
+
+
+def _page(view: APIView, request, queryset, serializer_class) -> Response:
+    paginator = view.pagination_class()
+    page = paginator.paginate_queryset(queryset, request, view=view)
+    return paginator.get_paginated_response(serializer_class(page, many=True).data)
+
+
+def _api_key_id(request):
+    return request.auth.pk if isinstance(request.auth, ApiKey) else None
+
+
+def _persona(request, fields: dict):
+    """Swap `persona_id` for the user's persona (404 if not theirs); None clears it."""
+    if "persona_id" in fields:
+        persona_id = fields.pop("persona_id")
+        fields["persona"] = selectors.persona_get(user=request.user, persona_id=persona_id) if persona_id else None
+    return fields
+
+
+# --- Conversations -------------------------------------------------------------------
+
+
+class ConversationListApi(APIView):
+    required_scopes = CHAT_SCOPES
+    pagination_class = api_settings.DEFAULT_PAGINATION_CLASS
+
+    @extend_schema(parameters=[ConversationFilter], responses={200: ConversationOut(many=True), **error_responses(400, 401, 403)})
+    def get(self, request):
+        filters = validated_query(ConversationFilter, request)
+        return _page(self, request, selectors.conversation_list(user=request.user, **filters), ConversationOut)
+
+    @extend_schema(request=ConversationIn, responses={201: ConversationOut, **error_responses(400, 401, 403, 404)})
+    def post(self, request):
+        fields = _persona(request, dict(validated_body(ConversationIn, request)))
+        for ignored in ("summary", "is_archived"):  # a new conversation starts unsummarized and active
+            fields.pop(ignored, None)
+        conversation = services.conversation_create(user=request.user, **fields)
+        return Response(ConversationOut(conversation).data, status=status.HTTP_201_CREATED)
+
+
+class ConversationDetailApi(APIView):
+    required_scopes = CHAT_SCOPES
+
+    @extend_schema(responses={200: ConversationOut, **error_responses(401, 403, 404)})
+    def get(self, request, conversation_id):
+        return Response(ConversationOut(selectors.conversation_get(user=request.user, conversation_id=conversation_id)).data)
+
+    @extend_schema(request=ConversationIn, responses={200: ConversationOut, **error_responses(400, 401, 403, 404)})
+    def patch(self, request, conversation_id):
+        conversation = selectors.conversation_get(user=request.user, conversation_id=conversation_id)
+        fields = _persona(request, dict(validated_body(ConversationIn, request, partial=True)))
+        fields.pop("organization_id", None)
+        conversation = services.conversation_update(user=request.user, conversation=conversation, **fields)
+        return Response(ConversationOut(conversation).data)
+
+    @extend_schema(responses={204: None, **error_responses(401, 403, 404)})
+    def delete(self, request, conversation_id):
+        conversation = selectors.conversation_get(user=request.user, conversation_id=conversation_id)
+        services.conversation_delete(user=request.user, conversation=conversation)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# --- Messages ------------------------------------------------------------------------
+
+
+async def _server_sent_events(events):
+    async for event in events:
+        yield f"data: {json.dumps(event)}\n\n"
+
+
+def _send_in_own_transactions(**kwargs) -> services.Reply:
+    """message_send on a thread with its own connections: its short transactions commit as
+    they go and no lock of the send waits in the request's transaction on the provider."""
+
+    def send() -> services.Reply:
+        try:
+            return services.message_send(**kwargs)
+        finally:
+            connections.close_all()  # a pool thread's connections outlive no request
+
+    return async_to_sync(sync_to_async(send, thread_sensitive=False))()
+
+
+class MessageListApi(APIView):
+    required_scopes = CHAT_SCOPES
+    pagination_class = MessageCursor
+
+    @extend_schema(responses={200: MessageOut(many=True), **error_responses(401, 403, 404)})
+    def get(self, request, conversation_id):
+        conversation = selectors.conversation_get(user=request.user, conversation_id=conversation_id)
+        return _page(self, request, selectors.message_list(conversation=conversation), MessageOut)
+
+    @extend_schema(
+        request=MessageIn,
+        parameters=[OpenApiParameter("stream", OpenApiTypes.BOOL, description="Answer with server-sent events: deltas, then `done`.")],
+        responses={201: ReplyOut, **SEND_ERRORS},
+    )
+    def post(self, request, conversation_id):
+        conversation = selectors.conversation_get(user=request.user, conversation_id=conversation_id)
+        body = validated_body(MessageIn, request)
+        send = {
+            "user": request.user,
+            "conversation": conversation,
+            "content": body["content"],
+            "provider": body.get("provider") or None,
+            "model": body.get("model") or None,
+            "api_key_id": _api_key_id(request),
+        }
+        if not validated_query(StreamQuery, request)["stream"]:
+            reply = _send_in_own_transactions(**send)
+            data = {"conversation": reply.conversation, "user_message": reply.user_message, "message": reply.message}
+            return Response(ReplyOut(data).data, status=status.HTTP_201_CREATED)
+        # Checked and stored in the request's short transaction (a refusal is a plain 4xx);
+        # the body runs after it commits and opens its own transactions.
+        pending = services.message_prepare(**send)
+        response = StreamingHttpResponse(
+            _server_sent_events(services.message_stream(pending=pending)), content_type="text/event-stream", status=200
+        )
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"  # proxies pass each event on as it comes
+        return response
+
+
+# --- Personas ------------------------------------------------------------------------
+
+
+class PersonaListApi(APIView):
+    required_scopes = CHAT_SCOPES
+    pagination_class = api_settings.DEFAULT_PAGINATION_CLASS
+
+    @extend_schema(responses={200: PersonaSerializer(many=True), **error_responses(401, 403)})
+    def get(self, request):
+        return _page(self, request, selectors.persona_list(user=request.user), PersonaSerializer)
+
+    @extend_schema(request=PersonaSerializer, responses={201: PersonaSerializer, **error_responses(400, 401, 403)})
+    def post(self, request):
+        persona = services.persona_create(user=request.user, **validated_body(PersonaSerializer, request))
+        return Response(PersonaSerializer(persona).data, status=status.HTTP_201_CREATED)
+
+
+class PersonaDetailApi(APIView):
+    required_scopes = CHAT_SCOPES
+
+    @extend_schema(responses={200: PersonaSerializer, **error_responses(401, 403, 404)})
+    def get(self, request, persona_id):
+        return Response(PersonaSerializer(selectors.persona_get(user=request.user, persona_id=persona_id)).data)
+
+    @extend_schema(request=PersonaSerializer, responses={200: PersonaSerializer, **error_responses(400, 401, 403, 404)})
+    def patch(self, request, persona_id):
+        persona = selectors.persona_get(user=request.user, persona_id=persona_id)
+        persona = services.persona_update(user=request.user, persona=persona, **validated_body(PersonaSerializer, request, partial=True))
+        return Response(PersonaSerializer(persona).data)
+
+    @extend_schema(responses={204: None, **error_responses(401, 403, 404)})
+    def delete(self, request, persona_id):
+        services.persona_delete(user=request.user, persona=selectors.persona_get(user=request.user, persona_id=persona_id))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# --- The catalog ---------------------------------------------------------------------
+
+
+class ModelListApi(APIView):
+    required_scopes = READ
+
+    @extend_schema(responses={200: ModelPriceOut(many=True), **error_responses(401, 403)})
+    def get(self, request):
+        return Response(ModelPriceOut(selectors.model_price_list(), many=True).data)

@@ -1,0 +1,122 @@
+"""Conversations, messages, personas and the model catalog.
+
+Portable to MongoDB (a later issue): no foreign keys to other apps' tables (`user_id`,
+`organization_id` are plain UUIDs) and no PostgreSQL-only field types. Row-level security
+(migration 0001): a user's conversations, messages and personas are theirs alone; the
+catalog is read by everyone and written by staff.
+"""
+
+import uuid
+from decimal import Decimal
+
+from django.db import models
+from django.utils import timezone
+
+MONEY = {"max_digits": 16, "decimal_places": 6}  # USD, as the ledger keeps it
+
+
+class Persona(models.Model):
+    """A saved system prompt with its default provider, model and temperature."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user_id = models.UUIDField(db_index=True)
+    name = models.CharField(max_length=100)
+    system_prompt = models.TextField()
+    provider = models.CharField(max_length=32, blank=True)
+    model = models.CharField(max_length=100, blank=True)
+    temperature = models.DecimalField(max_digits=3, decimal_places=2, null=True, blank=True)
+    usage_count = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+class Conversation(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user_id = models.UUIDField()
+    organization_id = models.UUIDField(db_index=True)
+    title = models.CharField(max_length=200, blank=True)
+    summary = models.TextField(blank=True)
+    persona = models.ForeignKey(Persona, null=True, blank=True, on_delete=models.SET_NULL, related_name="conversations")
+    tags = models.JSONField(default=list, blank=True)
+    is_archived = models.BooleanField(default=False)
+    message_count = models.PositiveIntegerField(default=0)
+    total_tokens = models.BigIntegerField(default=0)
+    total_cost = models.DecimalField(default=Decimal("0"), **MONEY)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-updated_at"]
+        indexes = [models.Index(fields=["user_id", "-updated_at"], name="chat_conv_user_updated")]
+
+    def __str__(self):
+        return self.title or f"Conversation {self.pk}"
+
+
+class Message(models.Model):
+    class Role(models.TextChoices):
+        USER = "user", "User"
+        ASSISTANT = "assistant", "Assistant"
+        SYSTEM = "system", "System"
+
+    class Status(models.TextChoices):
+        COMPLETE = "complete", "Complete"
+        STREAMING = "streaming", "Streaming"
+        INTERRUPTED = "interrupted", "Interrupted"
+        FAILED = "failed", "Failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    user_id = models.UUIDField()  # the conversation's owner, denormalized so the row policy is direct
+    sequence = models.PositiveIntegerField()
+    role = models.CharField(max_length=16, choices=Role.choices)
+    content = models.TextField(blank=True)
+    provider = models.CharField(max_length=32, blank=True)
+    model = models.CharField(max_length=100, blank=True)
+    input_tokens = models.IntegerField(default=0)
+    output_tokens = models.IntegerField(default=0)
+    cost = models.DecimalField(default=Decimal("0"), **MONEY)
+    latency_ms = models.IntegerField(default=0)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
+    error = models.TextField(blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["conversation", "sequence"]
+        constraints = [models.UniqueConstraint(fields=["conversation", "sequence"], name="chat_message_sequence_unique")]
+        indexes = [models.Index(fields=["status", "created_at"], name="chat_message_status_created")]
+
+    def __str__(self):
+        return f"{self.role} #{self.sequence}"
+
+
+class ModelPrice(models.Model):
+    """One version of a model's list price (USD per million tokens); versions, never edits in place."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    provider = models.CharField(max_length=32)
+    model = models.CharField(max_length=100)
+    display_name = models.CharField(max_length=100)
+    context_window = models.PositiveIntegerField(default=0)
+    input_price = models.DecimalField(max_digits=12, decimal_places=6)
+    output_price = models.DecimalField(max_digits=12, decimal_places=6)
+    effective_from = models.DateTimeField(default=timezone.now)
+    effective_to = models.DateTimeField(null=True, blank=True)
+    is_active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["provider", "model", "-effective_from"]
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "model", "effective_from"], name="chat_modelprice_one_version_per_start"),
+            models.CheckConstraint(condition=models.Q(input_price__gte=0, output_price__gte=0), name="chat_modelprice_not_negative"),
+        ]
+
+    def __str__(self):
+        return f"{self.provider}/{self.model} from {self.effective_from:%Y-%m-%d}"

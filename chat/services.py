@@ -1,0 +1,509 @@
+"""Chat writes, and the one path every message takes (pages, API, streaming or not).
+
+`message_send` = `message_prepare` (entitlement, then the user message and a `streaming`
+reply stored in one short transaction) → the provider call, outside any transaction →
+`_reply_finish` (the reply, the conversation's totals and the ledger row in one short
+transaction). `message_stream` is the same path for server-sent events: it yields deltas
+and meters what was produced even when the client goes away or the provider drops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from decimal import Decimal
+
+from asgiref.sync import async_to_sync, sync_to_async
+from django.conf import settings
+from django.db.models import F
+from django.utils import timezone
+
+from accounts import selectors as accounts_selectors
+from accounts.models import ProviderCredential, User
+from analytics.services import usage_record
+from billing.services import entitlement_check
+from chat import selectors
+from chat.errors import ModelUnavailable, ProviderKeyMissing
+from chat.models import Conversation, Message, ModelPrice, Persona
+from chat.providers import PROVIDERS, ChatMessage, ChatRequest, Delta, Done, ProviderError, Usage, provider_for
+from chat.providers.base import interrupted_usage, prompt_tokens_estimate, text_tokens_estimate
+from config.crypto import secret_decrypt
+from config.db import rls
+from config.errors import ApplicationError, NotFoundError
+
+logger = logging.getLogger("confab.chat")
+MILLION = Decimal(1_000_000)
+CENT_FRACTION = Decimal("0.000001")  # the ledger's precision
+TITLE_WORDS = 8
+MAX_CONTENT = 100_000
+Status = Message.Status
+
+
+# --- Prices and usage ---------------------------------------------------------------
+
+
+def usage_cost(*, usage: Usage, price: ModelPrice) -> Decimal:
+    """USD for a call: each class times its catalog price per million. Cache classes are
+    priced as input until the catalog carries cache prices; reasoning is inside output."""
+    total = usage.input_total * price.input_price + usage.output * price.output_price
+    return (total / MILLION).quantize(CENT_FRACTION)
+
+
+def model_price_for(*, provider: str, model: str) -> ModelPrice:
+    """The price in force for a provider's model; ModelUnavailable (400) with the reason when there is none."""
+    if provider not in PROVIDERS:
+        raise ModelUnavailable(f"Unknown provider '{provider}'. Choose one of: {', '.join(PROVIDERS)}.", {"field": "provider"})
+    if not model:
+        raise ModelUnavailable("Choose a model.", {"field": "model"})
+    price = selectors.model_price_current(provider=provider, model=model)
+    if price is None:
+        raise ModelUnavailable(
+            f"The model '{model}' of {provider} has no price in the catalog, so it cannot be used. Choose a model from /api/v1/models.",
+            {"field": "model", "provider": provider, "model": model},
+        )
+    return price
+
+
+# --- Conversations and personas -----------------------------------------------------
+
+
+def conversation_title(*, content: str) -> str:
+    """The first words of the first message (a provider may summarize it later)."""
+    words = content.split()
+    title = " ".join(words[:TITLE_WORDS])
+    if len(words) > TITLE_WORDS:
+        title += "…"
+    return title[:200] or "New conversation"
+
+
+def _personal_organization(user: User):
+    organization = accounts_selectors.organization_list(user=user).filter(is_personal=True).first()
+    if organization is None:
+        raise NotFoundError("You have no organization to bill this conversation to.")
+    return organization
+
+
+def conversation_create(
+    *, user: User, title: str = "", persona: Persona | None = None, tags: list[str] | None = None, organization_id=None
+) -> Conversation:
+    with rls.atomic():
+        rls.context_set(user_id=user.pk)
+        organization = (
+            accounts_selectors.organization_get(user=user, organization_id=organization_id)
+            if organization_id
+            else _personal_organization(user)
+        )
+        if persona is not None:
+            Persona.objects.filter(pk=persona.pk).update(usage_count=F("usage_count") + 1)
+        return Conversation.objects.create(
+            user_id=user.pk, organization_id=organization.pk, title=title, persona=persona, tags=list(tags or [])
+        )
+
+
+def conversation_update(*, user: User, conversation: Conversation, **fields) -> Conversation:
+    """Change title, summary, tags, is_archived or persona (the caller validated them)."""
+    allowed = {"title", "summary", "tags", "is_archived", "persona"}
+    with rls.atomic():
+        rls.context_set(user_id=user.pk)
+        for name, value in fields.items():
+            if name not in allowed:
+                raise ApplicationError(f"The field '{name}' cannot be changed.", {"field": name})
+            setattr(conversation, name, value)
+        conversation.save(update_fields=[*fields, "updated_at"])
+    return conversation
+
+
+def conversation_delete(*, user: User, conversation: Conversation) -> None:
+    with rls.atomic():
+        rls.context_set(user_id=user.pk)
+        conversation.delete()
+
+
+def _persona_model_check(fields: dict) -> None:
+    if fields.get("provider") or fields.get("model"):
+        model_price_for(provider=fields.get("provider") or settings.CHAT_DEFAULT_PROVIDER, model=fields.get("model") or "")
+
+
+def persona_create(*, user: User, **fields) -> Persona:
+    _persona_model_check(fields)
+    with rls.atomic():
+        rls.context_set(user_id=user.pk)
+        return Persona.objects.create(user_id=user.pk, **fields)
+
+
+def persona_update(*, user: User, persona: Persona, **fields) -> Persona:
+    _persona_model_check({"provider": persona.provider, "model": persona.model, **fields})
+    with rls.atomic():
+        rls.context_set(user_id=user.pk)
+        for name, value in fields.items():
+            setattr(persona, name, value)
+        persona.save(update_fields=[*fields, "updated_at"])
+    return persona
+
+
+def persona_delete(*, user: User, persona: Persona) -> None:
+    with rls.atomic():
+        rls.context_set(user_id=user.pk)
+        persona.delete()
+
+
+# --- Credentials --------------------------------------------------------------------
+
+
+def _credential_resolve(*, user: User, provider: str, paid_plan: bool) -> tuple[str | None, str | None]:
+    """(api key, base url): the user's own key; else the platform's managed key on a paid
+    plan; else the free-tier key (free limits apply through the plan); else refused."""
+    if provider == "echo":
+        return None, None
+    credential = accounts_selectors.provider_credential_list(user=user).filter(provider=provider, is_active=True).first()
+    if credential is not None and credential.access_type == ProviderCredential.AccessType.USER_API_KEY:
+        return secret_decrypt(credential.api_key_encrypted), credential.base_url or None
+    managed = getattr(settings, f"{provider.upper()}_API_KEY", None) if paid_plan else None
+    key = managed or getattr(settings, f"{provider.upper()}_FREE_TIER_API_KEY", None)
+    if not key:
+        upgrade = "" if paid_plan else ", or upgrade to a paid plan that includes it"
+        raise ProviderKeyMissing(
+            f"There is no {provider} API key to use: add yours in Settings → Provider keys{upgrade}.", {"provider": provider}
+        )
+    return key, None
+
+
+# --- Sending ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PendingReply:
+    """A send that passed every check and is stored: the call to make and where its reply goes."""
+
+    user_id: uuid.UUID
+    organization_id: uuid.UUID
+    conversation: Conversation
+    user_message: Message
+    message: Message  # the assistant's, `streaming` until finished
+    request: ChatRequest
+    price: ModelPrice
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Reply:
+    conversation: Conversation
+    user_message: Message
+    message: Message
+
+
+def _history(conversation: Conversation, persona: Persona | None) -> list[ChatMessage]:
+    messages = [ChatMessage("system", persona.system_prompt)] if persona and persona.system_prompt else []
+    for role, content in (
+        selectors.message_list(conversation=conversation)
+        .exclude(role=Message.Role.ASSISTANT, content="")
+        .exclude(status=Status.FAILED)
+        .values_list("role", "content")
+    ):
+        messages.append(ChatMessage(role, content))
+    return messages
+
+
+def message_prepare(
+    *,
+    user: User,
+    content: str,
+    conversation: Conversation | None = None,
+    provider: str | None = None,
+    model: str | None = None,
+    api_key_id: uuid.UUID | None = None,
+) -> PendingReply:
+    """Check and store a send: the model has a price, the plan allows it now, a key exists;
+    then the user message and a `streaming` reply take the conversation's next two
+    sequence numbers under its row lock. A refusal raises before anything is written."""
+    if conversation is not None and conversation.user_id != user.pk:
+        raise NotFoundError("No such conversation.")
+    content = (content or "").strip()
+    if not content:
+        raise ApplicationError("Write a message first.", {"field": "content"})
+    if len(content) > MAX_CONTENT:
+        raise ApplicationError(f"A message is at most {MAX_CONTENT:,} characters.", {"field": "content"})
+    with rls.atomic():
+        rls.context_set(user_id=user.pk)
+        persona = conversation.persona if conversation is not None and conversation.persona_id else None
+        provider = provider or (persona.provider if persona else "") or settings.CHAT_DEFAULT_PROVIDER
+        model = model or (persona.model if persona and persona.provider == provider else "") or _default_model(provider)
+        price = model_price_for(provider=provider, model=model)
+        if conversation is None:
+            organization = _personal_organization(user)
+        else:
+            organization = accounts_selectors.organization_get(user=user, organization_id=conversation.organization_id)
+        new_conversation = conversation is None or conversation.message_count == 0
+        history = _history(conversation, persona) if conversation is not None else []
+        history.append(ChatMessage("user", content))
+        estimated = prompt_tokens_estimate(tuple(history))
+        entitlement = entitlement_check(
+            user=user,
+            organization=organization,
+            provider=provider,
+            model=model,
+            estimated_tokens=estimated,
+            api_key_id=api_key_id,
+            conversations=Conversation.objects.filter(user_id=user.pk, message_count__gt=0).count() if new_conversation else None,
+        )
+        entitlement.raise_if_refused()
+        api_key, base_url = _credential_resolve(user=user, provider=provider, paid_plan=entitlement.plan.monthly_price > 0)
+        if conversation is None:
+            conversation = Conversation.objects.create(user_id=user.pk, organization_id=organization.pk)
+        # The row lock orders concurrent sends: each takes the next numbers after the last committed one.
+        locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+        sequence = locked.message_count
+        locked.message_count = sequence + 2
+        if not locked.title:
+            locked.title = conversation_title(content=content)
+        locked.save(update_fields=["message_count", "title", "updated_at"])
+        request_id = uuid.uuid4().hex
+        user_message = Message.objects.create(
+            conversation=locked, user_id=user.pk, sequence=sequence + 1, role=Message.Role.USER, content=content
+        )
+        message = Message.objects.create(
+            conversation=locked,
+            user_id=user.pk,
+            sequence=sequence + 2,
+            role=Message.Role.ASSISTANT,
+            provider=provider,
+            model=model,
+            status=Status.STREAMING,
+            metadata={"request_id": request_id, "price_id": str(price.pk), "prompt_tokens_estimate": estimated},
+        )
+    temperature = float(persona.temperature) if persona and persona.temperature is not None else None
+    request = ChatRequest(model=model, messages=tuple(history), temperature=temperature, api_key=api_key, base_url=base_url)
+    return PendingReply(user.pk, organization.pk, locked, user_message, message, request, price, request_id)
+
+
+def _default_model(provider: str) -> str:
+    if provider == settings.CHAT_DEFAULT_PROVIDER:
+        return settings.CHAT_DEFAULT_MODEL
+    prices = [p for p in selectors.model_price_list() if p.provider == provider]
+    return prices[0].model if prices else ""
+
+
+def _reply_finish(
+    pending: PendingReply,
+    *,
+    text: str,
+    usage: Usage,
+    status: str,
+    error: str = "",
+    latency_ms: int,
+    finish_reason: str | None = None,
+    provider_failed: bool = False,
+) -> Message:
+    """Store the reply and meter it, in one short transaction: the message, the
+    conversation's totals and the ledger row agree or none is written. A provider's failure
+    is a failed ledger row (a client going away is not). A reply already closed (by the
+    stale-stream task) is left as it is."""
+    message = pending.message
+    cost = usage_cost(usage=usage, price=pending.price)
+    metadata = {
+        **message.metadata,
+        "usage": usage.classes(),
+        "usage_raw": usage.raw,
+        "estimated": usage.estimated,
+        "finish_reason": finish_reason,
+    }
+    fields = {
+        "content": text,
+        "input_tokens": usage.input_total,
+        "output_tokens": usage.output,
+        "cost": cost,
+        "latency_ms": latency_ms,
+        "status": status,
+        "error": error,
+        "metadata": metadata,
+    }
+    with rls.atomic():
+        rls.context_set(user_id=pending.user_id)
+        if not Message.objects.filter(pk=message.pk, status=Status.STREAMING).update(**fields):
+            message.refresh_from_db()
+            return message
+        _meter(
+            message=message, usage=usage, cost=cost, price=pending.price, latency_ms=latency_ms, success=not provider_failed, error=error
+        )
+    for name, value in fields.items():
+        setattr(message, name, value)
+    return message
+
+
+def _meter(*, message: Message, usage: Usage, cost: Decimal, price: ModelPrice, latency_ms: int, success: bool, error: str) -> None:
+    """The conversation's totals and the ledger row for one reply (inside the caller's transaction)."""
+    Conversation.objects.filter(pk=message.conversation_id).update(
+        total_tokens=F("total_tokens") + usage.input_total + usage.output, total_cost=F("total_cost") + cost, updated_at=timezone.now()
+    )
+    usage_record(
+        user_id=message.user_id,
+        organization_id=message.conversation.organization_id,
+        provider=message.provider,
+        model=message.model,
+        input_tokens=usage.input_total,
+        output_tokens=usage.output,
+        input_price=price.input_price,
+        output_price=price.output_price,
+        cost=cost,
+        request_id=message.metadata["request_id"],
+        conversation_id=message.conversation_id,
+        message_id=message.pk,
+        latency_ms=latency_ms,
+        success=success,
+        error=error,
+    )
+
+
+def _failure(exc: Exception, request: ChatRequest, text: str) -> tuple[str, Usage, str]:
+    """(status, usage, sentence) for a call that raised: what the provider reported, or the
+    part received (estimated), is metered; an unexpected error is the provider being unavailable."""
+    if not isinstance(exc, ProviderError):
+        logger.exception("provider call failed unexpectedly", exc_info=exc)
+        exc = ProviderError("unavailable", detail=str(exc))
+    text = text or exc.partial_text
+    usage = exc.usage
+    if usage is None:
+        usage = interrupted_usage(None, request=request, unreported_text=text, output_final=False) if text else Usage()
+    status = Status.INTERRUPTED if exc.kind == "interrupted" or text else Status.FAILED
+    return status, usage, exc.message
+
+
+async def _complete(pending: PendingReply) -> tuple[str, Usage, str, str, str | None]:
+    adapter = provider_for(pending.message.provider)
+    try:
+        text, usage = await adapter.complete(pending.request)
+    except Exception as exc:  # every failure is metered and shown: see _failure
+        status, usage, sentence = _failure(exc, pending.request, "")
+        return "", usage, status, sentence, None
+    return text, usage, Status.COMPLETE, "", "stop"
+
+
+def message_send(
+    *,
+    user: User,
+    content: str,
+    conversation: Conversation | None = None,
+    provider: str | None = None,
+    model: str | None = None,
+    api_key_id: uuid.UUID | None = None,
+) -> Reply:
+    """Send a message and wait for the whole reply: entitlement, store, call, store, meter.
+
+    Refusals (plan, quota, rate, no price, no key) raise before anything is stored. A
+    provider failure is not raised: the reply is stored `failed` (or `interrupted` with the
+    part received) with the provider's sentence, and metered with the tokens it reported."""
+    pending = message_prepare(user=user, content=content, conversation=conversation, provider=provider, model=model, api_key_id=api_key_id)
+    started = time.monotonic()
+    text, usage, status, error, finish = async_to_sync(_complete)(pending)
+    latency_ms = int((time.monotonic() - started) * 1000)
+    message = _reply_finish(
+        pending,
+        text=text,
+        usage=usage,
+        status=status,
+        error=error,
+        latency_ms=latency_ms,
+        finish_reason=finish,
+        provider_failed=bool(error),
+    )
+    with rls.atomic():
+        rls.context_set(user_id=user.pk)
+        conversation = selectors.conversation_get(user=user, conversation_id=pending.conversation.pk)
+    return Reply(conversation, pending.user_message, message)
+
+
+async def message_stream(*, pending: PendingReply) -> AsyncIterator[dict]:
+    """Stream a prepared send's reply as events: `delta` (text), then `done` (status,
+    tokens, cost, error). A client that goes away (CancelledError, or the generator
+    closed) leaves the part produced stored `interrupted` and metered; the metering is
+    shielded from the cancellation, and the cancellation is re-raised."""
+    adapter = provider_for(pending.message.provider)
+    parts: list[str] = []
+    usage: Usage | None = None
+    finish: str | None = None
+    status, error = Status.COMPLETE, ""
+    started = time.monotonic()
+    events = adapter.stream(pending.request)
+    finish_async = sync_to_async(_reply_finish)
+
+    async def close(status: str, usage: Usage, error: str = "", provider_failed: bool = False) -> Message:
+        latency_ms = int((time.monotonic() - started) * 1000)
+        text = "".join(parts)
+        return await finish_async(
+            pending,
+            text=text,
+            usage=usage,
+            status=status,
+            error=error,
+            latency_ms=latency_ms,
+            finish_reason=finish,
+            provider_failed=provider_failed,
+        )
+
+    try:
+        async for event in events:
+            if isinstance(event, Delta):
+                parts.append(event.text)
+                yield {"type": "delta", "text": event.text}
+            elif isinstance(event, Done):
+                usage, finish = event.usage, event.finish_reason
+    except (asyncio.CancelledError, GeneratorExit):
+        gone = interrupted_usage(None, request=pending.request, unreported_text="".join(parts), output_final=False)
+        await asyncio.shield(close(Status.INTERRUPTED, usage or gone, "The client stopped reading the reply."))
+        raise
+    except Exception as exc:  # a provider failure: metered and shown (see _failure)
+        status, usage, error = _failure(exc, pending.request, "".join(parts))
+    finally:
+        await events.aclose()
+    message = await close(status, usage or Usage(), error, provider_failed=bool(error))
+    yield {
+        "type": "done",
+        "message_id": str(message.pk),
+        "conversation_id": str(pending.conversation.pk),
+        "status": message.status,
+        "error": message.error,
+        "input_tokens": message.input_tokens,
+        "output_tokens": message.output_tokens,
+        "cost": str(message.cost),
+    }
+
+
+# --- Replies whose worker died ----------------------------------------------------
+
+
+def streams_close_stale(*, older_than_minutes: int | None = None) -> int:
+    """Close replies still `streaming` long after they started (their worker died) as
+    `interrupted`, metered from what is stored (estimated), each exactly once: the row is
+    locked and re-checked, and the ledger skips a request id it already has."""
+    minutes = older_than_minutes if older_than_minutes is not None else settings.CHAT_STREAM_STALE_MINUTES
+    cutoff = timezone.now() - timezone.timedelta(minutes=minutes)
+    closed = 0
+    with rls.privileged(reason="close stale chat streams", audited=False):
+        stale = (
+            Message.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("conversation")
+            .filter(status=Status.STREAMING, created_at__lt=cutoff)
+        )
+        for message in stale:
+            price = ModelPrice.objects.filter(pk=message.metadata.get("price_id")).first()
+            if price is None:  # a price version deleted since: the one in force now
+                price = selectors.model_price_current(provider=message.provider, model=message.model)
+            usage = Usage(
+                input_uncached=int(message.metadata.get("prompt_tokens_estimate", 0)),
+                output=text_tokens_estimate(message.content),
+                estimated=True,
+            )
+            cost = usage_cost(usage=usage, price=price) if price else Decimal(0)
+            sentence = "The reply was cut off because the server handling it stopped. The part that arrived is kept."
+            message.status, message.error, message.cost = Status.INTERRUPTED, sentence, cost
+            message.input_tokens, message.output_tokens = usage.input_total, usage.output
+            message.metadata = {**message.metadata, "usage": usage.classes(), "estimated": True, "closed_by": "streams_close_stale"}
+            message.save(update_fields=["status", "error", "cost", "input_tokens", "output_tokens", "metadata"])
+            if price is not None:
+                _meter(message=message, usage=usage, cost=cost, price=price, latency_ms=0, success=True, error=sentence)
+            closed += 1
+    return closed

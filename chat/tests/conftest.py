@@ -1,0 +1,24 @@
+import pytest
+
+
+@pytest.fixture
+def catalog(django_db_blocker):
+    from chat.tests.factories import make_catalog
+
+    with django_db_blocker.unblock():
+        return make_catalog()
+
+
+@pytest.fixture
+def plans(django_db_blocker):
+    from billing.tests.factories import make_plans
+
+    with django_db_blocker.unblock():
+        return make_plans()
+
+
+@pytest.fixture
+def alice(catalog, plans):
+    from accounts.tests.factories import make_user
+
+    return make_user(email="alice@example.com")

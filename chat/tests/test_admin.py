@@ -1,0 +1,67 @@
+"""Staff admin for chat: other users' conversations and messages are browsable read-only in
+the audited privileged context; the catalog takes a new price version."""
+
+import pytest
+from django.urls import reverse
+
+from accounts.tests.factories import make_user
+from chat import selectors, services
+from chat.models import ModelPrice
+from config.db import rls
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def staff_client(client, alice):
+    client.force_login(make_user(email="staff@example.com", role="staff", is_superuser=True))
+    return client
+
+
+def _url(name, *args):
+    return reverse(f"admin:chat_{name}", args=args)
+
+
+def test_staff_browse_conversations_and_messages_read_only_and_audited(staff_client, alice):
+    reply = services.message_send(user=alice, content="visible to staff")
+    services.persona_create(user=alice, name="Alice's poet", system_prompt="Verse.")
+    reasons = []
+
+    def receiver(sender, reason, audited=True, **kwargs):
+        reasons.append((reason, audited))
+
+    rls.privileged_entered.connect(receiver)
+    try:
+        assert "visible to staff" in staff_client.get(_url("conversation_changelist")).content.decode()
+        change = staff_client.get(_url("conversation_change", reply.conversation.pk)).content.decode()
+        assert "You said: visible to staff" in change
+        page = staff_client.get(_url("message_changelist")).content.decode()
+        assert "You said: visible to staff" in page
+        assert "Alice&#x27;s poet" in staff_client.get(_url("persona_changelist")).content.decode()
+    finally:
+        rls.privileged_entered.disconnect(receiver)
+    assert all(audited for _, audited in reasons) and any(r.startswith("admin GET /admin/chat/conversation/") for r, _ in reasons)
+    assert staff_client.get(_url("message_add")).status_code == 403
+    posted = staff_client.post(_url("message_change", reply.message.pk), {"content": "rewritten"})
+    assert posted.status_code == 403
+
+
+def test_staff_add_a_price_version_and_it_is_in_force_from_its_date(staff_client):
+    response = staff_client.post(
+        _url("modelprice_add"),
+        {
+            "provider": "openai",
+            "model": "gpt-4o-mini",
+            "display_name": "GPT-4o mini",
+            "context_window": "128000",
+            "input_price": "0.20",
+            "output_price": "0.80",
+            "effective_from_0": "2026-11-20",
+            "effective_from_1": "00:00:00",
+            "is_active": "on",
+        },
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    with rls.privileged(reason="test"):
+        assert ModelPrice.objects.filter(model="gpt-4o-mini").count() == 2
+        assert str(selectors.model_price_current(provider="openai", model="gpt-4o-mini").input_price) == "0.200000"

@@ -1,0 +1,202 @@
+"""The chat API: conversations CRUD with filters, messages (cursor pages, replies, streams),
+personas, the catalog; scopes; another user's rows are 404; refusals in the one error shape."""
+
+import json
+from decimal import Decimal
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import connections
+
+from accounts.tests.factories import make_user
+from accounts.tests.test_api import assert_error, key_client, session_client
+from analytics.models import TokenUsage
+from billing.tests.factories import organization_of, put_on_plan
+from chat import services
+from chat.models import Conversation, Message
+from chat.providers import echo
+from config.db import rls
+
+pytestmark = pytest.mark.django_db(transaction=True)
+API = "/api/v1"
+
+
+def _events(response) -> list[dict]:
+    body = b"".join(response).decode()  # an async body, consumed as the test client can
+    assert body.endswith("\n\n")
+    return [json.loads(chunk.removeprefix("data: ")) for chunk in body.strip().split("\n\n")]
+
+
+def test_conversation_crud_and_filters(alice):
+    client = session_client(alice)
+    created = client.post(f"{API}/conversations", {"title": "Trip plans", "tags": ["travel"]}, format="json")
+    assert created.status_code == 201, created.json()
+    conversation_id = created.json()["id"]
+    services.message_send(user=alice, content="something else entirely")
+    listed = client.get(f"{API}/conversations").json()
+    assert listed["count"] == 2
+    assert [c["title"] for c in client.get(f"{API}/conversations", {"tag": "travel"}).json()["results"]] == ["Trip plans"]
+    assert [c["title"] for c in client.get(f"{API}/conversations", {"q": "entirely"}).json()["results"]] == ["something else entirely"]
+    patched = client.patch(f"{API}/conversations/{conversation_id}", {"title": "Lisbon", "is_archived": True}, format="json")
+    assert patched.status_code == 200 and patched.json()["title"] == "Lisbon" and patched.json()["is_archived"] is True
+    assert [c["title"] for c in client.get(f"{API}/conversations", {"archived": "true"}).json()["results"]] == ["Lisbon"]
+    assert client.get(f"{API}/conversations", {"archived": "false"}).json()["count"] == 1
+    assert_error(client.patch(f"{API}/conversations/{conversation_id}", {"tags": "not a list"}, format="json"), 400)
+    assert client.delete(f"{API}/conversations/{conversation_id}").status_code == 204
+    assert_error(client.get(f"{API}/conversations/{conversation_id}"), 404)
+
+
+def test_another_users_conversation_and_persona_are_404(alice):
+    reply = services.message_send(user=alice, content="private")
+    persona = services.persona_create(user=alice, name="Mine", system_prompt="Secret prompt.")
+    bob = session_client(make_user(email="bob@example.com"))
+    conversation = f"{API}/conversations/{reply.conversation.pk}"
+    assert_error(bob.get(conversation), 404)
+    assert_error(bob.patch(conversation, {"title": "taken"}, format="json"), 404)
+    assert_error(bob.delete(conversation), 404)
+    assert_error(bob.get(f"{conversation}/messages"), 404)
+    assert_error(bob.post(f"{conversation}/messages", {"content": "hi"}, format="json"), 404)
+    assert_error(bob.get(f"{API}/personas/{persona.pk}"), 404)
+    assert_error(bob.post(f"{API}/conversations", {"persona_id": str(persona.pk)}, format="json"), 404)
+    assert bob.get(f"{API}/conversations").json()["count"] == 0
+    with rls.privileged(reason="test"):
+        assert Message.objects.filter(conversation_id=reply.conversation.pk).count() == 2
+
+
+def test_post_a_message_returns_the_reply_with_tokens_and_cost(alice):
+    client = session_client(alice)
+    conversation_id = client.post(f"{API}/conversations", {}, format="json").json()["id"]
+    response = client.post(f"{API}/conversations/{conversation_id}/messages", {"content": "hello api"}, format="json")
+    assert response.status_code == 201, response.json()
+    body = response.json()
+    assert body["message"]["content"] == "You said: hello api" and body["message"]["status"] == "complete"
+    assert (body["message"]["input_tokens"], body["message"]["output_tokens"]) == (2, 4)
+    assert body["conversation"]["title"] == "hello api" and body["conversation"]["message_count"] == 2
+    with rls.privileged(reason="test"):
+        [row] = TokenUsage.objects.all()
+    assert str(row.message_id) == body["message"]["id"]
+    assert Decimal(body["message"]["cost"]) == row.cost
+
+
+def test_refusals_are_402_429_and_400_with_the_reason_and_store_nothing(alice, plans):
+    client = session_client(alice)
+    conversation_id = client.post(f"{API}/conversations", {}, format="json").json()["id"]
+    url = f"{API}/conversations/{conversation_id}/messages"
+    body = assert_error(client.post(url, {"content": "hi", "provider": "openai", "model": "gpt-7"}, format="json"), 400, "no price")
+    assert body["extra"]["code"] == "model_unavailable"
+    assert_error(client.post(url, {"content": "hi", "provider": "nope", "model": "x"}, format="json"), 400, "unknown provider")
+    assert_error(client.post(url, {"content": ""}, format="json"), 400)
+    plans["free"].monthly_tokens = 1
+    with rls.privileged(reason="test"):
+        plans["free"].save()
+    assert_error(client.post(url, {"content": "needs tokens"}, format="json"), 402, "tokens a month")
+    assert_error(client.post(f"{url}?stream=true", {"content": "needs tokens"}, format="json"), 402, "tokens a month")
+    put_on_plan(organization_of(alice), plans["pro"])
+    plans["pro"].requests_per_minute = 1
+    with rls.privileged(reason="test"):
+        plans["pro"].save()
+    assert client.post(url, {"content": "first"}, format="json").status_code == 201
+    limited = client.post(url, {"content": "second"}, format="json")
+    assert_error(limited, 429, "requests a minute")
+    assert int(limited["Retry-After"]) >= 1
+    with rls.privileged(reason="test"):
+        assert (Message.objects.count(), TokenUsage.objects.count()) == (2, 1)
+
+
+def test_stream_sends_deltas_then_a_final_event_with_tokens_and_cost(alice, monkeypatch):
+    in_transaction = []
+    real = echo.stream
+
+    async def watched(request, **kwargs):
+        # Where the request ran (its thread's connection): is a transaction open while the provider answers?
+        in_transaction.append(await sync_to_async(lambda: connections["default"].in_atomic_block)())
+        async for event in real(request, **kwargs):
+            yield event
+
+    monkeypatch.setattr(echo, "stream", watched)
+    client = session_client(alice)
+    conversation_id = client.post(f"{API}/conversations", {}, format="json").json()["id"]
+    response = client.post(f"{API}/conversations/{conversation_id}/messages?stream=true", {"content": "stream this"}, format="json")
+    assert response.status_code == 200 and response["Content-Type"] == "text/event-stream"
+    events = _events(response)
+    assert "".join(e["text"] for e in events if e["type"] == "delta") == "You said: stream this"
+    assert [e["type"] for e in events].count("done") == 1 and events[-1]["type"] == "done"
+    done = events[-1]
+    assert (done["status"], done["input_tokens"], done["output_tokens"], done["cost"]) == ("complete", 2, 4, "0.000000")
+    with rls.privileged(reason="test"):
+        message = Message.objects.get(pk=done["message_id"])
+        assert TokenUsage.objects.get().message_id == message.pk
+    assert message.content == "You said: stream this" and message.status == "complete"
+    assert in_transaction == [False]
+
+
+def test_messages_are_listed_in_order_with_cursor_pages(alice):
+    conversation = None
+    for n in range(3):
+        conversation = services.message_send(user=alice, content=f"message {n}", conversation=conversation).conversation
+    client = session_client(alice)
+    url = f"{API}/conversations/{conversation.pk}/messages"
+    first = client.get(url, {"page_size": 4}).json()
+    assert [m["sequence"] for m in first["results"]] == [1, 2, 3, 4] and first["previous"] is None
+    second = client.get(first["next"]).json()
+    assert [m["sequence"] for m in second["results"]] == [5, 6] and second["next"] is None
+    assert second["results"][0]["content"] == "message 2"
+
+
+def test_scopes_read_and_write(alice):
+    reply = services.message_send(user=alice, content="scoped")
+    reader = key_client(alice, scopes=["chat:read"])
+    assert reader.get(f"{API}/conversations").status_code == 200
+    assert reader.get(f"{API}/models").status_code == 200
+    assert_error(reader.post(f"{API}/conversations/{reply.conversation.pk}/messages", {"content": "x"}, format="json"), 403, "chat:write")
+    assert_error(key_client(alice, scopes=["account:read"]).get(f"{API}/conversations"), 403, "chat:read")
+    writer = key_client(alice, scopes=["chat:read", "chat:write"])
+    sent = writer.post(f"{API}/conversations/{reply.conversation.pk}/messages", {"content": "by key"}, format="json")
+    assert sent.status_code == 201 and sent.json()["message"]["sequence"] == 4
+
+
+def test_personas_crud_and_a_persona_shapes_the_conversation(alice, plans):
+    client = session_client(alice)
+    assert_error(
+        client.post(f"{API}/personas", {"name": "Bad", "system_prompt": "x", "provider": "openai", "model": "gpt-7"}, format="json"),
+        400,
+        "no price",
+    )
+    created = client.post(f"{API}/personas", {"name": "Poet", "system_prompt": "Answer in verse.", "temperature": "0.7"}, format="json")
+    assert created.status_code == 201, created.json()
+    persona_id = created.json()["id"]
+    conversation = client.post(f"{API}/conversations", {"persona_id": persona_id}, format="json").json()
+    assert conversation["persona_id"] == persona_id
+    reply = client.post(f"{API}/conversations/{conversation['id']}/messages", {"content": "hi"}, format="json").json()
+    assert reply["message"]["input_tokens"] == 4  # "Answer in verse." + "hi": the system prompt went to the provider
+    assert client.get(f"{API}/personas/{persona_id}").json()["usage_count"] == 1
+    assert client.patch(f"{API}/personas/{persona_id}", {"name": "Bard"}, format="json").json()["name"] == "Bard"
+    assert client.delete(f"{API}/personas/{persona_id}").status_code == 204
+    with rls.privileged(reason="test"):
+        assert Conversation.objects.get(pk=conversation["id"]).persona_id is None
+
+
+def test_models_lists_the_catalog_with_prices(alice):
+    models = {m["model"]: m for m in session_client(alice).get(f"{API}/models").json()}
+    assert models["gpt-4o-mini"]["input_price"] == "0.150000" and models["gpt-4o-mini"]["output_price"] == "0.600000"
+    assert models["echo-1"]["provider"] == "echo" and {"openai", "anthropic", "gemini", "echo"} == {m["provider"] for m in models.values()}
+
+
+def _queries(client, url) -> int:
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connections["default"]) as captured:
+        assert client.get(url).status_code == 200
+    return len(captured)
+
+
+def test_lists_cost_the_same_queries_for_one_row_or_many(alice):
+    client = session_client(alice)
+    reply = services.message_send(user=alice, content="first")
+    client.get(f"{API}/models")  # the session's first request also records its activity
+    one = (_queries(client, f"{API}/conversations"), _queries(client, f"{API}/conversations/{reply.conversation.pk}/messages"))
+    for n in range(4):
+        services.message_send(user=alice, content=f"more {n}", conversation=reply.conversation)
+        services.message_send(user=alice, content=f"another {n}")
+    many = (_queries(client, f"{API}/conversations"), _queries(client, f"{API}/conversations/{reply.conversation.pk}/messages"))
+    assert one == many
