@@ -8,8 +8,6 @@ Another user's conversation or persona is 404 (row-level security hides it). API
 
 import json
 
-from asgiref.sync import async_to_sync, sync_to_async
-from django.db import connections
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -34,6 +32,7 @@ from chat.serializers import (
 )
 from config.api.errors import error_responses
 from config.api.inputs import validated_body, validated_query
+from config.db import rls
 
 READ, WRITE = ApiKey.Scope.CHAT_READ.value, ApiKey.Scope.CHAT_WRITE.value
 CHAT_SCOPES = {"GET": READ, "HEAD": READ, "OPTIONS": READ, "*": WRITE}
@@ -116,19 +115,8 @@ async def _server_sent_events(events):
         yield f"data: {json.dumps(event)}\n\n"
 
 
-def _send_in_own_transactions(**kwargs) -> services.Reply:
-    """message_send on a thread with its own connections: its short transactions commit as
-    they go and no lock of the send waits in the request's transaction on the provider."""
-
-    def send() -> services.Reply:
-        try:
-            return services.message_send(**kwargs)
-        finally:
-            connections.close_all()  # a pool thread's connections outlive no request
-
-    return async_to_sync(sync_to_async(send, thread_sensitive=False))()
-
-
+# A send waits on the provider: its POST keeps no request transaction (each step opens its own).
+@rls.own_transactions("POST")
 class MessageListApi(APIView):
     required_scopes = CHAT_SCOPES
     pagination_class = MessageCursor
@@ -144,7 +132,9 @@ class MessageListApi(APIView):
         responses={201: ReplyOut, **SEND_ERRORS},
     )
     def post(self, request, conversation_id):
-        conversation = selectors.conversation_get(user=request.user, conversation_id=conversation_id)
+        with rls.atomic():
+            rls.context_set(user_id=request.user.pk)
+            conversation = selectors.conversation_get(user=request.user, conversation_id=conversation_id)
         body = validated_body(MessageIn, request)
         send = {
             "user": request.user,
@@ -155,11 +145,10 @@ class MessageListApi(APIView):
             "api_key_id": _api_key_id(request),
         }
         if not validated_query(StreamQuery, request)["stream"]:
-            reply = _send_in_own_transactions(**send)
+            reply = services.message_send(**send)
             data = {"conversation": reply.conversation, "user_message": reply.user_message, "message": reply.message}
             return Response(ReplyOut(data).data, status=status.HTTP_201_CREATED)
-        # Checked and stored in the request's short transaction (a refusal is a plain 4xx);
-        # the body runs after it commits and opens its own transactions.
+        # Checked and stored in short transactions (a refusal is a plain 4xx); the body opens its own.
         pending = services.message_prepare(**send)
         response = StreamingHttpResponse(
             _server_sent_events(services.message_stream(pending=pending)), content_type="text/event-stream", status=200

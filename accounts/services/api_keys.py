@@ -7,7 +7,7 @@ import secrets
 from datetime import datetime
 
 from django.core.cache import cache
-from django.db import connections
+from django.db import connections, transaction
 from django.utils import timezone
 from django.utils.crypto import get_random_string
 
@@ -69,6 +69,23 @@ class ApiKeyRejected(Exception):
     """Why a presented key does not sign anyone in (a sentence for the 401)."""
 
 
+def _api_key_problem(key: ApiKey) -> str | None:
+    if not key.is_active or key.revoked_at:
+        return "This API key has been revoked."
+    if key.is_expired:
+        return "This API key has expired."
+    if not (key.user.is_active and key.user.deleted_at is None):
+        return "The account that owns this API key is deactivated."
+    return None
+
+
+def _first_use_in_interval(key: ApiKey) -> bool:
+    try:
+        return cache.add(f"apikey-used:{key.pk}", 1, ACTIVITY_WRITE_INTERVAL)
+    except REDIS_ERRORS:
+        return False  # Redis down: last_used_at waits for it rather than a write per request
+
+
 def api_key_authenticate(*, raw_key: str) -> tuple[User, ApiKey]:
     """The user and key behind `ck_...`, under that user's context; ApiKeyRejected otherwise."""
     match = API_KEY_PATTERN.match(raw_key or "")
@@ -79,22 +96,16 @@ def api_key_authenticate(*, raw_key: str) -> tuple[User, ApiKey]:
         user_id = cur.fetchone()[0]
     if user_id is None:
         raise ApiKeyRejected("Unknown API key.")
-    rls.context_set(user_id=user_id)
-    key = ApiKey.objects.select_related("user").get(prefix=match.group(1))
-    problem = None
-    if not key.is_active or key.revoked_at:
-        problem = "This API key has been revoked."
-    elif key.is_expired:
-        problem = "This API key has expired."
-    elif not (key.user.is_active and key.user.deleted_at is None):
-        problem = "The account that owns this API key is deactivated."
+    # No savepoint inside a request's transaction; its own transaction where the view keeps none
+    # (rls.own_transactions). Nothing raises inside it, so a refusal never poisons the request's.
+    with transaction.atomic(using=rls.current_alias(), savepoint=False):
+        rls.context_set(user_id=user_id)
+        key = ApiKey.objects.select_related("user").get(prefix=match.group(1))
+        problem = _api_key_problem(key)
+        if problem:
+            rls.context_clear()
+        elif _first_use_in_interval(key):
+            ApiKey.objects.filter(pk=key.pk).update(last_used_at=timezone.now())
     if problem:
-        rls.context_clear()
         raise ApiKeyRejected(problem)
-    try:
-        first_in_interval = cache.add(f"apikey-used:{key.pk}", 1, ACTIVITY_WRITE_INTERVAL)
-    except REDIS_ERRORS:
-        first_in_interval = False  # Redis down: last_used_at waits for it rather than a write per request
-    if first_in_interval:
-        ApiKey.objects.filter(pk=key.pk).update(last_used_at=timezone.now())
     return key.user, key

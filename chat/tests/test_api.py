@@ -200,3 +200,24 @@ def test_lists_cost_the_same_queries_for_one_row_or_many(alice):
         services.message_send(user=alice, content=f"another {n}")
     many = (_queries(client, f"{API}/conversations"), _queries(client, f"{API}/conversations/{reply.conversation.pk}/messages"))
     assert one == many
+
+
+@pytest.mark.parametrize("auth", ["api_key", "session"])
+def test_a_send_holds_no_transaction_while_the_provider_answers(alice, monkeypatch, auth):
+    client = key_client(alice, scopes=["chat:read", "chat:write"]) if auth == "api_key" else session_client(alice)
+    conversation_id = services.message_send(user=alice, content="first").conversation.pk
+    request_connection = connections["default"]  # the test client runs the view on this thread, with this connection
+    seen = []
+    real = echo.complete
+
+    async def watching(request, **kwargs):
+        # Read across threads on purpose: the request's connection, while the provider is answering.
+        raw = request_connection.connection
+        seen.append((request_connection.in_atomic_block, raw.info.transaction_status.name if raw else "closed"))
+        return await real(request, **kwargs)
+
+    monkeypatch.setattr(echo, "complete", watching)
+    response = client.post(f"{API}/conversations/{conversation_id}/messages", {"content": "are you there"}, format="json")
+    assert response.status_code == 201, response.json()
+    assert seen in ([(False, "IDLE")], [(False, "closed")]), seen
+    assert response.json()["message"]["content"] == "You said: are you there"

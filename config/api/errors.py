@@ -3,7 +3,7 @@
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import transaction
+from django.db import connections, transaction
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions, serializers
 from rest_framework.response import Response
@@ -37,8 +37,9 @@ def _first_message(detail) -> str:
 
 
 def exception_handler(exc, context):
-    # Nothing a failed request wrote survives it.
-    transaction.set_rollback(True, using=APP_ALIAS)
+    # Nothing a failed request wrote survives it (a view with its own transactions has none open here).
+    if connections[APP_ALIAS].in_atomic_block:
+        transaction.set_rollback(True, using=APP_ALIAS)
     if isinstance(exc, ApplicationError):
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
         return Response({"message": exc.message, "extra": {"code": exc.code, **exc.extra}}, status=exc.status_code, headers=headers)

@@ -21,6 +21,7 @@ from django.conf import settings
 from django.contrib.auth import SESSION_KEY
 from django.db import connections, transaction
 from django.dispatch import Signal
+from django.urls import Resolver404, resolve
 
 APP_ALIAS = "default"
 PRIVILEGED_ALIAS = "privileged"
@@ -110,6 +111,28 @@ def _is_exempt(path: str) -> bool:
     return any(path.startswith(prefix) for prefix in getattr(settings, "RLS_EXEMPT_PATHS", ("/health/", "/static/")))
 
 
+def own_transactions(*methods: str):
+    """Mark a view whose `methods` open their own short transactions because they wait on
+    something slow (a model provider): the middleware then holds no transaction, and so
+    no pooled connection, open across the wait. Such a view sets the context in each
+    of its transactions; the signed-in user is loaded before it runs."""
+
+    def mark(view):
+        view.rls_own_transactions = frozenset(m.upper() for m in methods)
+        return view
+
+    return mark
+
+
+def _owns_transactions(request) -> bool:
+    try:
+        func = resolve(request.path_info).func
+    except Resolver404:
+        return False
+    marked = getattr(func, "rls_own_transactions", None) or getattr(getattr(func, "view_class", None), "rls_own_transactions", ())
+    return request.method in marked
+
+
 class RLSContextMiddleware:
     """One transaction per request, with the session user's context set before any query.
 
@@ -125,12 +148,12 @@ class RLSContextMiddleware:
     def __call__(self, request):
         if _is_exempt(request.path):
             return self.get_response(request)
+        if _owns_transactions(request):
+            with transaction.atomic(using=APP_ALIAS):
+                self._session_user(request)  # loaded and cached now, under the context
+            return self.get_response(request)
         with transaction.atomic(using=APP_ALIAS):
-            user_id = request.session.get(SESSION_KEY)
-            if user_id:
-                context_set(user_id=user_id)
-                if not request.user.is_authenticated:
-                    context_clear()
+            self._session_user(request)
             response = self.get_response(request)
             if response.status_code >= 500:
                 transaction.set_rollback(True, using=APP_ALIAS)
@@ -139,6 +162,14 @@ class RLSContextMiddleware:
         if response.streaming and not response.is_async:
             response.streaming_content = _stream_in_context(response.streaming_content, context)
         return response
+
+    @staticmethod
+    def _session_user(request) -> None:
+        user_id = request.session.get(SESSION_KEY)
+        if user_id:
+            context_set(user_id=user_id)
+            if not request.user.is_authenticated:
+                context_clear()
 
 
 def _stream_in_context(content, user_id: str):
