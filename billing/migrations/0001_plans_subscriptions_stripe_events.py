@@ -50,7 +50,7 @@ BEGIN
         ) VALUES (
             gen_random_uuid(), 'Free', 'free', 'Try Confab with the smaller models.', 0, 0, 'usd', '{{}}'::jsonb,
             ARRAY['echo', 'openai', 'anthropic', 'gemini'],
-            ARRAY['echo-1', 'gpt-4o-mini', 'claude-haiku-3.5', 'gemini-2.5-flash'],
+            ARRAY['echo-1', 'gpt-4o-mini', 'claude-3-5-haiku-latest', 'gemini-2.5-flash'],
             100000, 1000, 10, 20, 0, '', '', true, 0, now(), now()
         ) ON CONFLICT (slug) DO NOTHING;
         SELECT id INTO free_plan FROM billing_plan WHERE slug = 'free';

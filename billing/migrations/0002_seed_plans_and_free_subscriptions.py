@@ -16,7 +16,7 @@ PLANS = [
         "yearly_price": Decimal("0.00"),
         "features": {"highlights": ["Smaller models", "100,000 tokens a month", "Community support"]},
         "allowed_providers": PROVIDERS,
-        "allowed_models": ["echo-1", "gpt-4o-mini", "claude-haiku-3.5", "gemini-2.5-flash"],
+        "allowed_models": ["echo-1", "gpt-4o-mini", "claude-3-5-haiku-latest", "gemini-2.5-flash"],
         "monthly_tokens": 100_000,
         "monthly_messages": 1_000,
         "requests_per_minute": 10,
