@@ -84,15 +84,28 @@ def conversation_new(request):
     return redirect("chat:conversation", conversation_id=conversation.pk)
 
 
+def _details_form(request, conversation) -> ConversationForm:
+    initial = {"title": conversation.title, "tags": ", ".join(conversation.tags), "persona": conversation.persona_id or ""}
+    return ConversationForm(user=request.user, initial=initial)
+
+
 def _conversation_page(request, conversation, *, details_form=None, status: int = 200):
     history = list(selectors.message_list(conversation=conversation))
     composer = ComposerForm(initial={"model": _model_default(request.user, conversation, history)})
-    details = details_form or ConversationForm(
-        user=request.user,
-        initial={"title": conversation.title, "tags": ", ".join(conversation.tags), "persona": conversation.persona_id or ""},
-    )
+    details = details_form or _details_form(request, conversation)
     context = {"conversation": conversation, "history": history, "composer": composer, "details": details}
     return render(request, "chat/conversation.html", context, status=status)
+
+
+def _changed(request, conversation, *, saved: str = "", details_form=None, status: int = 200):
+    """After a change: HTMX swaps the conversation's header in place; a plain form reloads the page."""
+    if request.headers.get("HX-Request") == "true":
+        context = {"conversation": conversation, "details": details_form or _details_form(request, conversation), "saved": saved}
+        return render(request, "chat/_conversation_head.html", context, status=status)
+    if details_form is not None:
+        return _conversation_page(request, conversation, details_form=details_form, status=status)
+    messages.success(request, saved)
+    return redirect("chat:conversation", conversation_id=conversation.pk)
 
 
 @login_required
@@ -107,11 +120,10 @@ def conversation_update(request, conversation_id):
     conversation = _conversation(request, conversation_id)
     form = ConversationForm(request.POST, user=request.user)
     if not form.is_valid():
-        return _conversation_page(request, conversation, details_form=form, status=400)
+        return _changed(request, conversation, details_form=form, status=400)
     fields = {**form.cleaned_data, "persona": _persona(request, form.cleaned_data["persona"])}
-    services.conversation_update(user=request.user, conversation=conversation, **fields)
-    messages.success(request, "Conversation saved.")
-    return redirect("chat:conversation", conversation_id=conversation.pk)
+    conversation = services.conversation_update(user=request.user, conversation=conversation, **fields)
+    return _changed(request, conversation, saved="Conversation saved.")
 
 
 @login_required
@@ -119,9 +131,8 @@ def conversation_update(request, conversation_id):
 def conversation_archive(request, conversation_id):
     conversation = _conversation(request, conversation_id)
     archived = not conversation.is_archived
-    services.conversation_update(user=request.user, conversation=conversation, is_archived=archived)
-    messages.success(request, "Conversation archived." if archived else "Conversation restored from the archive.")
-    return redirect("chat:conversation", conversation_id=conversation.pk)
+    conversation = services.conversation_update(user=request.user, conversation=conversation, is_archived=archived)
+    return _changed(request, conversation, saved="Conversation archived." if archived else "Conversation restored from the archive.")
 
 
 @login_required

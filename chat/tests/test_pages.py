@@ -1,4 +1,4 @@
-"""Chat pages: the conversation list (filters, newest first, pages), the conversation view
+"""Chat pages (plain forms and their htmx variants): the conversation list (filters, newest first, pages), the conversation view
 with its composer and catalog models, sending (the reply streamed as server-sent events),
 refusals shown inline with the billing link, rename/tag/persona, archive, delete with
 confirmation, personas; another user's conversation or persona is 404 on every page URL;
@@ -146,6 +146,19 @@ def test_rename_tag_persona_archive_and_delete_with_confirmation(signed_in, alic
     assert (conversation.title, conversation.tags, conversation.persona_id) == ("Lisbon trip", ["travel", "2027"], persona.pk)
     too_long = signed_in.post(url, {"title": "x" * 201, "tags": "t" * 41})
     assert too_long.status_code == 400 and "at most 40 characters" in too_long.content.decode()
+
+    htmx = {"HTTP_HX_REQUEST": "true"}
+    swapped = signed_in.post(url, {"title": "Porto trip", "tags": "travel"}, **htmx)
+    head = swapped.content.decode()
+    assert swapped.status_code == 200 and head.startswith('<div id="conversation-head"') and "</html>" not in head
+    assert ">Porto trip</h1>" in head and "Conversation saved." in head
+    refused = signed_in.post(url, {"title": "x" * 201}, **htmx)
+    assert refused.status_code == 400 and "at most 200 characters" in refused.content.decode()
+    assert refused.content.decode().startswith('<div id="conversation-head"')
+    archived_head = signed_in.post(reverse("chat:archive", args=[conversation.pk]), **htmx)
+    assert 'data-testid="archived"' in archived_head.content.decode() and ">Unarchive<" in archived_head.content.decode()
+    signed_in.post(reverse("chat:archive", args=[conversation.pk]), **htmx)
+    assert _fresh(conversation).title == "Porto trip" and conversation.persona_id is None
 
     assert signed_in.post(reverse("chat:archive", args=[conversation.pk])).status_code == 302
     assert _fresh(conversation).is_archived

@@ -8,9 +8,19 @@
  *    comes back as an HTML fragment shown above the composer.
  *  - Stop aborts the fetch: the server sees the client go away and keeps the part
  *    produced as an interrupted, metered reply.
+ *  - The header's forms (rename, tags, persona, archive) are htmx forms; a form error
+ *    (400) is swapped in too, inside [data-chat-htmx].
  */
 (function () {
   "use strict";
+
+  document.addEventListener("htmx:beforeSwap", function (e) {
+    var target = e.detail.target;
+    if (e.detail.xhr.status === 400 && target && target.closest && target.closest("[data-chat-htmx]")) {
+      e.detail.shouldSwap = true;
+      e.detail.isError = false;
+    }
+  });
 
   var form = document.querySelector("form[data-chat-composer]");
   if (!form) return;
