@@ -8,6 +8,8 @@ import json
 import uuid
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from accounts.models import Preferences
@@ -230,3 +232,22 @@ def test_preferences_offer_the_catalog_models_and_refuse_a_mismatched_pair(signe
     assert (preferences.preferred_provider, preferences.preferred_model) == ("openai", "gpt-5")
     conversation = services.conversation_create(user=alice)
     assert '<option value="openai/gpt-5" selected>' in signed_in.get(reverse("chat:conversation", args=[conversation.pk])).content.decode()
+
+
+def _queries(client, url: str) -> int:
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get(url).status_code == 200
+    return len(queries)
+
+
+def test_the_list_and_the_view_take_as_many_queries_for_many_rows_as_for_few(signed_in, alice, plans):
+    put_on_plan(organization_of(alice), plans["enterprise"])  # 600 requests a minute
+    persona = services.persona_create(user=alice, name="Tutor", system_prompt="Explain.")
+    few = services.message_send(user=alice, content="one").conversation
+    signed_in.get(reverse("chat:list"))  # the session's first request records it: not counted
+    list_few, view_few = _queries(signed_in, reverse("chat:list")), _queries(signed_in, reverse("chat:conversation", args=[few.pk]))
+    for n in range(15):
+        services.message_send(user=alice, content=f"more {n}", conversation=few)
+        services.conversation_create(user=alice, title=f"Talk {n}", persona=persona, tags=["a", "b"])
+    assert _queries(signed_in, reverse("chat:list")) == list_few
+    assert _queries(signed_in, reverse("chat:conversation", args=[few.pk])) == view_few
