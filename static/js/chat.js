@@ -32,11 +32,6 @@
   var controller = null;
   var reply = null;
 
-  function csrfToken() {
-    var field = form.querySelector("input[name=csrfmiddlewaretoken]");
-    return field ? field.value : "";
-  }
-
   function element(tag, className, text) {
     var el = document.createElement(tag);
     if (className) el.className = className;
@@ -129,8 +124,8 @@
     busy(true);
     fetch(form.action, {
       method: "POST",
-      body: new FormData(form),
-      headers: { "X-CSRFToken": csrfToken(), Accept: "text/event-stream" },
+      body: new FormData(form), // carries the form's CSRF token
+      headers: { Accept: "text/event-stream" },
       credentials: "same-origin",
       signal: controller.signal,
     })
