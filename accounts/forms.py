@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zoneinfo
+from collections.abc import Callable
 from contextlib import contextmanager
 from datetime import datetime, time
 
@@ -139,7 +140,37 @@ class ProfileForm(forms.Form):
     locale = forms.CharField(max_length=16, help_text="A language tag such as en or fr-CA.")
 
 
+# (provider, model, display name) of the models that can be used; chat registers it (accounts cannot import chat).
+_model_catalog: Callable[[], list[tuple[str, str, str]]] | None = None
+
+
+def model_catalog_register(catalog: Callable[[], list[tuple[str, str, str]]]) -> None:
+    global _model_catalog
+    _model_catalog = catalog
+
+
 class PreferencesForm(forms.ModelForm):
+    """With a registered catalog, the provider and model are choices from it, and must belong together."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # No catalog (chat not installed, or not seeded yet): the fields stay free text.
+        self.catalog = (_model_catalog() if _model_catalog else None) or None
+        if self.catalog is not None:
+            providers = dict.fromkeys(provider for provider, _, _ in self.catalog)
+            models: dict[str, list[tuple[str, str]]] = {}
+            for provider, model, name in self.catalog:
+                models.setdefault(provider, []).append((model, name))
+            self.fields["preferred_provider"] = forms.ChoiceField(label="Preferred provider", choices=[(p, p) for p in providers])
+            self.fields["preferred_model"] = forms.ChoiceField(label="Preferred model", choices=list(models.items()))
+
+    def clean(self):
+        cleaned = super().clean()
+        provider, model = cleaned.get("preferred_provider"), cleaned.get("preferred_model")
+        if self.catalog is not None and provider and model and (provider, model) not in {(p, m) for p, m, _ in self.catalog}:
+            self.add_error("preferred_model", f"{model} is not a model of {provider}: choose one of its models.")
+        return cleaned
+
     class Meta:
         model = Preferences
         fields = [

@@ -8,6 +8,9 @@ from accounts import services as accounts_services
 from accounts.tests.factories import PASSWORD
 from analytics.tests.usage_data import usage_world
 from billing.revenue import revenue_snapshot_take
+from chat import services as chat_services
+from chat.models import Message
+from chat.tests.factories import make_catalog
 from config.db import rls
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -34,7 +37,7 @@ def _log_in(tab, base: str, email: str) -> None:
 
 
 def _signed_in_pages() -> list[str]:
-    """Every page under /settings/, /usage/ and /billing/ without a parameter in its path, from the URL confs."""
+    """Every page under /settings/, /usage/, /billing/ and /chat/ without a parameter in its path, from the URL confs."""
 
     def walk(patterns, prefix: str):
         for pattern in patterns:
@@ -44,7 +47,26 @@ def _signed_in_pages() -> list[str]:
             elif "<" not in route:
                 yield "/" + route
 
-    return sorted(path for path in walk(get_resolver().url_patterns, "") if path.startswith(("/settings/", "/usage/", "/billing/")))
+    return sorted(
+        path for path in walk(get_resolver().url_patterns, "") if path.startswith(("/settings/", "/usage/", "/billing/", "/chat/"))
+    )
+
+
+def _chat_rows(user):
+    """A conversation with long tags, an unbroken long message and a stopped reply; a persona."""
+    persona = chat_services.persona_create(user=user, name="A persona with a rather long name for a phone", system_prompt="Be brief.")
+    conversation = chat_services.conversation_create(
+        user=user, title="A conversation title long enough to wrap on a phone screen", persona=persona, tags=["a-long-tag-name", "work"]
+    )
+    with rls.privileged(reason="test: chat messages"):
+        for sequence, role, content, status in [
+            (1, "user", "https://example.com/" + "a-very-long-unbroken-path" * 8, "complete"),
+            (2, "assistant", "A reply that was stopped " * 10, "interrupted"),
+        ]:
+            Message.objects.create(
+                conversation=conversation, user_id=user.pk, sequence=sequence, role=role, content=content, status=status, model="echo-1"
+            )
+    return conversation, persona
 
 
 def _widths(tab, base: str, paths: list[str]) -> dict[str, int]:
@@ -77,6 +99,8 @@ def test_every_signed_in_page_fits_a_390px_phone(live_server, browser):
         )
         accounts_services.invitation_create(actor=alice, organization=world.beta, email=world.bob.email)
         revenue_snapshot_take()
+        make_catalog()
+    conversation, persona = _chat_rows(alice)
     base = live_server.url
     _log_in(_phone(browser, user_agent=LONG_AGENT), base, alice.email)  # a second session in the sessions table
 
@@ -85,7 +109,9 @@ def test_every_signed_in_page_fits_a_390px_phone(live_server, browser):
     pages = _signed_in_pages()
     assert {"/settings/api-keys/", "/settings/sessions/", "/settings/organization/", "/usage/", "/usage/staff/"} <= set(pages)
     assert {"/billing/", "/billing/staff/"} <= set(pages)
+    assert {"/chat/", "/chat/personas/"} <= set(pages)
     pages += ["/", f"/settings/organization/?org={acme.pk}", f"/usage/?organization={acme.pk}", f"/billing/?org={acme.pk}"]
+    pages += [f"/chat/{conversation.pk}/", f"/chat/{conversation.pk}/delete/", f"/chat/personas/{persona.pk}/", "/chat/?archived=all"]
     member_widths = _widths(tab, base, pages)
     assert _too_wide(member_widths) == {}
     assert tab.csp_violations == []
@@ -102,7 +128,7 @@ def test_every_signed_in_page_fits_a_390px_phone(live_server, browser):
     staff_widths = _widths(staff, base, [path for path in pages if path not in member_widths])
     assert _too_wide(staff_widths) == {}
     # Every page was measured by someone: only POST-only routes are left.
-    post_only = {"/settings/organization/new/", "/billing/checkout/", "/billing/portal/", "/billing/stripe/webhook"}
+    post_only = {"/settings/organization/new/", "/billing/checkout/", "/billing/portal/", "/billing/stripe/webhook", "/chat/new/"}
     assert set(pages) - set(member_widths) - set(staff_widths) == post_only
     assert invitee.csp_violations == staff.csp_violations == []
 

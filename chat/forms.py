@@ -1,0 +1,114 @@
+"""Chat page forms: they parse and validate input; the services decide."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django import forms
+
+from chat import selectors
+
+MAX_TAGS, MAX_TAG_LENGTH = 20, 40
+ARCHIVED_CHOICES = [("", "Active"), ("archived", "Archived"), ("all", "All")]
+
+
+def model_catalog() -> list[tuple[str, str, str]]:
+    """(provider, model, display name) of every model with a price in force: the only ones a message can use."""
+    return [(price.provider, price.model, price.display_name) for price in selectors.model_price_list()]
+
+
+def model_choices() -> list[tuple[str, list[tuple[str, str]]]]:
+    """Choices grouped by provider; the value is "provider/model"."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for provider, model, name in model_catalog():
+        groups.setdefault(provider, []).append((f"{provider}/{model}", name))
+    return list(groups.items())
+
+
+def model_split(value: str) -> tuple[str, str]:
+    provider, _, model = (value or "").partition("/")
+    return provider, model
+
+
+class ComposerForm(forms.Form):
+    content = forms.CharField(
+        label="Message",
+        max_length=100_000,
+        widget=forms.Textarea(attrs={"rows": 3, "placeholder": "Write a message… (Enter sends, Shift+Enter for a new line)"}),
+        error_messages={"required": "Write a message first."},
+    )
+    # Offered from the catalog; whether it can be used (a price in force, the plan) is the service's call.
+    model = forms.CharField(label="Model", max_length=140, widget=forms.Select)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["model"].widget.choices = model_choices()
+
+
+class ConversationFilterForm(forms.Form):
+    tag = forms.CharField(required=False, max_length=MAX_TAG_LENGTH)
+    archived = forms.ChoiceField(required=False, choices=ARCHIVED_CHOICES, label="Show")
+
+    def selector_filters(self) -> dict:
+        archived = {"": False, "archived": True, "all": None}[self.cleaned_data.get("archived") or ""]
+        return {"tag": (self.cleaned_data.get("tag") or "").strip(), "archived": archived}
+
+
+class PersonaChoiceField(forms.ChoiceField):
+    """One of the user's personas (by id), or none."""
+
+    def __init__(self, *, user, **kwargs):
+        personas = [("", "No persona")] + [(str(p.pk), p.name) for p in selectors.persona_list(user=user)]
+        super().__init__(choices=personas, required=False, **kwargs)
+
+
+class ConversationNewForm(forms.Form):
+    def __init__(self, *args, user, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["persona"] = PersonaChoiceField(user=user, label="Persona")
+
+
+class ConversationForm(forms.Form):
+    """Rename, tag and choose the persona of a conversation."""
+
+    title = forms.CharField(max_length=200, required=False)
+    tags = forms.CharField(required=False, help_text="Separate tags with commas.", max_length=1000)
+
+    def __init__(self, *args, user, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["persona"] = PersonaChoiceField(user=user, label="Persona")
+
+    def clean_tags(self) -> list[str]:
+        tags = []
+        for tag in (self.cleaned_data.get("tags") or "").split(","):
+            tag = tag.strip()
+            if len(tag) > MAX_TAG_LENGTH:
+                raise forms.ValidationError(f"A tag is at most {MAX_TAG_LENGTH} characters.")
+            if tag and tag not in tags:
+                tags.append(tag)
+        if len(tags) > MAX_TAGS:
+            raise forms.ValidationError(f"At most {MAX_TAGS} tags.")
+        return tags
+
+
+class PersonaForm(forms.Form):
+    name = forms.CharField(max_length=100)
+    system_prompt = forms.CharField(label="System prompt", widget=forms.Textarea(attrs={"rows": 5}), max_length=20_000)
+    model = forms.ChoiceField(label="Default model", required=False)
+    temperature = forms.DecimalField(
+        required=False,
+        min_value=Decimal("0"),
+        max_value=Decimal("2"),
+        max_digits=3,
+        decimal_places=2,
+        help_text="0 to 2; empty: the model's default.",
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["model"].choices = [("", "The default model"), *model_choices()]
+
+    def service_fields(self) -> dict:
+        provider, model = model_split(self.cleaned_data["model"])
+        data = {name: self.cleaned_data[name] for name in ("name", "system_prompt", "temperature")}
+        return {**data, "provider": provider, "model": model}

@@ -1,0 +1,20 @@
+"""/chat/...: conversations, sending (the reply streams back), personas."""
+
+from django.urls import path
+
+from chat import views
+
+app_name = "chat"
+
+urlpatterns = [
+    path("", views.conversation_list, name="list"),
+    path("new/", views.conversation_new, name="new"),
+    path("<uuid:conversation_id>/", views.conversation_detail, name="conversation"),
+    path("<uuid:conversation_id>/edit/", views.conversation_update, name="update"),
+    path("<uuid:conversation_id>/archive/", views.conversation_archive, name="archive"),
+    path("<uuid:conversation_id>/delete/", views.conversation_delete, name="delete"),
+    path("<uuid:conversation_id>/messages/", views.message_send, name="send"),
+    path("personas/", views.persona_list, name="personas"),
+    path("personas/<uuid:persona_id>/", views.persona_edit, name="persona"),
+    path("personas/<uuid:persona_id>/delete/", views.persona_delete, name="persona-delete"),
+]
