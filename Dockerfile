@@ -7,4 +7,5 @@ COPY . .
 RUN useradd --create-home confab && chown -R confab /app
 USER confab
 EXPOSE 8000
-CMD ["gunicorn", "config.wsgi:application", "--bind", "0.0.0.0:8000"]
+# ASGI: a streaming reply holds a coroutine, not a worker. Workers: $WEB_CONCURRENCY (gunicorn reads it).
+CMD ["gunicorn", "config.asgi:application", "--worker-class", "uvicorn_worker.UvicornWorker", "--bind", "0.0.0.0:8000"]

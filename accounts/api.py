@@ -33,6 +33,7 @@ from accounts.serializers import (
     ProviderCredentialOut,
     UserSessionOut,
 )
+from accounts.session_store import session_digest
 from config.api.errors import error_responses
 from config.api.inputs import validated_body
 
@@ -289,8 +290,8 @@ class UserSessionListApi(APIView):
     )
     def get(self, request):
         # Only a request signed in by its session cookie has a current session.
-        session_key = request.session.session_key if request.auth is None and hasattr(request, "session") else None
-        return _page(self, request, selectors.user_session_list(user=request.user), UserSessionOut, {"session_key": session_key})
+        digest = session_digest(request.session) if request.auth is None and hasattr(request, "session") else ""
+        return _page(self, request, selectors.user_session_list(user=request.user), UserSessionOut, {"session_key_digest": digest})
 
 
 class UserSessionDetailApi(APIView):

@@ -198,7 +198,8 @@ class UserSession(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="sessions")
-    session_key = models.CharField(max_length=40, db_index=True)
+    # The SHA-256 of the browser's session key (token_digest), never the key: it is a credential.
+    session_key_digest = models.CharField(max_length=64, db_index=True)
     ip_address = models.GenericIPAddressField(null=True, blank=True)
     user_agent = models.TextField(blank=True)
     device_type = models.CharField(max_length=16, blank=True)

@@ -1,7 +1,9 @@
 """Account reads. Each runs under the request's row-level security context, so another
 tenant's row is simply not there: the `*_get` functions raise Http404 for it."""
 
+from django.core.exceptions import ValidationError
 from django.db.models import F, QuerySet
+from django.http import Http404
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
@@ -38,6 +40,19 @@ def member_names(*, organization_ids) -> dict:
 
 def organization_get(*, user: User, organization_id) -> Organization:
     return get_object_or_404(organization_list(user=user), pk=organization_id)
+
+
+def organization_get_or_first(*, user: User, organization_id: str | None = None) -> Organization:
+    """The user's organization with this id (Http404 for any other, or for an id that is no
+    UUID); without an id, their first one: the personal organization."""
+    organizations = organization_list(user=user)
+    try:
+        organization = organizations.first() if organization_id is None else organizations.filter(pk=organization_id).first()
+    except ValidationError:
+        organization = None
+    if organization is None:
+        raise Http404("No such organization.")
+    return organization
 
 
 def organization_get_administered(*, user: User, organization_id) -> Organization:

@@ -209,5 +209,5 @@ class UserSessionOut(serializers.ModelSerializer):
         read_only_fields = fields
 
     def get_current(self, user_session) -> bool:
-        current_key = self.context.get("session_key")
-        return bool(current_key) and user_session.session_key == current_key
+        current_digest = self.context.get("session_key_digest")
+        return bool(current_digest) and user_session.session_key_digest == current_digest

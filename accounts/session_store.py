@@ -3,7 +3,8 @@ database alone while Redis is unreachable.
 
 The table (`accounts_session`, migration 0007) is closed to both roles: the store calls
 SECURITY DEFINER functions that take the key and hash it themselves, so reading a
-session needs its key. Redis names a session by the same hash. The database is the
+session needs its key. Revoking a listed session deletes it by that hash, and only the
+owner's (accounts_session_delete_digest, migration 0011). Redis names a session by the same hash. The database is the
 copy; a cache error is logged and costs one round trip, never a 500.
 """
 
@@ -20,7 +21,7 @@ from django_redis.exceptions import ConnectionInterrupted
 from redis.exceptions import RedisError
 
 from config.crypto import token_digest
-from config.db.rls import APP_ALIAS
+from config.db.rls import APP_ALIAS, PRIVILEGED_ALIAS, current_alias
 
 logger = logging.getLogger("confab.sessions")
 
@@ -52,6 +53,11 @@ def _cache_key(session_key: str) -> str:
     return CACHE_KEY_PREFIX + token_digest(session_key)
 
 
+def session_digest(session: SessionBase) -> str:
+    """What a UserSession keeps for this browser session ('' while it has no key: that matches no row)."""
+    return token_digest(session.session_key) if session.session_key else ""
+
+
 def _cache_write(method: str, cache_key: str, *args) -> None:
     if session_cache_call(method, cache_key, *args, default=_FAILED) is _FAILED:
         _missed.add(cache_key)
@@ -62,10 +68,28 @@ def _after_commit(method: str, cache_key: str, *args) -> None:
     transaction.on_commit(lambda: _cache_write(method, cache_key, *args), using=APP_ALIAS)
 
 
+def _cache_evict(cache_key: str, *, using: str) -> None:
+    """Drop the cached copy now and, inside a transaction, again at commit (a concurrent request may have cached it meanwhile)."""
+    _cache_write("delete", cache_key)
+    if connections[using].in_atomic_block:
+        transaction.on_commit(lambda: _cache_write("delete", cache_key), using=using)
+
+
 def _call(function: str, *args):
     with connections[APP_ALIAS].cursor() as cur:
         cur.execute(f"SELECT {function}({', '.join(['%s'] * len(args))})", args)
         return cur.fetchone()[0]
+
+
+def session_delete_by_digest(*, digest: str) -> bool:
+    """Delete the session named by `digest` (a UserSession's): the context user's own, or any in staff tools."""
+    alias = current_alias()
+    function = "accounts_session_delete_digest_staff" if alias == PRIVILEGED_ALIAS else "accounts_session_delete_digest"
+    with connections[alias].cursor() as cur:
+        cur.execute(f"SELECT {function}(%s)", [digest])
+        deleted = cur.fetchone()[0]
+    _cache_evict(CACHE_KEY_PREFIX + digest, using=alias)
+    return deleted
 
 
 class SessionStore(SessionBase):
@@ -116,10 +140,7 @@ class SessionStore(SessionBase):
         if session_key is None:
             return
         _call("accounts_session_delete", session_key)
-        cache_key = _cache_key(session_key)
-        _cache_write("delete", cache_key)
-        if connections[APP_ALIAS].in_atomic_block:
-            _after_commit("delete", cache_key)  # a concurrent request may have cached it again meanwhile
+        _cache_evict(_cache_key(session_key), using=APP_ALIAS)
 
     @classmethod
     def clear_expired(cls):

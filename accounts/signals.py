@@ -8,6 +8,7 @@ from django.dispatch import Signal
 from django.utils import timezone
 
 from accounts import services
+from accounts.session_store import session_digest
 from config.db import rls
 from config.http import client_ip
 
@@ -29,7 +30,7 @@ def on_login(sender, request, user, **kwargs):
 
 def on_logout(sender, request, user, **kwargs):
     if request is not None and hasattr(request, "session"):
-        services.user_session_end(session_key=request.session.session_key)
+        services.user_session_end(session_key_digest=session_digest(request.session))
     if connections[rls.current_alias()].in_atomic_block:
         rls.context_clear()
     if user is not None:

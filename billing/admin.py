@@ -1,12 +1,13 @@
 """Billing in admin: plans editable; subscriptions changed only through actions (which go
-through the services, so the one-current rule and its lock hold); Stripe events read-only."""
+through the services, so the one-current rule and its lock hold); Stripe events and revenue
+snapshots read-only (staff only, like all of admin)."""
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
 
 from billing import services
-from billing.models import Plan, StripeEvent, Subscription
+from billing.models import Plan, RevenueSnapshot, StripeEvent, Subscription
 from config.admin import ReadOnlyAdmin
 from config.errors import ApplicationError
 
@@ -105,3 +106,9 @@ class StripeEventAdmin(ReadOnlyAdmin):
     list_display = ["event_id", "type", "object_id", "object_version_at", "processed_at"]
     list_filter = ["type"]
     search_fields = ["event_id", "object_id"]
+
+
+@admin.register(RevenueSnapshot)
+class RevenueSnapshotAdmin(ReadOnlyAdmin):
+    list_display = ["taken_at", "mrr", "arr", "currency", "paying_organizations", "trial_conversions", "churned_this_month"]
+    date_hierarchy = "taken_at"

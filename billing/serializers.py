@@ -53,3 +53,7 @@ class SubscriptionChangeIn(serializers.Serializer):
     plan = serializers.SlugField(max_length=50)
     interval = serializers.ChoiceField(choices=Subscription.Interval.choices, default=Subscription.Interval.MONTH)
     immediately = serializers.BooleanField(default=False, help_text="Downgrades apply at the period's end unless this is true.")
+
+
+class CheckoutOut(serializers.Serializer):
+    checkout_url = serializers.URLField(help_text="Stripe Checkout's page for the plan; the plan changes once the payment there succeeds.")

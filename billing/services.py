@@ -22,6 +22,13 @@ logger = selectors.logger
 RATE_WINDOW_MS = 60_000
 RATE_KEY_PREFIX = "billing:rate:v1"
 
+
+class CheckoutRequired(ApplicationError):
+    """A paid upgrade starts with a payment at Stripe Checkout (payment is configured)."""
+
+    status_code = 402
+
+
 # One round trip: read the organization's monthly counters, refuse on a monthly limit,
 # else take a request from the per-minute sliding windows (organization, then API key)
 # only if every window has room. Redis's clock, so every web process shares one window.
@@ -297,7 +304,7 @@ def subscription_change(
     upgrade = _rank(plan) >= _rank(current.plan)
     if upgrade and not plan.is_free:
         # A paid upgrade starts with a payment: checkout puts the plan in place when it succeeds.
-        raise ApplicationError(f"The {plan.name} plan is bought through checkout.", {"code": "checkout_required"}, status_code=402)
+        raise CheckoutRequired(f"The {plan.name} plan is bought through checkout.")
     if upgrade or immediately or current.current_period_end is None:
         return subscription_plan_set(organization=organization, plan=plan, interval=interval)
     with rls.atomic():

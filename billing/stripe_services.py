@@ -119,6 +119,17 @@ def checkout_session_create(*, actor: User, organization: Organization, plan: Pl
     return session.url
 
 
+def subscription_change_or_checkout(
+    *, actor: User, organization: Organization, plan: Plan, interval: str, immediately: bool, return_url: str
+) -> Subscription | str:
+    """`services.subscription_change`, except that a paid upgrade with payment configured
+    answers the URL of the Stripe Checkout page that buys it (the plan changes on the webhook)."""
+    try:
+        return services.subscription_change(actor=actor, organization=organization, plan=plan, interval=interval, immediately=immediately)
+    except services.CheckoutRequired:
+        return checkout_session_create(actor=actor, organization=organization, plan=plan, interval=interval, return_url=return_url)
+
+
 def portal_session_create(*, actor: User, organization: Organization, return_url: str) -> str:
     """An owner or admin manages payment methods, invoices and the paid plan at Stripe."""
     client = stripe_client()

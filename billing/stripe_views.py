@@ -3,8 +3,9 @@ billing page with the reason when that is not possible."""
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import ValidationError
+from django.http import Http404
 from django.shortcuts import redirect
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from accounts import selectors as accounts_selectors
@@ -12,18 +13,13 @@ from accounts.models import Organization
 from billing import selectors, stripe_services
 from config.errors import ApplicationError
 
-BILLING_PAGE = "/billing/"
-
 
 def _organization(request) -> Organization:
     """The organization named in the form, among the caller's."""
     try:
-        organization = accounts_selectors.organization_list(user=request.user).filter(pk=request.POST.get("organization", "")).first()
-    except ValidationError:  # not a UUID
-        organization = None
-    if organization is None:
+        return accounts_selectors.organization_get_or_first(user=request.user, organization_id=request.POST.get("organization", ""))
+    except Http404:
         raise ApplicationError("Choose one of your organizations.", {"code": "invalid", "field": "organization"})
-    return organization
 
 
 @login_required
@@ -39,11 +35,11 @@ def checkout(request):
             organization=organization,
             plan=plan,
             interval=request.POST.get("interval", "month"),
-            return_url=request.build_absolute_uri(BILLING_PAGE),
+            return_url=request.build_absolute_uri(reverse("billing:page")),
         )
     except ApplicationError as exc:
         messages.error(request, exc.message)
-        return redirect(BILLING_PAGE)
+        return redirect("billing:page")
     return redirect(url)
 
 
@@ -52,9 +48,9 @@ def checkout(request):
 def portal(request):
     try:
         url = stripe_services.portal_session_create(
-            actor=request.user, organization=_organization(request), return_url=request.build_absolute_uri(BILLING_PAGE)
+            actor=request.user, organization=_organization(request), return_url=request.build_absolute_uri(reverse("billing:page"))
         )
     except ApplicationError as exc:
         messages.error(request, exc.message)
-        return redirect(BILLING_PAGE)
+        return redirect("billing:page")
     return redirect(url)

@@ -3,33 +3,16 @@ and the owner's and admins' changes. Members read it; the services refuse their 
 
 from __future__ import annotations
 
-import uuid
-
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts import selectors as accounts_selectors
-from billing import selectors, services
+from billing import selectors, services, stripe_services
 from billing.forms import PlanChangeForm
 from config.errors import ApplicationError
-
-
-def _organization_for(request, organization_id=None):
-    """One of the user's organizations (404 for any other); default: the first, personal one."""
-    if organization_id is None:
-        organization = accounts_selectors.organization_list(user=request.user).first()
-        if organization is None:
-            raise Http404("You belong to no organization.")
-        return organization
-    try:
-        organization_id = uuid.UUID(str(organization_id))
-    except ValueError as exc:
-        raise Http404("No such organization.") from exc
-    return accounts_selectors.organization_get(user=request.user, organization_id=organization_id)
 
 
 def _billing_url(organization_id) -> str:
@@ -52,11 +35,11 @@ def _page(request, organization, *, status: int = 200, error: str | None = None)
 @login_required
 @require_GET
 def billing_page(request):
-    return _page(request, _organization_for(request, request.GET.get("org")))
+    return _page(request, accounts_selectors.organization_get_or_first(user=request.user, organization_id=request.GET.get("org")))
 
 
 def _run(request, organization_id, action, success: str):
-    organization = _organization_for(request, organization_id)
+    organization = accounts_selectors.organization_get_or_first(user=request.user, organization_id=organization_id)
     try:
         action(organization)
     except ApplicationError as exc:
@@ -76,7 +59,7 @@ def _change_message(subscription, plan) -> str:
 @login_required
 @require_POST
 def plan_change(request, organization_id):
-    organization = _organization_for(request, organization_id)
+    organization = accounts_selectors.organization_get_or_first(user=request.user, organization_id=organization_id)
     form = PlanChangeForm(request.POST)
     if not form.is_valid():
         return _page(request, organization, status=400, error=" ".join(e for errors in form.errors.values() for e in errors))
@@ -84,16 +67,19 @@ def plan_change(request, organization_id):
     if plan is None:
         return _page(request, organization, status=400, error="There is no such plan.")
     try:
-        subscription = services.subscription_change(
+        outcome = stripe_services.subscription_change_or_checkout(
             actor=request.user,
             organization=organization,
             plan=plan,
             interval=form.cleaned_data["interval"],
             immediately=form.cleaned_data["immediately"],
+            return_url=request.build_absolute_uri(reverse("billing:page")),
         )
     except ApplicationError as exc:
         return _page(request, organization, status=exc.status_code, error=exc.message)
-    messages.success(request, _change_message(subscription, plan))
+    if isinstance(outcome, str):  # a paid upgrade: the URL of its Stripe Checkout page
+        return redirect(outcome)
+    messages.success(request, _change_message(outcome, plan))
     return redirect(_billing_url(organization.pk))
 
 

@@ -285,6 +285,13 @@ def _stop_processes(procs: list[subprocess.Popen]) -> None:
             p.wait()
 
 
+def web_command(*, bind: str, workers: int | str, access_log: bool = True) -> list[str]:
+    """The ASGI server, as production runs it: gunicorn supervising uvicorn workers."""
+    command = [sys.executable, "-m", "gunicorn", "config.asgi:application", "--worker-class", "uvicorn_worker.UvicornWorker"]
+    command += ["--bind", bind, "--workers", str(workers), "--graceful-timeout", "10", "--no-control-socket"]
+    return command + (["--access-logfile", "-"] if access_log else [])
+
+
 def command_run() -> int:
     var_dir = Path(os.environ.get("CONFAB_VAR_DIR", BASE_DIR / "var"))
     servers = Servers(var_dir, persist=True)
@@ -308,7 +315,7 @@ def command_run() -> int:
         procs = [
             subprocess.Popen(celery + ["worker", "-l", "INFO", "--concurrency", env.get("CELERY_CONCURRENCY", "2")], cwd=BASE_DIR, env=env),
             subprocess.Popen(celery + ["beat", "-l", "INFO", "-s", str(var_dir / "celerybeat-schedule")], cwd=BASE_DIR, env=env),
-            subprocess.Popen([sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}"], cwd=BASE_DIR, env=env),
+            subprocess.Popen(web_command(bind=f"127.0.0.1:{port}", workers=env.get("WEB_CONCURRENCY", "2")), cwd=BASE_DIR, env=env),
         ]
         _say(f"Serving http://127.0.0.1:{port}  (Ctrl-C stops everything)")
         while not interrupted and all(p.poll() is None for p in procs):

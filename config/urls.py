@@ -18,7 +18,6 @@ urlpatterns = [
     path("settings/", include("accounts.settings_urls")),
     path("usage/", include("analytics.urls")),
     path("billing/", include("billing.urls")),
-    path("billing/", include("billing.stripe_urls")),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     # The split view serves its start-up script as a file: no inline script for the CSP to refuse.

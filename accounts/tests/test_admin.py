@@ -7,6 +7,7 @@ from django.urls import reverse
 from accounts import services
 from accounts.models import ApiKey, Integration, Invitation, Membership, Organization, Preferences, ProviderCredential, User, UserSession
 from accounts.tests.factories import make_user
+from config.crypto import token_digest
 from config.db import rls
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -25,7 +26,9 @@ def world():
     with rls.privileged(reason="test fixture"):
         for name, user in (("alice", alice), ("bob", bob)):
             rows[f"{name}_key"], rows[f"{name}_secret"] = services.api_key_create(user=user, name=f"{name}'s key", scopes=["chat:read"])
-            UserSession.objects.create(user=user, session_key=f"sess{user.pk.hex[:28]}", browser="Firefox 128", os="Linux")
+            UserSession.objects.create(
+                user=user, session_key_digest=token_digest(f"sess{user.pk.hex[:28]}"), browser="Firefox 128", os="Linux"
+            )
         rows["credential"] = services.provider_credential_set(user=alice, provider="openai", api_key=OPENAI_KEY)
         rows["integration"] = services.integration_connect(
             user=alice, service="calendar", access_token=ACCESS_TOKEN, refresh_token="refresh-" + "r" * 30
@@ -244,10 +247,10 @@ def test_revoke_action_ends_sessions(staff_client, world):
     assert _privileged(UserSession).get(user=world["bob"]).ended_at is None
 
 
-def test_session_pages_do_not_show_the_session_key(staff_client, world):
+def test_session_pages_do_not_show_the_session_key_digest(staff_client, world):
     session = _privileged(UserSession).get(user=world["alice"])
     for url in (_url("accounts_usersession_changelist"), _url("accounts_usersession_change", session.pk)):
-        assert session.session_key not in staff_client.get(url).content.decode()
+        assert session.session_key_digest not in staff_client.get(url).content.decode()
 
 
 def test_add_user_goes_through_the_service(staff_client):

@@ -15,6 +15,7 @@ from rest_framework.test import APIClient
 from accounts import services
 from accounts.models import ApiKey, Membership, ProviderCredential, UserSession
 from accounts.tests.factories import mail_arrives, make_user
+from config.crypto import token_digest
 from config.db import rls
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -496,7 +497,7 @@ def test_sessions_list_marks_the_current_one_and_revoke_signs_out(alice):
     sessions = listed.json()["results"]
     assert len(sessions) == 2
     assert sorted(s["current"] for s in sessions) == [False, True]
-    assert all("session_key" not in s for s in sessions)
+    assert all("session_key" not in s and "session_key_digest" not in s for s in sessions)
     for s in sessions:
         assert s["id"] and s["started_at"] and s["ended_at"] is None
     other = next(s for s in sessions if not s["current"])
@@ -517,7 +518,7 @@ def test_other_tenants_ids_are_404_not_403(alice, bob, acme):
     with rls.privileged(reason="test: alice's rows"):
         alice_key, _ = services.api_key_create(user=alice, name="mine", scopes=[READ])
         credential = services.provider_credential_set(user=alice, provider="openai", api_key=OPENAI_KEY)
-        alice_session = UserSession.objects.create(user=alice, session_key="s" * 32)
+        alice_session = UserSession.objects.create(user=alice, session_key_digest=token_digest("s" * 32))
         organization = Membership.objects.get(pk=acme["alice_membership"]).organization
         invitation, _ = services.invitation_create(actor=alice, organization=organization, email="dan@example.com")
     alice_personal = personal_org_id(alice)

@@ -6,6 +6,7 @@ import pytest
 from accounts import services
 from accounts.models import ApiKey, Integration, Invitation, Membership, Preferences, ProviderCredential, UserSession
 from accounts.tests.factories import make_user
+from config.crypto import token_digest
 from config.db import rls
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -28,7 +29,7 @@ def tenants():
             services.api_key_create(user=user, name="k", scopes=["account:read"])
             services.provider_credential_set(user=user, provider="openai", api_key="sk-" + "x" * 40)
             services.integration_connect(user=user, service="calendar", access_token="tok-" + user.email)
-            UserSession.objects.create(user=user, session_key=f"sess-{user.pk.hex[:20]}")
+            UserSession.objects.create(user=user, session_key_digest=token_digest(f"sess-{user.pk.hex[:20]}"))
             org = Membership.objects.get(user=user).organization
             Invitation.objects.create(
                 organization=org,

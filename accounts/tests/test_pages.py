@@ -14,6 +14,7 @@ from django.utils.html import escape
 from accounts import services
 from accounts.models import ApiKey, Invitation, Membership, Organization, Preferences, ProviderCredential, User, UserSession
 from accounts.tests.factories import PASSWORD, mail_arrives, make_user
+from config.crypto import token_digest
 from config.db import rls
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -420,7 +421,7 @@ def test_sessions_are_listed_and_revoking_one_signs_that_browser_out():
         assert f'id="session-{session.pk}"' in content
     assert content.count("This session") == 1 and "Firefox" in content
 
-    phone_session = sessions.get(session_key=phone.session.session_key)
+    phone_session = sessions.get(session_key_digest=token_digest(phone.session.session_key))
     response = laptop.post(f"/settings/sessions/{phone_session.pk}/revoke/")
 
     assert response.status_code == 302
@@ -432,7 +433,7 @@ def test_sessions_are_listed_and_revoking_one_signs_that_browser_out():
 def test_revoking_the_current_session_signs_out(client):
     user = make_user(email="self-revoke@example.com")
     sign_in(client, user.email)
-    own = db(UserSession).get(user=user, session_key=client.session.session_key)
+    own = db(UserSession).get(user=user, session_key_digest=token_digest(client.session.session_key))
 
     response = client.post(f"/settings/sessions/{own.pk}/revoke/")
 

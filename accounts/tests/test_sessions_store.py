@@ -1,5 +1,6 @@
 """Sessions: unreadable to the web role except through the store, and still served when Redis is down."""
 
+import hashlib
 import tempfile
 from importlib import import_module
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY
 from django.core.management import call_command
-from django.db import connections
+from django.db import connections, transaction
 from django.test import Client
 from django_redis import get_redis_connection
 
@@ -120,8 +121,92 @@ def test_revoking_deletes_the_session_row():
     phone_key = _sign_in(phone, alice.email)
     from accounts.models import UserSession
 
-    phone_session = UserSession.objects.using("privileged").get(user=alice, session_key=phone_key)
+    phone_session = UserSession.objects.using("privileged").get(user=alice, session_key_digest=token_digest(phone_key))
     assert laptop.post(f"/settings/sessions/{phone_session.pk}/revoke/").status_code == 302
+    assert _owner_count("SELECT count(*) FROM accounts_session WHERE key_hash = %s", [token_digest(phone_key)]) == 0
+    assert phone.get("/settings/profile/").status_code == 302
+
+
+def test_signed_in_sessions_list_keeps_the_digest_of_the_key_not_the_key():
+    alice = make_user(email="alice@example.com")
+    key = _sign_in(Client(), alice.email)
+    # As the owner (what a dump or the worker role would see): the key is nowhere in the table.
+    assert _owner_count("SELECT count(*) FROM accounts_usersession u WHERE strpos(u::text, %s) > 0", [key]) == 0
+    assert (
+        _owner_count(
+            "SELECT count(*) FROM accounts_usersession WHERE user_id = %s AND session_key_digest = %s", [alice.pk, token_digest(key)]
+        )
+        == 1
+    )
+
+
+def test_migration_hashes_keys_in_sql_as_token_digest_does():
+    hashed = import_module("accounts.migrations.0012_usersession_key_digest").HASHED
+    keys = ["a" * 32, "0123456789abcdefghijklmnopqrstuv", "clé-ünïcode-✓"]
+    with connections["owner"].cursor() as cur:
+        cur.execute(f"SELECT {hashed} FROM unnest(%s::text[]) WITH ORDINALITY AS k(session_key, n) ORDER BY n", [keys])
+        assert [row[0] for row in cur.fetchall()] == [hashlib.sha256(k.encode()).hexdigest() for k in keys]
+    assert [token_digest(k) for k in keys] == [hashlib.sha256(k.encode()).hexdigest() for k in keys]
+
+
+def test_migration_back_and_forth_ends_sessions_and_hashes_existing_keys():
+    """Reversing signs out the listed sessions (their keys cannot come back); going forward hashes what is there."""
+    migration = import_module("accounts.migrations.0012_usersession_key_digest")
+    alice = make_user(email="alice@example.com")
+    key = _sign_in(Client(), alice.email)
+    with transaction.atomic(using="owner"), connections["owner"].cursor() as cur:
+        cur.execute(migration.DROP_FUNCTIONS + migration.DIGEST_UNDO)
+        cur.execute("SELECT count(*) FROM accounts_session WHERE key_hash = %s", [token_digest(key)])
+        assert cur.fetchone()[0] == 0
+        cur.execute("SELECT session_key, ended_at IS NOT NULL FROM accounts_usersession WHERE user_id = %s", [alice.pk])
+        assert cur.fetchall() == [("", True)]
+        cur.execute("UPDATE accounts_usersession SET session_key = %s", [key])
+        cur.execute(migration.DIGEST + migration.FUNCTIONS)
+        cur.execute("SELECT session_key_digest FROM accounts_usersession WHERE user_id = %s", [alice.pk])
+        assert cur.fetchall() == [(token_digest(key),)]
+        transaction.set_rollback(True, using="owner")
+
+
+def test_app_role_cannot_delete_another_users_session_by_its_digest(raw_app_connection):
+    alice, bob = make_user(email="alice@example.com"), make_user(email="bob@example.com")
+    bob_client = Client()
+    alice_key, bob_key = _sign_in(Client(), alice.email), _sign_in(bob_client, bob.email)
+    with raw_app_connection.cursor() as cur:
+        _set_context(cur, alice.pk)
+        cur.execute("SELECT accounts_session_delete_digest(%s)", [token_digest(bob_key)])
+        assert cur.fetchone()[0] is False
+        _set_context(cur)  # nobody's context: nobody's session either
+        cur.execute("SELECT accounts_session_delete_digest(%s)", [token_digest(bob_key)])
+        assert cur.fetchone()[0] is False
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            cur.execute("SELECT accounts_session_delete_digest_staff(%s)", [token_digest(bob_key)])
+    raw_app_connection.rollback()
+    with raw_app_connection.cursor() as cur:
+        _set_context(cur, alice.pk)
+        cur.execute("SELECT accounts_session_delete_digest(%s)", [token_digest(alice_key)])
+        assert cur.fetchone()[0] is True  # her own: the function does delete
+    raw_app_connection.commit()
+    get_redis_connection("default").flushdb()
+    assert _store(bob_key).load()[SESSION_KEY] == str(bob.pk)
+    assert bob_client.get("/settings/profile/").status_code == 200
+    assert _store(alice_key).load() == {}
+
+
+def test_staff_revoke_in_admin_signs_the_browser_out():
+    alice = make_user(email="alice@example.com")
+    staff = make_user(email="staff@example.com", role="staff", is_superuser=True)
+    phone = Client()
+    phone_key = _sign_in(phone, alice.email)
+    assert phone.get("/settings/profile/").status_code == 200  # now cached in Redis too
+    admin = Client()
+    assert admin.post("/admin/login/", {"username": staff.email, "password": PASSWORD, "next": "/admin/"}).status_code == 302
+    from accounts.models import UserSession
+
+    phone_session = UserSession.objects.using("privileged").get(user=alice, session_key_digest=token_digest(phone_key))
+    response = admin.post(
+        "/admin/accounts/usersession/", {"action": "revoke_sessions", "_selected_action": [str(phone_session.pk)]}, follow=True
+    )
+    assert "Revoked 1 session(s)" in response.content.decode()
     assert _owner_count("SELECT count(*) FROM accounts_session WHERE key_hash = %s", [token_digest(phone_key)]) == 0
     assert phone.get("/settings/profile/").status_code == 302
 
@@ -209,7 +294,7 @@ def test_a_session_ended_while_redis_is_unreachable_stays_ended_when_it_returns(
     assert phone.get("/settings/profile/").status_code == 200  # now cached in Redis
     from accounts.models import UserSession
 
-    phone_session = UserSession.objects.using("privileged").get(user=alice, session_key=phone_key)
+    phone_session = UserSession.objects.using("privileged").get(user=alice, session_key_digest=token_digest(phone_key))
     reachable = settings.CACHES
     with tempfile.TemporaryDirectory(prefix="confab-s-") as tmp:
         settings.CACHES = {**reachable, "default": {**reachable["default"], "LOCATION": f"unix://{tmp}/absent.sock?db=0"}}

@@ -15,6 +15,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from accounts import selectors, services
 from accounts.forms import ApiKeyCreateForm, PreferencesForm, ProfileForm, ProviderCredentialForm, add_service_error
 from accounts.models import ApiKey
+from accounts.session_store import session_digest
 from accounts.views._common import _htmx_redirect, _is_htmx
 from config.errors import ApplicationError
 
@@ -118,7 +119,7 @@ def api_key_revoke(request, api_key_id):
 @login_required
 @require_GET
 def sessions(request):
-    context = {"sessions": selectors.user_session_list(user=request.user), "current_key": request.session.session_key}
+    context = {"sessions": selectors.user_session_list(user=request.user), "current_digest": session_digest(request.session)}
     return render(request, "accounts/settings/sessions.html", context)
 
 
@@ -126,7 +127,7 @@ def sessions(request):
 @require_POST
 def session_revoke(request, session_id):
     user_session = selectors.user_session_get(user=request.user, user_session_id=session_id)
-    current = user_session.session_key == request.session.session_key
+    current = user_session.session_key_digest == session_digest(request.session)
     services.user_session_revoke(user=request.user, user_session=user_session)
     if current:
         logout(request)

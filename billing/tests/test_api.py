@@ -68,3 +68,9 @@ def test_api_keys_need_billing_scopes(owner):
     assert_error(reader.post(f"{API}/organizations/{org.pk}/subscription", {"plan": "free"}, format="json"), 403, "billing:write")
     writer = key_client(user, ["billing:read", "billing:write"])
     assert_error(writer.post(f"{API}/organizations/{org.pk}/subscription", {"plan": "free"}, format="json"), 400, "already on the Free")
+
+
+def test_the_api_root_lists_the_billing_endpoints(client):
+    endpoints = client.get(f"{API}/").json()["endpoints"]
+    assert endpoints["plans"] == "http://testserver/api/v1/plans"
+    assert endpoints["subscription"] == "http://testserver/api/v1/organizations/{organization_id}/subscription"

@@ -7,7 +7,7 @@ from django.urls import reverse
 from accounts.models import Membership
 from accounts.tests.factories import make_user
 from billing import services
-from billing.models import Plan, Subscription
+from billing.models import Plan, RevenueSnapshot, Subscription
 from billing.tests.factories import current_subscription, organization_of, put_on_plan
 from config.db import rls
 
@@ -117,3 +117,22 @@ def test_a_downgrade_waits_for_the_period_end_and_can_be_resumed(client, owner, 
     response = client.post(reverse("billing:resume", args=[org.pk]), follow=True)
     assert "Your plan continues." in response.content.decode()
     assert current_subscription(org).scheduled_plan_id is None
+
+
+def test_revenue_snapshots_and_stripe_events_are_read_only_for_staff_in_admin(client, plans):
+    from billing.revenue import revenue_snapshot_take
+
+    with rls.privileged(reason="test"):
+        snapshot = revenue_snapshot_take()
+    client.force_login(make_user())
+    assert client.get("/admin/billing/revenuesnapshot/")["Location"].startswith("/admin/login/")
+    client.force_login(make_user(role="staff", is_superuser=True))
+    assert client.get("/admin/billing/revenuesnapshot/").status_code == 200
+    assert client.get(f"/admin/billing/revenuesnapshot/{snapshot.pk}/change/").status_code == 200  # the view page
+    for model in ("revenuesnapshot", "stripeevent"):
+        assert client.get(f"/admin/billing/{model}/add/").status_code == 403
+    response = client.post(f"/admin/billing/revenuesnapshot/{snapshot.pk}/change/", {"mrr": "1.00", "arr": "12.00"})
+    assert response.status_code == 403
+    assert client.post(f"/admin/billing/revenuesnapshot/{snapshot.pk}/delete/", {"post": "yes"}).status_code == 403
+    with rls.privileged(reason="test"):
+        assert RevenueSnapshot.objects.get(pk=snapshot.pk).mrr == snapshot.mrr

@@ -89,7 +89,7 @@ def privileged_reason() -> str | None:
 
 
 def connections_reset() -> None:
-    """RESET ALL on every open connection that is back in the pool (between requests/tasks)."""
+    """RESET ALL on every open connection kept between requests/tasks without the pool (CONN_MAX_AGE)."""
     for connection in connections.all(initialized_only=True):
         if connection.connection is None or connection.in_atomic_block or connection.vendor != "postgresql":
             continue
@@ -99,6 +99,11 @@ def connections_reset() -> None:
         except Exception:  # a broken connection is closed instead
             logger.warning("RESET ALL failed on %s; closing the connection", connection.alias, exc_info=True)
             connection.close()
+
+
+def pool_connection_reset(connection) -> None:
+    """The pool's check-in hook: a connection goes back with no session state (SET, set_config(..., false))."""
+    connection.execute("RESET ALL")
 
 
 def _is_exempt(path: str) -> bool:

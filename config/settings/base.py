@@ -8,6 +8,7 @@ from csp.constants import NONE, SELF, UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured
 
 from config.celery import celery_broker_url
+from config.db.rls import pool_connection_reset
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 env = environ.Env()
@@ -91,6 +92,14 @@ if not DATABASE_URL:
         "Production needs DATABASE_URL (the owner role's PostgreSQL URL), with DATABASE_APP_URL and DATABASE_WORKER_URL; see .env.example."
     )
 _db_urls = {"owner": DATABASE_URL, "default": env("DATABASE_APP_URL"), "privileged": env("DATABASE_WORKER_URL")}
+# Per alias and process. Django's pool (ASGI runs requests on many threads) needs CONN_MAX_AGE 0;
+# each connection is RESET ALL as it goes back to the pool (rls.pool_connection_reset).
+DATABASE_POOL_OPTIONS = {
+    "min_size": env.int("DATABASE_POOL_MIN_SIZE", default=1),
+    "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=8),
+    "timeout": env.float("DATABASE_POOL_TIMEOUT", default=10.0),
+    "reset": pool_connection_reset,
+}
 DATABASES = {}
 for _alias, _url in _db_urls.items():
     _db = env.db_url_config(_url)
@@ -99,7 +108,8 @@ for _alias, _url in _db_urls.items():
         _db["HOST"] = _options.pop("host")  # a unix socket directory given as ?host=/dir
     # UTC as the session default, so RESET ALL on check-in restores it.
     _options["options"] = "-c timezone=UTC"
-    _db.update({"OPTIONS": _options, "CONN_MAX_AGE": env.int("DATABASE_CONN_MAX_AGE", default=60), "CONN_HEALTH_CHECKS": True})
+    _options["pool"] = DATABASE_POOL_OPTIONS
+    _db.update({"OPTIONS": _options, "CONN_MAX_AGE": 0, "CONN_HEALTH_CHECKS": True})
     DATABASES[_alias] = _db
 DATABASE_ROUTERS = ["config.db.routers.PrivilegedRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -18,3 +18,8 @@ CELERY_TASK_TIME_LIMIT = 60
 CELERY_TASK_SOFT_TIME_LIMIT = 50
 # Two fixed keys: tests encrypt under the first and can rotate from the second.
 FIELD_ENCRYPTION_KEYS = ["wF0xF3H0n2xkXm9mZcCqD0nUq3s8b1n8o8q2QbV2n3U=", "0u6m8mVq1b5Xn0xkq2VtTqW3n8c5F9mJp0yJYxH1k2E="]
+# pytest-django's test database and the in-process tests keep one connection per alias and
+# thread; the pool runs under a real server in config/tests/test_serving.py.
+for _db in DATABASES.values():
+    _db["OPTIONS"].pop("pool")
+    _db["CONN_MAX_AGE"] = 60

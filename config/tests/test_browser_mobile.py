@@ -7,6 +7,7 @@ from django.urls import URLResolver, get_resolver
 from accounts import services as accounts_services
 from accounts.tests.factories import PASSWORD
 from analytics.tests.usage_data import usage_world
+from billing.revenue import revenue_snapshot_take
 from config.db import rls
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -33,7 +34,7 @@ def _log_in(tab, base: str, email: str) -> None:
 
 
 def _signed_in_pages() -> list[str]:
-    """Every page under /settings/ and /usage/ without a parameter in its path, from the URL confs."""
+    """Every page under /settings/, /usage/ and /billing/ without a parameter in its path, from the URL confs."""
 
     def walk(patterns, prefix: str):
         for pattern in patterns:
@@ -43,7 +44,7 @@ def _signed_in_pages() -> list[str]:
             elif "<" not in route:
                 yield "/" + route
 
-    return sorted(path for path in walk(get_resolver().url_patterns, "") if path.startswith(("/settings/", "/usage/")))
+    return sorted(path for path in walk(get_resolver().url_patterns, "") if path.startswith(("/settings/", "/usage/", "/billing/")))
 
 
 def _widths(tab, base: str, paths: list[str]) -> dict[str, int]:
@@ -75,6 +76,7 @@ def test_every_signed_in_page_fits_a_390px_phone(live_server, browser):
             actor=alice, organization=acme, email="a.very.long.address.for.a.new.colleague@subsidiary.example.com", role="admin"
         )
         accounts_services.invitation_create(actor=alice, organization=world.beta, email=world.bob.email)
+        revenue_snapshot_take()
     base = live_server.url
     _log_in(_phone(browser, user_agent=LONG_AGENT), base, alice.email)  # a second session in the sessions table
 
@@ -82,7 +84,8 @@ def test_every_signed_in_page_fits_a_390px_phone(live_server, browser):
     _log_in(tab, base, alice.email)
     pages = _signed_in_pages()
     assert {"/settings/api-keys/", "/settings/sessions/", "/settings/organization/", "/usage/", "/usage/staff/"} <= set(pages)
-    pages += ["/", f"/settings/organization/?org={acme.pk}", f"/usage/?organization={acme.pk}"]
+    assert {"/billing/", "/billing/staff/"} <= set(pages)
+    pages += ["/", f"/settings/organization/?org={acme.pk}", f"/usage/?organization={acme.pk}", f"/billing/?org={acme.pk}"]
     member_widths = _widths(tab, base, pages)
     assert _too_wide(member_widths) == {}
     assert tab.csp_violations == []
@@ -99,7 +102,8 @@ def test_every_signed_in_page_fits_a_390px_phone(live_server, browser):
     staff_widths = _widths(staff, base, [path for path in pages if path not in member_widths])
     assert _too_wide(staff_widths) == {}
     # Every page was measured by someone: only POST-only routes are left.
-    assert set(pages) - set(member_widths) - set(staff_widths) == {"/settings/organization/new/"}
+    post_only = {"/settings/organization/new/", "/billing/checkout/", "/billing/portal/", "/billing/stripe/webhook"}
+    assert set(pages) - set(member_widths) - set(staff_widths) == post_only
     assert invitee.csp_violations == staff.csp_violations == []
 
 

@@ -1,0 +1,100 @@
+"""Serving under ASGI (issue #10): gunicorn + uvicorn workers, as `make run` and production
+run it, started as a real server against the test database (config/tests/serving.py)."""
+
+import asyncio
+import time
+import uuid
+
+import httpx
+import pytest
+from django.conf import settings
+from django.db import connections
+from psycopg_pool import ConnectionPool
+
+from accounts.services import api_key_create
+from accounts.tests.factories import make_user
+from config.db import rls
+from config.tests.serving import served
+
+STREAMS, EVENTS, INTERVAL = 20, 24, 0.25  # each stream stays open for ~6 s
+
+
+async def _streams_and_a_plain_request(base: str) -> dict:
+    first_events, finished = 0, 0
+    all_open = asyncio.Event()
+    limits = httpx.Limits(max_connections=STREAMS + 1)
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
+
+        async def one_stream() -> int:
+            nonlocal first_events, finished
+            events = 0
+            async with client.stream("GET", f"/_serving/stream?events={EVENTS}&interval={INTERVAL}") as response:
+                assert response.status_code == 200
+                assert response.headers["content-type"].startswith("text/event-stream")
+                async for line in response.aiter_lines():
+                    if line.startswith('data: {"n"'):
+                        events += 1
+                        if events == 1:
+                            first_events += 1
+                            if first_events == STREAMS:
+                                all_open.set()
+            finished += 1
+            return events
+
+        tasks = [asyncio.create_task(one_stream()) for _ in range(STREAMS)]
+        await asyncio.wait_for(all_open.wait(), timeout=30)
+        t = time.perf_counter()
+        live = await client.get("/health/live")
+        live_seconds = time.perf_counter() - t
+        finished_at_live = finished
+        events = await asyncio.gather(*tasks)
+    return {"live": live, "live_seconds": live_seconds, "finished_at_live": finished_at_live, "events": events}
+
+
+@pytest.mark.django_db
+def test_a_plain_request_answers_while_20_streams_hold_one_worker():
+    with served(workers=1) as base:
+        result = asyncio.run(_streams_and_a_plain_request(base))
+        static = httpx.get(f"{base}/static/css/app.css")
+    assert result["live"].status_code == 200 and result["live"].json() == {"status": "ok"}
+    assert result["finished_at_live"] == 0  # every stream was still open when /health/live answered
+    assert result["live_seconds"] < 2.0  # a sync worker would answer only after the streams (~6 s)
+    assert result["events"] == [EVENTS] * STREAMS
+    # Static files: whitenoise serves them under ASGI too.
+    assert static.status_code == 200 and static.headers["content-type"].startswith("text/css")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pooled_connection_carries_no_context_into_the_next_request():
+    alice, bob = make_user(), make_user()
+    with rls.privileged(reason="test: issue API keys"):
+        alice_key, alice_secret = api_key_create(user=alice, name="alice", scopes=["account:read"])
+        bob_key, bob_secret = api_key_create(user=bob, name="bob", scopes=["account:read"])
+    # One worker, one connection per alias: every request below runs on the same backend.
+    with served(workers=1, DATABASE_POOL_MIN_SIZE="1", DATABASE_POOL_MAX_SIZE="1") as base, httpx.Client(base_url=base) as client:
+        leaked = client.get("/_serving/context/session-set", params={"user_id": str(alice.pk)}).json()
+        assert leaked["user_id"] == str(alice.pk)
+        after_leak = client.get("/_serving/context").json()
+        as_alice = client.get("/api/v1/api-keys", headers={"Authorization": f"Bearer {alice_secret}"})
+        as_bob = client.get("/api/v1/api-keys", headers={"Authorization": f"Bearer {bob_secret}"})
+        after_bob = client.get("/_serving/context").json()
+    assert after_leak["pid"] == leaked["pid"] == after_bob["pid"]  # the pooled connection was reused
+    assert after_leak["user_id"] == ""  # even a session-level setting is gone (RESET ALL on check-in)
+    assert after_bob["user_id"] == ""  # and bob's transaction-local context ended with his request
+    assert as_alice.status_code == as_bob.status_code == 200
+    assert [k["id"] for k in as_alice.json()["results"]] == [str(alice_key.pk)]
+    assert [k["id"] for k in as_bob.json()["results"]] == [str(bob_key.pk)]
+
+
+@pytest.mark.django_db
+def test_the_pool_reset_hook_clears_session_settings_on_check_in():
+    params = connections["default"].get_connection_params()  # the app role on the test database
+    params = {k: v for k, v in params.items() if k not in ("context", "cursor_factory", "prepare_threshold")}
+    with ConnectionPool(
+        kwargs={**params, "autocommit": True}, min_size=1, max_size=1, reset=settings.DATABASE_POOL_OPTIONS["reset"]
+    ) as pool:
+        with pool.connection() as conn:
+            pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+            conn.execute("SELECT set_config('app.user_id', %s, false)", [str(uuid.uuid4())])
+        with pool.connection() as conn:
+            assert conn.execute("SELECT pg_backend_pid(), current_setting('app.user_id', true)").fetchone() == (pid, "")
