@@ -16,7 +16,8 @@ After the table: the metered path's p50 over the bare view's, and its requests/s
 Plug in another target with
   BENCH_SERVING_TARGET="PATCH /api/v1/conversations/{conversation_id}" BENCH_SERVING_BODY='{"title": "Hi"}'
 where {user_id}, {organization_id} and {conversation_id} are filled in.
-BENCH_SERVING_SERVERS="ASGI uvicorn" runs one server only (names as in SERVERS, comma-separated).
+BENCH_SERVING_SERVERS="ASGI uvicorn" runs one server only (names as in SERVERS, comma-separated);
+BENCH_SERVING_WORKERS=4 and BENCH_SERVING_CONCURRENCY=1 change the worker and client counts (issue #10: 2 and 32).
 The per-key API throttle stays on but high enough never to answer 429.
 """
 
@@ -41,7 +42,8 @@ from config.db import rls
 from config.tests import benchkit as bk
 from config.tests.serving import LOAD_SCRIPT, served
 
-WORKERS, CONCURRENCY = 2, 32
+WORKERS = int(os.environ.get("BENCH_SERVING_WORKERS", 2))
+CONCURRENCY = int(os.environ.get("BENCH_SERVING_CONCURRENCY", 32))
 # A non-streaming send holds the request's connection while its thread takes a second one: with up
 # to 16 requests in flight per worker, a pool under 2 x 16 runs dry and every send waits out the
 # pool timeout (500). Sized here so the bench measures the path, not that wait.

@@ -24,7 +24,8 @@ async def _run(args) -> dict:
     content = args.body.encode() if args.body else None
     if content:
         headers.setdefault("Content-Type", "application/json")
-    limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
+    # Idle connections are dropped before the server's keep-alive (gunicorn: 2 s) could close one under a request.
+    limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency, keepalive_expiry=1.0)
     async with httpx.AsyncClient(limits=limits, timeout=60) as client:
 
         async def send(client_n: int, n: int, latencies: list, statuses: dict) -> None:
