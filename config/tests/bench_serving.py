@@ -19,6 +19,24 @@ where {user_id}, {organization_id} and {conversation_id} are filled in.
 BENCH_SERVING_SERVERS="ASGI uvicorn" runs one server only (names as in SERVERS, comma-separated);
 BENCH_SERVING_WORKERS=4 and BENCH_SERVING_CONCURRENCY=1 change the worker and client counts (issue #10: 2 and 32).
 The per-key API throttle stays on but high enough never to answer 429.
+
+Findings (2026-11-29, 2 shared cores, load 3-10; figures in var/bench/serving.json):
+- Pool exhaustion: a non-streaming send keeps the request's connection (RLS middleware
+  transaction) while message_send takes a second one on its own thread. With the default pool
+  (8 per alias and worker) and 16 requests in flight per worker, every connection is held by a
+  request waiting for a second: each waits DATABASE_POOL_TIMEOUT (10 s), then 500 (193 of 300 at
+  32 clients). Hence POOL_MAX_SIZE here; the fix belongs in chat/api.py (no second connection
+  while the first is held), not in the bench.
+- Sync views under ASGI: Django enters a ThreadSensitiveContext per request (a new one-thread
+  executor, so requests are not serialized on one thread), and with sync-only middlewares
+  (ApiLog, ApiNotFound, WhiteNoise, RLS, AuditContext, SessionActivity) a request crosses
+  event loop <-> thread four times; the send adds async_to_sync -> thread -> async_to_sync(echo)
+  hops. Each hop waits for the loop and the GIL among up to 16 threads per worker: the tail.
+  uvloop and httptools are already used (uvicorn's "auto"), so --loop/--http change nothing.
+- One client at a time (BENCH_SERVING_CONCURRENCY=1) the metered POST takes about 28 ms p50
+  (bare view 3-6 ms): about 30 round trips (20 statements, 4 BEGIN/COMMIT, 3 Redis scripts)
+  plus DRF (under cProfile, in-process: API-key authentication 4 ms, response serializers 4 ms).
+  That, not the server, is what keeps it far from 150 requests/s per core.
 """
 
 from __future__ import annotations
