@@ -1,7 +1,8 @@
 """The built-in `echo` provider: offline and deterministic, so the app works with no keys.
 
 The reply is "You said: <the last user message>", streamed one word per `Delta`
-(words keep their following space) with `delay` seconds before each word.
+(words keep their following space) with `delay` seconds before each word
+(settings.CHAT_ECHO_DELAY unless the caller passes one).
 
 Token counts, exact by definition (no estimate): input is the number of
 whitespace-separated words over all prompt messages; output is the number of
@@ -14,9 +15,9 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 
-from .base import ChatRequest, Delta, Done, Usage
+from django.conf import settings
 
-DELAY = 0.05  # seconds before each word: enough to see a stream, short enough for tests
+from .base import ChatRequest, Delta, Done, Usage
 
 
 def reply_for(request: ChatRequest) -> str:
@@ -30,7 +31,8 @@ def usage_for(request: ChatRequest, reply: str) -> Usage:
     return Usage(input_uncached=prompt_words, output=output_words, raw={"prompt_words": prompt_words, "reply_words": output_words})
 
 
-async def stream(request: ChatRequest, *, delay: float = DELAY) -> AsyncIterator[Delta | Done]:
+async def stream(request: ChatRequest, *, delay: float | None = None) -> AsyncIterator[Delta | Done]:
+    delay = settings.CHAT_ECHO_DELAY if delay is None else delay
     reply = reply_for(request)
     for word in re.findall(r"\S+\s*", reply):  # the reply starts with a word, so this covers all of it
         await asyncio.sleep(delay)
@@ -38,7 +40,7 @@ async def stream(request: ChatRequest, *, delay: float = DELAY) -> AsyncIterator
     yield Done(usage_for(request, reply), "stop")
 
 
-async def complete(request: ChatRequest, *, delay: float = DELAY) -> tuple[str, Usage]:
+async def complete(request: ChatRequest, *, delay: float | None = None) -> tuple[str, Usage]:
     reply = reply_for(request)
-    await asyncio.sleep(delay)
+    await asyncio.sleep(settings.CHAT_ECHO_DELAY if delay is None else delay)
     return reply, usage_for(request, reply)

@@ -5,12 +5,38 @@ DEBUG off), then 2 sync WSGI workers as the baseline ASGI replaces, each driven 
 separate load process (config/tests/serving_load.py: asyncio + httpx) with 32 concurrent
 keep-alive clients sending a fixed number of requests per target, after a warm-up.
 Targets: a bare Django view answering a chat reply's JSON (the framework's floor: every
-middleware, no auth, no queries), /health/live, and an API-key `GET /api/v1/usage/summary`
-(authentication, RLS context, throttle, queries). Plug in
-another, e.g. the metered message endpoint, with
-  BENCH_SERVING_TARGET="POST /api/v1/conversations/{conversation_id}/messages" BENCH_SERVING_BODY='{"content": "Hi"}'
-where {user_id}, {organization_id} and whatever _target_fields() adds are filled in.
+middleware, no auth, no queries), /health/live, an API-key `GET /api/v1/usage/summary`
+(authentication, RLS context, throttle, queries), and the metered message path: an API-key
+`POST /api/v1/conversations/{conversation_id}/messages` without streaming, answered by the echo
+provider with no per-word delay (CHAT_ECHO_DELAY=0), through authentication, RLS, the
+entitlement check (the organization is on Enterprise with no rate limit, so nothing is
+refused), both messages stored, the ledger row and the counters. Each server gets fresh
+conversations, CONVERSATIONS_PER_CLIENT per client, so histories stay short (about 20 messages).
+After the table: the metered path's p50 over the bare view's, and its requests/s per core.
+Plug in another target with
+  BENCH_SERVING_TARGET="PATCH /api/v1/conversations/{conversation_id}" BENCH_SERVING_BODY='{"title": "Hi"}'
+where {user_id}, {organization_id} and {conversation_id} are filled in.
+BENCH_SERVING_SERVERS="ASGI uvicorn" runs one server only (names as in SERVERS, comma-separated);
+BENCH_SERVING_WORKERS=4 and BENCH_SERVING_CONCURRENCY=1 change the worker and client counts (issue #10: 2 and 32).
 The per-key API throttle stays on but high enough never to answer 429.
+
+Findings (2026-11-29, 2 shared cores, load 3-10; figures in var/bench/serving.json):
+- Pool exhaustion: a non-streaming send keeps the request's connection (RLS middleware
+  transaction) while message_send takes a second one on its own thread. With the default pool
+  (8 per alias and worker) and 16 requests in flight per worker, every connection is held by a
+  request waiting for a second: each waits DATABASE_POOL_TIMEOUT (10 s), then 500 (193 of 300 at
+  32 clients). Hence POOL_MAX_SIZE here; the fix belongs in chat/api.py (no second connection
+  while the first is held), not in the bench.
+- Sync views under ASGI: Django enters a ThreadSensitiveContext per request (a new one-thread
+  executor, so requests are not serialized on one thread), and with sync-only middlewares
+  (ApiLog, ApiNotFound, WhiteNoise, RLS, AuditContext, SessionActivity) a request crosses
+  event loop <-> thread four times; the send adds async_to_sync -> thread -> async_to_sync(echo)
+  hops. Each hop waits for the loop and the GIL among up to 16 threads per worker: the tail.
+  uvloop and httptools are already used (uvicorn's "auto"), so --loop/--http change nothing.
+- One client at a time (BENCH_SERVING_CONCURRENCY=1) the metered POST takes about 28 ms p50
+  (bare view 3-6 ms): about 30 round trips (20 statements, 4 BEGIN/COMMIT, 3 Redis scripts)
+  plus DRF (under cProfile, in-process: API-key authentication 4 ms, response serializers 4 ms).
+  That, not the server, is what keeps it far from 150 requests/s per core.
 """
 
 from __future__ import annotations
@@ -24,17 +50,27 @@ from dataclasses import dataclass
 import pytest
 from django.conf import settings
 
-from accounts.models import Membership
 from accounts.services import api_key_create
 from accounts.tests.factories import make_user
+from billing.models import Plan
+from billing.tests.factories import make_plans, organization_of, put_on_plan
+from chat.services import conversation_create
+from chat.tests.factories import make_catalog
 from config.db import rls
 from config.tests import benchkit as bk
 from config.tests.serving import LOAD_SCRIPT, served
 
-WORKERS, CONCURRENCY = 2, 32
+WORKERS = int(os.environ.get("BENCH_SERVING_WORKERS", 2))
+CONCURRENCY = int(os.environ.get("BENCH_SERVING_CONCURRENCY", 32))
+# A non-streaming send holds the request's connection while its thread takes a second one: with up
+# to 16 requests in flight per worker, a pool under 2 x 16 runs dry and every send waits out the
+# pool timeout (500). Sized here so the bench measures the path, not that wait.
+POOL_MAX_SIZE = "40"
 REQUESTS = int(os.environ.get("BENCH_SERVING_REQUESTS", 3000))
 WARMUP = int(os.environ.get("BENCH_SERVING_WARMUP", 300))
 CHAT_BODY = json.dumps({"content": "Hello, how are you?"})
+CONVERSATIONS_PER_CLIENT = 10
+SERVER_ENV = {"THROTTLE_API_PER_MINUTE": "100000000", "CHAT_ECHO_DELAY": "0", "DATABASE_POOL_MAX_SIZE": POOL_MAX_SIZE}
 
 
 @dataclass(frozen=True)
@@ -44,33 +80,57 @@ class Target:
     path: str
     body: str = ""
     api_key: bool = False
+    per_conversation: bool = False  # one URL per conversation: the path has {conversation_id}
 
 
 # What production serves, and the sync WSGI workers it replaces (the cost of ASGI for sync views).
 SERVERS = {"ASGI uvicorn": False, "WSGI sync (before)": True}
+BARE = "bare view, chat reply JSON"
+METERED = "POST message (metered, echo)"
 TARGETS = [
     Target("bare view, chat reply JSON", "POST", "/_serving/chat-reply", CHAT_BODY),
     Target("GET /health/live", "GET", "/health/live"),
     Target("GET /api/v1/usage/summary (API key)", "GET", "/api/v1/usage/summary", api_key=True),
+    Target(METERED, "POST", "/api/v1/conversations/{conversation_id}/messages", CHAT_BODY, api_key=True, per_conversation=True),
 ]
 
 
-def _target_fields(user) -> dict:
-    """Values for the placeholders of BENCH_SERVING_TARGET (add a conversation here once chat has one)."""
-    organization_id = Membership.objects.using("privileged").filter(user=user).values_list("organization_id", flat=True).first()
-    return {"user_id": user.pk, "organization_id": organization_id}
+def _urls(base: str, target: Target, user) -> list[str]:
+    """The target's URLs with its placeholders filled; fresh conversations when it needs them."""
+    fields = {"user_id": user.pk, "organization_id": organization_of(user).pk}
+    if not target.per_conversation:
+        return [base + target.path.format(**fields)]
+    conversations = [conversation_create(user=user) for _ in range(CONVERSATIONS_PER_CLIENT * CONCURRENCY)]
+    return [base + target.path.format(**fields, conversation_id=c.pk) for c in conversations]
 
 
-def _targets(user) -> list[Target]:
+def _targets() -> list[Target]:
     extra = os.environ.get("BENCH_SERVING_TARGET")
     if not extra:
         return TARGETS
     method, path = extra.split(" ", 1)
-    return [*TARGETS, Target(extra, method, path.format(**_target_fields(user)), os.environ.get("BENCH_SERVING_BODY", ""), api_key=True)]
+    body = os.environ.get("BENCH_SERVING_BODY", "")
+    return [*TARGETS, Target(extra, method, path, body, api_key=True, per_conversation="{conversation_id}" in path)]
 
 
-def _load(base: str, target: Target, secret: str) -> dict:
-    command = [sys.executable, str(LOAD_SCRIPT), base + target.path, "--method", target.method, "--body", target.body]
+def _servers() -> dict[str, bool]:
+    chosen = os.environ.get("BENCH_SERVING_SERVERS")
+    return {name: wsgi for name, wsgi in SERVERS.items() if not chosen or name in chosen.split(",")}
+
+
+def _metered_user():
+    """A user whose organization's plan refuses none of the bench's messages (Enterprise, no rate limit)."""
+    make_catalog()  # a transactional test's flush removed the seeded catalog and plans
+    plans = make_plans()
+    with rls.privileged(reason="bench: an unlimited plan"):
+        Plan.objects.filter(pk=plans["enterprise"].pk).update(requests_per_minute=None, monthly_tokens=None, monthly_messages=None)
+    user = make_user()
+    put_on_plan(organization_of(user), plans["enterprise"])
+    return user
+
+
+def _load(urls: list[str], target: Target, secret: str) -> dict:
+    command = [sys.executable, str(LOAD_SCRIPT), *urls, "--method", target.method, "--body", target.body]
     command += ["--concurrency", str(CONCURRENCY), "--requests", str(REQUESTS), "--warmup", str(WARMUP)]
     if target.api_key:
         command += ["--header", f"Authorization: Bearer {secret}"]
@@ -82,14 +142,14 @@ def _load(base: str, target: Target, secret: str) -> dict:
 @pytest.mark.bench
 @pytest.mark.django_db(transaction=True)
 def test_serving_throughput_and_latency():
-    user = make_user()
+    user = _metered_user()
     with rls.privileged(reason="bench: issue an API key"):
         _key, secret = api_key_create(user=user, name="bench", scopes=["usage:read", "chat:read", "chat:write"])
-    rows, figures = [], {}
-    for server, wsgi in SERVERS.items():
-        with served(workers=WORKERS, wsgi=wsgi, THROTTLE_API_PER_MINUTE="100000000") as base:
-            for target in _targets(user):
-                result = _load(base, target, secret)
+    rows, figures, cores = [], {}, os.cpu_count()
+    for server, wsgi in _servers().items():
+        with served(workers=WORKERS, wsgi=wsgi, **SERVER_ENV) as base:
+            for target in _targets():
+                result = _load(_urls(base, target, user), target, secret)
                 latency = bk.summary(result["latencies_ms"])
                 ok = sum(n for status, n in result["statuses"].items() if status.startswith("2"))
                 rps = len(result["latencies_ms"]) / result["elapsed_s"]
@@ -103,5 +163,12 @@ def test_serving_throughput_and_latency():
             rows,
         )
     )
+    for server in _servers():
+        bare, metered = figures[f"{server}: {BARE}"], figures[f"{server}: {METERED}"]
+        added = metered["latency_ms"]["p50"] - bare["latency_ms"]["p50"]
+        per_core = metered["requests_per_s"] / cores
+        figures[f"{server}: metered over bare"] = {"p50_added_ms": added, "requests_per_s_per_core": per_core}
+        bk.say(f"   {server}: metered message p50 {added:+.1f} ms over the bare view; {per_core:.0f} req/s per core ({cores} cores)")
+    bk.say("   goal (issue #10): >= 150 req/s per core with full metering, <= 5 ms p50 added over the bare view")
     bk.say(f"   machine: {bk.machine()}")
     bk.report_write("serving", {"workers": WORKERS, "concurrency": CONCURRENCY, "requests": REQUESTS, "targets": figures})

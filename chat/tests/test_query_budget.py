@@ -1,0 +1,64 @@
+"""The metered message path's query budget (issue #10: 150 requests/s per core leaves about
+6.7 ms of one core for everything): a regression that adds a query shows here.
+
+The send runs on a thread of its own (chat.api._send_in_own_transactions), so the queries are
+counted at the cursor, from every thread and database alias, not per connection."""
+
+import threading
+
+import pytest
+from django.db.backends.utils import CursorWrapper
+
+from accounts.tests.test_api import key_client
+from chat.tests.test_api import API
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def queries(monkeypatch):
+    """Every statement any thread runs through Django, as (alias, sql), while the test runs."""
+    seen, lock = [], threading.Lock()
+    execute, executemany = CursorWrapper.execute, CursorWrapper.executemany
+
+    def record(cursor, sql):
+        with lock:
+            seen.append((cursor.db.alias, sql))
+
+    def counted_execute(self, sql, params=None):
+        record(self, sql)
+        return execute(self, sql, params)
+
+    def counted_executemany(self, sql, param_list):
+        record(self, sql)
+        return executemany(self, sql, param_list)
+
+    monkeypatch.setattr(CursorWrapper, "execute", counted_execute)
+    monkeypatch.setattr(CursorWrapper, "executemany", counted_executemany)
+    return seen
+
+
+def test_a_metered_message_post_with_an_api_key_stays_within_its_query_budget(alice, queries):
+    client = key_client(alice, scopes=["chat:read", "chat:write"])
+    conversation_id = client.post(f"{API}/conversations", {}, format="json").json()["id"]
+    assert client.post(f"{API}/conversations/{conversation_id}/messages", {"content": "warm up"}, format="json").status_code == 201
+    queries.clear()
+
+    response = client.post(f"{API}/conversations/{conversation_id}/messages", {"content": "hello budget"}, format="json")
+
+    assert response.status_code == 201, response.json()
+    assert response.json()["message"]["content"] == "You said: hello budget"
+    # Check-in housekeeping (RESET ALL per connection) depends on pool settings, not on the path.
+    path = [(alias, sql) for alias, sql in queries if sql.strip() != "RESET ALL"]
+    # 20 statements, all on the app role (`default`):
+    #   request:  API key lookup function, RLS context, key + user row, the conversation      =  4
+    #   prepare:  RLS context, price, organization, history, subscription + plan (entitlement;
+    #             the quota and rate decision is one Redis script), conversation FOR UPDATE,
+    #             its sequence UPDATE, INSERT user message, INSERT assistant message          =  9
+    #   finish:   RLS context, UPDATE reply, UPDATE conversation totals, the ledger's staging
+    #             table (CREATE TEMP ... IF NOT EXISTS; rows go in by COPY, not counted here),
+    #             the ledger INSERT ... RETURNING the sums for the Redis counters            =  5
+    #   answer:   RLS context, the conversation re-read with its totals                       =  2
+    statements = "\n".join(f"{alias}: {sql.strip()[:120]}" for alias, sql in path)
+    assert len(path) == 20, statements
+    assert {alias for alias, _ in path} == {"default"}, statements
