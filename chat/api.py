@@ -6,9 +6,6 @@ Another user's conversation or persona is 404 (row-level security hides it). API
 (rate, with Retry-After), 403 (plan) or 400 (unknown model, no price, no key).
 """
 
-import json
-
-from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
@@ -30,6 +27,7 @@ from chat.serializers import (
     ReplyOut,
     StreamQuery,
 )
+from chat.streaming import reply_stream_response
 from config.api.errors import error_responses
 from config.api.inputs import validated_body, validated_query
 from config.db import rls
@@ -110,11 +108,6 @@ class ConversationDetailApi(APIView):
 # --- Messages ------------------------------------------------------------------------
 
 
-async def _server_sent_events(events):
-    async for event in events:
-        yield f"data: {json.dumps(event)}\n\n"
-
-
 # A send waits on the provider: its POST keeps no request transaction (each step opens its own).
 @rls.own_transactions("POST")
 class MessageListApi(APIView):
@@ -149,13 +142,7 @@ class MessageListApi(APIView):
             data = {"conversation": reply.conversation, "user_message": reply.user_message, "message": reply.message}
             return Response(ReplyOut(data).data, status=status.HTTP_201_CREATED)
         # Checked and stored in short transactions (a refusal is a plain 4xx); the body opens its own.
-        pending = services.message_prepare(**send)
-        response = StreamingHttpResponse(
-            _server_sent_events(services.message_stream(pending=pending)), content_type="text/event-stream", status=200
-        )
-        response["Cache-Control"] = "no-cache"
-        response["X-Accel-Buffering"] = "no"  # proxies pass each event on as it comes
-        return response
+        return reply_stream_response(services.message_prepare(**send))
 
 
 # --- Personas ------------------------------------------------------------------------

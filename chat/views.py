@@ -11,13 +11,11 @@ service keeps and meters the partial reply as `interrupted`.
 
 from __future__ import annotations
 
-import json
-
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import Http404, StreamingHttpResponse
+from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -25,6 +23,7 @@ from accounts import selectors as accounts_selectors
 from chat import selectors, services
 from chat.forms import ComposerForm, ConversationFilterForm, ConversationForm, ConversationNewForm, PersonaForm, model_split
 from chat.models import Message
+from chat.streaming import reply_stream_response
 from config.errors import ApplicationError, NotFoundError
 
 PAGE_SIZE = 20
@@ -149,11 +148,6 @@ def conversation_delete(request, conversation_id):
 # --- Sending -------------------------------------------------------------------------
 
 
-async def _server_sent_events(events):
-    async for event in events:
-        yield f"data: {json.dumps(event)}\n\n"
-
-
 def _refusal(request, message: str, status: int, *, upgrade: bool, retry_after: int | None = None):
     """A refused send, shown in the conversation; a refusal of the plan or its limits links to the billing page."""
     response = render(request, "chat/_refusal.html", {"message": message, "upgrade": upgrade}, status=status)
@@ -178,11 +172,7 @@ def message_send(request, conversation_id):
         )
     except ApplicationError as exc:
         return _refusal(request, exc.message, exc.status_code, upgrade=True, retry_after=exc.retry_after)
-    response = StreamingHttpResponse(
-        _server_sent_events(services.message_stream(pending=pending)), content_type="text/event-stream", status=200
-    )
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"  # proxies pass each event on as it comes
+    response = reply_stream_response(pending)
     response["X-Message-Id"] = str(pending.message.pk)
     return response
 

@@ -1,0 +1,24 @@
+"""The reply as server-sent events, one response shape for the pages and the API."""
+
+from __future__ import annotations
+
+import json
+
+from django.http import StreamingHttpResponse
+
+from chat import services
+
+
+async def _server_sent_events(events):
+    async for event in events:
+        yield f"data: {json.dumps(event)}\n\n"
+
+
+def reply_stream_response(pending: services.PendingReply) -> StreamingHttpResponse:
+    """Deltas, then one `done` event; the body opens its own transactions (see message_stream)."""
+    response = StreamingHttpResponse(
+        _server_sent_events(services.message_stream(pending=pending)), content_type="text/event-stream", status=200
+    )
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # proxies pass each event on as it comes
+    return response
