@@ -125,8 +125,7 @@ class MessageListApi(APIView):
         responses={201: ReplyOut, **SEND_ERRORS},
     )
     def post(self, request, conversation_id):
-        with rls.atomic():
-            rls.context_set(user_id=request.user.pk)
+        with rls.atomic_as(request.user.pk):
             conversation = selectors.conversation_get(user=request.user, conversation_id=conversation_id)
         body = validated_body(MessageIn, request)
         send = {

@@ -90,8 +90,7 @@ def _personal_organization(user: User):
 def conversation_create(
     *, user: User, title: str = "", persona: Persona | None = None, tags: list[str] | None = None, organization_id=None
 ) -> Conversation:
-    with rls.atomic():
-        rls.context_set(user_id=user.pk)
+    with rls.atomic_as(user.pk):
         organization = (
             accounts_selectors.organization_get(user=user, organization_id=organization_id)
             if organization_id
@@ -107,8 +106,7 @@ def conversation_create(
 def conversation_update(*, user: User, conversation: Conversation, **fields) -> Conversation:
     """Change title, summary, tags, is_archived or persona (the caller validated them)."""
     allowed = {"title", "summary", "tags", "is_archived", "persona"}
-    with rls.atomic():
-        rls.context_set(user_id=user.pk)
+    with rls.atomic_as(user.pk):
         for name, value in fields.items():
             if name not in allowed:
                 raise ApplicationError(f"The field '{name}' cannot be changed.", {"field": name})
@@ -118,8 +116,7 @@ def conversation_update(*, user: User, conversation: Conversation, **fields) -> 
 
 
 def conversation_delete(*, user: User, conversation: Conversation) -> None:
-    with rls.atomic():
-        rls.context_set(user_id=user.pk)
+    with rls.atomic_as(user.pk):
         conversation.delete()
 
 
@@ -130,15 +127,13 @@ def _persona_model_check(fields: dict) -> None:
 
 def persona_create(*, user: User, **fields) -> Persona:
     _persona_model_check(fields)
-    with rls.atomic():
-        rls.context_set(user_id=user.pk)
+    with rls.atomic_as(user.pk):
         return Persona.objects.create(user_id=user.pk, **fields)
 
 
 def persona_update(*, user: User, persona: Persona, **fields) -> Persona:
     _persona_model_check({"provider": persona.provider, "model": persona.model, **fields})
-    with rls.atomic():
-        rls.context_set(user_id=user.pk)
+    with rls.atomic_as(user.pk):
         for name, value in fields.items():
             setattr(persona, name, value)
         persona.save(update_fields=[*fields, "updated_at"])
@@ -146,8 +141,7 @@ def persona_update(*, user: User, persona: Persona, **fields) -> Persona:
 
 
 def persona_delete(*, user: User, persona: Persona) -> None:
-    with rls.atomic():
-        rls.context_set(user_id=user.pk)
+    with rls.atomic_as(user.pk):
         persona.delete()
 
 
@@ -227,8 +221,7 @@ def message_prepare(
         raise ApplicationError("Write a message first.", {"field": "content"})
     if len(content) > MAX_CONTENT:
         raise ApplicationError(f"A message is at most {MAX_CONTENT:,} characters.", {"field": "content"})
-    with rls.atomic():
-        rls.context_set(user_id=user.pk)
+    with rls.atomic_as(user.pk):
         persona = conversation.persona if conversation is not None and conversation.persona_id else None
         provider = provider or (persona.provider if persona else "") or settings.CHAT_DEFAULT_PROVIDER
         model = model or (persona.model if persona and persona.provider == provider else "") or _default_model(provider)
@@ -321,8 +314,7 @@ def _reply_finish(
         "error": error,
         "metadata": metadata,
     }
-    with rls.atomic():
-        rls.context_set(user_id=pending.user_id)
+    with rls.atomic_as(pending.user_id):
         if not Message.objects.filter(pk=message.pk, status=Status.STREAMING).update(**fields):
             message.refresh_from_db()
             return message
@@ -410,8 +402,7 @@ def message_send(
         finish_reason=finish,
         provider_failed=bool(error),
     )
-    with rls.atomic():
-        rls.context_set(user_id=user.pk)
+    with rls.atomic_as(user.pk):
         conversation = selectors.conversation_get(user=user, conversation_id=pending.conversation.pk)
     return Reply(conversation, pending.user_message, message)
 

@@ -46,6 +46,14 @@ def atomic():
     return transaction.atomic(using=current_alias())
 
 
+@contextmanager
+def atomic_as(user_id: UUID | str | None) -> Iterator[None]:
+    """A transaction under this user's context: for services that open their own (see own_transactions)."""
+    with atomic():
+        context_set(user_id=user_id)
+        yield
+
+
 def context_set(*, user_id: UUID | str | None, using: str | None = None) -> None:
     """Set the context for the current transaction only (set_config(..., true))."""
     connection = connections[using or current_alias()]
