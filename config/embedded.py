@@ -310,6 +310,7 @@ def command_run() -> int:
         _prepare_database(env)
         _manage(env, "demo_data")
         _manage(env, "demo_usage")
+        _manage(env, "demo_billing")
         port = env.get("PORT", "8000")
         celery = [sys.executable, "-m", "celery", "-A", "config"]
         procs = [
