@@ -25,9 +25,11 @@ from dataclasses import dataclass, field, replace
 from functools import cache
 from types import ModuleType
 
+import httpcore2
 import httpx2
 
 from config.errors import ApplicationError
+from config.outbound import GuardedBackend
 
 
 @dataclass(frozen=True)
@@ -237,4 +239,11 @@ def http_client(*, on_response: Callable[[httpx2.Response], Awaitable[None]] | N
                 del _loop_pools[closed]
             limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=100)  # as the openai SDK's default: many streams at once
             pool = _loop_pools[loop] = httpx2.AsyncHTTPTransport(verify=ssl_context(), limits=limits)
+            # Every provider call connects through the guard: a user's base URL may name any host.
+            pool._pool = httpcore2.AsyncConnectionPool(
+                ssl_context=ssl_context(),
+                max_connections=limits.max_connections,
+                max_keepalive_connections=limits.max_keepalive_connections,
+                network_backend=GuardedBackend(),
+            )
     return httpx2.AsyncClient(transport=pool, follow_redirects=True, event_hooks={"response": [on_response] if on_response else []})

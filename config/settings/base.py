@@ -311,3 +311,6 @@ GEMINI_FREE_TIER_API_KEY = env("GEMINI_FREE_TIER_API_KEY", default=None)
 # A reply still `streaming` after this many minutes lost its worker: closed as interrupted and metered.
 CHAT_STREAM_STALE_MINUTES = env.int("CHAT_STREAM_STALE_MINUTES", default=15)
 CELERY_BEAT_SCHEDULE["chat-streams-close-stale"] = {"task": "chat.tasks.streams_close_stale_task", "schedule": crontab(minute="*/5")}
+
+# Hosts a user-set URL (a provider base URL) may reach although they are not public (config/outbound.py).
+OUTBOUND_ALLOWED_HOSTS = env.list("OUTBOUND_ALLOWED_HOSTS", default=[])

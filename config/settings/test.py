@@ -23,3 +23,6 @@ FIELD_ENCRYPTION_KEYS = ["wF0xF3H0n2xkXm9mZcCqD0nUq3s8b1n8o8q2QbV2n3U=", "0u6m8m
 for _db in DATABASES.values():
     _db["OPTIONS"].pop("pool")
     _db["CONN_MAX_AGE"] = 60
+
+# The provider tests' wire-format servers listen on loopback.
+OUTBOUND_ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
