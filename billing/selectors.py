@@ -21,6 +21,7 @@ from analytics import counters
 from billing.models import CURRENT_STATUSES, Plan, Subscription
 from config.db import rls
 from config.db.partitions import month_add
+from config.db.rows import columns_of, model_from_row
 
 MANAGER_ROLES = (Membership.Role.OWNER, Membership.Role.ADMIN)
 REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -40,11 +41,9 @@ def plan_free() -> Plan:
     return Plan.objects.get(slug="free")
 
 
-_SUBSCRIPTION_FIELDS = [f.attname for f in Subscription._meta.concrete_fields]
-_PLAN_FIELDS = [f.attname for f in Plan._meta.concrete_fields]
 # Asked before every model call: one statement, no ORM compilation (the plan comes joined).
 _CURRENT_SQL = (
-    f"SELECT {', '.join('s.' + c for c in _SUBSCRIPTION_FIELDS)}, {', '.join('p.' + c for c in _PLAN_FIELDS)} "
+    f"SELECT {columns_of(Subscription, 's')}, {columns_of(Plan, 'p')} "
     "FROM billing_subscription s JOIN billing_plan p ON p.id = s.plan_id "
     f"WHERE s.organization_id = %s AND s.status IN ({', '.join(repr(s) for s in CURRENT_STATUSES)})"
 )
@@ -59,18 +58,10 @@ def subscription_current(*, organization_id) -> Subscription | None:
         row = cur.fetchone()
     if row is None:
         return None
-    split = len(_SUBSCRIPTION_FIELDS)
-    subscription = _from_row(Subscription, alias, row[:split])
-    subscription.plan = _from_row(Plan, alias, row[split:])
+    split = len(Subscription._meta.concrete_fields)
+    subscription = model_from_row(Subscription, alias, row[:split])
+    subscription.plan = model_from_row(Plan, alias, row[split:])
     return subscription
-
-
-def _from_row(model, alias: str, values):
-    """A model instance from raw column values, through each field's database converter (JSON)."""
-    connection = connections[alias]
-    fields = model._meta.concrete_fields
-    values = [f.from_db_value(v, None, connection) if hasattr(f, "from_db_value") else v for f, v in zip(fields, values)]
-    return model.from_db(alias, [f.attname for f in fields], values)
 
 
 def subscription_history(*, organization_id) -> QuerySet[Subscription]:

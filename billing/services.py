@@ -176,7 +176,7 @@ def _decide_in_redis(*, plan: Plan, organization_id, api_key_id, estimated: int,
 def entitlement_check(
     *,
     user: User,
-    organization: Organization,
+    organization_id: uuid.UUID,
     provider: str,
     model: str,
     estimated_tokens: int = 0,
@@ -191,7 +191,7 @@ def entitlement_check(
     the monthly limits are decided from the database and the rate limit is skipped (logged)."""
     if estimated_tokens < 0:
         raise ApplicationError("The estimated tokens must be zero or more.", {"code": "invalid", "field": "estimated_tokens"})
-    subscription = selectors.subscription_current(organization_id=organization.pk)
+    subscription = selectors.subscription_current(organization_id=organization_id)
     if subscription is None:
         raise ForbiddenError("You are not a member of this organization.", {"code": "not_a_member"})
     now = timezone.now()
@@ -208,12 +208,12 @@ def entitlement_check(
     month = counters.month_of(now)
     try:
         code, a, b = _decide_in_redis(
-            plan=plan, organization_id=organization.pk, api_key_id=api_key_id, estimated=estimated_tokens, month=month
+            plan=plan, organization_id=organization_id, api_key_id=api_key_id, estimated=estimated_tokens, month=month
         )
         degraded = False
     except selectors.REDIS_ERRORS as exc:
-        logger.warning("entitlement for %s decided from the database (Redis unreachable: %s); rate limit not applied", organization.pk, exc)
-        usage = counters.usage_from_database(scope="org", owner_id=organization.pk, month=month)
+        logger.warning("entitlement for %s decided from the database (Redis unreachable: %s); rate limit not applied", organization_id, exc)
+        usage = counters.usage_from_database(scope="org", owner_id=organization_id, month=month)
         a, b, degraded = usage.total_tokens, usage.calls, True
         code = _monthly_code(plan, a, b, estimated_tokens) or "ok"
     if code == "rate":

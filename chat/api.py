@@ -125,12 +125,10 @@ class MessageListApi(APIView):
         responses={201: ReplyOut, **SEND_ERRORS},
     )
     def post(self, request, conversation_id):
-        with rls.atomic_as(request.user.pk):
-            conversation = selectors.conversation_get(user=request.user, conversation_id=conversation_id)
         body = validated_body(MessageIn, request)
         send = {
             "user": request.user,
-            "conversation": conversation,
+            "conversation_id": conversation_id,
             "content": body["content"],
             "provider": body.get("provider") or None,
             "model": body.get("model") or None,

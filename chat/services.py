@@ -190,8 +190,10 @@ class Reply:
     message: Message
 
 
-def _history(conversation: Conversation, persona: Persona | None) -> list[ChatMessage]:
+def _history(conversation: Conversation | None, persona: Persona | None) -> list[ChatMessage]:
     messages = [ChatMessage("system", persona.system_prompt)] if persona and persona.system_prompt else []
+    if conversation is None or not conversation.message_count:
+        return messages
     for role, content in (
         selectors.message_list(conversation=conversation)
         .exclude(role=Message.Role.ASSISTANT, content="")
@@ -206,37 +208,44 @@ def message_prepare(
     *,
     user: User,
     content: str,
-    conversation: Conversation | None = None,
+    conversation_id: uuid.UUID | None = None,
     provider: str | None = None,
     model: str | None = None,
     api_key_id: uuid.UUID | None = None,
 ) -> PendingReply:
-    """Check and store a send: the model has a price, the plan allows it now, a key exists;
-    then the user message and a `streaming` reply take the conversation's next two
-    sequence numbers under its row lock. A refusal raises before anything is written."""
-    if conversation is not None and conversation.user_id != user.pk:
-        raise NotFoundError("No such conversation.")
+    """Check and store a send, in one short transaction: the model has a price, the plan
+    allows it now, a key exists; then the user message and a `streaming` reply take the
+    conversation's next two sequence numbers. The conversation's row is locked from the first
+    read, so concurrent sends to it queue and each takes the numbers after the last committed.
+    A refusal raises before anything is written; another user's conversation is a 404."""
     content = (content or "").strip()
     if not content:
         raise ApplicationError("Write a message first.", {"field": "content"})
     if len(content) > MAX_CONTENT:
         raise ApplicationError(f"A message is at most {MAX_CONTENT:,} characters.", {"field": "content"})
     with rls.atomic_as(user.pk):
-        persona = conversation.persona if conversation is not None and conversation.persona_id else None
+        if conversation_id is None:
+            conversation, persona, organization_id = None, None, _personal_organization(user).pk
+        else:
+            conversation = (
+                Conversation.objects.select_for_update(of=("self",))
+                .select_related("persona")
+                .filter(user_id=user.pk, pk=conversation_id)
+                .first()
+            )
+            if conversation is None:
+                raise NotFoundError("No such conversation.")
+            persona, organization_id = conversation.persona, conversation.organization_id
         provider = provider or (persona.provider if persona else "") or settings.CHAT_DEFAULT_PROVIDER
         model = model or (persona.model if persona and persona.provider == provider else "") or _default_model(provider)
         price = model_price_for(provider=provider, model=model)
-        if conversation is None:
-            organization = _personal_organization(user)
-        else:
-            organization = accounts_selectors.organization_get(user=user, organization_id=conversation.organization_id)
         new_conversation = conversation is None or conversation.message_count == 0
-        history = _history(conversation, persona) if conversation is not None else []
+        history = _history(conversation, persona)
         history.append(ChatMessage("user", content))
         estimated = prompt_tokens_estimate(tuple(history))
         entitlement = entitlement_check(
             user=user,
-            organization=organization,
+            organization_id=organization_id,
             provider=provider,
             model=model,
             estimated_tokens=estimated,
@@ -246,20 +255,17 @@ def message_prepare(
         entitlement.raise_if_refused()
         api_key, base_url = _credential_resolve(user=user, provider=provider, paid_plan=entitlement.plan.monthly_price > 0)
         if conversation is None:
-            conversation = Conversation.objects.create(user_id=user.pk, organization_id=organization.pk)
-        # The row lock orders concurrent sends: each takes the next numbers after the last committed one.
-        locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
-        sequence = locked.message_count
-        locked.message_count = sequence + 2
-        if not locked.title:
-            locked.title = conversation_title(content=content)
-        locked.save(update_fields=["message_count", "title", "updated_at"])
+            conversation = Conversation(user_id=user.pk, organization_id=organization_id)
+        sequence = conversation.message_count
+        conversation.message_count = sequence + 2
+        if not conversation.title:
+            conversation.title = conversation_title(content=content)
+        # An insert for a new conversation, else an update under the row lock taken above.
+        conversation.save(update_fields=None if conversation._state.adding else ["message_count", "title", "updated_at"])
         request_id = uuid.uuid4().hex
-        user_message = Message.objects.create(
-            conversation=locked, user_id=user.pk, sequence=sequence + 1, role=Message.Role.USER, content=content
-        )
-        message = Message.objects.create(
-            conversation=locked,
+        user_message = Message(conversation=conversation, user_id=user.pk, sequence=sequence + 1, role=Message.Role.USER, content=content)
+        message = Message(
+            conversation=conversation,
             user_id=user.pk,
             sequence=sequence + 2,
             role=Message.Role.ASSISTANT,
@@ -268,9 +274,10 @@ def message_prepare(
             status=Status.STREAMING,
             metadata={"request_id": request_id, "price_id": str(price.pk), "prompt_tokens_estimate": estimated},
         )
+        Message.objects.bulk_create([user_message, message])  # one statement for both
     temperature = float(persona.temperature) if persona and persona.temperature is not None else None
     request = ChatRequest(model=model, messages=tuple(history), temperature=temperature, api_key=api_key, base_url=base_url)
-    return PendingReply(user.pk, organization.pk, locked, user_message, message, request, price, request_id)
+    return PendingReply(user.pk, organization_id, conversation, user_message, message, request, price, request_id)
 
 
 def _default_model(provider: str) -> str:
@@ -328,8 +335,16 @@ def _reply_finish(
 
 def _meter(*, message: Message, usage: Usage, cost: Decimal, price: ModelPrice, latency_ms: int, success: bool, error: str) -> None:
     """The conversation's totals and the ledger row for one reply (inside the caller's transaction)."""
+    tokens, now = usage.input_total + usage.output, timezone.now()
     Conversation.objects.filter(pk=message.conversation_id).update(
-        total_tokens=F("total_tokens") + usage.input_total + usage.output, total_cost=F("total_cost") + cost, updated_at=timezone.now()
+        total_tokens=F("total_tokens") + tokens, total_cost=F("total_cost") + cost, updated_at=now
+    )
+    # The caller's copy follows (it answers the API without reading the row again).
+    conversation = message.conversation
+    conversation.total_tokens, conversation.total_cost, conversation.updated_at = (
+        conversation.total_tokens + tokens,
+        conversation.total_cost + cost,
+        now,
     )
     usage_record(
         user_id=message.user_id,
@@ -378,7 +393,7 @@ def message_send(
     *,
     user: User,
     content: str,
-    conversation: Conversation | None = None,
+    conversation_id: uuid.UUID | None = None,
     provider: str | None = None,
     model: str | None = None,
     api_key_id: uuid.UUID | None = None,
@@ -388,7 +403,9 @@ def message_send(
     Refusals (plan, quota, rate, no price, no key) raise before anything is stored. A
     provider failure is not raised: the reply is stored `failed` (or `interrupted` with the
     part received) with the provider's sentence, and metered with the tokens it reported."""
-    pending = message_prepare(user=user, content=content, conversation=conversation, provider=provider, model=model, api_key_id=api_key_id)
+    pending = message_prepare(
+        user=user, content=content, conversation_id=conversation_id, provider=provider, model=model, api_key_id=api_key_id
+    )
     started = time.monotonic()
     text, usage, status, error, finish = async_to_sync(_complete)(pending)
     latency_ms = int((time.monotonic() - started) * 1000)
@@ -402,9 +419,7 @@ def message_send(
         finish_reason=finish,
         provider_failed=bool(error),
     )
-    with rls.atomic_as(user.pk):
-        conversation = selectors.conversation_get(user=user, conversation_id=pending.conversation.pk)
-    return Reply(conversation, pending.user_message, message)
+    return Reply(pending.conversation, pending.user_message, message)
 
 
 async def message_stream(*, pending: PendingReply) -> AsyncIterator[dict]:

@@ -160,7 +160,6 @@ def _refusal(request, message: str, status: int, *, upgrade: bool, retry_after: 
 @login_required
 @require_POST
 def message_send(request, conversation_id):
-    conversation = _conversation(request, conversation_id)
     form = ComposerForm(request.POST)
     if not form.is_valid():
         return _refusal(request, " ".join(e for errors in form.errors.values() for e in errors), 400, upgrade=False)
@@ -168,7 +167,7 @@ def message_send(request, conversation_id):
     try:
         # Checked and stored in the request's short transaction; the body runs after it commits.
         pending = services.message_prepare(
-            user=request.user, conversation=conversation, content=form.cleaned_data["content"], provider=provider, model=model
+            user=request.user, conversation_id=conversation_id, content=form.cleaned_data["content"], provider=provider, model=model
         )
     except ApplicationError as exc:
         return _refusal(request, exc.message, exc.status_code, upgrade=True, retry_after=exc.retry_after)

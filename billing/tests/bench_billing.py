@@ -33,7 +33,7 @@ def _timed_checks(user, org, n: int, **kwargs) -> tuple[list[float], int]:
         rls.context_set(user_id=user.pk)
         for _ in range(n):
             t = time.perf_counter()
-            decision = entitlement_check(user=user, organization=org, **kwargs)
+            decision = entitlement_check(user=user, organization_id=org.pk, **kwargs)
             times_ms.append((time.perf_counter() - t) * 1000)
             allowed += decision.allowed
     return times_ms, allowed
@@ -58,7 +58,7 @@ def test_bench_entitlement_check():
     with CaptureQueriesContext(connections["default"]) as queries, rls.atomic():
         rls.context_set(user_id=user.pk)
         n_before = len(queries.captured_queries)
-        entitlement_check(user=user, organization=org, **args)
+        entitlement_check(user=user, organization_id=org.pk, **args)
         per_check = len(queries.captured_queries) - n_before
     allowed_ms, allowed = _timed_checks(user, org, CALLS, **args)
     assert allowed == CALLS

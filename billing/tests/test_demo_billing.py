@@ -28,5 +28,7 @@ def test_the_demo_user_may_send_after_the_demo_usage_and_it_is_idempotent():
         organization = Membership.objects.get(user=user, organization__is_personal=True).organization
         assert selectors.subscription_current(organization_id=organization.pk).plan.slug == "pro"
     with rls.atomic_as(user.pk):
-        decision = services.entitlement_check(user=user, organization=organization, provider="echo", model="echo-1", estimated_tokens=10)
+        decision = services.entitlement_check(
+            user=user, organization_id=organization.pk, provider="echo", model="echo-1", estimated_tokens=10
+        )
     assert decision.allowed, decision

@@ -64,7 +64,7 @@ def _check(user, org, **kwargs):
     kwargs.setdefault("provider", "echo")
     kwargs.setdefault("model", "echo-1")
     with rls.privileged(reason="test"):
-        return entitlement_check(user=user, organization=org, **kwargs)
+        return entitlement_check(user=user, organization_id=org.pk, **kwargs)
 
 
 def test_tokens_refuse_at_the_limit_and_not_one_token_before(member, plans):
@@ -137,10 +137,10 @@ def test_a_decision_is_one_database_query_and_one_redis_command(member, django_a
 
     with rls.atomic():
         rls.context_set(user_id=user.pk)
-        entitlement_check(user=user, organization=org, provider="echo", model="echo-1", api_key_id=uuid.uuid4())  # script loaded
+        entitlement_check(user=user, organization_id=org.pk, provider="echo", model="echo-1", api_key_id=uuid.uuid4())  # script loaded
         monkeypatch.setattr(type(client), "execute_command", counted)
         with django_assert_num_queries(1):
-            assert entitlement_check(user=user, organization=org, provider="echo", model="echo-1", api_key_id=uuid.uuid4()).allowed
+            assert entitlement_check(user=user, organization_id=org.pk, provider="echo", model="echo-1", api_key_id=uuid.uuid4()).allowed
     assert sent == ["EVALSHA"]
 
 
@@ -208,7 +208,7 @@ CHILD = textwrap.dedent(
     from config.db import rls
     with rls.privileged(reason="rate limit test"):
         org = Organization.objects.get(pk=sys.argv[2]); user = User.objects.get(pk=sys.argv[3])
-        allowed = sum(entitlement_check(user=user, organization=org, provider="echo", model="echo-1").allowed for _ in range(40))
+        allowed = sum(entitlement_check(user=user, organization_id=org.pk, provider="echo", model="echo-1").allowed for _ in range(40))
     print(allowed)
     """
 )

@@ -133,7 +133,9 @@ def test_stream_sends_deltas_then_a_final_event_with_tokens_and_cost(alice, monk
 def test_messages_are_listed_in_order_with_cursor_pages(alice):
     conversation = None
     for n in range(3):
-        conversation = services.message_send(user=alice, content=f"message {n}", conversation=conversation).conversation
+        conversation = services.message_send(
+            user=alice, content=f"message {n}", conversation_id=conversation and conversation.pk
+        ).conversation
     client = session_client(alice)
     url = f"{API}/conversations/{conversation.pk}/messages"
     first = client.get(url, {"page_size": 4}).json()
@@ -196,7 +198,7 @@ def test_lists_cost_the_same_queries_for_one_row_or_many(alice):
     client.get(f"{API}/models")  # the session's first request also records its activity
     one = (_queries(client, f"{API}/conversations"), _queries(client, f"{API}/conversations/{reply.conversation.pk}/messages"))
     for n in range(4):
-        services.message_send(user=alice, content=f"more {n}", conversation=reply.conversation)
+        services.message_send(user=alice, content=f"more {n}", conversation_id=reply.conversation.pk)
         services.message_send(user=alice, content=f"another {n}")
     many = (_queries(client, f"{API}/conversations"), _queries(client, f"{API}/conversations/{reply.conversation.pk}/messages"))
     assert one == many

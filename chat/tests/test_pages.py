@@ -247,7 +247,7 @@ def test_the_list_and_the_view_take_as_many_queries_for_many_rows_as_for_few(sig
     signed_in.get(reverse("chat:list"))  # the session's first request records it: not counted
     list_few, view_few = _queries(signed_in, reverse("chat:list")), _queries(signed_in, reverse("chat:conversation", args=[few.pk]))
     for n in range(15):
-        services.message_send(user=alice, content=f"more {n}", conversation=few)
+        services.message_send(user=alice, content=f"more {n}", conversation_id=few.pk)
         services.conversation_create(user=alice, title=f"Talk {n}", persona=persona, tags=["a", "b"])
     assert _queries(signed_in, reverse("chat:list")) == list_few
     assert _queries(signed_in, reverse("chat:conversation", args=[few.pk])) == view_few

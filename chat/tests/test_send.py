@@ -68,7 +68,9 @@ def test_ledger_tokens_and_cost_equal_the_sums_over_assistant_messages(alice, pl
     price_add(provider="echo", model="echo-priced", input_price="1.50", output_price="3.25")
     conversation = None
     for text in ("one two three", "four five", "a somewhat longer message with more words in it"):
-        conversation = services.message_send(user=alice, content=text, conversation=conversation, model="echo-priced").conversation
+        conversation = services.message_send(
+            user=alice, content=text, conversation_id=conversation and conversation.pk, model="echo-priced"
+        ).conversation
     services.message_send(user=alice, content="another conversation", model="echo-priced")
     replies = [m for m in messages_of(alice) if m.role == "assistant"]
     assert len(replies) == 4 and all(m.cost > 0 for m in replies)
@@ -104,7 +106,7 @@ def test_a_refused_send_stores_nothing_and_meters_nothing(alice, plans):
     conversation = services.message_send(user=alice, content="first").conversation
     before = stored_counts()
     with pytest.raises(RateLimited) as limited:
-        services.message_send(user=alice, content="second", conversation=conversation)
+        services.message_send(user=alice, content="second", conversation_id=conversation.pk)
     assert limited.value.status_code == 429 and limited.value.retry_after >= 1
     assert stored_counts() == before == (1, 2, 1)
 
@@ -142,7 +144,7 @@ def test_openai_with_the_users_key_and_a_401_becoming_a_failed_metered_message(a
     assert openai_server.received[0].body["model"] == "gpt-4o-mini"
 
     failed = services.message_send(
-        user=alice, content="And of Spain?", conversation=ok.conversation, provider="openai", model="gpt-4o-mini"
+        user=alice, content="And of Spain?", conversation_id=ok.conversation.pk, provider="openai", model="gpt-4o-mini"
     )
     assert failed.message.status == "failed" and failed.message.content == ""
     assert failed.message.error == "The AI provider rejected the API key. Check the provider's key in the settings."
@@ -248,7 +250,7 @@ def test_concurrent_sends_to_one_conversation_keep_sequence_order(alice, plans):
     def send(n):
         try:
             barrier.wait()
-            services.message_send(user=alice, content=f"message {n}", conversation=conversation)
+            services.message_send(user=alice, content=f"message {n}", conversation_id=conversation.pk)
         except Exception as exc:  # collected: a thread's failure must fail the test
             errors.append(exc)
         finally:
@@ -274,7 +276,7 @@ def test_another_users_conversation_cannot_be_sent_to(alice):
     conversation = services.message_send(user=alice, content="mine").conversation
     bob = make_user(email="bob@example.com")
     with pytest.raises(NotFoundError):
-        services.message_send(user=bob, content="intrude", conversation=conversation)
+        services.message_send(user=bob, content="intrude", conversation_id=conversation.pk)
     assert len(messages_of(alice)) == 2 and messages_of(bob) == []
 
 
