@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 
 from django.db.models import Q, QuerySet
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
 from django.utils import timezone
 
 from chat.models import Conversation, Message, ModelPrice, Persona
@@ -63,6 +66,32 @@ def model_price_list(*, at: datetime | None = None) -> list[ModelPrice]:
     return list(current.values())
 
 
+# Each process keeps the catalog's active versions for a few seconds (it is small, and read
+# before every model call); a version saved or deleted here clears it at once, elsewhere within
+# CATALOG_SECONDS. Versions starting later are kept too, so a scheduled price applies on time.
+CATALOG_SECONDS = 10.0
+_catalog: dict = {"loaded_at": None, "versions": {}}
+
+
+def _catalog_versions() -> dict[tuple[str, str], list[ModelPrice]]:
+    loaded_at = _catalog["loaded_at"]
+    if loaded_at is None or time.monotonic() - loaded_at > CATALOG_SECONDS:
+        versions: dict[tuple[str, str], list[ModelPrice]] = {}
+        for price in ModelPrice.objects.filter(is_active=True).order_by("-effective_from"):
+            versions.setdefault((price.provider, price.model), []).append(price)
+        _catalog["versions"], _catalog["loaded_at"] = versions, time.monotonic()
+    return _catalog["versions"]
+
+
+@receiver([post_save, post_delete], sender=ModelPrice)
+def _catalog_clear(**kwargs) -> None:
+    _catalog["loaded_at"] = None
+
+
 def model_price_current(*, provider: str, model: str, at: datetime | None = None) -> ModelPrice | None:
     """The price version in force for this model at `at`, or None (the model cannot be used)."""
-    return ModelPrice.objects.filter(_in_force(at or timezone.now()), provider=provider, model=model).order_by("-effective_from").first()
+    at = at or timezone.now()
+    for price in _catalog_versions().get((provider, model), ()):  # newest start first
+        if price.effective_from <= at and (price.effective_to is None or price.effective_to > at):
+            return price
+    return None

@@ -1,30 +1,26 @@
 from rest_framework import serializers
 
-from chat.models import Conversation, Message, ModelPrice, Persona
+from chat.models import MONEY, Message, ModelPrice, Persona
 from chat.services import MAX_CONTENT
 
 TAG = serializers.CharField(max_length=50)
 
 
-class ConversationOut(serializers.ModelSerializer):
-    persona_id = serializers.UUIDField(allow_null=True)
-
-    class Meta:
-        model = Conversation
-        fields = [
-            "id",
-            "organization_id",
-            "title",
-            "summary",
-            "persona_id",
-            "tags",
-            "is_archived",
-            "message_count",
-            "total_tokens",
-            "total_cost",
-            "created_at",
-            "updated_at",
-        ]
+# Output serializers declare their fields: a ModelSerializer rebuilds them from the model on
+# every instantiation, which cost the metered send about 1 ms of its answer.
+class ConversationOut(serializers.Serializer):
+    id = serializers.UUIDField(read_only=True)
+    organization_id = serializers.UUIDField(read_only=True)
+    title = serializers.CharField(read_only=True)
+    summary = serializers.CharField(read_only=True)
+    persona_id = serializers.UUIDField(allow_null=True, read_only=True)
+    tags = serializers.ListField(child=serializers.CharField(), read_only=True)
+    is_archived = serializers.BooleanField(read_only=True)
+    message_count = serializers.IntegerField(read_only=True)
+    total_tokens = serializers.IntegerField(read_only=True)
+    total_cost = serializers.DecimalField(**MONEY, read_only=True)
+    created_at = serializers.DateTimeField(read_only=True)
+    updated_at = serializers.DateTimeField(read_only=True)
 
 
 class ConversationIn(serializers.Serializer):
@@ -44,26 +40,22 @@ class ConversationFilter(serializers.Serializer):
     organization_id = serializers.UUIDField(required=False, default=None)
 
 
-class MessageOut(serializers.ModelSerializer):
-    class Meta:
-        model = Message
-        fields = [
-            "id",
-            "conversation_id",
-            "sequence",
-            "role",
-            "content",
-            "provider",
-            "model",
-            "input_tokens",
-            "output_tokens",
-            "cost",
-            "latency_ms",
-            "status",
-            "error",
-            "metadata",
-            "created_at",
-        ]
+class MessageOut(serializers.Serializer):
+    id = serializers.UUIDField(read_only=True)
+    conversation_id = serializers.UUIDField(read_only=True)
+    sequence = serializers.IntegerField(read_only=True)
+    role = serializers.ChoiceField(choices=Message.Role.choices, read_only=True)
+    content = serializers.CharField(read_only=True)
+    provider = serializers.CharField(read_only=True)
+    model = serializers.CharField(read_only=True)
+    input_tokens = serializers.IntegerField(read_only=True)
+    output_tokens = serializers.IntegerField(read_only=True)
+    cost = serializers.DecimalField(**MONEY, read_only=True)
+    latency_ms = serializers.IntegerField(read_only=True)
+    status = serializers.ChoiceField(choices=Message.Status.choices, read_only=True)
+    error = serializers.CharField(read_only=True)
+    metadata = serializers.JSONField(read_only=True)
+    created_at = serializers.DateTimeField(read_only=True)
 
 
 class MessageIn(serializers.Serializer):

@@ -50,15 +50,16 @@ def test_a_metered_message_post_with_an_api_key_stays_within_its_query_budget(al
     assert response.json()["message"]["content"] == "You said: hello budget"
     # Check-in housekeeping (RESET ALL per connection) depends on pool settings, not on the path.
     path = [(alias, sql) for alias, sql in queries if sql.strip() != "RESET ALL"]
-    # 12 statements, all on the app role (`default`):
+    # 11 statements, all on the app role (`default`):
     #   request:  the API key and its owner in one query (two SECURITY DEFINER functions)     =  1
-    #   prepare:  RLS context, the conversation FOR UPDATE with its persona, price, history,
+    #   prepare:  RLS context, the conversation FOR UPDATE with its persona, history,
     #             subscription + plan (entitlement; the quota and rate decision is one Redis
-    #             script), its sequence UPDATE, one INSERT of both messages                  =  7
+    #             script), its sequence UPDATE, one INSERT of both messages (the price comes
+    #             from the process's catalog, read at most every CATALOG_SECONDS)           =  6
     #   finish:   RLS context, UPDATE reply, UPDATE conversation totals, the ledger INSERT
     #             ... RETURNING the sums for the Redis counters (rows go in by COPY, not
     #             counted here; the staging table is created once per connection)           =  4
     #   answer:   nothing: the conversation's totals are carried from the finish             =  0
     statements = "\n".join(f"{alias}: {sql.strip()[:120]}" for alias, sql in path)
-    assert len(path) == 12, statements
+    assert len(path) == 11, statements
     assert {alias for alias, _ in path} == {"default"}, statements
