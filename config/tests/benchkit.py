@@ -60,6 +60,36 @@ def server_settings() -> dict:
     return {n: scalar(f"SHOW {n}") for n in names}
 
 
+def _tree_cpu(process) -> float:
+    """CPU seconds of a process, its live descendants and the children it already reaped."""
+    import psutil
+
+    total = 0.0
+    for proc in [process, *process.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+def serving_cpu_seconds(server_pid: int) -> float:
+    """CPU seconds used so far by everything that serves a request: the web server's process
+    tree, PostgreSQL (the postmaster's tree, found from a backend) and Redis (its INFO). Not
+    the load generator: per request, this is the machine's cost of serving, however busy the
+    machine is with other work."""
+    import psutil
+    from django_redis import get_redis_connection
+
+    with connections[OWNER].cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        postmaster = psutil.Process(cur.fetchone()[0]).parent()
+    info = get_redis_connection("default").info("cpu")
+    redis = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    return _tree_cpu(psutil.Process(server_pid)) + _tree_cpu(postmaster) + redis
+
+
 def machine() -> dict:
     import os
 

@@ -50,14 +50,21 @@ def wsgi_command(*, bind: str, workers: int) -> list[str]:
     return [sys.executable, "-m", "gunicorn", "config.wsgi:application", "--bind", bind, "--workers", str(workers), "--no-control-socket"]
 
 
+class Served(str):
+    """The server's base URL, knowing the server's process id."""
+
+    pid: int
+
+
 @contextmanager
-def served(*, workers: int, wsgi: bool = False, **env: str) -> Iterator[str]:
+def served(*, workers: int, wsgi: bool = False, **env: str) -> Iterator[Served]:
     """Start the server, wait for /health/live, yield its base URL, stop it (its whole process group)."""
     port = _free_port()
     bind = f"127.0.0.1:{port}"
     command = wsgi_command(bind=bind, workers=workers) if wsgi else embedded.web_command(bind=bind, workers=workers, access_log=False)
     proc = subprocess.Popen(command, cwd=settings.BASE_DIR, env=server_env(**env), start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+    base = Served(f"http://127.0.0.1:{port}")
+    base.pid = proc.pid
     try:
         deadline = time.monotonic() + 90
         while True:
