@@ -7,7 +7,9 @@ Billing reads them on every message, so they must be cheap and right:
   snapshot), never reset to zero;
 - the hourly reconciliation compares every live counter with the ledger and adds the
   drift (never overwrites: increments landing meanwhile are kept).
-Cost is kept in micro-dollars (integers), so Redis arithmetic stays exact.
+Cost is kept in integer units of 1e-10 USD (the ledger's precision), so Redis arithmetic stays exact.
+An increment that fails (Redis unreachable) marks its counters unsure: the next Redis call in
+this process drops them, so they are rebuilt from the ledger instead of staying low.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ from config.db import rls
 from config.db.partitions import month_add, month_start
 
 logger = logging.getLogger("confab.analytics.counters")
-KEY_PREFIX = "usage:v1"
+KEY_PREFIX = "usage:v2"  # v2: cost in 1e-10 USD units (v1 held micro-dollars)
 TTL_SECONDS = 40 * 24 * 3600
-MICROS = Decimal("1000000")
-FIELDS = ("input_tokens", "output_tokens", "total_tokens", "calls", "cost_micros")
+UNITS = Decimal("10000000000")  # cost units per USD
+COST_PLACES = Decimal("0.0000000001")
+FIELDS = ("input_tokens", "output_tokens", "total_tokens", "calls", "cost_units")
 SCOPES = ("org", "user")
 SETTLE_SECONDS = 1.0  # a drift still there after this is real, not an increment in flight
 
@@ -56,11 +59,11 @@ class Usage:
     output_tokens: int = 0
     total_tokens: int = 0
     calls: int = 0
-    cost_micros: int = 0
+    cost_units: int = 0
 
     @property
     def cost(self) -> Decimal:
-        return (Decimal(self.cost_micros) / MICROS).quantize(Decimal("0.000001"))
+        return (Decimal(self.cost_units) / UNITS).quantize(COST_PLACES)
 
     def as_fields(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in FIELDS}
@@ -78,22 +81,41 @@ def counter_key(scope: str, owner_id, month: date) -> str:
     return f"{KEY_PREFIX}:{month:%Y%m}:{scope}:{owner_id}"
 
 
-def cost_micros(cost: Decimal) -> int:
-    return int((cost * MICROS).to_integral_value())
+def cost_units(cost: Decimal) -> int:
+    return int((cost * UNITS).to_integral_value())
+
+
+_unsure: set[str] = set()  # counter keys whose increment failed in this process: dropped at the next chance
+
+
+def counters_drop_unsure(client=None) -> None:
+    """Drop the counters an increment failed on (Redis was unreachable), so the next read
+    rebuilds them from the ledger; a counter kept by a Redis that comes back with its old
+    data would stay low and let a limit overshoot. Raises the Redis error when still down."""
+    if not _unsure:
+        return
+    keys = list(_unsure)
+    (client or _redis()).delete(*keys)
+    _unsure.difference_update(keys)
+    logger.info("usage counters dropped after a lost increment, rebuilt from the ledger on next read: %s", keys)
 
 
 def counters_increment(*, organization_id, user_id, month: date, usage: Usage) -> None:
-    """Add to both live counters. With Redis unreachable the increment is logged and lost:
-    the ledger row is written, and the rebuild or hourly reconciliation restores the count."""
+    """Add to both live counters. With Redis unreachable the increment is lost, but its
+    counters are marked unsure and dropped at this process's next Redis call (rebuilt from
+    the ledger); the hourly reconciliation is the backstop if the process ends first."""
     args = [x for pair in usage.as_fields().items() for x in pair]
+    keys = [counter_key(scope, owner, month) for scope, owner in (("org", organization_id), ("user", user_id))]
     try:
         client = _redis()
+        counters_drop_unsure(client)
         script = client.register_script(_INCR_IF_EXISTS)
-        for scope, owner in (("org", organization_id), ("user", user_id)):
-            script(keys=[counter_key(scope, owner, month)], args=args)
+        for key in keys:
+            script(keys=[key], args=args)
     except REDIS_ERRORS:
+        _unsure.update(keys)
         logger.exception(
-            "live usage counter increment lost for org %s user %s (%s); reconciliation repairs it", organization_id, user_id, month
+            "live usage counter increment lost for org %s user %s (%s); dropped when Redis answers", organization_id, user_id, month
         )
 
 
@@ -142,7 +164,7 @@ def usages_from_database(*, owners: list[tuple[str, UUID]], month: date) -> dict
     with rls.privileged(reason="usage counters: read the ledger", audited=False), connections[rls.PRIVILEGED_ALIAS].cursor() as cur:
         cur.execute(_TRUTH_SQL, params)
         found = {
-            (scope, owner): Usage(int(i), int(o), int(t), int(c), cost_micros(cost)) for scope, owner, i, o, t, c, cost in cur.fetchall()
+            (scope, owner): Usage(int(i), int(o), int(t), int(c), cost_units(cost)) for scope, owner, i, o, t, c, cost in cur.fetchall()
         }
     return {key: found.get(key, Usage()) for key in owners}
 
@@ -166,7 +188,9 @@ def counters_read(*, scope: str, owner_id, month: date | None = None) -> Usage:
     month = month or month_of()
     key = counter_key(scope, owner_id, month)
     try:
-        raw = _redis().hgetall(key)
+        client = _redis()
+        counters_drop_unsure(client)
+        raw = client.hgetall(key)
     except REDIS_ERRORS:
         logger.warning("Redis unreachable; usage counter %s read from the ledger", key)
         return usage_from_database(scope=scope, owner_id=owner_id, month=month)

@@ -360,7 +360,7 @@ def _ledger_write(rows: list[tuple], *, batch: int, now: datetime) -> list[int]:
         cur.execute(_RECORD_SQL, {"now": now, "batch": batch})
         for organization_id, user_id, month, i, o, t, calls, cost, row_ids in cur.fetchall():
             ids.extend(row_ids)
-            totals.append((organization_id, user_id, month, counters.Usage(i, o, t, calls, counters.cost_micros(cost))))
+            totals.append((organization_id, user_id, month, counters.Usage(i, o, t, calls, counters.cost_units(cost))))
         transaction.on_commit(lambda: _count_live(totals), using=alias)
     return ids
 

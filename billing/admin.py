@@ -22,6 +22,8 @@ class PlanAdmin(admin.ModelAdmin):
         "monthly_tokens",
         "monthly_messages",
         "requests_per_minute",
+        "monthly_spend",
+        "max_output_tokens",
         "is_active",
     ]
     list_filter = ["is_active"]

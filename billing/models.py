@@ -37,6 +37,10 @@ class Plan(models.Model):
     monthly_messages = models.IntegerField(null=True, blank=True, validators=[MinValueValidator(0)])
     requests_per_minute = models.IntegerField(null=True, blank=True, validators=[MinValueValidator(0)])
     max_conversations = models.IntegerField(null=True, blank=True, validators=[MinValueValidator(0)])
+    # USD a month the organization's calls may cost; empty means no spend budget.
+    monthly_spend = models.DecimalField(max_digits=12, decimal_places=2, null=True, blank=True, validators=[MinValueValidator(0)])
+    # The most output tokens one call may ask for; empty means the CHAT_MAX_OUTPUT_TOKENS setting.
+    max_output_tokens = models.IntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
     trial_days = models.PositiveIntegerField(default=0)
     stripe_monthly_price_id = models.CharField(max_length=100, blank=True)
     stripe_yearly_price_id = models.CharField(max_length=100, blank=True)

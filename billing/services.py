@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
+from decimal import Decimal
 
+from django.conf import settings
 from django.db import IntegrityError
 from django.db.models import Q
 from django.utils import timezone
@@ -21,6 +23,8 @@ from config.errors import ApplicationError, ForbiddenError, PlanRefused, QuotaEx
 logger = selectors.logger
 RATE_WINDOW_MS = 60_000
 RATE_KEY_PREFIX = "billing:rate:v1"
+RESERVATION_KEY_PREFIX = "billing:reservation:v1"
+RESERVATIONS_DUE_KEY = f"{RESERVATION_KEY_PREFIX}:due"
 
 
 class CheckoutRequired(ApplicationError):
@@ -29,50 +33,115 @@ class CheckoutRequired(ApplicationError):
     status_code = 402
 
 
-# One round trip: read the organization's monthly counters, refuse on a monthly limit,
-# else take a request from the per-minute sliding windows (organization, then API key)
-# only if every window has room. Redis's clock, so every web process shares one window.
-ENTITLEMENT_SCRIPT = """
-local token_limit, message_limit, estimated = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local tokens, messages = 0, 0
-if token_limit >= 0 or message_limit >= 0 then
-    if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing', 0, 0} end
-    local row = redis.call('HMGET', KEYS[1], 'total_tokens', 'calls')
-    tokens, messages = tonumber(row[1]) or 0, tonumber(row[2]) or 0
-    if token_limit >= 0 and (tokens >= token_limit or tokens + estimated > token_limit) then return {'tokens', tokens, messages} end
-    if message_limit >= 0 and messages >= message_limit then return {'messages', tokens, messages} end
+# Shared by the scripts below. A reservation is two fields of the organization-month's hash
+# (t:<id> tokens, c:<id> cost units) counted in its running sums (tokens, cost), its deadline in
+# the organization-month's sorted set and in one global sorted set (for reservations_expire).
+# Values stay strings: HINCRBY refuses "-0", so a zero is not subtracted.
+_RESERVATION_LUA = """
+local function release(held, due, every_due, prefix, id)
+    local row = redis.call('HMGET', held, 't:' .. id, 'c:' .. id)
+    redis.call('ZREM', due, id)
+    redis.call('ZREM', every_due, prefix .. id)
+    if not row[1] then return 0 end
+    if row[1] ~= '0' then redis.call('HINCRBY', held, 'tokens', '-' .. row[1]) end
+    if row[2] ~= '0' then redis.call('HINCRBY', held, 'cost', '-' .. row[2]) end
+    redis.call('HDEL', held, 't:' .. id, 'c:' .. id)
+    return 1
 end
-local rpm, window = tonumber(ARGV[4]), tonumber(ARGV[5])
-if rpm >= 0 then
+local function now_ms()
     local t = redis.call('TIME')
-    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-    for i = 2, #KEYS do
+    return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+# One round trip, on Redis's clock (every web process shares it): release the organization's
+# expired reservations (their calls may or may not have been counted, so the counter is dropped
+# and rebuilt from the ledger); refuse when settled usage + open reservations + this one exceed
+# a monthly limit; else take a request from the per-minute windows (organization, then API key)
+# only if every window has room, and reserve. The answer carries the state it decided on.
+# KEYS: counter, held hash, due set, global due set, rate windows...
+# ARGV: token, message, spend limits (-1: none), tokens and cost units to reserve, rpm, window ms,
+#       reservation id (also the rate windows' entry), timeout ms, global member prefix
+ENTITLEMENT_SCRIPT = (
+    _RESERVATION_LUA
+    + """
+local token_limit, message_limit, spend_limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local want_tokens, want_cost = tonumber(ARGV[4]), tonumber(ARGV[5])
+local limited = token_limit >= 0 or message_limit >= 0 or spend_limit >= 0
+local now = now_ms()
+local state = {0, 0, 0, 0, 0, 0}
+if limited then
+    local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
+    for _, id in ipairs(expired) do release(KEYS[2], KEYS[3], KEYS[4], ARGV[10], id) end
+    if #expired > 0 then redis.call('DEL', KEYS[1]) end
+    if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
+    local row = redis.call('HMGET', KEYS[1], 'total_tokens', 'calls', 'cost_units')
+    local held = redis.call('HMGET', KEYS[2], 'tokens', 'cost')
+    state = {tonumber(row[1]) or 0, tonumber(row[2]) or 0, tonumber(row[3]) or 0,
+             tonumber(held[1]) or 0, tonumber(held[2]) or 0, redis.call('ZCARD', KEYS[3])}
+    if token_limit >= 0 and state[1] + state[4] + want_tokens > token_limit then return {'tokens', unpack(state)} end
+    if message_limit >= 0 and state[2] + state[6] >= message_limit then return {'messages', unpack(state)} end
+    if spend_limit >= 0 and state[3] + state[5] + want_cost > spend_limit then return {'spend', unpack(state)} end
+end
+local rpm, window = tonumber(ARGV[6]), tonumber(ARGV[7])
+if rpm >= 0 then
+    for i = 5, #KEYS do
         redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - window)
         if redis.call('ZCARD', KEYS[i]) >= rpm then
             local oldest = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
             local wait = window
             if oldest[2] then wait = tonumber(oldest[2]) + window - now end
-            return {'rate', wait, i - 1}
+            return {'rate', wait, i - 4}
         end
     end
-    for i = 2, #KEYS do
-        redis.call('ZADD', KEYS[i], now, ARGV[6])
+    for i = 5, #KEYS do
+        redis.call('ZADD', KEYS[i], now, ARGV[8])
         redis.call('PEXPIRE', KEYS[i], window)
     end
 end
-return {'ok', tokens, messages}
+if limited then
+    local id, deadline, keep = ARGV[8], now + tonumber(ARGV[9]), tonumber(ARGV[9]) + 3600000
+    redis.call('HSET', KEYS[2], 't:' .. id, ARGV[4], 'c:' .. id, ARGV[5])
+    redis.call('HINCRBY', KEYS[2], 'tokens', ARGV[4])
+    redis.call('HINCRBY', KEYS[2], 'cost', ARGV[5])
+    redis.call('ZADD', KEYS[3], deadline, id)
+    redis.call('ZADD', KEYS[4], deadline, ARGV[10] .. id)
+    redis.call('PEXPIRE', KEYS[2], keep)
+    redis.call('PEXPIRE', KEYS[3], keep)
+    return {'reserved', unpack(state)}
+end
+return {'ok', unpack(state)}
 """
+)
+# KEYS: held hash, due set, global due set. ARGV: global member prefix, reservation id.
+SETTLE_SCRIPT = _RESERVATION_LUA + "return release(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2])"
+# KEYS: held hash, due set, global due set, counter. ARGV: global member prefix, expired ids...
+EXPIRE_SCRIPT = (
+    _RESERVATION_LUA
+    + """
+local released = 0
+for i = 2, #ARGV do released = released + release(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[i]) end
+if released > 0 then redis.call('DEL', KEYS[4]) end
+return released
+"""
+)
 
 
 @dataclass(frozen=True)
 class Entitlement:
-    """The answer: allowed, or refused with the error to raise (its message is the reason)."""
+    """The answer: allowed, or refused with the error to raise (its message is the reason).
+
+    An allowed call may hold a `reservation` (settle it with `reservation_settle` once its
+    ledger row has committed) and must ask the provider for at most `max_output_tokens`."""
 
     allowed: bool
     plan: Plan
     refusal: ApplicationError | None = None
     degraded: bool = False  # decided from the database because Redis was unreachable
     usage: dict = field(default_factory=dict)
+    reservation: str | None = None
+    max_output_tokens: int = 0
+    month: date | None = None
 
     @property
     def reason(self) -> str:
@@ -85,6 +154,10 @@ class Entitlement:
 
 def _number(n: int) -> str:
     return f"{n:,}"
+
+
+def _dollars(units: int) -> str:
+    return f"${Decimal(units) / counters.UNITS:,.2f}"
 
 
 def _reset_words(moment: datetime) -> str:
@@ -106,28 +179,48 @@ def _plan_refusal(plan: Plan, provider: str, model: str) -> PlanRefused | None:
     return PlanRefused(f"Your {plan.name} plan does not include {what}.{where}", extra)
 
 
-def _monthly_refusal(plan: Plan, code: str, tokens: int, messages: int, estimated: int, now: datetime) -> QuotaExceeded:
+def _monthly_refusal(plan: Plan, code: str, usage: dict, now: datetime) -> QuotaExceeded:
     reset = selectors.month_reset(now)
     if code == "tokens":
+        tokens, held = usage["tokens"], usage["held_tokens"]
         used = f"you have used {_number(tokens)}"
-        if tokens < plan.monthly_tokens:
-            used += f" and this message needs about {_number(estimated)} more"
+        if held:
+            used += f", replies in progress hold {_number(held)}"
+        if tokens + held < plan.monthly_tokens:
+            used += f" and this message may need up to {_number(usage['reserved_tokens'])} more"
         sentence = f"Your {plan.name} plan includes {_number(plan.monthly_tokens)} tokens a month; {used}."
-        extra = {"code": "monthly_tokens", "limit": plan.monthly_tokens, "used": tokens, "estimated": estimated}
+        extra = {"code": "monthly_tokens", "limit": plan.monthly_tokens, "used": tokens, "held": held, "needs": usage["reserved_tokens"]}
+    elif code == "spend":
+        cost, held, limit = usage["cost_units"], usage["held_cost_units"], counters.cost_units(plan.monthly_spend)
+        used = f"you have used {_dollars(cost)}"
+        if held:
+            used += f", replies in progress hold {_dollars(held)}"
+        if cost + held < limit:
+            used += f" and this message may cost up to {_dollars(usage['reserved_cost_units'])}"
+        sentence = f"Your {plan.name} plan includes {_dollars(limit)} of model usage a month; {used}."
+        extra = {"code": "monthly_spend", "limit": str(plan.monthly_spend), "used": str(Decimal(cost) / counters.UNITS)}
     else:
-        sentence = f"Your {plan.name} plan includes {_number(plan.monthly_messages)} messages a month; you have sent {_number(messages)}."
-        extra = {"code": "monthly_messages", "limit": plan.monthly_messages, "used": messages}
+        messages, held = usage["messages"], usage["held_calls"]
+        sent = f"you have sent {_number(messages)}" + (f" and {_number(held)} more are in progress" if held else "")
+        sentence = f"Your {plan.name} plan includes {_number(plan.monthly_messages)} messages a month; {sent}."
+        extra = {"code": "monthly_messages", "limit": plan.monthly_messages, "used": messages, "held": held}
     extra.update(plan=plan.slug, resets_on=reset.isoformat())
     return QuotaExceeded(f"{sentence} Upgrade, or wait until {_reset_words(now)}.", extra)
 
 
-def _monthly_code(plan: Plan, tokens: int, messages: int, estimated: int) -> str | None:
+def _spend_limit(plan: Plan) -> int:
+    return -1 if plan.monthly_spend is None else counters.cost_units(plan.monthly_spend)
+
+
+def _monthly_code(plan: Plan, usage: dict) -> str | None:
     """The database-side twin of the script's monthly checks (used when Redis is down)."""
-    limit = plan.monthly_tokens
-    if limit is not None and (tokens >= limit or tokens + estimated > limit):
+    if plan.monthly_tokens is not None and usage["tokens"] + usage["reserved_tokens"] > plan.monthly_tokens:
         return "tokens"
-    if plan.monthly_messages is not None and messages >= plan.monthly_messages:
+    if plan.monthly_messages is not None and usage["messages"] >= plan.monthly_messages:
         return "messages"
+    spend = _spend_limit(plan)
+    if spend >= 0 and usage["cost_units"] + usage["reserved_cost_units"] > spend:
+        return "spend"
     return None
 
 
@@ -143,13 +236,13 @@ def _rate_refusal(plan: Plan, wait_ms: int, by_key: bool) -> RateLimited:
     )
 
 
-_script_cache: dict[int, object] = {}
+_script_cache: dict[tuple[int, int], object] = {}
 
 
-def _entitlement_script(client):
-    script = _script_cache.get(id(client))
+def _script(client, source: str):
+    script = _script_cache.get((id(client), id(source)))
     if script is None:
-        script = _script_cache[id(client)] = client.register_script(ENTITLEMENT_SCRIPT)
+        script = _script_cache[(id(client), id(source))] = client.register_script(source)
     return script
 
 
@@ -157,20 +250,44 @@ def rate_key(scope: str, owner_id) -> str:
     return f"{RATE_KEY_PREFIX}:{scope}:{owner_id}"
 
 
-def _decide_in_redis(*, plan: Plan, organization_id, api_key_id, estimated: int, month) -> tuple[str, int, int]:
+def _reservation_keys(organization_id, month: date) -> tuple[str, str, str, str]:
+    """(held hash, due set, global due set, global member prefix) of an organization-month."""
+    base = f"{RESERVATION_KEY_PREFIX}:{month:%Y%m}:{organization_id}"
+    return base, f"{base}:due", RESERVATIONS_DUE_KEY, f"{month:%Y%m}:{organization_id}:"
+
+
+_STATE = ("tokens", "messages", "cost_units", "held_tokens", "held_cost_units", "held_calls")
+
+
+def _decide_in_redis(*, plan: Plan, organization_id, api_key_id, tokens: int, cost: int, month: date, reservation: str) -> tuple[str, list]:
     client = get_redis_connection("default")
-    keys = [counters.counter_key("org", organization_id, month), rate_key("org", organization_id)]
+    counters.counters_drop_unsure(client)
+    held, due, every_due, prefix = _reservation_keys(organization_id, month)
+    keys = [counters.counter_key("org", organization_id, month), held, due, every_due, rate_key("org", organization_id)]
     if api_key_id:
         keys.append(rate_key("key", api_key_id))
     limits = [-1 if v is None else v for v in (plan.monthly_tokens, plan.monthly_messages)]
     rpm = -1 if plan.requests_per_minute is None else plan.requests_per_minute
-    args = [*limits, estimated, rpm, RATE_WINDOW_MS, uuid.uuid4().hex]
-    script = _entitlement_script(client)
-    code, a, b = script(keys=keys, args=args)
-    if code in (b"missing", "missing"):
+    timeout_ms = settings.ENTITLEMENT_RESERVATION_TIMEOUT * 1000
+    args = [*limits, _spend_limit(plan), tokens, cost, rpm, RATE_WINDOW_MS, reservation, timeout_ms, prefix]
+    script = _script(client, ENTITLEMENT_SCRIPT)
+    answer = script(keys=keys, args=args)
+    if answer[0] in (b"missing", "missing"):
         counters.counters_read(scope="org", owner_id=organization_id, month=month)  # rebuilt from the database
-        code, a, b = script(keys=keys, args=args)
-    return (code.decode() if isinstance(code, bytes) else code), int(a), int(b)
+        answer = script(keys=keys, args=args)
+    code = answer[0].decode() if isinstance(answer[0], bytes) else answer[0]
+    return code, [int(x) for x in answer[1:]]
+
+
+def _validated(estimated_tokens: int, max_output_tokens: int | None, max_cost: Decimal) -> None:
+    if type(estimated_tokens) is not int or estimated_tokens < 0:
+        raise ApplicationError("The estimated tokens must be zero or more.", {"code": "invalid", "field": "estimated_tokens"})
+    if max_output_tokens is not None and (type(max_output_tokens) is not int or max_output_tokens < 1):
+        raise ApplicationError(
+            "The maximum output tokens must be a whole number of at least 1.", {"code": "invalid", "field": "max_output_tokens"}
+        )
+    if not isinstance(max_cost, Decimal) or not max_cost.is_finite() or max_cost < 0:
+        raise ApplicationError("The maximum cost must be an amount of zero or more.", {"code": "invalid", "field": "max_cost"})
 
 
 def entitlement_check(
@@ -180,22 +297,33 @@ def entitlement_check(
     provider: str,
     model: str,
     estimated_tokens: int = 0,
+    max_output_tokens: int | None = None,
+    max_cost: Decimal = Decimal(0),
     api_key_id: uuid.UUID | str | None = None,
     conversations: int | None = None,
 ) -> Entitlement:
     """May `user` make this model call for `organization` now? Checks, in order: the plan
     includes the provider and model; a new conversation (pass how many the organization has)
-    stays within the plan; this month's tokens and messages (UTC calendar month, live
-    counters) leave room for `estimated_tokens`; the per-minute rate for the organization
-    and the API key. One database read and, usually, one Redis script. When Redis is down
-    the monthly limits are decided from the database and the rate limit is skipped (logged)."""
-    if estimated_tokens < 0:
-        raise ApplicationError("The estimated tokens must be zero or more.", {"code": "invalid", "field": "estimated_tokens"})
+    stays within the plan; this month's tokens, messages and spend (UTC calendar month, live
+    counters plus the calls in progress) leave room for this call's most: `estimated_tokens`
+    of input plus its output cap (`max_output_tokens`, at most the plan's), and `max_cost`
+    (USD, the caller prices that from the catalog); the per-minute rate for the organization
+    and the API key.
+
+    Allowed on a plan with a monthly limit, the call's most is reserved in the same Redis
+    script (one database read, one script): pass `max_output_tokens` of the answer to the
+    provider and call `reservation_settle` once the ledger row has committed; an unsettled
+    reservation expires after ENTITLEMENT_RESERVATION_TIMEOUT seconds. When Redis is down
+    the monthly limits are decided from the database totals, nothing can be reserved
+    (`reservation` is None) and the rate limit is skipped (logged)."""
+    _validated(estimated_tokens, max_output_tokens, max_cost)
     subscription = selectors.subscription_current(organization_id=organization_id)
     if subscription is None:
         raise ForbiddenError("You are not a member of this organization.", {"code": "not_a_member"})
     now = timezone.now()
     plan = selectors.plan_in_force(subscription=subscription, now=now)
+    cap = plan.max_output_tokens or settings.CHAT_MAX_OUTPUT_TOKENS
+    output_cap = min(max_output_tokens or cap, cap)
     refusal = _plan_refusal(plan, provider, model)
     if refusal is None and conversations is not None and plan.max_conversations is not None and conversations >= plan.max_conversations:
         refusal = QuotaExceeded(
@@ -204,24 +332,77 @@ def entitlement_check(
             {"code": "max_conversations", "limit": plan.max_conversations, "used": conversations, "plan": plan.slug},
         )
     if refusal is not None:
-        return Entitlement(False, plan, refusal)
+        return Entitlement(False, plan, refusal, max_output_tokens=output_cap)
     month = counters.month_of(now)
+    want = {"reserved_tokens": estimated_tokens + output_cap, "reserved_cost_units": counters.cost_units(max_cost)}
+    reservation = uuid.uuid4().hex
     try:
-        code, a, b = _decide_in_redis(
-            plan=plan, organization_id=organization_id, api_key_id=api_key_id, estimated=estimated_tokens, month=month
+        code, state = _decide_in_redis(
+            plan=plan,
+            organization_id=organization_id,
+            api_key_id=api_key_id,
+            tokens=want["reserved_tokens"],
+            cost=want["reserved_cost_units"],
+            month=month,
+            reservation=reservation,
         )
         degraded = False
     except selectors.REDIS_ERRORS as exc:
         logger.warning("entitlement for %s decided from the database (Redis unreachable: %s); rate limit not applied", organization_id, exc)
-        usage = counters.usage_from_database(scope="org", owner_id=organization_id, month=month)
-        a, b, degraded = usage.total_tokens, usage.calls, True
-        code = _monthly_code(plan, a, b, estimated_tokens) or "ok"
+        settled = counters.usage_from_database(scope="org", owner_id=organization_id, month=month)
+        state, degraded = [settled.total_tokens, settled.calls, settled.cost_units, 0, 0, 0], True
+        code = _monthly_code(plan, {**dict(zip(_STATE, state)), **want}) or "ok"
     if code == "rate":
-        return Entitlement(False, plan, _rate_refusal(plan, a, by_key=b == 2))
-    usage = {"tokens": a, "messages": b}
-    if code in ("tokens", "messages"):
-        return Entitlement(False, plan, _monthly_refusal(plan, code, a, b, estimated_tokens, now), degraded, usage)
-    return Entitlement(True, plan, None, degraded, usage)
+        return Entitlement(False, plan, _rate_refusal(plan, state[0], by_key=state[1] == 2), max_output_tokens=output_cap)
+    usage = {**dict(zip(_STATE, state)), **want}
+    if code in ("tokens", "messages", "spend"):
+        return Entitlement(False, plan, _monthly_refusal(plan, code, usage, now), degraded, usage, max_output_tokens=output_cap)
+    held = reservation if code == "reserved" else None
+    return Entitlement(True, plan, None, degraded, usage, held, output_cap, month)
+
+
+def reservation_settle(*, organization_id, reservation: str | None, month: date) -> bool:
+    """Release a call's reservation (`Entitlement.reservation` and `.month`). Call it after the
+    call's ledger row has committed: its counter increment runs on that commit first, so the
+    usage is briefly counted twice (conservative), never zero times. Idempotent: True only
+    for the call that released it. With Redis unreachable it is left to expire (logged)."""
+    if not reservation:
+        return False
+    held, due, every_due, prefix = _reservation_keys(organization_id, month)
+    try:
+        client = get_redis_connection("default")
+        counters.counters_drop_unsure(client)  # a lost increment's counter goes before the reservation covering it
+        return bool(_script(client, SETTLE_SCRIPT)(keys=[held, due, every_due], args=[prefix, reservation]))
+    except selectors.REDIS_ERRORS as exc:
+        logger.warning("reservation %s of %s not settled (Redis unreachable: %s); it expires instead", reservation, organization_id, exc)
+        return False
+
+
+def reservations_expire() -> int:
+    """Release every organization's reservations past their deadline (a killed worker, a lost
+    connection): their calls may or may not have been counted, so each organization-month's
+    counter is dropped and rebuilt from the ledger at its next check. Returns how many."""
+    try:
+        client = get_redis_connection("default")
+        seconds, micros = client.time()
+        due = client.zrangebyscore(RESERVATIONS_DUE_KEY, "-inf", seconds * 1000 + micros // 1000)
+    except selectors.REDIS_ERRORS as exc:
+        logger.warning("reservations not expired (Redis unreachable: %s)", exc)
+        return 0
+    by_owner: dict[str, list[str]] = {}
+    for member in due:
+        owner, _, reservation = (member.decode() if isinstance(member, bytes) else member).rpartition(":")
+        by_owner.setdefault(owner, []).append(reservation)
+    released = 0
+    for owner, reservations in by_owner.items():
+        month_text, organization_id = owner.split(":")
+        month = date(int(month_text[:4]), int(month_text[4:]), 1)
+        held, due_key, every_due, prefix = _reservation_keys(organization_id, month)
+        counter = counters.counter_key("org", organization_id, month)
+        released += _script(client, EXPIRE_SCRIPT)(keys=[held, due_key, every_due, counter], args=[prefix, *reservations])
+    if released:
+        logger.warning("%d reservation(s) expired unsettled and released", released)
+    return released
 
 
 # --- Subscriptions -------------------------------------------------------------------

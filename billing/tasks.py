@@ -18,3 +18,8 @@ def stripe_event_process_task(*, event_id: str) -> str:
 @shared_task
 def revenue_snapshot_task() -> str:
     return str(revenue.revenue_snapshot_take().pk)
+
+
+@shared_task
+def reservations_expire_task() -> int:
+    return services.reservations_expire()

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import date
 from decimal import Decimal
 
 from asgiref.sync import async_to_sync, sync_to_async
@@ -25,7 +26,7 @@ from django.utils import timezone
 from accounts import selectors as accounts_selectors
 from accounts.models import ProviderCredential, User
 from analytics.services import usage_record
-from billing.services import entitlement_check
+from billing.services import entitlement_check, reservation_settle
 from chat import selectors
 from chat.errors import ModelUnavailable, ProviderKeyMissing
 from chat.models import Conversation, Message, ModelPrice, Persona
@@ -66,6 +67,11 @@ def model_price_for(*, provider: str, model: str) -> ModelPrice:
             {"field": "model", "provider": provider, "model": model},
         )
     return price
+
+
+def call_cost_ceiling(*, input_tokens: int, output_tokens: int, price: ModelPrice) -> Decimal:
+    """The most a call of this size can cost, for the budget reservation."""
+    return (input_tokens * price.input_price + output_tokens * price.output_price) / MILLION
 
 
 # --- Conversations and personas -----------------------------------------------------
@@ -170,6 +176,27 @@ def _credential_resolve(*, user: User, provider: str, paid_plan: bool) -> tuple[
 
 
 @dataclass(frozen=True)
+class Reservation:
+    """What the entitlement check set aside for this call in the organization's monthly
+    budget (billing), released once the call is metered; `id` None when nothing was held."""
+
+    organization_id: uuid.UUID
+    id: str | None
+    month: date | None
+
+    def release(self) -> None:
+        reservation_settle(organization_id=self.organization_id, reservation=self.id, month=self.month)
+
+    def as_metadata(self) -> dict:
+        return {"reservation": self.id, "reservation_month": self.month.isoformat() if self.month else None}
+
+    @classmethod
+    def from_metadata(cls, organization_id, metadata: dict) -> Reservation:
+        month = metadata.get("reservation_month")
+        return cls(organization_id, metadata.get("reservation"), date.fromisoformat(month) if month else None)
+
+
+@dataclass(frozen=True)
 class PendingReply:
     """A send that passed every check and is stored: the call to make and where its reply goes."""
 
@@ -181,6 +208,7 @@ class PendingReply:
     request: ChatRequest
     price: ModelPrice
     request_id: str
+    reservation: Reservation
 
 
 @dataclass(frozen=True)
@@ -223,61 +251,85 @@ def message_prepare(
         raise ApplicationError("Write a message first.", {"field": "content"})
     if len(content) > MAX_CONTENT:
         raise ApplicationError(f"A message is at most {MAX_CONTENT:,} characters.", {"field": "content"})
-    with rls.atomic_as(user.pk):
-        if conversation_id is None:
-            conversation, persona, organization_id = None, None, _personal_organization(user).pk
-        else:
-            conversation = (
-                Conversation.objects.select_for_update(of=("self",))
-                .select_related("persona")
-                .filter(user_id=user.pk, pk=conversation_id)
-                .first()
+    reservation = None
+    try:
+        with rls.atomic_as(user.pk):
+            if conversation_id is None:
+                conversation, persona, organization_id = None, None, _personal_organization(user).pk
+            else:
+                conversation = (
+                    Conversation.objects.select_for_update(of=("self",))
+                    .select_related("persona")
+                    .filter(user_id=user.pk, pk=conversation_id)
+                    .first()
+                )
+                if conversation is None:
+                    raise NotFoundError("No such conversation.")
+                persona, organization_id = conversation.persona, conversation.organization_id
+            provider = provider or (persona.provider if persona else "") or settings.CHAT_DEFAULT_PROVIDER
+            model = model or (persona.model if persona and persona.provider == provider else "") or _default_model(provider)
+            price = model_price_for(provider=provider, model=model)
+            new_conversation = conversation is None or conversation.message_count == 0
+            history = _history(conversation, persona)
+            history.append(ChatMessage("user", content))
+            estimated = prompt_tokens_estimate(tuple(history))
+            output_cap = settings.CHAT_MAX_OUTPUT_TOKENS  # the plan may lower it; the ceiling below holds either way
+            entitlement = entitlement_check(
+                user=user,
+                organization_id=organization_id,
+                provider=provider,
+                model=model,
+                estimated_tokens=estimated,
+                max_output_tokens=output_cap,
+                max_cost=call_cost_ceiling(input_tokens=estimated, output_tokens=output_cap, price=price),
+                api_key_id=api_key_id,
+                conversations=Conversation.objects.filter(user_id=user.pk, message_count__gt=0).count() if new_conversation else None,
             )
+            entitlement.raise_if_refused()
+            reservation = Reservation(organization_id, entitlement.reservation, entitlement.month)
+            api_key, base_url = _credential_resolve(user=user, provider=provider, paid_plan=entitlement.plan.monthly_price > 0)
             if conversation is None:
-                raise NotFoundError("No such conversation.")
-            persona, organization_id = conversation.persona, conversation.organization_id
-        provider = provider or (persona.provider if persona else "") or settings.CHAT_DEFAULT_PROVIDER
-        model = model or (persona.model if persona and persona.provider == provider else "") or _default_model(provider)
-        price = model_price_for(provider=provider, model=model)
-        new_conversation = conversation is None or conversation.message_count == 0
-        history = _history(conversation, persona)
-        history.append(ChatMessage("user", content))
-        estimated = prompt_tokens_estimate(tuple(history))
-        entitlement = entitlement_check(
-            user=user,
-            organization_id=organization_id,
-            provider=provider,
-            model=model,
-            estimated_tokens=estimated,
-            api_key_id=api_key_id,
-            conversations=Conversation.objects.filter(user_id=user.pk, message_count__gt=0).count() if new_conversation else None,
-        )
-        entitlement.raise_if_refused()
-        api_key, base_url = _credential_resolve(user=user, provider=provider, paid_plan=entitlement.plan.monthly_price > 0)
-        if conversation is None:
-            conversation = Conversation(user_id=user.pk, organization_id=organization_id)
-        sequence = conversation.message_count
-        conversation.message_count = sequence + 2
-        if not conversation.title:
-            conversation.title = conversation_title(content=content)
-        # An insert for a new conversation, else an update under the row lock taken above.
-        conversation.save(update_fields=None if conversation._state.adding else ["message_count", "title", "updated_at"])
-        request_id = uuid.uuid4().hex
-        user_message = Message(conversation=conversation, user_id=user.pk, sequence=sequence + 1, role=Message.Role.USER, content=content)
-        message = Message(
-            conversation=conversation,
-            user_id=user.pk,
-            sequence=sequence + 2,
-            role=Message.Role.ASSISTANT,
-            provider=provider,
-            model=model,
-            status=Status.STREAMING,
-            metadata={"request_id": request_id, "price_id": str(price.pk), "prompt_tokens_estimate": estimated},
-        )
-        Message.objects.bulk_create([user_message, message])  # one statement for both
+                conversation = Conversation(user_id=user.pk, organization_id=organization_id)
+            sequence = conversation.message_count
+            conversation.message_count = sequence + 2
+            if not conversation.title:
+                conversation.title = conversation_title(content=content)
+            # An insert for a new conversation, else an update under the row lock taken above.
+            conversation.save(update_fields=None if conversation._state.adding else ["message_count", "title", "updated_at"])
+            request_id = uuid.uuid4().hex
+            user_message = Message(
+                conversation=conversation, user_id=user.pk, sequence=sequence + 1, role=Message.Role.USER, content=content
+            )
+            message = Message(
+                conversation=conversation,
+                user_id=user.pk,
+                sequence=sequence + 2,
+                role=Message.Role.ASSISTANT,
+                provider=provider,
+                model=model,
+                status=Status.STREAMING,
+                metadata={
+                    "request_id": request_id,
+                    "price_id": str(price.pk),
+                    "prompt_tokens_estimate": estimated,
+                    **reservation.as_metadata(),
+                },
+            )
+            Message.objects.bulk_create([user_message, message])  # one statement for both
+    except BaseException:
+        if reservation is not None:  # no key, a database error: what the check reserved goes back
+            reservation.release()
+        raise
     temperature = float(persona.temperature) if persona and persona.temperature is not None else None
-    request = ChatRequest(model=model, messages=tuple(history), temperature=temperature, api_key=api_key, base_url=base_url)
-    return PendingReply(user.pk, organization_id, conversation, user_message, message, request, price, request_id)
+    request = ChatRequest(
+        model=model,
+        messages=tuple(history),
+        max_tokens=entitlement.max_output_tokens,
+        temperature=temperature,
+        api_key=api_key,
+        base_url=base_url,
+    )
+    return PendingReply(user.pk, organization_id, conversation, user_message, message, request, price, request_id, reservation)
 
 
 def _default_model(provider: str) -> str:
@@ -322,12 +374,23 @@ def _reply_finish(
         "metadata": metadata,
     }
     with rls.atomic_as(pending.user_id):
-        if not Message.objects.filter(pk=message.pk, status=Status.STREAMING).update(**fields):
+        closed = not Message.objects.filter(pk=message.pk, status=Status.STREAMING).update(**fields)
+        if closed:
             message.refresh_from_db()
-            return message
-        _meter(
-            message=message, usage=usage, cost=cost, price=pending.price, latency_ms=latency_ms, success=not provider_failed, error=error
-        )
+        else:
+            _meter(
+                message=message,
+                usage=usage,
+                cost=cost,
+                price=pending.price,
+                latency_ms=latency_ms,
+                success=not provider_failed,
+                error=error,
+            )
+    # After the commit: the ledger's counter increment ran on it, so the usage is never uncounted.
+    pending.reservation.release()
+    if closed:
+        return message
     for name, value in fields.items():
         setattr(message, name, value)
     return message
@@ -487,7 +550,7 @@ def streams_close_stale(*, older_than_minutes: int | None = None) -> int:
     locked and re-checked, and the ledger skips a request id it already has."""
     minutes = older_than_minutes if older_than_minutes is not None else settings.CHAT_STREAM_STALE_MINUTES
     cutoff = timezone.now() - timezone.timedelta(minutes=minutes)
-    closed = 0
+    closed, reservations = 0, []
     with rls.privileged(reason="close stale chat streams", audited=False):
         stale = (
             Message.objects.select_for_update(skip_locked=True, of=("self",))
@@ -511,5 +574,8 @@ def streams_close_stale(*, older_than_minutes: int | None = None) -> int:
             message.save(update_fields=["status", "error", "cost", "input_tokens", "output_tokens", "metadata"])
             if price is not None:
                 _meter(message=message, usage=usage, cost=cost, price=price, latency_ms=0, success=True, error=sentence)
+            reservations.append(Reservation.from_metadata(message.conversation.organization_id, message.metadata))
             closed += 1
+    for reservation in reservations:  # after the commit, as for any metered reply
+        reservation.release()
     return closed

@@ -157,9 +157,9 @@ def test_api_keys_need_the_usage_read_scope(world):
         assert_error(APIClient().get(url), 401)
 
 
-# An API-key request's own statements: BEGIN, the key lookup, the context setting, the key
-# and its user, COMMIT, RESET ALL.
-REQUEST_QUERIES = 6
+# An API-key request's own statements: BEGIN, the key and its owner (one query), the context
+# setting, COMMIT, RESET ALL.
+REQUEST_QUERIES = 5
 
 
 def test_query_counts_do_not_grow_with_the_data(world, django_assert_num_queries):

@@ -1,15 +1,18 @@
 """Benchmark of the entitlement check, the question asked before every model call.
 
-Goal (issue #9): p50 <= 1 ms. Measured in-process as the web role would ask it: inside a
-transaction with the user's row-level security context, one database read (subscription
-and plan) and one Redis script (monthly counters + per-minute windows for the
-organization and the API key). Figures only; each asserts its answers are right.
+Goal (issues #9, #16): p50 <= 1 ms, with the reservation. Measured in-process as the web role
+would ask it: inside a transaction with the user's row-level security context, one database
+read (subscription and plan) and one Redis script (expired reservations, monthly counters plus
+open reservations, per-minute windows for the organization and the API key, the reservation);
+each allowed call's settle (one more script) is timed apart. Figures only; each asserts its
+answers are right.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from decimal import Decimal
 
 import pytest
 from django.db import connections
@@ -19,7 +22,7 @@ from django_redis import get_redis_connection
 from accounts.tests.factories import make_user
 from analytics import counters
 from billing.models import Plan
-from billing.services import entitlement_check
+from billing.services import entitlement_check, reservation_settle
 from billing.tests.factories import make_plans, organization_of, put_on_plan
 from config.db import rls
 from config.tests import benchkit as bk
@@ -27,8 +30,9 @@ from config.tests import benchkit as bk
 CALLS, WARMUP = 5_000, 200
 
 
-def _timed_checks(user, org, n: int, **kwargs) -> tuple[list[float], int]:
-    times_ms, allowed = [], 0
+def _timed_checks(user, org, n: int, **kwargs) -> tuple[list[float], list[float], int]:
+    """(check times, settle times, allowed count) of n checks, each allowed one settled."""
+    times_ms, settle_ms, allowed = [], [], 0
     with rls.atomic():
         rls.context_set(user_id=user.pk)
         for _ in range(n):
@@ -36,7 +40,11 @@ def _timed_checks(user, org, n: int, **kwargs) -> tuple[list[float], int]:
             decision = entitlement_check(user=user, organization_id=org.pk, **kwargs)
             times_ms.append((time.perf_counter() - t) * 1000)
             allowed += decision.allowed
-    return times_ms, allowed
+            if decision.reservation:
+                t = time.perf_counter()
+                assert reservation_settle(organization_id=org.pk, reservation=decision.reservation, month=decision.month)
+                settle_ms.append((time.perf_counter() - t) * 1000)
+    return times_ms, settle_ms, allowed
 
 
 @pytest.mark.bench
@@ -46,13 +54,19 @@ def test_bench_entitlement_check():
     with rls.privileged(reason="bench: a plan whose rate limit the loop cannot reach"):
         roomy, _ = Plan.objects.update_or_create(
             slug="bench-roomy",
-            defaults={"name": "Bench", "monthly_tokens": 10**12, "monthly_messages": 10**9, "requests_per_minute": 10**7},
+            defaults={
+                "name": "Bench",
+                "monthly_tokens": 10**12,
+                "monthly_messages": 10**9,
+                "monthly_spend": Decimal("1000000.00"),
+                "requests_per_minute": 10**7,
+            },
         )
     user = make_user()
     org = organization_of(user)
     put_on_plan(org, roomy)
     key = uuid.uuid4()
-    args = {"provider": "openai", "model": "gpt-4o", "estimated_tokens": 1_000, "api_key_id": key}
+    args = {"provider": "openai", "model": "gpt-4o", "estimated_tokens": 1_000, "max_cost": Decimal("0.05"), "api_key_id": key}
 
     _timed_checks(user, org, WARMUP, **args)
     with CaptureQueriesContext(connections["default"]) as queries, rls.atomic():
@@ -60,8 +74,8 @@ def test_bench_entitlement_check():
         n_before = len(queries.captured_queries)
         entitlement_check(user=user, organization_id=org.pk, **args)
         per_check = len(queries.captured_queries) - n_before
-    allowed_ms, allowed = _timed_checks(user, org, CALLS, **args)
-    assert allowed == CALLS
+    allowed_ms, settle_ms, allowed = _timed_checks(user, org, CALLS, **args)
+    assert allowed == CALLS and len(settle_ms) == CALLS
 
     # The refusal path: the Free plan with its monthly tokens used up.
     other = make_user()
@@ -73,7 +87,7 @@ def test_bench_entitlement_check():
     )
     refused_args = {"provider": "echo", "model": "echo-1", "estimated_tokens": 10}
     _timed_checks(other, other_org, WARMUP, **refused_args)
-    refused_ms, refused_allowed = _timed_checks(other, other_org, CALLS, **refused_args)
+    refused_ms, _, refused_allowed = _timed_checks(other, other_org, CALLS, **refused_args)
     assert refused_allowed == 0
 
     # The floor under it on this machine now: one PostgreSQL and one Redis round trip.
@@ -89,7 +103,7 @@ def test_bench_entitlement_check():
             redis.ping()
             floor["Redis PING"].append((time.perf_counter() - t) * 1000)
 
-    a, r = bk.summary(allowed_ms), bk.summary(refused_ms)
+    a, st, r = bk.summary(allowed_ms), bk.summary(settle_ms), bk.summary(refused_ms)
     f = {name: bk.summary(values) for name, values in floor.items()}
     bk.say(f"\n### entitlement_check: {CALLS:,} calls each after {WARMUP} warm-up; {per_check} database query per check")
     bk.say(
@@ -97,10 +111,21 @@ def test_bench_entitlement_check():
             "entitlement_check (ms, in-process, web role with RLS context, embedded PostgreSQL + Redis over unix sockets)",
             ["path", "p50 ms", "p95 ms", "p99 ms", "mean ms", "max ms"],
             [
-                ["allowed (plan, tokens, messages, org + API key windows)", a["p50"], a["p95"], a["p99"], a["mean"], a["max"]],
+                [
+                    "allowed + reserved (plan, tokens, messages, spend, org + API key windows)",
+                    a["p50"],
+                    a["p95"],
+                    a["p99"],
+                    a["mean"],
+                    a["max"],
+                ],
+                ["its reservation_settle (apart)", st["p50"], st["p95"], st["p99"], st["mean"], st["max"]],
                 ["refused (monthly tokens used up)", r["p50"], r["p95"], r["p99"], r["mean"], r["max"]],
                 *[[f"floor: {name}", v["p50"], v["p95"], v["p99"], v["mean"], v["max"]] for name, v in f.items()],
             ],
         )
     )
-    bk.report_write("entitlement_check", {"calls": CALLS, "queries_per_check": per_check, "allowed_ms": a, "refused_ms": r, "floor_ms": f})
+    bk.report_write(
+        "entitlement_check",
+        {"calls": CALLS, "queries_per_check": per_check, "allowed_ms": a, "settle_ms": st, "refused_ms": r, "floor_ms": f},
+    )

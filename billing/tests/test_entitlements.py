@@ -22,7 +22,7 @@ from analytics import counters
 from analytics.services import usage_record
 from billing import selectors
 from billing.api import SubscriptionApi
-from billing.services import entitlement_check
+from billing.services import entitlement_check, reservation_settle
 from billing.tests.factories import organization_of, put_on_plan
 from config import embedded
 from config.api.errors import exception_handler
@@ -71,8 +71,10 @@ def test_tokens_refuse_at_the_limit_and_not_one_token_before(member, plans):
     user, org = member
     put_on_plan(org, plans["free"])
     _use(org, tokens=99_999)
-    assert _check(user, org, estimated_tokens=1).allowed
-    assert not _check(user, org, estimated_tokens=2).allowed
+    allowed = _check(user, org, estimated_tokens=0, max_output_tokens=1)  # reserves the last token
+    assert allowed.allowed
+    assert reservation_settle(organization_id=org.pk, reservation=allowed.reservation, month=allowed.month)
+    assert not _check(user, org, estimated_tokens=1, max_output_tokens=1).allowed
     _use(org, tokens=1)  # 100,000 used: nothing left
     refused = _check(user, org)
     assert not refused.allowed and refused.refusal.status_code == 402
@@ -178,10 +180,10 @@ def test_with_redis_stopped_decisions_come_from_the_database(member, settings, c
     with tempfile.TemporaryDirectory(prefix="confab-b-") as tmp:
         sock = embedded.redis_start(Path(tmp), persist=False)
         settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"], "LOCATION": f"unix://{sock}?db=0"}}
-        assert _check(user, org).allowed
+        assert _check(user, org, max_output_tokens=1).allowed
         embedded.redis_stop(Path(tmp))
-        allowed = _check(user, org, estimated_tokens=1)
-        refused = _check(user, org, estimated_tokens=2)
+        allowed = _check(user, org, estimated_tokens=0, max_output_tokens=1)
+        refused = _check(user, org, estimated_tokens=1, max_output_tokens=1)
         with rls.privileged(reason="test"):
             assert selectors.month_usage(organization_id=org.pk).total_tokens == 99_999  # what the billing page shows
         request = APIRequestFactory().get(f"/api/v1/organizations/{org.pk}/subscription")
@@ -193,6 +195,7 @@ def test_with_redis_stopped_decisions_come_from_the_database(member, settings, c
         assert {i["name"]: i["used"] for i in response.data["limits"]}["monthly_tokens"] == 99_999
     assert allowed.allowed and allowed.degraded
     assert not refused.allowed and refused.degraded and "you have used 99,999" in refused.reason
+    assert allowed.reservation is None  # nothing to reserve in: the database decided
     assert "decided from the database" in caplog.text
 
 

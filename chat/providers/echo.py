@@ -4,7 +4,8 @@ The reply is "You said: <the last user message>", streamed one word per `Delta`
 (words keep their following space) with `delay` seconds before each word
 (settings.CHAT_ECHO_DELAY unless the caller passes one).
 
-Token counts, exact by definition (no estimate): input is the number of
+The reply stops at `max_tokens` words (finish reason "length"), as a provider stops at its
+output limit. Token counts, exact by definition (no estimate): input is the number of
 whitespace-separated words over all prompt messages; output is the number of
 whitespace-separated words of the reply. No cache, no reasoning.
 """
@@ -21,8 +22,16 @@ from .base import ChatRequest, Delta, Done, Usage
 
 
 def reply_for(request: ChatRequest) -> str:
+    """The reply, cut to `max_tokens` words as a provider cuts at its output limit."""
     last_user = next((message.content for message in reversed(request.messages) if message.role == "user"), "")
-    return f"You said: {last_user}"
+    reply = f"You said: {last_user}"
+    if request.max_tokens is not None:
+        reply = "".join(re.findall(r"\S+\s*", reply)[: request.max_tokens]).rstrip()
+    return reply
+
+
+def _finish(request: ChatRequest, reply: str) -> str:
+    return "length" if request.max_tokens is not None and len(reply.split()) >= request.max_tokens else "stop"
 
 
 def usage_for(request: ChatRequest, reply: str) -> Usage:
@@ -37,7 +46,7 @@ async def stream(request: ChatRequest, *, delay: float | None = None) -> AsyncIt
     for word in re.findall(r"\S+\s*", reply):  # the reply starts with a word, so this covers all of it
         await asyncio.sleep(delay)
         yield Delta(word)
-    yield Done(usage_for(request, reply), "stop")
+    yield Done(usage_for(request, reply), _finish(request, reply))
 
 
 async def complete(request: ChatRequest, *, delay: float | None = None) -> tuple[str, Usage]:

@@ -287,6 +287,11 @@ AUDITED_MODELS = [
 # --- Billing (billing/) ----------------------------------------------------------
 # Days a past-due subscription keeps its plan before it gets the free plan's limits.
 BILLING_GRACE_DAYS = env.int("BILLING_GRACE_DAYS", default=7)
+# Output tokens one call may ask for when its plan sets no cap: the reservation's upper bound.
+CHAT_MAX_OUTPUT_TOKENS = env.int("CHAT_MAX_OUTPUT_TOKENS", default=4096)
+# Seconds an unsettled reservation holds quota (a killed worker's); longer than a provider call may take.
+ENTITLEMENT_RESERVATION_TIMEOUT = env.int("ENTITLEMENT_RESERVATION_TIMEOUT", default=900)
+CELERY_BEAT_SCHEDULE["billing-reservations-expire"] = {"task": "billing.tasks.reservations_expire_task", "schedule": crontab(minute="*")}
 
 # --- Stripe (billing/stripe_services.py) -----------------------------------------
 # Unset secret key: payment is not configured and staff change plans in admin.
