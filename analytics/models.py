@@ -16,6 +16,15 @@ def _organization_fk(**kwargs):
     return models.ForeignKey("accounts.Organization", on_delete=models.DO_NOTHING, db_constraint=False, related_name="+", **kwargs)
 
 
+class KeySource(models.TextChoices):
+    """Whose provider key paid for a call."""
+
+    USER = "user", "User's own key"
+    MANAGED = "managed", "Platform managed key"
+    FREE_TIER = "free_tier", "Platform free-tier key"
+    NONE = "none", "No provider key"
+
+
 class TokenUsage(models.Model):
     """One model call: the append-only ledger everything else is computed from."""
 
@@ -30,7 +39,21 @@ class TokenUsage(models.Model):
     total_tokens = models.IntegerField()
     input_price = models.DecimalField(max_digits=12, decimal_places=6, help_text="USD per million input tokens")
     output_price = models.DecimalField(max_digits=12, decimal_places=6, help_text="USD per million output tokens")
-    cost = models.DecimalField(max_digits=14, decimal_places=6)
+    cost = models.DecimalField(max_digits=20, decimal_places=10, help_text="USD, exact to 1e-10")
+    # Token classes, parts of the totals above: input_tokens includes the cache classes, output_tokens the reasoning.
+    cache_read_tokens = models.IntegerField(default=0)
+    cache_write_5m_tokens = models.IntegerField(default=0)
+    cache_write_1h_tokens = models.IntegerField(default=0)
+    reasoning_tokens = models.IntegerField(default=0)
+    # The rates used (USD per million tokens); null when that class did not occur.
+    cache_read_price = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
+    cache_write_5m_price = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
+    cache_write_1h_price = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
+    estimated = models.BooleanField(default=False, help_text="Some of this call's usage was estimated, not reported")
+    cache_hit = models.BooleanField(default=False, help_text="Answered from Confab's response cache: provider cost $0")
+    saved_tokens = models.IntegerField(default=0)
+    saved_cost = models.DecimalField(max_digits=20, decimal_places=10, default=0)
+    key_source = models.CharField(max_length=16, choices=KeySource.choices, default=KeySource.NONE)
     conversation_id = models.UUIDField(null=True, blank=True)
     message_id = models.UUIDField(null=True, blank=True)
     request_id = models.CharField(max_length=64)
@@ -80,7 +103,15 @@ class UsageRollup(models.Model):
     total_tokens = models.BigIntegerField(default=0)
     calls = models.BigIntegerField(default=0)
     errors = models.BigIntegerField(default=0)
-    cost = models.DecimalField(max_digits=18, decimal_places=6, default=0)
+    cost = models.DecimalField(max_digits=24, decimal_places=10, default=0)
+    cache_read_tokens = models.BigIntegerField(default=0)
+    cache_write_5m_tokens = models.BigIntegerField(default=0)
+    cache_write_1h_tokens = models.BigIntegerField(default=0)
+    reasoning_tokens = models.BigIntegerField(default=0)
+    estimated_calls = models.BigIntegerField(default=0)
+    cache_hits = models.BigIntegerField(default=0)
+    saved_tokens = models.BigIntegerField(default=0)
+    saved_cost = models.DecimalField(max_digits=24, decimal_places=10, default=0)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

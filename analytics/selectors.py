@@ -4,7 +4,7 @@ They read the rollups (exact daily and monthly totals), never the ledger. Under 
 request's row-level security context a user sees their own rollup rows and those of
 their organizations, so user-facing reads filter on the user (their own usage) or on an
 organization they administer (usage by member). Days are UTC days, as in the rollups.
-Costs are Decimals with 6 places; the staff overview reads across tenants in the
+Costs are Decimals exact to 1e-10 USD (rounded only where shown); the staff overview reads across tenants in the
 audited privileged context.
 """
 
@@ -25,8 +25,11 @@ from config.db import rls
 PERIODS = ("day", "week", "month", "30d")
 GROUPINGS = ("model", "provider", "user")
 MAX_RANGE_DAYS = 366
-COST_PLACES = Decimal("0.000001")
+COST_PLACES = Decimal("0.0000000001")
 COUNTS = ("input_tokens", "output_tokens", "total_tokens", "calls", "errors")
+# Parts of the totals above, per token class, and what Confab's response cache saved.
+CLASS_COUNTS = ("cache_read_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens", "reasoning_tokens", "cache_hits", "saved_tokens")
+AMOUNTS = ("cost", "saved_cost")
 STAFF_TOP = 10
 DAILY_CHART_DAYS = 30
 
@@ -61,12 +64,13 @@ def date_range_check(*, start: date, end: date) -> None:
 
 
 def _sums() -> dict:
-    zero_cost = Value(Decimal(0), output_field=DecimalField(max_digits=18, decimal_places=6))
-    return {**{name: Coalesce(Sum(name), 0) for name in COUNTS}, "cost": Coalesce(Sum("cost"), zero_cost)}
+    zero = Value(Decimal(0), output_field=DecimalField(max_digits=24, decimal_places=10))
+    return {**{name: Coalesce(Sum(name), 0) for name in (*COUNTS, *CLASS_COUNTS)}, **{name: Coalesce(Sum(name), zero) for name in AMOUNTS}}
 
 
 def _totals(row: dict) -> dict:
-    return {**{name: int(row.get(name) or 0) for name in COUNTS}, "cost": Decimal(row.get("cost") or 0).quantize(COST_PLACES)}
+    counts = {name: int(row.get(name) or 0) for name in (*COUNTS, *CLASS_COUNTS)}
+    return {**counts, **{name: Decimal(row.get(name) or 0).quantize(COST_PLACES) for name in AMOUNTS}}
 
 
 def _zero() -> dict:
@@ -74,7 +78,7 @@ def _zero() -> dict:
 
 
 def _add(into: dict, row: dict) -> dict:
-    for name in (*COUNTS, "cost"):
+    for name in (*COUNTS, *CLASS_COUNTS, *AMOUNTS):
         into[name] += row[name]
     return into
 
