@@ -2,6 +2,8 @@
 is (id, created_at); Django sees `id` (unique by its sequence) as the key, which keeps
 admin and DRF working. The tables are created by RunSQL (config/db/partitions.py)."""
 
+import uuid
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -215,3 +217,72 @@ class AuditLog(models.Model):
 
     def __str__(self):
         return f"{self.action} {self.table_name} {self.record_id}"
+
+
+class TokenClass(models.TextChoices):
+    """The classes a provider bills apart; uncached input is the input outside the cache classes."""
+
+    INPUT_UNCACHED = "input_uncached", "Uncached input"
+    CACHE_READ = "cache_read", "Cache read"
+    CACHE_WRITE_5M = "cache_write_5m", "Cache write (5 minutes)"
+    CACHE_WRITE_1H = "cache_write_1h", "Cache write (1 hour)"
+    OUTPUT = "output", "Output"
+
+
+class ReconciliationReport(models.Model):
+    """The provider's usage report for the platform's keys against the ledger, for staff (platform data, no user's rows)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    provider = models.CharField(max_length=32)
+    date_from = models.DateField()
+    date_to = models.DateField()
+    source = models.CharField(max_length=300, help_text="The provider's API, or the file read")
+    tolerance = models.DecimalField(max_digits=12, decimal_places=10, help_text="Largest drift allowed, as a fraction of the ledger")
+    within_tolerance = models.BooleanField()
+    ledger_tokens = models.BigIntegerField(default=0)
+    provider_tokens = models.BigIntegerField(default=0)
+    ledger_cost = models.DecimalField(max_digits=24, decimal_places=10, default=0)
+    drift_cost = models.DecimalField(max_digits=24, decimal_places=10, default=0, help_text="Priced drift only (provider minus ledger)")
+    days_missing_in_ledger = models.JSONField(default=list, blank=True)
+    days_missing_at_provider = models.JSONField(default=list, blank=True)
+    summary = models.TextField()
+
+    class Meta:
+        db_table = "analytics_reconciliationreport"
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.provider} {self.date_from} to {self.date_to}: {'within' if self.within_tolerance else 'beyond'} tolerance"
+
+
+class ReconciliationLine(models.Model):
+    """One day, model and token class: the ledger's tokens and dollars beside the provider's."""
+
+    class Status(models.TextChoices):
+        MATCHED = "matched", "Matched"
+        DRIFT = "drift", "Drift"
+        MISSING_IN_LEDGER = "missing_in_ledger", "Missing in the ledger"
+        MISSING_AT_PROVIDER = "missing_at_provider", "Missing at the provider"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    report = models.ForeignKey(ReconciliationReport, on_delete=models.CASCADE, related_name="lines")
+    day = models.DateField()
+    model = models.CharField(max_length=100)
+    token_class = models.CharField(max_length=16, choices=TokenClass.choices)
+    ledger_tokens = models.BigIntegerField()
+    provider_tokens = models.BigIntegerField()
+    drift_tokens = models.BigIntegerField(help_text="Provider minus ledger")
+    rate = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True, help_text="USD per million tokens; null: unpriced")
+    ledger_cost = models.DecimalField(max_digits=24, decimal_places=10)
+    drift_cost = models.DecimalField(max_digits=24, decimal_places=10, null=True, blank=True, help_text="Null when no rate is known")
+    status = models.CharField(max_length=20, choices=Status.choices)
+    over_tolerance = models.BooleanField()
+
+    class Meta:
+        db_table = "analytics_reconciliationline"
+        ordering = ["day", "model", "token_class"]
+        constraints = [models.UniqueConstraint(fields=["report", "day", "model", "token_class"], name="analytics_reconciliationline_key")]
+
+    def __str__(self):
+        return f"{self.day} {self.model} {self.token_class}: {self.drift_tokens:+d}"
