@@ -165,7 +165,7 @@ def _problems(fields: dict) -> tuple[Decimal, Decimal, Decimal | None, dict]:
     amounts = {}
     for name in ("input_price", "output_price", *(f"{c}_price" for c in CLASSES), "cost", "saved_cost"):
         value = fields[name]
-        if value is None and name not in ("input_price", "output_price"):
+        if value is None and name not in ("input_price", "output_price", "saved_cost"):
             amounts[name] = None
             continue
         try:
@@ -277,12 +277,11 @@ def _staged(
         and 0 <= input_price <= MAX_PRICE
         and 0 <= output_price <= MAX_PRICE
         and (cost is None or (type(cost) is Decimal and cost.is_finite() and 0 <= cost <= MAX_COST))
-        and cache_read_tokens == 0
-        and cache_write_5m_tokens == 0
-        and cache_write_1h_tokens == 0
-        and reasoning_tokens == 0
+        and type(cache_read_tokens) is type(cache_write_5m_tokens) is type(cache_write_1h_tokens) is int
+        and type(reasoning_tokens) is type(saved_tokens) is int
+        and cache_read_tokens == cache_write_5m_tokens == cache_write_1h_tokens == reasoning_tokens == saved_tokens == 0
         and cache_hit is False
-        and saved_tokens == 0
+        and type(saved_cost) in (Decimal, int)
         and saved_cost == 0
         and type(estimated) is bool
         and key_source in KEY_SOURCES

@@ -135,6 +135,9 @@ def test_a_cache_hit_costs_nothing_records_what_it_saved_and_is_counted():
         ({"saved_tokens": 10}, "saved_tokens"),
         ({"cache_hit": True, "saved_cost": Decimal("-0.5")}, "saved_cost"),
         ({"cost": Decimal("10000000000")}, "cost"),
+        ({"reasoning_tokens": False}, "reasoning_tokens"),
+        ({"cache_write_5m_tokens": 0.0}, "cache_write_5m_tokens"),
+        ({"cache_hit": True, "saved_cost": None}, "saved_cost"),
     ],
 )
 def test_impossible_classes_are_refused_with_the_field_named(override, field):
@@ -210,3 +213,34 @@ def test_the_migration_reverses_and_reapplies_keeping_the_rows():
     finally:
         MigrationExecutor(connections["owner"]).migrate(leaf)
     assert _owner_scalar("SELECT cache_read_tokens FROM analytics_tokenusage WHERE id = %s", [row.pk]) == 0
+
+
+def test_the_usage_page_shows_each_class_and_what_the_cache_saved(client):
+    user, org = make_member()
+    _record(
+        user,
+        **usage_fields(
+            user,
+            org,
+            model="m-classes",
+            input_tokens=9_000,
+            output_tokens=800,
+            reasoning_tokens=300,
+            cache_read_tokens=7_000,
+            cache_read_price=Decimal("0.25"),
+            cache_write_1h_tokens=1_000,
+            cache_write_1h_price=Decimal("5"),
+        ),
+    )
+    _record(
+        user,
+        **usage_fields(
+            user, org, model="m-classes", input_tokens=10, output_tokens=5, cache_hit=True, saved_tokens=15, saved_cost=Decimal("0.0000625")
+        ),
+    )
+    services.usage_rollup()
+    client.force_login(user)
+    content = client.get("/usage/").content.decode()
+    assert "of which cache read 7,000, cache write 0 (5 min) and 1,000 (1 hour)" in content
+    assert "of which reasoning 300" in content
+    assert "the response cache answered 1 and saved $0.0000625000" in content
