@@ -8,7 +8,7 @@ from the small monthly rollups instead of a DISTINCT over the ledger.
 
 from django.contrib import admin
 
-from analytics.models import ApiLog, AuditLog, Event, RollupWatermark, TokenUsage, UsageRollup
+from analytics.models import ApiLog, AuditLog, Event, ReconciliationLine, ReconciliationReport, RollupWatermark, TokenUsage, UsageRollup
 from config import admin as config_admin
 
 
@@ -66,12 +66,19 @@ class TokenUsageAdmin(ReadOnlyAdmin):
         "input_tokens",
         "output_tokens",
         "total_tokens",
+        "cache_read_tokens",
+        "cache_write_5m_tokens",
+        "cache_write_1h_tokens",
+        "reasoning_tokens",
         "cost",
+        "key_source",
+        "estimated",
+        "cache_hit",
         "success",
         "latency_ms",
         "request_id",
     )
-    list_filter = (ProviderFilter, ModelFilter, "success")
+    list_filter = (ProviderFilter, ModelFilter, "success", "key_source", "estimated", "cache_hit")
     list_select_related = ("user", "organization")
     search_fields = ("=request_id",)
     search_help_text = "The exact request id."
@@ -143,3 +150,50 @@ class AuditLogAdmin(ReadOnlyAdmin):
     date_hierarchy = "created_at"
     ordering = ("-created_at",)
     sortable_by = ("created_at",)
+
+
+class ReconciliationLineInline(admin.TabularInline):
+    model = ReconciliationLine
+    fields = (
+        "day",
+        "model",
+        "token_class",
+        "status",
+        "ledger_tokens",
+        "provider_tokens",
+        "drift_tokens",
+        "rate",
+        "ledger_cost",
+        "drift_cost",
+        "over_tolerance",
+    )
+    readonly_fields = fields
+    can_delete = False
+    extra = 0
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(ReconciliationReport)
+class ReconciliationReportAdmin(ReadOnlyAdmin):
+    """The provider's bill against the ledger, per day, model and token class (manage.py usage_reconcile)."""
+
+    list_display = (
+        "created_at",
+        "provider",
+        "date_from",
+        "date_to",
+        "within_tolerance",
+        "ledger_tokens",
+        "provider_tokens",
+        "drift_cost",
+        "source",
+    )
+    list_filter = ("provider", "within_tolerance")
+    readonly_fields = ("summary",)
+    inlines = [ReconciliationLineInline]
+    ordering = ("-created_at",)

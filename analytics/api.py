@@ -186,7 +186,7 @@ class UsageTotalsOut(serializers.Serializer):
     total_tokens = serializers.IntegerField()
     calls = serializers.IntegerField(help_text="Model calls (messages answered), failed ones included.")
     errors = serializers.IntegerField(help_text="Model calls that failed.")
-    cost = serializers.DecimalField(max_digits=18, decimal_places=6, help_text="USD, exact to 6 places, as a string.")
+    cost = serializers.DecimalField(max_digits=24, decimal_places=10, help_text="USD, exact to 10 places, as a string.")
 
 
 class UsageSummaryOut(UsageTotalsOut):

@@ -13,3 +13,7 @@ class UsageAccessDenied(ApplicationError):
     """Usage the user may not see (by member, for an organization they do not administer)."""
 
     status_code = 403
+
+
+class ReconciliationFailed(ApplicationError):
+    """The provider's usage report could not be read (bad arguments, no admin key, an HTTP error, a malformed page)."""

@@ -2,6 +2,8 @@
 is (id, created_at); Django sees `id` (unique by its sequence) as the key, which keeps
 admin and DRF working. The tables are created by RunSQL (config/db/partitions.py)."""
 
+import uuid
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -14,6 +16,15 @@ def _user_fk(**kwargs):
 
 def _organization_fk(**kwargs):
     return models.ForeignKey("accounts.Organization", on_delete=models.DO_NOTHING, db_constraint=False, related_name="+", **kwargs)
+
+
+class KeySource(models.TextChoices):
+    """Whose provider key paid for a call."""
+
+    USER = "user", "User's own key"
+    MANAGED = "managed", "Platform managed key"
+    FREE_TIER = "free_tier", "Platform free-tier key"
+    NONE = "none", "No provider key"
 
 
 class TokenUsage(models.Model):
@@ -30,7 +41,21 @@ class TokenUsage(models.Model):
     total_tokens = models.IntegerField()
     input_price = models.DecimalField(max_digits=12, decimal_places=6, help_text="USD per million input tokens")
     output_price = models.DecimalField(max_digits=12, decimal_places=6, help_text="USD per million output tokens")
-    cost = models.DecimalField(max_digits=14, decimal_places=6)
+    cost = models.DecimalField(max_digits=20, decimal_places=10, help_text="USD, exact to 1e-10")
+    # Token classes, parts of the totals above: input_tokens includes the cache classes, output_tokens the reasoning.
+    cache_read_tokens = models.IntegerField(default=0)
+    cache_write_5m_tokens = models.IntegerField(default=0)
+    cache_write_1h_tokens = models.IntegerField(default=0)
+    reasoning_tokens = models.IntegerField(default=0)
+    # The rates used (USD per million tokens); null when that class did not occur.
+    cache_read_price = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
+    cache_write_5m_price = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
+    cache_write_1h_price = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
+    estimated = models.BooleanField(default=False, help_text="Some of this call's usage was estimated, not reported")
+    cache_hit = models.BooleanField(default=False, help_text="Answered from Confab's response cache: provider cost $0")
+    saved_tokens = models.IntegerField(default=0)
+    saved_cost = models.DecimalField(max_digits=20, decimal_places=10, default=0)
+    key_source = models.CharField(max_length=16, choices=KeySource.choices, default=KeySource.NONE)
     conversation_id = models.UUIDField(null=True, blank=True)
     message_id = models.UUIDField(null=True, blank=True)
     request_id = models.CharField(max_length=64)
@@ -80,7 +105,15 @@ class UsageRollup(models.Model):
     total_tokens = models.BigIntegerField(default=0)
     calls = models.BigIntegerField(default=0)
     errors = models.BigIntegerField(default=0)
-    cost = models.DecimalField(max_digits=18, decimal_places=6, default=0)
+    cost = models.DecimalField(max_digits=24, decimal_places=10, default=0)
+    cache_read_tokens = models.BigIntegerField(default=0)
+    cache_write_5m_tokens = models.BigIntegerField(default=0)
+    cache_write_1h_tokens = models.BigIntegerField(default=0)
+    reasoning_tokens = models.BigIntegerField(default=0)
+    estimated_calls = models.BigIntegerField(default=0)
+    cache_hits = models.BigIntegerField(default=0)
+    saved_tokens = models.BigIntegerField(default=0)
+    saved_cost = models.DecimalField(max_digits=24, decimal_places=10, default=0)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -184,3 +217,72 @@ class AuditLog(models.Model):
 
     def __str__(self):
         return f"{self.action} {self.table_name} {self.record_id}"
+
+
+class TokenClass(models.TextChoices):
+    """The classes a provider bills apart; uncached input is the input outside the cache classes."""
+
+    INPUT_UNCACHED = "input_uncached", "Uncached input"
+    CACHE_READ = "cache_read", "Cache read"
+    CACHE_WRITE_5M = "cache_write_5m", "Cache write (5 minutes)"
+    CACHE_WRITE_1H = "cache_write_1h", "Cache write (1 hour)"
+    OUTPUT = "output", "Output"
+
+
+class ReconciliationReport(models.Model):
+    """The provider's usage report for the platform's keys against the ledger, for staff (platform data, no user's rows)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    provider = models.CharField(max_length=32)
+    date_from = models.DateField()
+    date_to = models.DateField()
+    source = models.CharField(max_length=300, help_text="The provider's API, or the file read")
+    tolerance = models.DecimalField(max_digits=12, decimal_places=10, help_text="Largest drift allowed, as a fraction of the ledger")
+    within_tolerance = models.BooleanField()
+    ledger_tokens = models.BigIntegerField(default=0)
+    provider_tokens = models.BigIntegerField(default=0)
+    ledger_cost = models.DecimalField(max_digits=24, decimal_places=10, default=0)
+    drift_cost = models.DecimalField(max_digits=24, decimal_places=10, default=0, help_text="Priced drift only (provider minus ledger)")
+    days_missing_in_ledger = models.JSONField(default=list, blank=True)
+    days_missing_at_provider = models.JSONField(default=list, blank=True)
+    summary = models.TextField()
+
+    class Meta:
+        db_table = "analytics_reconciliationreport"
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.provider} {self.date_from} to {self.date_to}: {'within' if self.within_tolerance else 'beyond'} tolerance"
+
+
+class ReconciliationLine(models.Model):
+    """One day, model and token class: the ledger's tokens and dollars beside the provider's."""
+
+    class Status(models.TextChoices):
+        MATCHED = "matched", "Matched"
+        DRIFT = "drift", "Drift"
+        MISSING_IN_LEDGER = "missing_in_ledger", "Missing in the ledger"
+        MISSING_AT_PROVIDER = "missing_at_provider", "Missing at the provider"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    report = models.ForeignKey(ReconciliationReport, on_delete=models.CASCADE, related_name="lines")
+    day = models.DateField()
+    model = models.CharField(max_length=100)
+    token_class = models.CharField(max_length=16, choices=TokenClass.choices)
+    ledger_tokens = models.BigIntegerField()
+    provider_tokens = models.BigIntegerField()
+    drift_tokens = models.BigIntegerField(help_text="Provider minus ledger")
+    rate = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True, help_text="USD per million tokens; null: unpriced")
+    ledger_cost = models.DecimalField(max_digits=24, decimal_places=10)
+    drift_cost = models.DecimalField(max_digits=24, decimal_places=10, null=True, blank=True, help_text="Null when no rate is known")
+    status = models.CharField(max_length=20, choices=Status.choices)
+    over_tolerance = models.BooleanField()
+
+    class Meta:
+        db_table = "analytics_reconciliationline"
+        ordering = ["day", "model", "token_class"]
+        constraints = [models.UniqueConstraint(fields=["report", "day", "model", "token_class"], name="analytics_reconciliationline_key")]
+
+    def __str__(self):
+        return f"{self.day} {self.model} {self.token_class}: {self.drift_tokens:+d}"

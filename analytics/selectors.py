@@ -4,7 +4,7 @@ They read the rollups (exact daily and monthly totals), never the ledger. Under 
 request's row-level security context a user sees their own rollup rows and those of
 their organizations, so user-facing reads filter on the user (their own usage) or on an
 organization they administer (usage by member). Days are UTC days, as in the rollups.
-Costs are Decimals with 6 places; the staff overview reads across tenants in the
+Costs are Decimals exact to 1e-10 USD (rounded only where shown); the staff overview reads across tenants in the
 audited privileged context.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
+from django.db import connections
 from django.db.models import Count, DecimalField, Q, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce, TruncHour
 from django.utils import timezone
@@ -25,10 +26,14 @@ from config.db import rls
 PERIODS = ("day", "week", "month", "30d")
 GROUPINGS = ("model", "provider", "user")
 MAX_RANGE_DAYS = 366
-COST_PLACES = Decimal("0.000001")
+COST_PLACES = Decimal("0.0000000001")
 COUNTS = ("input_tokens", "output_tokens", "total_tokens", "calls", "errors")
+# Parts of the totals above, per token class, and what Confab's response cache saved.
+CLASS_COUNTS = ("cache_read_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens", "reasoning_tokens", "cache_hits", "saved_tokens")
+AMOUNTS = ("cost", "saved_cost")
 STAFF_TOP = 10
 DAILY_CHART_DAYS = 30
+PER_MILLION = Decimal("1000000")
 
 DAY, MONTH = UsageRollup.Period.DAY, UsageRollup.Period.MONTH
 
@@ -61,12 +66,13 @@ def date_range_check(*, start: date, end: date) -> None:
 
 
 def _sums() -> dict:
-    zero_cost = Value(Decimal(0), output_field=DecimalField(max_digits=18, decimal_places=6))
-    return {**{name: Coalesce(Sum(name), 0) for name in COUNTS}, "cost": Coalesce(Sum("cost"), zero_cost)}
+    zero = Value(Decimal(0), output_field=DecimalField(max_digits=24, decimal_places=10))
+    return {**{name: Coalesce(Sum(name), 0) for name in (*COUNTS, *CLASS_COUNTS)}, **{name: Coalesce(Sum(name), zero) for name in AMOUNTS}}
 
 
 def _totals(row: dict) -> dict:
-    return {**{name: int(row.get(name) or 0) for name in COUNTS}, "cost": Decimal(row.get("cost") or 0).quantize(COST_PLACES)}
+    counts = {name: int(row.get(name) or 0) for name in (*COUNTS, *CLASS_COUNTS)}
+    return {**counts, **{name: Decimal(row.get(name) or 0).quantize(COST_PLACES) for name in AMOUNTS}}
 
 
 def _zero() -> dict:
@@ -74,7 +80,7 @@ def _zero() -> dict:
 
 
 def _add(into: dict, row: dict) -> dict:
-    for name in (*COUNTS, "cost"):
+    for name in (*COUNTS, *CLASS_COUNTS, *AMOUNTS):
         into[name] += row[name]
     return into
 
@@ -249,4 +255,51 @@ def staff_usage_overview(*, today: date | None = None, now: datetime | None = No
             "server_error_rate": server_errors / requests if requests else 0.0,
             "hours": hours,
         },
+    }
+
+
+# The platform keys' calls per UTC day and model, each class's tokens, what the ledger charged for
+# them (USD per million tokens x tokens) and the newest rate used. Cache hits never reached the provider.
+_PLATFORM_USAGE_SQL = """
+SELECT (created_at AT TIME ZONE 'UTC')::date AS day, model,
+       sum(input_tokens - cache_read_tokens - cache_write_5m_tokens - cache_write_1h_tokens),
+       sum(cache_read_tokens), sum(cache_write_5m_tokens), sum(cache_write_1h_tokens), sum(output_tokens),
+       sum((input_tokens - cache_read_tokens - cache_write_5m_tokens - cache_write_1h_tokens) * input_price),
+       sum(cache_read_tokens * COALESCE(cache_read_price, 0)), sum(cache_write_5m_tokens * COALESCE(cache_write_5m_price, 0)),
+       sum(cache_write_1h_tokens * COALESCE(cache_write_1h_price, 0)), sum(output_tokens * output_price),
+       (array_agg(input_price ORDER BY created_at DESC, id DESC))[1],
+       (array_agg(cache_read_price ORDER BY created_at DESC, id DESC) FILTER (WHERE cache_read_tokens > 0))[1],
+       (array_agg(cache_write_5m_price ORDER BY created_at DESC, id DESC) FILTER (WHERE cache_write_5m_tokens > 0))[1],
+       (array_agg(cache_write_1h_price ORDER BY created_at DESC, id DESC) FILTER (WHERE cache_write_1h_tokens > 0))[1],
+       (array_agg(output_price ORDER BY created_at DESC, id DESC))[1]
+FROM analytics_tokenusage
+WHERE provider = %(provider)s AND key_source IN ('managed', 'free_tier') AND NOT cache_hit
+  AND created_at >= %(start)s AND created_at < %(end)s
+GROUP BY 1, 2
+"""
+PLATFORM_CLASSES = ("input_uncached", "cache_read", "cache_write_5m", "cache_write_1h", "output")
+
+
+def platform_usage_by_day(*, provider: str, start: date, end: date) -> dict[tuple[date, str], dict[str, dict]]:
+    """The ledger's calls on the platform's keys ('managed', 'free_tier') for a provider, from
+    `start` to `end` (inclusive, UTC days), per (day, model) and token class: tokens, the USD the
+    ledger charged for them (exact, at the rates on its rows) and the newest rate (None if unused)."""
+    bounds = {
+        "provider": provider,
+        "start": datetime(start.year, start.month, start.day, tzinfo=UTC),
+        "end": datetime(end.year, end.month, end.day, tzinfo=UTC) + timedelta(days=1),
+    }
+    with (
+        rls.privileged(reason="usage reconciliation: platform keys' ledger totals per day and model", audited=False),
+        connections[rls.PRIVILEGED_ALIAS].cursor() as cur,
+    ):
+        cur.execute(_PLATFORM_USAGE_SQL, bounds)
+        rows = cur.fetchall()
+    n = len(PLATFORM_CLASSES)
+    return {
+        (day, model): {
+            name: {"tokens": int(values[i]), "cost": values[n + i] / PER_MILLION, "rate": values[2 * n + i]}
+            for i, name in enumerate(PLATFORM_CLASSES)
+        }
+        for day, model, *values in rows
     }

@@ -19,10 +19,12 @@ from django.utils import timezone
 from accounts import selectors as accounts_selectors
 from analytics import buffer, counters
 from analytics.errors import UsageInvalid
-from analytics.models import TokenUsage
+from analytics.models import KeySource, TokenUsage
 from config.db import rls
 
-COST_PLACES = Decimal("0.000001")
+COST_PLACES = Decimal("0.0000000001")  # the ledger's cost: numeric(20, 10)
+MAX_COST = Decimal("9999999999.9999999999")
+PRICE_PLACES = Decimal("0.000001")
 MAX_PRICE = Decimal("999999.999999")  # numeric(12, 6): USD per million tokens
 MAX_TOKENS = 2**31 - 1
 PER_MILLION = Decimal("1000000")
@@ -34,10 +36,34 @@ USAGE_DEDUPE_WINDOW = timedelta(days=7)
 PRUNE_BATCH = 10_000
 
 
-def usage_cost(*, input_tokens: int, output_tokens: int, input_price: Decimal, output_price: Decimal) -> Decimal:
-    """Cost in USD, 6 places, from per-million-token prices."""
-    raw = (Decimal(input_tokens) * input_price + Decimal(output_tokens) * output_price) / PER_MILLION
-    return raw.quantize(COST_PLACES, rounding=ROUND_HALF_UP)
+CLASSES = ("cache_read", "cache_write_5m", "cache_write_1h")  # input classes with a rate of their own
+KEY_SOURCES = tuple(KeySource.values)
+
+
+def usage_cost(
+    *,
+    input_tokens: int,
+    output_tokens: int,
+    input_price: Decimal,
+    output_price: Decimal,
+    cache_read_tokens: int = 0,
+    cache_write_5m_tokens: int = 0,
+    cache_write_1h_tokens: int = 0,
+    cache_read_price: Decimal | None = None,
+    cache_write_5m_price: Decimal | None = None,
+    cache_write_1h_price: Decimal | None = None,
+) -> Decimal:
+    """Cost in USD to 1e-10 from per-million-token prices: each input class at its own rate, the
+    rest of the input at the input price (input_tokens is the total input); a class's price may
+    be None only when it has no tokens."""
+    cached = (
+        (cache_read_tokens, cache_read_price),
+        (cache_write_5m_tokens, cache_write_5m_price),
+        (cache_write_1h_tokens, cache_write_1h_price),
+    )
+    raw = Decimal(input_tokens - sum(tokens for tokens, _ in cached)) * input_price + Decimal(output_tokens) * output_price
+    raw += sum((Decimal(tokens) * price for tokens, price in cached if tokens), Decimal(0))
+    return (raw / PER_MILLION).quantize(COST_PLACES, rounding=ROUND_HALF_UP)
 
 
 # One ledger row as staged for COPY, in this column order.
@@ -61,18 +87,34 @@ _STAGED_COLUMNS = (
     "latency_ms",
     "success",
     "error",
+    "cache_read_tokens",
+    "cache_write_5m_tokens",
+    "cache_write_1h_tokens",
+    "reasoning_tokens",
+    "cache_read_price",
+    "cache_write_5m_price",
+    "cache_write_1h_price",
+    "estimated",
+    "cache_hit",
+    "saved_tokens",
+    "saved_cost",
+    "key_source",
 )
 _LEDGER_COLUMNS = ", ".join(_STAGED_COLUMNS[2:])
 _REQUEST_ID = _STAGED_COLUMNS.index("request_id")
 # Binary COPY: each staged value is already of its column's type.
 _STAGED_TYPES = ("int8", "int4", "timestamptz", "uuid", "uuid", "text", "text", "int4", "int4", "int4")
 _STAGED_TYPES += ("numeric", "numeric", "numeric", "uuid", "uuid", "text", "int4", "bool", "text")
+_STAGED_TYPES += ("int4", "int4", "int4", "int4", "numeric", "numeric", "numeric", "bool", "bool", "int4", "numeric", "text")
 # Per connection; emptied at every commit (a truncate: DELETE would leave dead rows no vacuum visits).
 _STAGING_SQL = """
 CREATE TEMP TABLE IF NOT EXISTS usage_staging (
     batch bigint, seq integer, created_at timestamptz, user_id uuid, organization_id uuid, provider text, model text,
     input_tokens integer, output_tokens integer, total_tokens integer, input_price numeric, output_price numeric,
-    cost numeric, conversation_id uuid, message_id uuid, request_id text, latency_ms integer, success boolean, error text
+    cost numeric, conversation_id uuid, message_id uuid, request_id text, latency_ms integer, success boolean, error text,
+    cache_read_tokens integer, cache_write_5m_tokens integer, cache_write_1h_tokens integer, reasoning_tokens integer,
+    cache_read_price numeric, cache_write_5m_price numeric, cache_write_1h_price numeric, estimated boolean, cache_hit boolean,
+    saved_tokens integer, saved_cost numeric, key_source text
 ) ON COMMIT DELETE ROWS
 """
 _batches = itertools.count(1)  # one number per call: a transaction may stage several batches
@@ -112,34 +154,19 @@ def _as_uuid(value) -> UUID | None:
     return _uuid_from_text(str(value)) if value else None
 
 
-def _problems(
-    *,
-    user_id,
-    organization_id,
-    provider,
-    model,
-    input_tokens,
-    output_tokens,
-    input_price,
-    output_price,
-    request_id,
-    cost,
-    conversation_id,
-    message_id,
-    latency_ms,
-    success,
-    error,
-    created_at,
-) -> UsageInvalid:
+def _problems(fields: dict) -> tuple[Decimal, Decimal, Decimal | None, dict]:
     """The slow path: prices as Decimals, or UsageInvalid naming every bad field."""
     problems = {}
-    for name, value in (("input_tokens", input_tokens), ("output_tokens", output_tokens), ("latency_ms", latency_ms)):
+    counts = ("input_tokens", "output_tokens", "latency_ms", *(f"{c}_tokens" for c in CLASSES), "reasoning_tokens", "saved_tokens")
+    for name in counts:
+        value = fields[name]
         if type(value) is not int or not 0 <= value <= MAX_TOKENS:
             problems[name] = f"must be a whole number from 0 to {MAX_TOKENS}"
-    prices = {}
-    for name, value in (("input_price", input_price), ("output_price", output_price), ("cost", cost)):
-        if value is None and name == "cost":
-            prices[name] = None
+    amounts = {}
+    for name in ("input_price", "output_price", *(f"{c}_price" for c in CLASSES), "cost", "saved_cost"):
+        value = fields[name]
+        if value is None and name not in ("input_price", "output_price", "saved_cost"):
+            amounts[name] = None
             continue
         try:
             decimal = value if type(value) is Decimal else Decimal(str(value))
@@ -148,32 +175,53 @@ def _problems(
             continue
         if not decimal.is_finite() or decimal < 0:
             problems[name] = "must be 0 or more"
-        elif name != "cost" and decimal > MAX_PRICE:
+        elif name.endswith("_price") and decimal > MAX_PRICE:
             problems[name] = f"must be at most {MAX_PRICE} per million tokens"
-        prices[name] = decimal
+        elif decimal > MAX_COST:
+            problems[name] = f"must be at most {MAX_COST} USD"
+        amounts[name] = decimal
+    if "input_tokens" not in problems and all(f"{c}_tokens" not in problems for c in CLASSES):
+        if sum(fields[f"{c}_tokens"] for c in CLASSES) > fields["input_tokens"]:
+            problems["cache_read_tokens"] = "cache read and cache write tokens are part of input_tokens: their sum must not exceed it"
+    if "output_tokens" not in problems and "reasoning_tokens" not in problems and fields["reasoning_tokens"] > fields["output_tokens"]:
+        problems["reasoning_tokens"] = "are part of output_tokens: must not exceed it"
+    for c in CLASSES:
+        if type(fields[f"{c}_tokens"]) is int and fields[f"{c}_tokens"] > 0 and fields[f"{c}_price"] is None:
+            problems[f"{c}_price"] = (
+                f"is required when {c}_tokens is above 0 (a class without a price of its own is charged at the input price)"
+            )
+    if fields["key_source"] not in KEY_SOURCES:
+        problems["key_source"] = "must be one of " + ", ".join(KEY_SOURCES)
+    for name in ("success", "estimated", "cache_hit"):
+        if type(fields[name]) is not bool:
+            problems[name] = "must be true or false"
+    if fields["cache_hit"] is True and amounts.get("cost"):
+        problems["cost"] = "must be 0 for a cache hit (the provider was not called)"
+    if fields["cache_hit"] is False and (fields["saved_tokens"] or amounts.get("saved_cost")):
+        problems["saved_tokens"] = "only a cache hit saves tokens"
+    provider, model, request_id = fields["provider"], fields["model"], fields["request_id"]
     if not provider or not model or type(provider) is not str or type(model) is not str:
         problems["model"] = "provider and model are required"
     if not request_id or type(request_id) is not str or len(request_id) > 64:
         problems["request_id"] = "is required (64 characters at most)"
-    if not user_id or not organization_id:
+    if not fields["user_id"] or not fields["organization_id"]:
         problems["user_id"] = "user and organization are required"
-    for name, value in (
-        ("user_id", user_id),
-        ("organization_id", organization_id),
-        ("conversation_id", conversation_id),
-        ("message_id", message_id),
-    ):
-        if value and _as_uuid(value) is None:
+    for name in ("user_id", "organization_id", "conversation_id", "message_id"):
+        if fields[name] and _as_uuid(fields[name]) is None:
             problems[name] = "must be a UUID"
-    if type(success) is not bool:
-        problems["success"] = "must be true or false"
-    if type(error) is not str:
+    if type(fields["error"]) is not str:
         problems["error"] = "must be text"
+    created_at = fields["created_at"]
     if created_at is not None and not (isinstance(created_at, datetime) and created_at.utcoffset() is not None):
         problems["created_at"] = "must be a timezone-aware date and time"
     if problems:
         raise UsageInvalid("Usage not recorded: " + "; ".join(f"{k} {v}" for k, v in problems.items()) + ".", {"fields": problems})
-    return prices["input_price"], prices["output_price"], prices["cost"]
+    return amounts["input_price"], amounts["output_price"], amounts["cost"], amounts
+
+
+def _class_price(tokens: int, price: Decimal | None) -> Decimal | None:
+    """A class's rate as stored: None when the class did not occur."""
+    return price.quantize(PRICE_PLACES) if tokens and price is not None else None
 
 
 def _staged(
@@ -197,12 +245,24 @@ def _staged(
     success: bool = True,
     error: str = "",
     created_at: datetime | None = None,
+    cache_read_tokens: int = 0,
+    cache_write_5m_tokens: int = 0,
+    cache_write_1h_tokens: int = 0,
+    reasoning_tokens: int = 0,
+    cache_read_price: Decimal | None = None,
+    cache_write_5m_price: Decimal | None = None,
+    cache_write_1h_price: Decimal | None = None,
+    estimated: bool = False,
+    cache_hit: bool = False,
+    saved_tokens: int = 0,
+    saved_cost: Decimal = Decimal(0),
+    key_source: str = KeySource.NONE,
 ) -> tuple:
     """One call, validated, as a staged row (see _STAGED_COLUMNS); UsageInvalid names every bad field."""
     user, organization = _as_uuid(user_id), _as_uuid(organization_id)
     conversation = None if conversation_id is None else _as_uuid(conversation_id)
     message = None if message_id is None else _as_uuid(message_id)
-    # Ingestion runs this for every row: the common case is checked in one expression.
+    # Ingestion runs this for every row: the common case (no cache classes, no cache hit) is checked in one expression.
     if not (
         type(input_tokens) is int
         and type(output_tokens) is int
@@ -216,7 +276,15 @@ def _staged(
         and output_price.is_finite()
         and 0 <= input_price <= MAX_PRICE
         and 0 <= output_price <= MAX_PRICE
-        and (cost is None or (type(cost) is Decimal and cost.is_finite() and cost >= 0))
+        and (cost is None or (type(cost) is Decimal and cost.is_finite() and 0 <= cost <= MAX_COST))
+        and type(cache_read_tokens) is type(cache_write_5m_tokens) is type(cache_write_1h_tokens) is int
+        and type(reasoning_tokens) is type(saved_tokens) is int
+        and cache_read_tokens == cache_write_5m_tokens == cache_write_1h_tokens == reasoning_tokens == saved_tokens == 0
+        and cache_hit is False
+        and type(saved_cost) in (Decimal, int)
+        and saved_cost == 0
+        and type(estimated) is bool
+        and key_source in KEY_SOURCES
         and type(provider) is str
         and type(model) is str
         and type(request_id) is str
@@ -232,28 +300,26 @@ def _staged(
         and (message_id is None or message)
         and (created_at is None or (isinstance(created_at, datetime) and created_at.utcoffset() is not None))
     ):
-        input_price, output_price, cost = _problems(
-            user_id=user_id,
-            organization_id=organization_id,
-            provider=provider,
-            model=model,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            input_price=input_price,
-            output_price=output_price,
-            request_id=request_id,
-            cost=cost,
-            conversation_id=conversation_id,
-            message_id=message_id,
-            latency_ms=latency_ms,
-            success=success,
-            error=error,
-            created_at=created_at,
-        )
+        input_price, output_price, cost, amounts = _problems(dict(locals()))
+        cache_read_price, cache_write_5m_price, cache_write_1h_price = (amounts[f"{c}_price"] for c in CLASSES)
+        saved_cost = amounts["saved_cost"]
     if cost is None:
-        cost = usage_cost(input_tokens=input_tokens, output_tokens=output_tokens, input_price=input_price, output_price=output_price)
-    else:
-        cost = cost.quantize(COST_PLACES, rounding=ROUND_HALF_UP)
+        cost = (
+            Decimal(0)
+            if cache_hit
+            else usage_cost(
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                input_price=input_price,
+                output_price=output_price,
+                cache_read_tokens=cache_read_tokens,
+                cache_write_5m_tokens=cache_write_5m_tokens,
+                cache_write_1h_tokens=cache_write_1h_tokens,
+                cache_read_price=cache_read_price,
+                cache_write_5m_price=cache_write_5m_price,
+                cache_write_1h_price=cache_write_1h_price,
+            )
+        )
     return (
         batch,
         seq,
@@ -265,15 +331,27 @@ def _staged(
         input_tokens,
         output_tokens,
         input_tokens + output_tokens,
-        input_price.quantize(COST_PLACES),
-        output_price.quantize(COST_PLACES),
-        cost,
+        input_price.quantize(PRICE_PLACES),
+        output_price.quantize(PRICE_PLACES),
+        cost.quantize(COST_PLACES, rounding=ROUND_HALF_UP),
         conversation,
         message,
         request_id,
         latency_ms,
         success,
         error[:2000],
+        cache_read_tokens,
+        cache_write_5m_tokens,
+        cache_write_1h_tokens,
+        reasoning_tokens,
+        _class_price(cache_read_tokens, cache_read_price),
+        _class_price(cache_write_5m_tokens, cache_write_5m_price),
+        _class_price(cache_write_1h_tokens, cache_write_1h_price),
+        estimated,
+        cache_hit,
+        saved_tokens,
+        Decimal(saved_cost).quantize(COST_PLACES, rounding=ROUND_HALF_UP),
+        key_source,
     )
 
 
@@ -295,36 +373,30 @@ def usage_record(
     success: bool = True,
     error: str = "",
     created_at: datetime | None = None,
+    cache_read_tokens: int = 0,
+    cache_write_5m_tokens: int = 0,
+    cache_write_1h_tokens: int = 0,
+    reasoning_tokens: int = 0,
+    cache_read_price: Decimal | None = None,
+    cache_write_5m_price: Decimal | None = None,
+    cache_write_1h_price: Decimal | None = None,
+    estimated: bool = False,
+    cache_hit: bool = False,
+    saved_tokens: int = 0,
+    saved_cost: Decimal = Decimal(0),
+    key_source: str = KeySource.NONE,
 ) -> TokenUsage | None:
-    """Write one ledger row with the prices used, and count it live once committed.
+    """Write one ledger row with the token classes and the prices used, and count it live once committed.
 
-    `cost` (USD) is computed from the per-million-token prices when not given. Returns None
-    when the request id was already recorded (a retry records nothing twice). Refuses
-    negative tokens or prices (UsageInvalid). Runs under the caller's context: the app
-    role may only record its own user's usage."""
-    now = timezone.now()
-    batch = next(_batches)
-    row = _staged(
-        batch,
-        0,
-        now,
-        user_id=user_id,
-        organization_id=organization_id,
-        provider=provider,
-        model=model,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        input_price=input_price,
-        output_price=output_price,
-        request_id=request_id,
-        cost=cost,
-        conversation_id=conversation_id,
-        message_id=message_id,
-        latency_ms=latency_ms,
-        success=success,
-        error=error,
-        created_at=created_at,
-    )
+    input_tokens is the total input (cache read and writes included), output_tokens the total
+    output (reasoning included). `cost` (USD, kept to 1e-10) is computed from the per-million-token
+    prices when not given: each cache class at its own price, the rest of the input at the input
+    price; a cache hit costs $0 and records what it saved. Returns None when the request id was
+    already recorded (a retry records nothing twice). Refuses impossible values (UsageInvalid).
+    Runs under the caller's context: the app role may only record its own user's usage."""
+    fields = dict(locals())  # the arguments, as given
+    now, batch = timezone.now(), next(_batches)
+    row = _staged(batch, 0, now, **fields)
     ids = _ledger_write([row], batch=batch, now=now)
     if not ids:
         return None
@@ -377,26 +449,24 @@ class RollupResult:
     horizon: str = ""
 
 
-_ROLLUP_SQL = """
+# The ledger columns the rollups sum under the same names; calls and the flags are counted.
+_ROLLUP_SUMS = ("input_tokens", "output_tokens", "total_tokens", "cost", "cache_read_tokens", "cache_write_5m_tokens")
+_ROLLUP_SUMS += ("cache_write_1h_tokens", "reasoning_tokens", "saved_tokens", "saved_cost")
+_ROLLUP_SQL = f"""
 INSERT INTO analytics_usagerollup AS r
     (period, period_start, organization_id, user_id, provider, model,
-     input_tokens, output_tokens, total_tokens, calls, errors, cost, updated_at)
+     {", ".join(_ROLLUP_SUMS)}, calls, errors, estimated_calls, cache_hits, updated_at)
 SELECT p.period,
        CASE p.period WHEN 'day' THEN (t.created_at AT TIME ZONE 'UTC')::date
                      ELSE date_trunc('month', t.created_at AT TIME ZONE 'UTC')::date END,
        t.organization_id, t.user_id, t.provider, t.model,
-       sum(t.input_tokens), sum(t.output_tokens), sum(t.total_tokens), count(*),
-       count(*) FILTER (WHERE NOT t.success), sum(t.cost), now()
+       {", ".join(f"sum(t.{name})" for name in _ROLLUP_SUMS)}, count(*),
+       count(*) FILTER (WHERE NOT t.success), count(*) FILTER (WHERE t.estimated), count(*) FILTER (WHERE t.cache_hit), now()
 FROM analytics_tokenusage t CROSS JOIN (VALUES ('day'), ('month')) AS p(period)
 WHERE t.xact_id >= %(old)s::xid8 AND t.xact_id < %(new)s::xid8
 GROUP BY 1, 2, 3, 4, 5, 6
 ON CONFLICT (period, period_start, organization_id, user_id, provider, model) DO UPDATE SET
-    input_tokens = r.input_tokens + EXCLUDED.input_tokens,
-    output_tokens = r.output_tokens + EXCLUDED.output_tokens,
-    total_tokens = r.total_tokens + EXCLUDED.total_tokens,
-    calls = r.calls + EXCLUDED.calls,
-    errors = r.errors + EXCLUDED.errors,
-    cost = r.cost + EXCLUDED.cost,
+    {", ".join(f"{c} = r.{c} + EXCLUDED.{c}" for c in (*_ROLLUP_SUMS, "calls", "errors", "estimated_calls", "cache_hits"))},
     updated_at = EXCLUDED.updated_at
 """
 

@@ -1,10 +1,13 @@
-"""Analytics upkeep on Celery beat: logs flushed every 10 seconds, rollups every minute, counters hourly, partitions and request ids daily."""
+"""Analytics upkeep on Celery beat: logs flushed every 10 seconds, rollups every minute, counters hourly, partitions,
+request ids and the reconciliation with the providers' bills daily."""
 
 import logging
+from datetime import UTC, timedelta
 
 from celery import shared_task
+from django.utils import timezone
 
-from analytics import buffer, counters, services
+from analytics import buffer, counters, reconcile, services
 from config.db import partitions
 
 logger = logging.getLogger("confab.analytics.tasks")
@@ -39,3 +42,20 @@ def partitions_upkeep_task() -> dict:
 def logs_flush_task() -> dict:
     """Write the buffered API logs, events and audit entries (every 10 seconds)."""
     return buffer.buffer_flush_all()
+
+
+@shared_task(acks_late=True)
+def usage_reconcile_task() -> dict:
+    """Daily: each provider whose admin key is set is reconciled for yesterday (UTC); the others are skipped with a log line."""
+    yesterday = timezone.now().astimezone(UTC).date() - timedelta(days=1)
+    done = {}
+    for provider in reconcile.PROVIDERS:
+        if not reconcile.admin_key(provider):
+            logger.info("usage reconciliation for %s skipped: %s_ADMIN_KEY is not set", provider, provider.upper())
+            continue
+        arguments = reconcile.reconcile_arguments(provider=provider, start=yesterday, end=yesterday)
+        report = reconcile.usage_reconcile_run(arguments=arguments)
+        if not report.within_tolerance:
+            logger.warning("usage reconciliation beyond tolerance: %s", report.summary)
+        done[provider] = {"report": str(report.pk), "within_tolerance": report.within_tolerance}
+    return done

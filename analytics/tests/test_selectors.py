@@ -36,7 +36,7 @@ def test_summary_equals_the_ledger_for_each_period(world, period):
         assert (summary["period"], summary["period_start"], summary["period_end"]) == (period, start, end)
         expected = ledger_totals(where="user_id = %s AND day BETWEEN %s AND %s", params=[user.pk, start, end])
         assert totals_of(summary) == totals_of(expected), user.email
-        assert isinstance(summary["cost"], Decimal) and summary["cost"].as_tuple().exponent == -6
+        assert isinstance(summary["cost"], Decimal) and summary["cost"].as_tuple().exponent == -10  # exact to 1e-10 USD
 
 
 def test_period_bounds():

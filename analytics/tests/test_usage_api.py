@@ -62,7 +62,7 @@ def test_summary_equals_the_ledger_for_each_period(world, period):
         body = response.json()
         start, end = selectors.period_bounds(period=period)
         assert (body["period"], body["period_start"], body["period_end"]) == (period, start.isoformat(), end.isoformat())
-        assert isinstance(body["cost"], str) and len(body["cost"].split(".")[1]) == 6
+        assert isinstance(body["cost"], str) and len(body["cost"].split(".")[1]) == 10  # exact to 1e-10 USD
         expected = ledger_totals(where="user_id = %s AND day BETWEEN %s AND %s", params=[user.pk, start, end])
         assert api_totals(body) == totals_of(expected), user.email
 
@@ -147,7 +147,7 @@ def test_a_user_sees_only_their_own_usage(world):
         assert client.get(DAILY, {"group_by": "model", "organization": world.acme.pk}).json() != []
     # Carol sent nothing: zeros, not the organization's usage.
     carol = session_client(world.carol).get(SUMMARY).json()
-    assert (carol["total_tokens"], carol["calls"], carol["cost"]) == (0, 0, "0.000000")
+    assert (carol["total_tokens"], carol["calls"], carol["cost"]) == (0, 0, "0.0000000000")
 
 
 def test_api_keys_need_the_usage_read_scope(world):

@@ -183,7 +183,7 @@ def ledger(*, where: str = "TRUE", params=(), group_by: str = "") -> list[dict]:
         if values[3] == 0:
             continue
         totals = dict(zip(COLUMNS, values))
-        totals["cost"] = Decimal(totals["cost"]).quantize(Decimal("0.000001"))
+        totals["cost"] = Decimal(totals["cost"]).quantize(Decimal("0.0000000001"))
         result.append({**dict(zip(keys, row[: len(keys)])), **{k: int(v) if k != "cost" else v for k, v in totals.items()}})
     return result
 

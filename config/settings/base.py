@@ -319,3 +319,11 @@ CELERY_BEAT_SCHEDULE["chat-streams-close-stale"] = {"task": "chat.tasks.streams_
 
 # Hosts a user-set URL (a provider base URL) may reach although they are not public (config/outbound.py).
 OUTBOUND_ALLOWED_HOSTS = env.list("OUTBOUND_ALLOWED_HOSTS", default=[])
+
+# Reconciliation with the provider's bill (manage.py usage_reconcile; daily for yesterday when an admin key is set).
+OPENAI_ADMIN_KEY = env("OPENAI_ADMIN_KEY", default=None)
+ANTHROPIC_ADMIN_KEY = env("ANTHROPIC_ADMIN_KEY", default=None)
+OPENAI_ADMIN_BASE_URL = env("OPENAI_ADMIN_BASE_URL", default="https://api.openai.com")
+ANTHROPIC_ADMIN_BASE_URL = env("ANTHROPIC_ADMIN_BASE_URL", default="https://api.anthropic.com")
+USAGE_RECONCILE_TOLERANCE = env.str("USAGE_RECONCILE_TOLERANCE", default="0.001")  # a fraction of the ledger's tokens (read as a Decimal)
+CELERY_BEAT_SCHEDULE["usage-reconcile"] = {"task": "analytics.tasks.usage_reconcile_task", "schedule": crontab(hour=4, minute=20)}
