@@ -27,6 +27,8 @@ from chat.serializers import (
     ReplyOut,
     StreamQuery,
 )
+from chat.response_cache import HEADER as CACHE_HEADER
+from chat.response_cache import header_choice
 from chat.streaming import reply_stream_response
 from config.api.errors import error_responses
 from config.api.inputs import validated_body, validated_query
@@ -121,7 +123,17 @@ class MessageListApi(APIView):
 
     @extend_schema(
         request=MessageIn,
-        parameters=[OpenApiParameter("stream", OpenApiTypes.BOOL, description="Answer with server-sent events: deltas, then `done`.")],
+        parameters=[
+            OpenApiParameter("stream", OpenApiTypes.BOOL, description="Answer with server-sent events: deltas, then `done`."),
+            OpenApiParameter(
+                CACHE_HEADER,
+                OpenApiTypes.STR,
+                OpenApiParameter.HEADER,
+                enum=["on", "any", "off"],
+                description="The response cache, where the plan allows it: `on` (temperature 0 only), `any` (any temperature) or "
+                "`off`. Without it the persona's choice applies.",
+            ),
+        ],
         responses={201: ReplyOut, **SEND_ERRORS},
     )
     def post(self, request, conversation_id):
@@ -133,6 +145,7 @@ class MessageListApi(APIView):
             "provider": body.get("provider") or None,
             "model": body.get("model") or None,
             "api_key_id": _api_key_id(request),
+            "response_cache": header_choice(request.headers.get(CACHE_HEADER)),
         }
         if not validated_query(StreamQuery, request)["stream"]:
             reply = services.message_send(**send)

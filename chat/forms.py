@@ -103,6 +103,11 @@ class PersonaForm(forms.Form):
         decimal_places=2,
         help_text="0 to 2; empty: the model's default.",
     )
+    response_cache = forms.BooleanField(
+        label="Answer identical questions from the response cache",
+        required=False,
+        help_text="Only at temperature 0, and only if your plan includes the cache.",
+    )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -110,5 +115,5 @@ class PersonaForm(forms.Form):
 
     def service_fields(self) -> dict:
         provider, model = model_split(self.cleaned_data["model"])
-        data = {name: self.cleaned_data[name] for name in ("name", "system_prompt", "temperature")}
+        data = {name: self.cleaned_data[name] for name in ("name", "system_prompt", "temperature", "response_cache")}
         return {**data, "provider": provider, "model": model}

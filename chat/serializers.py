@@ -79,7 +79,18 @@ class PersonaSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Persona
-        fields = ["id", "name", "system_prompt", "provider", "model", "temperature", "usage_count", "created_at", "updated_at"]
+        fields = [
+            "id",
+            "name",
+            "system_prompt",
+            "provider",
+            "model",
+            "temperature",
+            "response_cache",
+            "usage_count",
+            "created_at",
+            "updated_at",
+        ]
         read_only_fields = ["id", "usage_count", "created_at", "updated_at"]
 
 

@@ -25,11 +25,14 @@ from django.utils import timezone
 
 from accounts import selectors as accounts_selectors
 from accounts.models import ProviderCredential, User
+from analytics.models import KeySource
 from analytics.services import usage_record
 from billing.services import entitlement_check, reservation_settle
+from chat import response_cache as response_caching
 from chat import selectors
 from chat.errors import ModelUnavailable, ProviderKeyMissing
 from chat.models import Conversation, Message, ModelPrice, Persona
+from chat.pricing import CallCost, call_cost, call_cost_ceiling
 from chat.providers import PROVIDERS, ChatMessage, ChatRequest, Delta, Done, ProviderError, Usage, provider_for
 from chat.providers.base import interrupted_usage, prompt_tokens_estimate, text_tokens_estimate
 from config.crypto import secret_decrypt
@@ -47,13 +50,6 @@ Status = Message.Status
 # --- Prices and usage ---------------------------------------------------------------
 
 
-def usage_cost(*, usage: Usage, price: ModelPrice) -> Decimal:
-    """USD for a call: each class times its catalog price per million. Cache classes are
-    priced as input until the catalog carries cache prices; reasoning is inside output."""
-    total = usage.input_total * price.input_price + usage.output * price.output_price
-    return (total / MILLION).quantize(CENT_FRACTION)
-
-
 def model_price_for(*, provider: str, model: str) -> ModelPrice:
     """The price in force for a provider's model; ModelUnavailable (400) with the reason when there is none."""
     if provider not in PROVIDERS:
@@ -67,11 +63,6 @@ def model_price_for(*, provider: str, model: str) -> ModelPrice:
             {"field": "model", "provider": provider, "model": model},
         )
     return price
-
-
-def call_cost_ceiling(*, input_tokens: int, output_tokens: int, price: ModelPrice) -> Decimal:
-    """The most a call of this size can cost, for the budget reservation."""
-    return (input_tokens * price.input_price + output_tokens * price.output_price) / MILLION
 
 
 # --- Conversations and personas -----------------------------------------------------
@@ -154,22 +145,24 @@ def persona_delete(*, user: User, persona: Persona) -> None:
 # --- Credentials --------------------------------------------------------------------
 
 
-def _credential_resolve(*, user: User, provider: str, paid_plan: bool) -> tuple[str | None, str | None]:
-    """(api key, base url): the user's own key; else the platform's managed key on a paid
-    plan; else the free-tier key (free limits apply through the plan); else refused."""
+def _credential_resolve(*, user: User, provider: str, paid_plan: bool) -> tuple[str | None, str | None, str]:
+    """(api key, base url, whose key): the user's own key; else the platform's managed key on
+    a paid plan; else the free-tier key (free limits apply through the plan); else refused."""
     if provider == "echo":
-        return None, None
+        return None, None, KeySource.NONE
     credential = accounts_selectors.provider_credential_list(user=user).filter(provider=provider, is_active=True).first()
     if credential is not None and credential.access_type == ProviderCredential.AccessType.USER_API_KEY:
-        return secret_decrypt(credential.api_key_encrypted), credential.base_url or None
+        return secret_decrypt(credential.api_key_encrypted), credential.base_url or None, KeySource.USER
     managed = getattr(settings, f"{provider.upper()}_API_KEY", None) if paid_plan else None
-    key = managed or getattr(settings, f"{provider.upper()}_FREE_TIER_API_KEY", None)
-    if not key:
-        upgrade = "" if paid_plan else ", or upgrade to a paid plan that includes it"
-        raise ProviderKeyMissing(
-            f"There is no {provider} API key to use: add yours in Settings → Provider keys{upgrade}.", {"provider": provider}
-        )
-    return key, None
+    if managed:
+        return managed, None, KeySource.MANAGED
+    free_tier = getattr(settings, f"{provider.upper()}_FREE_TIER_API_KEY", None)
+    if free_tier:
+        return free_tier, None, KeySource.FREE_TIER
+    upgrade = "" if paid_plan else ", or upgrade to a paid plan that includes it"
+    raise ProviderKeyMissing(
+        f"There is no {provider} API key to use: add yours in Settings → Provider keys{upgrade}.", {"provider": provider}
+    )
 
 
 # --- Sending ------------------------------------------------------------------------
@@ -209,6 +202,9 @@ class PendingReply:
     price: ModelPrice
     request_id: str
     reservation: Reservation
+    key_source: str  # whose provider key pays (analytics.models.KeySource)
+    cache_key: str | None = None  # set when the response cache applies to this call
+    cache_hits_count: bool = True  # the plan counts a cached reply's tokens against its limit
 
 
 @dataclass(frozen=True)
@@ -240,12 +236,14 @@ def message_prepare(
     provider: str | None = None,
     model: str | None = None,
     api_key_id: uuid.UUID | None = None,
+    response_cache: str | None = None,
 ) -> PendingReply:
     """Check and store a send, in one short transaction: the model has a price, the plan
     allows it now, a key exists; then the user message and a `streaming` reply take the
     conversation's next two sequence numbers. The conversation's row is locked from the first
     read, so concurrent sends to it queue and each takes the numbers after the last committed.
-    A refusal raises before anything is written; another user's conversation is a 404."""
+    A refusal raises before anything is written; another user's conversation is a 404.
+    `response_cache` is the request's choice ('on', 'any', 'off'; see chat/response_cache.py)."""
     content = (content or "").strip()
     if not content:
         raise ApplicationError("Write a message first.", {"field": "content"})
@@ -287,7 +285,7 @@ def message_prepare(
             )
             entitlement.raise_if_refused()
             reservation = Reservation(organization_id, entitlement.reservation, entitlement.month)
-            api_key, base_url = _credential_resolve(user=user, provider=provider, paid_plan=entitlement.plan.monthly_price > 0)
+            api_key, base_url, key_source = _credential_resolve(user=user, provider=provider, paid_plan=entitlement.plan.monthly_price > 0)
             if conversation is None:
                 conversation = Conversation(user_id=user.pk, organization_id=organization_id)
             sequence = conversation.message_count
@@ -312,6 +310,7 @@ def message_prepare(
                     "request_id": request_id,
                     "price_id": str(price.pk),
                     "prompt_tokens_estimate": estimated,
+                    "key_source": key_source,
                     **reservation.as_metadata(),
                 },
             )
@@ -329,7 +328,26 @@ def message_prepare(
         api_key=api_key,
         base_url=base_url,
     )
-    return PendingReply(user.pk, organization_id, conversation, user_message, message, request, price, request_id, reservation)
+    cached = response_caching.cache_applies(
+        plan_allows=entitlement.plan.response_cache,
+        persona_opted_in=bool(persona and persona.response_cache),
+        choice=response_cache,
+        temperature=temperature,
+    )
+    return PendingReply(
+        user.pk,
+        organization_id,
+        conversation,
+        user_message,
+        message,
+        request,
+        price,
+        request_id,
+        reservation,
+        key_source,
+        response_caching.cache_key(organization_id=organization_id, provider=provider, request=request) if cached else None,
+        entitlement.plan.cache_hits_count,
+    )
 
 
 def _default_model(provider: str) -> str:
@@ -349,25 +367,30 @@ def _reply_finish(
     latency_ms: int,
     finish_reason: str | None = None,
     provider_failed: bool = False,
+    cached: response_caching.CachedReply | None = None,
 ) -> Message:
     """Store the reply and meter it, in one short transaction: the message, the
     conversation's totals and the ledger row agree or none is written. A provider's failure
-    is a failed ledger row (a client going away is not). A reply already closed (by the
-    stale-stream task) is left as it is."""
+    is a failed ledger row (a client going away is not). A reply from the response cache
+    (`cached`) costs nothing and records what it saved; a complete reply the cache may keep is
+    kept. A reply already closed (by the stale-stream task) is left as it is."""
     message = pending.message
-    cost = usage_cost(usage=usage, price=pending.price)
+    charge = call_cost(usage=usage, price=pending.price)
+    counted = usage if cached is None or pending.cache_hits_count else Usage()
     metadata = {
         **message.metadata,
         "usage": usage.classes(),
         "usage_raw": usage.raw,
-        "estimated": usage.estimated,
+        "estimated": usage.estimated or charge.estimated,
         "finish_reason": finish_reason,
     }
+    if cached is not None:
+        metadata.update(cached=True, saved_tokens=usage.input_total + usage.output, saved_cost=str(cached.cost))
     fields = {
         "content": text,
-        "input_tokens": usage.input_total,
-        "output_tokens": usage.output,
-        "cost": cost,
+        "input_tokens": counted.input_total,
+        "output_tokens": counted.output,
+        "cost": Decimal(0) if cached is not None else charge.cost,
         "latency_ms": latency_ms,
         "status": status,
         "error": error,
@@ -378,47 +401,73 @@ def _reply_finish(
         if closed:
             message.refresh_from_db()
         else:
+            for name, value in fields.items():
+                setattr(message, name, value)
             _meter(
                 message=message,
-                usage=usage,
-                cost=cost,
-                price=pending.price,
+                usage=counted,
+                charge=charge,
+                key_source=pending.key_source,
                 latency_ms=latency_ms,
                 success=not provider_failed,
                 error=error,
+                cached=cached,
+                saved_tokens=usage.input_total + usage.output,
             )
     # After the commit: the ledger's counter increment ran on it, so the usage is never uncounted.
     pending.reservation.release()
-    if closed:
-        return message
-    for name, value in fields.items():
-        setattr(message, name, value)
+    if not closed and cached is None and status == Status.COMPLETE and pending.cache_key:
+        response_caching.cached_reply_put(pending.cache_key, text=text, usage=usage, cost=charge.cost)
     return message
 
 
-def _meter(*, message: Message, usage: Usage, cost: Decimal, price: ModelPrice, latency_ms: int, success: bool, error: str) -> None:
-    """The conversation's totals and the ledger row for one reply (inside the caller's transaction)."""
+def _meter(
+    *,
+    message: Message,
+    usage: Usage,
+    charge: CallCost,
+    key_source: str,
+    latency_ms: int,
+    success: bool,
+    error: str,
+    cached: response_caching.CachedReply | None = None,
+    saved_tokens: int = 0,
+) -> None:
+    """The conversation's totals and the ledger row for one reply (inside the caller's
+    transaction): each token class with the rate it was charged at, whose key paid, and for
+    a cached reply no cost and what it saved. The message carries its final fields."""
     tokens, now = usage.input_total + usage.output, timezone.now()
     Conversation.objects.filter(pk=message.conversation_id).update(
-        total_tokens=F("total_tokens") + tokens, total_cost=F("total_cost") + cost, updated_at=now
+        total_tokens=F("total_tokens") + tokens, total_cost=F("total_cost") + message.cost, updated_at=now
     )
     # The caller's copy follows (it answers the API without reading the row again).
     conversation = message.conversation
-    conversation.total_tokens, conversation.total_cost, conversation.updated_at = (
-        conversation.total_tokens + tokens,
-        conversation.total_cost + cost,
-        now,
-    )
+    conversation.total_tokens += tokens
+    conversation.total_cost += message.cost
+    conversation.updated_at = now
+    rates = charge.rates
     usage_record(
         user_id=message.user_id,
-        organization_id=message.conversation.organization_id,
+        organization_id=conversation.organization_id,
         provider=message.provider,
         model=message.model,
         input_tokens=usage.input_total,
         output_tokens=usage.output,
-        input_price=price.input_price,
-        output_price=price.output_price,
-        cost=cost,
+        cache_read_tokens=usage.cache_read,
+        cache_write_5m_tokens=usage.cache_write_5m,
+        cache_write_1h_tokens=usage.cache_write_1h,
+        reasoning_tokens=usage.reasoning,
+        input_price=rates["input_uncached"],
+        output_price=rates["output"],
+        cache_read_price=rates["cache_read"] if usage.cache_read else None,
+        cache_write_5m_price=rates["cache_write_5m"] if usage.cache_write_5m else None,
+        cache_write_1h_price=rates["cache_write_1h"] if usage.cache_write_1h else None,
+        cost=message.cost,
+        estimated=bool(message.metadata.get("estimated")),
+        cache_hit=cached is not None,
+        saved_tokens=saved_tokens if cached is not None else 0,
+        saved_cost=cached.cost if cached is not None else Decimal(0),
+        key_source=key_source,
         request_id=message.metadata["request_id"],
         conversation_id=message.conversation_id,
         message_id=message.pk,
@@ -460,6 +509,7 @@ def message_send(
     provider: str | None = None,
     model: str | None = None,
     api_key_id: uuid.UUID | None = None,
+    response_cache: str | None = None,
 ) -> Reply:
     """Send a message and wait for the whole reply: entitlement, store, call, store, meter.
 
@@ -467,9 +517,19 @@ def message_send(
     provider failure is not raised: the reply is stored `failed` (or `interrupted` with the
     part received) with the provider's sentence, and metered with the tokens it reported."""
     pending = message_prepare(
-        user=user, content=content, conversation_id=conversation_id, provider=provider, model=model, api_key_id=api_key_id
+        user=user,
+        content=content,
+        conversation_id=conversation_id,
+        provider=provider,
+        model=model,
+        api_key_id=api_key_id,
+        response_cache=response_cache,
     )
     started = time.monotonic()
+    hit = response_caching.cached_reply_get(pending.cache_key) if pending.cache_key else None
+    if hit is not None:
+        message = _reply_finish(pending, text=hit.text, usage=hit.usage, status=Status.COMPLETE, latency_ms=0, cached=hit)
+        return Reply(pending.conversation, pending.user_message, message)
     text, usage, status, error, finish = async_to_sync(_complete)(pending)
     latency_ms = int((time.monotonic() - started) * 1000)
     message = _reply_finish(
@@ -490,6 +550,15 @@ async def message_stream(*, pending: PendingReply) -> AsyncIterator[dict]:
     tokens, cost, error). A client that goes away (CancelledError, or the generator
     closed) leaves the part produced stored `interrupted` and metered; the metering is
     shielded from the cancellation, and the cancellation is re-raised."""
+    if pending.cache_key:
+        hit = await sync_to_async(response_caching.cached_reply_get)(pending.cache_key)
+        if hit is not None:
+            message = await sync_to_async(_reply_finish)(
+                pending, text=hit.text, usage=hit.usage, status=Status.COMPLETE, latency_ms=0, cached=hit
+            )
+            yield {"type": "delta", "text": hit.text}
+            yield _done_event(pending, message)
+            return
     adapter = provider_for(pending.message.provider)
     parts: list[str] = []
     usage: Usage | None = None
@@ -529,7 +598,11 @@ async def message_stream(*, pending: PendingReply) -> AsyncIterator[dict]:
     finally:
         await events.aclose()
     message = await close(status, usage or Usage(), error, provider_failed=bool(error))
-    yield {
+    yield _done_event(pending, message)
+
+
+def _done_event(pending: PendingReply, message: Message) -> dict:
+    return {
         "type": "done",
         "message_id": str(message.pk),
         "conversation_id": str(pending.conversation.pk),
@@ -538,6 +611,7 @@ async def message_stream(*, pending: PendingReply) -> AsyncIterator[dict]:
         "input_tokens": message.input_tokens,
         "output_tokens": message.output_tokens,
         "cost": str(message.cost),
+        "cached": bool(message.metadata.get("cached")),
     }
 
 
@@ -566,14 +640,15 @@ def streams_close_stale(*, older_than_minutes: int | None = None) -> int:
                 output=text_tokens_estimate(message.content),
                 estimated=True,
             )
-            cost = usage_cost(usage=usage, price=price) if price else Decimal(0)
+            charge = call_cost(usage=usage, price=price) if price else None
             sentence = "The reply was cut off because the server handling it stopped. The part that arrived is kept."
-            message.status, message.error, message.cost = Status.INTERRUPTED, sentence, cost
+            message.status, message.error, message.cost = Status.INTERRUPTED, sentence, charge.cost if charge else Decimal(0)
             message.input_tokens, message.output_tokens = usage.input_total, usage.output
             message.metadata = {**message.metadata, "usage": usage.classes(), "estimated": True, "closed_by": "streams_close_stale"}
             message.save(update_fields=["status", "error", "cost", "input_tokens", "output_tokens", "metadata"])
-            if price is not None:
-                _meter(message=message, usage=usage, cost=cost, price=price, latency_ms=0, success=True, error=sentence)
+            if charge is not None:
+                key_source = message.metadata.get("key_source", KeySource.NONE)
+                _meter(message=message, usage=usage, charge=charge, key_source=key_source, latency_ms=0, success=True, error=sentence)
             reservations.append(Reservation.from_metadata(message.conversation.organization_id, message.metadata))
             closed += 1
     for reservation in reservations:  # after the commit, as for any metered reply

@@ -181,7 +181,13 @@ def message_send(request, conversation_id):
 
 def _persona_initial(persona) -> dict:
     model = f"{persona.provider}/{persona.model}" if persona.provider and persona.model else ""
-    return {"name": persona.name, "system_prompt": persona.system_prompt, "model": model, "temperature": persona.temperature}
+    return {
+        "name": persona.name,
+        "system_prompt": persona.system_prompt,
+        "model": model,
+        "temperature": persona.temperature,
+        "response_cache": persona.response_cache,
+    }
 
 
 def _add_service_error(form, exc: ApplicationError) -> None:

@@ -311,9 +311,9 @@ def test_live_counters_equal_the_ledger_after_a_redis_flush_and_rebuild():
                     [owner],
                 )
                 i, o, t, c, cost = cur.fetchone()
-            # The live counter keeps micro-dollars (counters.py); the ledger is exact to 1e-10.
+            # The live counter keeps whole 1e-10 USD units (counters.py), as exact as the ledger.
             assert (live.input_tokens, live.output_tokens, live.total_tokens, live.calls) == (i, o, t, c)
-            assert live.cost_micros == counters.cost_micros(cost)
+            assert live.cost == cost
     # Live increments continue on the rebuilt counter.
     user, org = members[0]
     with transaction.atomic():

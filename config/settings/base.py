@@ -306,6 +306,8 @@ CHAT_DEFAULT_PROVIDER = env("CHAT_DEFAULT_PROVIDER", default="echo")
 CHAT_DEFAULT_MODEL = env("CHAT_DEFAULT_MODEL", default="echo-1")
 # Seconds the echo provider waits before each word: enough to see a stream (the serving bench sets 0).
 CHAT_ECHO_DELAY = env.float("CHAT_ECHO_DELAY", default=0.05)
+# Seconds a reply stays in the response cache (chat/response_cache.py; opt-in per plan, persona, request).
+CHAT_RESPONSE_CACHE_TTL = env.int("CHAT_RESPONSE_CACHE_TTL", default=1800)
 # The platform's keys: managed (paid plans) and free tier; unset means that access is not offered.
 OPENAI_API_KEY = env("OPENAI_API_KEY", default=None)
 ANTHROPIC_API_KEY = env("ANTHROPIC_API_KEY", default=None)

@@ -1,0 +1,90 @@
+"""Confab's cache of model replies (opt-in): an identical call answered again without the provider.
+
+Identical means the same organization, provider, model, messages and sampling parameters:
+the key is the SHA-256 of those, under the organization's own prefix, so no organization is
+ever answered from another's entries. Only calls at temperature 0 are cached unless the
+caller asks for any temperature (a reply at a higher temperature is one draw of many).
+Entries live in Redis for CHAT_RESPONSE_CACHE_TTL seconds; with Redis unreachable the cache
+is skipped (the call goes to the provider), never an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.conf import settings
+from django_redis import get_redis_connection
+
+from chat.providers import ChatRequest, Usage
+from config.cache import REDIS_ERRORS
+from config.errors import ApplicationError
+
+logger = logging.getLogger("confab.chat.cache")
+KEY_PREFIX = "respcache:v1"
+HEADER = "X-Response-Cache"
+# The header's values: opt in (temperature 0 only), opt in at any temperature, opt out.
+HEADER_VALUES = {"on": "on", "1": "on", "any": "any", "off": "off", "0": "off"}
+
+
+@dataclass(frozen=True)
+class CachedReply:
+    text: str
+    usage: Usage  # what the original call used: the tokens a hit saves
+    cost: Decimal  # what the original call cost: the money a hit saves
+
+
+def header_choice(value: str | None) -> str | None:
+    """The request header's choice ('on', 'any', 'off'), None when absent; a 400 when unknown."""
+    if value is None:
+        return None
+    choice = HEADER_VALUES.get(value.strip().lower())
+    if choice is None:
+        raise ApplicationError(
+            f"The {HEADER} header takes 'on' (temperature 0 only), 'any' (any temperature) or 'off'; got '{value[:40]}'.",
+            {"field": HEADER, "code": "invalid"},
+        )
+    return choice
+
+
+def cache_applies(*, plan_allows: bool, persona_opted_in: bool, choice: str | None, temperature: float | None) -> bool:
+    """The plan allows it; the request asks (its header wins) or the persona opts in; and the call
+    is deterministic (temperature 0) unless the request asked for any temperature."""
+    if not plan_allows or choice == "off" or not (choice in ("on", "any") or persona_opted_in):
+        return False
+    return choice == "any" or temperature == 0
+
+
+def cache_key(*, organization_id, provider: str, request: ChatRequest) -> str:
+    call = {
+        "provider": provider,
+        "model": request.model,
+        "messages": [[m.role, m.content] for m in request.messages],
+        "temperature": request.temperature,
+        "max_tokens": request.max_tokens,
+    }
+    digest = hashlib.sha256(json.dumps(call, separators=(",", ":"), ensure_ascii=False).encode()).hexdigest()
+    return f"{KEY_PREFIX}:{organization_id}:{digest}"
+
+
+def cached_reply_get(key: str) -> CachedReply | None:
+    try:
+        raw = get_redis_connection("default").get(key)
+    except REDIS_ERRORS as exc:
+        logger.warning("response cache skipped (Redis unreachable: %s)", exc)
+        return None
+    if raw is None:
+        return None
+    entry = json.loads(raw)
+    return CachedReply(entry["text"], Usage(**entry["usage"]), Decimal(entry["cost"]))
+
+
+def cached_reply_put(key: str, *, text: str, usage: Usage, cost: Decimal) -> None:
+    entry = {"text": text, "usage": usage.classes(), "cost": str(cost)}
+    try:
+        get_redis_connection("default").set(key, json.dumps(entry), ex=settings.CHAT_RESPONSE_CACHE_TTL)
+    except REDIS_ERRORS as exc:
+        logger.warning("reply not cached (Redis unreachable: %s)", exc)

@@ -1,0 +1,133 @@
+"""The response cache (chat/response_cache.py): opt-in per plan, persona and request; a hit
+is stored marked cached and metered as a hit at $0 with what it saved; no organization is
+answered from another's entries; entries expire after CHAT_RESPONSE_CACHE_TTL."""
+
+import time
+from decimal import Decimal
+
+import pytest
+from django_redis import get_redis_connection
+
+from accounts.tests.factories import make_user
+from accounts.tests.test_api import key_client
+from analytics.models import TokenUsage
+from billing.models import Plan
+from billing.tests.factories import organization_of, put_on_plan
+from chat import services
+from chat.response_cache import KEY_PREFIX
+from chat.tests.factories import price_add
+from chat.tests.test_api import API
+from config.db import rls
+
+pytestmark = pytest.mark.django_db(transaction=True)
+QUESTION = "What is the capital of France?"
+
+
+@pytest.fixture
+def cached_plan(plans):
+    with rls.privileged(reason="test: a plan with the response cache"):
+        Plan.objects.filter(pk=plans["pro"].pk).update(response_cache=True)
+        return Plan.objects.get(pk=plans["pro"].pk)
+
+
+@pytest.fixture
+def priced():
+    return price_add(provider="echo", model="echo-priced", input_price="2.00", output_price="8.00")
+
+
+def _deterministic_persona(user):
+    return services.persona_create(
+        user=user,
+        name="Facts",
+        system_prompt="Answer briefly.",
+        provider="echo",
+        model="echo-priced",
+        temperature=Decimal("0"),
+        response_cache=True,
+    )
+
+
+def _ask(user, persona, content=QUESTION):
+    conversation = services.conversation_create(user=user, persona=persona)
+    return services.message_send(user=user, content=content, conversation_id=conversation.pk)
+
+
+def _ledger():
+    with rls.privileged(reason="test"):
+        return list(TokenUsage.objects.order_by("id"))
+
+
+def test_a_hit_is_stored_as_cached_and_metered_as_a_hit_at_no_provider_cost(alice, cached_plan, priced):
+    put_on_plan(organization_of(alice), cached_plan)
+    persona = _deterministic_persona(alice)
+    first = _ask(alice, persona)
+    second = _ask(alice, persona)
+    assert second.message.content == first.message.content and first.message.cost > 0
+    assert second.message.metadata["cached"] is True and "cached" not in first.message.metadata
+    assert second.message.cost == 0
+    miss, hit = _ledger()
+    assert (miss.cache_hit, hit.cache_hit) == (False, True)
+    assert hit.cost == 0 and hit.saved_cost == miss.cost
+    assert hit.saved_tokens == miss.input_tokens + miss.output_tokens
+    assert (hit.input_tokens, hit.output_tokens) == (miss.input_tokens, miss.output_tokens)  # the plan counts hits
+
+
+def test_a_plan_may_leave_hits_out_of_its_token_limit(alice, cached_plan, priced):
+    with rls.privileged(reason="test"):
+        Plan.objects.filter(pk=cached_plan.pk).update(cache_hits_count=False)
+    put_on_plan(organization_of(alice), cached_plan)
+    persona = _deterministic_persona(alice)
+    _ask(alice, persona)
+    _ask(alice, persona)
+    miss, hit = _ledger()
+    assert hit.cache_hit and (hit.input_tokens, hit.output_tokens) == (0, 0)
+    assert hit.saved_tokens == miss.input_tokens + miss.output_tokens
+
+
+def test_another_organizations_identical_call_never_gets_the_entry(alice, cached_plan, priced):
+    bob = make_user(email="bob@example.com")
+    for user in (alice, bob):
+        put_on_plan(organization_of(user), cached_plan)
+    _ask(alice, _deterministic_persona(alice))
+    _ask(bob, _deterministic_persona(bob))
+    assert [row.cache_hit for row in _ledger()] == [False, False]
+
+
+def test_without_the_plan_or_an_opt_in_nothing_is_cached(alice, plans, cached_plan, priced):
+    persona = _deterministic_persona(alice)  # opted in, but the free plan has no cache
+    _ask(alice, persona)
+    _ask(alice, persona)
+    put_on_plan(organization_of(alice), cached_plan)
+    services.persona_update(user=alice, persona=persona, response_cache=False)  # the plan has it, the persona does not ask
+    _ask(alice, persona)
+    _ask(alice, persona)
+    assert [row.cache_hit for row in _ledger()] == [False, False, False, False]
+    assert get_redis_connection("default").keys(f"{KEY_PREFIX}:*") == []
+
+
+def test_entries_expire_after_the_ttl(alice, cached_plan, priced, settings):
+    settings.CHAT_RESPONSE_CACHE_TTL = 1
+    put_on_plan(organization_of(alice), cached_plan)
+    persona = _deterministic_persona(alice)
+    _ask(alice, persona)
+    time.sleep(1.5)
+    _ask(alice, persona)
+    assert [row.cache_hit for row in _ledger()] == [False, False]
+
+
+def test_the_request_header_opts_in_and_any_temperature_needs_asking(alice, cached_plan, priced):
+    put_on_plan(organization_of(alice), cached_plan)
+    client = key_client(alice, scopes=["chat:read", "chat:write"])
+    body = {"content": QUESTION, "provider": "echo", "model": "echo-priced"}  # no persona: the model's default temperature
+
+    def send(header):
+        conversation = client.post(f"{API}/conversations", {}, format="json").json()["id"]
+        return client.post(f"{API}/conversations/{conversation}/messages", body, format="json", HTTP_X_RESPONSE_CACHE=header)
+
+    assert send("on").status_code == 201 and send("on").status_code == 201  # not temperature 0: not cached
+    assert send("any").status_code == 201
+    hit = send("any")
+    assert hit.status_code == 201 and hit.json()["message"]["metadata"]["cached"] is True
+    assert [row.cache_hit for row in _ledger()] == [False, False, False, True]
+    refused = send("sometimes")
+    assert refused.status_code == 400 and "X-Response-Cache" in refused.json()["message"]
