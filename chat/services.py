@@ -29,6 +29,7 @@ from billing.services import entitlement_check
 from chat import selectors
 from chat.errors import ModelUnavailable, ProviderKeyMissing
 from chat.models import Conversation, Message, ModelPrice, Persona
+from chat.pricing import call_cost
 from chat.providers import PROVIDERS, ChatMessage, ChatRequest, Delta, Done, ProviderError, Usage, provider_for
 from chat.providers.base import interrupted_usage, prompt_tokens_estimate, text_tokens_estimate
 from config.crypto import secret_decrypt
@@ -36,21 +37,12 @@ from config.db import rls
 from config.errors import ApplicationError, NotFoundError
 
 logger = logging.getLogger("confab.chat")
-MILLION = Decimal(1_000_000)
-CENT_FRACTION = Decimal("0.000001")  # the ledger's precision
 TITLE_WORDS = 8
 MAX_CONTENT = 100_000
 Status = Message.Status
 
 
 # --- Prices and usage ---------------------------------------------------------------
-
-
-def usage_cost(*, usage: Usage, price: ModelPrice) -> Decimal:
-    """USD for a call: each class times its catalog price per million. Cache classes are
-    priced as input until the catalog carries cache prices; reasoning is inside output."""
-    total = usage.input_total * price.input_price + usage.output * price.output_price
-    return (total / MILLION).quantize(CENT_FRACTION)
 
 
 def model_price_for(*, provider: str, model: str) -> ModelPrice:
@@ -296,12 +288,13 @@ def _reply_finish(
     is a failed ledger row (a client going away is not). A reply already closed (by the
     stale-stream task) is left as it is."""
     message = pending.message
-    cost = usage_cost(usage=usage, price=pending.price)
+    priced = call_cost(usage=usage, price=pending.price)
+    cost = priced.cost
     metadata = {
         **message.metadata,
         "usage": usage.classes(),
         "usage_raw": usage.raw,
-        "estimated": usage.estimated,
+        "estimated": usage.estimated or priced.estimated,
         "finish_reason": finish_reason,
     }
     fields = {
@@ -459,7 +452,7 @@ async def message_stream(*, pending: PendingReply) -> AsyncIterator[dict]:
         "error": message.error,
         "input_tokens": message.input_tokens,
         "output_tokens": message.output_tokens,
-        "cost": str(message.cost),
+        "cost": f"{message.cost:f}",  # fixed-point: a 1e-10 cost would print as 0E-10
     }
 
 
@@ -488,7 +481,7 @@ def streams_close_stale(*, older_than_minutes: int | None = None) -> int:
                 output=text_tokens_estimate(message.content),
                 estimated=True,
             )
-            cost = usage_cost(usage=usage, price=price) if price else Decimal(0)
+            cost = call_cost(usage=usage, price=price).cost if price else Decimal(0)
             sentence = "The reply was cut off because the server handling it stopped. The part that arrived is kept."
             message.status, message.error, message.cost = Status.INTERRUPTED, sentence, cost
             message.input_tokens, message.output_tokens = usage.input_total, usage.output

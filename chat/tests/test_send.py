@@ -219,7 +219,7 @@ def test_a_stream_delivers_deltas_then_tokens_and_cost(alice):
         "complete",
         2,
         4,
-        "0.000000",
+        "0.0000000000",  # the call's cost to 1e-10 (chat.pricing)
     )
     [row] = ledger()
     assert str(row.message_id) == done["message_id"]
