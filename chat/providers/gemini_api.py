@@ -22,10 +22,23 @@ import httpx2
 from google import genai
 from google.genai import errors, types
 
-from .base import ChatRequest, Delta, Done, ProviderError, Usage, http_client, interrupted_usage, retry_after_from_headers, ssl_context
+from .base import (
+    CONNECT_ERRORS,
+    TIMEOUT_ERRORS,
+    TRANSPORT_ERRORS,
+    ChatRequest,
+    Delta,
+    Done,
+    ProviderError,
+    Usage,
+    http_client,
+    interrupted_usage,
+    retry_after_from_headers,
+    ssl_context,
+)
 
 # Before the first chunk these mean the request itself failed; any other drop means it was accepted.
-REQUEST_FAILURES = (errors.APIError, httpx2.TimeoutException, httpx2.ConnectError)
+REQUEST_FAILURES = (errors.APIError, *TIMEOUT_ERRORS, *CONNECT_ERRORS)
 # Built once: the SDK wants a sync client too, though this module never uses it.
 _sync_client = httpx2.Client(verify=ssl_context())
 
@@ -87,7 +100,7 @@ def _retry_after(exc: errors.APIError) -> float | None:
 
 
 def _error(exc: Exception) -> ProviderError:
-    if isinstance(exc, httpx2.TimeoutException):
+    if isinstance(exc, TIMEOUT_ERRORS):
         return ProviderError("timeout", detail=str(exc))
     if not isinstance(exc, errors.APIError):
         return ProviderError("unavailable", detail=str(exc))
@@ -120,7 +133,7 @@ def _finish_reason(response: types.GenerateContentResponse) -> str | None:
 async def complete(request: ChatRequest) -> tuple[str, Usage]:
     try:
         response = await _client(request).models.generate_content(**_arguments(request))
-    except (errors.APIError, httpx2.TransportError) as exc:
+    except (errors.APIError, *TRANSPORT_ERRORS) as exc:
         raise _error(exc)
     text, thoughts = _parts(response)
     if response.usage_metadata is None:
@@ -153,7 +166,7 @@ async def stream(request: ChatRequest) -> AsyncIterator[Delta | Done]:
             if reply:
                 text += reply
                 yield Delta(reply)
-    except (errors.APIError, httpx2.TransportError) as exc:
+    except (errors.APIError, *TRANSPORT_ERRORS) as exc:
         if not received and isinstance(exc, REQUEST_FAILURES):  # the SDK sends the request on the first iteration
             raise _error(exc)
         usage = _usage_so_far(raw, unreported, request, output_counted=output_counted)
