@@ -10,6 +10,7 @@ from decimal import Decimal
 
 import pytest
 from django.db import IntegrityError, connections, transaction
+from django.db.migrations.executor import MigrationExecutor
 from django.urls import reverse
 from django.utils import timezone
 
@@ -180,3 +181,21 @@ def test_concurrent_versions_of_one_model_chain_one_after_another(catalog):
     versions = _versions("gpt-4.1")
     assert [v.effective_to is None for v in versions] == [False, False, True]  # one version open
     assert all(earlier.effective_to == later.effective_from for earlier, later in zip(versions, versions[1:]))
+
+
+def test_migration_0003_reverses_and_applies_again(catalog):
+    leaf = [key for key in MigrationExecutor(connections["owner"]).loader.graph.leaf_nodes() if key[0] == "chat"]
+    MigrationExecutor(connections["owner"]).migrate([("chat", "0002_seed_model_catalog")])
+    try:
+        with connections["owner"].cursor() as cur:
+            cur.execute(
+                "SELECT count(*) FROM information_schema.columns WHERE table_name = 'chat_modelprice' AND column_name LIKE 'cache%%'"
+            )
+            assert cur.fetchone()[0] == 0
+            cur.execute("UPDATE chat_modelprice SET input_price = 1.5 WHERE model = 'gpt-5'")  # no trigger before 0003
+    finally:
+        MigrationExecutor(connections["owner"]).migrate(leaf)
+    [gpt5] = _versions("gpt-5")
+    assert (gpt5.input_price, gpt5.cache_read_price) == (Decimal("1.5"), Decimal("0.125"))  # filled again
+    with pytest.raises(IntegrityError, match="never changes in place"), connections["owner"].cursor() as cur:
+        cur.execute("UPDATE chat_modelprice SET input_price = 2 WHERE model = 'gpt-5'")
