@@ -34,18 +34,6 @@ CASES = {case["id"]: case for case in GOLDEN["cases"]}
 ANTHROPIC_START_FIELDS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "cache_creation")
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture
-def server():
-    server = ProviderServer().start()
-    yield server
-    server.stop()
-
-
 def _runs() -> list:
     runs = []
     for case in GOLDEN["cases"]:

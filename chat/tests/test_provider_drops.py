@@ -8,22 +8,10 @@ import httpx
 import pytest
 
 from chat.providers import ProviderError, gemini_api, openai_api
-from chat.tests.provider_servers import ProviderServer, Reply, gemini_stream, openai_stream
+from chat.tests.provider_servers import Reply, gemini_stream, openai_stream
 from chat.tests.test_providers import GEMINI_CLASSES, PARTS, PROMPT_ESTIMATE, classes, collect, gemini_running, request_for
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture
-def server():
-    server = ProviderServer().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

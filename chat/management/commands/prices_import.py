@@ -23,13 +23,13 @@ from config.db import rls
 
 MILLION = Decimal(1_000_000)
 PRICE_QUANTUM = Decimal("1E-6")  # the catalog keeps per-million prices to 6 places
-# LiteLLM's per-token key: (the catalog's field, its long-context field).
+# LiteLLM's per-token key: the token class it prices.
 KEYS = {
-    "input_cost_per_token": ("input_price", "long_context_input_price"),
-    "output_cost_per_token": ("output_price", "long_context_output_price"),
-    "cache_read_input_token_cost": ("cache_read_price", "long_context_cache_read_price"),
-    "cache_creation_input_token_cost": ("cache_write_5m_price", "long_context_cache_write_5m_price"),
-    "cache_creation_input_token_cost_above_1hr": ("cache_write_1h_price", "long_context_cache_write_1h_price"),
+    "input_cost_per_token": "input_uncached",
+    "output_cost_per_token": "output",
+    "cache_read_input_token_cost": "cache_read",
+    "cache_creation_input_token_cost": "cache_write_5m",
+    "cache_creation_input_token_cost_above_1hr": "cache_write_1h",
 }
 # A long-context key: `<key>_above_<N>k_tokens`; service-tier suffixes (`_priority`, `_flex`) are not ours.
 TIER_KEY = re.compile(rf"^({'|'.join(KEYS)})_above_(\d+)k_tokens$")
@@ -106,9 +106,9 @@ def _fields(entry: dict, current: ModelPrice) -> dict:
     thresholds = set()
     for key, value in entry.items():
         if key in KEYS:
-            fields[KEYS[key][0]] = _per_million(entry, key, value)
+            fields[pricing.CLASS_FIELDS[KEYS[key]][0]] = _per_million(entry, key, value)
         elif match := TIER_KEY.match(key):
-            fields[KEYS[match.group(1)][1]] = _per_million(entry, key, value)
+            fields[pricing.CLASS_FIELDS[KEYS[match.group(1)]][1]] = _per_million(entry, key, value)
             thresholds.add(int(match.group(2)) * 1000)
     if len(thresholds) > 1:
         raise CommandError(f"{entry['_key']} has several long-context thresholds ({sorted(thresholds)}); the catalog keeps one.")
