@@ -141,12 +141,15 @@ class ModelPrice(models.Model):
             models.UniqueConstraint(fields=["provider", "model", "effective_from"], name="chat_modelprice_one_version_per_start"),
             models.CheckConstraint(condition=models.Q(input_price__gte=0, output_price__gte=0), name="chat_modelprice_not_negative"),
             models.CheckConstraint(
-                condition=models.Q(**{f"{name}__gte": 0 for name in CLASS_PRICES}), name="chat_modelprice_class_prices_not_negative"
+                condition=models.Q(**{f"{name}__gte": 0 for name in CLASS_PRICES}),
+                name="chat_modelprice_class_prices_not_negative",
+                violation_error_message="Prices cannot be negative.",
             ),
             models.CheckConstraint(
                 condition=models.Q(long_context_threshold__isnull=True, **{f"{name}__isnull": True for name in TIER_PRICES})
                 | models.Q(long_context_threshold__gt=0, long_context_input_price__isnull=False, long_context_output_price__isnull=False),
                 name="chat_modelprice_tier_needs_threshold",
+                violation_error_message="A long-context tier needs its threshold (above 0) and both its input and output prices.",
             ),
         ]
 

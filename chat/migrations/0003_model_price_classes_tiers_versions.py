@@ -156,6 +156,7 @@ class Migration(migrations.Migration):
                     ("long_context_output_price__gte", 0),
                 ),
                 name="chat_modelprice_class_prices_not_negative",
+                violation_error_message="Prices cannot be negative.",
             ),
         ),
         migrations.AddConstraint(
@@ -178,6 +179,7 @@ class Migration(migrations.Migration):
                     _connector="OR",
                 ),
                 name="chat_modelprice_tier_needs_threshold",
+                violation_error_message="A long-context tier needs its threshold (above 0) and both its input and output prices.",
             ),
         ),
         migrations.RunPython(fill, unfill),

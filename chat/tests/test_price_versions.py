@@ -110,6 +110,20 @@ def test_display_fields_change_in_place_and_a_start_does_not_move(staff_client, 
     assert response.status_code == 200 and "start does not move" in response.content.decode()
 
 
+@pytest.mark.parametrize(
+    "changes, sentence",
+    [
+        ({"cache_read_price": "-0.1"}, "Prices cannot be negative."),
+        ({"long_context_input_price": "6"}, "A long-context tier needs its threshold"),
+        ({"long_context_threshold": "200000"}, "A long-context tier needs its threshold"),
+    ],
+)
+def test_a_price_the_catalog_cannot_hold_is_a_form_error_not_a_500(staff_client, catalog, changes, sentence):
+    response = _change(staff_client, catalog["claude-haiku-4-5"], **changes)
+    assert response.status_code == 200 and sentence in response.content.decode()
+    assert len(_versions("claude-haiku-4-5")) == 1
+
+
 def test_adding_a_version_in_admin_ends_the_open_one(staff_client, catalog):
     form = _form(catalog["gemini-2.0-flash"], input_price="0.12", effective_from_0="2026-11-20", effective_from_1="00:00:00")
     response = staff_client.post(reverse("admin:chat_modelprice_add"), {**form, "provider": "gemini", "model": "gemini-2.0-flash"})
