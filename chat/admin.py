@@ -4,9 +4,13 @@ personas, and the model catalog with its prices and effective dates.
 Every view runs in ConfabAdminSite's audited privileged context (config/admin.py).
 """
 
+from django import forms
 from django.contrib import admin
+from django.utils import timezone
 
-from chat.models import Conversation, Message, ModelPrice, Persona
+from chat import pricing
+from chat.errors import PriceVersionRefused
+from chat.models import PRICE_FIELDS, Conversation, Message, ModelPrice, Persona
 from config import admin as config_admin
 
 
@@ -71,16 +75,52 @@ class PersonaAdmin(admin.ModelAdmin):
     readonly_fields = ("usage_count", "created_at", "updated_at")
 
 
+class ModelPriceForm(forms.ModelForm):
+    """On a version in force, changing a price adds a new version (from now, or from the
+    start given here) and ends this one; display fields change in place."""
+
+    class Meta:
+        model = ModelPrice
+        fields = ("provider", "model", "display_name", "context_window", *PRICE_FIELDS, "effective_from", "is_active")
+        help_texts = {
+            "effective_from": "When this price takes effect. When you change a price, leave it as it is for now, or give a later time.",
+            "long_context_threshold": "Input tokens above which the long-context prices apply to the whole call. Empty: no tier.",
+        }
+
+    def clean(self):
+        cleaned = super().clean()
+        adding = self.instance._state.adding  # clean() runs before the form's values reach the instance
+        self.new_version = adding or any(name in self.changed_data for name in PRICE_FIELDS)
+        if not self.new_version and "effective_from" in self.changed_data:
+            self.add_error("effective_from", "A version's start does not move. Change a price to add a version from this time.")
+        elif self.new_version and not adding and self.instance.effective_to is not None:
+            raise forms.ValidationError("This version has ended: change the version in force instead.")
+        if self.new_version and not self.errors:
+            # Left as it was, the start means now; a given start is the new version's.
+            self.start = cleaned["effective_from"] if adding or "effective_from" in self.changed_data else timezone.now()
+            provider, model = cleaned.get("provider", self.instance.provider), cleaned.get("model", self.instance.model)
+            try:
+                pricing.model_price_version_start_check(provider=provider, model=model, at=self.start)
+            except PriceVersionRefused as refused:
+                self.add_error("effective_from", refused.message)
+        return cleaned
+
+
 @admin.register(ModelPrice)
 class ModelPriceAdmin(admin.ModelAdmin):
-    """A new price is a new version (effective from a date; the old one ends there), never an edit of the past."""
+    """A new price is a new version (effective from a time; the old one ends there), never an edit of the past."""
 
+    form = ModelPriceForm
     list_display = (
         "provider",
         "model",
         "display_name",
         "input_price",
         "output_price",
+        "cache_read_price",
+        "cache_write_5m_price",
+        "cache_write_1h_price",
+        "long_context_threshold",
         "context_window",
         "effective_from",
         "effective_to",
@@ -89,3 +129,17 @@ class ModelPriceAdmin(admin.ModelAdmin):
     list_filter = ("provider", "is_active")
     search_fields = ("model", "display_name")
     ordering = ("provider", "model", "-effective_from")
+
+    def get_readonly_fields(self, request, obj=None):
+        return ("provider", "model", "effective_to") if obj else ("effective_to",)
+
+    def save_model(self, request, obj, form, change):
+        if not form.new_version:
+            super().save_model(request, obj, form, change)
+            return
+        fixed = {"id", "provider", "model", "effective_from", "effective_to"}
+        fields = {field.name: getattr(obj, field.name) for field in ModelPrice._meta.concrete_fields if field.name not in fixed}
+        version = pricing.model_price_version_add(provider=obj.provider, model=obj.model, fields=fields, effective_from=form.start)
+        # The admin logs and links the object it saved: the new version, not the one it ended.
+        obj.pk, obj.effective_from, obj.effective_to = version.pk, version.effective_from, version.effective_to
+        obj._state.adding = False

@@ -16,6 +16,8 @@ from rest_framework.views import APIView
 
 from accounts.models import ApiKey
 from chat import selectors, services
+from chat.response_cache import HEADER as CACHE_HEADER
+from chat.response_cache import header_choice
 from chat.serializers import (
     ConversationFilter,
     ConversationIn,
@@ -27,8 +29,6 @@ from chat.serializers import (
     ReplyOut,
     StreamQuery,
 )
-from chat.response_cache import HEADER as CACHE_HEADER
-from chat.response_cache import header_choice
 from chat.streaming import reply_stream_response
 from config.api.errors import error_responses
 from config.api.inputs import validated_body, validated_query

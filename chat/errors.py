@@ -13,3 +13,9 @@ class ProviderKeyMissing(ApplicationError):
     """No key to call the provider with: not the user's, not the platform's for this plan."""
 
     code = "provider_key_missing"
+
+
+class PriceVersionRefused(ApplicationError):
+    """A price version that would rewrite the past: it must start after the version it replaces."""
+
+    code = "price_version_refused"

@@ -12,7 +12,8 @@ from decimal import Decimal
 from django.db import models
 from django.utils import timezone
 
-MONEY = {"max_digits": 16, "decimal_places": 6}  # USD, as the ledger keeps it
+MONEY = {"max_digits": 20, "decimal_places": 10}  # USD, exact to 1e-10 as the ledger keeps it
+PRICE = {"max_digits": 12, "decimal_places": 6}  # USD per million tokens
 
 
 class Persona(models.Model):
@@ -99,6 +100,18 @@ class Message(models.Model):
         return f"{self.role} #{self.sequence}"
 
 
+TIER_PRICES = (
+    "long_context_input_price",
+    "long_context_output_price",
+    "long_context_cache_read_price",
+    "long_context_cache_write_5m_price",
+    "long_context_cache_write_1h_price",
+)
+CLASS_PRICES = ("cache_read_price", "cache_write_5m_price", "cache_write_1h_price", *TIER_PRICES)
+# What a version fixes: a change to any of these is a new version (migration 0003's trigger refuses an edit).
+PRICE_FIELDS = ("input_price", "output_price", *CLASS_PRICES, "long_context_threshold")
+
+
 class ModelPrice(models.Model):
     """One version of a model's list price (USD per million tokens); versions, never edits in place."""
 
@@ -109,6 +122,17 @@ class ModelPrice(models.Model):
     context_window = models.PositiveIntegerField(default=0)
     input_price = models.DecimalField(max_digits=12, decimal_places=6)
     output_price = models.DecimalField(max_digits=12, decimal_places=6)
+    # Per-class prices; None means the class has no price of its own (charged at input, flagged estimated).
+    cache_read_price = models.DecimalField(null=True, blank=True, **PRICE)
+    cache_write_5m_price = models.DecimalField(null=True, blank=True, **PRICE)
+    cache_write_1h_price = models.DecimalField(null=True, blank=True, **PRICE)
+    # Above this many input tokens the tier's prices apply to the whole call (Gemini 2.5 Pro, Claude's 1M context).
+    long_context_threshold = models.PositiveIntegerField(null=True, blank=True)
+    long_context_input_price = models.DecimalField(null=True, blank=True, **PRICE)
+    long_context_output_price = models.DecimalField(null=True, blank=True, **PRICE)
+    long_context_cache_read_price = models.DecimalField(null=True, blank=True, **PRICE)
+    long_context_cache_write_5m_price = models.DecimalField(null=True, blank=True, **PRICE)
+    long_context_cache_write_1h_price = models.DecimalField(null=True, blank=True, **PRICE)
     effective_from = models.DateTimeField(default=timezone.now)
     effective_to = models.DateTimeField(null=True, blank=True)
     is_active = models.BooleanField(default=True)
@@ -118,6 +142,17 @@ class ModelPrice(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["provider", "model", "effective_from"], name="chat_modelprice_one_version_per_start"),
             models.CheckConstraint(condition=models.Q(input_price__gte=0, output_price__gte=0), name="chat_modelprice_not_negative"),
+            models.CheckConstraint(
+                condition=models.Q(**{f"{name}__gte": 0 for name in CLASS_PRICES}),
+                name="chat_modelprice_class_prices_not_negative",
+                violation_error_message="Prices cannot be negative.",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(long_context_threshold__isnull=True, **{f"{name}__isnull": True for name in TIER_PRICES})
+                | models.Q(long_context_threshold__gt=0, long_context_input_price__isnull=False, long_context_output_price__isnull=False),
+                name="chat_modelprice_tier_needs_threshold",
+                violation_error_message="A long-context tier needs its threshold (above 0) and both its input and output prices.",
+            ),
         ]
 
     def __str__(self):

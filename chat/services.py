@@ -40,8 +40,6 @@ from config.db import rls
 from config.errors import ApplicationError, NotFoundError
 
 logger = logging.getLogger("confab.chat")
-MILLION = Decimal(1_000_000)
-CENT_FRACTION = Decimal("0.000001")  # the ledger's precision
 TITLE_WORDS = 8
 MAX_CONTENT = 100_000
 Status = Message.Status
@@ -610,7 +608,7 @@ def _done_event(pending: PendingReply, message: Message) -> dict:
         "error": message.error,
         "input_tokens": message.input_tokens,
         "output_tokens": message.output_tokens,
-        "cost": str(message.cost),
+        "cost": f"{message.cost:f}",  # fixed-point: a 1e-10 cost would print as 0E-10
         "cached": bool(message.metadata.get("cached")),
     }
 

@@ -17,13 +17,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import anthropic
-import httpx2
 
-from .base import ChatRequest, Delta, Done, ProviderError, Usage, http_client, interrupted_usage, sdk_error
+from .base import TRANSPORT_ERRORS, ChatRequest, Delta, Done, ProviderError, Usage, http_client, interrupted_usage, sdk_error
 
 DEFAULT_MAX_TOKENS = 4096  # the API requires a cap; this one fits every current model
 # A dropped stream surfaces as the transport's error (or an `error` event, as an APIError).
-STREAM_DROPS = (anthropic.APIError, httpx2.TransportError)
+STREAM_DROPS = (anthropic.APIError, *TRANSPORT_ERRORS)
 
 
 def usage_from_anthropic(raw: dict) -> Usage:

@@ -31,6 +31,21 @@ import httpx2
 from config.errors import ApplicationError
 from config.outbound import GuardedBackend
 
+try:
+    import httpx
+except ImportError:  # installed by the dev tools only
+    httpx = None
+
+
+def _from_both(name: str) -> tuple[type[Exception], ...]:
+    return (getattr(httpx2, name), *((getattr(httpx, name),) if httpx else ()))
+
+
+# As the HTTP library raises them: httpx2 (the SDKs' own) or httpx (google-genai and openai accept it too).
+TRANSPORT_ERRORS = _from_both("TransportError")  # a dropped connection, mid-stream
+TIMEOUT_ERRORS = _from_both("TimeoutException")
+CONNECT_ERRORS = _from_both("ConnectError")
+
 
 @dataclass(frozen=True)
 class Usage:

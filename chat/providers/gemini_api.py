@@ -5,7 +5,9 @@ tool-use prompt tokens bill as input; `thoughts_token_count` bills as output and
 part of `candidates_token_count`, so output is their sum and reasoning the thoughts.
 Gemini has no per-call cache write (explicit caches are created and billed apart).
 
-Every stream chunk repeats the usage as running totals: the last one wins. A stream cut
+Every stream chunk repeats the usage as running totals: the last one wins. The JSON omits
+a count of zero, so the response's closing usage is final even without `candidates_token_count`
+(thinking that used up the output budget). A stream cut
 midway keeps the last totals exactly and estimates output only for text that arrived
 after the last output count. One call is one HTTP request: the SDK's automatic
 continuation and retries are off, so a drop is reported, not silently re-billed.
@@ -20,10 +22,23 @@ import httpx2
 from google import genai
 from google.genai import errors, types
 
-from .base import ChatRequest, Delta, Done, ProviderError, Usage, http_client, interrupted_usage, retry_after_from_headers, ssl_context
+from .base import (
+    CONNECT_ERRORS,
+    TIMEOUT_ERRORS,
+    TRANSPORT_ERRORS,
+    ChatRequest,
+    Delta,
+    Done,
+    ProviderError,
+    Usage,
+    http_client,
+    interrupted_usage,
+    retry_after_from_headers,
+    ssl_context,
+)
 
 # Before the first chunk these mean the request itself failed; any other drop means it was accepted.
-REQUEST_FAILURES = (errors.APIError, httpx2.TimeoutException, httpx2.ConnectError)
+REQUEST_FAILURES = (errors.APIError, *TIMEOUT_ERRORS, *CONNECT_ERRORS)
 # Built once: the SDK wants a sync client too, though this module never uses it.
 _sync_client = httpx2.Client(verify=ssl_context())
 
@@ -85,7 +100,7 @@ def _retry_after(exc: errors.APIError) -> float | None:
 
 
 def _error(exc: Exception) -> ProviderError:
-    if isinstance(exc, httpx2.TimeoutException):
+    if isinstance(exc, TIMEOUT_ERRORS):
         return ProviderError("timeout", detail=str(exc))
     if not isinstance(exc, errors.APIError):
         return ProviderError("unavailable", detail=str(exc))
@@ -118,21 +133,19 @@ def _finish_reason(response: types.GenerateContentResponse) -> str | None:
 async def complete(request: ChatRequest) -> tuple[str, Usage]:
     try:
         response = await _client(request).models.generate_content(**_arguments(request))
-    except (errors.APIError, httpx2.TransportError) as exc:
+    except (errors.APIError, *TRANSPORT_ERRORS) as exc:
         raise _error(exc)
     text, thoughts = _parts(response)
-    return text, _usage_so_far(
-        response.usage_metadata.model_dump(exclude_none=True) if response.usage_metadata else {},
-        "" if response.usage_metadata else text + thoughts,
-        request,
-    )
+    if response.usage_metadata is None:
+        return text, _usage_so_far({}, text + thoughts, request, output_counted=False)
+    return text, _usage_so_far(response.usage_metadata.model_dump(exclude_none=True), "", request, output_counted=True)
 
 
 async def stream(request: ChatRequest) -> AsyncIterator[Delta | Done]:
     raw: dict = {}
     text = unreported = ""
     finish_reason = None
-    received = False
+    received = output_counted = False
     responses: list[httpx2.Response] = []
 
     async def opened(response: httpx2.Response) -> None:
@@ -143,27 +156,35 @@ async def stream(request: ChatRequest) -> AsyncIterator[Delta | Done]:
             received = True
             reply, thoughts = _parts(chunk)
             unreported += thoughts + reply
+            finish_reason = _finish_reason(chunk) or finish_reason
             if chunk.usage_metadata is not None:
                 raw = chunk.usage_metadata.model_dump(exclude_none=True)
-                if raw.get("candidates_token_count") is not None:
-                    unreported = ""  # this chunk's totals cover its own text
-            finish_reason = _finish_reason(chunk) or finish_reason
+                # This chunk's totals cover its own text; the last chunk's always do (a zero count is omitted).
+                output_counted = raw.get("candidates_token_count") is not None or _finish_reason(chunk) is not None
+                if output_counted:
+                    unreported = ""
             if reply:
                 text += reply
                 yield Delta(reply)
-    except (errors.APIError, httpx2.TransportError) as exc:
+    except (errors.APIError, *TRANSPORT_ERRORS) as exc:
         if not received and isinstance(exc, REQUEST_FAILURES):  # the SDK sends the request on the first iteration
             raise _error(exc)
-        raise ProviderError("interrupted", usage=_usage_so_far(raw, unreported, request), partial_text=text, detail=str(exc))
+        usage = _usage_so_far(raw, unreported, request, output_counted=output_counted)
+        raise ProviderError("interrupted", usage=usage, partial_text=text, detail=str(exc))
     finally:
         # The SDK's nested generators would keep the response open when the caller stops early.
         for response in responses:
             await response.aclose()
-    yield Done(_usage_so_far(raw, unreported, request), finish_reason)
+    yield Done(_usage_so_far(raw, unreported, request, output_counted=output_counted), finish_reason)
 
 
-def _usage_so_far(raw: dict, unreported_text: str, request: ChatRequest) -> Usage:
-    """The last running totals exactly; missing input or uncounted text estimated and flagged."""
+def _usage_so_far(raw: dict, unreported_text: str, request: ChatRequest, *, output_counted: bool) -> Usage:
+    """The last totals exactly; missing input or uncounted text estimated and flagged.
+
+    `output_counted`: the last totals counted the output so far (they carry an output
+    count, or they closed the response, where Gemini omits a count of zero).
+    """
     reported = usage_from_gemini(raw) if raw.get("prompt_token_count") is not None else None
-    output_final = reported is not None and raw.get("candidates_token_count") is not None and not unreported_text
-    return reported if output_final else interrupted_usage(reported, request=request, unreported_text=unreported_text, output_final=False)
+    if reported is not None and output_counted and not unreported_text:
+        return reported
+    return interrupted_usage(reported, request=request, unreported_text=unreported_text, output_final=False)

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import httpx2
 import openai
 
-from .base import ChatRequest, Delta, Done, ProviderError, Usage, http_client, interrupted_usage, sdk_error
+from .base import TRANSPORT_ERRORS, ChatRequest, Delta, Done, ProviderError, Usage, http_client, interrupted_usage, sdk_error
 
 # A dropped stream surfaces as the SDK's connection error (an APIError), an error event, or the bare transport error.
-STREAM_DROPS = (openai.APIError, httpx2.TransportError)
+STREAM_DROPS = (openai.APIError, *TRANSPORT_ERRORS)
 # How vLLM ("maximum context length") and llama.cpp ("exceeds the available context size") say it.
 CONTEXT_PHRASES = ("context length", "context size")
 

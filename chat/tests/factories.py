@@ -1,5 +1,5 @@
-"""Chat test data: the catalog as migration 0002 seeds it (a transactional test's flush
-removes seeded rows), and users on a chosen plan."""
+"""Chat test data: the catalog as migrations 0002 and 0003 seed it (a transactional test's
+flush removes seeded rows), and users on a chosen plan."""
 
 from decimal import Decimal
 from importlib import import_module
@@ -8,6 +8,7 @@ from chat.models import ModelPrice
 from config.db import rls
 
 SEED = import_module("chat.migrations.0002_seed_model_catalog")
+CLASSES = import_module("chat.migrations.0003_model_price_classes_tiers_versions")
 
 
 def make_catalog() -> dict[str, ModelPrice]:
@@ -23,6 +24,7 @@ def make_catalog() -> dict[str, ModelPrice]:
                     "context_window": window,
                     "input_price": Decimal(input_price),
                     "output_price": Decimal(output_price),
+                    **(CLASSES.class_prices(model) if model in CLASSES.CLASS_PRICES else {}),
                 },
             )
         return prices

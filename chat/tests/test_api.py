@@ -122,7 +122,12 @@ def test_stream_sends_deltas_then_a_final_event_with_tokens_and_cost(alice, monk
     assert "".join(e["text"] for e in events if e["type"] == "delta") == "You said: stream this"
     assert [e["type"] for e in events].count("done") == 1 and events[-1]["type"] == "done"
     done = events[-1]
-    assert (done["status"], done["input_tokens"], done["output_tokens"], done["cost"]) == ("complete", 2, 4, "0.000000")
+    assert (done["status"], done["input_tokens"], done["output_tokens"], done["cost"]) == (
+        "complete",
+        2,
+        4,
+        "0.0000000000",
+    )  # cost to 1e-10
     with rls.privileged(reason="test"):
         message = Message.objects.get(pk=done["message_id"])
         assert TokenUsage.objects.get().message_id == message.pk

@@ -30,10 +30,15 @@ def test_a_version_saved_in_this_process_applies_at_once():
 
 def test_a_version_written_elsewhere_applies_within_the_catalog_interval(monkeypatch):
     make_catalog()
-    old = price_add(provider="echo", model="echo-cached", input_price="1.00", output_price="1.00")
+    price_add(
+        provider="echo", model="echo-cached", input_price="1.00", output_price="1.00", effective_from=timezone.now() - timedelta(hours=1)
+    )
     assert _input_price() == Decimal("1.00")
-    with connections["privileged"].cursor() as cur:  # another process: no signal reaches this one
-        cur.execute("UPDATE chat_modelprice SET input_price = 3 WHERE id = %s", [old.pk])
+    with connections["privileged"].cursor() as cur:  # another process adds a version: no signal reaches this one
+        cur.execute(
+            "INSERT INTO chat_modelprice (id, provider, model, display_name, context_window, input_price, output_price, "
+            "effective_from, is_active) VALUES (gen_random_uuid(), 'echo', 'echo-cached', 'echo-cached', 0, 3, 1, now(), true)"
+        )
     assert _input_price() == Decimal("1.00")
     later = selectors.time.monotonic() + selectors.CATALOG_SECONDS + 1
     monkeypatch.setattr(selectors.time, "monotonic", lambda: later)

@@ -6,23 +6,11 @@ from __future__ import annotations
 import pytest
 
 from chat.providers import ChatMessage, ChatRequest, ProviderError, provider_for
-from chat.tests.provider_servers import ProviderServer, Reply, openai_completion
+from chat.tests.provider_servers import Reply, openai_completion
 from config.outbound import address_refusal
 
 pytestmark = pytest.mark.anyio
 USAGE = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
-
-
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture
-def server():
-    server = ProviderServer().start()
-    yield server
-    server.stop()
 
 
 def _request(base_url: str) -> ChatRequest:

@@ -32,18 +32,6 @@ PROMPT_ESTIMATE = 3 + 8  # ceil(9 / 4) + ceil(30 / 4)
 PARTS = ["Hello ", "world, ", "this is cut"]
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture
-def server():
-    server = ProviderServer().start()
-    yield server
-    server.stop()
-
-
 def request_for(provider: str, server: ProviderServer, **overrides) -> ChatRequest:
     base_url = f"{server.url}/v1" if provider == "openai" else server.url
     fields = {"model": f"{provider}-test", "messages": MESSAGES, "base_url": base_url, "api_key": "test-key", "timeout": 5.0, **overrides}

@@ -94,7 +94,8 @@ def test_another_organizations_identical_call_never_gets_the_entry(alice, cached
 
 
 def test_without_the_plan_or_an_opt_in_nothing_is_cached(alice, plans, cached_plan, priced):
-    persona = _deterministic_persona(alice)  # opted in, but the free plan has no cache
+    put_on_plan(organization_of(alice), plans["enterprise"])
+    persona = _deterministic_persona(alice)  # opted in, but the plan has no cache
     _ask(alice, persona)
     _ask(alice, persona)
     put_on_plan(organization_of(alice), cached_plan)

@@ -80,7 +80,7 @@ def test_ledger_tokens_and_cost_equal_the_sums_over_assistant_messages(alice, pl
     assert sum(r.cost for r in rows) == sum(m.cost for m in replies)
     [first] = [m for m in replies if m.content == "You said: one two three"]  # 3 words in, 5 out
     assert (3 * Decimal("1.50") + 5 * Decimal("3.25")) / 1_000_000 == Decimal("0.00002075")
-    assert first.cost == Decimal("0.000021")  # rounded half-even to the ledger's precision
+    assert first.cost == Decimal("0.0000207500")  # exact: the ledger keeps 1e-10
     assert {r.input_price for r in rows} == {Decimal("1.5")} and {r.output_price for r in rows} == {Decimal("3.25")}
     with rls.privileged(reason="test"):
         totals = Conversation.objects.aggregate(tokens=Sum("total_tokens"), cost=Sum("total_cost"))
@@ -221,7 +221,7 @@ def test_a_stream_delivers_deltas_then_tokens_and_cost(alice):
         "complete",
         2,
         4,
-        "0.000000",
+        "0.0000000000",  # the call's cost to 1e-10 (chat.pricing)
     )
     [row] = ledger()
     assert str(row.message_id) == done["message_id"]
