@@ -74,3 +74,13 @@ def _redis_clean(request):
 
     get_redis_connection("default").flushdb()
     yield
+
+
+@pytest.fixture(autouse=True)
+def _catalog_fresh():
+    """Each test reads the model catalog from its own database: a flush between tests fires no
+    signal, so the per-process catalog (chat.selectors) would otherwise outlive its rows."""
+    from chat import selectors
+
+    selectors._catalog_clear()
+    yield

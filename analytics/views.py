@@ -124,7 +124,8 @@ def dashboard(request):
         # Plan limits arrive with billing: {"tokens": int, "messages": int, "cost": Decimal}; none yet.
         "limits": {},
         "daily_chart": _daily_by_model_chart(selectors.usage_daily(user=user, start=start, end=today, group_by="model"), start, today),
-        "by_model": selectors.usage_by_model(user=user, month=month),
+        "by_model": (by_model := selectors.usage_by_model(user=user, month=month)),
+        "cache_saved": {name: sum(row[name] for row in by_model) for name in ("cache_hits", "saved_tokens", "saved_cost")},
         "organizations": organizations,
         "organization": organization,
     }

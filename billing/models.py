@@ -42,9 +42,11 @@ class Plan(models.Model):
     # The most output tokens one call may ask for; empty means the CHAT_MAX_OUTPUT_TOKENS setting.
     max_output_tokens = models.IntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
     # Confab's cache of model replies (chat/response_cache.py) may answer this plan's calls.
-    response_cache = models.BooleanField(default=False, help_text="Identical calls may be answered from the response cache.")
+    response_cache = models.BooleanField(
+        default=False, db_default=False, help_text="Identical calls may be answered from the response cache."
+    )
     cache_hits_count = models.BooleanField(
-        default=True, help_text="A reply from the response cache counts its tokens against the monthly token limit."
+        default=True, db_default=True, help_text="A reply from the response cache counts its tokens against the monthly token limit."
     )
     trial_days = models.PositiveIntegerField(default=0)
     stripe_monthly_price_id = models.CharField(max_length=100, blank=True)

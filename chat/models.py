@@ -28,7 +28,7 @@ class Persona(models.Model):
     temperature = models.DecimalField(max_digits=3, decimal_places=2, null=True, blank=True)
     usage_count = models.PositiveIntegerField(default=0)
     # Identical calls with this persona may be answered from the response cache (if the plan allows).
-    response_cache = models.BooleanField(default=False)
+    response_cache = models.BooleanField(default=False, db_default=False)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -244,3 +244,4 @@ def test_the_usage_page_shows_each_class_and_what_the_cache_saved(client):
     assert "of which cache read 7,000, cache write 0 (5 min) and 1,000 (1 hour)" in content
     assert "of which reasoning 300" in content
     assert "the response cache answered 1 and saved $0.0000625000" in content
+    assert "The response cache answered 1 of them and saved" in content and "(15 tokens)" in content

@@ -11,13 +11,17 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name="plan",
             name="response_cache",
-            field=models.BooleanField(default=False, help_text="Identical calls may be answered from the response cache."),
+            field=models.BooleanField(
+                default=False, db_default=False, help_text="Identical calls may be answered from the response cache."
+            ),
         ),
         migrations.AddField(
             model_name="plan",
             name="cache_hits_count",
             field=models.BooleanField(
-                default=True, help_text="A reply from the response cache counts its tokens against the monthly token limit."
+                default=True,
+                db_default=True,
+                help_text="A reply from the response cache counts its tokens against the monthly token limit.",
             ),
         ),
     ]

@@ -12,7 +12,7 @@ class Migration(migrations.Migration):
     dependencies = [("chat", "0003_model_price_classes_tiers_versions")]
 
     operations = [
-        migrations.AddField(model_name="persona", name="response_cache", field=models.BooleanField(default=False)),
+        migrations.AddField(model_name="persona", name="response_cache", field=models.BooleanField(default=False, db_default=False)),
         migrations.AlterField(model_name="message", name="cost", field=models.DecimalField(**EXACT)),
         migrations.AlterField(model_name="conversation", name="total_cost", field=models.DecimalField(**EXACT)),
     ]
