@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from django.conf import settings
-from django.db import connections
 from django.db.models import QuerySet
 from django.utils import timezone
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -21,7 +20,7 @@ from analytics import counters
 from billing.models import CURRENT_STATUSES, Plan, Subscription
 from config.db import rls
 from config.db.partitions import month_add
-from config.db.rows import columns_of, model_from_row
+from config.db.rows import columns_of, fetch_one_prepared, model_from_row
 
 MANAGER_ROLES = (Membership.Role.OWNER, Membership.Role.ADMIN)
 REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -53,9 +52,7 @@ def subscription_current(*, organization_id) -> Subscription | None:
     """The organization's one current subscription with its plan, or None when the
     context cannot see it (the caller is not a member)."""
     alias = rls.current_alias()
-    with connections[alias].cursor() as cur:
-        cur.execute(_CURRENT_SQL, [organization_id])
-        row = cur.fetchone()
+    row = fetch_one_prepared(alias, _CURRENT_SQL, [organization_id])
     if row is None:
         return None
     split = len(Subscription._meta.concrete_fields)

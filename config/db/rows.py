@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import psycopg
 from django.db import connections
 
 
@@ -16,3 +17,21 @@ def model_from_row(model, alias: str, values):
     fields = model._meta.concrete_fields
     values = [f.from_db_value(v, None, connection) if hasattr(f, "from_db_value") else v for f, v in zip(fields, values, strict=True)]
     return model.from_db(alias, [f.attname for f in fields], values)
+
+
+class _PreparedCursor(psycopg.Cursor):
+    """Binds on the server and prepares: the statement is planned once per connection."""
+
+    def execute(self, query, params=None, *, prepare=True, binary=None):
+        return super().execute(query, params, prepare=prepare, binary=binary)
+
+
+def fetch_one_prepared(alias: str, sql: str, params) -> tuple | None:
+    """One row of a statement asked before every model call, prepared per connection so it is
+    not planned again each time (Django's cursors bind on the client and never prepare). Goes
+    through Django's cursor wrapper, so query logging and counting still see it."""
+    connection = connections[alias]
+    connection.ensure_connection()
+    with connection._prepare_cursor(_PreparedCursor(connection.connection)) as cur:
+        cur.execute(sql, params)
+        return cur.fetchone()
