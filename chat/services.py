@@ -226,6 +226,47 @@ def _history(conversation: Conversation | None, persona: Persona | None) -> list
     return messages
 
 
+def _send_target(user: User, conversation_id: uuid.UUID | None) -> tuple[Conversation | None, Persona | None, uuid.UUID]:
+    """(conversation locked for the send, its persona, the organization billed); a new
+    conversation (None) goes to the user's personal organization; another user's is a 404."""
+    if conversation_id is None:
+        return None, None, _personal_organization(user).pk
+    conversation = (
+        Conversation.objects.select_for_update(of=("self",)).select_related("persona").filter(user_id=user.pk, pk=conversation_id).first()
+    )
+    if conversation is None:
+        raise NotFoundError("No such conversation.")
+    return conversation, conversation.persona, conversation.organization_id
+
+
+def _messages_store(
+    conversation: Conversation, *, content: str, provider: str, model: str, reply_metadata: dict
+) -> tuple[Message, Message]:
+    """The user message and its `streaming` reply, numbered after the conversation's last
+    (whose row the caller locked), and the conversation's count and title: three statements."""
+    sequence = conversation.message_count
+    conversation.message_count = sequence + 2
+    if not conversation.title:
+        conversation.title = conversation_title(content=content)
+    # An insert for a new conversation, else an update under the row lock.
+    conversation.save(update_fields=None if conversation._state.adding else ["message_count", "title", "updated_at"])
+    user_message = Message(
+        conversation=conversation, user_id=conversation.user_id, sequence=sequence + 1, role=Message.Role.USER, content=content
+    )
+    reply = Message(
+        conversation=conversation,
+        user_id=conversation.user_id,
+        sequence=sequence + 2,
+        role=Message.Role.ASSISTANT,
+        provider=provider,
+        model=model,
+        status=Status.STREAMING,
+        metadata=reply_metadata,
+    )
+    Message.objects.bulk_create([user_message, reply])  # one statement for both
+    return user_message, reply
+
+
 def message_prepare(
     *,
     user: User,
@@ -250,18 +291,7 @@ def message_prepare(
     reservation = None
     try:
         with rls.atomic_as(user.pk):
-            if conversation_id is None:
-                conversation, persona, organization_id = None, None, _personal_organization(user).pk
-            else:
-                conversation = (
-                    Conversation.objects.select_for_update(of=("self",))
-                    .select_related("persona")
-                    .filter(user_id=user.pk, pk=conversation_id)
-                    .first()
-                )
-                if conversation is None:
-                    raise NotFoundError("No such conversation.")
-                persona, organization_id = conversation.persona, conversation.organization_id
+            conversation, persona, organization_id = _send_target(user, conversation_id)
             provider = provider or (persona.provider if persona else "") or settings.CHAT_DEFAULT_PROVIDER
             model = model or (persona.model if persona and persona.provider == provider else "") or _default_model(provider)
             price = model_price_for(provider=provider, model=model)
@@ -284,35 +314,18 @@ def message_prepare(
             entitlement.raise_if_refused()
             reservation = Reservation(organization_id, entitlement.reservation, entitlement.month)
             api_key, base_url, key_source = _credential_resolve(user=user, provider=provider, paid_plan=entitlement.plan.monthly_price > 0)
-            if conversation is None:
-                conversation = Conversation(user_id=user.pk, organization_id=organization_id)
-            sequence = conversation.message_count
-            conversation.message_count = sequence + 2
-            if not conversation.title:
-                conversation.title = conversation_title(content=content)
-            # An insert for a new conversation, else an update under the row lock taken above.
-            conversation.save(update_fields=None if conversation._state.adding else ["message_count", "title", "updated_at"])
+            conversation = conversation or Conversation(user_id=user.pk, organization_id=organization_id)
             request_id = uuid.uuid4().hex
-            user_message = Message(
-                conversation=conversation, user_id=user.pk, sequence=sequence + 1, role=Message.Role.USER, content=content
+            reply_metadata = {
+                "request_id": request_id,
+                "price_id": str(price.pk),
+                "prompt_tokens_estimate": estimated,
+                "key_source": key_source,
+                **reservation.as_metadata(),
+            }
+            user_message, message = _messages_store(
+                conversation, content=content, provider=provider, model=model, reply_metadata=reply_metadata
             )
-            message = Message(
-                conversation=conversation,
-                user_id=user.pk,
-                sequence=sequence + 2,
-                role=Message.Role.ASSISTANT,
-                provider=provider,
-                model=model,
-                status=Status.STREAMING,
-                metadata={
-                    "request_id": request_id,
-                    "price_id": str(price.pk),
-                    "prompt_tokens_estimate": estimated,
-                    "key_source": key_source,
-                    **reservation.as_metadata(),
-                },
-            )
-            Message.objects.bulk_create([user_message, message])  # one statement for both
     except BaseException:
         if reservation is not None:  # no key, a database error: what the check reserved goes back
             reservation.release()
