@@ -96,7 +96,7 @@ def test_connections_are_reset_on_check_in(two_users):
     alice, _ = two_users
     conn = connections["default"]
     with conn.cursor() as cur:
-        cur.execute("SET app.user_id = %s", [str(alice.pk)])  # a session-level leak
+        cur.execute("SELECT set_config('app.user_id', %s, false)", [str(alice.pk)])  # a session-level leak
         cur.execute("SELECT count(*) FROM accounts_user")
         assert cur.fetchone()[0] == 1
     rls.connections_reset()
