@@ -35,10 +35,23 @@ Findings (2026-11-29, 2 shared cores, load 3-10; figures in var/bench/serving.js
   event loop <-> thread four times; the send adds async_to_sync -> thread -> async_to_sync(echo)
   hops. Each hop waits for the loop and the GIL among up to 16 threads per worker: the tail.
   uvloop and httptools are already used (uvicorn's "auto"), so --loop/--http change nothing.
-- One client at a time (BENCH_SERVING_CONCURRENCY=1) the metered POST takes about 28 ms p50
+- One client at a time (BENCH_SERVING_CONCURRENCY=1) the metered POST took about 28 ms p50
   (bare view 3-6 ms): about 30 round trips (20 statements, 4 BEGIN/COMMIT, 3 Redis scripts)
   plus DRF (under cProfile, in-process: API-key authentication 4 ms, response serializers 4 ms).
-  That, not the server, is what keeps it far from 150 requests/s per core.
+
+Findings (2026-11-30, 2 cores, load under 1 before the run):
+- The send is now 11 statements (chat/tests/test_query_budget.py has the arithmetic): the API key
+  and its owner in one query, the conversation locked at its first read, both messages in one
+  INSERT, the price from the process's catalog, no re-read for the answer. Metered POST at 32
+  clients: 75.1 req/s, p50 385 ms (50.4 req/s, p50 610 ms before); serving CPU 22.4 ms a message.
+- Serving CPU per request (server + PostgreSQL + Redis, not the load process) says why 150
+  req/s per core is out of reach on this stack: a core gives 6.7 ms a request, and the bare
+  Django view alone uses 3.2 ms under ASGI (1.2 ms under WSGI: the thread hops above cost ~2 ms).
+  Under py-spy --gil (one client), the send's Python time is message_prepare 45% (Django's
+  UNNEST bulk insert of the two messages alone 12%), the finish 18%, uvicorn 11%, API throttle
+  5%, authentication 4%, serializers 3%; PostgreSQL's share is ~5 ms a message. Preparing every
+  statement (server-side binding, prepare_threshold 5) changed nothing measurable (19.9 vs 19.8 ms
+  at one client), so it was not kept.
 """
 
 from __future__ import annotations
