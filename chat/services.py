@@ -32,7 +32,7 @@ from chat import response_cache as response_caching
 from chat import selectors
 from chat.errors import ModelUnavailable, ProviderKeyMissing
 from chat.models import Conversation, Message, ModelPrice, Persona
-from chat.pricing import CallCost, call_cost, call_cost_ceiling
+from chat.pricing import COST_QUANTUM, CallCost, call_cost, call_cost_ceiling
 from chat.providers import PROVIDERS, ChatMessage, ChatRequest, Delta, Done, ProviderError, Usage, provider_for
 from chat.providers.base import interrupted_usage, prompt_tokens_estimate, text_tokens_estimate
 from config.crypto import secret_decrypt
@@ -401,7 +401,7 @@ def _reply_finish(
         "content": text,
         "input_tokens": counted.input_total,
         "output_tokens": counted.output,
-        "cost": Decimal(0) if cached is not None else charge.cost,
+        "cost": Decimal(0).quantize(COST_QUANTUM) if cached is not None else charge.cost,
         "latency_ms": latency_ms,
         "status": status,
         "error": error,

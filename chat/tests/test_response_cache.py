@@ -132,3 +132,33 @@ def test_the_request_header_opts_in_and_any_temperature_needs_asking(alice, cach
     assert [row.cache_hit for row in _ledger()] == [False, False, False, True]
     refused = send("sometimes")
     assert refused.status_code == 400 and "X-Response-Cache" in refused.json()["message"]
+
+
+def test_a_streamed_hit_answers_at_once_and_is_metered_as_a_hit(alice, cached_plan, priced, monkeypatch):
+    from chat.providers import echo
+    from chat.tests.test_api import _events
+
+    put_on_plan(organization_of(alice), cached_plan)
+    client = key_client(alice, scopes=["chat:read", "chat:write"])
+    body = {"content": QUESTION, "provider": "echo", "model": "echo-priced"}
+
+    def stream():
+        conversation = client.post(f"{API}/conversations", {}, format="json").json()["id"]
+        response = client.post(f"{API}/conversations/{conversation}/messages?stream=true", body, format="json", HTTP_X_RESPONSE_CACHE="any")
+        return _events(response)
+
+    first = stream()
+    calls = []
+    real = echo.stream
+
+    async def counted(request, **kwargs):
+        calls.append(request)
+        async for event in real(request, **kwargs):
+            yield event
+
+    monkeypatch.setattr(echo, "stream", counted)
+    second = stream()
+    assert calls == []  # the provider was not asked
+    assert [e["type"] for e in second] == ["delta", "done"] and second[0]["text"] == "".join(e.get("text", "") for e in first)
+    assert second[-1]["cached"] is True and second[-1]["cost"] == "0.0000000000" and first[-1]["cached"] is False
+    assert [row.cache_hit for row in _ledger()] == [False, True]
