@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from urllib.parse import urlsplit
 
 import httpcore2
 from django.conf import settings
@@ -31,6 +32,25 @@ def address_refusal(address: str) -> str | None:
         ip = ip.ipv4_mapped
     if not ip.is_global or ip.is_multicast:
         return f"{address} is not a public address (loopback, private, link-local or reserved)"
+    return None
+
+
+def base_url_refusal(url: str) -> str | None:
+    """Why a base URL someone sets cannot be used, said when it is saved; None when it may be.
+    A host that resolves now to a non-public address is refused; one that does not resolve
+    yet is let through (connect time checks again, on every connection: GuardedBackend)."""
+    host = urlsplit(url).hostname or ""
+    if not host:
+        return "The base URL needs a host, such as https://llm.example.com/v1."
+    if host_allowed(host):
+        return None
+    try:
+        addresses = [info[4][0] for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)]
+    except (OSError, UnicodeError):
+        return None
+    refusals = [r for r in map(address_refusal, addresses) if r]
+    if refusals:
+        return f"The base URL's host {host} is not reachable from Confab: {refusals[0]}. Ask staff to allow it if it is your own server."
     return None
 
 

@@ -9,6 +9,8 @@ from accounts.errors import MalformedProviderKey, NotAllowed
 from accounts.models import Integration, ProviderCredential, User
 from config.crypto import secret_encrypt, secret_mask, secret_rotate
 from config.db import rls
+from config.errors import ApplicationError
+from config.outbound import base_url_refusal
 
 PROVIDER_KEY_RULES = {
     ProviderCredential.Provider.ANTHROPIC: (re.compile(r"^sk-ant-[A-Za-z0-9_\-]{20,}$"), "Anthropic keys start with 'sk-ant-'."),
@@ -44,6 +46,9 @@ def provider_credential_set(
         raise MalformedProviderKey(f"Unknown provider '{provider}'.")
     if access_type not in ProviderCredential.AccessType.values:
         raise MalformedProviderKey(f"Unknown access type '{access_type}'.")
+    refusal = base_url_refusal(base_url) if base_url else None
+    if refusal:
+        raise ApplicationError(refusal, {"field": "base_url", "code": "base_url_refused"})
     ciphertext = mask = ""
     if access_type == ProviderCredential.AccessType.USER_API_KEY:
         key = provider_key_validate(provider=provider, api_key=api_key, base_url=base_url)
