@@ -37,6 +37,7 @@ from chat.providers import PROVIDERS, ChatMessage, ChatRequest, Delta, Done, Pro
 from chat.providers.base import interrupted_usage, prompt_tokens_estimate, text_tokens_estimate
 from config.crypto import secret_decrypt
 from config.db import rls
+from config.db.rows import insert_rows
 from config.errors import ApplicationError, NotFoundError
 
 logger = logging.getLogger("confab.chat")
@@ -243,7 +244,7 @@ def _messages_store(
     conversation: Conversation, *, content: str, provider: str, model: str, reply_metadata: dict
 ) -> tuple[Message, Message]:
     """The user message and its `streaming` reply, numbered after the conversation's last
-    (whose row the caller locked), and the conversation's count and title: three statements."""
+    (whose row the caller locked), and the conversation's count and title: two statements."""
     sequence = conversation.message_count
     conversation.message_count = sequence + 2
     if not conversation.title:
@@ -263,7 +264,7 @@ def _messages_store(
         status=Status.STREAMING,
         metadata=reply_metadata,
     )
-    Message.objects.bulk_create([user_message, reply])  # one statement for both
+    insert_rows(Message, [user_message, reply])  # one statement for both
     return user_message, reply
 
 

@@ -35,3 +35,26 @@ def fetch_one_prepared(alias: str, sql: str, params) -> tuple | None:
     with connection._prepare_cursor(_PreparedCursor(connection.connection)) as cur:
         cur.execute(sql, params)
         return cur.fetchone()
+
+
+def insert_rows(model, instances: list) -> None:
+    """INSERT the instances (defaults already set, as `Model()` sets them) in one VALUES
+    statement. Django's bulk_create sends a few rows through UNNEST of typed arrays, whose
+    adaptation cost the message path about 1 ms of Python for two rows."""
+    connection = connections[_alias_for(model)]
+    fields = [f for f in model._meta.concrete_fields]
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    params = [f.get_db_prep_save(f.pre_save(obj, add=True), connection) for obj in instances for f in fields]
+    with connection.cursor() as cur:
+        cur.execute(
+            f"INSERT INTO {connection.ops.quote_name(model._meta.db_table)} ({columns}) VALUES {', '.join([row] * len(instances))}", params
+        )
+    for obj in instances:
+        obj._state.adding, obj._state.db = False, connection.alias
+
+
+def _alias_for(model) -> str:
+    from django.db import router
+
+    return router.db_for_write(model)
