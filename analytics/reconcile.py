@@ -272,8 +272,10 @@ def usage_reconcile_run(*, arguments: ReconcileArguments, file: str | None = Non
                 pages = json.load(handle)
         except OSError as exc:
             raise ReconciliationFailed(f"The file '{file}' could not be read: {exc.strerror or exc}.", {"field": "file"}) from None
-        except ValueError:
-            raise ReconciliationFailed(f"The file '{file}' is not JSON.", {"field": "file"}) from None
+        except (ValueError, RecursionError):
+            raise ReconciliationFailed(
+                f"The file '{file}' is not JSON (or nests deeper than a usage report does).", {"field": "file"}
+            ) from None
         source = f"file {file}"
     return usage_reconcile(arguments=arguments, pages=pages, source=source)
 

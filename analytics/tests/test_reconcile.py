@@ -347,6 +347,9 @@ def test_a_malformed_report_or_an_http_error_is_a_sentence_not_a_traceback(setti
     bad.write_text(json.dumps({"data": [{"start_time": 1763596800, "results": [{"input_tokens": -5, "model": "gpt-x"}]}]}))
     with pytest.raises(CommandError, match="impossible token count"):
         call_command("usage_reconcile", "--provider", "openai", "--from", "2026-11-20", "--to", "2026-11-20", "--file", str(bad))
+    bad.write_text("[" * 100_000 + "]" * 100_000)  # deeper than the JSON reader goes
+    with pytest.raises(CommandError, match="nests deeper than a usage report"):
+        call_command("usage_reconcile", "--provider", "openai", "--from", "2026-11-20", "--to", "2026-11-20", "--file", str(bad))
     server = report_server({})  # every page is unknown: HTTP 400
     settings.ANTHROPIC_ADMIN_KEY, settings.ANTHROPIC_ADMIN_BASE_URL = "sk-ant-admin-test", server.url
     with pytest.raises(CommandError, match="answered HTTP 400"):

@@ -98,6 +98,7 @@ def test_a_tier_in_the_file_becomes_the_versions_tier(catalog, tmp_path):
         ),
         ('{"gpt-4o": {"litellm_provider": "openai", "mode": "chat", "input_cost_per_token": -1e-06}}', "does not fit the catalog"),
         ('{"gpt-4o": {"litellm_provider": "openai", "mode": "chat", "input_cost_per_token_above_200k_tokens": 5e-06}}', "without both"),
+        ('{"a": ' * 100_000 + "1" + "}" * 100_000, "nests deeper than any price map"),
     ],
 )
 def test_a_bad_file_is_refused_with_a_sentence_and_writes_nothing(catalog, tmp_path, content, sentence):

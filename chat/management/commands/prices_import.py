@@ -76,6 +76,8 @@ def _load(path: Path) -> dict:
         raise CommandError(f"Cannot read {path}: {exc.strerror or exc}.") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise CommandError(f"{path} is not a JSON file: {exc}.") from exc
+    except RecursionError:
+        raise CommandError(f"{path} nests deeper than any price map does.") from None
     if not isinstance(document, dict) or not all(isinstance(entry, dict) for entry in document.values()):
         raise CommandError(f"{path} is not a LiteLLM price map: it must be one JSON object with an object per model.")
     return document
