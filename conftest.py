@@ -1,5 +1,7 @@
 """Shared fixtures: real PostgreSQL (three roles), real Redis, a real Celery worker."""
 
+import contextlib
+
 import celery.contrib.testing.tasks  # noqa: F401  registers celery.ping for the worker's start check
 import pytest
 from celery.signals import setup_logging
@@ -84,3 +86,38 @@ def _catalog_fresh():
 
     selectors._catalog_clear()
     yield
+
+
+@pytest.fixture
+def own_redis(settings):
+    """A redis-server of the test's own, the cache and the Celery broker pointed at it, so a
+    test may stop it (embedded.redis_stop(own_redis)) without touching the suite's server."""
+    import tempfile
+    from pathlib import Path
+
+    from config import embedded
+    from config.celery import celery_broker_url
+
+    with tempfile.TemporaryDirectory(prefix="confab-o-") as tmp:
+        redis_dir = Path(tmp)
+        sock = embedded.redis_start(redis_dir, persist=False)
+        url = f"unix://{sock}?db=0"
+        settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"], "LOCATION": url}}
+        with _celery_broker(celery_broker_url(url)):
+            yield redis_dir
+        embedded.redis_stop(redis_dir)
+
+
+@contextlib.contextmanager
+def _celery_broker(url: str):
+    """Point the already-configured Celery app at this broker (its pools are rebuilt, as after a fork)."""
+    from config.celery import app as celery_app
+
+    previous = celery_app.conf.broker_url
+    celery_app.conf.broker_url = url
+    celery_app._after_fork()
+    try:
+        yield
+    finally:
+        celery_app.conf.broker_url = previous
+        celery_app._after_fork()

@@ -3,7 +3,6 @@
 import hashlib
 import tempfile
 from importlib import import_module
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -252,17 +251,6 @@ def test_migration_moves_live_django_sessions_under_their_hash():
 
 
 # --- Redis down ------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def own_redis(settings):
-    """A Redis of this test's own, so stopping it leaves the suite's server alone."""
-    with tempfile.TemporaryDirectory(prefix="confab-s-") as tmp:
-        redis_dir = Path(tmp)
-        sock = embedded.redis_start(redis_dir, persist=False)
-        settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"], "LOCATION": f"unix://{sock}?db=0"}}
-        yield redis_dir
-        embedded.redis_stop(redis_dir)
 
 
 def test_signed_in_pages_survive_redis_stopping_and_nothing_is_lost_when_it_returns(own_redis):

@@ -162,3 +162,15 @@ def test_a_streamed_hit_answers_at_once_and_is_metered_as_a_hit(alice, cached_pl
     assert [e["type"] for e in second] == ["delta", "done"] and second[0]["text"] == "".join(e.get("text", "") for e in first)
     assert second[-1]["cached"] is True and second[-1]["cost"] == "0.0000000000" and first[-1]["cached"] is False
     assert [row.cache_hit for row in _ledger()] == [False, True]
+
+
+def test_with_redis_stopped_a_send_skips_the_cache_and_is_still_metered(alice, cached_plan, priced, own_redis):
+    from config import embedded
+
+    put_on_plan(organization_of(alice), cached_plan)
+    persona = _deterministic_persona(alice)
+    _ask(alice, persona)  # a miss, now kept in this test's own Redis
+    embedded.redis_stop(own_redis)
+    reply = _ask(alice, persona)  # the entitlement falls back to the database; the cache is skipped
+    assert reply.message.status == "complete" and "cached" not in reply.message.metadata and reply.message.cost > 0
+    assert [row.cache_hit for row in _ledger()] == [False, False]

@@ -159,7 +159,7 @@ class RLSContextMiddleware:
         if _owns_transactions(request):
             with transaction.atomic(using=APP_ALIAS):
                 self._session_user(request)  # loaded and cached now, under the context
-            return self.get_response(request)
+            return _async_body_released(self.get_response(request))
         with transaction.atomic(using=APP_ALIAS):
             self._session_user(request)
             response = self.get_response(request)
@@ -169,7 +169,7 @@ class RLSContextMiddleware:
         # An async body (chat's server-sent events) opens its own short transactions with its own context.
         if response.streaming and not response.is_async:
             response.streaming_content = _stream_in_context(response.streaming_content, context)
-        return response
+        return _async_body_released(response)
 
     @staticmethod
     def _session_user(request) -> None:
@@ -178,6 +178,16 @@ class RLSContextMiddleware:
             context_set(user_id=user_id)
             if not request.user.is_authenticated:
                 context_clear()
+
+
+def _async_body_released(response):
+    """An async body (a reply streaming while the provider answers) outlives the view by
+    seconds or minutes and opens its own short transactions: the view's connection goes back
+    to the pool now, not when the body ends (Django would close it only then)."""
+    connection = connections[APP_ALIAS]
+    if response.streaming and response.is_async and not connection.in_atomic_block:
+        connection.close()
+    return response
 
 
 def _stream_in_context(content, user_id: str):

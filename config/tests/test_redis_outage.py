@@ -7,7 +7,6 @@ Signed-in session pages depend on the session store (tested with sessions); this
 signs in with the database session engine so only the parts under test touch Redis.
 """
 
-import contextlib
 import socket
 import tempfile
 import threading
@@ -27,36 +26,9 @@ from analytics import counters
 from analytics import services as analytics_services
 from analytics.tests.factories import usage_fields
 from config import embedded
-from config.celery import app as celery_app
-from config.celery import celery_broker_url
 from config.db import rls
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def own_redis(settings):
-    with tempfile.TemporaryDirectory(prefix="confab-o-") as tmp:
-        redis_dir = Path(tmp)
-        sock = embedded.redis_start(redis_dir, persist=False)
-        url = f"unix://{sock}?db=0"
-        settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"], "LOCATION": url}}
-        with _celery_broker(celery_broker_url(url)):
-            yield redis_dir
-        embedded.redis_stop(redis_dir)
-
-
-@contextlib.contextmanager
-def _celery_broker(url: str):
-    """Point the already-configured Celery app at this broker (its pools are rebuilt, as after a fork)."""
-    previous = celery_app.conf.broker_url
-    celery_app.conf.broker_url = url
-    celery_app._after_fork()
-    try:
-        yield
-    finally:
-        celery_app.conf.broker_url = previous
-        celery_app._after_fork()
 
 
 def _owner_count(sql: str, params) -> int:

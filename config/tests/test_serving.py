@@ -13,6 +13,8 @@ from psycopg_pool import ConnectionPool
 
 from accounts.services import api_key_create
 from accounts.tests.factories import make_user
+from billing.tests.factories import make_plans
+from chat.tests.factories import make_catalog
 from config.db import rls
 from config.tests.serving import served
 
@@ -98,3 +100,49 @@ def test_the_pool_reset_hook_clears_session_settings_on_check_in():
             conn.execute("SELECT set_config('app.user_id', %s, false)", [str(uuid.uuid4())])
         with pool.connection() as conn:
             assert conn.execute("SELECT pg_backend_pid(), current_setting('app.user_id', true)").fetchone() == (pid, "")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_open_reply_stream_holds_no_database_connection_while_the_provider_answers():
+    """One worker with one pooled connection: while a reply streams (echo, a word every 0.3 s),
+    another request that needs the database answers at once, so the stream holds none."""
+    make_catalog()  # a transactional test's flush removed the seeded catalog and plans
+    make_plans()
+    user = make_user()
+    with rls.privileged(reason="test: issue an API key"):
+        _key, secret = api_key_create(user=user, name="k", scopes=["chat:read", "chat:write"])
+    headers = {"Authorization": f"Bearer {secret}"}
+    words = " ".join(f"word{n}" for n in range(20))  # ~6 s of streaming
+
+    async def run(base: str) -> dict:
+        async with httpx.AsyncClient(base_url=base, timeout=60, headers=headers) as client:
+            conversation = (await client.post("/api/v1/conversations", json={})).json()["id"]
+            first_delta = asyncio.Event()
+
+            async def stream() -> list[str]:
+                lines = []
+                async with client.stream(
+                    "POST", f"/api/v1/conversations/{conversation}/messages?stream=true", json={"content": words}
+                ) as response:
+                    assert response.status_code == 200
+                    async for line in response.aiter_lines():
+                        if line.startswith("data: "):
+                            lines.append(line)
+                            first_delta.set()
+                return lines
+
+            task = asyncio.create_task(stream())
+            await asyncio.wait_for(first_delta.wait(), timeout=30)
+            t = time.perf_counter()
+            listing = await client.get("/api/v1/conversations")
+            seconds = time.perf_counter() - t
+            still_streaming = not task.done()
+            lines = await task
+        return {"listing": listing, "seconds": seconds, "still_streaming": still_streaming, "lines": lines}
+
+    env = {"DATABASE_POOL_MIN_SIZE": "1", "DATABASE_POOL_MAX_SIZE": "1", "DATABASE_POOL_TIMEOUT": "5", "CHAT_ECHO_DELAY": "0.3"}
+    with served(workers=1, **env) as base:
+        result = asyncio.run(run(base))
+    assert result["listing"].status_code == 200 and result["still_streaming"]
+    assert result["seconds"] < 2.0  # waiting for the stream's connection would take the pool timeout (5 s), then 500
+    assert '"type": "done"' in result["lines"][-1] and '"status": "complete"' in result["lines"][-1]
