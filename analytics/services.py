@@ -121,10 +121,7 @@ _batches = itertools.count(1)  # one number per call: a transaction may stage se
 _staging_ready: weakref.WeakSet = weakref.WeakSet()  # connections whose staging table is committed
 # The dedupe and the write in one statement, under the caller's row-level security: a request
 # id already recorded writes nothing (a batch is staged without repeats); the totals feed the live counters.
-_RECORD_SQL = f"""
-WITH staged AS (
-    SELECT * FROM pg_temp.usage_staging WHERE batch = %(batch)s
-), fresh AS (
+_RECORD_SQL_BODY = f""", fresh AS (
     INSERT INTO analytics_usagerequest (request_id, created_at)
     SELECT request_id, %(now)s::timestamptz FROM staged
     ON CONFLICT DO NOTHING RETURNING request_id
@@ -137,6 +134,14 @@ SELECT organization_id, user_id, date_trunc('month', created_at AT TIME ZONE 'UT
        sum(input_tokens), sum(output_tokens), sum(total_tokens), count(*), sum(cost), array_agg(id)
 FROM written GROUP BY 1, 2, 3
 """
+_RECORD_SQL = "WITH staged AS (SELECT * FROM pg_temp.usage_staging WHERE batch = %(batch)s)" + _RECORD_SQL_BODY
+# One call (the message path) needs no staging table: its row goes in as typed VALUES, one round trip.
+_RECORD_ONE_SQL = (
+    f"WITH staged ({', '.join(_STAGED_COLUMNS)}) AS (VALUES ("
+    + ", ".join(f"%(c{i})s::{kind}" for i, kind in enumerate(_STAGED_TYPES))
+    + "))"
+    + _RECORD_SQL_BODY
+)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -415,26 +420,35 @@ def usage_record_batch(*, records: list[dict]) -> int:
 
 
 def _ledger_write(rows: list[tuple], *, batch: int, now: datetime) -> list[int]:
-    """COPY the staged rows into a temporary table, then dedupe and write them with one
-    INSERT ... SELECT (COPY cannot write to a table under row-level security); returns the ids."""
+    """Dedupe and write the staged rows with one INSERT ... SELECT: a batch from a temporary
+    table it was COPYed into (COPY cannot write to a table under row-level security), a single
+    call from VALUES; returns the ids."""
     alias = rls.current_alias()
     connection, ids, totals = connections[alias], [], []
     # No savepoint (two round trips fewer): a failed write rolls the caller's transaction back whole.
     with transaction.atomic(using=alias, savepoint=False), connection.cursor() as cur:
-        if connection.connection not in _staging_ready:
-            cur.execute(_STAGING_SQL)
-            link = connection.connection
-            transaction.on_commit(lambda: _staging_ready.add(link), using=alias)
-        with cur.copy(f"COPY pg_temp.usage_staging ({', '.join(_STAGED_COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(_STAGED_TYPES)
-            for row in rows:
-                copy.write_row(row)
-        cur.execute(_RECORD_SQL, {"now": now, "batch": batch})
+        if len(rows) == 1:
+            cur.execute(_RECORD_ONE_SQL, {f"c{i}": value for i, value in enumerate(rows[0])} | {"now": now})
+        else:
+            _staged_copy(cur, connection, alias, rows)
+            cur.execute(_RECORD_SQL, {"now": now, "batch": batch})
         for organization_id, user_id, month, i, o, t, calls, cost, row_ids in cur.fetchall():
             ids.extend(row_ids)
             totals.append((organization_id, user_id, month, counters.Usage(i, o, t, calls, counters.cost_units(cost))))
         transaction.on_commit(lambda: _count_live(totals), using=alias)
     return ids
+
+
+def _staged_copy(cur, connection, alias: str, rows: list[tuple]) -> None:
+    """COPY a batch's rows into the connection's staging table (created once per connection)."""
+    if connection.connection not in _staging_ready:
+        cur.execute(_STAGING_SQL)
+        link = connection.connection
+        transaction.on_commit(lambda: _staging_ready.add(link), using=alias)
+    with cur.copy(f"COPY pg_temp.usage_staging ({', '.join(_STAGED_COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(_STAGED_TYPES)
+        for row in rows:
+            copy.write_row(row)
 
 
 def _count_live(totals: list[tuple]) -> None:

@@ -56,9 +56,9 @@ def test_a_metered_message_post_with_an_api_key_stays_within_its_query_budget(al
     #             subscription + plan (entitlement; the quota and rate decision is one Redis
     #             script), its sequence UPDATE, one INSERT of both messages (the price comes
     #             from the process's catalog, read at most every CATALOG_SECONDS)           =  6
-    #   finish:   RLS context, UPDATE reply, UPDATE conversation totals, the ledger INSERT
-    #             ... RETURNING the sums for the Redis counters (rows go in by COPY, not
-    #             counted here; the staging table is created once per connection)           =  4
+    #   finish:   RLS context, UPDATE reply, UPDATE conversation totals, the ledger's
+    #             dedupe and INSERT from one VALUES row ... RETURNING the sums for the Redis
+    #             counters (no staging table or COPY for a single call)                     =  4
     #   answer:   nothing: the conversation's totals are carried from the finish             =  0
     statements = "\n".join(f"{alias}: {sql.strip()[:120]}" for alias, sql in path)
     assert len(path) == 11, statements
