@@ -110,6 +110,11 @@ class ConversationDetailApi(APIView):
 # --- Messages ------------------------------------------------------------------------
 
 
+# Built once: a serializer deep-copies its declared fields on every instantiation (35 here), and
+# to_representation keeps no state between calls.
+_REPLY_OUT = ReplyOut()
+
+
 # A send waits on the provider: its POST keeps no request transaction (each step opens its own).
 @rls.own_transactions("POST")
 class MessageListApi(APIView):
@@ -150,7 +155,7 @@ class MessageListApi(APIView):
         if not validated_query(StreamQuery, request)["stream"]:
             reply = services.message_send(**send)
             data = {"conversation": reply.conversation, "user_message": reply.user_message, "message": reply.message}
-            return Response(ReplyOut(data).data, status=status.HTTP_201_CREATED)
+            return Response(_REPLY_OUT.to_representation(data), status=status.HTTP_201_CREATED)
         # Checked and stored in short transactions (a refusal is a plain 4xx); the body opens its own.
         return reply_stream_response(services.message_prepare(**send))
 
