@@ -20,7 +20,7 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST, require_safe
 
 from chat import selectors, sharing
 from chat.models import ShareLink
@@ -59,7 +59,7 @@ def _conversation(request, conversation_id):
 # --- The public page -----------------------------------------------------------------
 
 
-@require_GET
+@require_safe
 def share_open(request, token):
     try:
         link = sharing.share_link_open(token=token)

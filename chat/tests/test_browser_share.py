@@ -54,7 +54,10 @@ def test_owner_shares_with_anyone_a_signed_out_browser_opens_it_and_revoke_ends_
     assert reader.reload().status == 404
     expect(reader.get_by_text("Porto weekend")).to_have_count(0)
 
-    page.goto(f"{base}/chat/shares/")
-    expect(page.get_by_test_id("share-row")).to_contain_text("Revoked")
+    page.set_viewport_size(PHONE)
+    for path in ("/chat/shares/", f"/chat/{porto.pk}/shares/"):  # the owner's pages, with a row, on a phone
+        assert page.goto(f"{base}{path}").status == 200
+        expect(page.get_by_test_id("share-row")).to_contain_text("Revoked")
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"], path
     stranger.close()
     assert csp_violations == []

@@ -343,3 +343,14 @@ def test_with_redis_stopped_the_page_still_opens_and_revokes(world, own_redis):
     assert _open(Client(), token).status_code == 200
     sharing.share_link_revoke(user=world.alice, share_link=link)
     assert _open(Client(), token).status_code == 404
+
+
+def test_staff_see_links_read_only_in_admin_without_their_hash(world):
+    link, _ = _share(world.alice, world.conversation, audience="anyone")
+    staff = _signed_in(make_user(email="staff@example.com", role="staff", is_superuser=True))
+    listing = staff.get(reverse("admin:chat_sharelink_changelist"))
+    assert listing.status_code == 200 and "Lisbon trip plans" in listing.content.decode()
+    change = staff.get(reverse("admin:chat_sharelink_change", args=[link.pk])).content.decode()
+    assert str(world.alice.pk) in change and link.token_hash not in change and link.token_hash not in listing.content.decode()
+    assert staff.get(reverse("admin:chat_sharelink_add")).status_code == 403
+    assert staff.post(reverse("admin:chat_sharelink_delete", args=[link.pk]), {"post": "yes"}).status_code == 403
