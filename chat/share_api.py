@@ -23,7 +23,7 @@ class ShareLinkOut(serializers.Serializer):
     id = serializers.UUIDField(read_only=True)
     conversation_id = serializers.UUIDField(read_only=True)
     audience = serializers.ChoiceField(choices=ShareLink.Audience.choices, read_only=True)
-    status = serializers.ChoiceField(choices=["active", "expired", "revoked"], read_only=True)
+    status = serializers.CharField(read_only=True, help_text="`active`, `expired` or `revoked`.")
     expires_at = serializers.DateTimeField(read_only=True)
     revoked_at = serializers.DateTimeField(read_only=True)
     created_at = serializers.DateTimeField(read_only=True)
@@ -35,7 +35,7 @@ class ShareLinkCreatedOut(ShareLinkOut):
 
 class ShareLinkIn(serializers.Serializer):
     audience = serializers.ChoiceField(
-        choices=ShareLink.Audience.values,
+        choices=ShareLink.Audience.choices,
         default=ShareLink.Audience.ORGANIZATION,
         error_messages={"invalid_choice": "The audience must be 'organization' (signed-in members) or 'anyone'."},
     )
