@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from chat import pricing
 from chat.errors import PriceVersionRefused
-from chat.models import PRICE_FIELDS, Conversation, Message, ModelPrice, Persona
+from chat.models import PRICE_FIELDS, Conversation, Message, ModelPrice, Persona, ShareLink
 from config import admin as config_admin
 
 
@@ -143,3 +143,17 @@ class ModelPriceAdmin(admin.ModelAdmin):
         # The admin logs and links the object it saved: the new version, not the one it ended.
         obj.pk, obj.effective_from, obj.effective_to = version.pk, version.effective_from, version.effective_to
         obj._state.adding = False
+
+
+@admin.register(ShareLink)
+class ShareLinkAdmin(config_admin.ReadOnlyAdmin):
+    """Who shared what, with whom, until when; the token's hash is never shown."""
+
+    list_display = ("conversation", "user_id", "organization_id", "audience", "created_at", "expires_at", "revoked_at")
+    list_filter = ("audience",)
+    list_select_related = ("conversation",)
+    search_fields = ("=id", "=conversation__id", "=user_id", "=organization_id")
+    search_help_text = "An exact link, conversation, user or organization id."
+    exclude = ("token_hash",)
+    date_hierarchy = "created_at"
+    show_full_result_count = False

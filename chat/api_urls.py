@@ -1,6 +1,6 @@
 from django.urls import path
 
-from chat import api
+from chat import api, share_api
 
 app_name = "chat-api"
 
@@ -11,4 +11,7 @@ urlpatterns = [
     path("personas", api.PersonaListApi.as_view(), name="personas"),
     path("personas/<uuid:persona_id>", api.PersonaDetailApi.as_view(), name="persona"),
     path("models", api.ModelListApi.as_view(), name="models"),
+    path("conversations/<uuid:conversation_id>/shares", share_api.ShareLinkCreateApi.as_view(), name="conversation-shares"),
+    path("shares", share_api.ShareLinkListApi.as_view(), name="shares"),
+    path("shares/<uuid:share_link_id>", share_api.ShareLinkDetailApi.as_view(), name="share"),
 ]

@@ -157,3 +157,39 @@ class ModelPrice(models.Model):
 
     def __str__(self):
         return f"{self.provider}/{self.model} from {self.effective_from:%Y-%m-%d}"
+
+
+class ShareLink(models.Model):
+    """A read-only link to one conversation. Only the SHA-256 of its token is kept, so a database
+    read yields no working link; migration 0006's functions open it for a reader who is not the owner."""
+
+    class Audience(models.TextChoices):
+        ORGANIZATION = "organization", "Members of the organization (signed in)"
+        ANYONE = "anyone", "Anyone with the link"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="share_links")
+    user_id = models.UUIDField(db_index=True)
+    organization_id = models.UUIDField()
+    token_hash = models.CharField(max_length=64, unique=True)
+    audience = models.CharField(max_length=16, choices=Audience.choices, default=Audience.ORGANIZATION)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(audience__in=["organization", "anyone"]), name="chat_sharelink_audience_known")
+        ]
+
+    def __str__(self):
+        return f"{self.get_audience_display()} link to {self.conversation_id}"
+
+    @property
+    def status(self) -> str:
+        if self.revoked_at:
+            return "revoked"
+        if self.expires_at and self.expires_at <= timezone.now():
+            return "expired"
+        return "active"

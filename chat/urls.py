@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from chat import views
+from chat import share_views, views
 
 app_name = "chat"
 
@@ -17,4 +17,7 @@ urlpatterns = [
     path("personas/", views.persona_list, name="personas"),
     path("personas/<uuid:persona_id>/", views.persona_edit, name="persona"),
     path("personas/<uuid:persona_id>/delete/", views.persona_delete, name="persona-delete"),
+    path("<uuid:conversation_id>/shares/", share_views.share_conversation, name="share-conversation"),
+    path("shares/", share_views.share_list, name="shares"),
+    path("shares/<uuid:share_link_id>/revoke/", share_views.share_revoke, name="share-revoke"),
 ]

@@ -19,6 +19,7 @@ urlpatterns = [
     path("usage/", include("analytics.urls")),
     path("billing/", include("billing.urls")),
     path("chat/", include("chat.urls")),
+    path("s/", include("chat.share_urls")),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     # The split view serves its start-up script as a file: no inline script for the CSP to refuse.
