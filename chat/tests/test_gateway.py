@@ -16,13 +16,17 @@ import openai
 import pytest
 from django.core.handlers.wsgi import WSGIHandler
 
-from accounts.services import api_key_create
+from accounts.services import api_key_create, provider_credential_set
 from accounts.tests.factories import make_user
 from accounts.tests.test_api import session_client
-from analytics.models import TokenUsage
+from analytics.buffer import buffer_flush
+from analytics.models import ApiLog, TokenUsage
 from billing.tests.factories import make_plans, organization_of, put_on_plan
 from chat.models import Conversation, Message
+from chat.providers.base import SENTENCES
 from chat.tests.factories import make_catalog, price_add
+from chat.tests.provider_servers import Reply, openai_completion
+from chat.tests.provider_servers import openai_error as provider_error
 from config.db import rls
 from config.tests.serving import served
 
@@ -203,6 +207,11 @@ def test_keys_and_scopes(base, sdk, alice):
     # A signed-in browser session is no way in (so no CSRF surface): only a key is.
     response = session_client(alice).get("/v1/models")
     assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
+    # Every gateway request is in the API log, as the API's are.
+    buffer_flush("api_log")
+    with rls.privileged(reason="test"):
+        logged = set(ApiLog.objects.values_list("route", "status"))
+    assert {("v1/models", 200), ("v1/models", 401), ("v1/chat/completions", 401), ("v1/chat/completions", 403)} <= logged
 
 
 def test_models_list_the_catalog_and_a_shared_name_routes_by_provider(alice, plans):
@@ -300,3 +309,24 @@ def test_the_store_header_keeps_the_call_as_a_conversation_of_the_keys_user_only
     assert as_bob.status_code == 404
     listed = httpx.get(f"{base}/api/v1/conversations", headers={"Authorization": f"Bearer {bob_secret}"}).json()
     assert [c["id"] for c in listed["results"]] == [str(_conversations(bob)[0].pk)]
+
+
+def test_a_provider_failure_is_a_502_with_its_sentence_and_a_failed_ledger_row(sdk, alice, server):
+    with rls.privileged(reason="test"):
+        provider_credential_set(user=alice, provider="openai", api_key="sk-user-own-key-1234567890", base_url=f"{server.url}/v1")
+    refused = Reply(status=401, body=provider_error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"))
+    server.queue(
+        Reply(body=openai_completion("Paris.", {"prompt_tokens": 12, "completion_tokens": 2, "total_tokens": 14})), refused, refused
+    )
+    ask = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Capital of France?"}]}
+    ok = sdk.chat.completions.create(**ask)
+    assert (ok.choices[0].message.content, ok.usage.prompt_tokens, ok.usage.completion_tokens) == ("Paris.", 12, 2)
+    assert server.received[0].body["messages"] == [{"role": "user", "content": "Capital of France?"}]
+    with pytest.raises(openai.InternalServerError) as failed:
+        sdk.chat.completions.create(**ask)
+    assert failed.value.status_code == 502 and failed.value.body["message"] == SENTENCES["auth"]
+    with pytest.raises(openai.APIError, match="rejected the API key"):  # mid-stream: an error event, as OpenAI sends one
+        list(sdk.chat.completions.create(**ask, stream=True))
+    with rls.privileged(reason="test"):
+        rows = list(TokenUsage.objects.filter(user_id=alice.pk).order_by("created_at"))
+    assert [(r.success, r.error) for r in rows] == [(True, ""), (False, SENTENCES["auth"]), (False, SENTENCES["auth"])]
