@@ -330,3 +330,21 @@ def test_a_provider_failure_is_a_502_with_its_sentence_and_a_failed_ledger_row(s
     with rls.privileged(reason="test"):
         rows = list(TokenUsage.objects.filter(user_id=alice.pk).order_by("created_at"))
     assert [(r.success, r.error) for r in rows] == [(True, ""), (False, SENTENCES["auth"]), (False, SENTENCES["auth"])]
+
+
+def test_an_open_gateway_stream_holds_no_database_connection(alice):
+    """One worker with one pooled connection: while a completion streams, a request that needs
+    the database answers at once (as config/tests/test_serving.py proves for the chat API)."""
+    secret = _secret(alice)
+    words = " ".join(f"word{n}" for n in range(20))  # ~6 s of streaming at 0.3 s a word
+    env = {"DATABASE_POOL_MIN_SIZE": "1", "DATABASE_POOL_MAX_SIZE": "1", "DATABASE_POOL_TIMEOUT": "5", "CHAT_ECHO_DELAY": "0.3"}
+    with served(workers=1, **env) as url:
+        stream = _client(url, secret).chat.completions.create(model="echo-1", messages=[{"role": "user", "content": words}], stream=True)
+        first = next(iter(stream))
+        started = time.perf_counter()
+        models = _client(url, secret).models.list()
+        seconds = time.perf_counter() - started
+        rest = list(stream)
+    assert "echo-1" in {m.id for m in models}
+    assert seconds < 2.0  # waiting for the stream's connection would take the pool timeout (5 s), then fail
+    assert rest[-1].choices[0].finish_reason == "stop" and len(_rows(first.id)) == 1
