@@ -245,6 +245,8 @@ def test_models_list_the_catalog_and_a_shared_name_routes_by_provider(alice, pla
         ({"messages": []}, "messages", "non-empty"),
         ({"temperature": 3}, "temperature", "between 0 and 2"),
         ({"max_tokens": 0}, "max_tokens", "at least 1"),
+        ({"stream_options": {"include_usage": True}}, "stream_options", "only when stream is true"),
+        ({"messages": [{"role": "user", "content": None}]}, "messages[0].content", "a string or a list of text parts"),
     ],
 )
 def test_invalid_requests_are_400_with_the_reason_and_meter_nothing(sdk, alice, fields, param, fragment):
