@@ -63,6 +63,9 @@ ERROR_TYPES = {
 }
 
 
+# --- Errors --------------------------------------------------------------------------
+
+
 class GatewayInvalid(ApplicationError):
     """A request OpenAI's API would refuse too: a 400 naming the parameter."""
 
@@ -79,9 +82,6 @@ class ProviderFailed(ApplicationError):
 
     status_code = 502
     code = "provider_error"
-
-
-# --- Errors --------------------------------------------------------------------------
 
 
 def openai_error(status: int, message: str, *, code: str | None = None, param: str | None = None) -> dict:

@@ -191,6 +191,18 @@ def test_a_refused_call_is_a_clean_sdk_error_and_meters_nothing(base, sdk, alice
         assert TokenUsage.objects.filter(user_id=alice.pk).count() == 1  # the one allowed call
 
 
+def test_the_entitlement_estimate_counts_every_message_of_the_request(sdk, alice, plans):
+    plans["free"].monthly_tokens = 50
+    with rls.privileged(reason="test"):
+        plans["free"].save()
+    short = [{"role": "user", "content": "hi"}]
+    assert sdk.chat.completions.create(model="echo-1", messages=short, max_tokens=5).choices[0].message.content == "You said: hi"
+    long_history = [{"role": "system", "content": "x" * 400}, *short]  # ~100 tokens before the question
+    with pytest.raises(openai.APIStatusError) as refused:
+        sdk.chat.completions.create(model="echo-1", messages=long_history, max_tokens=5)
+    assert refused.value.status_code == 402 and "50 tokens a month" in refused.value.message
+
+
 def test_keys_and_scopes(base, sdk, alice):
     with pytest.raises(openai.AuthenticationError) as bad:
         _client(base, "ck_aaaaaaaaaa_" + "x" * 40).models.list()
