@@ -24,6 +24,7 @@ from analytics.models import ApiLog, TokenUsage
 from billing.tests.factories import make_plans, organization_of, put_on_plan
 from chat.models import Conversation, Message
 from chat.providers.base import SENTENCES
+from chat.tests import test_query_budget
 from chat.tests.factories import make_catalog, price_add
 from chat.tests.provider_servers import Reply, openai_completion
 from chat.tests.provider_servers import openai_error as provider_error
@@ -31,6 +32,7 @@ from config.db import rls
 from config.tests.serving import served
 
 pytestmark = pytest.mark.django_db(transaction=True)
+queries = test_query_budget.queries  # the fixture counting every statement
 STORE = {"X-Confab-Store": "true"}
 
 
@@ -362,3 +364,21 @@ def test_an_open_gateway_stream_holds_no_database_connection(alice):
     assert "echo-1" in {m.id for m in models}
     assert seconds < 2.0  # waiting for the stream's connection would take the pool timeout (5 s), then fail
     assert rest[-1].choices[0].finish_reason == "stop" and len(_rows(first.id)) == 1
+
+
+def test_an_unstored_completion_stays_within_its_query_budget(alice, queries):
+    http = httpx2.Client(transport=httpx2.WSGITransport(app=WSGIHandler()))
+    sdk = openai.OpenAI(base_url="http://testserver/v1", api_key=_secret(alice), max_retries=0, http_client=http)
+    sdk.chat.completions.create(model="echo-1", messages=[{"role": "user", "content": "warm up"}])
+    queries.clear()
+
+    completion = sdk.chat.completions.create(model="echo-1", messages=[{"role": "user", "content": "hello budget"}])
+
+    assert completion.choices[0].message.content == "You said: hello budget"
+    path = [(alias, sql) for alias, sql in queries if sql.strip() != "RESET ALL"]
+    statements = "\n".join(f"{alias}: {sql.strip()[:120]}" for alias, sql in path)
+    # 6 statements, all on the app role: the key and its owner (1); prepare: RLS context, the
+    # personal organization, subscription + plan (3); finish: RLS context, the ledger INSERT (2).
+    # No conversation, no messages: the chat API's stored send takes 11 (test_query_budget.py).
+    assert len(path) == 6, statements
+    assert {alias for alias, _ in path} == {"default"}, statements
