@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
-import unicodedata
 from collections.abc import AsyncIterator
 
 from django.db import connections, transaction
@@ -49,6 +49,8 @@ STORE_HEADER = "X-Confab-Store"
 CONVERSATION_HEADER = "X-Confab-Conversation-Id"
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 MAX_MODEL_NAME = 200
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode's control characters (category Cc)
+CONTROL_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # the same but tab and newlines
 # OpenAI's error `type` for each status (the SDKs pick their exception class by status alone).
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -132,8 +134,7 @@ def not_found(request, path: str = ""):
 
 
 def _control_free(text: str, *, keep_newlines: bool) -> bool:
-    allowed = "\t\n\r" if keep_newlines else ""
-    return not any(unicodedata.category(ch) == "Cc" and ch not in allowed for ch in text)
+    return not (CONTROL_IN_TEXT if keep_newlines else CONTROL).search(text)
 
 
 def _text(content, param: str) -> str:

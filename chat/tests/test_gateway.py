@@ -84,7 +84,7 @@ def test_a_reply_is_metered_once_and_not_stored_by_default(sdk, alice):
         model="echo-1",
         messages=[
             {"role": "system", "content": "Be brief."},
-            {"role": "user", "content": "first question"},
+            {"role": "user", "content": "first\tquestion\r\n"},  # tabs and newlines are text, not control characters
             {"role": "assistant", "content": "first answer"},
             {"role": "user", "content": [{"type": "text", "text": "hello "}, {"type": "text", "text": "gateway"}]},
         ],
