@@ -560,7 +560,9 @@ async def _complete(pending: PendingReply) -> tuple[str, Usage, str, str, str | 
     except Exception as exc:  # every failure is metered and shown: see _failure
         status, usage, sentence = _failure(exc, pending.request, "")
         return "", usage, status, sentence, None
-    return text, usage, Status.COMPLETE, "", "stop"
+    # The adapters' whole replies carry no finish reason: a reply that used its whole output cap was cut.
+    cut = pending.request.max_tokens is not None and usage.output >= pending.request.max_tokens
+    return text, usage, Status.COMPLETE, "", "length" if cut else "stop"
 
 
 def message_send(

@@ -108,7 +108,11 @@ def test_a_reply_is_metered_once_and_not_stored_by_default(sdk, alice):
 
 def test_the_output_cap_is_the_clients_and_never_above_the_plans(sdk, alice, plans):
     capped = sdk.chat.completions.create(model="echo-1", messages=[{"role": "user", "content": "one two three four five"}], max_tokens=3)
-    assert (capped.choices[0].message.content, capped.usage.completion_tokens) == ("You said: one", 3)
+    assert (capped.choices[0].message.content, capped.usage.completion_tokens, capped.choices[0].finish_reason) == (
+        "You said: one",
+        3,
+        "length",
+    )
     streamed = list(
         sdk.chat.completions.create(model="echo-1", messages=[{"role": "user", "content": "one two three"}], max_tokens=3, stream=True)
     )
