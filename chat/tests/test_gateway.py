@@ -14,6 +14,7 @@ import httpx
 import httpx2
 import openai
 import pytest
+import yaml
 from django.core.handlers.wsgi import WSGIHandler
 
 from accounts.services import api_key_create, provider_credential_set
@@ -386,3 +387,10 @@ def test_an_unstored_completion_stays_within_its_query_budget(alice, queries):
     # No conversation, no messages: the chat API's stored send takes 11 (test_query_budget.py).
     assert len(path) == 6, statements
     assert {alias for alias, _ in path} == {"default"}, statements
+
+
+def test_the_gateway_is_left_out_of_our_openapi_schema(client):
+    """Its schema is OpenAI's (README, "Gateway"); ours documents /api/v1/ only."""
+    schema = yaml.safe_load(client.get("/api/schema/").content)
+    assert not [path for path in schema["paths"] if path.startswith("/v1/")]
+    assert "/api/v1/models" in schema["paths"]
