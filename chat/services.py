@@ -370,7 +370,7 @@ def message_prepare(
                 provider=provider,
                 model=model,
                 reply_metadata=reply_metadata,
-                earlier=supplied.messages if supplied else (),
+                earlier=supplied.messages if supplied and stored else (),  # an unstored call builds no rows
                 save=stored,
             )
     except BaseException:
