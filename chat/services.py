@@ -204,6 +204,20 @@ class PendingReply:
     key_source: str  # whose provider key pays (analytics.models.KeySource)
     cache_key: str | None = None  # set when the response cache applies to this call
     cache_hits_count: bool = True  # the plan counts a cached reply's tokens against its limit
+    stored: bool = True  # False: a SuppliedHistory call kept only on the ledger (its conversation and reply have no ids)
+
+
+@dataclass(frozen=True)
+class SuppliedHistory:
+    """A send whose client brings the conversation so far (the OpenAI-compatible gateway): its
+    messages come before `content` in place of a stored conversation's, with its own sampling and
+    output cap (never above the plan's). Stored as a new conversation only when `store`; otherwise
+    only metered: the ledger row, with its request id, names no conversation or message."""
+
+    messages: tuple[ChatMessage, ...] = ()
+    temperature: float | None = None
+    max_tokens: int | None = None
+    store: bool = False
 
 
 @dataclass(frozen=True)
@@ -241,16 +255,34 @@ def _send_target(user: User, conversation_id: uuid.UUID | None) -> tuple[Convers
 
 
 def _messages_store(
-    conversation: Conversation, *, content: str, provider: str, model: str, reply_metadata: dict
+    conversation: Conversation,
+    *,
+    content: str,
+    provider: str,
+    model: str,
+    reply_metadata: dict,
+    earlier: tuple[ChatMessage, ...] = (),
+    save: bool = True,
 ) -> tuple[Message, Message]:
     """The user message and its `streaming` reply, numbered after the conversation's last
-    (whose row the caller locked), and the conversation's count and title: two statements."""
-    sequence = conversation.message_count
+    (whose row the caller locked), and the conversation's count and title: two statements.
+    `earlier` (a client's own history) goes in first, in the same insert. Unless `save`, nothing
+    is written (a call kept only on the ledger) and none of them has an id."""
+    if not save:
+        conversation.pk = None
+    before = [
+        Message(
+            conversation=conversation, user_id=conversation.user_id, sequence=conversation.message_count + n, role=m.role, content=m.content
+        )
+        for n, m in enumerate(earlier, start=1)
+    ]
+    sequence = conversation.message_count + len(before)
     conversation.message_count = sequence + 2
     if not conversation.title:
         conversation.title = conversation_title(content=content)
     # An insert for a new conversation, else an update under the row lock.
-    conversation.save(update_fields=None if conversation._state.adding else ["message_count", "title", "updated_at"])
+    if save:
+        conversation.save(update_fields=None if conversation._state.adding else ["message_count", "title", "updated_at"])
     user_message = Message(
         conversation=conversation, user_id=conversation.user_id, sequence=sequence + 1, role=Message.Role.USER, content=content
     )
@@ -264,7 +296,10 @@ def _messages_store(
         status=Status.STREAMING,
         metadata=reply_metadata,
     )
-    insert_rows(Message, [user_message, reply])  # one statement for both
+    if save:
+        insert_rows(Message, [*before, user_message, reply])  # one statement for all
+    else:
+        user_message.pk = reply.pk = None
     return user_message, reply
 
 
@@ -277,13 +312,15 @@ def message_prepare(
     model: str | None = None,
     api_key_id: uuid.UUID | None = None,
     response_cache: str | None = None,
+    supplied: SuppliedHistory | None = None,
 ) -> PendingReply:
     """Check and store a send, in one short transaction: the model has a price, the plan
     allows it now, a key exists; then the user message and a `streaming` reply take the
     conversation's next two sequence numbers. The conversation's row is locked from the first
     read, so concurrent sends to it queue and each takes the numbers after the last committed.
     A refusal raises before anything is written; another user's conversation is a 404.
-    `response_cache` is the request's choice ('on', 'any', 'off'; see chat/response_cache.py)."""
+    `response_cache` is the request's choice ('on', 'any', 'off'; see chat/response_cache.py);
+    `supplied`, a client's own history for a new conversation (see SuppliedHistory)."""
     content = (content or "").strip()
     if not content:
         raise ApplicationError("Write a message first.", {"field": "content"})
@@ -296,11 +333,14 @@ def message_prepare(
             provider = provider or (persona.provider if persona else "") or settings.CHAT_DEFAULT_PROVIDER
             model = model or (persona.model if persona and persona.provider == provider else "") or _default_model(provider)
             price = model_price_for(provider=provider, model=model)
-            new_conversation = conversation is None or conversation.message_count == 0
-            history = _history(conversation, persona)
+            stored = supplied is None or supplied.store
+            new_conversation = (conversation is None or conversation.message_count == 0) and stored
+            history = _history(conversation, persona) if supplied is None else list(supplied.messages)
             history.append(ChatMessage("user", content))
             estimated = prompt_tokens_estimate(tuple(history))
             output_cap = settings.CHAT_MAX_OUTPUT_TOKENS  # the plan may lower it; the ceiling below holds either way
+            if supplied is not None and supplied.max_tokens:
+                output_cap = min(output_cap, supplied.max_tokens)
             entitlement = entitlement_check(
                 user=user,
                 organization_id=organization_id,
@@ -325,13 +365,21 @@ def message_prepare(
                 **reservation.as_metadata(),
             }
             user_message, message = _messages_store(
-                conversation, content=content, provider=provider, model=model, reply_metadata=reply_metadata
+                conversation,
+                content=content,
+                provider=provider,
+                model=model,
+                reply_metadata=reply_metadata,
+                earlier=supplied.messages if supplied and stored else (),  # an unstored call builds no rows
+                save=stored,
             )
     except BaseException:
         if reservation is not None:  # no key, a database error: what the check reserved goes back
             reservation.release()
         raise
     temperature = float(persona.temperature) if persona and persona.temperature is not None else None
+    if supplied is not None:
+        temperature = supplied.temperature
     request = ChatRequest(
         model=model,
         messages=tuple(history),
@@ -359,6 +407,7 @@ def message_prepare(
         key_source,
         response_caching.cache_key(organization_id=organization_id, provider=provider, request=request) if cached else None,
         entitlement.plan.cache_hits_count,
+        stored,
     )
 
 
@@ -409,7 +458,7 @@ def _reply_finish(
         "metadata": metadata,
     }
     with rls.atomic_as(pending.user_id):
-        closed = not Message.objects.filter(pk=message.pk, status=Status.STREAMING).update(**fields)
+        closed = pending.stored and not Message.objects.filter(pk=message.pk, status=Status.STREAMING).update(**fields)
         if closed:
             message.refresh_from_db()
         else:
@@ -449,9 +498,10 @@ def _meter(
     transaction): each token class with the rate it was charged at, whose key paid, and for
     a cached reply no cost and what it saved. The message carries its final fields."""
     tokens, now = usage.input_total + usage.output, timezone.now()
-    Conversation.objects.filter(pk=message.conversation_id).update(
-        total_tokens=F("total_tokens") + tokens, total_cost=F("total_cost") + message.cost, updated_at=now
-    )
+    if message.conversation_id is not None:  # an unstored call (SuppliedHistory) has no conversation row
+        Conversation.objects.filter(pk=message.conversation_id).update(
+            total_tokens=F("total_tokens") + tokens, total_cost=F("total_cost") + message.cost, updated_at=now
+        )
     # The caller's copy follows (it answers the API without reading the row again).
     conversation = message.conversation
     conversation.total_tokens += tokens
@@ -510,7 +560,9 @@ async def _complete(pending: PendingReply) -> tuple[str, Usage, str, str, str | 
     except Exception as exc:  # every failure is metered and shown: see _failure
         status, usage, sentence = _failure(exc, pending.request, "")
         return "", usage, status, sentence, None
-    return text, usage, Status.COMPLETE, "", "stop"
+    # The adapters' whole replies carry no finish reason: a reply that used its whole output cap was cut.
+    cut = pending.request.max_tokens is not None and usage.output >= pending.request.max_tokens
+    return text, usage, Status.COMPLETE, "", "length" if cut else "stop"
 
 
 def message_send(
@@ -522,6 +574,7 @@ def message_send(
     model: str | None = None,
     api_key_id: uuid.UUID | None = None,
     response_cache: str | None = None,
+    supplied: SuppliedHistory | None = None,
 ) -> Reply:
     """Send a message and wait for the whole reply: entitlement, store, call, store, meter.
 
@@ -536,6 +589,7 @@ def message_send(
         model=model,
         api_key_id=api_key_id,
         response_cache=response_cache,
+        supplied=supplied,
     )
     started = time.monotonic()
     hit = response_caching.cached_reply_get(pending.cache_key) if pending.cache_key else None

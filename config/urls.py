@@ -21,6 +21,7 @@ urlpatterns = [
     path("chat/", include("chat.urls")),
     path("s/", include("chat.share_urls")),
     path("api/v1/", include(api_v1)),
+    path("v1/", include("chat.gateway_urls")),  # the OpenAI-compatible gateway (chat/gateway.py)
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     # The split view serves its start-up script as a file: no inline script for the CSP to refuse.
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema", template_name="api/swagger_ui.html"), name="swagger-ui"),

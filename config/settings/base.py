@@ -315,6 +315,8 @@ GEMINI_API_KEY = env("GEMINI_API_KEY", default=None)
 OPENAI_FREE_TIER_API_KEY = env("OPENAI_FREE_TIER_API_KEY", default=None)
 ANTHROPIC_FREE_TIER_API_KEY = env("ANTHROPIC_FREE_TIER_API_KEY", default=None)
 GEMINI_FREE_TIER_API_KEY = env("GEMINI_FREE_TIER_API_KEY", default=None)
+# Paths the API log records (analytics/middleware.py): the API and the OpenAI-compatible gateway (chat/gateway.py).
+API_LOG_PATH_PREFIX = ("/api/", "/v1/")
 # A reply still `streaming` after this many minutes lost its worker: closed as interrupted and metered.
 CHAT_STREAM_STALE_MINUTES = env.int("CHAT_STREAM_STALE_MINUTES", default=15)
 CELERY_BEAT_SCHEDULE["chat-streams-close-stale"] = {"task": "chat.tasks.streams_close_stale_task", "schedule": crontab(minute="*/5")}
