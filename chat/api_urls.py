@@ -1,6 +1,7 @@
 from django.urls import path
 
 from chat import api
+from chat.porting import api as porting_api
 
 app_name = "chat-api"
 
@@ -11,4 +12,8 @@ urlpatterns = [
     path("personas", api.PersonaListApi.as_view(), name="personas"),
     path("personas/<uuid:persona_id>", api.PersonaDetailApi.as_view(), name="persona"),
     path("models", api.ModelListApi.as_view(), name="models"),
+    path("conversations/<uuid:conversation_id>/export", porting_api.ConversationExportApi.as_view(), name="conversation-export"),
+    path("exports", porting_api.ExportListApi.as_view(), name="exports"),
+    path("exports/<uuid:export_id>", porting_api.ExportDetailApi.as_view(), name="export"),
+    path("exports/<uuid:export_id>/download", porting_api.ExportDownloadApi.as_view(), name="export-download"),
 ]

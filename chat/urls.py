@@ -3,6 +3,7 @@
 from django.urls import path
 
 from chat import views
+from chat.porting import views as porting_views
 
 app_name = "chat"
 
@@ -17,4 +18,8 @@ urlpatterns = [
     path("personas/", views.persona_list, name="personas"),
     path("personas/<uuid:persona_id>/", views.persona_edit, name="persona"),
     path("personas/<uuid:persona_id>/delete/", views.persona_delete, name="persona-delete"),
+    path("<uuid:conversation_id>/export/", porting_views.conversation_export, name="export"),
+    path("porting/", porting_views.porting, name="porting"),
+    path("porting/export/", porting_views.export_start, name="export-start"),
+    path("exports/<str:token>/", porting_views.export_download, name="export-download"),
 ]
