@@ -5,6 +5,7 @@ itself streams to the owner's API key or session). Another user's id is 404."""
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -32,8 +33,16 @@ class ExportJobOut(serializers.ModelSerializer):
         return f"/api/v1/exports/{job.pk}/download" if exporter.export_download_url(job) else None
 
 
+class ExportFormatNegotiation(DefaultContentNegotiation):
+    """`?format=` names the export's format here (json|md), not one of DRF's renderers."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
 class ConversationExportApi(APIView):
     required_scopes = CHAT_SCOPES
+    content_negotiation_class = ExportFormatNegotiation
 
     @extend_schema(
         parameters=[ExportFormatQuery], responses={(200, "application/json"): OpenApiTypes.OBJECT, **error_responses(400, 401, 403, 404)}

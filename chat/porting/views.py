@@ -22,7 +22,7 @@ REPORT_KEY = "chat_import_report"
 @login_required
 @require_http_methods(["GET", "POST"])
 def porting(request):
-    form = ImportForm(request.POST or None, request.FILES or None)
+    form = ImportForm(request.POST, request.FILES) if request.method == "POST" else ImportForm()
     if request.method == "POST" and form.is_valid():
         try:
             report = conversations_import(user=request.user, file=form.cleaned_data["file"])
