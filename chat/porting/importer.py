@@ -75,7 +75,7 @@ class ImportReport:
         ]
         lines += [f"  - {title}: {reason}" for title, reason in self.failed]
         if self.skipped:
-            lines.append("Not imported: " + ", ".join(f"{count} {kind}" for kind, count in sorted(self.skipped.items())))
+            lines.append("Not imported: " + ", ".join(f"{count} {kind}" for kind, count in self.skipped.items()))
         return lines
 
 
@@ -286,7 +286,7 @@ def conversations_import(*, user: User, file: BinaryIO) -> ImportReport:
                     report.skipped_duplicates += 1
         if not conversations:
             raise ImportRejected("The file holds no conversations; nothing was imported.")
-    report.skipped = dict(skipped)
+    report.skipped = dict(sorted(skipped.items()))
     return report
 
 
