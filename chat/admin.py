@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from chat import pricing
 from chat.errors import PriceVersionRefused
-from chat.models import PRICE_FIELDS, Conversation, Message, ModelPrice, Persona
+from chat.models import PRICE_FIELDS, Conversation, ExportJob, Message, ModelPrice, Persona
 from config import admin as config_admin
 
 
@@ -143,3 +143,13 @@ class ModelPriceAdmin(admin.ModelAdmin):
         # The admin logs and links the object it saved: the new version, not the one it ended.
         obj.pk, obj.effective_from, obj.effective_to = version.pk, version.effective_from, version.effective_to
         obj._state.adding = False
+
+
+@admin.register(ExportJob)
+class ExportJobAdmin(config_admin.ReadOnlyAdmin):
+    """Exports of all a user's conversations (chat/porting/): staff see their status, never the file."""
+
+    list_display = ("id", "user_id", "status", "conversation_count", "size", "created_at", "expires_at")
+    list_filter = ("status",)
+    search_fields = ("=id", "=user_id")
+    show_full_result_count = False

@@ -8,6 +8,7 @@ from django import forms
 from django.conf import settings
 
 from chat import selectors
+from chat.porting.base import size_text
 
 MAX_TAGS, MAX_TAG_LENGTH = 20, 40
 ARCHIVED_CHOICES = [("", "Active"), ("archived", "Archived"), ("all", "All")]
@@ -130,9 +131,7 @@ class ImportForm(forms.Form):
     def clean_file(self):
         upload = self.cleaned_data["file"]
         if upload.size > settings.CHAT_IMPORT_MAX_BYTES:
-            raise forms.ValidationError(
-                f"The file is larger than the {settings.CHAT_IMPORT_MAX_BYTES // (1024 * 1024)} MB an import may be."
-            )
+            raise forms.ValidationError(f"The file is larger than the {size_text(settings.CHAT_IMPORT_MAX_BYTES)} an import may be.")
         return upload
 
 

@@ -56,6 +56,11 @@ class ParsedConversation:
     persona_name: str = ""
 
 
+def size_text(n: int) -> str:
+    """A limit in words: 200 MB, or 1000 bytes below a megabyte."""
+    return f"{n / 1024 / 1024:.0f} MB" if n >= 1024 * 1024 else f"{n} bytes"
+
+
 def text_clean(value: str) -> str:
     """PostgreSQL stores neither NUL nor lone surrogates: drop the one, replace the other."""
     value = value.replace("\x00", "")

@@ -34,7 +34,7 @@ from ijson.common import ObjectBuilder
 from accounts.models import User
 from chat.models import Conversation, Message, Persona
 from chat.porting import chatgpt, claude, ours
-from chat.porting.base import ConversationUnusable, ImportRejected, ParsedConversation, title_clean
+from chat.porting.base import ConversationUnusable, ImportRejected, ParsedConversation, size_text, title_clean
 from chat.services import MAX_CONTENT, _personal_organization, conversation_title
 from config.db import rls
 
@@ -98,17 +98,13 @@ class _Counted:
         return data
 
 
-def _megabytes(n: int) -> str:
-    return f"{n / 1024 / 1024:.0f} MB" if n >= 1024 * 1024 else f"{n} bytes"
-
-
 def _streams(file: BinaryIO) -> Iterator[BinaryIO]:
     """The JSON documents to read: the file itself, or each conversations member of a ZIP."""
     head = file.read(4)
     file.seek(0)
     if not head.startswith(b"PK"):
         limit = settings.CHAT_IMPORT_MAX_BYTES
-        yield _Counted(file, limit, f"The file is larger than the {_megabytes(limit)} an import may be.")
+        yield _Counted(file, limit, f"The file is larger than the {size_text(limit)} an import may be.")
         return
     try:
         archive = zipfile.ZipFile(file)
@@ -118,7 +114,7 @@ def _streams(file: BinaryIO) -> Iterator[BinaryIO]:
     if not members:
         raise ImportRejected("The ZIP holds no conversations.json or conversations-000.json: it is not a ChatGPT or Claude export.")
     limit = settings.CHAT_IMPORT_MAX_UNCOMPRESSED_BYTES
-    refusal = f"The ZIP's conversations unpack to more than the {_megabytes(limit)} an import may be."
+    refusal = f"The ZIP's conversations unpack to more than the {size_text(limit)} an import may be."
     if sum(member.file_size for member in members) > limit:
         raise ImportRejected(refusal)
     for member in members:

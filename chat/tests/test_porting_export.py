@@ -156,7 +156,7 @@ def test_another_user_cannot_read_or_write_export_jobs_with_raw_sql(alice, bob, 
         assert cur.fetchone()[0] == 0
 
 
-def test_the_settings_page_imports_and_shows_the_report_once(alice):
+def test_the_settings_page_imports_and_shows_the_report_once(alice, settings):
     from chat.tests.porting_files import chatgpt_zip
 
     client = _client(alice)
@@ -173,3 +173,17 @@ def test_the_settings_page_imports_and_shows_the_report_once(alice):
     refused = client.post("/chat/porting/", {"file": bad})
     assert refused.status_code == 400 and "not valid JSON" in refused.content.decode()
     assert client.post("/chat/porting/", {}).status_code == 400
+    settings.CHAT_IMPORT_MAX_BYTES = 100
+    upload.seek(0)
+    too_big = client.post("/chat/porting/", {"file": upload})
+    assert too_big.status_code == 400, too_big
+    assert "larger than the 100 bytes an import may be" in too_big.content.decode()
+
+
+def test_staff_see_export_jobs_read_only(alice, client):
+    job = exporter.export_job_create(user=alice)
+    client.force_login(make_user(email="staff@example.com", role="staff", is_superuser=True))
+    listing = client.get("/admin/chat/exportjob/")
+    assert listing.status_code == 200 and str(job.pk) in listing.content.decode()
+    assert client.get(f"/admin/chat/exportjob/{job.pk}/change/").status_code == 200
+    assert client.get("/admin/chat/exportjob/add/").status_code == 403
