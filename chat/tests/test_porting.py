@@ -306,3 +306,24 @@ def test_the_command_prints_the_report_and_refuses_bad_files_and_users(alice, tm
     with pytest.raises(CommandError, match="no active user with the email nobody@example.com"):
         call_command("import_conversations", str(export), "--user", "nobody@example.com")
     assert counts() == (2, 6)
+
+
+def test_an_import_runs_under_the_users_own_context_never_privileged(alice):
+    entered = []
+    rls.privileged_entered.connect(receiver := lambda sender, reason, **kwargs: entered.append(reason), weak=False)
+    try:
+        report = _import(alice, chatgpt_zip())
+    finally:
+        rls.privileged_entered.disconnect(receiver)
+    assert report.imported == 2 and entered == []
+
+
+def test_a_file_is_read_as_a_stream_never_loaded_whole(alice, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the whole file was loaded at once")
+
+    monkeypatch.setattr(json, "load", refuse)
+    monkeypatch.setattr(json, "loads", refuse)
+    for data in (chatgpt_zip(), CHATGPT_SINGLE.read_bytes(), claude_zip()):
+        _import(alice, data)
+    assert counts() == (3, 10)
