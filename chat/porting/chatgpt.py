@@ -3,7 +3,7 @@
 
 Each conversation is a tree of `mapping` nodes ({id, message|null, parent, children}); the
 branch the user last saw runs from `current_node` up through `parent` to the root. Only user
-and assistant text is imported; system, tool, hidden, empty and non-text nodes and
+and assistant text is imported; system, tool (and calls to tools), hidden, empty and non-text nodes and
 attachments are counted in the report. The model is the message's `metadata.model_slug`,
 else the conversation's `default_model_slug` (many messages carry no metadata at all).
 """
@@ -92,6 +92,9 @@ def conversation_parse(item: dict, *, skipped: Counter) -> ParsedConversation:
             continue
         if role not in ("user", "assistant"):
             skipped["other roles"] += 1
+            continue
+        if message.get("recipient") not in (None, "all"):
+            skipped["tool"] += 1  # a call to a tool (browsing, python, memory), not words for the user
             continue
         skipped["attachments"] += len(metadata.get("attachments") or [])
         if metadata.get("is_visually_hidden_from_conversation"):

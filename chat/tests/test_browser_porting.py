@@ -38,7 +38,7 @@ def test_upload_a_chatgpt_zip_see_the_report_and_download_exports(alice, page, t
         report = page.get_by_test_id("import-report")
         expect(report).to_contain_text("From ChatGPT: 2 conversations imported (6 messages)")
         expect(report).to_contain_text("0 skipped as already imported, 0 failed")
-        expect(report).to_contain_text("1 attachments, 2 non-text, 1 system, 1 tool")
+        expect(report).to_contain_text("1 attachments, 1 non-text, 1 system, 2 tool")
         with rls.privileged(reason="test: the imported messages"):
             assert Message.objects.filter(user_id=alice.pk, imported=True).count() == 6
 

@@ -70,7 +70,7 @@ def test_chatgpt_export_imports_the_current_branch_in_every_shape(alice, shape):
         assert (report.imported, report.messages, report.skipped) == (1, 2, {"attachments": 1})
         return
     assert (report.source, report.imported, report.skipped_duplicates, report.failed, report.messages) == ("chatgpt", 2, 0, [], 6)
-    assert report.skipped == {"system": 1, "tool": 1, "non-text": 2, "attachments": 1}
+    assert report.skipped == {"system": 1, "tool": 2, "non-text": 1, "attachments": 1}
     lisbon = conversations["Packing for Lisbon"]
     assert [m.content for m in lisbon] == LISBON  # the edited branch ("And for Porto?") is left out
     assert [m.sequence for m in lisbon] == [1, 2, 3, 4]
@@ -296,7 +296,7 @@ def test_the_command_prints_the_report_and_refuses_bad_files_and_users(alice, tm
     out = io.StringIO()
     call_command("import_conversations", str(export), "--user", "ALICE@example.com", stdout=out)
     assert "Source: ChatGPT" in out.getvalue() and "Imported: 2 conversation(s), 6 message(s)" in out.getvalue()
-    assert "Not imported: 1 attachments, 2 non-text, 1 system, 1 tool" in out.getvalue()
+    assert "Not imported: 1 attachments, 1 non-text, 1 system, 2 tool" in out.getvalue()
     call_command("import_conversations", str(export), "--user", alice.email, stdout=(again := io.StringIO()))
     assert "Skipped as duplicates: 2" in again.getvalue()
     broken = tmp_path / "broken.json"
