@@ -7,12 +7,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 
+from accounts.models import BIDI_CONTROLS  # the characters names refuse: one list
 from config.errors import ApplicationError
 
 TITLE_MAX = 200
-# Explicit direction embeddings, overrides and isolates, and the three direction marks.
-BIDI_CLASSES = frozenset({"LRE", "RLE", "PDF", "LRO", "RLO", "LRI", "RLI", "FSI", "PDI"})
-BIDI_MARKS = frozenset("\u200e\u200f\u061c")
 
 
 class ImportRejected(ApplicationError):
@@ -75,10 +73,7 @@ def title_clean(value) -> str:
     """A title shown on every page: control and text-direction characters become spaces, runs of spaces one."""
     if not isinstance(value, str):
         return ""
-    kept = (
-        " " if unicodedata.category(c) == "Cc" or c in BIDI_MARKS or unicodedata.bidirectional(c) in BIDI_CLASSES else c
-        for c in text_clean(value)
-    )
+    kept = (" " if unicodedata.category(c) == "Cc" or c in BIDI_CONTROLS else c for c in text_clean(value))
     return " ".join("".join(kept).split())[:TITLE_MAX]
 
 
