@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from chat import pricing
 from chat.errors import PriceVersionRefused
-from chat.models import PRICE_FIELDS, Conversation, Message, ModelPrice, Persona, ShareLink
+from chat.models import PRICE_FIELDS, Conversation, ExportJob, Message, ModelPrice, Persona, ShareLink
 from config import admin as config_admin
 
 
@@ -156,4 +156,13 @@ class ShareLinkAdmin(config_admin.ReadOnlyAdmin):
     search_help_text = "An exact link, conversation, user or organization id."
     exclude = ("token_hash",)
     date_hierarchy = "created_at"
+
+
+@admin.register(ExportJob)
+class ExportJobAdmin(config_admin.ReadOnlyAdmin):
+    """Exports of all a user's conversations (chat/porting/): staff see their status, never the file."""
+
+    list_display = ("id", "user_id", "status", "conversation_count", "size", "created_at", "expires_at")
+    list_filter = ("status",)
+    search_fields = ("=id", "=user_id")
     show_full_result_count = False

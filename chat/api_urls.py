@@ -1,6 +1,7 @@
 from django.urls import path
 
 from chat import api, share_api
+from chat.porting import api as porting_api
 
 app_name = "chat-api"
 
@@ -14,4 +15,8 @@ urlpatterns = [
     path("conversations/<uuid:conversation_id>/shares", share_api.ShareLinkCreateApi.as_view(), name="conversation-shares"),
     path("shares", share_api.ShareLinkListApi.as_view(), name="shares"),
     path("shares/<uuid:share_link_id>", share_api.ShareLinkDetailApi.as_view(), name="share"),
+    path("conversations/<uuid:conversation_id>/export", porting_api.ConversationExportApi.as_view(), name="conversation-export"),
+    path("exports", porting_api.ExportListApi.as_view(), name="exports"),
+    path("exports/<uuid:export_id>", porting_api.ExportDetailApi.as_view(), name="export"),
+    path("exports/<uuid:export_id>/download", porting_api.ExportDownloadApi.as_view(), name="export-download"),
 ]

@@ -5,8 +5,10 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django import forms
+from django.conf import settings
 
 from chat import selectors
+from chat.porting.base import size_text
 
 MAX_TAGS, MAX_TAG_LENGTH = 20, 40
 ARCHIVED_CHOICES = [("", "Active"), ("archived", "Archived"), ("all", "All")]
@@ -117,3 +119,21 @@ class PersonaForm(forms.Form):
         provider, model = model_split(self.cleaned_data["model"])
         data = {name: self.cleaned_data[name] for name in ("name", "system_prompt", "temperature", "response_cache")}
         return {**data, "provider": provider, "model": model}
+
+
+class ImportForm(forms.Form):
+    file = forms.FileField(
+        label="Export file",
+        help_text="ChatGPT's export (the ZIP as downloaded, or its conversations.json), Claude's (ZIP or conversations.json), or a Confab JSON export.",
+        error_messages={"required": "Choose a file to import.", "empty": "The file is empty."},
+    )
+
+    def clean_file(self):
+        upload = self.cleaned_data["file"]
+        if upload.size > settings.CHAT_IMPORT_MAX_BYTES:
+            raise forms.ValidationError(f"The file is larger than the {size_text(settings.CHAT_IMPORT_MAX_BYTES)} an import may be.")
+        return upload
+
+
+class ExportFormatForm(forms.Form):
+    format = forms.ChoiceField(choices=[("json", "JSON"), ("md", "Markdown")], required=False)

@@ -53,10 +53,20 @@ class Conversation(models.Model):
     total_cost = models.DecimalField(default=Decimal("0"), **MONEY)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
+    # Where an imported conversation came from and its id there: importing it again finds it (chat/porting/).
+    imported_from = models.CharField(max_length=16, blank=True, default="", db_default="")
+    external_id = models.CharField(max_length=200, blank=True, default="", db_default="")
 
     class Meta:
         ordering = ["-updated_at"]
         indexes = [models.Index(fields=["user_id", "-updated_at"], name="chat_conv_user_updated")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user_id", "imported_from", "external_id"],
+                condition=~models.Q(imported_from=""),
+                name="chat_conversation_imported_once",
+            )
+        ]
 
     def __str__(self):
         return self.title or f"Conversation {self.pk}"
@@ -90,6 +100,8 @@ class Message(models.Model):
     error = models.TextField(blank=True)
     metadata = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
+    # Brought in by an import: no model call happened, so it was never metered.
+    imported = models.BooleanField(default=False, db_default=False)
 
     class Meta:
         ordering = ["conversation", "sequence"]
@@ -98,6 +110,33 @@ class Message(models.Model):
 
     def __str__(self):
         return f"{self.role} #{self.sequence}"
+
+
+class ExportJob(models.Model):
+    """A zip of all a user's conversations, built by a Celery task into a private file that expires."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        READY = "ready", "Ready"
+        FAILED = "failed", "Failed"
+        EXPIRED = "expired", "Expired"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user_id = models.UUIDField(db_index=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    conversation_count = models.PositiveIntegerField(default=0)
+    size = models.BigIntegerField(default=0)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "expires_at"], name="chat_exportjob_status_expires")]
+
+    def __str__(self):
+        return f"export {self.pk} ({self.status})"
 
 
 TIER_PRICES = (

@@ -1,8 +1,19 @@
 from celery import shared_task
 
 from chat import services
+from chat.porting import exporter
 
 
 @shared_task
 def streams_close_stale_task() -> int:
     return services.streams_close_stale()
+
+
+@shared_task
+def export_build_task(*, job_id: str, user_id: str) -> str:
+    return exporter.export_build(job_id=job_id, user_id=user_id).status
+
+
+@shared_task
+def exports_expire_task() -> int:
+    return exporter.exports_expire()

@@ -3,6 +3,7 @@
 from django.urls import path
 
 from chat import share_views, views
+from chat.porting import views as porting_views
 
 app_name = "chat"
 
@@ -20,4 +21,8 @@ urlpatterns = [
     path("<uuid:conversation_id>/shares/", share_views.share_conversation, name="share-conversation"),
     path("shares/", share_views.share_list, name="shares"),
     path("shares/<uuid:share_link_id>/revoke/", share_views.share_revoke, name="share-revoke"),
+    path("<uuid:conversation_id>/export/", porting_views.conversation_export, name="export"),
+    path("porting/", porting_views.porting, name="porting"),
+    path("porting/export/", porting_views.export_start, name="export-start"),
+    path("exports/<str:token>/", porting_views.export_download, name="export-download"),
 ]

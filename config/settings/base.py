@@ -320,6 +320,15 @@ API_LOG_PATH_PREFIX = ("/api/", "/v1/")
 # A reply still `streaming` after this many minutes lost its worker: closed as interrupted and metered.
 CHAT_STREAM_STALE_MINUTES = env.int("CHAT_STREAM_STALE_MINUTES", default=15)
 CELERY_BEAT_SCHEDULE["chat-streams-close-stale"] = {"task": "chat.tasks.streams_close_stale_task", "schedule": crontab(minute="*/5")}
+# Import and export (chat/porting/): limits of one imported file (over one: refused, nothing imported).
+CHAT_IMPORT_MAX_BYTES = env.int("CHAT_IMPORT_MAX_BYTES", default=200 * 1024 * 1024)
+CHAT_IMPORT_MAX_UNCOMPRESSED_BYTES = env.int("CHAT_IMPORT_MAX_UNCOMPRESSED_BYTES", default=1024 * 1024 * 1024)
+CHAT_IMPORT_MAX_CONVERSATIONS = env.int("CHAT_IMPORT_MAX_CONVERSATIONS", default=20_000)
+CHAT_IMPORT_MAX_MESSAGES = env.int("CHAT_IMPORT_MAX_MESSAGES", default=500_000)
+# Where export zips are built (private: served only through the signed, owner-only link) and hours they live.
+CHAT_EXPORT_DIR = Path(env("CHAT_EXPORT_DIR", default=str(BASE_DIR / "var" / "exports")))
+CHAT_EXPORT_HOURS = env.int("CHAT_EXPORT_HOURS", default=24)
+CELERY_BEAT_SCHEDULE["chat-exports-expire"] = {"task": "chat.tasks.exports_expire_task", "schedule": crontab(minute=17)}
 
 # Hosts a user-set URL (a provider base URL) may reach although they are not public (config/outbound.py).
 OUTBOUND_ALLOWED_HOSTS = env.list("OUTBOUND_ALLOWED_HOSTS", default=[])

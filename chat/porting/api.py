@@ -1,0 +1,78 @@
+"""Export API (/api/v1/): one conversation as JSON or Markdown; an export of everything
+(POST starts it, GET says its status and gives the download link once ready; the download
+itself streams to the owner's API key or session). Another user's id is 404."""
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.negotiation import DefaultContentNegotiation
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from chat import selectors
+from chat.api import CHAT_SCOPES
+from chat.models import ExportJob
+from chat.porting import exporter
+from chat.porting.views import conversation_download, export_file_response
+from config.api.errors import error_responses
+from config.api.inputs import validated_query
+
+
+class ExportFormatQuery(serializers.Serializer):
+    format = serializers.ChoiceField(choices=["json", "md"], default="json")
+
+
+class ExportJobOut(serializers.ModelSerializer):
+    download_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ExportJob
+        fields = ["id", "status", "conversation_count", "size", "error", "created_at", "finished_at", "expires_at", "download_url"]
+
+    def get_download_url(self, job) -> str | None:
+        return f"/api/v1/exports/{job.pk}/download" if exporter.export_download_url(job) else None
+
+
+class ExportFormatNegotiation(DefaultContentNegotiation):
+    """`?format=` names the export's format here (json|md), not one of DRF's renderers."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
+class ConversationExportApi(APIView):
+    required_scopes = CHAT_SCOPES
+    content_negotiation_class = ExportFormatNegotiation
+
+    @extend_schema(
+        parameters=[ExportFormatQuery], responses={(200, "application/json"): OpenApiTypes.OBJECT, **error_responses(400, 401, 403, 404)}
+    )
+    def get(self, request, conversation_id):
+        kind = validated_query(ExportFormatQuery, request)["format"]
+        conversation = selectors.conversation_get(user=request.user, conversation_id=conversation_id)
+        return conversation_download(exporter.conversation_export(user=request.user, conversation=conversation, kind=kind))
+
+
+class ExportListApi(APIView):
+    required_scopes = CHAT_SCOPES
+
+    @extend_schema(request=None, responses={202: ExportJobOut, **error_responses(401, 403)})
+    def post(self, request):
+        job = exporter.export_job_create(user=request.user)
+        return Response(ExportJobOut(job).data, status=status.HTTP_202_ACCEPTED)
+
+
+class ExportDetailApi(APIView):
+    required_scopes = CHAT_SCOPES
+
+    @extend_schema(responses={200: ExportJobOut, **error_responses(401, 403, 404)})
+    def get(self, request, export_id):
+        return Response(ExportJobOut(exporter.export_job_get(user=request.user, job_id=export_id)).data)
+
+
+class ExportDownloadApi(APIView):
+    required_scopes = CHAT_SCOPES
+
+    @extend_schema(responses={(200, "application/zip"): OpenApiTypes.BINARY, **error_responses(401, 403, 404)})
+    def get(self, request, export_id):
+        return export_file_response(*exporter.export_open(user=request.user, job_id=export_id))

@@ -1,0 +1,109 @@
+"""What every source's reader produces, the two ways an import fails, and the text cleaning they share."""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from accounts.models import BIDI_CONTROLS  # the characters names refuse: one list
+from config.errors import ApplicationError
+
+TITLE_MAX = 200
+
+
+class ImportRejected(ApplicationError):
+    """The whole file is refused (unreadable, the wrong shape, over a limit): nothing is imported."""
+
+    code = "import_rejected"
+
+
+class ConversationUnusable(Exception):
+    """One conversation is well-formed JSON but cannot be imported: reported with its reason, the rest go on."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class ParsedMessage:
+    role: str
+    content: str
+    created_at: datetime
+    provider: str = ""
+    model: str = ""
+    status: str = "complete"
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: Decimal = Decimal("0")
+    metadata: dict = field(default_factory=dict)
+
+
+@dataclass
+class ParsedConversation:
+    external_id: str
+    title: str
+    created_at: datetime
+    updated_at: datetime
+    messages: list[ParsedMessage]
+    summary: str = ""
+    tags: list[str] = field(default_factory=list)
+    is_archived: bool = False
+    persona_name: str = ""
+
+
+def size_text(n: int) -> str:
+    """A limit in words: 200 MB, or 1000 bytes below a megabyte."""
+    return f"{n / 1024 / 1024:.0f} MB" if n >= 1024 * 1024 else f"{n} bytes"
+
+
+def text_clean(value: str) -> str:
+    """PostgreSQL stores neither NUL nor lone surrogates: drop the one, replace the other."""
+    value = value.replace("\x00", "")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    return value
+
+
+def title_clean(value) -> str:
+    """A title shown on every page: control and text-direction characters become spaces, runs of spaces one."""
+    if not isinstance(value, str):
+        return ""
+    kept = (" " if unicodedata.category(c) == "Cc" or c in BIDI_CONTROLS else c for c in text_clean(value))
+    return " ".join("".join(kept).split())[:TITLE_MAX]
+
+
+def json_clean(value):
+    """Metadata kept as JSON: every string and key cleaned as text (the parser bounds the depth)."""
+    if isinstance(value, str):
+        return text_clean(value)
+    if isinstance(value, dict):
+        return {text_clean(str(k)): json_clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_clean(v) for v in value]
+    return value
+
+
+def when_epoch(value) -> datetime | None:
+    """Seconds since 1970 (ChatGPT's `create_time`), or None when absent or unreadable."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return datetime.fromtimestamp(value, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def when_iso(value) -> datetime | None:
+    """An ISO 8601 time (a time without a zone is read as UTC), or None when absent or unreadable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

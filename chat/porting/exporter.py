@@ -1,0 +1,144 @@
+"""Exports: one conversation as JSON or Markdown, and all of a user's conversations as a zip
+(our JSON plus one Markdown file each) that a Celery task builds into a private directory,
+downloaded through a signed link that only its owner can open, until it expires."""
+
+from __future__ import annotations
+
+import io
+import re
+import zipfile
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.core import signing
+from django.db import transaction
+from django.urls import reverse
+from django.utils import timezone
+
+from accounts.models import User
+from chat import selectors
+from chat.models import Conversation, ExportJob
+from chat.porting import markdown, ours
+from config.db import rls
+from config.errors import NotFoundError
+
+SALT = "chat.export.download"
+
+
+def _documents(conversations) -> Iterator[dict]:
+    for conversation in conversations:
+        yield ours.conversation_document(conversation, selectors.message_list(conversation=conversation))
+
+
+def _all(user_id) -> Iterator[Conversation]:
+    return Conversation.objects.filter(user_id=user_id).select_related("persona").order_by("created_at", "id").iterator(chunk_size=200)
+
+
+def conversation_export(*, user: User, conversation: Conversation, kind: str) -> tuple[str, str]:
+    """(file name, text) of one conversation: our JSON document (importable) or Markdown."""
+    messages = list(selectors.message_list(conversation=conversation))
+    stem = f"conversation-{_slug(conversation.title)}-{str(conversation.pk)[:8]}"
+    if kind == "md":
+        return f"{stem}.md", markdown.conversation_markdown(conversation, messages)
+    out = io.StringIO()
+    ours.document_write(out, [ours.conversation_document(conversation, messages)], exported_at=timezone.now())
+    return f"{stem}.json", out.getvalue()
+
+
+def conversations_document_write(*, user_id, out) -> int:
+    """All of a user's conversations in our format, written to `out` (the caller holds their context)."""
+    return ours.document_write(out, _documents(_all(user_id)), exported_at=timezone.now())
+
+
+def _slug(title: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", (title or "untitled").lower()).strip("-")[:40] or "untitled"
+
+
+def export_path(job_id) -> Path:
+    return Path(settings.CHAT_EXPORT_DIR) / f"{job_id}.zip"
+
+
+def export_job_create(*, user: User) -> ExportJob:
+    """A pending export of all the user's conversations; the zip is built by a task once this commits."""
+    from chat.tasks import export_build_task
+
+    with rls.atomic_as(user.pk):
+        job = ExportJob.objects.create(user_id=user.pk, expires_at=timezone.now() + timedelta(hours=settings.CHAT_EXPORT_HOURS))
+        transaction.on_commit(lambda: export_build_task.delay(job_id=str(job.pk), user_id=str(user.pk)), using=rls.current_alias())
+    return job
+
+
+def export_build(*, job_id, user_id) -> ExportJob:
+    """Build the job's zip, streamed into a file (never whole in memory), under the owner's own context."""
+    target = export_path(job_id)
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    partial = target.with_suffix(".part")
+    with rls.atomic_as(user_id):
+        job = ExportJob.objects.select_for_update().get(pk=job_id, user_id=user_id)
+        if job.status != ExportJob.Status.PENDING:
+            return job
+        try:
+            with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+                with archive.open("conversations.json", "w", force_zip64=True) as raw, io.TextIOWrapper(raw, encoding="utf-8") as out:
+                    count = conversations_document_write(user_id=user_id, out=out)
+                for n, conversation in enumerate(_all(user_id), start=1):
+                    text = markdown.conversation_markdown(conversation, selectors.message_list(conversation=conversation))
+                    archive.writestr(f"markdown/{n:05d}-{_slug(conversation.title)}.md", text)
+            partial.rename(target)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            job.status, job.error = ExportJob.Status.FAILED, f"The export could not be written: {exc.strerror or exc}."
+        else:
+            job.status, job.conversation_count, job.size = ExportJob.Status.READY, count, target.stat().st_size
+        job.finished_at = timezone.now()
+        job.save(update_fields=["status", "error", "conversation_count", "size", "finished_at"])
+    return job
+
+
+def export_download_url(job: ExportJob) -> str | None:
+    """The signed link to a ready export (None before): only its owner can open it, until it expires."""
+    if job.status != ExportJob.Status.READY or job.expires_at <= timezone.now():
+        return None
+    return reverse("chat:export-download", kwargs={"token": signing.dumps(str(job.pk), salt=SALT)})
+
+
+def export_job_get(*, user: User, job_id) -> ExportJob:
+    job = ExportJob.objects.filter(user_id=user.pk, pk=job_id).first()
+    if job is None:
+        raise NotFoundError("No such export.")
+    return job
+
+
+def export_job_list(*, user: User):
+    return ExportJob.objects.filter(user_id=user.pk).order_by("-created_at")[:10]
+
+
+def export_open(*, user: User, job_id) -> tuple[ExportJob, Path]:
+    """The caller's ready export and its file: NotFoundError when it is not theirs, not ready, expired or gone."""
+    job = export_job_get(user=user, job_id=job_id)
+    path = export_path(job.pk)
+    if job.status != ExportJob.Status.READY or job.expires_at <= timezone.now() or not path.exists():
+        raise NotFoundError("This export is not ready or has expired; start a new one.")
+    return job, path
+
+
+def export_file(*, user: User, token: str) -> tuple[ExportJob, Path]:
+    """The export a signed download link names (NotFoundError when the link is forged or past its age)."""
+    try:
+        job_id = signing.loads(token, salt=SALT, max_age=timedelta(hours=settings.CHAT_EXPORT_HOURS))
+    except signing.BadSignature:
+        raise NotFoundError("This download link is not valid or has expired.") from None
+    return export_open(user=user, job_id=job_id)
+
+
+def exports_expire() -> int:
+    """Remove the files of expired exports (a system job over every user's exports)."""
+    with rls.privileged(reason="chat exports expire", audited=False):
+        expired = list(ExportJob.objects.filter(expires_at__lte=timezone.now()).exclude(status=ExportJob.Status.EXPIRED))
+        for job in expired:
+            export_path(job.pk).unlink(missing_ok=True)
+            export_path(job.pk).with_suffix(".part").unlink(missing_ok=True)
+        ExportJob.objects.filter(pk__in=[job.pk for job in expired]).update(status=ExportJob.Status.EXPIRED)
+    return len(expired)

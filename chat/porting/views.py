@@ -1,0 +1,81 @@
+"""Import and export pages: Settings → Import and export (/chat/porting/) uploads an export
+and shows the import's report (kept in the session across the redirect), starts an export
+of everything and lists the downloads; a conversation's page downloads it as JSON or Markdown."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import FileResponse, Http404, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from chat import selectors
+from chat.forms import ExportFormatForm, ImportForm
+from chat.porting import exporter
+from chat.porting.importer import ImportReport, conversations_import
+from config.errors import ApplicationError, NotFoundError
+
+REPORT_KEY = "chat_import_report"
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def porting(request):
+    form = ImportForm(request.POST, request.FILES) if request.method == "POST" else ImportForm()
+    if request.method == "POST" and form.is_valid():
+        try:
+            report = conversations_import(user=request.user, file=form.cleaned_data["file"])
+        except ApplicationError as exc:
+            form.add_error("file", exc.message)
+        else:
+            request.session[REPORT_KEY] = report.as_dict()
+            return redirect("chat:porting")
+    saved = request.session.pop(REPORT_KEY, None) if request.method == "GET" else None
+    jobs = [(job, exporter.export_download_url(job)) for job in exporter.export_job_list(user=request.user)]
+    context = {"form": form, "report": ImportReport.from_dict(saved) if saved else None, "jobs": jobs}
+    return render(request, "chat/porting.html", context, status=400 if form.errors else 200)
+
+
+@login_required
+@require_POST
+def export_start(request):
+    exporter.export_job_create(user=request.user)
+    messages.success(request, "Your export is being prepared; its download link appears below when it is ready.")
+    return redirect("chat:porting")
+
+
+@login_required
+@require_GET
+def export_download(request, token):
+    try:
+        job, path = exporter.export_file(user=request.user, token=token)
+    except NotFoundError as exc:
+        raise Http404(exc.message) from exc
+    return export_file_response(job, path)
+
+
+def export_file_response(job, path) -> FileResponse:
+    """The zip, streamed from its file (never read whole)."""
+    return FileResponse(path.open("rb"), as_attachment=True, filename=f"confab-export-{job.created_at:%Y-%m-%d}.zip")
+
+
+@login_required
+@require_GET
+def conversation_export(request, conversation_id):
+    form = ExportFormatForm(request.GET)
+    if not form.is_valid():
+        return HttpResponse("Choose format=json or format=md.", status=400, content_type="text/plain")
+    try:
+        conversation = selectors.conversation_get(user=request.user, conversation_id=conversation_id)
+    except NotFoundError as exc:
+        raise Http404(exc.message) from exc
+    return conversation_download(
+        exporter.conversation_export(user=request.user, conversation=conversation, kind=form.cleaned_data["format"] or "json")
+    )
+
+
+def conversation_download(exported: tuple[str, str]) -> HttpResponse:
+    name, text = exported
+    content_type = "text/markdown; charset=utf-8" if name.endswith(".md") else "application/json"
+    return HttpResponse(text, content_type=content_type, headers={"Content-Disposition": f'attachment; filename="{name}"'})
