@@ -11,4 +11,5 @@ urlpatterns = [
     path("personas", api.PersonaListApi.as_view(), name="personas"),
     path("personas/<uuid:persona_id>", api.PersonaDetailApi.as_view(), name="persona"),
     path("models", api.ModelListApi.as_view(), name="models"),
+    path("search", api.SearchApi.as_view(), name="search"),
 ]
