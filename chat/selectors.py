@@ -171,18 +171,10 @@ def search_query_clean(query: str) -> str:
 
 _SEARCH_SQL = """
 WITH titles AS MATERIALIZED (
-    SELECT c.id, c.title, c.updated_at, c.search_config,
-           ts_rank(c.search_vector, {query_c}) AS rank
-    FROM chat_conversation c
-    WHERE c.user_id = %(user)s AND c.search_vector @@ ({any_query})
-      AND c.search_vector @@ {query_c}
+    SELECT id, updated_at, rank FROM chat_search_conversations({any_query}, {configs}, {queries})
 ),
 messages AS MATERIALIZED (
-    SELECT m.id, m.conversation_id, m.role, m.created_at,
-           ts_rank(m.search_vector, {query_m}, 1) AS rank
-    FROM chat_message m
-    WHERE m.user_id = %(user)s AND m.search_vector @@ ({any_query})
-      AND m.search_vector @@ {query_m}
+    SELECT id, conversation_id, role, created_at, rank FROM chat_search_messages({any_query}, {configs}, {queries})
 ),
 hits AS (
     SELECT m.id AS message_id, m.conversation_id, m.role, m.created_at, m.rank + coalesce(t.rank, 0) AS rank
@@ -198,9 +190,9 @@ page AS (
 SELECT p.conversation_id, c.title, p.message_id, p.role, p.created_at, p.rank, p.total,
        CASE WHEN m.id IS NULL
             THEN ts_headline(c.search_config, translate(c.title, %(marks)s, %(less_than)s),
-                             {query_c}, %(title_options)s)
+                             ({queries})[array_position({configs}, c.search_config)], %(title_options)s)
             ELSE ts_headline(m.search_config, translate(left(m.content, %(chars)s), %(marks)s, %(less_than)s),
-                             {query_m}, %(options)s)
+                             ({queries})[array_position({configs}, m.search_config)], %(options)s)
        END
 FROM page p
 JOIN chat_conversation c ON c.id = p.conversation_id AND c.user_id = %(user)s
@@ -220,17 +212,17 @@ def conversation_search(*, user, query: str, limit: int = 20, offset: int = 0) -
     query = search_query_clean(query)
     limit, offset = max(1, min(int(limit), SEARCH_LIMIT_MAX)), max(0, int(offset))
     with connections[rls.APP_ALIAS].cursor() as cur:
-        # The configurations this user's rows were indexed with (a conversation's messages share its
-        # own). Each row is matched and ranked with its configuration's query, a constant chosen by
-        # CASE (no parse per row); their `||` lets the GIN index answer in one scan.
+        # The configurations this user's rows were indexed with (a conversation's messages share
+        # its own); migration 0005's functions match and rank each row with its configuration's query.
         cur.execute("SELECT DISTINCT search_config::text FROM chat_conversation WHERE user_id = %s", [user.pk])
         configs = [row[0] for row in cur.fetchall()]
         if not configs:
             return SearchPage(hits=[], total=0, offset=offset, limit=limit)
         queries = [f"websearch_to_tsquery(%(config_{i})s::regconfig, %(q)s)" for i in range(len(configs))]
-        whens = " ".join(f"WHEN %(config_{i})s::regconfig THEN {tsq}" for i, tsq in enumerate(queries))
         statement = _SEARCH_SQL.format(
-            any_query=" || ".join(queries), query_c=f"CASE c.search_config {whens} END", query_m=f"CASE m.search_config {whens} END"
+            any_query=" || ".join(queries),
+            configs="ARRAY[" + ", ".join(f"%(config_{i})s" for i in range(len(configs))) + "]::regconfig[]",
+            queries="ARRAY[" + ", ".join(queries) + "]",
         )
         params = {
             "q": query,

@@ -210,6 +210,25 @@ def test_raw_sql_as_the_web_role_sees_only_its_own_vectors(raw_app_connection, a
     with raw_app_connection.cursor() as cur:  # no context: no rows, whatever the search
         cur.execute("SELECT count(*) FROM chat_message WHERE search_vector @@ to_tsquery('english', 'zanzibar')")
         assert cur.fetchone()[0] == 0
+        for function in SEARCH_FUNCTIONS:
+            cur.execute(f"SELECT count(*) FROM {function}")
+            assert cur.fetchone()[0] == 0, function
+
+
+# Migration 0005's functions (owner's rights, so the GIN index is used) answer only the context's user.
+ZANZIBAR = "to_tsquery('english', 'zanzibar'), ARRAY['english']::regconfig[], ARRAY[to_tsquery('english', 'zanzibar')]"
+SEARCH_FUNCTIONS = (f"chat_search_messages({ZANZIBAR})", f"chat_search_conversations({ZANZIBAR})")
+
+
+def test_raw_sql_search_functions_answer_only_the_context_user(raw_app_connection, ann, bob):
+    annes = _conversation(ann, "Zanzibar trip", "ferry to zanzibar")
+    _conversation(bob, "Zanzibar secrets", "bob's zanzibar password is hunter2")
+    with raw_app_connection.cursor() as cur:
+        cur.execute("SELECT set_config('app.user_id', %s, true)", [str(ann.pk)])
+        cur.execute(f"SELECT conversation_id FROM chat_search_messages({ZANZIBAR})")
+        assert cur.fetchall() == [(annes.pk,)]
+        cur.execute(f"SELECT id FROM chat_search_conversations({ZANZIBAR})")
+        assert cur.fetchall() == [(annes.pk,)]
 
 
 def test_search_page_as_you_type_and_plain_form(client, ann, bob):
