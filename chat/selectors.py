@@ -111,6 +111,7 @@ def model_price_current(*, provider: str, model: str, at: datetime | None = None
 
 SEARCH_MAX_LENGTH = 500
 SEARCH_LIMIT_MAX = 100
+SEARCH_PAGES_MAX = 100  # deeper than anyone pages; keeps the offset small
 # ts_headline's markers: private-use characters, stripped from the text first, so every marker
 # in a snippet is the search's and the text around them is escaped. ts_headline drops what looks
 # like an HTML tag, so "<" travels as LESS_THAN and comes back after escaping.

@@ -1,6 +1,7 @@
 from rest_framework import serializers
 
 from chat.models import MONEY, Message, ModelPrice, Persona
+from chat.selectors import SEARCH_LIMIT_MAX, SEARCH_PAGES_MAX
 from chat.services import MAX_CONTENT
 
 TAG = serializers.CharField(max_length=50)
@@ -105,8 +106,8 @@ class SearchQuery(serializers.Serializer):
     q = serializers.CharField(
         allow_blank=True, trim_whitespace=False, help_text='Words, "a phrase", -excluded, or; at most 500 characters.'
     )
-    page = serializers.IntegerField(min_value=1, max_value=100, default=1)
-    page_size = serializers.IntegerField(min_value=1, max_value=100, default=20)
+    page = serializers.IntegerField(min_value=1, max_value=SEARCH_PAGES_MAX, default=1)
+    page_size = serializers.IntegerField(min_value=1, max_value=SEARCH_LIMIT_MAX, default=20)
 
 
 class SearchHitOut(serializers.Serializer):

@@ -75,13 +75,10 @@ def conversation_list(request):
     return render(request, "chat/conversation_list.html", context, status=200 if filters.is_valid() else 400)
 
 
-SEARCH_PAGES = 100  # deeper than anyone pages; keeps the offset a small number
-
-
 def _conversation_search(request, query: str):
     """Search hits in place of the list: the whole page, or only the results for htmx (as you type)."""
     try:
-        page = min(max(int(request.GET.get("page") or 1), 1), SEARCH_PAGES)
+        page = min(max(int(request.GET.get("page") or 1), 1), selectors.SEARCH_PAGES_MAX)
     except ValueError:
         page = 1
     context, status = {"search_q": query, "search_page": page}, 200
