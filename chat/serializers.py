@@ -1,7 +1,7 @@
 from rest_framework import serializers
 
 from chat.models import MONEY, Message, ModelPrice, Persona
-from chat.selectors import SEARCH_LIMIT_MAX, SEARCH_PAGES_MAX
+from chat.selectors import SEARCH_LIMIT_MAX, SEARCH_MAX_LENGTH, SEARCH_PAGES_MAX
 from chat.services import MAX_CONTENT
 
 TAG = serializers.CharField(max_length=50)
@@ -104,7 +104,7 @@ class ModelPriceOut(serializers.ModelSerializer):
 class SearchQuery(serializers.Serializer):
     # Blank, too long and control characters are the search's own 400s (chat.selectors.search_query_clean).
     q = serializers.CharField(
-        allow_blank=True, trim_whitespace=False, help_text='Words, "a phrase", -excluded, or; at most 500 characters.'
+        allow_blank=True, trim_whitespace=False, help_text=f'Words, "a phrase", -excluded, or; at most {SEARCH_MAX_LENGTH} characters.'
     )
     page = serializers.IntegerField(min_value=1, max_value=SEARCH_PAGES_MAX, default=1)
     page_size = serializers.IntegerField(min_value=1, max_value=SEARCH_LIMIT_MAX, default=20)

@@ -1,4 +1,4 @@
-"""Chat pages (/chat/): conversations (list with filters, view, rename/tag/persona, archive,
+"""Chat pages (/chat/): conversations (list with filters and search, view, rename/tag/persona, archive,
 delete with confirmation), sending with the reply streamed in, and personas.
 
 Each view parses input, calls one service or selector, renders. Another user's

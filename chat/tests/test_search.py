@@ -8,6 +8,7 @@ from datetime import timedelta
 import psycopg
 import pytest
 from django.db import connections
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
@@ -69,6 +70,13 @@ def test_title_and_two_mentions_rank_above_one_mention_title_only_hits_too(ann):
     assert [(h.conversation_id, h.message_id is None) for h in page.hits] == [(twice.pk, False), (titled.pk, True), (once.pk, False)]
     assert page.total == 3 and page.hits[0].rank > page.hits[1].rank > page.hits[2].rank
     assert page.hits[1].snippet == "<mark>Kubernetes</mark> cheatsheet" and page.hits[1].conversation_title == "Kubernetes cheatsheet"
+
+
+def test_a_search_is_two_queries(ann):
+    _conversation(ann, "Kubernetes notes", "kubernetes pods")
+    with rls.atomic_as(ann.pk), CaptureQueriesContext(connections["default"]) as queries:
+        assert selectors.conversation_search(user=ann, query="kubernetes").total == 1
+    assert len(queries.captured_queries) == 2  # the user's configurations, then hits, total and snippets at once
 
 
 def test_equal_ranks_newest_first_and_pages(ann):
@@ -273,6 +281,8 @@ def test_search_api_pages_scopes_and_isolation(ann, bob):
     assert_error(client.get(SEARCH, {"q": "invoice", "page": 3, "page_size": 2}), 404, "No such page")
     assert_error(key_client(ann, scopes=["account:read"]).get(SEARCH, {"q": "invoice"}), 403)
     assert session_client(bob).get(SEARCH, {"q": "invoice"}).json()["count"] == 1
+    for syntax in ('"unterminated -x or', "-", "or", "&|!:*()<->"):
+        assert client.get(SEARCH, {"q": syntax}).status_code == 200, syntax
 
 
 @pytest.mark.parametrize(
