@@ -1,5 +1,5 @@
-"""The chat REST API (/api/v1/): conversations, their messages (sent and streamed), personas
-and the model catalog. Each view parses input, calls one service or selector, renders.
+"""The chat REST API (/api/v1/): conversations, their messages (sent and streamed), personas,
+the model catalog and search. Each view parses input, calls one service or selector, renders.
 
 Another user's conversation or persona is 404 (row-level security hides it). API keys need
 `chat:read` to read and `chat:write` to change or send. Refusals answer 402 (quota), 429
@@ -12,6 +12,7 @@ from rest_framework import status
 from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
+from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
 from accounts.models import ApiKey
@@ -27,12 +28,15 @@ from chat.serializers import (
     ModelPriceOut,
     PersonaSerializer,
     ReplyOut,
+    SearchPageOut,
+    SearchQuery,
     StreamQuery,
 )
 from chat.streaming import reply_stream_response
 from config.api.errors import error_responses
 from config.api.inputs import validated_body, validated_query
 from config.db import rls
+from config.errors import NotFoundError
 
 READ, WRITE = ApiKey.Scope.CHAT_READ.value, ApiKey.Scope.CHAT_WRITE.value
 CHAT_SCOPES = {"GET": READ, "HEAD": READ, "OPTIONS": READ, "*": WRITE}
@@ -205,3 +209,27 @@ class ModelListApi(APIView):
     @extend_schema(responses={200: ModelPriceOut(many=True), **error_responses(401, 403)})
     def get(self, request):
         return Response(ModelPriceOut(selectors.model_price_list(), many=True).data)
+
+
+# --- Search --------------------------------------------------------------------------
+
+
+class SearchApi(APIView):
+    required_scopes = READ
+
+    @extend_schema(parameters=[SearchQuery], responses={200: SearchPageOut, **error_responses(400, 401, 403, 404)})
+    def get(self, request):
+        """Your messages and conversation titles matching `q`, best first, with highlighted snippets."""
+        params = validated_query(SearchQuery, request)
+        page, size = params["page"], params["page_size"]
+        found = selectors.conversation_search(user=request.user, query=params["q"], limit=size, offset=(page - 1) * size)
+        if page > 1 and not found.hits:
+            raise NotFoundError("No such page of results.")
+        url = request.build_absolute_uri()
+        data = {
+            "count": found.total,
+            "next": replace_query_param(url, "page", page + 1) if found.has_next else None,
+            "previous": replace_query_param(url, "page", page - 1) if page > 1 else None,
+            "results": found.hits,
+        }
+        return Response(SearchPageOut(data).data)

@@ -19,4 +19,5 @@ urlpatterns = [
     path("exports", porting_api.ExportListApi.as_view(), name="exports"),
     path("exports/<uuid:export_id>", porting_api.ExportDetailApi.as_view(), name="export"),
     path("exports/<uuid:export_id>/download", porting_api.ExportDownloadApi.as_view(), name="export-download"),
+    path("search", api.SearchApi.as_view(), name="search"),
 ]

@@ -19,3 +19,9 @@ class PriceVersionRefused(ApplicationError):
     """A price version that would rewrite the past: it must start after the version it replaces."""
 
     code = "price_version_refused"
+
+
+class SearchQueryInvalid(ApplicationError):
+    """A search that cannot be run: empty, too long, or with control characters."""
+
+    code = "search_query_invalid"

@@ -1,6 +1,7 @@
 from rest_framework import serializers
 
 from chat.models import MONEY, Message, ModelPrice, Persona
+from chat.selectors import SEARCH_LIMIT_MAX, SEARCH_MAX_LENGTH, SEARCH_PAGES_MAX
 from chat.services import MAX_CONTENT
 
 TAG = serializers.CharField(max_length=50)
@@ -98,3 +99,30 @@ class ModelPriceOut(serializers.ModelSerializer):
     class Meta:
         model = ModelPrice
         fields = ["provider", "model", "display_name", "context_window", "input_price", "output_price", "effective_from", "effective_to"]
+
+
+class SearchQuery(serializers.Serializer):
+    # Blank, too long and control characters are the search's own 400s (chat.selectors.search_query_clean).
+    q = serializers.CharField(
+        allow_blank=True, trim_whitespace=False, help_text=f'Words, "a phrase", -excluded, or; at most {SEARCH_MAX_LENGTH} characters.'
+    )
+    page = serializers.IntegerField(min_value=1, max_value=SEARCH_PAGES_MAX, default=1)
+    page_size = serializers.IntegerField(min_value=1, max_value=SEARCH_LIMIT_MAX, default=20)
+
+
+class SearchHitOut(serializers.Serializer):
+    conversation_id = serializers.UUIDField()
+    conversation_title = serializers.CharField()
+    message_id = serializers.UUIDField(allow_null=True, help_text="Null when the conversation's title matched and none of its messages.")
+    role = serializers.CharField(help_text="The message's role; empty for a title hit.")
+    created_at = serializers.DateTimeField()
+    rank = serializers.FloatField()
+    snippet = serializers.CharField(source="snippet_plain", help_text="The matching passage as plain text.")
+    snippet_html = serializers.CharField(source="snippet", help_text="The same passage as HTML: text escaped, matches in <mark>.")
+
+
+class SearchPageOut(serializers.Serializer):
+    count = serializers.IntegerField()
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = SearchHitOut(many=True)

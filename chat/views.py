@@ -1,4 +1,4 @@
-"""Chat pages (/chat/): conversations (list with filters, view, rename/tag/persona, archive,
+"""Chat pages (/chat/): conversations (list with filters and search, view, rename/tag/persona, archive,
 delete with confirmation), sending with the reply streamed in, and personas.
 
 Each view parses input, calls one service or selector, renders. Another user's
@@ -21,6 +21,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from accounts import selectors as accounts_selectors
 from chat import selectors, services
+from chat.errors import SearchQueryInvalid
 from chat.forms import ComposerForm, ConversationFilterForm, ConversationForm, ConversationNewForm, PersonaForm, model_split
 from chat.models import Message
 from chat.streaming import reply_stream_response
@@ -65,11 +66,30 @@ def _model_default(user, conversation, messages_: list[Message]) -> str:
 @login_required
 @require_GET
 def conversation_list(request):
+    if request.GET.get("q"):  # "" (a cleared search box) is the list
+        return _conversation_search(request, request.GET["q"])
     filters = ConversationFilterForm(request.GET)
     chosen = filters.selector_filters() if filters.is_valid() else {"archived": False}
     page = Paginator(selectors.conversation_list(user=request.user, **chosen), PAGE_SIZE).get_page(request.GET.get("page"))
     context = {"filters": filters, "page_obj": page, "new_form": ConversationNewForm(user=request.user)}
     return render(request, "chat/conversation_list.html", context, status=200 if filters.is_valid() else 400)
+
+
+def _conversation_search(request, query: str):
+    """Search hits in place of the list: the whole page, or only the results for htmx (as you type)."""
+    try:
+        page = min(max(int(request.GET.get("page") or 1), 1), selectors.SEARCH_PAGES_MAX)
+    except ValueError:
+        page = 1
+    context, status = {"search_q": query, "search_page": page}, 200
+    try:
+        context["results"] = selectors.conversation_search(user=request.user, query=query, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
+    except SearchQueryInvalid as exc:
+        context["search_error"], status = exc.message, 400
+    if request.headers.get("HX-Request") == "true":
+        return render(request, "chat/_search_results.html", context, status=status)
+    context.update(filters=ConversationFilterForm(), new_form=ConversationNewForm(user=request.user))
+    return render(request, "chat/conversation_list.html", context, status=status)
 
 
 @login_required

@@ -62,7 +62,7 @@ def grants(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("chat", "0004_response_cache_and_exact_costs")]
+    dependencies = [("chat", "0005_message_search")]
 
     operations = [
         migrations.CreateModel(
