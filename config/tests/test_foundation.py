@@ -117,3 +117,18 @@ def test_settings_read_the_embedded_servers_when_no_url_is_set(tmp_path):
     urls = embedded.embedded_urls(tmp_path)
     assert urls["DATABASE_APP_URL"].startswith(f"postgres://{embedded.ROLE_APP}@/confab?host=")
     assert json.dumps(urls)  # plain strings
+
+
+@pytest.mark.django_db
+def test_the_models_and_their_migrations_agree():
+    """Four branches merged into chat's models and migrations at once: a field that only one
+    side knows would make the next makemigrations write a migration nobody reviewed."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    try:
+        call_command("makemigrations", check=True, dry_run=True, stdout=out)
+    except SystemExit:
+        pytest.fail(f"models differ from their migrations:\n{out.getvalue()}")
