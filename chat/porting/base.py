@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 
+from django.utils import timezone
+
 from accounts.models import BIDI_CONTROLS  # the characters names refuse: one list
 from config.errors import ApplicationError
 
@@ -52,6 +54,33 @@ class ParsedConversation:
     tags: list[str] = field(default_factory=list)
     is_archived: bool = False
     persona_name: str = ""
+
+
+def conversation_parsed(
+    messages: list[ParsedMessage],
+    *,
+    external_id: str,
+    title: str,
+    started: datetime | None,
+    updated: datetime | None,
+    empty_reason: str,
+    is_archived: bool = False,
+) -> ParsedConversation:
+    """A source's conversation once its messages are read: none is unusable (`empty_reason`);
+    a message without a time takes the conversation's start, or the first message's."""
+    if not messages:
+        raise ConversationUnusable(empty_reason)
+    first = started or messages[0].created_at or timezone.now()
+    for message in messages:
+        message.created_at = message.created_at or first
+    return ParsedConversation(
+        external_id=external_id,
+        title=title,
+        created_at=first,
+        updated_at=updated or messages[-1].created_at or first,
+        messages=messages,
+        is_archived=is_archived,
+    )
 
 
 def size_text(n: int) -> str:

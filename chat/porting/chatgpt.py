@@ -12,9 +12,15 @@ from __future__ import annotations
 
 from collections import Counter
 
-from django.utils import timezone
-
-from chat.porting.base import ConversationUnusable, ParsedConversation, ParsedMessage, text_clean, title_clean, when_epoch
+from chat.porting.base import (
+    ConversationUnusable,
+    ParsedConversation,
+    ParsedMessage,
+    conversation_parsed,
+    text_clean,
+    title_clean,
+    when_epoch,
+)
 
 SOURCE = "chatgpt"
 TEXT_TYPES = ("text", "multimodal_text")
@@ -111,16 +117,12 @@ def conversation_parse(item: dict, *, skipped: Counter) -> ParsedConversation:
                 role=role, content=text, created_at=created, provider="openai" if role == "assistant" else "", model=str(model)[:100]
             )
         )
-    if not messages:
-        raise ConversationUnusable("its current branch has no user or assistant text")
-    first = started or messages[0].created_at or timezone.now()
-    for message in messages:
-        message.created_at = message.created_at or first
-    return ParsedConversation(
+    return conversation_parsed(
+        messages,
         external_id=conversation_id,
         title=title_clean(item.get("title")),
-        created_at=first,
-        updated_at=when_epoch(item.get("update_time")) or messages[-1].created_at or first,
-        messages=messages,
+        started=started,
+        updated=when_epoch(item.get("update_time")),
+        empty_reason="its current branch has no user or assistant text",
         is_archived=item.get("is_archived") is True,
     )

@@ -7,9 +7,15 @@ from __future__ import annotations
 
 from collections import Counter
 
-from django.utils import timezone
-
-from chat.porting.base import ConversationUnusable, ParsedConversation, ParsedMessage, text_clean, title_clean, when_iso
+from chat.porting.base import (
+    ConversationUnusable,
+    ParsedConversation,
+    ParsedMessage,
+    conversation_parsed,
+    text_clean,
+    title_clean,
+    when_iso,
+)
 
 SOURCE = "claude"
 ROLES = {"human": "user", "assistant": "assistant"}
@@ -65,15 +71,11 @@ def conversation_parse(item: dict, *, skipped: Counter) -> ParsedConversation:
         previous = messages[-1].created_at if messages else None
         created = when_iso(message.get("created_at")) or previous or started
         messages.append(ParsedMessage(role=role, content=text, created_at=created, provider="anthropic" if role == "assistant" else ""))
-    if not messages:
-        raise ConversationUnusable("it has no human or assistant text")
-    first = started or messages[0].created_at or timezone.now()
-    for message in messages:
-        message.created_at = message.created_at or first
-    return ParsedConversation(
+    return conversation_parsed(
+        messages,
         external_id=conversation_id,
         title=title_clean(item.get("name")),
-        created_at=first,
-        updated_at=when_iso(item.get("updated_at")) or messages[-1].created_at or first,
-        messages=messages,
+        started=started,
+        updated=when_iso(item.get("updated_at")),
+        empty_reason="it has no human or assistant text",
     )
