@@ -648,6 +648,10 @@ async def message_stream(*, pending: PendingReply) -> AsyncIterator[dict]:
             provider_failed=provider_failed,
         )
 
+    async def end(status: str, usage: Usage, error: str = "", provider_failed: bool = False) -> Message:
+        await events.aclose()
+        return await close(status, usage, error, provider_failed)
+
     try:
         async for event in events:
             if isinstance(event, Delta):
@@ -657,13 +661,13 @@ async def message_stream(*, pending: PendingReply) -> AsyncIterator[dict]:
                 usage, finish = event.usage, event.finish_reason
     except (asyncio.CancelledError, GeneratorExit):
         gone = interrupted_usage(None, request=pending.request, unreported_text="".join(parts), output_final=False)
-        await asyncio.shield(close(Status.INTERRUPTED, usage or gone, "The client stopped reading the reply."))
+        await asyncio.shield(end(Status.INTERRUPTED, usage or gone, "The client stopped reading the reply."))
         raise
     except Exception as exc:  # a provider failure: metered and shown (see _failure)
         status, usage, error = _failure(exc, pending.request, "".join(parts))
-    finally:
-        await events.aclose()
-    message = await close(status, usage or Usage(), error, provider_failed=bool(error))
+    # Shielded too: a client that goes away after the last delta, while the reply is stored,
+    # must not leave it `streaming` and unmetered.
+    message = await asyncio.shield(end(status, usage or Usage(), error, provider_failed=bool(error)))
     yield _done_event(pending, message)
 
 
