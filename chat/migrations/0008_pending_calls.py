@@ -15,7 +15,8 @@ from config.db.operations import CreatePolicy, EnableRowLevelSecurity
 
 CURRENT_USER = "NULLIF(current_setting('app.user_id', true), '')::uuid"
 OWN_ROWS = f"user_id = {CURRENT_USER}"
-OWN_ROWS_IN_OWN_ORGANIZATION = f"user_id = {CURRENT_USER} AND organization_id = ANY (app_organization_ids())"
+# The organizations read once per query, not per row.
+OWN_ROWS_IN_OWN_ORGANIZATION = f"user_id = {CURRENT_USER} AND organization_id = ANY ((SELECT app_organization_ids())::uuid[])"
 
 
 def grants(apps, schema_editor):
