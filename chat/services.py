@@ -204,7 +204,7 @@ class PendingReply:
     key_source: str  # whose provider key pays (analytics.models.KeySource)
     cache_key: str | None = None  # set when the response cache applies to this call
     cache_hits_count: bool = True  # the plan counts a cached reply's tokens against its limit
-    stored: bool = True  # False: a SuppliedHistory call kept only on the ledger (its conversation and reply have no ids)
+    stored: bool = True  # False: a SuppliedHistory call kept only on the ledger (no ids; a PendingCall row while it runs)
 
 
 @dataclass(frozen=True)
