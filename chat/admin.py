@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from chat import pricing
 from chat.errors import PriceVersionRefused
-from chat.models import PRICE_FIELDS, Conversation, ExportJob, Message, ModelPrice, Persona, ShareLink
+from chat.models import PRICE_FIELDS, Conversation, ExportJob, Message, ModelPrice, PendingCall, Persona, ShareLink
 from config import admin as config_admin
 
 
@@ -166,3 +166,13 @@ class ExportJobAdmin(config_admin.ReadOnlyAdmin):
     list_filter = ("status",)
     search_fields = ("=id", "=user_id")
     show_full_result_count = False
+
+
+@admin.register(PendingCall)
+class PendingCallAdmin(config_admin.ReadOnlyAdmin):
+    """Unstored calls in progress (the gateway's default): one older than CHAT_STREAM_STALE_MINUTES lost its worker."""
+
+    list_display = ("request_id", "user_id", "organization_id", "provider", "model", "prompt_tokens_estimate", "key_source", "created_at")
+    list_filter = ("provider",)
+    search_fields = ("=request_id", "=user_id", "=organization_id")
+    search_help_text = "An exact request, user or organization id."

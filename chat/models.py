@@ -232,3 +232,27 @@ class ShareLink(models.Model):
         if self.expires_at and self.expires_at <= timezone.now():
             return "expired"
         return "active"
+
+
+class PendingCall(models.Model):
+    """A model call in progress that keeps no conversation (the gateway's default): written with
+    its check, deleted with its ledger row, so a call whose worker died is still metered once by
+    the stale pass (chat.services.streams_close_stale). It holds no messages, only what metering needs."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user_id = models.UUIDField()
+    organization_id = models.UUIDField()
+    request_id = models.CharField(max_length=64, unique=True)
+    provider = models.CharField(max_length=32)
+    model = models.CharField(max_length=100)
+    price_id = models.UUIDField()
+    prompt_tokens_estimate = models.PositiveIntegerField()
+    key_source = models.CharField(max_length=16)
+    reservation = models.JSONField(default=dict, blank=True)  # what billing holds for it (chat.services.Reservation)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["created_at"]
+
+    def __str__(self):
+        return f"{self.provider}/{self.model} call {self.request_id}"

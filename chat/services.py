@@ -31,7 +31,7 @@ from billing.services import entitlement_check, reservation_settle
 from chat import response_cache as response_caching
 from chat import selectors
 from chat.errors import ModelUnavailable, ProviderKeyMissing
-from chat.models import Conversation, Message, ModelPrice, Persona
+from chat.models import Conversation, Message, ModelPrice, PendingCall, Persona
 from chat.pricing import COST_QUANTUM, CallCost, call_cost, call_cost_ceiling
 from chat.providers import PROVIDERS, ChatMessage, ChatRequest, Delta, Done, ProviderError, Usage, provider_for
 from chat.providers.base import interrupted_usage, prompt_tokens_estimate, text_tokens_estimate
@@ -204,7 +204,7 @@ class PendingReply:
     key_source: str  # whose provider key pays (analytics.models.KeySource)
     cache_key: str | None = None  # set when the response cache applies to this call
     cache_hits_count: bool = True  # the plan counts a cached reply's tokens against its limit
-    stored: bool = True  # False: a SuppliedHistory call kept only on the ledger (its conversation and reply have no ids)
+    stored: bool = True  # False: a SuppliedHistory call kept only on the ledger (no ids; a PendingCall row while it runs)
 
 
 @dataclass(frozen=True)
@@ -357,13 +357,9 @@ def message_prepare(
             api_key, base_url, key_source = _credential_resolve(user=user, provider=provider, paid_plan=entitlement.plan.monthly_price > 0)
             conversation = conversation or Conversation(user_id=user.pk, organization_id=organization_id)
             request_id = uuid.uuid4().hex
-            reply_metadata = {
-                "request_id": request_id,
-                "price_id": str(price.pk),
-                "prompt_tokens_estimate": estimated,
-                "key_source": key_source,
-                **reservation.as_metadata(),
-            }
+            reply_metadata = _reply_metadata(
+                request_id=request_id, price_id=price.pk, prompt_tokens_estimate=estimated, key_source=key_source, reservation=reservation
+            )
             user_message, message = _messages_store(
                 conversation,
                 content=content,
@@ -373,6 +369,18 @@ def message_prepare(
                 earlier=supplied.messages if supplied and stored else (),  # an unstored call builds no rows
                 save=stored,
             )
+            if not stored:  # no reply row to close if the worker dies: this row stands in for it (streams_close_stale)
+                PendingCall.objects.create(
+                    user_id=user.pk,
+                    organization_id=organization_id,
+                    request_id=request_id,
+                    provider=provider,
+                    model=model,
+                    price_id=price.pk,
+                    prompt_tokens_estimate=estimated,
+                    key_source=key_source,
+                    reservation=reservation.as_metadata(),
+                )
     except BaseException:
         if reservation is not None:  # no key, a database error: what the check reserved goes back
             reservation.release()
@@ -411,6 +419,17 @@ def message_prepare(
     )
 
 
+def _reply_metadata(*, request_id: str, price_id, prompt_tokens_estimate: int, key_source: str, reservation: Reservation) -> dict:
+    """What a `streaming` reply carries for its metering (by _reply_finish, or by the stale pass)."""
+    return {
+        "request_id": request_id,
+        "price_id": str(price_id),
+        "prompt_tokens_estimate": prompt_tokens_estimate,
+        "key_source": key_source,
+        **reservation.as_metadata(),
+    }
+
+
 def _default_model(provider: str) -> str:
     if provider == settings.CHAT_DEFAULT_PROVIDER:
         return settings.CHAT_DEFAULT_MODEL
@@ -434,7 +453,8 @@ def _reply_finish(
     conversation's totals and the ledger row agree or none is written. A provider's failure
     is a failed ledger row (a client going away is not). A reply from the response cache
     (`cached`) costs nothing and records what it saved; a complete reply the cache may keep is
-    kept. A reply already closed (by the stale-stream task) is left as it is."""
+    kept. A reply already closed (by the stale-stream task) is left as it is; for an unstored call
+    that task deleted its PendingCall row, so the ledger row is the task's and none is written here."""
     message = pending.message
     charge = call_cost(usage=usage, price=pending.price)
     counted = usage if cached is None or pending.cache_hits_count else Usage()
@@ -458,12 +478,16 @@ def _reply_finish(
         "metadata": metadata,
     }
     with rls.atomic_as(pending.user_id):
-        closed = pending.stored and not Message.objects.filter(pk=message.pk, status=Status.STREAMING).update(**fields)
-        if closed:
+        if pending.stored:
+            closed = not Message.objects.filter(pk=message.pk, status=Status.STREAMING).update(**fields)
+        else:  # one DELETE; waits for a stale pass that holds the row, then finds it gone
+            closed = not PendingCall.objects.filter(request_id=pending.request_id).delete()[0]
+        if closed and pending.stored:
             message.refresh_from_db()
         else:
             for name, value in fields.items():
                 setattr(message, name, value)
+        if not closed:
             _meter(
                 message=message,
                 usage=counted,
@@ -688,10 +712,28 @@ def _done_event(pending: PendingReply, message: Message) -> dict:
 # --- Replies whose worker died ----------------------------------------------------
 
 
+def _pending_call_reply(call: PendingCall) -> Message:
+    """An unstored call's reply as _reply_finish would have metered it: no conversation, no rows, no text."""
+    conversation = Conversation(user_id=call.user_id, organization_id=call.organization_id)
+    conversation.pk = None  # as for any unstored call (_messages_store), before the reply takes its id
+    reservation = Reservation.from_metadata(call.organization_id, call.reservation)
+    metadata = _reply_metadata(
+        request_id=call.request_id,
+        price_id=call.price_id,
+        prompt_tokens_estimate=call.prompt_tokens_estimate,
+        key_source=call.key_source,
+        reservation=reservation,
+    )
+    reply = Message(conversation=conversation, user_id=call.user_id, provider=call.provider, model=call.model, metadata=metadata)
+    reply.pk = None
+    return reply
+
+
 def streams_close_stale(*, older_than_minutes: int | None = None) -> int:
     """Close replies still `streaming` long after they started (their worker died) as
     `interrupted`, metered from what is stored (estimated), each exactly once: the row is
-    locked and re-checked, and the ledger skips a request id it already has."""
+    locked and re-checked, and the ledger skips a request id it already has. Unstored calls
+    (PendingCall rows) as old are metered the same way, from their prompt estimate, and deleted."""
     minutes = older_than_minutes if older_than_minutes is not None else settings.CHAT_STREAM_STALE_MINUTES
     cutoff = timezone.now() - timezone.timedelta(minutes=minutes)
     closed, reservations = 0, []
@@ -701,7 +743,9 @@ def streams_close_stale(*, older_than_minutes: int | None = None) -> int:
             .select_related("conversation")
             .filter(status=Status.STREAMING, created_at__lt=cutoff)
         )
-        for message in stale:
+        # A row locked by its finishing call is skipped: that call meters it.
+        calls = list(PendingCall.objects.select_for_update(skip_locked=True).filter(created_at__lt=cutoff))
+        for message in [*stale, *map(_pending_call_reply, calls)]:
             price = ModelPrice.objects.filter(pk=message.metadata.get("price_id")).first()
             if price is None:  # a price version deleted since: the one in force now
                 price = selectors.model_price_current(provider=message.provider, model=message.model)
@@ -715,12 +759,14 @@ def streams_close_stale(*, older_than_minutes: int | None = None) -> int:
             message.status, message.error, message.cost = Status.INTERRUPTED, sentence, charge.cost if charge else Decimal(0)
             message.input_tokens, message.output_tokens = usage.input_total, usage.output
             message.metadata = {**message.metadata, "usage": usage.classes(), "estimated": True, "closed_by": "streams_close_stale"}
-            message.save(update_fields=["status", "error", "cost", "input_tokens", "output_tokens", "metadata"])
+            if message.pk is not None:  # an unstored call has no reply row; its PendingCall goes below
+                message.save(update_fields=["status", "error", "cost", "input_tokens", "output_tokens", "metadata"])
             if charge is not None:
                 key_source = message.metadata.get("key_source", KeySource.NONE)
                 _meter(message=message, usage=usage, charge=charge, key_source=key_source, latency_ms=0, success=True, error=sentence)
             reservations.append(Reservation.from_metadata(message.conversation.organization_id, message.metadata))
             closed += 1
+        PendingCall.objects.filter(pk__in=[call.pk for call in calls]).delete()
     for reservation in reservations:  # after the commit, as for any metered reply
         reservation.release()
     return closed

@@ -382,10 +382,12 @@ def test_an_unstored_completion_stays_within_its_query_budget(alice, queries):
     assert completion.choices[0].message.content == "You said: hello budget"
     path = [(alias, sql) for alias, sql in queries if sql.strip() != "RESET ALL"]
     statements = "\n".join(f"{alias}: {sql.strip()[:120]}" for alias, sql in path)
-    # 6 statements, all on the app role: the key and its owner (1); prepare: RLS context, the
-    # personal organization, subscription + plan (3); finish: RLS context, the ledger INSERT (2).
-    # No conversation, no messages: the chat API's stored send takes 11 (test_query_budget.py).
-    assert len(path) == 6, statements
+    # 8 statements, all on the app role: the key and its owner (1); prepare: RLS context, the
+    # personal organization, subscription + plan, the PendingCall INSERT (4); finish: RLS context,
+    # the PendingCall DELETE, the ledger INSERT (3). The PendingCall pair (6 + 2) lets the stale
+    # pass meter a call whose worker dies (test_pending_calls.py). No conversation, no messages:
+    # the chat API's stored send takes 11 (test_query_budget.py).
+    assert len(path) == 8, statements
     assert {alias for alias, _ in path} == {"default"}, statements
 
 

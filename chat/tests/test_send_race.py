@@ -67,29 +67,36 @@ def test_50_senders_on_the_last_percent_never_exceed_it_and_leave_nothing_reserv
     assert _open(org) == NOTHING_OPEN
 
 
-def _prepare_and_die(user, pipe) -> None:
+def _prepare_and_die(user, content, supplied, pipe) -> None:
     try:
-        pending = services.message_prepare(user=user, content="a long answer please")
+        pending = services.message_prepare(user=user, content=content, supplied=supplied)
     except Exception as exc:  # surfaced in the parent
         pipe.send(("error", repr(exc)))
         raise
-    pipe.send(("prepared", str(pending.message.pk)))
+    pipe.send(("prepared", {"message_id": pending.message.pk and str(pending.message.pk), "request_id": pending.request_id}))
     time.sleep(600)  # the provider call it never returns from
+
+
+def worker_killed_mid_call(user, *, content: str = "a long answer please", supplied=None) -> dict:
+    """Prepare a send in a forked process and SIGKILL it during its provider call; its reply's
+    `message_id` (None when unstored) and `request_id`."""
+    connections.close_all()  # a forked child must not share the parent's database sockets
+    parent, child_end = FORK.Pipe()
+    child = FORK.Process(target=_prepare_and_die, args=(user, content, supplied, child_end))
+    child.start()
+    assert parent.poll(60)
+    outcome, ids = parent.recv()
+    assert outcome == "prepared", ids
+    os.kill(child.pid, signal.SIGKILL)
+    child.join(timeout=30)
+    assert child.exitcode == -signal.SIGKILL
+    return ids
 
 
 def test_a_worker_killed_mid_call_is_released_after_the_timeout_and_its_reply_metered(catalog, settings):
     settings.ENTITLEMENT_RESERVATION_TIMEOUT = 1
     user, org = _member(_plan("killed-chat", monthly_tokens=LIMIT))
-    connections.close_all()
-    parent, child_end = FORK.Pipe()
-    child = FORK.Process(target=_prepare_and_die, args=(user, child_end))
-    child.start()
-    assert parent.poll(60)
-    outcome, message_id = parent.recv()
-    assert outcome == "prepared", message_id
-    os.kill(child.pid, signal.SIGKILL)
-    child.join(timeout=30)
-    assert child.exitcode == -signal.SIGKILL
+    message_id = worker_killed_mid_call(user)["message_id"]
     assert _open(org)["calls"] == 1
     time.sleep(1.2)
     assert reservations_expire() == 1
