@@ -14,7 +14,7 @@ from collections import Counter
 
 from django.utils import timezone
 
-from chat.porting.base import ConversationUnusable, ParsedConversation, ParsedMessage, text_clean, title_clean, when_epoch
+from chat.porting.base import ConversationUnusable, ParsedConversation, ParsedMessage, items_count, text_clean, title_clean, when_epoch
 
 SOURCE = "chatgpt"
 TEXT_TYPES = ("text", "multimodal_text")
@@ -47,6 +47,8 @@ def _branch(item: dict) -> list[dict]:
             raise ConversationUnusable("its current branch points at a message that is not in the file")
         branch.append(node)
         node_id = node.get("parent")
+        if node_id is not None and not isinstance(node_id, str):
+            raise ConversationUnusable("a message on its current branch names its parent with something other than an id")
     branch.reverse()
     return branch
 
@@ -96,7 +98,7 @@ def conversation_parse(item: dict, *, skipped: Counter) -> ParsedConversation:
         if message.get("recipient") not in (None, "all"):
             skipped["tool"] += 1  # a call to a tool (browsing, python, memory), not words for the user
             continue
-        skipped["attachments"] += len(metadata.get("attachments") or [])
+        skipped["attachments"] += items_count(metadata.get("attachments"))
         if metadata.get("is_visually_hidden_from_conversation"):
             skipped["hidden"] += 1
             continue

@@ -9,7 +9,7 @@ from collections import Counter
 
 from django.utils import timezone
 
-from chat.porting.base import ConversationUnusable, ParsedConversation, ParsedMessage, text_clean, title_clean, when_iso
+from chat.porting.base import ConversationUnusable, ParsedConversation, ParsedMessage, items_count, text_clean, title_clean, when_iso
 
 SOURCE = "claude"
 ROLES = {"human": "user", "assistant": "assistant"}
@@ -53,11 +53,12 @@ def conversation_parse(item: dict, *, skipped: Counter) -> ParsedConversation:
     for message in item["chat_messages"]:
         if not isinstance(message, dict):
             raise ConversationUnusable("one of its messages is not an object")
-        role = ROLES.get(message.get("sender"))
+        sender = message.get("sender")
+        role = ROLES.get(sender) if isinstance(sender, str) else None
         if role is None:
             skipped["other roles"] += 1
             continue
-        skipped["attachments"] += len(message.get("attachments") or []) + len(message.get("files") or [])
+        skipped["attachments"] += items_count(message.get("attachments")) + items_count(message.get("files"))
         text = _text(message, skipped)
         if not text.strip():
             skipped["empty"] += 1
