@@ -104,6 +104,9 @@ def _message(item) -> ParsedMessage:
     tokens = [_field(item, name, int, 0) for name in ("input_tokens", "output_tokens")]
     if min(tokens) < 0 or max(tokens) > 2**31 - 1:
         raise ConversationUnusable("a message's token counts are out of range")
+    if status == Message.Status.STREAMING:
+        # Exported mid-reply: it will never finish here, and a streaming row would be metered by the stale-stream sweep.
+        status = Message.Status.INTERRUPTED
     return ParsedMessage(
         role=role,
         content=text_clean(_field(item, "content", str)),

@@ -7,7 +7,9 @@ import json
 import pytest
 from django.test import Client
 
-from chat.models import Conversation
+from analytics.models import TokenUsage
+from chat import services
+from chat.models import Conversation, Message
 from chat.porting.base import ImportRejected
 from chat.porting.importer import conversations_import
 from chat.tests.porting_files import zip_bytes
@@ -104,3 +106,12 @@ def test_a_time_outside_what_can_be_read_back_never_breaks_the_pages(alice, name
         ids = list(Conversation.objects.filter(user_id=alice.pk).values_list("id", flat=True))
     for conversation_id in ids:
         assert client.get(f"/chat/{conversation_id}/").status_code == 200, outcome
+
+
+def test_an_imported_reply_marked_streaming_is_never_metered_by_the_stale_stream_sweep(alice):
+    document = _ours(role="assistant", status="streaming", provider="openai", model="gpt-4o-mini", metadata={"request_id": "forged"})
+    assert _outcome(alice, document) == "imported"
+    services.streams_close_stale(older_than_minutes=1)
+    with rls.privileged(reason="test"):
+        assert not TokenUsage.objects.exists()
+        assert list(Message.objects.values_list("status", "imported")) == [("interrupted", True)]
