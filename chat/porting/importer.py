@@ -122,6 +122,10 @@ def _streams(file: BinaryIO) -> Iterator[BinaryIO]:
             raw = archive.open(member)
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError):
             raise ImportRejected("The ZIP file is damaged (it may be truncated); nothing was imported.") from None
+        except RuntimeError:  # zipfile's "encrypted, password required" and NotImplementedError (compression method)
+            raise ImportRejected(
+                "The ZIP's conversations are encrypted or compressed in a way that cannot be read; nothing was imported."
+            ) from None
         with raw:
             counted = _Counted(raw, limit, refusal)
             yield counted

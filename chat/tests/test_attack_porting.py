@@ -57,6 +57,17 @@ def _outcome(user, document) -> str:
     return "imported" if report.imported else f"failed: {report.failed}"
 
 
+def _patched_zip(*, flags: int = 0, method: int | None = None) -> bytes:
+    """A ZIP whose one conversations.json member claims encryption (flags) or an unknown compression method."""
+    raw = bytearray(zip_bytes({"conversations.json": json.dumps([_claude()]).encode()}))
+    central = raw.find(b"PK\x01\x02")
+    for flag_at, method_at in ((6, 8), (central + 8, central + 10)):  # the local header, then the central directory
+        raw[flag_at] |= flags
+        if method is not None:
+            raw[method_at : method_at + 2] = method.to_bytes(2, "little")
+    return bytes(raw)
+
+
 PROBES = {
     # Found: each of these was a TypeError or a DataError (a 500 on the upload page).
     "chatgpt attachments a number": ([_chatgpt({"metadata": {"attachments": 5}})], "imported"),
@@ -65,6 +76,8 @@ PROBES = {
     "claude sender a list": ([_claude(sender=["human"])], "failed"),
     "chatgpt parent a list": ([_chatgpt(mapping={"n1": {"message": None, "parent": ["n0"]}})], "failed"),
     "ours cost beyond the column": (_ours(cost="1e30"), "failed"),
+    "zip member encrypted": (_patched_zip(flags=0x1), "rejected"),
+    "zip member of an unknown compression method": (_patched_zip(method=99), "rejected"),
     # Held: kept as regression probes.
     "chatgpt current_node absent": ([_chatgpt(current_node=None)], "failed"),
     "chatgpt parent missing": ([_chatgpt(mapping={"n1": {"message": None, "parent": "gone"}})], "failed"),
