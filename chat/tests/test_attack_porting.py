@@ -3,6 +3,7 @@ a reason, never a 500, and what they store can be read back on every page."""
 
 import io
 import json
+import zipfile
 
 import pytest
 from django.test import Client
@@ -68,6 +69,18 @@ def _patched_zip(*, flags: int = 0, method: int | None = None) -> bytes:
     return bytes(raw)
 
 
+def _corrupt_zip(method: int) -> bytes:
+    """A ZIP whose conversations.json member's compressed bytes are garbled (its headers intact)."""
+    members = json.dumps([_claude() | {"uuid": f"c{n}"} for n in range(200)]).encode()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=method) as archive:
+        archive.writestr("conversations.json", members)
+    raw = bytearray(buffer.getvalue())
+    for at in range(60, 200):
+        raw[at] ^= 0x5A
+    return bytes(raw)
+
+
 PROBES = {
     # Found: each of these was a TypeError or a DataError (a 500 on the upload page).
     "chatgpt attachments a number": ([_chatgpt({"metadata": {"attachments": 5}})], "imported"),
@@ -76,6 +89,8 @@ PROBES = {
     "claude sender a list": ([_claude(sender=["human"])], "failed"),
     "chatgpt parent a list": ([_chatgpt(mapping={"n1": {"message": None, "parent": ["n0"]}})], "failed"),
     "ours cost beyond the column": (_ours(cost="1e30"), "failed"),
+    "zip member corrupt (lzma)": (_corrupt_zip(zipfile.ZIP_LZMA), "rejected"),
+    "zip member corrupt (bzip2)": (_corrupt_zip(zipfile.ZIP_BZIP2), "rejected"),
     "zip member encrypted": (_patched_zip(flags=0x1), "rejected"),
     "zip member of an unknown compression method": (_patched_zip(method=99), "rejected"),
     # Held: kept as regression probes.
