@@ -21,6 +21,8 @@ import re
 import time
 from collections.abc import AsyncIterator
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.db import connections, transaction
 from django.http import JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -118,6 +120,13 @@ def exception_handler(exc, context):
             headers["WWW-Authenticate"] = exc.auth_header
         if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
             headers["Retry-After"] = str(int(exc.wait))
+    elif isinstance(exc, RequestDataTooBig):  # Django refuses the body before the parser sees it
+        status, message, code, param = (
+            400,
+            f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes.",
+            "too_large",
+            None,
+        )
     else:
         logger.exception("gateway request failed", exc_info=exc)
         status, message, code, param = 500, "Internal server error; it has been logged.", "server_error", None

@@ -45,6 +45,7 @@ BODIES = {
     "stream_options a list": json.dumps({**HELLO, "stream": True, "stream_options": [1]}).encode(),
     "n a list": json.dumps({**HELLO, "n": [1]}).encode(),
     "tool_choice a dict": json.dumps({**HELLO, "tool_choice": {"type": "none"}}).encode(),
+    "content 10 MB": json.dumps({**HELLO, "messages": [{"role": "user", "content": "x" * 10_000_000}]}).encode(),
     "nested 10,000 deep": b'{"model": "echo-1", "x": ' + b"[" * 10_000 + b"]" * 10_000 + b"}",
 }
 
