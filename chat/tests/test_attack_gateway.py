@@ -1,16 +1,19 @@
 """Attack probes on the gateway (/v1/chat/completions): hostile bodies are a 400 in OpenAI's
 shape, never a 500, and meter nothing."""
 
+import asyncio
 import json
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.test import Client
 
 from accounts.services import api_key_create
 from accounts.tests.factories import make_user
 from analytics.models import TokenUsage
 from billing.tests.factories import make_plans
-from chat.models import Conversation
+from chat import gateway, services
+from chat.models import Conversation, Message
 from chat.tests.factories import make_catalog
 from config.db import rls
 
@@ -66,3 +69,34 @@ def test_max_tokens_beyond_any_integer_column_is_capped_by_the_plan(key):
     response = _post(secret, json.dumps({**HELLO, "max_tokens": 10**30}).encode())
     assert response.status_code == 200, response.content[:300]
     assert response.json()["choices"][0]["message"]["content"] == "You said: hi"
+
+
+# Found, not fixed here (chat/services.py is another branch's): message_stream's final close() is not
+# shielded, so a cancellation that lands while it stores the reply leaves it `streaming`, unmetered
+# until streams_close_stale meters an estimate. strict: this fails loudly once it is fixed.
+SERVICES_BUG = pytest.mark.xfail(strict=True, reason="message_stream's final close is not shielded from cancellation")
+
+
+@pytest.mark.parametrize("cancel_at", [pytest.param("last delta", marks=SERVICES_BUG), "finish chunk"])
+def test_a_stream_cancelled_as_it_finishes_is_metered_once_and_closed(key, cancel_at):
+    user, _ = key
+    pending = services.message_prepare(user=user, content="one two three", provider="echo", model="echo-1")
+    seen: list[str] = []
+
+    async def read():
+        async for chunk in gateway._chunks(pending, include_usage=True):
+            seen.append(chunk)
+            finishing = '"finish_reason": "stop"' in chunk if cancel_at == "finish chunk" else "three" in chunk
+            if finishing:
+                asyncio.current_task().cancel()  # the client goes away at this very moment
+
+    async def run():
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.ensure_future(read())
+
+    async_to_sync(run)()
+    with rls.privileged(reason="test"):
+        message = Message.objects.get(pk=pending.message.pk)
+        rows = list(TokenUsage.objects.filter(request_id=pending.message.metadata["request_id"]))
+    assert message.status in ("complete", "interrupted") and len(rows) == 1, (message.status, len(rows), seen)
+    assert rows[0].output_tokens == message.output_tokens
