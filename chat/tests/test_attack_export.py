@@ -1,7 +1,12 @@
 """Attack probes on the export download link: HEAD and Range requests, path traversal and
 tampering in the token, another user with the owner's link: never a 500, never someone's file."""
 
+import json
+import threading
+import zipfile
+
 import pytest
+from django.db import connections
 from django.test import Client
 
 from chat import services
@@ -33,3 +38,33 @@ def test_the_download_link_under_attack(alice, settings, tmp_path):
         assert owner.get(f"/chat/exports/{forged}/").status_code == 404, forged
     settings.CHAT_EXPORT_HOURS = 0  # the signature's age now exceeds the link's life
     assert owner.get(link).status_code == 404
+
+
+def test_two_exports_at_once_and_one_task_delivered_twice_each_build_one_whole_zip(alice, settings, tmp_path):
+    settings.CHAT_EXPORT_DIR = tmp_path / "exports"
+    for n in range(3):
+        services.conversation_create(user=alice, title=f"Tides {n}")
+    jobs = [exporter.export_job_create(user=alice) for _ in range(2)]
+    # Both jobs at once, and the first one's task delivered twice (acks_late redelivery).
+    targets = [jobs[0].pk, jobs[1].pk, jobs[0].pk]
+    barrier, results, errors = threading.Barrier(len(targets)), [], []
+
+    def build(job_id):
+        try:
+            barrier.wait()
+            results.append(exporter.export_build(job_id=job_id, user_id=alice.pk))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=build, args=(job_id,)) for job_id in targets]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == [] and {(r.pk, r.status, r.conversation_count) for r in results} == {(j.pk, "ready", 3) for j in jobs}
+    for job in jobs:
+        with zipfile.ZipFile(exporter.export_path(job.pk)) as archive:
+            assert len(json.loads(archive.read("conversations.json"))["conversations"]) == 3
+    assert sorted(p.name for p in exporter.export_path(jobs[0].pk).parent.iterdir()) == sorted(f"{j.pk}.zip" for j in jobs)
