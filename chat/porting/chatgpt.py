@@ -26,7 +26,7 @@ def is_conversation(item: dict) -> bool:
 
 def external_id(item: dict) -> str:
     value = item.get("conversation_id") or item.get("id")
-    return str(value)[:200] if isinstance(value, str | int) and value != "" else ""
+    return text_clean(str(value))[:200] if isinstance(value, str | int) and value != "" else ""
 
 
 def _branch(item: dict) -> list[dict]:
@@ -107,11 +107,9 @@ def conversation_parse(item: dict, *, skipped: Counter) -> ParsedConversation:
             continue
         previous = messages[-1].created_at if messages else None
         created = when_epoch(message.get("create_time")) or previous or started or when_epoch(item.get("update_time"))
-        model = (metadata.get("model_slug") or default_model or "") if role == "assistant" else ""
+        model = text_clean(str(metadata.get("model_slug") or default_model or "")) if role == "assistant" else ""
         messages.append(
-            ParsedMessage(
-                role=role, content=text, created_at=created, provider="openai" if role == "assistant" else "", model=str(model)[:100]
-            )
+            ParsedMessage(role=role, content=text, created_at=created, provider="openai" if role == "assistant" else "", model=model[:100])
         )
     if not messages:
         raise ConversationUnusable("its current branch has no user or assistant text")

@@ -21,7 +21,7 @@ def is_conversation(item: dict) -> bool:
 
 def external_id(item: dict) -> str:
     value = item.get("uuid")
-    return value[:200] if isinstance(value, str) else ""
+    return text_clean(value)[:200] if isinstance(value, str) else ""
 
 
 def _text(message: dict, skipped: Counter) -> str:

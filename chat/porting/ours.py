@@ -69,7 +69,7 @@ def is_conversation(item: dict) -> bool:
 
 def external_id(item: dict) -> str:
     value = item.get("id")
-    return value[:200] if isinstance(value, str) else ""
+    return text_clean(value)[:200] if isinstance(value, str) else ""
 
 
 def _field(item: dict, name: str, kind, default=None):
@@ -111,8 +111,8 @@ def _message(item) -> ParsedMessage:
         role=role,
         content=text_clean(_field(item, "content", str)),
         created_at=_when(item, "created_at"),
-        provider=_field(item, "provider", str, "")[:32],
-        model=_field(item, "model", str, "")[:100],
+        provider=text_clean(_field(item, "provider", str, ""))[:32],
+        model=text_clean(_field(item, "model", str, ""))[:100],
         status=status,
         input_tokens=tokens[0],
         output_tokens=tokens[1],
@@ -140,5 +140,5 @@ def conversation_parse(item: dict, *, skipped: Counter) -> ParsedConversation:
         summary=text_clean(_field(item, "summary", str, "")),
         tags=[title_clean(tag)[:50] for tag in tags],
         is_archived=_field(item, "is_archived", bool, False),
-        persona_name=persona if isinstance(persona, str) else "",
+        persona_name=text_clean(persona) if isinstance(persona, str) else "",
     )

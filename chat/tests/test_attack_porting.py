@@ -89,6 +89,16 @@ PROBES = {
     "claude sender a list": ([_claude(sender=["human"])], "failed"),
     "chatgpt parent a list": ([_chatgpt(mapping={"n1": {"message": None, "parent": ["n0"]}})], "failed"),
     "ours cost beyond the column": (_ours(cost="1e30"), "failed"),
+    "chatgpt model_slug with NUL": ([_chatgpt({"author": {"role": "assistant"}, "metadata": {"model_slug": "gpt\x00-4"}})], "imported"),
+    "chatgpt default_model_slug with a lone surrogate": (
+        b'[{"id": "c1", "current_node": "n1", "default_model_slug": "gpt-\\ud800", "mapping": {"n1": {"parent": null,'
+        b' "message": {"author": {"role": "assistant"}, "content": {"content_type": "text", "parts": ["hi"]}}}}}]',
+        "imported",
+    ),
+    "chatgpt id with NUL": ([_chatgpt(id="c\x001")], "imported"),
+    "claude uuid with a lone surrogate": (b'[{"uuid": "c\\ud800", "chat_messages": [{"sender": "human", "text": "hi"}]}]', "imported"),
+    "ours provider and model with NUL": (_ours(provider="open\x00ai", model="gpt\x00"), "imported"),
+    "ours persona with NUL": ({**_ours(), "conversations": [{**_ours()["conversations"][0], "persona": "Pi\x00rate"}]}, "imported"),
     "zip member corrupt (lzma)": (_corrupt_zip(zipfile.ZIP_LZMA), "rejected"),
     "zip member corrupt (bzip2)": (_corrupt_zip(zipfile.ZIP_BZIP2), "rejected"),
     "zip member encrypted": (_patched_zip(flags=0x1), "rejected"),
