@@ -9,6 +9,7 @@ import pytest
 from django.db import connections
 from django.test import Client
 
+from accounts.tests.test_api import key_client
 from chat import services
 from chat.porting import exporter
 
@@ -68,3 +69,14 @@ def test_two_exports_at_once_and_one_task_delivered_twice_each_build_one_whole_z
         with zipfile.ZipFile(exporter.export_path(job.pk)) as archive:
             assert len(json.loads(archive.read("conversations.json"))["conversations"]) == 3
     assert sorted(p.name for p in exporter.export_path(jobs[0].pk).parent.iterdir()) == sorted(f"{j.pk}.zip" for j in jobs)
+
+
+def test_the_export_format_parameter_refuses_what_it_does_not_know(alice):
+    conversation = services.conversation_create(user=alice, title="Tides")
+    api = key_client(alice, scopes=("chat:read", "chat:write"))
+    page = Client(raise_request_exception=False)
+    page.force_login(alice)
+    for value in ("xml", "json\x00", "md\u202e", "x" * 100_000, ["json", "md"]):
+        answer = api.get(f"/api/v1/conversations/{conversation.pk}/export", {"format": value})
+        assert answer.status_code == (200 if isinstance(value, list) else 400), value  # a repeated key: the last one
+        assert page.get(f"/chat/{conversation.pk}/export/", {"format": value}).status_code == answer.status_code, value
