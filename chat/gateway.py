@@ -21,6 +21,8 @@ import re
 import time
 from collections.abc import AsyncIterator
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.db import connections, transaction
 from django.http import JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -49,8 +51,10 @@ STORE_HEADER = "X-Confab-Store"
 CONVERSATION_HEADER = "X-Confab-Conversation-Id"
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 MAX_MODEL_NAME = 200
-CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode's control characters (category Cc)
-CONTROL_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # the same but tab and newlines
+# Unicode's control characters (category Cc), and lone surrogates (JSON "\ud800": no UTF-8 for them, so
+# they could be neither stored nor echoed in an answer; a valid pair is one character once parsed).
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+CONTROL_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")  # the same but tab and newlines
 # OpenAI's error `type` for each status (the SDKs pick their exception class by status alone).
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -116,6 +120,13 @@ def exception_handler(exc, context):
             headers["WWW-Authenticate"] = exc.auth_header
         if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
             headers["Retry-After"] = str(int(exc.wait))
+    elif isinstance(exc, RequestDataTooBig):  # Django refuses the body before the parser sees it
+        status, message, code, param = (
+            400,
+            f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes.",
+            "too_large",
+            None,
+        )
     else:
         logger.exception("gateway request failed", exc_info=exc)
         status, message, code, param = 500, "Internal server error; it has been logged.", "server_error", None
@@ -146,7 +157,7 @@ def _text(content, param: str) -> str:
         for n, part in enumerate(content):
             if not isinstance(part, dict) or part.get("type") != "text":
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise GatewayInvalid(f"Only text content parts are supported; {param}[{n}] is of type '{kind}'.", f"{param}[{n}]")
+                raise GatewayInvalid(f"Only text content parts are supported; {param}[{n}] is of type {kind!r}.", f"{param}[{n}]")
             if not isinstance(part.get("text"), str):
                 raise GatewayInvalid(f"{param}[{n}].text must be a string.", f"{param}[{n}].text")
             pieces.append(part["text"])
@@ -154,7 +165,7 @@ def _text(content, param: str) -> str:
     else:
         raise GatewayInvalid(f"{param} must be a string or a list of text parts.", param)
     if not _control_free(text, keep_newlines=True):
-        raise GatewayInvalid(f"{param} contains control characters.", param)
+        raise GatewayInvalid(f"{param} contains control characters or invalid Unicode (a lone surrogate).", param)
     if len(text) > services.MAX_CONTENT:
         raise GatewayInvalid(f"{param} is longer than {services.MAX_CONTENT:,} characters.", param)
     return text

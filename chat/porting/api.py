@@ -16,6 +16,7 @@ from chat.porting import exporter
 from chat.porting.views import conversation_download, export_file_response
 from config.api.errors import error_responses
 from config.api.inputs import validated_query
+from config.db import rls
 
 
 class ExportFormatQuery(serializers.Serializer):
@@ -53,10 +54,11 @@ class ConversationExportApi(APIView):
         return conversation_download(exporter.conversation_export(user=request.user, conversation=conversation, kind=kind))
 
 
+@rls.own_transactions("POST")  # the job commits before its task is queued, so a queue failure is a 503 here
 class ExportListApi(APIView):
     required_scopes = CHAT_SCOPES
 
-    @extend_schema(request=None, responses={202: ExportJobOut, **error_responses(401, 403)})
+    @extend_schema(request=None, responses={202: ExportJobOut, **error_responses(401, 403, 503)})
     def post(self, request):
         job = exporter.export_job_create(user=request.user)
         return Response(ExportJobOut(job).data, status=status.HTTP_202_ACCEPTED)

@@ -135,4 +135,13 @@ def when_iso(value) -> datetime | None:
         moment = datetime.fromisoformat(value)
     except ValueError:
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    try:
+        # In UTC, as PostgreSQL returns it: a moment that leaves years 1-9999 there could not be read back.
+        return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    except OverflowError:
+        return None
+
+
+def items_count(value) -> int:
+    """How many items a list in the file holds (attachments, files); anything else counts none."""
+    return len(value) if isinstance(value, list) else 0

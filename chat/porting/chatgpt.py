@@ -17,6 +17,7 @@ from chat.porting.base import (
     ParsedConversation,
     ParsedMessage,
     conversation_parsed,
+    items_count,
     text_clean,
     title_clean,
     when_epoch,
@@ -32,7 +33,7 @@ def is_conversation(item: dict) -> bool:
 
 def external_id(item: dict) -> str:
     value = item.get("conversation_id") or item.get("id")
-    return str(value)[:200] if isinstance(value, str | int) and value != "" else ""
+    return text_clean(str(value))[:200] if isinstance(value, str | int) and value != "" else ""
 
 
 def _branch(item: dict) -> list[dict]:
@@ -53,6 +54,8 @@ def _branch(item: dict) -> list[dict]:
             raise ConversationUnusable("its current branch points at a message that is not in the file")
         branch.append(node)
         node_id = node.get("parent")
+        if node_id is not None and not isinstance(node_id, str):
+            raise ConversationUnusable("a message on its current branch names its parent with something other than an id")
     branch.reverse()
     return branch
 
@@ -102,7 +105,7 @@ def conversation_parse(item: dict, *, skipped: Counter) -> ParsedConversation:
         if message.get("recipient") not in (None, "all"):
             skipped["tool"] += 1  # a call to a tool (browsing, python, memory), not words for the user
             continue
-        skipped["attachments"] += len(metadata.get("attachments") or [])
+        skipped["attachments"] += items_count(metadata.get("attachments"))
         if metadata.get("is_visually_hidden_from_conversation"):
             skipped["hidden"] += 1
             continue
@@ -111,11 +114,9 @@ def conversation_parse(item: dict, *, skipped: Counter) -> ParsedConversation:
             continue
         previous = messages[-1].created_at if messages else None
         created = when_epoch(message.get("create_time")) or previous or started or when_epoch(item.get("update_time"))
-        model = (metadata.get("model_slug") or default_model or "") if role == "assistant" else ""
+        model = text_clean(str(metadata.get("model_slug") or default_model or "")) if role == "assistant" else ""
         messages.append(
-            ParsedMessage(
-                role=role, content=text, created_at=created, provider="openai" if role == "assistant" else "", model=str(model)[:100]
-            )
+            ParsedMessage(role=role, content=text, created_at=created, provider="openai" if role == "assistant" else "", model=model[:100])
         )
     return conversation_parsed(
         messages,

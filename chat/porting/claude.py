@@ -12,6 +12,7 @@ from chat.porting.base import (
     ParsedConversation,
     ParsedMessage,
     conversation_parsed,
+    items_count,
     text_clean,
     title_clean,
     when_iso,
@@ -27,7 +28,7 @@ def is_conversation(item: dict) -> bool:
 
 def external_id(item: dict) -> str:
     value = item.get("uuid")
-    return value[:200] if isinstance(value, str) else ""
+    return text_clean(value)[:200] if isinstance(value, str) else ""
 
 
 def _text(message: dict, skipped: Counter) -> str:
@@ -59,11 +60,12 @@ def conversation_parse(item: dict, *, skipped: Counter) -> ParsedConversation:
     for message in item["chat_messages"]:
         if not isinstance(message, dict):
             raise ConversationUnusable("one of its messages is not an object")
-        role = ROLES.get(message.get("sender"))
+        sender = message.get("sender")
+        role = ROLES.get(sender) if isinstance(sender, str) else None
         if role is None:
             skipped["other roles"] += 1
             continue
-        skipped["attachments"] += len(message.get("attachments") or []) + len(message.get("files") or [])
+        skipped["attachments"] += items_count(message.get("attachments")) + items_count(message.get("files"))
         text = _text(message, skipped)
         if not text.strip():
             skipped["empty"] += 1

@@ -5,6 +5,7 @@ downloaded through a signed link that only its owner can open, until it expires.
 from __future__ import annotations
 
 import io
+import logging
 import re
 import zipfile
 from collections.abc import Iterator
@@ -16,15 +17,25 @@ from django.core import signing
 from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
+from kombu.exceptions import OperationalError as BrokerUnreachable
 
 from accounts.models import User
 from chat import selectors
 from chat.models import Conversation, ExportJob
 from chat.porting import markdown, ours
+from config.cache import REDIS_ERRORS
 from config.db import rls
-from config.errors import NotFoundError
+from config.errors import ApplicationError, NotFoundError
 
 SALT = "chat.export.download"
+NOT_QUEUED = "The export could not be queued (the task queue is unreachable); start it again in a few minutes."
+logger = logging.getLogger("confab.chat.exports")
+
+
+class ExportUnavailable(ApplicationError):
+    """The export's task could not be queued: the job is kept as failed, and starting again is the remedy."""
+
+    status_code = 503
 
 
 def _documents(conversations) -> Iterator[dict]:
@@ -61,12 +72,25 @@ def export_path(job_id) -> Path:
 
 
 def export_job_create(*, user: User) -> ExportJob:
-    """A pending export of all the user's conversations; the zip is built by a task once this commits."""
+    """A pending export of all the user's conversations; the zip is built by a task once this commits.
+    With the broker unreachable the job is kept as failed, and ExportUnavailable (503) says so."""
     from chat.tasks import export_build_task
+
+    def queue() -> None:
+        try:
+            export_build_task.delay(job_id=str(job.pk), user_id=str(user.pk))
+        except (BrokerUnreachable, *REDIS_ERRORS) as exc:
+            logger.warning("export %s not queued (broker unreachable: %s)", job.pk, exc)
+            with rls.atomic_as(user.pk):
+                job.status, job.error, job.finished_at = ExportJob.Status.FAILED, NOT_QUEUED, timezone.now()
+                job.save(update_fields=["status", "error", "finished_at"])
 
     with rls.atomic_as(user.pk):
         job = ExportJob.objects.create(user_id=user.pk, expires_at=timezone.now() + timedelta(hours=settings.CHAT_EXPORT_HOURS))
-        transaction.on_commit(lambda: export_build_task.delay(job_id=str(job.pk), user_id=str(user.pk)), using=rls.current_alias())
+        transaction.on_commit(queue, using=rls.current_alias())
+    # Views that own their transactions (the export-start page and API) have queued it by now.
+    if job.status == ExportJob.Status.FAILED:
+        raise ExportUnavailable(NOT_QUEUED)
     return job
 
 

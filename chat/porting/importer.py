@@ -16,6 +16,7 @@ of the wrong type); the others are imported.
 
 from __future__ import annotations
 
+import lzma
 import re
 import zipfile
 import zlib
@@ -90,7 +91,7 @@ class _Counted:
             return b""  # ijson asks for nothing first, to see bytes or text
         try:
             data = self.raw.read(size if size > 0 else 65536)
-        except (zipfile.BadZipFile, zlib.error, EOFError):
+        except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError):  # bz2 says OSError
             raise ImportRejected("The ZIP file is damaged (it may be truncated); nothing was imported.") from None
         self.left -= len(data)
         if self.left < 0:
@@ -122,6 +123,10 @@ def _streams(file: BinaryIO) -> Iterator[BinaryIO]:
             raw = archive.open(member)
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError):
             raise ImportRejected("The ZIP file is damaged (it may be truncated); nothing was imported.") from None
+        except RuntimeError:  # zipfile's "encrypted, password required" and NotImplementedError (compression method)
+            raise ImportRejected(
+                "The ZIP's conversations are encrypted or compressed in a way that cannot be read; nothing was imported."
+            ) from None
         with raw:
             counted = _Counted(raw, limit, refusal)
             yield counted

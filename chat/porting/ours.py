@@ -19,6 +19,8 @@ FORMAT = "confab.conversations"
 VERSION = 1
 ROLES = {choice.value for choice in Message.Role}
 STATUSES = {choice.value for choice in Message.Status}
+_cost = Message._meta.get_field("cost")
+COST_CEILING = Decimal(10) ** (_cost.max_digits - _cost.decimal_places)  # the column holds no more
 
 
 def conversation_document(conversation: Conversation, messages: Iterable[Message]) -> dict:
@@ -67,7 +69,7 @@ def is_conversation(item: dict) -> bool:
 
 def external_id(item: dict) -> str:
     value = item.get("id")
-    return value[:200] if isinstance(value, str) else ""
+    return text_clean(value)[:200] if isinstance(value, str) else ""
 
 
 def _field(item: dict, name: str, kind, default=None):
@@ -97,17 +99,20 @@ def _message(item) -> ParsedMessage:
         cost = Decimal(_field(item, "cost", str, "0"))
     except InvalidOperation:
         raise ConversationUnusable("a message's cost is not a decimal number") from None
-    if not cost.is_finite() or cost < 0:
-        raise ConversationUnusable("a message's cost is not a decimal number of 0 or more")
+    if not cost.is_finite() or cost < 0 or cost >= COST_CEILING:
+        raise ConversationUnusable(f"a message's cost is not a decimal number from 0 to below {COST_CEILING}")
     tokens = [_field(item, name, int, 0) for name in ("input_tokens", "output_tokens")]
     if min(tokens) < 0 or max(tokens) > 2**31 - 1:
         raise ConversationUnusable("a message's token counts are out of range")
+    if status == Message.Status.STREAMING:
+        # Exported mid-reply: it will never finish here, and a streaming row would be metered by the stale-stream sweep.
+        status = Message.Status.INTERRUPTED
     return ParsedMessage(
         role=role,
         content=text_clean(_field(item, "content", str)),
         created_at=_when(item, "created_at"),
-        provider=_field(item, "provider", str, "")[:32],
-        model=_field(item, "model", str, "")[:100],
+        provider=text_clean(_field(item, "provider", str, ""))[:32],
+        model=text_clean(_field(item, "model", str, ""))[:100],
         status=status,
         input_tokens=tokens[0],
         output_tokens=tokens[1],
@@ -135,5 +140,5 @@ def conversation_parse(item: dict, *, skipped: Counter) -> ParsedConversation:
         summary=text_clean(_field(item, "summary", str, "")),
         tags=[title_clean(tag)[:50] for tag in tags],
         is_archived=_field(item, "is_archived", bool, False),
-        persona_name=persona if isinstance(persona, str) else "",
+        persona_name=text_clean(persona) if isinstance(persona, str) else "",
     )

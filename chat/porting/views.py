@@ -14,6 +14,7 @@ from chat import selectors
 from chat.forms import ExportFormatForm, ImportForm
 from chat.porting import exporter
 from chat.porting.importer import ImportReport, conversations_import
+from config.db import rls
 from config.errors import ApplicationError, NotFoundError
 
 REPORT_KEY = "chat_import_report"
@@ -37,11 +38,16 @@ def porting(request):
     return render(request, "chat/porting.html", context, status=400 if form.errors else 200)
 
 
+@rls.own_transactions("POST")  # the job commits before its task is queued, so a queue failure is known here
 @login_required
 @require_POST
 def export_start(request):
-    exporter.export_job_create(user=request.user)
-    messages.success(request, "Your export is being prepared; its download link appears below when it is ready.")
+    try:
+        exporter.export_job_create(user=request.user)
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, "Your export is being prepared; its download link appears below when it is ready.")
     return redirect("chat:porting")
 
 
