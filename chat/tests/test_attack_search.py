@@ -65,14 +65,15 @@ def test_raw_sql_trigger_functions_cannot_be_called_and_a_planted_row_finds_noth
                 cur.execute(f"SELECT {function}")
             raw_app_connection.rollback()
             cur.execute("SELECT set_config('app.user_id', %s, true)", [str(eve.pk)])
-        # The message policy checks only user_id: Eve's own row may name Ann's conversation (reported, not fixed here).
-        cur.execute(
-            "INSERT INTO chat_message (id, conversation_id, user_id, sequence, role, content, provider, model, input_tokens,"
-            " output_tokens, cost, latency_ms, status, error, metadata, created_at, imported)"
-            " VALUES (gen_random_uuid(), %s, %s, 99, 'user', 'zanzibar planted', '', '', 0, 0, 0, 0, 'complete', '', '{}', now(), false)",
-            [anns.pk, eve.pk],
-        )
-    raw_app_connection.commit()
+        # Eve's own row naming Ann's conversation is refused (chat 0009; it went in before).
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            cur.execute(
+                "INSERT INTO chat_message (id, conversation_id, user_id, sequence, role, content, provider, model, input_tokens,"
+                " output_tokens, cost, latency_ms, status, error, metadata, created_at, imported)"
+                " VALUES (gen_random_uuid(), %s, %s, 99, 'user', 'zanzibar planted', '', '', 0, 0, 0, 0, 'complete', '', '{}', now(), false)",
+                [anns.pk, eve.pk],
+            )
+    raw_app_connection.rollback()
     with rls.atomic_as(eve.pk):
         found = selectors.conversation_search(user=eve, query="zanzibar")
     assert [hit.conversation_title for hit in found.hits] == []  # Ann's title never reaches Eve

@@ -100,8 +100,8 @@ def test_raw_sql_revoked_and_expired_tokens_open_nothing_even_for_the_owner(raw_
 
 
 def test_raw_sql_a_message_planted_in_anothers_conversation_is_never_shared(raw_app_connection, world):
-    """The message policy checks only user_id, so Eve may point her own row at Alice's conversation;
-    the share functions read only the conversation owner's rows, so it never shows."""
+    """Eve's own row naming Alice's conversation is refused by the message policy (chat 0009), and
+    the share functions read only the conversation owner's rows besides: it never shows."""
     link, token = _share(world.alice, world.conversation, audience="anyone")
     with raw_app_connection.cursor() as cur:
         _as(cur, world.eve)

@@ -68,6 +68,50 @@ def test_a_message_cannot_be_inserted_into_another_users_conversation(raw_app_co
             )
 
 
+def test_a_message_in_ones_own_name_cannot_go_into_another_users_conversation(raw_app_connection, tenants):
+    """Failed before chat 0009: the policy checked the message's user_id only."""
+    alice, bob = tenants
+    with rls.privileged(reason="test"):
+        bobs = Conversation.objects.get(user_id=bob.pk)
+        alices = Message.objects.filter(user_id=alice.pk).first()
+    with raw_app_connection.cursor() as cur:
+        _as(cur, alice)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            cur.execute(
+                "INSERT INTO chat_message (id, conversation_id, user_id, sequence, role, content, provider, model, input_tokens,"
+                " output_tokens, cost, latency_ms, status, error, metadata, created_at)"
+                " VALUES (gen_random_uuid(), %s, %s, 99, 'user', 'planted', '', '', 0, 0, 0, 0, 'complete', '', '{}', now())",
+                [bobs.pk, alice.pk],
+            )
+        raw_app_connection.rollback()
+        _as(cur, alice)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):  # moving one of hers there
+            cur.execute("UPDATE chat_message SET conversation_id = %s, sequence = 99 WHERE id = %s", [bobs.pk, alices.pk])
+        raw_app_connection.rollback()
+        _as(cur, alice)
+        cur.execute("UPDATE chat_message SET content = 'edited' WHERE id = %s", [alices.pk])  # her own stays writable
+        assert cur.rowcount == 1
+    raw_app_connection.rollback()
+
+
+def test_a_conversation_cannot_name_another_users_persona(raw_app_connection, tenants):
+    """Failed before chat 0009: the policy checked the conversation's user_id only."""
+    alice, bob = tenants
+    with rls.privileged(reason="test"):
+        bobs_persona = Persona.objects.create(user_id=bob.pk, name="Bob's", system_prompt="secret")
+        alices_persona = Persona.objects.create(user_id=alice.pk, name="Alice's", system_prompt="hers")
+        alices = Conversation.objects.get(user_id=alice.pk)
+    with raw_app_connection.cursor() as cur:
+        _as(cur, alice)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            cur.execute("UPDATE chat_conversation SET persona_id = %s WHERE id = %s", [bobs_persona.pk, alices.pk])
+        raw_app_connection.rollback()
+        _as(cur, alice)
+        cur.execute("UPDATE chat_conversation SET persona_id = %s WHERE id = %s", [alices_persona.pk, alices.pk])
+        assert cur.rowcount == 1
+    raw_app_connection.rollback()
+
+
 def test_only_staff_write_the_catalog(raw_app_connection, tenants):
     alice, _ = tenants
     with raw_app_connection.cursor() as cur:
