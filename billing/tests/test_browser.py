@@ -5,6 +5,7 @@ import pytest
 
 from accounts.tests.factories import PASSWORD, make_user
 from billing.tests.factories import current_subscription, make_plans, organization_of, put_on_plan
+from config.tests.browser import log_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -18,11 +19,7 @@ def test_owner_downgrades_now_and_sees_the_free_limits(live_server, page):
     put_on_plan(org, plans["pro"], current_period_end=None)  # staff gave Pro in admin
 
     base = live_server.url
-    page.goto(f"{base}/accounts/login/")
-    page.get_by_label("Email").fill(owner.email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    expect(page).to_have_url(f"{base}/")
+    log_in(page, base, owner.email, PASSWORD)
 
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Settings").click()
     page.get_by_role("navigation", name="Settings").get_by_role("link", name="Billing").click()

@@ -12,6 +12,7 @@ from accounts.tests.factories import PASSWORD
 from analytics.models import TokenUsage
 from chat.models import Conversation, Message
 from config.db import rls
+from config.tests.browser import log_in
 from config.tests.serving import served
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -36,11 +37,7 @@ def test_send_stream_stop_rename_tag_archive_and_see_the_usage(alice, page):
     csp_violations = []
     page.on("console", lambda message: "Content Security Policy" in message.text and csp_violations.append(message.text[:80]))
     with served(workers=1) as base:
-        page.goto(f"{base}/accounts/login/")
-        page.get_by_label("Email").fill(alice.email)
-        page.get_by_label("Password").fill(PASSWORD)
-        page.get_by_role("button", name="Log in").click()
-        expect(page).to_have_url(f"{base}/")
+        log_in(page, base, alice.email, PASSWORD)
 
         page.get_by_role("navigation", name="Main").get_by_role("link", name="Chat").click()
         page.get_by_test_id("new-conversation").click()

@@ -13,6 +13,7 @@ from accounts.tests.factories import PASSWORD
 from chat.models import Message
 from chat.tests.porting_files import chatgpt_zip
 from config.db import rls
+from config.tests.browser import log_in
 from config.tests.serving import served
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -25,11 +26,7 @@ def test_upload_a_chatgpt_zip_see_the_report_and_download_exports(alice, page, t
     export.write_bytes(chatgpt_zip())
     settings.CHAT_EXPORT_DIR = tmp_path / "exports"  # the worker writes here, the server reads here
     with served(workers=1, CHAT_EXPORT_DIR=str(settings.CHAT_EXPORT_DIR)) as base:
-        page.goto(f"{base}/accounts/login/")
-        page.get_by_label("Email").fill(alice.email)
-        page.get_by_label("Password").fill(PASSWORD)
-        page.get_by_role("button", name="Log in").click()
-        expect(page).to_have_url(f"{base}/")
+        log_in(page, base, alice.email, PASSWORD)
 
         page.goto(f"{base}/settings/profile/")
         page.get_by_role("navigation", name="Settings").get_by_role("link", name="Import and export").click()

@@ -8,6 +8,7 @@ from accounts.tests.factories import PASSWORD
 from chat import services
 from chat.models import Message
 from config.db import rls
+from config.tests.browser import log_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -25,10 +26,7 @@ def test_search_finds_as_you_type_and_highlights_without_a_reload(alice, live_se
             content="Book the ferry to Zanzibar <img src=x onerror=alert(1)>",
         )
     services.conversation_create(user=alice, title="Groceries")
-    page.goto(f"{live_server.url}/accounts/login/")
-    page.get_by_label("Email").fill(alice.email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
+    log_in(page, live_server.url, alice.email, PASSWORD)
     page.goto(f"{live_server.url}/chat/")
     expect(page.get_by_test_id("conversation-list")).to_contain_text("Groceries")
     page.evaluate("window.__notReloaded = true")

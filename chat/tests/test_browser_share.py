@@ -6,6 +6,7 @@ import pytest
 
 from accounts.tests.factories import PASSWORD
 from chat import services
+from config.tests.browser import log_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 PHONE = {"width": 390, "height": 844}
@@ -25,11 +26,7 @@ def test_owner_shares_with_anyone_a_signed_out_browser_opens_it_and_revoke_ends_
     page.on("console", lambda message: "Content Security Policy" in message.text and csp_violations.append(message.text[:80]))
     base = live_server.url
 
-    page.goto(f"{base}/accounts/login/")
-    page.get_by_label("Email").fill(alice.email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    expect(page).to_have_url(f"{base}/")
+    log_in(page, base, alice.email, PASSWORD)
     page.goto(f"{base}/chat/{porto.pk}/")
     panel = page.get_by_test_id("share-panel")
     panel.get_by_text("Share", exact=True).click()

@@ -91,3 +91,12 @@ def page(browser):
     tab = context.new_page()
     tab.on("dialog", lambda dialog: dialog.accept())  # data-confirm asks before revoking
     return tab
+
+
+def log_in(page, base: str, email: str, password: str) -> None:
+    """Sign in through the login page and wait for home: where most browser tests begin."""
+    page.goto(f"{base}/accounts/login/")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(f"{base}/")
