@@ -52,6 +52,10 @@ Findings (2026-11-30, 2 cores, load under 1 before the run):
   5%, authentication 4%, serializers 3%; PostgreSQL's share is ~5 ms a message. Preparing every
   statement (server-side binding, prepare_threshold 5) changed nothing measurable (19.9 vs 19.8 ms
   at one client), so it was not kept.
+- Run to run (same code, 2026-11-30, two runs): the metered POST's serving CPU under ASGI was
+  17.9 and 23.2 ms, under WSGI 17.5 and 15.2 ms; the bare view 3.5 and 3.3 ms. Compare CPU
+  figures across several runs, not one: the loop <-> thread hops of 16 requests in flight per
+  worker cost differently each time.
 """
 
 from __future__ import annotations
