@@ -635,6 +635,26 @@ def message_send(
     return Reply(pending.conversation, pending.user_message, message)
 
 
+# Stream endings run as their own tasks, shielded from the client's cancellation. The loop
+# keeps only weak references to tasks, so this set holds them until they finish; and a
+# caller that must know every reply is stored (a test, a shutdown) can await them.
+_stream_endings: set[asyncio.Task] = set()
+
+
+async def _shielded(coroutine) -> Message:
+    task = asyncio.ensure_future(coroutine)
+    _stream_endings.add(task)
+    task.add_done_callback(_stream_endings.discard)
+    return await asyncio.shield(task)
+
+
+async def stream_endings_wait() -> None:
+    """Wait until every stream ending started on this loop has stored and metered its reply."""
+    loop = asyncio.get_running_loop()
+    while running := [task for task in _stream_endings if task.get_loop() is loop]:
+        await asyncio.gather(*running, return_exceptions=True)
+
+
 async def message_stream(*, pending: PendingReply) -> AsyncIterator[dict]:
     """Stream a prepared send's reply as events: `delta` (text), then `done` (status,
     tokens, cost, error). A client that goes away (CancelledError, or the generator
@@ -685,13 +705,13 @@ async def message_stream(*, pending: PendingReply) -> AsyncIterator[dict]:
                 usage, finish = event.usage, event.finish_reason
     except (asyncio.CancelledError, GeneratorExit):
         gone = interrupted_usage(None, request=pending.request, unreported_text="".join(parts), output_final=False)
-        await asyncio.shield(end(Status.INTERRUPTED, usage or gone, "The client stopped reading the reply."))
+        await _shielded(end(Status.INTERRUPTED, usage or gone, "The client stopped reading the reply."))
         raise
     except Exception as exc:  # a provider failure: metered and shown (see _failure)
         status, usage, error = _failure(exc, pending.request, "".join(parts))
     # Shielded too: a client that goes away after the last delta, while the reply is stored,
     # must not leave it `streaming` and unmetered.
-    message = await asyncio.shield(end(status, usage or Usage(), error, provider_failed=bool(error)))
+    message = await _shielded(end(status, usage or Usage(), error, provider_failed=bool(error)))
     yield _done_event(pending, message)
 
 

@@ -96,6 +96,7 @@ def test_a_stream_cancelled_as_it_finishes_is_metered_once_and_closed(key, cance
         with pytest.raises(asyncio.CancelledError):
             await asyncio.ensure_future(read())
         await asyncio.gather(*busy)
+        await services.stream_endings_wait()  # the ending runs on after the cancelled task
 
     async_to_sync(run)()
     with rls.privileged(reason="test"):

@@ -189,6 +189,7 @@ def _consume(pending, *, cancel_after: int) -> list[dict]:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+        await services.stream_endings_wait()  # the ending runs on after the cancelled task
 
     async_to_sync(run)()
     return events
