@@ -285,9 +285,9 @@ def _stop_processes(procs: list[subprocess.Popen]) -> None:
             p.wait()
 
 
-def web_command(*, bind: str, workers: int | str, access_log: bool = True) -> list[str]:
+def web_command(*, bind: str, workers: int | str, access_log: bool = True, app: str = "config.asgi:application") -> list[str]:
     """The ASGI server, as production runs it: gunicorn supervising uvicorn workers."""
-    command = [sys.executable, "-m", "gunicorn", "config.asgi:application", "--worker-class", "uvicorn_worker.UvicornWorker"]
+    command = [sys.executable, "-m", "gunicorn", app, "--worker-class", "uvicorn_worker.UvicornWorker"]
     command += ["--bind", bind, "--workers", str(workers), "--graceful-timeout", "10", "--no-control-socket"]
     return command + (["--access-logfile", "-"] if access_log else [])
 

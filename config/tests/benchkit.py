@@ -74,11 +74,11 @@ def _tree_cpu(process) -> float:
     return total
 
 
-def serving_cpu_seconds(server_pid: int) -> float:
-    """CPU seconds used so far by everything that serves a request: the web server's process
-    tree, PostgreSQL (the postmaster's tree, found from a backend) and Redis (its INFO). Not
-    the load generator: per request, this is the machine's cost of serving, however busy the
-    machine is with other work."""
+def serving_cpu_seconds(server_pid: int) -> dict[str, float]:
+    """CPU seconds used so far by everything that serves a request, by part: the web server's
+    process tree, PostgreSQL (the postmaster's tree, found from a backend) and Redis (its INFO).
+    Not the load generator: per request, this is the machine's cost of serving, however busy
+    the machine is with other work."""
     import psutil
     from django_redis import get_redis_connection
 
@@ -87,7 +87,7 @@ def serving_cpu_seconds(server_pid: int) -> float:
         postmaster = psutil.Process(cur.fetchone()[0]).parent()
     info = get_redis_connection("default").info("cpu")
     redis = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-    return _tree_cpu(psutil.Process(server_pid)) + _tree_cpu(postmaster) + redis
+    return {"server": _tree_cpu(psutil.Process(server_pid)), "postgresql": _tree_cpu(postmaster), "redis": redis}
 
 
 def machine() -> dict:

@@ -57,11 +57,14 @@ class Served(str):
 
 
 @contextmanager
-def served(*, workers: int, wsgi: bool = False, **env: str) -> Iterator[Served]:
+def served(*, workers: int, wsgi: bool = False, app: str | None = None, **env: str) -> Iterator[Served]:
     """Start the server, wait for /health/live, yield its base URL, stop it (its whole process group)."""
     port = _free_port()
     bind = f"127.0.0.1:{port}"
-    command = wsgi_command(bind=bind, workers=workers) if wsgi else embedded.web_command(bind=bind, workers=workers, access_log=False)
+    if wsgi:
+        command = wsgi_command(bind=bind, workers=workers)
+    else:  # `app`: another ASGI application to compare with ours (bench_serving)
+        command = embedded.web_command(bind=bind, workers=workers, access_log=False, **({"app": app} if app else {}))
     proc = subprocess.Popen(command, cwd=settings.BASE_DIR, env=server_env(**env), start_new_session=True)
     base = Served(f"http://127.0.0.1:{port}")
     base.pid = proc.pid

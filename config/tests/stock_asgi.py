@@ -1,0 +1,9 @@
+"""Django's own ASGI handler (middleware chain in async mode), which config/asgi.py's
+OneHopASGIHandler replaced: bench_serving serves it beside ours to measure the difference."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.production")
+application = get_asgi_application()
