@@ -56,6 +56,19 @@ Findings (2026-11-30, 2 cores, load under 1 before the run):
   17.9 and 23.2 ms, under WSGI 17.5 and 15.2 ms; the bare view 3.5 and 3.3 ms. Compare CPU
   figures across several runs, not one: the loop <-> thread hops of 16 requests in flight per
   worker cost differently each time.
+
+Findings (2026-11-30, second session, load 7 from other work during the run):
+- Django's ASGI handler loads the middleware chain in async mode, and MiddlewareMixin then runs
+  each process_request/process_response through sync_to_async: seven loop <-> thread crossings
+  for one sync view (config/tests/test_asgi_handler.py counts them). config/asgi.py's
+  OneHopASGIHandler loads the chain in sync mode and crosses once. Same run, both handlers:
+  serving CPU, bare view 3.27 -> 2.21 ms, usage summary 10.31 -> 8.77 ms; the metered POST
+  17.75 -> 18.13 ms (no change beyond noise: its cost is elsewhere).
+- Where the metered POST's CPU goes (BENCH_SERVING_SERVERS="ASGI uvicorn", 2,000 requests):
+  16.92 ms = server 11.87 + PostgreSQL 4.80 + Redis 0.25. Timed client-side in one process,
+  the 11 statements are flat (0.35 to 0.98 ms each; the ledger's one-row INSERT is the largest),
+  so no statement is left to cut: PostgreSQL alone at 4.8 ms is most of the 6.7 ms a request
+  that 150 requests/s per core allows, before any Python.
 """
 
 from __future__ import annotations
