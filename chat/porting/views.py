@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import FileResponse, Http404, HttpResponse
+from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -15,6 +15,7 @@ from chat.forms import ExportFormatForm, ImportForm
 from chat.porting import exporter
 from chat.porting.importer import ImportReport, conversations_import
 from config.db import rls
+from config.downloads import file_download_response
 from config.errors import ApplicationError, NotFoundError
 
 REPORT_KEY = "chat_import_report"
@@ -61,9 +62,9 @@ def export_download(request, token):
     return export_file_response(job, path)
 
 
-def export_file_response(job, path) -> FileResponse:
+def export_file_response(job, path) -> StreamingHttpResponse:
     """The zip, streamed from its file (never read whole)."""
-    return FileResponse(path.open("rb"), as_attachment=True, filename=f"confab-export-{job.created_at:%Y-%m-%d}.zip")
+    return file_download_response(path, filename=f"confab-export-{job.created_at:%Y-%m-%d}.zip", content_type="application/zip")
 
 
 @login_required
