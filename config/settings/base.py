@@ -322,6 +322,8 @@ CHAT_STREAM_STALE_MINUTES = env.int("CHAT_STREAM_STALE_MINUTES", default=15)
 CELERY_BEAT_SCHEDULE["chat-streams-close-stale"] = {"task": "chat.tasks.streams_close_stale_task", "schedule": crontab(minute="*/5")}
 # Import and export (chat/porting/): limits of one imported file (over one: refused, nothing imported).
 CHAT_IMPORT_MAX_BYTES = env.int("CHAT_IMPORT_MAX_BYTES", default=200 * 1024 * 1024)
+# Any request's body (config/asgi.py answers 413 past it): the largest upload, an import, plus its form's framing.
+REQUEST_BODY_MAX_BYTES = env.int("REQUEST_BODY_MAX_BYTES", default=CHAT_IMPORT_MAX_BYTES + 1024 * 1024)
 CHAT_IMPORT_MAX_UNCOMPRESSED_BYTES = env.int("CHAT_IMPORT_MAX_UNCOMPRESSED_BYTES", default=1024 * 1024 * 1024)
 CHAT_IMPORT_MAX_CONVERSATIONS = env.int("CHAT_IMPORT_MAX_CONVERSATIONS", default=20_000)
 CHAT_IMPORT_MAX_MESSAGES = env.int("CHAT_IMPORT_MAX_MESSAGES", default=500_000)

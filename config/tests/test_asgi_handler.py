@@ -1,6 +1,10 @@
 """config/asgi.py's OneHopASGIHandler: the middleware chain and a sync view run in one hop from
-the event loop to a thread; Django's own handler (chain in async mode) crosses seven times."""
+the event loop to a thread (Django's own handler, chain in async mode, crosses seven times);
+a request body over REQUEST_BODY_MAX_BYTES is refused with 413 before the rest is read."""
 
+import asyncio
+import itertools
+import json
 from unittest import mock
 
 import pytest
@@ -68,3 +72,69 @@ def test_djangos_handler_crosses_at_every_change_of_mode():
     status, hops = _crossings(ASGIHandler(), "/health/live")
     assert status == 200
     assert len(hops) == 7, hops
+
+
+async def _post(path: str, body_chunks, *, declared: int | None = None) -> tuple[int, bytes, int]:
+    """POST the chunks (an iterator: more_body until it ends) to a fresh handler; the status,
+    the response body, and how many chunks the handler read."""
+    headers = [(b"host", b"testserver"), (b"content-type", b"application/json")]
+    if declared is not None:
+        headers.append((b"content-length", str(declared).encode()))
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "scheme": "http",
+        "headers": headers,
+        "server": ("testserver", 80),
+        "client": ("127.0.0.1", 40000),
+    }
+    chunks, read, answer = iter(body_chunks), 0, {"status": 0, "body": b""}
+    pending = next(chunks, None)
+
+    async def receive():
+        nonlocal pending, read
+        if pending is None:
+            await asyncio.Event().wait()  # the body is over; the client never disconnects
+        chunk, pending = pending, next(chunks, None)
+        read += 1
+        return {"type": "http.request", "body": chunk, "more_body": pending is not None}
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            answer["status"] = message["status"]
+        elif message["type"] == "http.response.body":
+            answer["body"] += message.get("body", b"")
+
+    await OneHopASGIHandler()(scope, receive, send)
+    return answer["status"], answer["body"], read
+
+
+MIB = 1024 * 1024
+
+
+def test_a_body_over_the_limit_is_refused_as_it_arrives_without_reading_the_rest(settings):
+    settings.REQUEST_BODY_MAX_BYTES = 2 * MIB
+    endless = itertools.repeat(b"x" * MIB)  # chunked, no declared length, never ends
+    status, body, read = async_to_sync(_post)("/api/v1/conversations", endless)
+    assert status == 413 and read == 3  # the third MiB passes the limit: nothing more is read
+    assert json.loads(body) == {"message": "The request body is larger than 2,097,152 bytes.", "extra": {"code": "too_large"}}
+
+
+def test_a_declared_length_over_the_limit_is_refused_before_any_of_the_body_is_read(settings):
+    settings.REQUEST_BODY_MAX_BYTES = 2 * MIB
+    status, body, read = async_to_sync(_post)("/chat/porting/", iter([b"x" * MIB]), declared=10 * MIB)
+    assert (status, read) == (413, 0)
+    assert body.decode() == "The request body is larger than 2,097,152 bytes."
+
+
+def test_a_body_within_the_limit_reaches_the_view(settings):
+    settings.REQUEST_BODY_MAX_BYTES = 2 * MIB
+    padding = json.dumps({"content": "x" * (MIB // 2)}).encode()
+    status, body, read = async_to_sync(_post)("/api/v1/conversations", iter([padding[: MIB // 4], padding[MIB // 4 :]]))
+    assert status == 401 and read == 2  # the view answered: no credentials
