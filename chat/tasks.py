@@ -1,7 +1,7 @@
 from celery import shared_task
 
 from chat import services
-from chat.porting import exporter
+from chat.porting import exporter, jobs
 
 
 @shared_task
@@ -17,3 +17,14 @@ def export_build_task(*, job_id: str, user_id: str) -> str:
 @shared_task
 def exports_expire_task() -> int:
     return exporter.exports_expire()
+
+
+# Up to 500,000 messages: longer than the default limits (jobs.STALE_AFTER is longer still).
+@shared_task(soft_time_limit=55 * 60, time_limit=60 * 60)
+def import_run_task(*, job_id: str, user_id: str) -> str:
+    return jobs.import_job_run(job_id=job_id, user_id=user_id).status
+
+
+@shared_task
+def import_jobs_fail_stale_task() -> int:
+    return jobs.import_jobs_fail_stale()
