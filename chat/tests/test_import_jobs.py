@@ -92,6 +92,7 @@ def test_the_page_answers_at_once_and_the_worker_imports_and_the_page_shows_the_
     assert list(import_dir.iterdir()) == []  # the upload is removed once imported
     page = client.get("/chat/porting/").content.decode()
     assert 'data-testid="import-imported">2<' in page and "From ChatGPT" in page and "(6 messages)" in page
+    assert "1 attachments, 1 non-text, 1 system, 2 tool." in page  # in the report's order, though jsonb reorders keys
     assert 'hx-trigger="every 2s"' not in page  # nothing running: the polling stops
     fragment = client.get("/chat/porting/imports/")
     assert fragment.status_code == 200 and 'data-testid="import-imported">2<' in fragment.content.decode()
