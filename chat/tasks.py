@@ -22,7 +22,8 @@ def exports_expire_task() -> int:
 # Up to 500,000 messages: longer than the default limits (jobs.STALE_AFTER is longer still).
 @shared_task(soft_time_limit=55 * 60, time_limit=60 * 60)
 def import_run_task(*, job_id: str, user_id: str) -> str:
-    return jobs.import_job_run(job_id=job_id, user_id=user_id).status
+    job = jobs.import_job_run(job_id=job_id, user_id=user_id)
+    return job.status if job else "gone"
 
 
 @shared_task

@@ -81,8 +81,8 @@ def import_job_create(*, user: User, upload: UploadedFile) -> ImportJob:
 
     try:
         with rls.atomic_as(user.pk):
-            name = title_clean(getattr(upload, "name", "") or "") or "upload"
-            job = ImportJob.objects.create(id=job_id, user_id=user.pk, file_name=name, size=upload.size or 0)
+            name = title_clean(upload.name) or "upload"  # Django kept only the name's last part
+            job = ImportJob.objects.create(id=job_id, user_id=user.pk, file_name=name, size=upload.size)
             transaction.on_commit(queue, using=rls.current_alias())
     except BaseException:
         target.unlink(missing_ok=True)
@@ -98,7 +98,7 @@ def _finish(job: ImportJob, *, status: str, report: dict | None = None, error: s
         job.save(update_fields=["status", "report", "error", "finished_at"])
 
 
-def import_job_run(*, job_id, user_id) -> ImportJob:
+def import_job_run(*, job_id, user_id) -> ImportJob | None:
     """Import the job's file under the owner's own context, once: the job is claimed pending → running
     by one conditional UPDATE, so a task delivered twice (or racing itself) imports once and the
     other delivery returns the job untouched. The report, or the reason it failed, is kept on the
@@ -107,9 +107,9 @@ def import_job_run(*, job_id, user_id) -> ImportJob:
         claimed = ImportJob.objects.filter(pk=job_id, user_id=user_id, status=ImportJob.Status.PENDING).update(
             status=ImportJob.Status.RUNNING, started_at=timezone.now()
         )
-        job = ImportJob.objects.get(pk=job_id, user_id=user_id)
+        job = ImportJob.objects.filter(pk=job_id, user_id=user_id).first()
     if not claimed:
-        return job
+        return job  # another delivery claimed it, or it is gone
     path = import_path(job_id)
     try:
         with rls.atomic_as(user_id):

@@ -256,3 +256,17 @@ def test_staff_see_import_jobs_read_only(alice, client):
     assert listing.status_code == 200 and str(job.pk) in listing.content.decode()
     assert client.get(f"/admin/chat/importjob/{job.pk}/change/").status_code == 200
     assert client.get("/admin/chat/importjob/add/").status_code == 403
+
+
+def test_the_file_name_is_kept_clean_and_never_names_the_saved_file(alice, import_dir):
+    job = jobs.import_job_create(user=alice, upload=_upload(b"[]", "../../etc/\u202eexport\x07\n" + "x" * 300 + ".json"))
+    assert job.file_name == ("export " + "x" * 300)[:200] and len(job.file_name) == 200
+    assert [p.name for p in import_dir.iterdir()] == [f"{job.pk}.upload"]
+
+
+def test_a_task_for_a_job_that_is_gone_does_nothing(alice, bob):
+    job = jobs.import_job_create(user=alice, upload=_upload(b"[]", "c.json"))
+    assert jobs.import_job_run(job_id=job.pk, user_id=bob.pk) is None  # another user's id: not theirs to run
+    with rls.privileged(reason="test"):
+        assert ImportJob.objects.get(pk=job.pk).status == "pending"
+    assert jobs.import_path(job.pk).exists()
