@@ -13,7 +13,6 @@ import pytest
 from celery.contrib.testing.worker import start_worker
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connections
-from django.test import Client
 from django.utils import timezone
 
 from accounts.tests.factories import make_user
@@ -38,12 +37,6 @@ def import_dir(settings, tmp_path):
 @pytest.fixture
 def bob(alice):
     return make_user(email="bob@example.com")
-
-
-def _client(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def _upload(data: bytes, name: str) -> SimpleUploadedFile:
@@ -72,7 +65,7 @@ def _imported(user) -> tuple[int, int]:
 
 
 def test_the_page_answers_at_once_and_the_worker_imports_and_the_page_shows_the_report(alice, celery_app, import_dir):
-    client = _client(alice)
+    client = session_client(alice)
     response = client.post("/chat/porting/", {"file": _upload(chatgpt_zip(), "chatgpt-export.zip")}, follow=True)
     assert response.redirect_chain == [("/chat/porting/", 302)]
     job = _job(alice)
@@ -141,7 +134,7 @@ def test_the_schema_lists_the_import_endpoints(alice):
 
 
 def test_a_malformed_file_fails_the_job_with_the_reason_and_imports_nothing(alice, celery_worker, import_dir):
-    client = _client(alice)
+    client = session_client(alice)
     assert client.post("/chat/porting/", {"file": _upload(b"[{" * 3, "conversations.json")}).status_code == 302
     job = _finished(_job(alice).pk)
     assert job.status == "failed" and "not valid JSON" in job.error and job.report == {}
@@ -198,9 +191,9 @@ def test_two_racing_deliveries_import_once(alice):
 
 def test_another_user_cannot_see_the_job_on_the_page_or_the_api(alice, bob):
     job = jobs.import_job_create(user=alice, upload=_upload(chatgpt_zip(), "alice-secret-export.zip"))
-    assert "alice-secret-export.zip" in _client(alice).get("/chat/porting/").content.decode()
-    assert "alice-secret-export.zip" not in _client(bob).get("/chat/porting/").content.decode()
-    assert "alice-secret-export.zip" not in _client(bob).get("/chat/porting/imports/").content.decode()
+    assert "alice-secret-export.zip" in session_client(alice).get("/chat/porting/").content.decode()
+    assert "alice-secret-export.zip" not in session_client(bob).get("/chat/porting/").content.decode()
+    assert "alice-secret-export.zip" not in session_client(bob).get("/chat/porting/imports/").content.decode()
     assert_error(key_client(bob, scopes=CHAT).get(f"{API}/imports/{job.pk}"), 404)
     with pytest.raises(Exception, match="No such import"):
         jobs.import_job_get(user=bob, job_id=job.pk)
@@ -246,7 +239,7 @@ def test_a_stale_job_is_failed_and_its_file_removed_by_the_periodic_task(alice, 
     assert (stale.status, stale.error) == ("failed", jobs.STALE) and stale.finished_at is not None
     assert fresh.status == "pending"
     assert [p.name for p in import_dir.iterdir()] == [f"{fresh.pk}.upload"]
-    assert jobs.STALE in _client(alice).get("/chat/porting/").content.decode()
+    assert jobs.STALE in session_client(alice).get("/chat/porting/").content.decode()
 
 
 def test_staff_see_import_jobs_read_only(alice, client):
