@@ -19,8 +19,7 @@ def exports_expire_task() -> int:
     return exporter.exports_expire()
 
 
-# Up to 500,000 messages: longer than the default limits (jobs.STALE_AFTER is longer still).
-@shared_task(soft_time_limit=55 * 60, time_limit=60 * 60)
+@shared_task(soft_time_limit=jobs.SOFT_TIME_LIMIT, time_limit=jobs.TIME_LIMIT)
 def import_run_task(*, job_id: str, user_id: str) -> str:
     job = jobs.import_job_run(job_id=job_id, user_id=user_id)
     return job.status if job else "gone"

@@ -10,6 +10,7 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
@@ -28,7 +29,10 @@ NOT_QUEUED = "The import could not be queued (the task queue is unreachable); up
 NOT_SAVED = "The upload could not be saved; try again in a few minutes."
 FAILED_UNEXPECTEDLY = "The import failed unexpectedly and nothing was imported; please upload the file again."
 STALE = "The import did not finish; please upload again."
-# Longer than the import task's own hard time limit (chat.tasks), so a job still running is never failed under it.
+# The import task's limits (chat.tasks): a file of 500,000 messages takes far longer than other tasks.
+SOFT_TIME_LIMIT, TIME_LIMIT = 55 * 60, 60 * 60
+TOO_LONG = f"The import took longer than {SOFT_TIME_LIMIT // 60} minutes and was stopped; nothing was imported."
+# Longer than the task's hard time limit, so a job still running is never failed under it.
 STALE_AFTER = timedelta(hours=3)
 RECENT = 5  # import jobs the page lists
 ACTIVE = (ImportJob.Status.PENDING, ImportJob.Status.RUNNING)
@@ -120,6 +124,9 @@ def import_job_run(*, job_id, user_id) -> ImportJob | None:
             _finish(job, status=ImportJob.Status.DONE, report=report.as_dict())
     except ApplicationError as exc:
         _finish(job, status=ImportJob.Status.FAILED, error=exc.message)
+    except SoftTimeLimitExceeded:
+        logger.warning("import %s stopped by its time limit", job_id)
+        _finish(job, status=ImportJob.Status.FAILED, error=TOO_LONG)
     except Exception:
         logger.exception("import %s failed unexpectedly", job_id)
         _finish(job, status=ImportJob.Status.FAILED, error=FAILED_UNEXPECTEDLY)

@@ -11,6 +11,7 @@ from datetime import timedelta
 import psycopg
 import pytest
 from celery.contrib.testing.worker import start_worker
+from celery.exceptions import SoftTimeLimitExceeded
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connections
 from django.utils import timezone
@@ -263,3 +264,15 @@ def test_a_task_for_a_job_that_is_gone_does_nothing(alice, bob):
     with rls.privileged(reason="test"):
         assert ImportJob.objects.get(pk=job.pk).status == "pending"
     assert jobs.import_path(job.pk).exists()
+
+
+def test_an_import_stopped_by_its_time_limit_says_so_and_imports_nothing(alice, monkeypatch, import_dir):
+    job = jobs.import_job_create(user=alice, upload=_upload(chatgpt_zip(), "huge.zip"))
+
+    def slow(**kwargs):
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(jobs, "conversations_import", slow)
+    job = jobs.import_job_run(job_id=job.pk, user_id=alice.pk)
+    assert (job.status, job.error) == ("failed", jobs.TOO_LONG)
+    assert list(import_dir.iterdir()) == [] and _imported(alice) == (0, 0)
