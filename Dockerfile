@@ -4,7 +4,8 @@ WORKDIR /app
 COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt
 COPY . .
-RUN useradd --create-home confab && chown -R confab /app
+# var/ is the porting-files volume in docker-compose.yml: it must exist, owned by confab, for the volume to be.
+RUN useradd --create-home confab && mkdir -p /app/var && chown -R confab /app
 USER confab
 EXPOSE 8000
 # ASGI: a streaming reply holds a coroutine, not a worker. Workers: $WEB_CONCURRENCY (gunicorn reads it).

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from chat import pricing
 from chat.errors import PriceVersionRefused
-from chat.models import PRICE_FIELDS, Conversation, ExportJob, Message, ModelPrice, PendingCall, Persona, ShareLink
+from chat.models import PRICE_FIELDS, Conversation, ExportJob, ImportJob, Message, ModelPrice, PendingCall, Persona, ShareLink
 from config import admin as config_admin
 
 
@@ -163,6 +163,16 @@ class ExportJobAdmin(config_admin.ReadOnlyAdmin):
     """Exports of all a user's conversations (chat/porting/): staff see their status, never the file."""
 
     list_display = ("id", "user_id", "status", "conversation_count", "size", "created_at", "expires_at")
+    list_filter = ("status",)
+    search_fields = ("=id", "=user_id")
+    show_full_result_count = False
+
+
+@admin.register(ImportJob)
+class ImportJobAdmin(config_admin.ReadOnlyAdmin):
+    """Imports of uploaded exports (chat/porting/jobs.py): staff see their status and report, never the file."""
+
+    list_display = ("id", "user_id", "status", "size", "created_at", "started_at", "finished_at")
     list_filter = ("status",)
     search_fields = ("=id", "=user_id")
     show_full_result_count = False

@@ -19,5 +19,7 @@ urlpatterns = [
     path("exports", porting_api.ExportListApi.as_view(), name="exports"),
     path("exports/<uuid:export_id>", porting_api.ExportDetailApi.as_view(), name="export"),
     path("exports/<uuid:export_id>/download", porting_api.ExportDownloadApi.as_view(), name="export-download"),
+    path("imports", porting_api.ImportListApi.as_view(), name="imports"),
+    path("imports/<uuid:import_id>", porting_api.ImportDetailApi.as_view(), name="import"),
     path("search", api.SearchApi.as_view(), name="search"),
 ]

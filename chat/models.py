@@ -139,6 +139,34 @@ class ExportJob(models.Model):
         return f"export {self.pk} ({self.status})"
 
 
+class ImportJob(models.Model):
+    """One uploaded export file, imported by a Celery task from a private file; its report is kept here."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user_id = models.UUIDField(db_index=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    file_name = models.CharField(max_length=200, blank=True)
+    size = models.BigIntegerField(default=0)
+    report = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "created_at"], name="chat_importjob_status_created")]
+
+    def __str__(self):
+        return f"import {self.pk} ({self.status})"
+
+
 TIER_PRICES = (
     "long_context_input_price",
     "long_context_output_price",

@@ -23,6 +23,7 @@ urlpatterns = [
     path("shares/<uuid:share_link_id>/revoke/", share_views.share_revoke, name="share-revoke"),
     path("<uuid:conversation_id>/export/", porting_views.conversation_export, name="export"),
     path("porting/", porting_views.porting, name="porting"),
+    path("porting/imports/", porting_views.import_list, name="import-list"),
     path("porting/export/", porting_views.export_start, name="export-start"),
     path("exports/<str:token>/", porting_views.export_download, name="export-download"),
 ]

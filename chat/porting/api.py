@@ -1,6 +1,8 @@
-"""Export API (/api/v1/): one conversation as JSON or Markdown; an export of everything
-(POST starts it, GET says its status and gives the download link once ready; the download
-itself streams to the owner's API key or session). Another user's id is 404."""
+"""Import and export API (/api/v1/): an import (POST uploads the file and answers 202 at once, a
+Celery task imports it; GET says its status and, once done, its report); one conversation as
+JSON or Markdown; an export of everything (POST starts it, GET says its status and gives the
+download link once ready; the download itself streams to the owner's API key or session).
+Another user's id is 404."""
 
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
@@ -11,12 +13,14 @@ from rest_framework.views import APIView
 
 from chat import selectors
 from chat.api import CHAT_SCOPES
-from chat.models import ExportJob
-from chat.porting import exporter
+from chat.forms import ImportForm
+from chat.models import ExportJob, ImportJob
+from chat.porting import exporter, jobs
 from chat.porting.views import conversation_download, export_file_response
 from config.api.errors import error_responses
 from config.api.inputs import validated_query
 from config.db import rls
+from config.errors import ApplicationError
 
 
 class ExportFormatQuery(serializers.Serializer):
@@ -78,3 +82,36 @@ class ExportDownloadApi(APIView):
     @extend_schema(responses={(200, "application/zip"): OpenApiTypes.BINARY, **error_responses(401, 403, 404)})
     def get(self, request, export_id):
         return export_file_response(*exporter.export_open(user=request.user, job_id=export_id))
+
+
+class ImportUploadIn(serializers.Serializer):
+    file = serializers.FileField(help_text="ChatGPT's or Claude's export (ZIP or conversations.json), or a Confab JSON export.")
+
+
+class ImportJobOut(serializers.ModelSerializer):
+    report = serializers.JSONField(help_text="Once done: source, imported, skipped_duplicates, messages, failed [title, reason], skipped.")
+
+    class Meta:
+        model = ImportJob
+        fields = ["id", "status", "file_name", "size", "report", "error", "created_at", "started_at", "finished_at"]
+
+
+@rls.own_transactions("POST")  # the job commits before its task is queued, so a queue failure is a 503 here
+class ImportListApi(APIView):
+    required_scopes = CHAT_SCOPES
+
+    @extend_schema(request={"multipart/form-data": ImportUploadIn}, responses={202: ImportJobOut, **error_responses(400, 401, 403, 503)})
+    def post(self, request):
+        form = ImportForm(data={}, files=request.FILES)
+        if not form.is_valid():
+            raise ApplicationError(form.errors["file"][0])
+        job = jobs.import_job_create(user=request.user, upload=form.cleaned_data["file"])
+        return Response(ImportJobOut(job).data, status=status.HTTP_202_ACCEPTED)
+
+
+class ImportDetailApi(APIView):
+    required_scopes = CHAT_SCOPES
+
+    @extend_schema(responses={200: ImportJobOut, **error_responses(401, 403, 404)})
+    def get(self, request, import_id):
+        return Response(ImportJobOut(jobs.import_job_get(user=request.user, job_id=import_id)).data)

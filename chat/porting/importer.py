@@ -61,7 +61,10 @@ class ImportReport:
 
     @classmethod
     def from_dict(cls, data: dict) -> ImportReport:
-        return cls(**{**data, "failed": [tuple(pair) for pair in data.get("failed", [])]})
+        # jsonb keeps its own key order: the skipped kinds are put back in the report's (sorted) order.
+        return cls(
+            **{**data, "failed": [tuple(pair) for pair in data.get("failed", [])], "skipped": dict(sorted(data.get("skipped", {}).items()))}
+        )
 
     @property
     def source_name(self) -> str:

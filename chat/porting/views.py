@@ -1,6 +1,7 @@
-"""Import and export pages: Settings → Import and export (/chat/porting/) uploads an export
-and shows the import's report (kept in the session across the redirect), starts an export
-of everything and lists the downloads; a conversation's page downloads it as JSON or Markdown."""
+"""Import and export pages: Settings → Import and export (/chat/porting/) accepts an export file
+and answers at once (a Celery task imports it), lists the recent imports with their reports
+(a fragment the page polls while one is running), starts an export of everything and lists the
+downloads; a conversation's page downloads it as JSON or Markdown."""
 
 from __future__ import annotations
 
@@ -12,31 +13,44 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from chat import selectors
 from chat.forms import ExportFormatForm, ImportForm
-from chat.porting import exporter
-from chat.porting.importer import ImportReport, conversations_import
+from chat.porting import exporter, jobs
 from config.db import rls
 from config.downloads import file_download_response
 from config.errors import ApplicationError, NotFoundError
 
-REPORT_KEY = "chat_import_report"
 
-
+@rls.own_transactions("POST")  # the job commits before its task is queued, so a queue failure is known here
 @login_required
 @require_http_methods(["GET", "POST"])
 def porting(request):
     form = ImportForm(request.POST, request.FILES) if request.method == "POST" else ImportForm()
     if request.method == "POST" and form.is_valid():
         try:
-            report = conversations_import(user=request.user, file=form.cleaned_data["file"])
+            job = jobs.import_job_create(user=request.user, upload=form.cleaned_data["file"])
         except ApplicationError as exc:
-            form.add_error("file", exc.message)
+            messages.error(request, exc.message)
         else:
-            request.session[REPORT_KEY] = report.as_dict()
-            return redirect("chat:porting")
-    saved = request.session.pop(REPORT_KEY, None) if request.method == "GET" else None
-    jobs = [(job, exporter.export_download_url(job)) for job in exporter.export_job_list(user=request.user)]
-    context = {"form": form, "report": ImportReport.from_dict(saved) if saved else None, "jobs": jobs}
-    return render(request, "chat/porting.html", context, status=400 if form.errors else 200)
+            messages.success(request, f"Importing {job.file_name}… its report appears below when it is done.")
+        return redirect("chat:porting")
+    with rls.atomic_as(request.user.pk):  # a POST holds no request transaction (own_transactions)
+        context = {
+            "form": form,
+            **_imports(request.user),
+            "jobs": [(job, exporter.export_download_url(job)) for job in exporter.export_job_list(user=request.user)],
+        }
+        return render(request, "chat/porting.html", context, status=400 if form.errors else 200)
+
+
+@login_required
+@require_GET
+def import_list(request):
+    """The recent imports alone: the page polls this while one is pending or running."""
+    return render(request, "chat/porting_imports.html", _imports(request.user))
+
+
+def _imports(user) -> dict:
+    imports = jobs.import_job_list(user=user)
+    return {"imports": imports, "importing": any(job.status in jobs.ACTIVE for job, _ in imports)}
 
 
 @rls.own_transactions("POST")  # the job commits before its task is queued, so a queue failure is known here

@@ -1,5 +1,6 @@
 """Import and export in a real headless Chromium against the real ASGI server: upload ChatGPT's
-export ZIP in today's multi-file shape on Settings → Import and export, read the report, find
+export ZIP in today's multi-file shape on Settings → Import and export, see it importing, read
+the report once a real Celery worker has imported it (the page polls for it), find
 the conversations in the list; download a conversation as JSON and the whole export's zip
 (built by a real Celery worker)."""
 
@@ -25,15 +26,17 @@ def test_upload_a_chatgpt_zip_see_the_report_and_download_exports(alice, page, t
     export = tmp_path / "chatgpt-export.zip"
     export.write_bytes(chatgpt_zip())
     settings.CHAT_EXPORT_DIR = tmp_path / "exports"  # the worker writes here, the server reads here
-    with served(workers=1, CHAT_EXPORT_DIR=str(settings.CHAT_EXPORT_DIR)) as base:
+    settings.CHAT_IMPORT_DIR = tmp_path / "imports"  # the server saves uploads here, the worker reads them
+    with served(workers=1, CHAT_EXPORT_DIR=str(settings.CHAT_EXPORT_DIR), CHAT_IMPORT_DIR=str(settings.CHAT_IMPORT_DIR)) as base:
         log_in(page, base, alice.email, PASSWORD)
 
         page.goto(f"{base}/settings/profile/")
         page.get_by_role("navigation", name="Settings").get_by_role("link", name="Import and export").click()
         page.get_by_label("Export file").set_input_files(str(export))
         page.get_by_role("button", name="Import").click()
-        report = page.get_by_test_id("import-report")
-        expect(report).to_contain_text("From ChatGPT: 2 conversations imported (6 messages)")
+        expect(page.get_by_role("status").filter(has_text="Importing chatgpt-export.zip…")).to_be_visible()
+        report = page.get_by_test_id("import-report")  # swapped in by the page's polling, no reload
+        expect(report).to_contain_text("From ChatGPT: 2 conversations imported (6 messages)", timeout=30_000)
         expect(report).to_contain_text("0 skipped as already imported, 0 failed")
         expect(report).to_contain_text("1 attachments, 1 non-text, 1 system, 2 tool")
         with rls.privileged(reason="test: the imported messages"):
