@@ -79,3 +79,10 @@ def test_embedded_postgres_socket_is_closed_to_other_users():
     sock = socket_dir / ".s.PGSQL.5432"
     assert stat.S_IMODE(sock.stat().st_mode) == 0o700
     assert not socket_dir.stat().st_mode & (stat.S_IWOTH | stat.S_IWGRP)
+
+
+def test_the_docker_build_context_leaves_out_local_state_and_secrets():
+    """`COPY . .` in the Dockerfile would otherwise bake var/ (the embedded database and
+    field-encryption.key), .env and the local virtualenv into the image."""
+    ignored = {line.strip() for line in (Path(settings.BASE_DIR) / ".dockerignore").read_text().splitlines()}
+    assert {"var", ".env", ".venv", ".git"} <= ignored
