@@ -134,6 +134,10 @@ class ExportJob(models.Model):
     class Meta:
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["status", "expires_at"], name="chat_exportjob_status_expires")]
+        constraints = [
+            # One export building per user: each builds a zip of everything (a click-storm would queue hundreds).
+            models.UniqueConstraint(fields=["user_id"], condition=models.Q(status="pending"), name="chat_exportjob_one_pending_per_user")
+        ]
 
     def __str__(self):
         return f"export {self.pk} ({self.status})"
@@ -162,6 +166,12 @@ class ImportJob(models.Model):
     class Meta:
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["status", "created_at"], name="chat_importjob_status_created")]
+        constraints = [
+            # One import at a time per user: each upload (up to CHAT_IMPORT_MAX_BYTES) waits on disk for its task.
+            models.UniqueConstraint(
+                fields=["user_id"], condition=models.Q(status__in=["pending", "running"]), name="chat_importjob_one_active_per_user"
+            )
+        ]
 
     def __str__(self):
         return f"import {self.pk} ({self.status})"

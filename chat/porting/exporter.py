@@ -14,7 +14,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core import signing
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.urls import reverse
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerUnreachable
@@ -36,6 +36,15 @@ class ExportUnavailable(ApplicationError):
     """The export's task could not be queued: the job is kept as failed, and starting again is the remedy."""
 
     status_code = 503
+
+
+class ExportBusy(ApplicationError):
+    """An export of the user's is still being built (chat_exportjob_one_pending_per_user)."""
+
+    status_code = 409
+
+
+BUSY = "An export is already being prepared; its download link appears below when it is ready."
 
 
 def _documents(conversations) -> Iterator[dict]:
@@ -85,9 +94,15 @@ def export_job_create(*, user: User) -> ExportJob:
                 job.status, job.error, job.finished_at = ExportJob.Status.FAILED, NOT_QUEUED, timezone.now()
                 job.save(update_fields=["status", "error", "finished_at"])
 
-    with rls.atomic_as(user.pk):
-        job = ExportJob.objects.create(user_id=user.pk, expires_at=timezone.now() + timedelta(hours=settings.CHAT_EXPORT_HOURS))
-        transaction.on_commit(queue, using=rls.current_alias())
+    try:
+        with rls.atomic_as(user.pk):
+            expires_at = timezone.now() + timedelta(hours=settings.CHAT_EXPORT_HOURS)
+            job = ExportJob.objects.create(user_id=user.pk, expires_at=expires_at)
+            transaction.on_commit(queue, using=rls.current_alias())
+    except IntegrityError as exc:
+        if "chat_exportjob_one_pending_per_user" not in str(exc):
+            raise
+        raise ExportBusy(BUSY) from exc
     # Views that own their transactions (the export-start page and API) have queued it by now.
     if job.status == ExportJob.Status.FAILED:
         raise ExportUnavailable(NOT_QUEUED)
@@ -116,9 +131,19 @@ def export_build(*, job_id, user_id) -> ExportJob:
             job.status, job.error = ExportJob.Status.FAILED, f"The export could not be written: {exc.strerror or exc}."
         else:
             job.status, job.conversation_count, job.size = ExportJob.Status.READY, count, target.stat().st_size
+            _older_exports_expire(user_id=user_id, newest=job)
         job.finished_at = timezone.now()
         job.save(update_fields=["status", "error", "conversation_count", "size", "finished_at"])
     return job
+
+
+def _older_exports_expire(*, user_id, newest: ExportJob) -> None:
+    """A new export replaces the user's earlier ready ones: their files go once it commits, so one
+    zip per user is kept on disk however often they export."""
+    older = ExportJob.objects.filter(user_id=user_id, status=ExportJob.Status.READY).exclude(pk=newest.pk)
+    paths = [export_path(job_id) for job_id in older.values_list("pk", flat=True)]
+    older.update(status=ExportJob.Status.EXPIRED)
+    transaction.on_commit(lambda: [path.unlink(missing_ok=True) for path in paths], using=rls.current_alias())
 
 
 def export_download_url(job: ExportJob) -> str | None:

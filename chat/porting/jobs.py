@@ -13,7 +13,7 @@ from pathlib import Path
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerUnreachable
 
@@ -45,6 +45,15 @@ class ImportUnavailable(ApplicationError):
     status_code = 503
 
 
+class ImportBusy(ApplicationError):
+    """An import of the user's is still pending or running (chat_importjob_one_active_per_user)."""
+
+    status_code = 409
+
+
+BUSY = "An import is already running; upload the next file once its report appears below."
+
+
 def import_path(job_id) -> Path:
     """The upload's private file: named by the job id only, never by the user's file name."""
     return Path(settings.CHAT_IMPORT_DIR) / f"{job_id}.upload"
@@ -71,6 +80,9 @@ def import_job_create(*, user: User, upload: UploadedFile) -> ImportJob:
     ImportUnavailable (503) says so. Callers own their transactions (rls.own_transactions)."""
     from chat.tasks import import_run_task
 
+    with rls.atomic_as(user.pk):  # a courtesy before saving the file; the constraint below holds under races
+        if ImportJob.objects.filter(user_id=user.pk, status__in=ACTIVE).exists():
+            raise ImportBusy(BUSY)
     job_id = uuid.uuid4()
     target = import_path(job_id)
     _save(upload, target)
@@ -88,8 +100,10 @@ def import_job_create(*, user: User, upload: UploadedFile) -> ImportJob:
             name = title_clean(upload.name) or "upload"  # Django kept only the name's last part
             job = ImportJob.objects.create(id=job_id, user_id=user.pk, file_name=name, size=upload.size)
             transaction.on_commit(queue, using=rls.current_alias())
-    except BaseException:
+    except BaseException as exc:
         target.unlink(missing_ok=True)
+        if isinstance(exc, IntegrityError) and "chat_importjob_one_active_per_user" in str(exc):
+            raise ImportBusy(BUSY) from exc
         raise
     if job.status == ImportJob.Status.FAILED:
         raise ImportUnavailable(NOT_QUEUED)

@@ -229,9 +229,9 @@ def test_another_user_cannot_read_or_write_import_jobs_with_raw_sql(alice, bob, 
         assert cur.fetchone()[0] == 0
 
 
-def test_a_stale_job_is_failed_and_its_file_removed_by_the_periodic_task(alice, import_dir):
+def test_a_stale_job_is_failed_and_its_file_removed_by_the_periodic_task(alice, bob, import_dir):
     stale = jobs.import_job_create(user=alice, upload=_upload(chatgpt_zip(), "old.zip"))
-    fresh = jobs.import_job_create(user=alice, upload=_upload(chatgpt_zip(), "new.zip"))
+    fresh = jobs.import_job_create(user=bob, upload=_upload(chatgpt_zip(), "new.zip"))  # one active import per user
     with rls.privileged(reason="test: a job whose task never ran"):
         ImportJob.objects.filter(pk=stale.pk).update(created_at=timezone.now() - jobs.STALE_AFTER - timedelta(minutes=1))
     assert import_jobs_fail_stale_task.apply().get() == 1
