@@ -620,6 +620,7 @@ def message_send(
     if hit is not None:
         message = _reply_finish(pending, text=hit.text, usage=hit.usage, status=Status.COMPLETE, latency_ms=0, cached=hit)
         return Reply(pending.conversation, pending.user_message, message)
+    rls.connection_release()  # the provider may take a minute: the pool gets the connection back meanwhile
     text, usage, status, error, finish = async_to_sync(_complete)(pending)
     latency_ms = int((time.monotonic() - started) * 1000)
     message = _reply_finish(

@@ -180,13 +180,21 @@ class RLSContextMiddleware:
                 context_clear()
 
 
+def connection_release() -> None:
+    """Give this thread's connection back to the pool before a long wait that needs none (a
+    provider answering): Django keeps it checked out until the request ends, so a worker's
+    pool would cap how many replies it can wait on at once. Inside a transaction it stays."""
+    connection = connections[current_alias()]
+    if not connection.in_atomic_block:
+        connection.close()
+
+
 def _async_body_released(response):
     """An async body (a reply streaming while the provider answers) outlives the view by
     seconds or minutes and opens its own short transactions: the view's connection goes back
     to the pool now, not when the body ends (Django would close it only then)."""
-    connection = connections[APP_ALIAS]
-    if response.streaming and response.is_async and not connection.in_atomic_block:
-        connection.close()
+    if response.streaming and response.is_async:
+        connection_release()
     return response
 
 

@@ -7,6 +7,7 @@ import uuid
 
 import httpx
 import pytest
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connections
 from psycopg_pool import ConnectionPool
@@ -14,6 +15,7 @@ from psycopg_pool import ConnectionPool
 from accounts.services import api_key_create
 from accounts.tests.factories import make_user
 from billing.tests.factories import make_plans
+from chat.models import Message
 from chat.tests.factories import make_catalog
 from config.db import rls
 from config.tests.serving import served
@@ -146,3 +148,48 @@ def test_an_open_reply_stream_holds_no_database_connection_while_the_provider_an
     assert result["listing"].status_code == 200 and result["still_streaming"]
     assert result["seconds"] < 2.0  # waiting for the stream's connection would take the pool timeout (5 s), then 500
     assert '"type": "done"' in result["lines"][-1] and '"status": "complete"' in result["lines"][-1]
+
+
+def _reply_streaming(conversation_id: str) -> bool:
+    try:
+        with rls.privileged(reason="test: is the reply being written"):
+            return Message.objects.filter(conversation_id=conversation_id, role="assistant", status="streaming").exists()
+    finally:
+        connections.close_all()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_send_waiting_for_its_whole_reply_holds_no_database_connection_while_the_provider_answers():
+    """The same for a plain (non-streaming) send: while the provider answers (echo, ~6 s), the
+    request's thread holds no pooled connection, so with one connection per worker another
+    request answers at once instead of waiting out the pool (5 s) and failing."""
+    make_catalog()
+    make_plans()
+    user = make_user()
+    with rls.privileged(reason="test: issue an API key"):
+        _key, secret = api_key_create(user=user, name="k", scopes=["chat:read", "chat:write"])
+    headers = {"Authorization": f"Bearer {secret}"}
+    words = " ".join(f"word{n}" for n in range(20))
+
+    async def run(base: str) -> dict:
+        async with httpx.AsyncClient(base_url=base, timeout=60, headers=headers) as client:
+            conversation = (await client.post("/api/v1/conversations", json={})).json()["id"]
+            send = asyncio.create_task(client.post(f"/api/v1/conversations/{conversation}/messages", json={"content": words}))
+            # The send is waiting on the provider once its reply row is stored `streaming` (read here, not
+            # through the server, whose one connection is what is being tested).
+            for _ in range(500):
+                if await sync_to_async(_reply_streaming, thread_sensitive=False)(conversation):
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                raise AssertionError("the send never reached the provider")
+            other = await client.get("/api/v1/conversations")
+            still_waiting = not send.done()
+            reply = await send
+        return {"other": other, "still_waiting": still_waiting, "reply": reply}
+
+    env = {"DATABASE_POOL_MIN_SIZE": "1", "DATABASE_POOL_MAX_SIZE": "1", "DATABASE_POOL_TIMEOUT": "5", "CHAT_ECHO_DELAY": "0.3"}
+    with served(workers=1, **env) as base:
+        result = asyncio.run(run(base))
+    assert result["other"].status_code == 200 and result["still_waiting"]
+    assert result["reply"].status_code == 201 and result["reply"].json()["message"]["status"] == "complete"
