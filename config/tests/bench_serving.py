@@ -27,8 +27,7 @@ Findings (2026-11-29, 2 shared cores, load 3-10; figures in var/bench/serving.js
   transaction) while message_send takes a second one on its own thread. With the default pool
   (8 per alias and worker) and 16 requests in flight per worker, every connection is held by a
   request waiting for a second: each waits DATABASE_POOL_TIMEOUT (10 s), then 500 (193 of 300 at
-  32 clients). Hence POOL_MAX_SIZE here; the fix belongs in chat/api.py (no second connection
-  while the first is held), not in the bench.
+  32 clients). The bench then sized the pool at 40; fixed since (see 2026-11-30, second session).
 - Sync views under ASGI: Django enters a ThreadSensitiveContext per request (a new one-thread
   executor, so requests are not serialized on one thread), and with sync-only middlewares
   (ApiLog, ApiNotFound, WhiteNoise, RLS, AuditContext, SessionActivity) a request crosses
@@ -69,6 +68,11 @@ Findings (2026-11-30, second session, load 7 from other work during the run):
   the 11 statements are flat (0.35 to 0.98 ms each; the ledger's one-row INSERT is the largest),
   so no statement is left to cut: PostgreSQL alone at 4.8 ms is most of the 6.7 ms a request
   that 150 requests/s per core allows, before any Python.
+- Pool exhaustion (first finding above) is fixed at its cause: a plain send gives its connection
+  back while the provider answers (rls.connection_release), so the bench now runs on the
+  production pool (8 per alias and worker). Two runs, 2,000 metered POSTs each, all 2xx (at this
+  pool size 193 of 300 had answered 500): 66.2 and 85.4 req/s, serving CPU 25.44 and 19.54 ms
+  (the bare view 3.02 and 2.41 ms in the same runs: the machine's noise, not the path's).
 """
 
 from __future__ import annotations
@@ -94,15 +98,13 @@ from config.tests.serving import LOAD_SCRIPT, served
 
 WORKERS = int(os.environ.get("BENCH_SERVING_WORKERS", 2))
 CONCURRENCY = int(os.environ.get("BENCH_SERVING_CONCURRENCY", 32))
-# A non-streaming send holds the request's connection while its thread takes a second one: with up
-# to 16 requests in flight per worker, a pool under 2 x 16 runs dry and every send waits out the
-# pool timeout (500). Sized here so the bench measures the path, not that wait.
-POOL_MAX_SIZE = "40"
 REQUESTS = int(os.environ.get("BENCH_SERVING_REQUESTS", 3000))
 WARMUP = int(os.environ.get("BENCH_SERVING_WARMUP", 300))
 CHAT_BODY = json.dumps({"content": "Hello, how are you?"})
 CONVERSATIONS_PER_CLIENT = 10
-SERVER_ENV = {"THROTTLE_API_PER_MINUTE": "100000000", "CHAT_ECHO_DELAY": "0", "DATABASE_POOL_MAX_SIZE": POOL_MAX_SIZE}
+# The pool as production sizes it (DATABASE_POOL_MAX_SIZE 8 per alias and worker): a send holds a
+# connection only for its two short transactions (rls.connection_release while the provider answers).
+SERVER_ENV = {"THROTTLE_API_PER_MINUTE": "100000000", "CHAT_ECHO_DELAY": "0"}
 
 
 @dataclass(frozen=True)
