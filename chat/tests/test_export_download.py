@@ -12,6 +12,7 @@ from asgiref.sync import async_to_sync
 from accounts.tests.test_api import key_client
 from chat.porting import exporter
 from config.asgi import OneHopASGIHandler
+from config.tests.asgi_scope import http_scope
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the request runs on another thread's connection
 SIZE = 48 * 1024 * 1024
@@ -19,20 +20,7 @@ SIZE = 48 * 1024 * 1024
 
 async def _download(application, path: str, authorization: str) -> tuple[int, dict, int]:
     """GET `path`, counting the body's bytes as they arrive and keeping none of them."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "scheme": "http",
-        "headers": [(b"host", b"testserver"), (b"authorization", authorization.encode())],
-        "server": ("testserver", 80),
-        "client": ("127.0.0.1", 40000),
-    }
+    scope = http_scope("GET", path, [(b"authorization", authorization.encode())])
     answer = {"status": 0, "headers": {}, "bytes": 0}
     requested = False
 

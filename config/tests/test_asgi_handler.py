@@ -13,25 +13,13 @@ from asgiref.testing import ApplicationCommunicator
 from django.core.handlers.asgi import ASGIHandler
 
 from config.asgi import OneHopASGIHandler
+from config.tests.asgi_scope import http_scope
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the request runs on another thread's connection
 
 
 async def _get(application, path: str) -> int:
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "scheme": "http",
-        "headers": [(b"host", b"testserver")],
-        "server": ("testserver", 80),
-        "client": ("127.0.0.1", 40000),
-    }
+    scope = http_scope("GET", path)
     communicator = ApplicationCommunicator(application, scope)
     await communicator.send_input({"type": "http.request", "body": b""})
     start = await communicator.receive_output(5)
@@ -77,23 +65,10 @@ def test_djangos_handler_crosses_at_every_change_of_mode():
 async def _post(path: str, body_chunks, *, declared: int | None = None) -> tuple[int, bytes, int]:
     """POST the chunks (an iterator: more_body until it ends) to a fresh handler; the status,
     the response body, and how many chunks the handler read."""
-    headers = [(b"host", b"testserver"), (b"content-type", b"application/json")]
+    headers = [(b"content-type", b"application/json")]
     if declared is not None:
         headers.append((b"content-length", str(declared).encode()))
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "scheme": "http",
-        "headers": headers,
-        "server": ("testserver", 80),
-        "client": ("127.0.0.1", 40000),
-    }
+    scope = http_scope("POST", path, headers)
     chunks, read, answer = iter(body_chunks), 0, {"status": 0, "body": b""}
     pending = next(chunks, None)
 
