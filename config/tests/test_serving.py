@@ -160,7 +160,7 @@ def _reply_streaming(conversation_id: str) -> bool:
 
 @pytest.mark.django_db(transaction=True)
 def test_a_send_waiting_for_its_whole_reply_holds_no_database_connection_while_the_provider_answers():
-    """The same for a plain (non-streaming) send: while the provider answers (echo, ~6 s), the
+    """The same for a plain (non-streaming) send: while the provider answers (echo waits 6 s), the
     request's thread holds no pooled connection, so with one connection per worker another
     request answers at once instead of waiting out the pool (5 s) and failing."""
     make_catalog()
@@ -169,12 +169,11 @@ def test_a_send_waiting_for_its_whole_reply_holds_no_database_connection_while_t
     with rls.privileged(reason="test: issue an API key"):
         _key, secret = api_key_create(user=user, name="k", scopes=["chat:read", "chat:write"])
     headers = {"Authorization": f"Bearer {secret}"}
-    words = " ".join(f"word{n}" for n in range(20))
 
     async def run(base: str) -> dict:
         async with httpx.AsyncClient(base_url=base, timeout=60, headers=headers) as client:
             conversation = (await client.post("/api/v1/conversations", json={})).json()["id"]
-            send = asyncio.create_task(client.post(f"/api/v1/conversations/{conversation}/messages", json={"content": words}))
+            send = asyncio.create_task(client.post(f"/api/v1/conversations/{conversation}/messages", json={"content": "hello"}))
             # The send is waiting on the provider once its reply row is stored `streaming` (read here, not
             # through the server, whose one connection is what is being tested).
             for _ in range(500):
@@ -188,7 +187,9 @@ def test_a_send_waiting_for_its_whole_reply_holds_no_database_connection_while_t
             reply = await send
         return {"other": other, "still_waiting": still_waiting, "reply": reply}
 
-    env = {"DATABASE_POOL_MIN_SIZE": "1", "DATABASE_POOL_MAX_SIZE": "1", "DATABASE_POOL_TIMEOUT": "5", "CHAT_ECHO_DELAY": "0.3"}
+    # A plain echo reply waits CHAT_ECHO_DELAY once: longer than the pool timeout, so a request
+    # waiting for the send's connection would fail, not merely answer late.
+    env = {"DATABASE_POOL_MIN_SIZE": "1", "DATABASE_POOL_MAX_SIZE": "1", "DATABASE_POOL_TIMEOUT": "5", "CHAT_ECHO_DELAY": "6"}
     with served(workers=1, **env) as base:
         result = asyncio.run(run(base))
     assert result["other"].status_code == 200 and result["still_waiting"]
