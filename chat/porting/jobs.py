@@ -14,6 +14,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerUnreachable
 
@@ -32,8 +33,11 @@ STALE = "The import did not finish; please upload again."
 # The import task's limits (chat.tasks): a file of 500,000 messages takes far longer than other tasks.
 SOFT_TIME_LIMIT, TIME_LIMIT = 55 * 60, 60 * 60
 TOO_LONG = f"The import took longer than {SOFT_TIME_LIMIT // 60} minutes and was stopped; nothing was imported."
-# Longer than the task's hard time limit, so a job still running is never failed under it.
+# A job never started (a lost or backed-up queue) is failed after this.
 STALE_AFTER = timedelta(hours=3)
+# A job running past its task's hard time limit has lost its worker (killed, redelivered to find it
+# claimed): it is failed sooner, as one import at a time per user would wait on it otherwise.
+RUNNING_STALE_AFTER = timedelta(seconds=TIME_LIMIT) + timedelta(minutes=5)
 RECENT = 5  # import jobs the page lists
 ACTIVE = (ImportJob.Status.PENDING, ImportJob.Status.RUNNING)
 logger = logging.getLogger("confab.chat.imports")
@@ -163,10 +167,14 @@ def import_job_list(*, user: User) -> list[tuple[ImportJob, ImportReport | None]
 
 
 def import_jobs_fail_stale() -> int:
-    """Fail the jobs pending or running for longer than STALE_AFTER (their task never ran or its
-    worker died) and remove their files (a system job over every user's imports)."""
+    """Fail the jobs pending for longer than STALE_AFTER (their task never ran) or running past
+    RUNNING_STALE_AFTER (their worker died) and remove their files (a system job over every
+    user's imports)."""
+    now = timezone.now()
+    never_started = Q(status=ImportJob.Status.PENDING, created_at__lt=now - STALE_AFTER)
+    worker_gone = Q(status=ImportJob.Status.RUNNING, started_at__lt=now - RUNNING_STALE_AFTER)
     with rls.privileged(reason="chat imports fail stale", audited=False):
-        stale = list(ImportJob.objects.filter(status__in=ACTIVE, created_at__lt=timezone.now() - STALE_AFTER).values_list("pk", flat=True))
+        stale = list(ImportJob.objects.filter(never_started | worker_gone).values_list("pk", flat=True))
         for job_id in stale:
             import_path(job_id).unlink(missing_ok=True)
             import_path(job_id).with_suffix(".part").unlink(missing_ok=True)

@@ -3,10 +3,12 @@ indexes): a second start is refused with a sentence (409 on the API, a message o
 also when two requests race; a finished export replaces the user's earlier zips on disk."""
 
 import threading
+from datetime import timedelta
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connections
+from django.utils import timezone
 
 from accounts.tests.test_api import assert_error, key_client, session_client
 from chat import services
@@ -99,3 +101,16 @@ def test_after_an_import_ends_the_next_one_may_start(alice):
     jobs.import_job_run(job_id=first.pk, user_id=alice.pk)
     second = jobs.import_job_create(user=alice, upload=SimpleUploadedFile("two.json", CLAUDE_SINGLE.read_bytes()))
     assert [job.status for job in _rows(ImportJob, alice)] == ["done", "pending"] and second.pk != first.pk
+
+
+def test_an_import_whose_worker_died_is_failed_after_the_tasks_time_limit_and_frees_the_next(alice):
+    job = jobs.import_job_create(user=alice, upload=SimpleUploadedFile("one.json", CLAUDE_SINGLE.read_bytes()))
+    started = timezone.now() - timedelta(minutes=30)
+    with rls.privileged(reason="test: a claimed job, half an hour in"):
+        ImportJob.objects.filter(pk=job.pk).update(status="running", started_at=started)
+    assert jobs.import_jobs_fail_stale() == 0  # still within the task's hard time limit: it may be running
+    with rls.privileged(reason="test: a claimed job past its task's hard time limit"):
+        ImportJob.objects.filter(pk=job.pk).update(started_at=timezone.now() - jobs.RUNNING_STALE_AFTER - timedelta(minutes=1))
+    assert jobs.import_jobs_fail_stale() == 1
+    assert [(j.status, j.error) for j in _rows(ImportJob, alice)] == [("failed", jobs.STALE)]
+    jobs.import_job_create(user=alice, upload=SimpleUploadedFile("two.json", CLAUDE_SINGLE.read_bytes()))  # not refused

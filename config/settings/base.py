@@ -333,7 +333,8 @@ CHAT_EXPORT_HOURS = env.int("CHAT_EXPORT_HOURS", default=24)
 CELERY_BEAT_SCHEDULE["chat-exports-expire"] = {"task": "chat.tasks.exports_expire_task", "schedule": crontab(minute=17)}
 # Where uploads wait for their import task (private; named by job id), and the sweep of jobs that never finished.
 CHAT_IMPORT_DIR = Path(env("CHAT_IMPORT_DIR", default=str(BASE_DIR / "var" / "imports")))
-CELERY_BEAT_SCHEDULE["chat-imports-fail-stale"] = {"task": "chat.tasks.import_jobs_fail_stale_task", "schedule": crontab(minute=23)}
+# Every 10 minutes: a job whose worker died blocks its user's next import until this fails it.
+CELERY_BEAT_SCHEDULE["chat-imports-fail-stale"] = {"task": "chat.tasks.import_jobs_fail_stale_task", "schedule": crontab(minute="*/10")}
 
 # Hosts a user-set URL (a provider base URL) may reach although they are not public (config/outbound.py).
 OUTBOUND_ALLOWED_HOSTS = env.list("OUTBOUND_ALLOWED_HOSTS", default=[])
