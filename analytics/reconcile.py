@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
-import httpx
+import httpx2
 from django.conf import settings
 
 from analytics import selectors
@@ -113,11 +113,11 @@ def usage_report_fetch(*, provider: str, start: date, end: date) -> list[dict]:
         raise ReconciliationFailed(f"{name} is not set: set it, or pass --file with the report's JSON.", {"field": name})
     url, headers, params = _request(provider, start, end)
     pages = []
-    with httpx.Client(timeout=TIMEOUT_SECONDS, follow_redirects=False) as client:
+    with httpx2.Client(timeout=TIMEOUT_SECONDS, follow_redirects=False) as client:
         while True:
             try:
                 response = client.get(url, headers=headers, params=params)
-            except httpx.HTTPError as exc:
+            except httpx2.HTTPError as exc:
                 raise ReconciliationFailed(f"The {provider} usage report could not be fetched: {exc}.") from exc
             if response.status_code != 200:
                 raise ReconciliationFailed(
