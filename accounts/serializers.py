@@ -174,6 +174,11 @@ class ApiKeyCreateIn(serializers.Serializer):
 
 
 class ProviderCredentialOut(serializers.ModelSerializer):
+    # Text, not a URL field: blank (the provider's own endpoint) is not a URI, and the schema must say so.
+    base_url = serializers.CharField(
+        read_only=True, help_text="For OpenAI-compatible servers (Ollama, vLLM, llama.cpp); blank for the provider's own endpoint."
+    )
+
     class Meta:
         model = ProviderCredential
         fields = ["id", "provider", "access_type", "api_key_mask", "base_url", "is_active", "created_at", "updated_at"]

@@ -24,8 +24,8 @@ class ShareLinkOut(serializers.Serializer):
     conversation_id = serializers.UUIDField(read_only=True)
     audience = serializers.ChoiceField(choices=ShareLink.Audience.choices, read_only=True)
     status = serializers.CharField(read_only=True, help_text="`active`, `expired` or `revoked`.")
-    expires_at = serializers.DateTimeField(read_only=True)
-    revoked_at = serializers.DateTimeField(read_only=True)
+    expires_at = serializers.DateTimeField(read_only=True, allow_null=True, help_text="null: the link does not expire.")
+    revoked_at = serializers.DateTimeField(read_only=True, allow_null=True, help_text="null: not revoked.")
     created_at = serializers.DateTimeField(read_only=True)
 
 

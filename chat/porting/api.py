@@ -62,7 +62,7 @@ class ConversationExportApi(APIView):
 class ExportListApi(APIView):
     required_scopes = CHAT_SCOPES
 
-    @extend_schema(request=None, responses={202: ExportJobOut, **error_responses(401, 403, 503)})
+    @extend_schema(request=None, responses={202: ExportJobOut, **error_responses(401, 403, 409, 503)})
     def post(self, request):
         job = exporter.export_job_create(user=request.user)
         return Response(ExportJobOut(job).data, status=status.HTTP_202_ACCEPTED)
@@ -100,7 +100,9 @@ class ImportJobOut(serializers.ModelSerializer):
 class ImportListApi(APIView):
     required_scopes = CHAT_SCOPES
 
-    @extend_schema(request={"multipart/form-data": ImportUploadIn}, responses={202: ImportJobOut, **error_responses(400, 401, 403, 503)})
+    @extend_schema(
+        request={"multipart/form-data": ImportUploadIn}, responses={202: ImportJobOut, **error_responses(400, 401, 403, 409, 503)}
+    )
     def post(self, request):
         form = ImportForm(data={}, files=request.FILES)
         if not form.is_valid():

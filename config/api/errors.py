@@ -80,3 +80,17 @@ def api_bad_request(request, exception=None):
 
 def api_server_error(request):
     return JsonResponse({"message": "Internal server error; it has been logged.", "extra": {"code": "server_error"}}, status=500)
+
+
+def page_not_found_documented(result, generator, request, public):
+    """drf-spectacular postprocessing hook: every paged list answers 404 for a page past its end
+    ("Invalid page.") or a cursor it did not issue, so its operation documents that 404."""
+    for operations in result.get("paths", {}).values():
+        for operation in operations.values():
+            names = {parameter.get("name") for parameter in operation.get("parameters", []) if parameter.get("in") == "query"}
+            if names & {"page", "cursor"} and "404" not in operation.get("responses", {}):
+                operation["responses"]["404"] = {
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}},
+                    "description": "No such page.",
+                }
+    return result

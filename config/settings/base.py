@@ -228,6 +228,8 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     # Two choice sets share the field name `role`; name each enum after its model.
     "ENUM_NAME_OVERRIDES": {"UserRoleEnum": "accounts.models.User.Role", "MembershipRoleEnum": "accounts.models.Membership.Role"},
+    # The default enum hook, then paged lists' 404 for a page past the end (config/api/errors.py).
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "config.api.errors.page_not_found_documented"],
 }
 
 # --- Content-Security-Policy (django-csp) ----------------------------------------
