@@ -50,7 +50,12 @@ class ConversationExportApi(APIView):
     content_negotiation_class = ExportFormatNegotiation
 
     @extend_schema(
-        parameters=[ExportFormatQuery], responses={(200, "application/json"): OpenApiTypes.OBJECT, **error_responses(400, 401, 403, 404)}
+        parameters=[ExportFormatQuery],
+        responses={
+            (200, "application/json"): OpenApiTypes.OBJECT,
+            (200, "text/markdown"): OpenApiTypes.STR,
+            **error_responses(400, 401, 403, 404),
+        },
     )
     def get(self, request, conversation_id):
         kind = validated_query(ExportFormatQuery, request)["format"]

@@ -61,3 +61,12 @@ def test_a_page_past_the_end_of_a_list_is_a_documented_404(alice):
     forged = api.get(f"{API}/conversations/{conversation.pk}/messages", {"cursor": "not base64!"})
     assert forged.status_code == 404
     assert_documented(forged, path="/api/v1/conversations/{conversation_id}/messages", method="GET")
+
+
+def test_a_conversation_exported_as_markdown_has_a_documented_content_type(alice):
+    api = key_client(alice, scopes=["chat:read", "chat:write"])
+    conversation = services.conversation_create(user=alice, title="Tides")
+    for kind in ("json", "md"):
+        exported = api.get(f"{API}/conversations/{conversation.pk}/export", {"format": kind})
+        assert exported.status_code == 200
+        assert_documented(exported, path="/api/v1/conversations/{conversation_id}/export", method="GET")

@@ -1,5 +1,5 @@
 """Check an API answer against the OpenAPI schema the API publishes (/api/schema/): its status is
-documented for the operation, and its body validates against the documented response (OAS 3.0's
+documented for the operation, so is its content type, and a JSON body validates against the documented response (OAS 3.0's
 `nullable` and `$ref` turned into JSON Schema; formats date-time, uuid and uri checked)."""
 
 from __future__ import annotations
@@ -47,7 +47,11 @@ def assert_documented(response, *, path: str, method: str) -> None:
     responses = schema["paths"][path][method.lower()]["responses"]
     status = str(response.status_code)
     assert status in responses, f"{method} {path} answered {status}, documented: {sorted(responses)}"
-    content = responses[status].get("content", {}).get("application/json")
+    documented = responses[status].get("content", {})
+    media = response.get("Content-Type", "").split(";")[0].strip()
+    if documented and media:
+        assert media in documented, f"{method} {path} answered {media}, documented: {sorted(documented)}"
+    content = documented.get("application/json") if media == "application/json" else None
     if content:
         body = _json_schema(content["schema"], schema["components"]["schemas"])
         jsonschema.validate(response.json(), body, format_checker=FORMATS)
