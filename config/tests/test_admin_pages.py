@@ -10,8 +10,10 @@ from django.urls import reverse
 from accounts.models import User
 from accounts.services.api_keys import api_key_create
 from accounts.tests.factories import make_user
+from billing.tests.factories import make_plans
 from chat import services, sharing
 from chat.porting import exporter
+from chat.tests.factories import make_catalog
 from config.db import rls
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -19,6 +21,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture
 def staff_client(client):
+    make_catalog()  # an earlier transactional test's flush removed the seeded catalog and plans
+    make_plans()
     for command in ("demo_data", "demo_usage", "demo_billing"):
         call_command(command, verbosity=0)
     with rls.privileged(reason="test: the demo member"):

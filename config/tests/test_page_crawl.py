@@ -10,7 +10,9 @@ import pytest
 from django.core.management import call_command
 
 from accounts.models import User
+from billing.tests.factories import make_plans
 from chat import services, sharing
+from chat.tests.factories import make_catalog
 from config.db import rls
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -44,6 +46,8 @@ def _crawl(client, start: str = "/") -> tuple[dict[str, int], set[str]]:
 
 
 def test_every_page_a_member_can_reach_answers_without_an_error(client):
+    make_catalog()  # an earlier transactional test's flush removed the seeded catalog and plans
+    make_plans()
     for command in ("demo_data", "demo_usage", "demo_billing"):
         call_command(command, verbosity=0)
     with rls.privileged(reason="test: the demo member"):
