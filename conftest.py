@@ -70,6 +70,16 @@ def raw_app_connection(django_db_blocker):
 
 
 @pytest.fixture(autouse=True)
+def _request_threads_stopped():
+    """Requests served in-process by the ASGI handler leave its reused threads, and their open
+    connections, behind (config/threads.py): stopped after each test."""
+    yield
+    from config.threads import idle_threads_stop
+
+    idle_threads_stop()
+
+
+@pytest.fixture(autouse=True)
 def _redis_clean(request):
     """Each test starts with an empty Redis (counters, throttles, buffers, broker queues)."""
     from django_redis import get_redis_connection

@@ -39,6 +39,7 @@ from config.crypto import secret_decrypt
 from config.db import rls
 from config.db.rows import insert_rows
 from config.errors import ApplicationError, NotFoundError
+from config.threads import request_task_keep
 
 logger = logging.getLogger("confab.chat")
 TITLE_WORDS = 8
@@ -638,7 +639,8 @@ def message_send(
 
 # Stream endings run as their own tasks, shielded from the client's cancellation. The loop
 # keeps only weak references to tasks, so this set holds them until they finish; and a
-# caller that must know every reply is stored (a test, a shutdown) can await them.
+# caller that must know every reply is stored (a test, a shutdown) can await them. The
+# request's thread context waits for them too (their sync calls run on its thread).
 _stream_endings: set[asyncio.Task] = set()
 
 
@@ -646,6 +648,7 @@ async def _shielded(coroutine) -> Message:
     task = asyncio.ensure_future(coroutine)
     _stream_endings.add(task)
     task.add_done_callback(_stream_endings.discard)
+    request_task_keep(task)
     return await asyncio.shield(task)
 
 

@@ -1,10 +1,16 @@
+import asyncio
 import os
 
 import django
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.core.handlers.asgi import ASGIHandler
+from django.core import signals
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.http import FileResponse, HttpResponse, JsonResponse
+from django.urls import set_script_prefix
+
+from config.threads import request_thread
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.production")
 
@@ -14,17 +20,21 @@ class BodyTooLarge(Exception):
 
 
 class OneHopASGIHandler(ASGIHandler):
-    """Django's ASGI handler with the middleware chain loaded in sync mode and entered once,
-    and a bound on request bodies.
+    """Django's ASGI handler, with a request's sync work in one hop to a reused thread, and a
+    bound on request bodies.
 
-    Loaded in async mode, the chain crosses between the event loop and a thread at every
-    change of mode: MiddlewareMixin runs each process_request/process_response through
-    sync_to_async, our sync-only middlewares (RLS, audit, API log) switch back, and a sync
-    view is one more hop; about six crossings a request, each waiting for the loop and the
-    GIL among the requests in flight. Here the whole chain and a sync view run in one
-    thread-sensitive hop. Async views (reply streams) still return at once: Django runs
-    them with async_to_sync, and their streamed body is sent from the loop as before, so an
-    open stream still holds no thread.
+    Django's handler crosses between the event loop and a thread many times a request: loaded
+    in async mode, the middleware chain crosses at every change of mode (MiddlewareMixin runs
+    each process_request/process_response through sync_to_async, and our sync-only middlewares
+    switch back), request_started's receivers take a hop of their own, and so does the close
+    that sends request_finished; and each request starts a new thread, and another to join it.
+    Every crossing waits for the loop and the GIL among the requests in flight. Here
+    request_started, the whole chain (loaded in sync mode), a sync view and, for a response
+    already in memory, its close (the database connection goes back to the pool before the
+    bytes go out) run in one hop, on a thread reused from request to request (config/threads.py).
+    Async views (reply streams) still return at once: Django runs them with async_to_sync, and
+    their streamed body is sent from the loop and closed after it, so an open stream holds no
+    thread.
 
     Django spools any body to disk before a view sees it, however large, and uvicorn sets
     no bound: a body over REQUEST_BODY_MAX_BYTES (declared, or counted as it arrives) is
@@ -34,21 +44,67 @@ class OneHopASGIHandler(ASGIHandler):
     def __init__(self):  # not super().__init__(): that loads the chain in async mode
         self.load_middleware(is_async=False)
 
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+        async with request_thread():
+            await self.handle(scope, receive, send)
+
     async def handle(self, scope, receive, send):
         limit = settings.REQUEST_BODY_MAX_BYTES
         declared = dict(scope.get("headers") or ()).get(b"content-length", b"")
         try:
             if declared.isdigit() and int(declared) > limit:
                 raise BodyTooLarge
-            await super().handle(scope, _bounded(receive, limit), send)
+            body_file = await self.read_body(_bounded(receive, limit))
         except BodyTooLarge:
             await self.send_response(_too_large(scope.get("path", ""), limit), send)
+            return
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        try:
+            await self._serve(scope, body_file, receive, send)
+        finally:
+            body_file.close()
 
-    async def run_get_response(self, request):
-        response = await sync_to_async(self.get_response, thread_sensitive=True)(request)
-        response._handler_class = self.__class__
-        if isinstance(response, FileResponse):  # as ASGIHandler: the server does the chunking
-            response.block_size = self.chunk_size
+    async def _serve(self, scope, body_file, receive, send):
+        """Django's ASGIHandler.handle after the body is read, with request_started, the
+        response and its close in one hop (see the class)."""
+        task = asyncio.create_task(self._respond(scope, body_file, send))
+        # A client that goes away cancels the response (a reply stream then stores and meters
+        # what it produced), as in Django's handler.
+        listener = asyncio.create_task(self.listen_for_disconnect(receive))
+        await asyncio.wait([listener, task], return_when=asyncio.FIRST_COMPLETED)
+        for each in (listener, task):
+            if not each.done():
+                each.cancel()
+            try:
+                await each
+            except (asyncio.CancelledError, RequestAborted):
+                pass
+        if task.cancelled():
+            await signals.request_finished.asend(sender=self.__class__)
+            return
+        response = task.result()
+        if response.streaming:
+            await sync_to_async(response.close, thread_sensitive=True)()
+
+    async def _respond(self, scope, body_file, send):
+        response = await sync_to_async(self._response_in_thread, thread_sensitive=True)(scope, body_file)
+        await self.send_response(response, send)
+        return response
+
+    def _response_in_thread(self, scope, body_file):
+        signals.request_started.send(sender=self.__class__, scope=scope)
+        request, response = self.create_request(scope, body_file)
+        if request is not None:
+            response = self.get_response(request)
+            response._handler_class = self.__class__
+            if isinstance(response, FileResponse):  # as ASGIHandler: the server does the chunking
+                response.block_size = self.chunk_size
+        if not response.streaming:
+            response.close()  # request_finished: the connection goes back before the bytes go out
         return response
 
 

@@ -1,10 +1,12 @@
-"""config/asgi.py's OneHopASGIHandler: the middleware chain and a sync view run in one hop from
-the event loop to a thread (Django's own handler, chain in async mode, crosses seven times);
-a request body over REQUEST_BODY_MAX_BYTES is refused with 413 before the rest is read."""
+"""config/asgi.py's OneHopASGIHandler: request_started, the middleware chain, a sync view and the
+close run in one hop from the event loop to a thread reused from request to request (Django's
+own handler, chain in async mode, crosses nine times and starts two threads a request); a
+request body over REQUEST_BODY_MAX_BYTES is refused with 413 before the rest is read."""
 
 import asyncio
 import itertools
 import json
+import threading
 from unittest import mock
 
 import pytest
@@ -44,22 +46,47 @@ def _crossings(application, path: str) -> tuple[int, list[str]]:
     request = async_to_sync(_get)  # made before counting: this hop is the test's own
     with mock.patch.object(SyncToAsync, "__call__", counted_to_thread), mock.patch.object(AsyncToSync, "__call__", counted_to_loop):
         status = request(application, path)
-    # Not the handler's per-request work: the test's own call, request_started's receivers, the close.
-    bookkeeping = ("_get", "Signal.asend", "HttpResponseBase.close")
-    return status, [hop for hop in hops if not any(name in hop for name in bookkeeping)]
+    return status, [hop for hop in hops if "_get" not in hop]  # not the test's own call
 
 
-def test_a_sync_view_and_the_whole_middleware_chain_run_in_one_hop():
+def _thread_starts(application, path: str, requests: int) -> int:
+    """Threads started while `application` serves `requests` GETs, one after another."""
+    starts, start = [], threading.Thread.start
+
+    def counted_start(self):
+        starts.append(self.name)
+        return start(self)
+
+    async def serve():
+        for _ in range(requests):
+            assert await _get(application, path) == 200
+
+    run = async_to_sync(serve)
+    with mock.patch.object(threading.Thread, "start", counted_start):
+        run()
+    return len(starts)
+
+
+def test_a_request_runs_request_started_the_middleware_chain_a_sync_view_and_its_close_in_one_hop():
     status, hops = _crossings(OneHopASGIHandler(), "/health/live")
     assert status == 200
-    assert hops == ["to thread: BaseHandler.get_response"]
+    assert hops == ["to thread: OneHopASGIHandler._response_in_thread"]
 
 
 def test_djangos_handler_crosses_at_every_change_of_mode():
-    """The baseline the one-hop handler is measured against (bench_serving serves both)."""
+    """The baseline the one-hop handler is measured against (bench_serving serves both): seven
+    crossings in the chain, one for request_started's receivers, one for the close."""
     status, hops = _crossings(ASGIHandler(), "/health/live")
     assert status == 200
-    assert len(hops) == 7, hops
+    assert len(hops) == 9, hops
+
+
+def test_requests_reuse_a_thread_where_djangos_handler_starts_two_each():
+    handler = OneHopASGIHandler()
+    _thread_starts(handler, "/health/live", 1)  # the first request may start the thread it will keep
+    # One start is the test's own: async_to_sync runs its event loop on a new thread.
+    assert _thread_starts(handler, "/health/live", 5) == 1
+    assert _thread_starts(ASGIHandler(), "/health/live", 5) == 1 + 10  # each request's thread, and one to join it
 
 
 async def _post(path: str, body_chunks, *, declared: int | None = None) -> tuple[int, bytes, int]:
