@@ -140,3 +140,35 @@ def test_a_body_within_the_limit_reaches_the_view(settings):
     padding = json.dumps({"content": "x" * (MIB // 2)}).encode()
     status, body, read = async_to_sync(_post)("/api/v1/conversations", iter([padding[: MIB // 4], padding[MIB // 4 :]]))
     assert status == 401 and read == 2  # the view answered: no credentials
+
+
+def test_a_task_kept_with_the_request_finishes_its_sync_work_on_the_requests_thread_before_the_context_closes():
+    """A reply stream's ending (chat.services._shielded) may outlive its response when the
+    client's cancellation arrives twice; its sync calls need the request's thread, which
+    refuses them once the context has closed. Kept, the context waits for it."""
+    from asgiref.sync import sync_to_async
+
+    from config.threads import request_task_keep, request_thread
+
+    async def serve(keep: bool):
+        request_thread_id, ending = None, None
+
+        async def ending_work():
+            await asyncio.sleep(0.05)  # still running when the response is over
+            return await sync_to_async(threading.get_ident, thread_sensitive=True)()
+
+        async with request_thread():
+            request_thread_id = await sync_to_async(threading.get_ident, thread_sensitive=True)()
+            ending = asyncio.ensure_future(ending_work())
+            if keep:
+                request_task_keep(ending)
+        done_at_exit = ending.done()
+        try:
+            return request_thread_id, done_at_exit, await ending
+        except RuntimeError as exc:
+            return request_thread_id, done_at_exit, exc
+
+    request_thread_id, done_at_exit, ending_thread_id = async_to_sync(serve)(True)
+    assert done_at_exit and ending_thread_id == request_thread_id
+    _, done_at_exit, refused = async_to_sync(serve)(False)  # what the keeping prevents
+    assert not done_at_exit and isinstance(refused, RuntimeError)

@@ -194,3 +194,58 @@ def test_a_send_waiting_for_its_whole_reply_holds_no_database_connection_while_t
         result = asyncio.run(run(base))
     assert result["other"].status_code == 200 and result["still_waiting"]
     assert result["reply"].status_code == 201 and result["reply"].json()["message"]["status"] == "complete"
+
+
+def _reply_and_ledger(conversation_id: str) -> tuple[Message | None, list]:
+    from analytics.models import TokenUsage
+
+    try:
+        with rls.privileged(reason="test: the reply and its ledger rows"):
+            reply = Message.objects.filter(conversation_id=conversation_id, role="assistant").first()
+            rows = list(TokenUsage.objects.filter(message_id=reply.pk)) if reply else []
+            return reply, rows
+    finally:
+        connections.close_all()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_client_gone_mid_stream_leaves_its_reply_interrupted_metered_once_and_its_connection_returned():
+    """Through the real server (the handler of config/asgi.py): the client reads a few words of a
+    streamed reply and hangs up. The handler cancels the response; the stream's shielded ending
+    stores what was produced `interrupted` and meters it once, and the connection goes back to
+    the pool: with one pooled connection, the next request answers at once."""
+    make_catalog()
+    make_plans()
+    user = make_user()
+    with rls.privileged(reason="test: issue an API key"):
+        _key, secret = api_key_create(user=user, name="k", scopes=["chat:read", "chat:write"])
+    headers = {"Authorization": f"Bearer {secret}"}
+    words = " ".join(f"word{n}" for n in range(30))  # ~6 s of streaming at 0.2 s a word
+
+    async def run(base: str) -> dict:
+        async with httpx.AsyncClient(base_url=base, timeout=60, headers=headers) as client:
+            conversation = (await client.post("/api/v1/conversations", json={})).json()["id"]
+            deltas = 0
+            async with httpx.AsyncClient(base_url=base, timeout=60, headers=headers) as leaving:
+                async with leaving.stream("POST", f"/api/v1/conversations/{conversation}/messages?stream=true", json={"content": words}) as r:
+                    async for line in r.aiter_lines():
+                        deltas += line.startswith('data: {"type": "delta"')
+                        if deltas == 3:
+                            break  # closing the client drops the connection mid-stream
+            for _ in range(250):
+                reply, rows = await sync_to_async(_reply_and_ledger, thread_sensitive=False)(conversation)
+                if reply is not None and reply.status != "streaming" and rows:
+                    break
+                await asyncio.sleep(0.02)
+            t = time.perf_counter()
+            after = await client.get("/api/v1/conversations")
+            seconds = time.perf_counter() - t
+        return {"reply": reply, "rows": rows, "after": after, "seconds": seconds}
+
+    env = {"DATABASE_POOL_MIN_SIZE": "1", "DATABASE_POOL_MAX_SIZE": "1", "DATABASE_POOL_TIMEOUT": "5", "CHAT_ECHO_DELAY": "0.2"}
+    with served(workers=1, **env) as base:
+        result = asyncio.run(run(base))
+    reply, rows = result["reply"], result["rows"]
+    assert reply.status == "interrupted" and reply.content.startswith("You said:") and len(reply.content.split()) < 30
+    assert len(rows) == 1 and rows[0].output_tokens == reply.output_tokens > 0
+    assert result["after"].status_code == 200 and result["seconds"] < 2.0  # not the pool timeout (5 s), then 500
