@@ -20,6 +20,9 @@ Plug in another target with
 where {user_id}, {organization_id} and {conversation_id} are filled in.
 BENCH_SERVING_SERVERS="ASGI uvicorn" runs one server only (names as in SERVERS, comma-separated);
 BENCH_SERVING_WORKERS=4 and BENCH_SERVING_CONCURRENCY=1 change the worker and client counts (issue #10: 2 and 32).
+BENCH_SERVING_PROFILE_DIR=var/bench/profile records each worker with py-spy (GIL samples, raw
+stacks, one file per worker) during the metered POST and prints where its time goes; the
+profiler slows the server, so its run's figures are not comparable with others.
 The per-key API throttle stays on but high enough never to answer 429.
 
 Findings (2026-11-29, 2 shared cores, load 3-10; figures in var/bench/serving.json):
@@ -73,6 +76,16 @@ Findings (2026-11-30, second session, load 7 from other work during the run):
   production pool (8 per alias and worker). Two runs, 2,000 metered POSTs each, all 2xx (at this
   pool size 193 of 300 had answered 500): 66.2 and 85.4 req/s, serving CPU 25.44 and 19.54 ms
   (the bare view 3.02 and 2.41 ms in the same runs: the machine's noise, not the path's).
+
+Findings (2026-11-30, third session; BENCH_SERVING_REQUESTS=2000, all three servers in one run,
+load average 4):
+- Under py-spy --gil the metered POST spent about a tenth of its GIL time starting threads:
+  Django's handler gives each request a new one-thread executor and joins it on another new
+  thread, and request_started and the close each took a hop of their own. OneHopASGIHandler
+  now runs them in the request's one hop, on a thread reused from request to request
+  (config/threads.py). Serving CPU per metered message: ours 18.79 ms (server 13.62, PostgreSQL
+  4.89, Redis 0.28), Django's handler 27.06 ms, WSGI 18.34 ms; bare view 1.70 / 2.66 / 1.67 ms;
+  req/s 88.7 / 58.9 / 79.1.
 """
 
 from __future__ import annotations
@@ -149,6 +162,15 @@ def _urls(base: str, target: Target, user) -> list[str]:
     return [base + target.path.format(**fields, conversation_id=c.pk) for c in conversations]
 
 
+# Where the metered POST's GIL time goes, when profiled: the request's thread, the send and its
+# two transactions, and DRF's authentication and throttle.
+PROFILED_FRAMES = ["SyncToAsync.thread_handler", "message_send", "message_prepare", "_reply_finish", "APIView.initial"]
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
 def _targets() -> list[Target]:
     extra = os.environ.get("BENCH_SERVING_TARGET")
     if not extra:
@@ -195,9 +217,14 @@ def test_serving_throughput_and_latency():
         with served(workers=WORKERS, wsgi=how.wsgi, app=how.app, **SERVER_ENV) as base:
             for target in _targets():
                 urls = _urls(base, target, user)
-                cpu_before = bk.serving_cpu_seconds(base.pid)
-                result = _load(urls, target, secret)
-                cpu_after = bk.serving_cpu_seconds(base.pid)
+                profile_dir = os.environ.get("BENCH_SERVING_PROFILE_DIR") if target.name == METERED else None
+                with bk.profiled(base.pid, profile_dir, _slug(server)) as profiles:
+                    cpu_before = bk.serving_cpu_seconds(base.pid)
+                    result = _load(urls, target, secret)
+                    cpu_after = bk.serving_cpu_seconds(base.pid)
+                if profiles:
+                    shares = bk.profile_shares(profiles, PROFILED_FRAMES)
+                    bk.say(f"   {server}, metered POST, share of GIL samples: " + ", ".join(f"{f} {v:.0%}" for f, v in shares.items()))
                 # Warm-up requests included: the load process sends them in the same run.
                 cpu_parts = {part: (cpu_after[part] - cpu_before[part]) * 1000 / (REQUESTS + WARMUP) for part in cpu_after}
                 cpu_ms = sum(cpu_parts.values())

@@ -7,10 +7,16 @@ benchmark prints a table and writes its figures to var/bench/<name>.json.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import platform
+import signal
 import statistics
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -88,6 +94,58 @@ def serving_cpu_seconds(server_pid: int) -> dict[str, float]:
     info = get_redis_connection("default").info("cpu")
     redis = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
     return {"server": _tree_cpu(psutil.Process(server_pid)), "postgresql": _tree_cpu(postmaster), "redis": redis}
+
+
+@contextlib.contextmanager
+def profiled(server_pid: int, directory: str | None, name: str) -> Iterator[list[str]]:
+    """py-spy (GIL samples, raw stacks) on each worker of the server while the block runs, written
+    to directory/name-<pid>.txt; nothing without a directory. Yields the files' paths."""
+    import psutil
+
+    if not directory:
+        yield []
+        return
+    os.makedirs(directory, exist_ok=True)
+    files, spies = [], []
+    for worker in psutil.Process(server_pid).children():
+        path = os.path.join(directory, f"{name}-{worker.pid}.txt")
+        command = [
+            str(Path(sys.executable).with_name("py-spy")),
+            "record",
+            "--gil",
+            "--rate",
+            "100",
+            "--format",
+            "raw",
+            "--output",
+            path,
+            "--pid",
+            str(worker.pid),
+        ]
+        spies.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        files.append(path)
+    try:
+        yield files
+    finally:
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            spy.wait(timeout=60)
+
+
+def profile_shares(files: list[str], frames: list[str]) -> dict[str, float]:
+    """The share of samples (0..1) with each named function anywhere on the stack (raw py-spy
+    lines are `frame;frame;... count`, a frame `function (file:line)`)."""
+    seen, total = dict.fromkeys(frames, 0), 0
+    for path in files:
+        with open(path) as file:
+            for line in file:
+                stack, _, count = line.rstrip().rpartition(" ")
+                total += int(count)
+                functions = {frame.split(" (", 1)[0] for frame in stack.split(";")}
+                for frame in frames:
+                    if frame in functions:
+                        seen[frame] += int(count)
+    return {frame: n / total if total else 0.0 for frame, n in seen.items()}
 
 
 def machine() -> dict:

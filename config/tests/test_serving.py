@@ -227,7 +227,9 @@ def test_a_client_gone_mid_stream_leaves_its_reply_interrupted_metered_once_and_
             conversation = (await client.post("/api/v1/conversations", json={})).json()["id"]
             deltas = 0
             async with httpx.AsyncClient(base_url=base, timeout=60, headers=headers) as leaving:
-                async with leaving.stream("POST", f"/api/v1/conversations/{conversation}/messages?stream=true", json={"content": words}) as r:
+                async with leaving.stream(
+                    "POST", f"/api/v1/conversations/{conversation}/messages?stream=true", json={"content": words}
+                ) as r:
                     async for line in r.aiter_lines():
                         deltas += line.startswith('data: {"type": "delta"')
                         if deltas == 3:
