@@ -126,6 +126,10 @@ def _too_large(path: str, limit: int) -> HttpResponse:
     sentence = f"The request body is larger than {limit:,} bytes."
     if path.startswith("/api/"):
         return JsonResponse({"message": sentence, "extra": {"code": "too_large"}}, status=413)
+    if path.startswith("/v1/"):  # the OpenAI-compatible gateway answers in OpenAI's shape, which its SDKs read
+        from chat.gateway import openai_error  # at request time: the apps are loaded by then
+
+        return JsonResponse(openai_error(413, sentence, code="request_too_large"), status=413)
     return HttpResponse(sentence, status=413, content_type="text/plain; charset=utf-8")
 
 

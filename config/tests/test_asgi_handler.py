@@ -135,6 +135,19 @@ def test_a_declared_length_over_the_limit_is_refused_before_any_of_the_body_is_r
     assert body.decode() == "The request body is larger than 2,097,152 bytes."
 
 
+def test_the_gateway_refuses_a_body_over_the_limit_in_openais_shape(settings):
+    settings.REQUEST_BODY_MAX_BYTES = 2 * MIB
+    status, body, read = async_to_sync(_post)("/v1/chat/completions", iter([b"x" * MIB]), declared=10 * MIB)
+    assert (status, read) == (413, 0)
+    error = json.loads(body)["error"]
+    assert error == {
+        "message": "The request body is larger than 2,097,152 bytes.",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "request_too_large",
+    }
+
+
 def test_a_body_within_the_limit_reaches_the_view(settings):
     settings.REQUEST_BODY_MAX_BYTES = 2 * MIB
     padding = json.dumps({"content": "x" * (MIB // 2)}).encode()
