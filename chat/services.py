@@ -20,6 +20,7 @@ from decimal import Decimal
 
 from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
+from django.db import connections
 from django.db.models import F
 from django.utils import timezone
 
@@ -478,9 +479,10 @@ def _reply_finish(
         "error": error,
         "metadata": metadata,
     }
+    now = timezone.now()
     with rls.atomic_as(pending.user_id):
         if pending.stored:
-            closed = not Message.objects.filter(pk=message.pk, status=Status.STREAMING).update(**fields)
+            closed = not _reply_and_totals_update(message, fields, tokens=counted.input_total + counted.output, now=now)
         else:  # one DELETE; waits for a stale pass that holds the row, then finds it gone
             closed = not PendingCall.objects.filter(request_id=pending.request_id).delete()[0]
         if closed and pending.stored:
@@ -499,12 +501,34 @@ def _reply_finish(
                 error=error,
                 cached=cached,
                 saved_tokens=usage.input_total + usage.output,
+                totals_stored=pending.stored,
+                now=now,
             )
     # After the commit: the ledger's counter increment ran on it, so the usage is never uncounted.
     pending.reservation.release()
     if not closed and cached is None and status == Status.COMPLETE and pending.cache_key:
         response_caching.cached_reply_put(pending.cache_key, text=text, usage=usage, cost=charge.cost)
     return message
+
+
+def _reply_and_totals_update(message: Message, fields: dict, *, tokens: int, now) -> bool:
+    """Store a `streaming` reply's final fields and add it to its conversation's totals, in one
+    statement (a round trip fewer on every send); False, and nothing written, when the reply was
+    no longer `streaming` (the stale pass closed it). The caller's conversation copy follows in _meter."""
+    connection = connections[rls.current_alias()]
+    quote = connection.ops.quote_name
+    columns = [Message._meta.get_field(name) for name in fields]
+    assignments = ", ".join(f"{quote(field.column)} = %s" for field in columns)
+    params = [field.get_db_prep_save(fields[field.name], connection) for field in columns]
+    sql = (
+        f"WITH reply AS (UPDATE {quote(Message._meta.db_table)} SET {assignments} WHERE id = %s AND status = %s RETURNING conversation_id), "
+        f"totals AS (UPDATE {quote(Conversation._meta.db_table)} AS c SET total_tokens = c.total_tokens + %s, "
+        "total_cost = c.total_cost + %s, updated_at = %s FROM reply WHERE c.id = reply.conversation_id RETURNING c.id) "
+        "SELECT (SELECT count(*) FROM reply), (SELECT count(*) FROM totals)"
+    )
+    with connection.cursor() as cur:
+        cur.execute(sql, [*params, message.pk, Status.STREAMING, tokens, fields["cost"], now])
+        return cur.fetchone()[0] == 1  # the reply's count: its conversation is the same owner's, so counted with it
 
 
 def _meter(
@@ -518,12 +542,15 @@ def _meter(
     error: str,
     cached: response_caching.CachedReply | None = None,
     saved_tokens: int = 0,
+    totals_stored: bool = False,
+    now=None,
 ) -> None:
     """The conversation's totals and the ledger row for one reply (inside the caller's
     transaction): each token class with the rate it was charged at, whose key paid, and for
-    a cached reply no cost and what it saved. The message carries its final fields."""
-    tokens, now = usage.input_total + usage.output, timezone.now()
-    if message.conversation_id is not None:  # an unstored call (SuppliedHistory) has no conversation row
+    a cached reply no cost and what it saved. The message carries its final fields. With
+    `totals_stored`, the totals were added with the reply's own UPDATE (_reply_and_totals_update)."""
+    tokens, now = usage.input_total + usage.output, now or timezone.now()
+    if message.conversation_id is not None and not totals_stored:  # an unstored call (SuppliedHistory) has no conversation row
         Conversation.objects.filter(pk=message.conversation_id).update(
             total_tokens=F("total_tokens") + tokens, total_cost=F("total_cost") + message.cost, updated_at=now
         )
