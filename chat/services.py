@@ -38,7 +38,7 @@ from chat.providers import PROVIDERS, ChatMessage, ChatRequest, Delta, Done, Pro
 from chat.providers.base import interrupted_usage, prompt_tokens_estimate, text_tokens_estimate
 from config.crypto import secret_decrypt
 from config.db import rls
-from config.db.rows import insert_rows
+from config.db.rows import insert_rows, update_row_sql
 from config.errors import ApplicationError, NotFoundError
 from config.threads import request_task_keep
 
@@ -267,7 +267,8 @@ def _messages_store(
     save: bool = True,
 ) -> tuple[Message, Message]:
     """The user message and its `streaming` reply, numbered after the conversation's last
-    (whose row the caller locked), and the conversation's count and title: two statements.
+    (whose row the caller locked), and the conversation's count and title: one statement, two
+    for a new conversation.
     `earlier` (a client's own history) goes in first, in the same insert. Unless `save`, nothing
     is written (a call kept only on the ledger) and none of them has an id."""
     if not save:
@@ -282,9 +283,6 @@ def _messages_store(
     conversation.message_count = sequence + 2
     if not conversation.title:
         conversation.title = conversation_title(content=content)
-    # An insert for a new conversation, else an update under the row lock.
-    if save:
-        conversation.save(update_fields=None if conversation._state.adding else ["message_count", "title", "updated_at"])
     user_message = Message(
         conversation=conversation, user_id=conversation.user_id, sequence=sequence + 1, role=Message.Role.USER, content=content
     )
@@ -299,7 +297,15 @@ def _messages_store(
         metadata=reply_metadata,
     )
     if save:
-        insert_rows(Message, [*before, user_message, reply])  # one statement for all
+        if conversation._state.adding:
+            # Its own statement first: the messages' row policy looks their conversation up, and
+            # a row inserted in the same statement is not yet visible to that lookup.
+            conversation.save()
+            insert_rows(Message, [*before, user_message, reply])
+        else:  # one statement: the update under the row lock, then the messages
+            insert_rows(
+                Message, [*before, user_message, reply], before=update_row_sql(conversation, ["message_count", "title", "updated_at"])
+            )
     else:
         user_message.pk = reply.pk = None
     return user_message, reply

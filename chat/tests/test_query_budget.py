@@ -50,17 +50,18 @@ def test_a_metered_message_post_with_an_api_key_stays_within_its_query_budget(al
     assert response.json()["message"]["content"] == "You said: hello budget"
     # Check-in housekeeping (RESET ALL per connection) depends on pool settings, not on the path.
     path = [(alias, sql) for alias, sql in queries if sql.strip() != "RESET ALL"]
-    # 10 statements, all on the app role (`default`):
+    # 9 statements, all on the app role (`default`):
     #   request:  the API key and its owner in one query (two SECURITY DEFINER functions)     =  1
     #   prepare:  RLS context, the conversation FOR UPDATE with its persona, history,
     #             subscription + plan (entitlement; the quota and rate decision is one Redis
-    #             script), its sequence UPDATE, one INSERT of both messages (the price comes
-    #             from the process's catalog, read at most every CATALOG_SECONDS)           =  6
+    #             script), the sequence UPDATE and the INSERT of both messages in one
+    #             statement (a data-modifying WITH; the price comes from the process's
+    #             catalog, read at most every CATALOG_SECONDS)                              =  5
     #   finish:   RLS context, UPDATE reply with the conversation's totals in the same
     #             statement (a data-modifying WITH), the ledger's dedupe and INSERT from
     #             one VALUES row ... RETURNING the sums for the Redis counters (no
     #             staging table or COPY for a single call)                                  =  3
     #   answer:   nothing: the conversation's totals are carried from the finish             =  0
     statements = "\n".join(f"{alias}: {sql.strip()[:120]}" for alias, sql in path)
-    assert len(path) == 10, statements
+    assert len(path) == 9, statements
     assert {alias for alias, _ in path} == {"default"}, statements

@@ -37,21 +37,35 @@ def fetch_one_prepared(alias: str, sql: str, params) -> tuple | None:
         return cur.fetchone()
 
 
-def insert_rows(model, instances: list) -> None:
+def insert_rows(model, instances: list, *, before: tuple[str, list] | None = None) -> None:
     """INSERT the instances (defaults already set, as `Model()` sets them) in one VALUES
     statement. Django's bulk_create sends a few rows through UNNEST of typed arrays, whose
-    adaptation cost the message path about 1 ms of Python for two rows."""
+    adaptation cost the message path about 1 ms of Python for two rows. `before`, (sql, params)
+    of another write, runs in the same statement as a data-modifying WITH: one round trip."""
     connection = connections[_alias_for(model)]
     fields = [f for f in model._meta.concrete_fields]
     columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
     row = "(" + ", ".join(["%s"] * len(fields)) + ")"
     params = [f.get_db_prep_save(f.pre_save(obj, add=True), connection) for obj in instances for f in fields]
+    sql = f"INSERT INTO {connection.ops.quote_name(model._meta.db_table)} ({columns}) VALUES {', '.join([row] * len(instances))}"
+    if before is not None:
+        sql, params = f"WITH before AS ({before[0]}) {sql}", [*before[1], *params]
     with connection.cursor() as cur:
-        cur.execute(
-            f"INSERT INTO {connection.ops.quote_name(model._meta.db_table)} ({columns}) VALUES {', '.join([row] * len(instances))}", params
-        )
+        cur.execute(sql, params)
     for obj in instances:
         obj._state.adding, obj._state.db = False, connection.alias
+
+
+def update_row_sql(obj, field_names: list[str]) -> tuple[str, list]:
+    """(sql, params) of an UPDATE of these fields of one saved instance (auto_now fields take the
+    time now, as save() would), for `insert_rows(..., before=...)`."""
+    connection = connections[_alias_for(type(obj))]
+    fields = [obj._meta.get_field(name) for name in field_names]
+    assignments = ", ".join(f"{connection.ops.quote_name(f.column)} = %s" for f in fields)
+    params = [f.get_db_prep_save(f.pre_save(obj, add=False), connection) for f in fields]
+    pk = obj._meta.pk
+    table = connection.ops.quote_name(obj._meta.db_table)
+    return f"UPDATE {table} SET {assignments} WHERE {connection.ops.quote_name(pk.column)} = %s", [*params, obj.pk]
 
 
 def _alias_for(model) -> str:
