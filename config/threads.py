@@ -6,7 +6,8 @@ thread starts a request, under the GIL with every request in flight. Here a fini
 executor waits in `_idle` for the next one (asgiref's ThreadSensitiveContext(executor=...):
 the caller owns it, so it is not shut down). Database connections are per thread; a request's
 own close (request_finished) gives its connection back to the pool, and the next request's
-request_started closes anything left behind.
+request_started closes anything left behind. A thread still running a view whose client went
+away is not reused: it ends when that view does.
 
 Tasks a request starts that must outlive its response (a reply stream's shielded ending, which
 stores and meters the reply after the client has gone) are kept with `request_task_keep`: the
@@ -16,6 +17,7 @@ context waits for them before it exits, because thread-sensitive calls after the
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -24,14 +26,40 @@ from contextvars import ContextVar
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.db import close_old_connections, connections
 
-_idle: list[ThreadPoolExecutor] = []  # touched only from the event loop's thread
+
+class _RequestExecutor(ThreadPoolExecutor):
+    """One thread, and whether work submitted to it is still queued or running."""
+
+    def __init__(self):
+        super().__init__(max_workers=1, thread_name_prefix="request")
+        self._unfinished = 0
+        self._count_lock = threading.Lock()
+
+    def submit(self, fn, /, *args, **kwargs):
+        with self._count_lock:
+            self._unfinished += 1
+        future = super().submit(fn, *args, **kwargs)
+        future.add_done_callback(self._finished)
+        return future
+
+    def _finished(self, _future) -> None:
+        with self._count_lock:
+            self._unfinished -= 1
+
+    @property
+    def busy(self) -> bool:
+        with self._count_lock:
+            return self._unfinished > 0
+
+
+_idle: list[_RequestExecutor] = []  # touched only from the event loop's thread
 _kept: ContextVar[list[asyncio.Task] | None] = ContextVar("request_tasks_kept", default=None)
 
 
 @asynccontextmanager
 async def request_thread() -> AsyncIterator[None]:
     """Run this block's thread-sensitive sync calls on one reused thread of their own."""
-    executor = _idle.pop() if _idle else ThreadPoolExecutor(max_workers=1, thread_name_prefix="request")
+    executor = _idle.pop() if _idle else _RequestExecutor()
     kept: list[asyncio.Task] = []
     token = _kept.set(kept)
     try:
@@ -45,7 +73,13 @@ async def request_thread() -> AsyncIterator[None]:
                     await sync_to_async(close_old_connections, thread_sensitive=True)()
     finally:
         _kept.reset(token)
-        _idle.append(executor)
+        if executor.busy:
+            # A client that went away while a sync view was still running (a plain send waiting on
+            # its provider): the view runs on to its end, and the next request must not queue
+            # behind it. This thread ends when that work does.
+            executor.shutdown(wait=False)
+        else:
+            _idle.append(executor)
 
 
 def request_task_keep(task: asyncio.Task) -> None:

@@ -4,9 +4,11 @@ own handler, chain in async mode, crosses nine times and starts two threads a re
 request body over REQUEST_BODY_MAX_BYTES is refused with 413 before the rest is read."""
 
 import asyncio
+import contextlib
 import itertools
 import json
 import threading
+import time
 from unittest import mock
 
 import pytest
@@ -185,3 +187,32 @@ def test_a_task_kept_with_the_request_finishes_its_sync_work_on_the_requests_thr
     assert done_at_exit and ending_thread_id == request_thread_id
     _, done_at_exit, refused = async_to_sync(serve)(False)  # what the keeping prevents
     assert not done_at_exit and isinstance(refused, RuntimeError)
+
+
+def test_a_thread_still_running_an_abandoned_view_is_not_handed_to_the_next_request():
+    """A client that goes away while its sync view still runs (a plain send waiting on its
+    provider) cancels the response, not the thread's work: that thread is not reused, so the
+    next request does not queue behind the abandoned view."""
+    from asgiref.sync import sync_to_async
+
+    from config.threads import request_thread
+
+    release = threading.Event()
+
+    async def serve():
+        async with request_thread():
+            first = await sync_to_async(threading.get_ident, thread_sensitive=True)()
+            view = asyncio.ensure_future(sync_to_async(release.wait, thread_sensitive=True)(10))
+            await asyncio.sleep(0.05)
+            view.cancel()  # the client went away; the view runs on
+            with contextlib.suppress(asyncio.CancelledError):
+                await view
+        started = time.monotonic()
+        async with request_thread():
+            second = await sync_to_async(threading.get_ident, thread_sensitive=True)()
+        waited = time.monotonic() - started
+        release.set()
+        return first, second, waited
+
+    first, second, waited = async_to_sync(serve)()
+    assert second != first and waited < 2  # queued behind the view, it would wait until release (10 s)
