@@ -281,6 +281,26 @@ def test_another_users_conversation_cannot_be_sent_to(alice):
     assert len(messages_of(alice)) == 2 and messages_of(bob) == []
 
 
+def test_a_conversation_id_that_is_not_a_uuid_is_no_such_conversation(alice):
+    with pytest.raises(NotFoundError, match="No such conversation"):
+        services.message_send(user=alice, content="hello", conversation_id="1; DROP TABLE chat_message")
+    assert stored_counts() == (0, 0, 0)
+
+
+def test_the_history_sent_to_the_provider_is_in_order_without_failed_or_empty_replies(alice):
+    one = services.message_send(user=alice, content="one")
+    conversation_id = one.conversation.pk
+    two = services.message_send(user=alice, content="two", conversation_id=conversation_id)
+    services.message_send(user=alice, content="three", conversation_id=conversation_id)
+    with rls.privileged(reason="test: one reply failed, one interrupted before any text"):
+        Message.objects.filter(pk=one.message.pk).update(status="failed", error="The provider failed.")
+        Message.objects.filter(pk=two.message.pk).update(status="interrupted", content="")
+    pending = services.message_prepare(user=alice, content="four", conversation_id=conversation_id)
+    pending.reservation.release()
+    sent = [(m.role, m.content) for m in pending.request.messages]
+    assert sent == [("user", "one"), ("user", "two"), ("user", "three"), ("assistant", "You said: three"), ("user", "four")]
+
+
 def test_a_stream_the_provider_drops_midway_keeps_the_part_and_is_a_failed_metered_call(alice, openai_server):
     with rls.privileged(reason="test"):
         provider_credential_set(user=alice, provider="openai", api_key="sk-user-own-key-1234567890", base_url=f"{openai_server.url}/v1")
