@@ -23,6 +23,17 @@ from config.tests.serving import served
 STREAMS, EVENTS, INTERVAL = 20, 24, 0.25  # each stream stays open for ~6 s
 
 
+def _chat_key_headers() -> dict:
+    """A new user's API key with the chat scopes, as request headers. A transactional test's flush
+    removed the seeded catalog and plans, so they are seeded first."""
+    make_catalog()
+    make_plans()
+    user = make_user()
+    with rls.privileged(reason="test: issue an API key"):
+        _key, secret = api_key_create(user=user, name="k", scopes=["chat:read", "chat:write"])
+    return {"Authorization": f"Bearer {secret}"}
+
+
 async def _streams_and_a_plain_request(base: str) -> dict:
     first_events, finished = 0, 0
     all_open = asyncio.Event()
@@ -108,12 +119,7 @@ def test_the_pool_reset_hook_clears_session_settings_on_check_in():
 def test_an_open_reply_stream_holds_no_database_connection_while_the_provider_answers():
     """One worker with one pooled connection: while a reply streams (echo, a word every 0.3 s),
     another request that needs the database answers at once, so the stream holds none."""
-    make_catalog()  # a transactional test's flush removed the seeded catalog and plans
-    make_plans()
-    user = make_user()
-    with rls.privileged(reason="test: issue an API key"):
-        _key, secret = api_key_create(user=user, name="k", scopes=["chat:read", "chat:write"])
-    headers = {"Authorization": f"Bearer {secret}"}
+    headers = _chat_key_headers()
     words = " ".join(f"word{n}" for n in range(20))  # ~6 s of streaming
 
     async def run(base: str) -> dict:
@@ -163,12 +169,7 @@ def test_a_send_waiting_for_its_whole_reply_holds_no_database_connection_while_t
     """The same for a plain (non-streaming) send: while the provider answers (echo waits 6 s), the
     request's thread holds no pooled connection, so with one connection per worker another
     request answers at once instead of waiting out the pool (5 s) and failing."""
-    make_catalog()
-    make_plans()
-    user = make_user()
-    with rls.privileged(reason="test: issue an API key"):
-        _key, secret = api_key_create(user=user, name="k", scopes=["chat:read", "chat:write"])
-    headers = {"Authorization": f"Bearer {secret}"}
+    headers = _chat_key_headers()
 
     async def run(base: str) -> dict:
         async with httpx.AsyncClient(base_url=base, timeout=60, headers=headers) as client:
@@ -214,12 +215,7 @@ def test_a_client_gone_mid_stream_leaves_its_reply_interrupted_metered_once_and_
     streamed reply and hangs up. The handler cancels the response; the stream's shielded ending
     stores what was produced `interrupted` and meters it once, and the connection goes back to
     the pool: with one pooled connection, the next request answers at once."""
-    make_catalog()
-    make_plans()
-    user = make_user()
-    with rls.privileged(reason="test: issue an API key"):
-        _key, secret = api_key_create(user=user, name="k", scopes=["chat:read", "chat:write"])
-    headers = {"Authorization": f"Bearer {secret}"}
+    headers = _chat_key_headers()
     words = " ".join(f"word{n}" for n in range(30))  # ~6 s of streaming at 0.2 s a word
 
     async def run(base: str) -> dict:
