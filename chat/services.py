@@ -229,9 +229,9 @@ class Reply:
     message: Message
 
 
-# The send's two reads as plain SQL: the ORM's query building and model instances were about
-# a tenth of a metered send's Python time (py-spy, docs/performance.md). Both run under the
-# caller's row-level security context, as the ORM's queries did.
+# The send's two reads as plain SQL: through the ORM (query building, model instances) they were
+# 14% of a metered POST's GIL samples under py-spy, about 3% as plain SQL (docs/performance.md).
+# Both run under the caller's row-level security context, as the ORM's queries did.
 _HISTORY_SQL = (
     f"SELECT role, content FROM {Message._meta.db_table} WHERE conversation_id = %s AND user_id = %s "
     f"AND NOT (role = '{Message.Role.ASSISTANT}' AND content = '') AND status <> '{Status.FAILED}' ORDER BY sequence"
