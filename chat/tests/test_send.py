@@ -15,7 +15,7 @@ from accounts.services import provider_credential_set
 from accounts.tests.factories import make_user
 from analytics.models import TokenUsage
 from billing.tests.factories import organization_of, put_on_plan
-from chat import services
+from chat import selectors, services
 from chat.errors import ModelUnavailable, ProviderKeyMissing
 from chat.models import Conversation, Message
 from chat.providers.base import SENTENCES, text_tokens_estimate
@@ -285,6 +285,17 @@ def test_a_conversation_id_that_is_not_a_uuid_is_no_such_conversation(alice):
     with pytest.raises(NotFoundError, match="No such conversation"):
         services.message_send(user=alice, content="hello", conversation_id="1; DROP TABLE chat_message")
     assert stored_counts() == (0, 0, 0)
+
+
+def test_a_send_moves_its_conversation_to_the_top_of_the_list_as_soon_as_it_is_stored(alice):
+    """Before the reply is in (a stream still running), not only at its finish."""
+    older = services.message_send(user=alice, content="older").conversation
+    services.message_send(user=alice, content="newer")
+    pending = services.message_prepare(user=alice, content="again", conversation_id=older.pk)
+    pending.reservation.release()
+    with rls.atomic_as(alice.pk):
+        first = selectors.conversation_list(user=alice).first()
+    assert first.pk == older.pk and first.message_count == 4
 
 
 def test_the_history_sent_to_the_provider_is_in_order_without_failed_or_empty_replies(alice):

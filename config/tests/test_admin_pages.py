@@ -4,29 +4,22 @@ an error; read-only ones answer 403 to add."""
 
 import pytest
 from django.contrib import admin
-from django.core.management import call_command
 from django.urls import reverse
 
-from accounts.models import User
 from accounts.services.api_keys import api_key_create
 from accounts.tests.factories import make_user
-from billing.tests.factories import make_plans
 from chat import services, sharing
 from chat.porting import exporter
-from chat.tests.factories import make_catalog
 from config.db import rls
+from config.tests.demo import demo_member
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
 def staff_client(client):
-    make_catalog()  # an earlier transactional test's flush removed the seeded catalog and plans
-    make_plans()
-    for command in ("demo_data", "demo_usage", "demo_billing"):
-        call_command(command, verbosity=0)
-    with rls.privileged(reason="test: the demo member"):
-        demo = User.objects.get(email="demo@confab.local")
+    demo = demo_member()
+    with rls.privileged(reason="test: an API key for the demo member"):
         api_key_create(user=demo, name="pages", scopes=["chat:read"])
     reply = services.message_send(user=demo, content="hello admin pages")
     services.persona_create(user=demo, name="Terse", system_prompt="Be brief.")

@@ -7,13 +7,9 @@ from collections import deque
 from urllib.parse import urldefrag, urlsplit
 
 import pytest
-from django.core.management import call_command
 
-from accounts.models import User
-from billing.tests.factories import make_plans
 from chat import services, sharing
-from chat.tests.factories import make_catalog
-from config.db import rls
+from config.tests.demo import demo_member
 
 pytestmark = pytest.mark.django_db(transaction=True)
 LINK = re.compile(r'href="([^"]+)"')
@@ -46,12 +42,7 @@ def _crawl(client, start: str = "/") -> tuple[dict[str, int], set[str]]:
 
 
 def test_every_page_a_member_can_reach_answers_without_an_error(client):
-    make_catalog()  # an earlier transactional test's flush removed the seeded catalog and plans
-    make_plans()
-    for command in ("demo_data", "demo_usage", "demo_billing"):
-        call_command(command, verbosity=0)
-    with rls.privileged(reason="test: the demo member"):
-        demo = User.objects.get(email="demo@confab.local")
+    demo = demo_member()
     reply = services.message_send(user=demo, content="hello crawler")
     sharing.share_link_create(user=demo, conversation=reply.conversation)
     client.force_login(demo)
