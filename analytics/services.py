@@ -21,6 +21,7 @@ from analytics import buffer, counters
 from analytics.errors import UsageInvalid
 from analytics.models import KeySource, TokenUsage
 from config.db import rls
+from config.db.rows import prepared_cursor
 
 COST_PLACES = Decimal("0.0000000001")  # the ledger's cost: numeric(20, 10)
 MAX_COST = Decimal("9999999999.9999999999")
@@ -426,8 +427,9 @@ def _ledger_write(rows: list[tuple], *, batch: int, now: datetime) -> list[int]:
     alias = rls.current_alias()
     connection, ids, totals = connections[alias], [], []
     # No savepoint (two round trips fewer): a failed write rolls the caller's transaction back whole.
-    with transaction.atomic(using=alias, savepoint=False), connection.cursor() as cur:
-        if len(rows) == 1:
+    single = len(rows) == 1
+    with transaction.atomic(using=alias, savepoint=False), prepared_cursor(alias) if single else connection.cursor() as cur:
+        if single:  # one call: the same statement every time, prepared per connection
             cur.execute(_RECORD_ONE_SQL, {f"c{i}": value for i, value in enumerate(rows[0])} | {"now": now})
         else:
             _staged_copy(cur, connection, alias, rows)

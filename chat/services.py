@@ -38,7 +38,7 @@ from chat.providers import PROVIDERS, ChatMessage, ChatRequest, Delta, Done, Pro
 from chat.providers.base import interrupted_usage, prompt_tokens_estimate, text_tokens_estimate
 from config.crypto import secret_decrypt
 from config.db import rls
-from config.db.rows import columns_of, insert_rows, model_from_row, update_row_sql
+from config.db.rows import columns_of, insert_rows, model_from_row, prepared_cursor, update_row_sql
 from config.errors import ApplicationError, NotFoundError
 from config.threads import request_task_keep
 
@@ -247,7 +247,7 @@ def _history(conversation: Conversation | None, persona: Persona | None) -> list
     messages = [ChatMessage("system", persona.system_prompt)] if persona and persona.system_prompt else []
     if conversation is None or not conversation.message_count:
         return messages
-    with connections[rls.current_alias()].cursor() as cur:
+    with prepared_cursor(rls.current_alias()) as cur:
         cur.execute(_HISTORY_SQL, [conversation.pk, conversation.user_id])
         messages.extend(ChatMessage(role, content) for role, content in cur.fetchall())
     return messages
@@ -263,7 +263,7 @@ def _send_target(user: User, conversation_id: uuid.UUID | None) -> tuple[Convers
     except ValueError:
         raise NotFoundError("No such conversation.") from None
     alias = rls.current_alias()
-    with connections[alias].cursor() as cur:
+    with prepared_cursor(alias) as cur:
         cur.execute(_SEND_TARGET_SQL, [user.pk, conversation_id])
         row = cur.fetchone()
     if row is None:
@@ -325,7 +325,10 @@ def _messages_store(
             insert_rows(Message, [*before, user_message, reply])
         else:  # one statement: the update under the row lock, then the messages
             insert_rows(
-                Message, [*before, user_message, reply], before=update_row_sql(conversation, ["message_count", "title", "updated_at"])
+                Message,
+                [*before, user_message, reply],
+                before=update_row_sql(conversation, ["message_count", "title", "updated_at"]),
+                prepared=not before,  # the same statement on every send; a supplied history varies
             )
     else:
         user_message.pk = reply.pk = None
@@ -553,7 +556,7 @@ def _reply_and_totals_update(message: Message, fields: dict, *, tokens: int, now
         "total_cost = c.total_cost + %s, updated_at = %s FROM reply WHERE c.id = reply.conversation_id RETURNING c.id) "
         "SELECT (SELECT count(*) FROM reply), (SELECT count(*) FROM totals)"
     )
-    with connection.cursor() as cur:
+    with prepared_cursor(connection.alias) as cur:
         cur.execute(sql, [*params, message.pk, Status.STREAMING, tokens, fields["cost"], now])
         return cur.fetchone()[0] == 1  # the reply's count: its conversation is the same owner's, so counted with it
 

@@ -18,7 +18,7 @@ from accounts.services.sessions import ACTIVITY_WRITE_INTERVAL
 from config.cache import REDIS_ERRORS
 from config.crypto import token_digest
 from config.db import rls
-from config.db.rows import columns_of, model_from_row
+from config.db.rows import columns_of, model_from_row, prepared_cursor
 from config.errors import ApplicationError
 
 API_KEY_PREFIX = "ck_"
@@ -114,7 +114,7 @@ def api_key_authenticate(*, raw_key: str) -> tuple[User, ApiKey]:
         raise ApiKeyRejected("Malformed API key: expected 'Authorization: Bearer ck_...'.")
     alias = rls.current_alias()
     digest = token_digest(raw_key)
-    with connections[alias].cursor() as cur:
+    with prepared_cursor(alias) as cur:
         cur.execute(_SIGNIN_SQL, [match.group(1), digest, match.group(1), digest])
         row = cur.fetchone()
     if row is None:

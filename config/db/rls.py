@@ -23,6 +23,8 @@ from django.db import connections, transaction
 from django.dispatch import Signal
 from django.urls import Resolver404, resolve
 
+from config.db.rows import prepared_cursor
+
 APP_ALIAS = "default"
 PRIVILEGED_ALIAS = "privileged"
 logger = logging.getLogger("confab.rls")
@@ -60,7 +62,7 @@ def context_set(*, user_id: UUID | str | None, using: str | None = None) -> None
     if not connection.in_atomic_block:
         # Outside a transaction a local setting would vanish with the statement.
         raise ContextError("The row-level security context needs an open transaction (transaction.atomic).")
-    with connection.cursor() as cur:
+    with prepared_cursor(connection.alias) as cur:
         cur.execute("SELECT set_config('app.user_id', %s, true)", [str(user_id) if user_id else ""])
 
 

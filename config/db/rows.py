@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import psycopg
 from django.db import connections
 
@@ -20,28 +23,38 @@ def model_from_row(model, alias: str, values):
 
 
 class _PreparedCursor(psycopg.Cursor):
-    """Binds on the server and prepares: the statement is planned once per connection."""
+    """Binds on the server and prepares: the statement is parsed and planned once per connection."""
 
     def execute(self, query, params=None, *, prepare=True, binary=None):
         return super().execute(query, params, prepare=prepare, binary=binary)
 
 
-def fetch_one_prepared(alias: str, sql: str, params) -> tuple | None:
-    """One row of a statement asked before every model call, prepared per connection so it is
-    not planned again each time (Django's cursors bind on the client and never prepare). Goes
-    through Django's cursor wrapper, so query logging and counting still see it."""
+@contextmanager
+def prepared_cursor(alias: str) -> Iterator:
+    """A cursor for a statement asked on every message, prepared per connection so PostgreSQL
+    does not parse, rewrite (row-level security) and plan it again each time. Django's cursors
+    bind on the client and never prepare. It goes through Django's cursor wrapper, so query
+    logging and counting still see it. With DATABASE_PREPARED_STATEMENTS off (a pooler that
+    cannot keep them), psycopg's prepare_threshold is None and nothing is prepared."""
     connection = connections[alias]
     connection.ensure_connection()
     with connection._prepare_cursor(_PreparedCursor(connection.connection)) as cur:
+        yield cur
+
+
+def fetch_one_prepared(alias: str, sql: str, params) -> tuple | None:
+    """One row of a prepared statement (see prepared_cursor)."""
+    with prepared_cursor(alias) as cur:
         cur.execute(sql, params)
         return cur.fetchone()
 
 
-def insert_rows(model, instances: list, *, before: tuple[str, list] | None = None) -> None:
+def insert_rows(model, instances: list, *, before: tuple[str, list] | None = None, prepared: bool = False) -> None:
     """INSERT the instances (defaults already set, as `Model()` sets them) in one VALUES
     statement. Django's bulk_create sends a few rows through UNNEST of typed arrays, whose
     adaptation cost the message path about 1 ms of Python for two rows. `before`, (sql, params)
-    of another write, runs in the same statement as a data-modifying WITH: one round trip."""
+    of another write, runs in the same statement as a data-modifying WITH: one round trip.
+    `prepared` for a statement of the same shape on every call (see prepared_cursor)."""
     connection = connections[_alias_for(model)]
     fields = [f for f in model._meta.concrete_fields]
     columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
@@ -50,7 +63,7 @@ def insert_rows(model, instances: list, *, before: tuple[str, list] | None = Non
     sql = f"INSERT INTO {connection.ops.quote_name(model._meta.db_table)} ({columns}) VALUES {', '.join([row] * len(instances))}"
     if before is not None:
         sql, params = f"WITH before AS ({before[0]}) {sql}", [*before[1], *params]
-    with connection.cursor() as cur:
+    with prepared_cursor(connection.alias) if prepared else connection.cursor() as cur:
         cur.execute(sql, params)
     for obj in instances:
         obj._state.adding, obj._state.db = False, connection.alias

@@ -94,6 +94,10 @@ if not DATABASE_URL:
 _db_urls = {"owner": DATABASE_URL, "default": env("DATABASE_APP_URL"), "privileged": env("DATABASE_WORKER_URL")}
 # Per alias and process. Django's pool (ASGI runs requests on many threads) needs CONN_MAX_AGE 0;
 # each connection is RESET ALL as it goes back to the pool (rls.pool_connection_reset).
+# The hot path's statements are prepared once per connection (config/db/rows.prepared_cursor);
+# Django binds the rest on the client, which never prepares, so the threshold is never reached.
+# Off (None) for a pooler in transaction mode that cannot keep prepared statements.
+DATABASE_PREPARE_THRESHOLD = 1_000_000 if env.bool("DATABASE_PREPARED_STATEMENTS", default=True) else None
 DATABASE_POOL_OPTIONS = {
     "min_size": env.int("DATABASE_POOL_MIN_SIZE", default=1),
     "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=8),
@@ -108,6 +112,7 @@ for _alias, _url in _db_urls.items():
         _db["HOST"] = _options.pop("host")  # a unix socket directory given as ?host=/dir
     # UTC as the session default, so RESET ALL on check-in restores it.
     _options["options"] = "-c timezone=UTC"
+    _options["prepare_threshold"] = DATABASE_PREPARE_THRESHOLD
     _options["pool"] = DATABASE_POOL_OPTIONS
     _db.update({"OPTIONS": _options, "CONN_MAX_AGE": 0, "CONN_HEALTH_CHECKS": True})
     DATABASES[_alias] = _db
