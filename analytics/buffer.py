@@ -20,9 +20,8 @@ from datetime import datetime
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DatabaseError, DataError, IntegrityError, connections, transaction
-from django_redis import get_redis_connection
 
-from config.cache import REDIS_ERRORS
+from config.cache import REDIS_ERRORS, redis_client
 from config.db import rls
 
 logger = logging.getLogger("confab.analytics.buffer")
@@ -105,10 +104,6 @@ class _Encoder(DjangoJSONEncoder):
         return o.isoformat() if isinstance(o, datetime) else super().default(o)
 
 
-def _redis():
-    return get_redis_connection("default")
-
-
 def buffer_push(kind: str, row: dict) -> None:
     """Queue one row; it must carry its uuid (the kind's key column) and created_at.
     While Redis is unreachable the row is written straight to PostgreSQL instead."""
@@ -117,7 +112,7 @@ def buffer_push(kind: str, row: dict) -> None:
         raise ValueError(f"A buffered {kind} row needs {spec.key_column} and created_at.")
     raw = json.dumps(row, cls=_Encoder)
     try:
-        _redis().rpush(buffer_key(kind), raw)
+        redis_client().rpush(buffer_key(kind), raw)
     except REDIS_ERRORS:
         _write_through(kind, raw)
 
@@ -135,7 +130,7 @@ def _write_through(kind: str, raw: str) -> None:
 
 
 def buffer_length(kind: str) -> int:
-    return _redis().llen(buffer_key(kind))
+    return redis_client().llen(buffer_key(kind))
 
 
 def _coerce(value, coercion: str):
@@ -212,7 +207,7 @@ def _insert_each(kind: str, rows: list[dict]) -> tuple[int, list[int]]:
 
 def _trim(kind: str, count: int, dead: list[bytes]) -> None:
     """Drop the batch off the head of the list (and keep its bad rows aside), atomically."""
-    pipe = _redis().pipeline(transaction=True)
+    pipe = redis_client().pipeline(transaction=True)
     if dead:
         pipe.rpush(dead_key(kind), *dead)
     pipe.ltrim(buffer_key(kind), count, -1)
@@ -227,7 +222,7 @@ def buffer_flush(kind: str, batch_size: int = 1000, *, max_rows: int = 100_000) 
     """
     if kind not in KINDS:
         raise ValueError(f"Unknown buffer kind '{kind}'.")
-    redis = _redis()
+    redis = redis_client()
     lock = redis.lock(f"analytics:buffer:lock:{kind}", timeout=LOCK_TIMEOUT)
     if not lock.acquire(blocking=False):
         return 0

@@ -23,9 +23,8 @@ from uuid import UUID
 
 from django.db import connections
 from django.utils import timezone
-from django_redis import get_redis_connection
 
-from config.cache import REDIS_ERRORS
+from config.cache import REDIS_ERRORS, redis_client, redis_script
 from config.db import rls
 from config.db.partitions import month_add, month_start
 
@@ -40,9 +39,14 @@ SETTLE_SECONDS = 1.0  # a drift still there after this is real, not an increment
 
 # Increment (or repair by a drift) only a counter that exists: a missing one is rebuilt whole from the database.
 _INCR_IF_EXISTS = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-for i = 1, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
-return 1
+local added = 0
+for k = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[k]) == 1 then
+    for i = 1, #ARGV, 2 do redis.call('HINCRBY', KEYS[k], ARGV[i], ARGV[i + 1]) end
+    added = added + 1
+  end
+end
+return added
 """
 # Write a rebuilt counter unless another process already has.
 _SET_IF_MISSING = """
@@ -69,10 +73,6 @@ class Usage:
         return {name: getattr(self, name) for name in FIELDS}
 
 
-def _redis():
-    return get_redis_connection("default")
-
-
 def month_of(moment: datetime | None = None) -> date:
     return month_start((moment or timezone.now()).astimezone(UTC).date())
 
@@ -95,7 +95,7 @@ def counters_drop_unsure(client=None) -> None:
     if not _unsure:
         return
     keys = list(_unsure)
-    (client or _redis()).delete(*keys)
+    (client or redis_client()).delete(*keys)
     _unsure.difference_update(keys)
     logger.info("usage counters dropped after a lost increment, rebuilt from the ledger on next read: %s", keys)
 
@@ -107,11 +107,8 @@ def counters_increment(*, organization_id, user_id, month: date, usage: Usage) -
     args = [x for pair in usage.as_fields().items() for x in pair]
     keys = [counter_key(scope, owner, month) for scope, owner in (("org", organization_id), ("user", user_id))]
     try:
-        client = _redis()
-        counters_drop_unsure(client)
-        script = client.register_script(_INCR_IF_EXISTS)
-        for key in keys:
-            script(keys=[key], args=args)
+        counters_drop_unsure(redis_client())
+        redis_script(_INCR_IF_EXISTS)(keys=keys, args=args)  # both counters, one round trip
     except REDIS_ERRORS:
         _unsure.update(keys)
         logger.exception(
@@ -188,7 +185,7 @@ def counters_read(*, scope: str, owner_id, month: date | None = None) -> Usage:
     month = month or month_of()
     key = counter_key(scope, owner_id, month)
     try:
-        client = _redis()
+        client = redis_client()
         counters_drop_unsure(client)
         raw = client.hgetall(key)
     except REDIS_ERRORS:
@@ -199,7 +196,7 @@ def counters_read(*, scope: str, owner_id, month: date | None = None) -> Usage:
     usage = usage_from_database(scope=scope, owner_id=owner_id, month=month)
     args = [TTL_SECONDS, *[x for pair in usage.as_fields().items() for x in pair]]
     try:
-        stored = _redis().register_script(_SET_IF_MISSING)(keys=[key], args=args)
+        stored = redis_script(_SET_IF_MISSING)(keys=[key], args=args)
     except REDIS_ERRORS:
         return usage  # Redis went away between the read and the write: the ledger's answer stands
     return _parse(stored)
@@ -231,7 +228,7 @@ def counters_reconcile(*, month: date | None = None) -> list[dict]:
     while this runs are kept. A call between its ledger commit and its increment shows as a
     passing drift, so only a drift seen twice, SETTLE_SECONDS apart, is repaired."""
     month = month or month_of()
-    client = _redis()
+    client = redis_client()
     keys = {}
     for key in client.scan_iter(match=f"{KEY_PREFIX}:{month:%Y%m}:*", count=500):
         key = key.decode() if isinstance(key, bytes) else key
@@ -245,7 +242,7 @@ def counters_reconcile(*, month: date | None = None) -> list[dict]:
         return []
     time.sleep(SETTLE_SECONDS)
     second = _drifts(client, month, {key: keys[key] for key in first})
-    add = client.register_script(_INCR_IF_EXISTS)
+    add = redis_script(_INCR_IF_EXISTS)
     repaired = []
     for key, (live, truth, delta) in second.items():
         if delta != first[key][2]:

@@ -11,12 +11,12 @@ from django.conf import settings
 from django.db import IntegrityError
 from django.db.models import Q
 from django.utils import timezone
-from django_redis import get_redis_connection
 
 from accounts.models import Organization, User
 from analytics import counters
 from billing import selectors
 from billing.models import CURRENT_STATUSES, Plan, Subscription
+from config.cache import redis_client, redis_script
 from config.db import rls
 from config.errors import ApplicationError, ForbiddenError, PlanRefused, QuotaExceeded, RateLimited
 
@@ -236,16 +236,6 @@ def _rate_refusal(plan: Plan, wait_ms: int, by_key: bool) -> RateLimited:
     )
 
 
-_script_cache: dict[tuple[int, int], object] = {}
-
-
-def _script(client, source: str):
-    script = _script_cache.get((id(client), id(source)))
-    if script is None:
-        script = _script_cache[(id(client), id(source))] = client.register_script(source)
-    return script
-
-
 def rate_key(scope: str, owner_id) -> str:
     return f"{RATE_KEY_PREFIX}:{scope}:{owner_id}"
 
@@ -260,7 +250,7 @@ _STATE = ("tokens", "messages", "cost_units", "held_tokens", "held_cost_units", 
 
 
 def _decide_in_redis(*, plan: Plan, organization_id, api_key_id, tokens: int, cost: int, month: date, reservation: str) -> tuple[str, list]:
-    client = get_redis_connection("default")
+    client = redis_client()
     counters.counters_drop_unsure(client)
     held, due, every_due, prefix = _reservation_keys(organization_id, month)
     keys = [counters.counter_key("org", organization_id, month), held, due, every_due, rate_key("org", organization_id)]
@@ -270,7 +260,7 @@ def _decide_in_redis(*, plan: Plan, organization_id, api_key_id, tokens: int, co
     rpm = -1 if plan.requests_per_minute is None else plan.requests_per_minute
     timeout_ms = settings.ENTITLEMENT_RESERVATION_TIMEOUT * 1000
     args = [*limits, _spend_limit(plan), tokens, cost, rpm, RATE_WINDOW_MS, reservation, timeout_ms, prefix]
-    script = _script(client, ENTITLEMENT_SCRIPT)
+    script = redis_script(ENTITLEMENT_SCRIPT)
     answer = script(keys=keys, args=args)
     if answer[0] in (b"missing", "missing"):
         counters.counters_read(scope="org", owner_id=organization_id, month=month)  # rebuilt from the database
@@ -370,9 +360,9 @@ def reservation_settle(*, organization_id, reservation: str | None, month: date)
         return False
     held, due, every_due, prefix = _reservation_keys(organization_id, month)
     try:
-        client = get_redis_connection("default")
+        client = redis_client()
         counters.counters_drop_unsure(client)  # a lost increment's counter goes before the reservation covering it
-        return bool(_script(client, SETTLE_SCRIPT)(keys=[held, due, every_due], args=[prefix, reservation]))
+        return bool(redis_script(SETTLE_SCRIPT)(keys=[held, due, every_due], args=[prefix, reservation]))
     except selectors.REDIS_ERRORS as exc:
         logger.warning("reservation %s of %s not settled (Redis unreachable: %s); it expires instead", reservation, organization_id, exc)
         return False
@@ -383,7 +373,7 @@ def reservations_expire() -> int:
     connection): their calls may or may not have been counted, so each organization-month's
     counter is dropped and rebuilt from the ledger at its next check. Returns how many."""
     try:
-        client = get_redis_connection("default")
+        client = redis_client()
         seconds, micros = client.time()
         due = client.zrangebyscore(RESERVATIONS_DUE_KEY, "-inf", seconds * 1000 + micros // 1000)
     except selectors.REDIS_ERRORS as exc:
@@ -399,7 +389,7 @@ def reservations_expire() -> int:
         month = date(int(month_text[:4]), int(month_text[4:]), 1)
         held, due_key, every_due, prefix = _reservation_keys(organization_id, month)
         counter = counters.counter_key("org", organization_id, month)
-        released += _script(client, EXPIRE_SCRIPT)(keys=[held, due_key, every_due, counter], args=[prefix, *reservations])
+        released += redis_script(EXPIRE_SCRIPT)(keys=[held, due_key, every_due, counter], args=[prefix, *reservations])
     if released:
         logger.warning("%d reservation(s) expired unsettled and released", released)
     return released

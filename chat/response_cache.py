@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.conf import settings
-from django_redis import get_redis_connection
 
 from chat.providers import ChatRequest, Usage
-from config.cache import REDIS_ERRORS
+from config.cache import REDIS_ERRORS, redis_client
 from config.errors import ApplicationError
 
 logger = logging.getLogger("confab.chat.cache")
@@ -72,7 +71,7 @@ def cache_key(*, organization_id, provider: str, request: ChatRequest) -> str:
 
 def cached_reply_get(key: str) -> CachedReply | None:
     try:
-        raw = get_redis_connection("default").get(key)
+        raw = redis_client().get(key)
     except REDIS_ERRORS as exc:
         logger.warning("response cache skipped (Redis unreachable: %s)", exc)
         return None
@@ -85,6 +84,6 @@ def cached_reply_get(key: str) -> CachedReply | None:
 def cached_reply_put(key: str, *, text: str, usage: Usage, cost: Decimal) -> None:
     entry = {"text": text, "usage": usage.classes(), "cost": str(cost)}
     try:
-        get_redis_connection("default").set(key, json.dumps(entry), ex=settings.CHAT_RESPONSE_CACHE_TTL)
+        redis_client().set(key, json.dumps(entry), ex=settings.CHAT_RESPONSE_CACHE_TTL)
     except REDIS_ERRORS as exc:
         logger.warning("reply not cached (Redis unreachable: %s)", exc)

@@ -8,8 +8,9 @@ from django.db import connections
 from django.http import JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
-from django_redis import get_redis_connection
 from kombu import Connection
+
+from config.cache import redis_client
 
 CHECK_TIMEOUT_SECONDS = 2
 
@@ -20,7 +21,7 @@ def _postgres() -> None:
 
 
 def _redis() -> None:
-    get_redis_connection("default").ping()
+    redis_client().ping()
 
 
 def _celery_broker() -> None:

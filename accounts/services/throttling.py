@@ -16,11 +16,10 @@ import threading
 import time
 
 from django.conf import settings
-from django_redis import get_redis_connection
 
 from accounts.errors import LoginThrottled, PasswordResetThrottled
 from accounts.models import User
-from config.cache import REDIS_ERRORS
+from config.cache import REDIS_ERRORS, redis_client, redis_script
 from config.crypto import token_digest
 
 logger = logging.getLogger("confab.accounts.throttling")
@@ -104,11 +103,10 @@ def _counts(names_subjects: list[tuple[str, str]], *, hit: bool, unless_over: bo
     limits = [settings.THROTTLES[name][0] for name, _ in names_subjects]
     windows = [settings.THROTTLES[name][1] for name, _ in names_subjects]
     try:
-        client = get_redis_connection("default")
         if hit:
-            raw = client.register_script(_HIT)(keys=keys, args=[*windows, *limits, "1" if unless_over else "0"])
+            raw = redis_script(_HIT)(keys=keys, args=[*windows, *limits, "1" if unless_over else "0"])
         else:
-            raw = client.register_script(_PEEK)(keys=keys)
+            raw = redis_script(_PEEK)(keys=keys)
         counts = [(int(raw[2 * i]), int(raw[2 * i + 1]) if int(raw[2 * i + 1]) > 0 else window) for i, window in enumerate(windows)]
     except REDIS_ERRORS as exc:
         logger.warning("Redis unreachable (%s); throttles count per process", type(exc).__name__)
@@ -145,7 +143,7 @@ def login_failures_clear(*, email: str, ip: str | None) -> None:
     """A successful sign-in clears its own (email, IP) count; the IP and per-email ceilings run out."""
     key = f"{KEY_PREFIX}:login_email_ip:{_email_digest(email)}:{_ip_bucket(ip)}"
     try:
-        get_redis_connection("default").delete(key)
+        redis_client().delete(key)
     except REDIS_ERRORS:
         pass  # nothing to clear in Redis while it is down
     with _local_lock:
