@@ -5,11 +5,14 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from config import health, views
 from config.api.views import ApiRootView
 
-api_v1 = [path("", ApiRootView.as_view(), name="api-root"), path("", include("accounts.api_urls")), path("", include("analytics.api_urls"))]
-api_v1 += [path("", include("billing.api_urls"))]
-api_v1 += [path("", include("chat.api_urls"))]
+# Django's resolver tries patterns in order, and each include that does not match raises and
+# lists every pattern it tried: the message path, asked on every call, goes first.
+api_v1 = [path("", include("chat.api_urls")), path("", ApiRootView.as_view(), name="api-root")]
+api_v1 += [path("", include("accounts.api_urls")), path("", include("analytics.api_urls")), path("", include("billing.api_urls"))]
 
 urlpatterns = [
+    path("api/v1/", include(api_v1)),
+    path("v1/", include("chat.gateway_urls")),  # the OpenAI-compatible gateway (chat/gateway.py)
     path("", views.home, name="home"),
     path("health/live", health.live, name="health-live"),
     path("health/ready", health.ready, name="health-ready"),
@@ -20,8 +23,6 @@ urlpatterns = [
     path("billing/", include("billing.urls")),
     path("chat/", include("chat.urls")),
     path("s/", include("chat.share_urls")),
-    path("api/v1/", include(api_v1)),
-    path("v1/", include("chat.gateway_urls")),  # the OpenAI-compatible gateway (chat/gateway.py)
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     # The split view serves its start-up script as a file: no inline script for the CSP to refuse.
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema", template_name="api/swagger_ui.html"), name="swagger-ui"),
