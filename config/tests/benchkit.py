@@ -97,6 +97,30 @@ def serving_cpu_seconds(server_pid: int) -> dict[str, float]:
 
 
 @contextlib.contextmanager
+def statements_tracked(requests: int) -> Iterator[list[tuple]]:
+    """PostgreSQL's own cost of each statement run at least requests/2 times during the block, per
+    request: (calls, times planned, planning ms, execution ms, statement), most costly first.
+    Yields an empty list, filled after the block; stays empty unless the embedded server was
+    started with EMBEDDED_PG_STAT_STATEMENTS=1 (the library must be loaded at start)."""
+    import psycopg
+
+    found: list[tuple] = []
+    admin = os.environ.get("DATABASE_ADMIN_URL")
+    with psycopg.connect(admin, autocommit=True) if admin else contextlib.nullcontext() as conn:
+        loaded = conn is not None and "pg_stat_statements" in conn.execute("SHOW shared_preload_libraries").fetchone()[0]
+        if loaded:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            conn.execute("SELECT pg_stat_statements_reset()")
+        yield found
+        if loaded:
+            found += conn.execute(
+                "SELECT calls, plans, total_plan_time / %(n)s, total_exec_time / %(n)s, regexp_replace(query, '\\s+', ' ', 'g') "
+                "FROM pg_stat_statements WHERE calls >= %(n)s / 2 ORDER BY total_plan_time + total_exec_time DESC",
+                {"n": requests},
+            ).fetchall()
+
+
+@contextlib.contextmanager
 def profiled(server_pid: int, directory: str | None, name: str) -> Iterator[list[str]]:
     """py-spy (GIL samples, raw stacks) on each worker of the server while the block runs, written
     to directory/name-<pid>.txt; nothing without a directory. Yields the files' paths."""
