@@ -93,6 +93,19 @@ load average 4):
   conversation and history with plain SQL: ours 13.39 ms (server 8.82, PostgreSQL 4.33, Redis
   0.23) and 116.8 req/s, Django's handler 15.10 ms and 109.7 req/s, WSGI 13.16 ms and 104.0
   req/s; bare view 1.37 / 2.41 / 1.29 ms. Still 58 req/s per core against the goal's 150.
+
+Findings (2026-11-30, fourth session; load average 4-5 from other work):
+- Django sets psycopg's prepare_threshold to None, so nothing was ever prepared, and PostgreSQL
+  planned every statement of every send: with EMBEDDED_PG_STAT_STATEMENTS=1, planning was 1.6 ms
+  of the metered POST's 4.05 ms in PostgreSQL statements. Prepared per connection
+  (config/db/rows.prepared_cursor), planning is under 0.2 ms and the statements take 2.2 ms.
+- get_redis_connection() built a new Redis client on every request (Django's cache handler is
+  local to each request's context under ASGI); config/cache.redis_client() is one per process.
+- After both, ASGI only: 142.6 req/s, 11.49 ms (server 8.25, PostgreSQL 3.05, Redis 0.19). All
+  three servers in one run: ours 127.1 req/s and 12.77 ms (server 9.25, PostgreSQL 3.30),
+  Django's handler 86.5 req/s and 15.58 ms, WSGI 127.1 req/s and 10.57 ms; bare view 1.62 /
+  3.10 / 1.75 ms. Per core-second of the web server alone: 108 / 85 / 127. The goal's 150 is not
+  met on either count.
 """
 
 from __future__ import annotations
