@@ -232,6 +232,8 @@ class Reply:
 # The send's two reads as plain SQL: through the ORM (query building, model instances) they were
 # 14% of a metered POST's GIL samples under py-spy, about 3% as plain SQL (docs/performance.md).
 # Both run under the caller's row-level security context, as the ORM's queries did.
+# The history is not merged into the locking read: a statement's snapshot is taken when it starts,
+# so a send that waited for the lock would miss what the holder committed meanwhile.
 _HISTORY_SQL = (
     f"SELECT role, content FROM {Message._meta.db_table} WHERE conversation_id = %s AND user_id = %s "
     f"AND NOT (role = '{Message.Role.ASSISTANT}' AND content = '') AND status <> '{Status.FAILED}' ORDER BY sequence"

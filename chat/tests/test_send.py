@@ -273,6 +273,41 @@ def test_concurrent_sends_to_one_conversation_keep_sequence_order(alice, plans):
     assert len(ledger()) == 5
 
 
+def test_a_send_that_waited_for_the_conversation_sends_the_history_committed_meanwhile(alice):
+    """A send waiting on the conversation's lock must see what the holder committed. The history is
+    read in a statement of its own after the lock: a statement's snapshot is taken when it
+    starts, so a history read inside the locking statement would miss these messages."""
+    conversation = services.message_send(user=alice, content="start").conversation  # 1 + 3 words
+    replies = []
+
+    def send():
+        try:
+            replies.append(services.message_send(user=alice, content="final", conversation_id=conversation.pk).message)
+        finally:
+            connections.close_all()
+
+    with rls.privileged(reason="test: another send holds the conversation"):
+        held = Conversation.objects.select_for_update().get(pk=conversation.pk)
+        waiter = threading.Thread(target=send)
+        waiter.start()
+        with connections[rls.PRIVILEGED_ALIAS].cursor() as cur:
+            for _ in range(500):  # until the send waits on the row lock
+                cur.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
+                if cur.fetchone()[0]:
+                    break
+                threading.Event().wait(0.01)
+            else:
+                pytest.fail("the send never waited for the conversation's lock")
+        for sequence, role, content in ((3, "user", "alpha beta gamma"), (4, "assistant", "delta epsilon")):
+            Message.objects.create(conversation=held, user_id=alice.pk, sequence=sequence, role=role, content=content, status="complete")
+        Conversation.objects.filter(pk=held.pk).update(message_count=4)
+    waiter.join(10)
+
+    [reply] = replies
+    assert reply.sequence == 6
+    assert reply.input_tokens == 1 + 3 + 3 + 2 + 1  # start, its reply, the two committed meanwhile, final
+
+
 def test_another_users_conversation_cannot_be_sent_to(alice):
     conversation = services.message_send(user=alice, content="mine").conversation
     bob = make_user(email="bob@example.com")
