@@ -58,3 +58,19 @@ def test_with_prepared_statements_off_nothing_is_prepared(monkeypatch):
         with rls.atomic_as(alice.pk):
             assert fetch_one_prepared("default", _USER_SQL, [alice.pk]) == (alice.pk,)
     assert _prepared("SELECT id FROM accounts_user WHERE id = $1") == []
+
+
+def test_after_a_rolled_back_transaction_the_statement_is_prepared_again():
+    """psycopg forgets a connection's prepared statements at any rollback (a refused send rolls
+    back) and deallocates them on the server; the next use prepares the statement again."""
+    alice = make_user()
+    with rls.atomic_as(alice.pk):
+        assert fetch_one_prepared("default", _USER_SQL, [alice.pk]) == (alice.pk,)
+    assert len(_prepared("SELECT id FROM accounts_user WHERE id = $1")) == 1
+    with pytest.raises(ZeroDivisionError), rls.atomic_as(alice.pk):
+        fetch_one_prepared("default", _USER_SQL, [alice.pk])
+        1 / 0  # a refusal: the transaction rolls back
+    with rls.atomic_as(alice.pk):
+        assert fetch_one_prepared("default", _USER_SQL, [alice.pk]) == (alice.pk,)
+    [(generic, custom)] = _prepared("SELECT id FROM accounts_user WHERE id = $1")
+    assert generic + custom == 1  # prepared anew after the rollback: one execution since
