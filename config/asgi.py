@@ -10,6 +10,7 @@ from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.http import FileResponse, HttpResponse, JsonResponse
 from django.urls import set_script_prefix
 
+from config.collector import garbage_collector_tune
 from config.threads import request_thread
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.production")
@@ -135,3 +136,4 @@ def _too_large(path: str, limit: int) -> HttpResponse:
 
 django.setup(set_prefix=False)
 application = OneHopASGIHandler()
+garbage_collector_tune()
