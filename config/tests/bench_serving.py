@@ -114,6 +114,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 
 import pytest
@@ -243,19 +244,21 @@ def test_serving_throughput_and_latency():
         _key, secret = api_key_create(user=user, name="bench", scopes=["usage:read", "chat:read", "chat:write"])
     rows, figures, cores = [], {}, os.cpu_count()
     for server, how in _servers().items():
-        with served(workers=WORKERS, wsgi=how.wsgi, app=how.app, **SERVER_ENV) as base:
+        gc_dir = tempfile.mkdtemp(prefix="confab-gc-")  # each worker's collector time (config/collector.py)
+        with served(workers=WORKERS, wsgi=how.wsgi, app=how.app, GC_STATS_DIR=gc_dir, **SERVER_ENV) as base:
             for target in _targets():
                 urls = _urls(base, target, user)
                 profile_dir = os.environ.get("BENCH_SERVING_PROFILE_DIR") if target.name == METERED else None
                 with bk.profiled(base.pid, profile_dir, _slug(server)) as profiles, bk.statements_tracked(REQUESTS + WARMUP) as statements:
-                    cpu_before = bk.serving_cpu_seconds(base.pid)
+                    cpu_before, gc_before = bk.serving_cpu_seconds(base.pid), bk.collector_seconds(gc_dir)
                     result = _load(urls, target, secret)
-                    cpu_after = bk.serving_cpu_seconds(base.pid)
+                    cpu_after, gc_after = bk.serving_cpu_seconds(base.pid), bk.collector_seconds(gc_dir)
                 if profiles:
                     shares = bk.profile_shares(profiles, PROFILED_FRAMES)
                     bk.say(f"   {server}, metered POST, share of GIL samples: " + ", ".join(f"{f} {v:.0%}" for f, v in shares.items()))
                 if statements and target.name == METERED:
                     _statements_say(server, statements)
+                collector_share = (gc_after[0] - gc_before[0]) / max(gc_after[1] - gc_before[1], 1e-9)
                 # Warm-up requests included: the load process sends them in the same run.
                 cpu_parts = {part: (cpu_after[part] - cpu_before[part]) * 1000 / (REQUESTS + WARMUP) for part in cpu_after}
                 cpu_ms = sum(cpu_parts.values())
@@ -270,6 +273,7 @@ def test_serving_throughput_and_latency():
                     "serving_cpu_ms_per_request": cpu_ms,
                     "serving_cpu_ms_per_request_by_part": cpu_parts,
                     "requests_per_serving_core_s": 1000 / cpu_ms,
+                    "garbage_collector_share_of_workers_cpu": collector_share,
                 }
                 assert ok == REQUESTS, f"{server}, {target.name}: {result['statuses']}"
     bk.say(
@@ -296,6 +300,7 @@ def test_serving_throughput_and_latency():
         bk.say(
             f"   {server}: {1000 / server_ms:.0f} metered requests per core-second of the web server alone (PostgreSQL and Redis not counted)"
         )
+        bk.say(f"   {server}: Python's garbage collector took {metered['garbage_collector_share_of_workers_cpu']:.1%} of the workers' CPU")
     bk.say("   goal (issue #10): >= 150 req/s per core with full metering, <= 5 ms p50 added over the bare view")
     bk.say(f"   machine: {bk.machine()}")
     bk.report_write("serving", {"workers": WORKERS, "concurrency": CONCURRENCY, "requests": REQUESTS, "targets": figures})

@@ -96,6 +96,17 @@ def serving_cpu_seconds(server_pid: int) -> dict[str, float]:
     return {"server": _tree_cpu(psutil.Process(server_pid)), "postgresql": _tree_cpu(postmaster), "redis": redis}
 
 
+def collector_seconds(directory: str | None) -> tuple[float, float]:
+    """(collector, process) CPU seconds so far, summed over the web workers that write them to
+    `directory` (GC_STATS_DIR, config/collector.py); zeros without one."""
+    collector = process = 0.0
+    for path in Path(directory).glob("*.json") if directory else ():
+        figures = json.loads(path.read_text() or "{}")
+        collector += figures.get("collector_s", 0.0)
+        process += figures.get("process_s", 0.0)
+    return collector, process
+
+
 @contextlib.contextmanager
 def statements_tracked(requests: int) -> Iterator[list[tuple]]:
     """PostgreSQL's own cost of each statement run at least requests/2 times during the block, per
