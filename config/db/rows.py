@@ -28,6 +28,12 @@ class _PreparedCursor(psycopg.Cursor):
     def execute(self, query, params=None, *, prepare=True, binary=None):
         return super().execute(query, params, prepare=prepare, binary=binary)
 
+    def _send_query_prepared(self, name, pgq, *, binary=None):
+        # psycopg keeps the query it ran only when it did not prepare it; Django's query log
+        # (DEBUG, CaptureQueriesContext, the debug toolbar) reads it from there, and logged None.
+        self._query = pgq
+        super()._send_query_prepared(name, pgq, binary=binary)
+
 
 @contextmanager
 def prepared_cursor(alias: str) -> Iterator:

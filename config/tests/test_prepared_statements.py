@@ -3,6 +3,7 @@ connection, and still under row-level security once PostgreSQL has cached a gene
 
 import pytest
 from django.db import connections
+from django.test.utils import CaptureQueriesContext
 
 from accounts.tests.factories import make_user
 from config.db import rls
@@ -74,3 +75,14 @@ def test_after_a_rolled_back_transaction_the_statement_is_prepared_again():
         assert fetch_one_prepared("default", _USER_SQL, [alice.pk]) == (alice.pk,)
     [(generic, custom)] = _prepared("SELECT id FROM accounts_user WHERE id = $1")
     assert generic + custom == 1  # prepared anew after the rollback: one execution since
+
+
+def test_djangos_query_log_shows_a_prepared_statement():
+    """DEBUG's query log, CaptureQueriesContext and the debug toolbar read what the cursor ran."""
+    alice = make_user()
+    with CaptureQueriesContext(connections["default"]) as log:
+        for _ in range(2):  # prepared at the first, executed by name at the second
+            with rls.atomic_as(alice.pk):
+                fetch_one_prepared("default", _USER_SQL, [alice.pk])
+    statements = [query["sql"] for query in log.captured_queries]
+    assert statements.count("SELECT id FROM accounts_user WHERE id = $1") == 2, statements
