@@ -15,8 +15,8 @@ _scripts: dict[str, object] = {}
 def redis_client():
     """The process's raw Redis client for the `default` cache. Django's cache handler is local to
     each request's context under ASGI, so get_redis_connection() built a new client on every
-    request (a quarter of a millisecond each on the message path), and a script registered on
-    it was kept with it. The client is thread-safe, and its pool reconnects after a fork or an
+    request (2.6% of the metered POST's GIL samples in one call), and billing kept a script
+    registered on each. The client is thread-safe, and its pool reconnects after a fork or an
     outage by itself."""
     client = _clients.get("default")
     if client is None:
