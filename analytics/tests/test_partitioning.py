@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import uuid
 from datetime import date
 
@@ -119,4 +120,12 @@ def test_migrate_from_zero_ignores_tables_registered_after_the_migrations(tmp_pa
         assert _schema(**{**admin, "dbname": fresh}) == _schema(**admin)
     finally:
         with psycopg.connect(**admin) as conn:
+            # The migrate process has exited, but a backend of its pool (the app or worker role,
+            # which this owner may not terminate) can outlive it for a moment: wait it out.
+            deadline = time.monotonic() + 30
+            while (
+                time.monotonic() < deadline
+                and conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", [fresh]).fetchone()[0]
+            ):
+                time.sleep(0.1)
             conn.execute(f'DROP DATABASE IF EXISTS "{fresh}" WITH (FORCE)')
