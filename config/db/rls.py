@@ -12,16 +12,19 @@ access is audited. Scheduled system jobs pass `audited=False`: they are logged, 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from uuid import UUID
 
+import psycopg
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY
 from django.db import connections, transaction
 from django.dispatch import Signal
 from django.urls import Resolver404, resolve
+from psycopg.pq import ExecStatus, TransactionStatus
 
 from config.db.rows import prepared_cursor
 
@@ -62,8 +65,38 @@ def context_set(*, user_id: UUID | str | None, using: str | None = None) -> None
     if not connection.in_atomic_block:
         # Outside a transaction a local setting would vanish with the statement.
         raise ContextError("The row-level security context needs an open transaction (transaction.atomic).")
-    with prepared_cursor(connection.alias) as cur:
-        cur.execute("SELECT set_config('app.user_id', %s, true)", [str(user_id) if user_id else ""])
+    value = str(user_id) if user_id else ""
+    if not _begun_with_context(connection, value):
+        with prepared_cursor(connection.alias) as cur:
+            cur.execute("SELECT set_config('app.user_id', %s, true)", [value])
+
+
+def _begun_with_context(connection, value: str) -> bool:
+    """Start the transaction and set its context in one round trip, when nothing has started it on
+    the server yet: psycopg would send BEGIN on its own first, and each round trip costs the web
+    server's CPU (docs/performance.md). One simple-protocol string, so no parameters: the value is
+    a UUID, checked here, or empty. libpq returns the last result, or the first error, which is
+    raised here and rolls the transaction back with its atomic block. False when the transaction
+    has begun, or the value is not a UUID: the caller sets it with a bound parameter instead."""
+    raw = connection.connection
+    if raw is None or raw.autocommit or raw.pgconn.transaction_status != TransactionStatus.IDLE:
+        return False
+    if raw.isolation_level is not None or raw.read_only is not None or raw.deferrable is not None:
+        return False  # psycopg's BEGIN would carry these; ours does not
+    if value:
+        try:
+            value = str(UUID(value))
+        except ValueError:
+            return False
+    sql = f"SELECT set_config('app.user_id', '{value}', true)"
+    started = time.monotonic()
+    with connection.wrap_database_errors:
+        result = raw.pgconn.exec_(f"BEGIN; {sql}".encode())
+        if result.status != ExecStatus.TUPLES_OK:
+            raise psycopg.errors.error_from_result(result, encoding=raw.info.encoding)
+    if connection.queries_logged:  # as a cursor would log it (DEBUG, CaptureQueriesContext); Django logged BEGIN
+        connection.queries_log.append({"sql": sql, "time": f"{time.monotonic() - started:.3f}"})
+    return True
 
 
 def context_clear(*, using: str | None = None) -> None:

@@ -114,7 +114,8 @@ for _alias, _url in _db_urls.items():
     _options["options"] = "-c timezone=UTC"
     _options["prepare_threshold"] = DATABASE_PREPARE_THRESHOLD
     _options["pool"] = DATABASE_POOL_OPTIONS
-    _db.update({"OPTIONS": _options, "CONN_MAX_AGE": 0, "CONN_HEALTH_CHECKS": True})
+    # Django's backend, except that the pool pings only connections idle a while (config/db/backend).
+    _db.update({"ENGINE": "config.db.backend", "OPTIONS": _options, "CONN_MAX_AGE": 0, "CONN_HEALTH_CHECKS": True})
     DATABASES[_alias] = _db
 DATABASE_ROUTERS = ["config.db.routers.PrivilegedRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -7,7 +7,9 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import DatabaseError, connections, transaction
 from django.http import StreamingHttpResponse
+from django.test.utils import CaptureQueriesContext
 from django.urls import path
+from psycopg.pq import TransactionStatus
 
 from accounts.models import Membership, Organization, User
 from accounts.tests.factories import PASSWORD, make_user
@@ -220,3 +222,35 @@ def test_rls_audit_fails_when_the_app_role_has_a_grant_on_a_partition():
     finally:
         with connections["owner"].cursor() as cur:
             cur.execute("DROP TABLE audit_parted")
+
+
+def test_the_context_goes_with_begin_in_one_round_trip_and_hides_other_users_rows(two_users):
+    alice, bob = two_users
+    connection = connections["default"]
+    with CaptureQueriesContext(connection) as captured, rls.atomic_as(alice.pk):
+        # Nothing else ran in this transaction: BEGIN and the context went together.
+        assert connection.connection.pgconn.transaction_status == TransactionStatus.INTRANS
+        assert list(User.objects.values_list("pk", flat=True)) == [alice.pk]
+    # Django logs the BEGIN it asked for; the context sent with it is logged with its value inline.
+    assert [q["sql"] for q in captured.captured_queries[:2]] == ["BEGIN", f"SELECT set_config('app.user_id', '{alice.pk}', true)"]
+    with rls.atomic_as(bob.pk):  # the next transaction on the same connection: Bob's context only
+        assert list(User.objects.values_list("pk", flat=True)) == [bob.pk]
+    with transaction.atomic(using="default"):
+        assert not User.objects.exists()  # and none after it: the context ended with its transaction
+
+
+def test_a_context_set_after_the_transaction_began_is_bound_as_a_parameter(two_users):
+    alice, bob = two_users
+    connection = connections["default"]
+    with CaptureQueriesContext(connection) as captured, rls.atomic_as(alice.pk):
+        rls.context_set(user_id=bob.pk)  # as API-key authentication does inside a request's transaction
+        assert list(User.objects.values_list("pk", flat=True)) == [bob.pk]
+    assert [q["sql"] for q in captured.captured_queries[1:3]] == [
+        f"SELECT set_config('app.user_id', '{alice.pk}', true)",  # with BEGIN
+        "SELECT set_config('app.user_id', $1, true)",  # bound: the transaction had begun
+    ]
+    with CaptureQueriesContext(connection) as captured, transaction.atomic(using="default"):
+        rls.context_set(user_id="'); RESET ALL; --")  # not a UUID: never spliced into the SQL
+        with pytest.raises(DatabaseError):
+            User.objects.exists()  # the policies cannot read it as a user id
+    assert [q["sql"] for q in captured.captured_queries[:2]] == ["BEGIN", "SELECT set_config('app.user_id', $1, true)"]
