@@ -41,24 +41,44 @@ def plan_free() -> Plan:
 
 
 # Asked before every model call: one statement, no ORM compilation (the plan comes joined).
+_CURRENT_STATUSES_SQL = ", ".join(repr(s) for s in CURRENT_STATUSES)
 _CURRENT_SQL = (
     f"SELECT {columns_of(Subscription, 's')}, {columns_of(Plan, 'p')} "
     "FROM billing_subscription s JOIN billing_plan p ON p.id = s.plan_id "
-    f"WHERE s.organization_id = %s AND s.status IN ({', '.join(repr(s) for s in CURRENT_STATUSES)})"
+    f"WHERE s.organization_id = %s AND s.status IN ({_CURRENT_STATUSES_SQL})"
 )
+# Not read yet: entitlement_check reads it (None means the caller cannot see one).
+SUBSCRIPTION_UNREAD = object()
+
+
+def subscription_current_joined(organization_column: str) -> tuple[str, str]:
+    """(columns, joins) that add the current subscription of `organization_column`'s
+    organization, with its plan, to another statement's row: the send reads it with the
+    conversation it locks, one round trip fewer per message. `subscription_from_row` reads
+    the columns back, in the order given."""
+    columns = f"{columns_of(Subscription, 'cur_s')}, {columns_of(Plan, 'cur_p')}"
+    joins = (
+        f"LEFT JOIN billing_subscription cur_s ON cur_s.organization_id = {organization_column} "
+        f"AND cur_s.status IN ({_CURRENT_STATUSES_SQL}) LEFT JOIN billing_plan cur_p ON cur_p.id = cur_s.plan_id"
+    )
+    return columns, joins
+
+
+def subscription_from_row(alias: str, row) -> Subscription | None:
+    """The subscription with its plan from the columns of _CURRENT_SQL or subscription_current_joined."""
+    if row is None or row[0] is None:
+        return None
+    split = len(Subscription._meta.concrete_fields)
+    subscription = model_from_row(Subscription, alias, row[:split])
+    subscription.plan = model_from_row(Plan, alias, row[split:])
+    return subscription
 
 
 def subscription_current(*, organization_id) -> Subscription | None:
     """The organization's one current subscription with its plan, or None when the
     context cannot see it (the caller is not a member)."""
     alias = rls.current_alias()
-    row = fetch_one_prepared(alias, _CURRENT_SQL, [organization_id])
-    if row is None:
-        return None
-    split = len(Subscription._meta.concrete_fields)
-    subscription = model_from_row(Subscription, alias, row[:split])
-    subscription.plan = model_from_row(Plan, alias, row[split:])
-    return subscription
+    return subscription_from_row(alias, fetch_one_prepared(alias, _CURRENT_SQL, [organization_id]))
 
 
 def subscription_history(*, organization_id) -> QuerySet[Subscription]:

@@ -291,6 +291,7 @@ def entitlement_check(
     max_cost: Decimal = Decimal(0),
     api_key_id: uuid.UUID | str | None = None,
     conversations: int | None = None,
+    subscription: Subscription | None | object = selectors.SUBSCRIPTION_UNREAD,
 ) -> Entitlement:
     """May `user` make this model call for `organization` now? Checks, in order: the plan
     includes the provider and model; a new conversation (pass how many the organization has)
@@ -305,9 +306,13 @@ def entitlement_check(
     provider and call `reservation_settle` once the ledger row has committed; an unsettled
     reservation expires after ENTITLEMENT_RESERVATION_TIMEOUT seconds. When Redis is down
     the monthly limits are decided from the database totals, nothing can be reserved
-    (`reservation` is None) and the rate limit is skipped (logged)."""
+    (`reservation` is None) and the rate limit is skipped (logged).
+
+    `subscription`: the organization's current one (or None), when the caller read it already
+    in the same transaction (selectors.subscription_current_joined)."""
     _validated(estimated_tokens, max_output_tokens, max_cost)
-    subscription = selectors.subscription_current(organization_id=organization_id)
+    if subscription is selectors.SUBSCRIPTION_UNREAD:
+        subscription = selectors.subscription_current(organization_id=organization_id)
     if subscription is None:
         raise ForbiddenError("You are not a member of this organization.", {"code": "not_a_member"})
     now = timezone.now()

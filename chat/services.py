@@ -28,6 +28,7 @@ from accounts import selectors as accounts_selectors
 from accounts.models import ProviderCredential, User
 from analytics.models import KeySource
 from analytics.services import usage_record
+from billing.selectors import SUBSCRIPTION_UNREAD, subscription_current_joined, subscription_from_row
 from billing.services import entitlement_check, reservation_settle
 from chat import response_cache as response_caching
 from chat import selectors
@@ -238,9 +239,14 @@ _HISTORY_SQL = (
     f"SELECT role, content FROM {Message._meta.db_table} WHERE conversation_id = %s AND user_id = %s "
     f"AND NOT (role = '{Message.Role.ASSISTANT}' AND content = '') AND status <> '{Status.FAILED}' ORDER BY sequence"
 )
+# The locking read also brings the organization's current subscription for the entitlement check,
+# one round trip fewer: read at the statement's start, so a plan change committed while this send
+# waited for the lock applies from the next send (the Redis counters and rate are decided after).
+_SUBSCRIPTION_COLUMNS, _SUBSCRIPTION_JOINS = subscription_current_joined("c.organization_id")
 _SEND_TARGET_SQL = (
-    f"SELECT {columns_of(Conversation, 'c')}, {columns_of(Persona, 'p')} FROM {Conversation._meta.db_table} c "
-    f"LEFT JOIN {Persona._meta.db_table} p ON p.id = c.persona_id WHERE c.user_id = %s AND c.id = %s FOR UPDATE OF c"
+    f"SELECT {columns_of(Conversation, 'c')}, {columns_of(Persona, 'p')}, {_SUBSCRIPTION_COLUMNS} FROM {Conversation._meta.db_table} c "
+    f"LEFT JOIN {Persona._meta.db_table} p ON p.id = c.persona_id {_SUBSCRIPTION_JOINS} "
+    "WHERE c.user_id = %s AND c.id = %s FOR UPDATE OF c"
 )
 
 
@@ -255,11 +261,12 @@ def _history(conversation: Conversation | None, persona: Persona | None) -> list
     return messages
 
 
-def _send_target(user: User, conversation_id: uuid.UUID | None) -> tuple[Conversation | None, Persona | None, uuid.UUID]:
-    """(conversation locked for the send, its persona, the organization billed); a new
-    conversation (None) goes to the user's personal organization; another user's is a 404."""
+def _send_target(user: User, conversation_id: uuid.UUID | None) -> tuple[Conversation | None, Persona | None, uuid.UUID, object]:
+    """(conversation locked for the send, its persona, the organization billed, its current
+    subscription or SUBSCRIPTION_UNREAD); a new conversation (None) goes to the user's
+    personal organization; another user's is a 404."""
     if conversation_id is None:
-        return None, None, _personal_organization(user).pk
+        return None, None, _personal_organization(user).pk, SUBSCRIPTION_UNREAD
     try:
         conversation_id = uuid.UUID(str(conversation_id))
     except ValueError:
@@ -271,12 +278,13 @@ def _send_target(user: User, conversation_id: uuid.UUID | None) -> tuple[Convers
     if row is None:
         raise NotFoundError("No such conversation.")
     split = len(Conversation._meta.concrete_fields)
+    persona_end = split + len(Persona._meta.concrete_fields)
     conversation = model_from_row(Conversation, alias, row[:split])
     persona = None
     if row[split] is not None:
-        persona = model_from_row(Persona, alias, row[split:])
+        persona = model_from_row(Persona, alias, row[split:persona_end])
         conversation.persona = persona  # cached: no query when something reads it
-    return conversation, persona, conversation.organization_id
+    return conversation, persona, conversation.organization_id, subscription_from_row(alias, row[persona_end:])
 
 
 def _messages_store(
@@ -363,7 +371,7 @@ def message_prepare(
     reservation = None
     try:
         with rls.atomic_as(user.pk):
-            conversation, persona, organization_id = _send_target(user, conversation_id)
+            conversation, persona, organization_id, subscription = _send_target(user, conversation_id)
             provider = provider or (persona.provider if persona else "") or settings.CHAT_DEFAULT_PROVIDER
             model = model or (persona.model if persona and persona.provider == provider else "") or _default_model(provider)
             price = model_price_for(provider=provider, model=model)
@@ -385,6 +393,7 @@ def message_prepare(
                 max_cost=call_cost_ceiling(input_tokens=estimated, output_tokens=output_cap, price=price),
                 api_key_id=api_key_id,
                 conversations=Conversation.objects.filter(user_id=user.pk, message_count__gt=0).count() if new_conversation else None,
+                subscription=subscription,
             )
             entitlement.raise_if_refused()
             reservation = Reservation(organization_id, entitlement.reservation, entitlement.month)

@@ -22,7 +22,7 @@ from chat.providers.base import SENTENCES, text_tokens_estimate
 from chat.tests.factories import price_add
 from chat.tests.provider_servers import ProviderServer, Reply, openai_completion, openai_error, openai_stream
 from config.db import rls
-from config.errors import NotFoundError, QuotaExceeded, RateLimited
+from config.errors import ForbiddenError, NotFoundError, QuotaExceeded, RateLimited
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -109,6 +109,18 @@ def test_a_refused_send_stores_nothing_and_meters_nothing(alice, plans):
         services.message_send(user=alice, content="second", conversation_id=conversation.pk)
     assert limited.value.status_code == 429 and limited.value.retry_after >= 1
     assert stored_counts() == before == (1, 2, 1)
+
+
+def test_a_send_to_a_conversation_in_an_organization_the_user_is_not_in_is_refused(alice):
+    # The subscription is read with the conversation's row: one the caller cannot see is no membership.
+    bob = make_user(email="bob@example.com")
+    with rls.privileged(reason="test: a conversation left in an organization alice is not in"):
+        conversation = Conversation.objects.create(user_id=alice.pk, organization_id=organization_of(bob).pk)
+    before = stored_counts()
+    with pytest.raises(ForbiddenError) as refused:
+        services.message_send(user=alice, content="hello", conversation_id=conversation.pk)
+    assert refused.value.status_code == 403 and "not a member" in refused.value.message
+    assert stored_counts() == before
 
 
 def test_unknown_model_missing_price_and_unknown_provider_are_refused_with_the_reason(alice):
