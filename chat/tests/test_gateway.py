@@ -382,12 +382,13 @@ def test_an_unstored_completion_stays_within_its_query_budget(alice, queries):
     assert completion.choices[0].message.content == "You said: hello budget"
     path = [(alias, sql) for alias, sql in queries if sql.strip() != "RESET ALL"]
     statements = "\n".join(f"{alias}: {sql.strip()[:120]}" for alias, sql in path)
-    # 8 statements, all on the app role: the key and its owner (1); prepare: RLS context, the
-    # personal organization, subscription + plan, the PendingCall INSERT (4); finish: RLS context,
-    # the PendingCall DELETE, the ledger INSERT (3). The PendingCall pair (6 + 2) lets the stale
-    # pass meter a call whose worker dies (test_pending_calls.py). No conversation, no messages:
-    # the chat API's stored send takes 11 (test_query_budget.py).
-    assert len(path) == 8, statements
+    # 6 statements through a cursor, all on the app role: the key and its owner (1); prepare: the
+    # personal organization, subscription + plan, the PendingCall INSERT (3); finish: the
+    # PendingCall DELETE, the ledger INSERT (2). The PendingCall pair lets the stale pass meter a
+    # call whose worker dies (test_pending_calls.py). Each transaction's RLS context goes with its
+    # BEGIN, not through a cursor (config/db/rls.py). No conversation, no messages: the chat API's
+    # stored send takes 6 too (test_query_budget.py).
+    assert len(path) == 6, statements
     assert {alias for alias, _ in path} == {"default"}, statements
 
 
