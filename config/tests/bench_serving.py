@@ -106,6 +106,18 @@ Findings (2026-11-30, fourth session; load average 4-5 from other work):
   Django's handler 86.5 req/s and 15.58 ms, WSGI 127.1 req/s and 10.57 ms; bare view 1.62 /
   3.10 / 1.75 ms. Per core-second of the web server alone: 108 / 85 / 127. The goal's 150 is not
   met on either count.
+
+Findings (2026-11-30, fifth session; load average about 4):
+- A round trip costs the web server more than an in-process loop says (51 us for an empty query
+  there): dropping the pool's two checkout pings saved 0.23 to 0.7 ms of server CPU a metered
+  POST in interleaved A/B runs. Round trips per send to PostgreSQL went from 17 to 12: the
+  context rides with BEGIN (config/db/rls.py), the pool pings only a connection idle over a
+  second and resets on the request's thread (config/db/backend), and the locking read brings
+  the subscription (billing.selectors.subscription_current_joined).
+- All three servers in one run: ours 159.7 req/s and 10.03 ms (server 7.13, PostgreSQL 2.71,
+  Redis 0.18), Django's handler 154.8 req/s and 10.25 ms, WSGI 120.5 req/s and 11.34 ms; bare
+  view 1.15 / 2.02 / 1.16 ms. Per core-second of the web server alone: 140 / 131 / 120; with
+  PostgreSQL and Redis, 100 / 98 / 88. The goal's 150 is not met on either count.
 """
 
 from __future__ import annotations
