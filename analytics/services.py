@@ -122,7 +122,7 @@ _batches = itertools.count(1)  # one number per call: a transaction may stage se
 _staging_ready: weakref.WeakSet = weakref.WeakSet()  # connections whose staging table is committed
 # The dedupe and the write in one statement, under the caller's row-level security: a request
 # id already recorded writes nothing (a batch is staged without repeats); the totals feed the live counters.
-_RECORD_SQL_BODY = f""", fresh AS (
+_RECORD_CTES = f""", fresh AS (
     INSERT INTO analytics_usagerequest (request_id, created_at)
     SELECT request_id, %(now)s::timestamptz FROM staged
     ON CONFLICT DO NOTHING RETURNING request_id
@@ -130,19 +130,38 @@ _RECORD_SQL_BODY = f""", fresh AS (
     INSERT INTO analytics_tokenusage ({_LEDGER_COLUMNS})
     SELECT {_LEDGER_COLUMNS} FROM staged JOIN fresh USING (request_id)
     RETURNING id, organization_id, user_id, created_at, input_tokens, output_tokens, total_tokens, cost
-)
+)"""
+_RECORD_TOTALS = """
 SELECT organization_id, user_id, date_trunc('month', created_at AT TIME ZONE 'UTC')::date,
        sum(input_tokens), sum(output_tokens), sum(total_tokens), count(*), sum(cost), array_agg(id)
 FROM written GROUP BY 1, 2, 3
 """
-_RECORD_SQL = "WITH staged AS (SELECT * FROM pg_temp.usage_staging WHERE batch = %(batch)s)" + _RECORD_SQL_BODY
+_RECORD_SQL = "WITH staged AS (SELECT * FROM pg_temp.usage_staging WHERE batch = %(batch)s)" + _RECORD_CTES + _RECORD_TOTALS
 # One call (the message path) needs no staging table: its row goes in as typed VALUES, one round trip.
-_RECORD_ONE_SQL = (
-    f"WITH staged ({', '.join(_STAGED_COLUMNS)}) AS (VALUES ("
-    + ", ".join(f"%(c{i})s::{kind}" for i, kind in enumerate(_STAGED_TYPES))
-    + "))"
-    + _RECORD_SQL_BODY
-)
+_STAGED_NAMES = ", ".join(_STAGED_COLUMNS)
+_STAGED_VALUES = "(" + ", ".join(f"%(c{i})s::{kind}" for i, kind in enumerate(_STAGED_TYPES)) + ")"
+_RECORD_ONE_SQL = f"WITH staged ({_STAGED_NAMES}) AS (VALUES {_STAGED_VALUES})" + _RECORD_CTES + _RECORD_TOTALS
+
+
+@dataclass(frozen=True)
+class Alongside:
+    """A caller's own writes, run in the ledger row's statement (a round trip fewer):
+    data-modifying CTEs with named parameters `%(aN)s`, the last named `alongside`, whose rows
+    are counted in the answer. The ledger row is written either way (a request id already
+    recorded is skipped, as always). The names staged, fresh, written and recorded are the ledger's."""
+
+    sql: str
+    params: dict
+
+
+@functools.lru_cache(maxsize=64)
+def _record_one_alongside_sql(alongside_sql: str) -> str:
+    """_RECORD_ONE_SQL after the caller's CTEs, answering one row: how many rows `alongside`
+    returned, then the totals (NULLs when nothing was written)."""
+    return (
+        f"WITH {alongside_sql}, staged ({_STAGED_NAMES}) AS (VALUES {_STAGED_VALUES}){_RECORD_CTES}, recorded AS ({_RECORD_TOTALS}) "
+        "SELECT (SELECT count(*) FROM alongside), recorded.* FROM (SELECT 1) AS one LEFT JOIN recorded ON true"
+    )
 
 
 @functools.lru_cache(maxsize=4096)
@@ -401,12 +420,18 @@ def usage_record(
     already recorded (a retry records nothing twice). Refuses impossible values (UsageInvalid).
     Runs under the caller's context: the app role may only record its own user's usage."""
     fields = dict(locals())  # the arguments, as given
+    return usage_record_alongside(None, **fields)[1]
+
+
+def usage_record_alongside(alongside: Alongside | None, **fields) -> tuple[int, TokenUsage | None]:
+    """usage_record (its arguments in `fields`) in one statement with the caller's own writes:
+    (how many rows `alongside` returned, the row written or None)."""
     now, batch = timezone.now(), next(_batches)
     row = _staged(batch, 0, now, **fields)
-    ids = _ledger_write([row], batch=batch, now=now)
+    counted, ids = _ledger_write([row], batch=batch, now=now, alongside=alongside)
     if not ids:
-        return None
-    return TokenUsage(id=ids[0], **dict(zip(_STAGED_COLUMNS[2:], row[2:])))
+        return counted, None
+    return counted, TokenUsage(id=ids[0], **dict(zip(_STAGED_COLUMNS[2:], row[2:])))
 
 
 def usage_record_batch(*, records: list[dict]) -> int:
@@ -417,28 +442,37 @@ def usage_record_batch(*, records: list[dict]) -> int:
     first = {}
     for row in rows:  # a request id repeated in the batch: its first call counts
         first.setdefault(row[_REQUEST_ID], row)
-    return len(_ledger_write(list(first.values()), batch=batch, now=now)) if rows else 0
+    return len(_ledger_write(list(first.values()), batch=batch, now=now)[1]) if rows else 0
 
 
-def _ledger_write(rows: list[tuple], *, batch: int, now: datetime) -> list[int]:
+def _ledger_write(rows: list[tuple], *, batch: int, now: datetime, alongside: Alongside | None = None) -> tuple[int, list[int]]:
     """Dedupe and write the staged rows with one INSERT ... SELECT: a batch from a temporary
     table it was COPYed into (COPY cannot write to a table under row-level security), a single
-    call from VALUES; returns the ids."""
+    call from VALUES, with a caller's `alongside` writes if given; returns (how many rows
+    `alongside` returned, 0 without it; the ids)."""
     alias = rls.current_alias()
-    connection, ids, totals = connections[alias], [], []
+    connection, ids, totals, counted = connections[alias], [], [], 0
     # No savepoint (two round trips fewer): a failed write rolls the caller's transaction back whole.
     single = len(rows) == 1
     with transaction.atomic(using=alias, savepoint=False), prepared_cursor(alias) if single else connection.cursor() as cur:
         if single:  # one call: the same statement every time, prepared per connection
-            cur.execute(_RECORD_ONE_SQL, {f"c{i}": value for i, value in enumerate(rows[0])} | {"now": now})
+            params = {f"c{i}": value for i, value in enumerate(rows[0])} | {"now": now}
+            if alongside is None:
+                cur.execute(_RECORD_ONE_SQL, params)
+                written = cur.fetchall()
+            else:
+                cur.execute(_record_one_alongside_sql(alongside.sql), params | alongside.params)
+                [(counted, *recorded)] = cur.fetchall()
+                written = [recorded] if recorded[0] is not None else []
         else:
             _staged_copy(cur, connection, alias, rows)
             cur.execute(_RECORD_SQL, {"now": now, "batch": batch})
-        for organization_id, user_id, month, i, o, t, calls, cost, row_ids in cur.fetchall():
+            written = cur.fetchall()
+        for organization_id, user_id, month, i, o, t, calls, cost, row_ids in written:
             ids.extend(row_ids)
             totals.append((organization_id, user_id, month, counters.Usage(i, o, t, calls, counters.cost_units(cost))))
         transaction.on_commit(lambda: _count_live(totals), using=alias)
-    return ids
+    return counted, ids
 
 
 def _staged_copy(cur, connection, alias: str, rows: list[tuple]) -> None:

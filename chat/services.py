@@ -27,7 +27,7 @@ from django.utils import timezone
 from accounts import selectors as accounts_selectors
 from accounts.models import ProviderCredential, User
 from analytics.models import KeySource
-from analytics.services import usage_record
+from analytics.services import Alongside, usage_record_alongside
 from billing.selectors import SUBSCRIPTION_UNREAD, subscription_current_joined, subscription_from_row
 from billing.services import entitlement_check, reservation_settle
 from chat import response_cache as response_caching
@@ -521,30 +521,32 @@ def _reply_finish(
         "metadata": metadata,
     }
     now = timezone.now()
+    metering = {
+        "usage": counted,
+        "charge": charge,
+        "key_source": pending.key_source,
+        "latency_ms": latency_ms,
+        "success": not provider_failed,
+        "error": error,
+        "cached": cached,
+        "saved_tokens": usage.input_total + usage.output,
+        "now": now,
+    }
     with rls.atomic_as(pending.user_id):
-        if pending.stored:
-            closed = not _reply_and_totals_update(message, fields, tokens=counted.input_total + counted.output, now=now)
+        for name, value in fields.items():
+            setattr(message, name, value)
+        if pending.stored:  # the reply, its conversation's totals and the ledger row: one statement
+            reply_update = _reply_update(message, fields, tokens=counted.input_total + counted.output, now=now)
+            closed = not _meter(message=message, reply_update=reply_update, **metering)
+            if closed:
+                try:
+                    message.refresh_from_db()
+                except Message.DoesNotExist:  # deleted with its conversation while it streamed: metered, not stored
+                    pass
         else:  # one DELETE; waits for a stale pass that holds the row, then finds it gone
             closed = not PendingCall.objects.filter(request_id=pending.request_id).delete()[0]
-        if closed and pending.stored:
-            message.refresh_from_db()
-        else:
-            for name, value in fields.items():
-                setattr(message, name, value)
-        if not closed:
-            _meter(
-                message=message,
-                usage=counted,
-                charge=charge,
-                key_source=pending.key_source,
-                latency_ms=latency_ms,
-                success=not provider_failed,
-                error=error,
-                cached=cached,
-                saved_tokens=usage.input_total + usage.output,
-                totals_stored=pending.stored,
-                now=now,
-            )
+            if not closed:
+                _meter(message=message, **metering)
     # After the commit: the ledger's counter increment ran on it, so the usage is never uncounted.
     pending.reservation.release()
     if not closed and cached is None and status == Status.COMPLETE and pending.cache_key:
@@ -552,24 +554,24 @@ def _reply_finish(
     return message
 
 
-def _reply_and_totals_update(message: Message, fields: dict, *, tokens: int, now) -> bool:
-    """Store a `streaming` reply's final fields and add it to its conversation's totals, in one
-    statement (a round trip fewer on every send); False, and nothing written, when the reply was
-    no longer `streaming` (the stale pass closed it). The caller's conversation copy follows in _meter."""
+def _reply_update(message: Message, fields: dict, *, tokens: int, now) -> Alongside:
+    """The writes that store a `streaming` reply's final fields and add it to its conversation's
+    totals, run in its ledger row's statement (_meter): one round trip for all three. A reply no
+    longer `streaming` (the stale pass closed it, or it went with its conversation) is left as
+    it is, and its conversation's totals too; `alongside` counts the reply updated."""
     connection = connections[rls.current_alias()]
     quote = connection.ops.quote_name
     columns = [Message._meta.get_field(name) for name in fields]
-    assignments = ", ".join(f"{quote(field.column)} = %s" for field in columns)
-    params = [field.get_db_prep_save(fields[field.name], connection) for field in columns]
+    assignments = ", ".join(f"{quote(field.column)} = %(a{n})s" for n, field in enumerate(columns))
+    params = {f"a{n}": field.get_db_prep_save(fields[field.name], connection) for n, field in enumerate(columns)}
+    params.update(a_id=message.pk, a_streaming=Status.STREAMING, a_tokens=tokens, a_cost=fields["cost"], a_now=now)
     sql = (
-        f"WITH reply AS (UPDATE {quote(Message._meta.db_table)} SET {assignments} WHERE id = %s AND status = %s RETURNING conversation_id), "
-        f"totals AS (UPDATE {quote(Conversation._meta.db_table)} AS c SET total_tokens = c.total_tokens + %s, "
-        "total_cost = c.total_cost + %s, updated_at = %s FROM reply WHERE c.id = reply.conversation_id RETURNING c.id) "
-        "SELECT (SELECT count(*) FROM reply), (SELECT count(*) FROM totals)"
+        f"reply AS (UPDATE {quote(Message._meta.db_table)} SET {assignments} WHERE id = %(a_id)s AND status = %(a_streaming)s "
+        f"RETURNING conversation_id), conversation_totals AS (UPDATE {quote(Conversation._meta.db_table)} AS c SET "
+        "total_tokens = c.total_tokens + %(a_tokens)s, total_cost = c.total_cost + %(a_cost)s, updated_at = %(a_now)s "
+        "FROM reply WHERE c.id = reply.conversation_id RETURNING c.id), alongside AS (SELECT 1 FROM reply)"
     )
-    with prepared_cursor(connection.alias) as cur:
-        cur.execute(sql, [*params, message.pk, Status.STREAMING, tokens, fields["cost"], now])
-        return cur.fetchone()[0] == 1  # the reply's count: its conversation is the same owner's, so counted with it
+    return Alongside(sql, params)
 
 
 def _meter(
@@ -583,25 +585,25 @@ def _meter(
     error: str,
     cached: response_caching.CachedReply | None = None,
     saved_tokens: int = 0,
-    totals_stored: bool = False,
+    reply_update: Alongside | None = None,
     now=None,
-) -> None:
+) -> bool:
     """The conversation's totals and the ledger row for one reply (inside the caller's
     transaction): each token class with the rate it was charged at, whose key paid, and for
     a cached reply no cost and what it saved. The message carries its final fields. With
-    `totals_stored`, the totals were added with the reply's own UPDATE (_reply_and_totals_update)."""
+    `reply_update` (_reply_update), the reply's own UPDATE adds the totals, in the ledger row's
+    statement; False when that reply was no longer `streaming`. The ledger row is written either
+    way unless its request id was recorded already (by the stale pass that closed the reply), so
+    the call is metered once, also when its conversation was deleted while it streamed."""
     tokens, now = usage.input_total + usage.output, now or timezone.now()
-    if message.conversation_id is not None and not totals_stored:  # an unstored call (SuppliedHistory) has no conversation row
+    if message.conversation_id is not None and reply_update is None:  # an unstored call (SuppliedHistory) has no conversation row
         Conversation.objects.filter(pk=message.conversation_id).update(
             total_tokens=F("total_tokens") + tokens, total_cost=F("total_cost") + message.cost, updated_at=now
         )
-    # The caller's copy follows (it answers the API without reading the row again).
     conversation = message.conversation
-    conversation.total_tokens += tokens
-    conversation.total_cost += message.cost
-    conversation.updated_at = now
     rates = charge.rates
-    usage_record(
+    updated, _row = usage_record_alongside(
+        reply_update,
         user_id=message.user_id,
         organization_id=conversation.organization_id,
         provider=message.provider,
@@ -630,6 +632,11 @@ def _meter(
         success=success,
         error=error,
     )
+    if reply_update is None or updated:  # the caller's copy follows (it answers the API without reading the row again)
+        conversation.total_tokens += tokens
+        conversation.total_cost += message.cost
+        conversation.updated_at = now
+    return reply_update is None or updated > 0
 
 
 def _failure(exc: Exception, request: ChatRequest, text: str) -> tuple[str, Usage, str]:

@@ -123,6 +123,20 @@ def test_a_send_to_a_conversation_in_an_organization_the_user_is_not_in_is_refus
     assert stored_counts() == before
 
 
+def test_a_reply_whose_conversation_was_deleted_while_it_streamed_is_still_metered_once(alice):
+    from chat.providers import Usage
+
+    pending = services.message_prepare(user=alice, content="delete me mid-stream")
+    services.conversation_delete(user=alice, conversation=pending.conversation)
+    message = services._reply_finish(
+        pending, text="You said: delete me mid-stream", usage=Usage(input_uncached=4, output=5), status="complete", latency_ms=5
+    )
+    assert message.content == "You said: delete me mid-stream"
+    [row] = ledger()  # the provider's tokens were spent: metered, though nothing is stored
+    assert (row.request_id, row.input_tokens, row.output_tokens, row.message_id) == (pending.request_id, 4, 5, message.pk)
+    assert stored_counts() == (0, 0, 1)
+
+
 def test_unknown_model_missing_price_and_unknown_provider_are_refused_with_the_reason(alice):
     with pytest.raises(ModelUnavailable, match="no price in the catalog") as missing:
         services.message_send(user=alice, content="hi", provider="openai", model="gpt-unknown")

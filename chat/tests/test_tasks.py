@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from analytics.models import TokenUsage
 from chat import services
-from chat.models import Message
+from chat.models import Conversation, Message
 from chat.providers.base import text_tokens_estimate
 from chat.tasks import streams_close_stale_task
 from config.db import rls
@@ -50,4 +50,10 @@ def test_a_late_finish_after_the_task_closed_the_reply_meters_nothing_more(alice
     )
     assert message.status == "interrupted"
     with rls.privileged(reason="test"):
-        assert TokenUsage.objects.count() == 1
+        [row] = TokenUsage.objects.all()
+        conversation = Conversation.objects.get(pk=pending.conversation.pk)
+        stored = Message.objects.get(pk=pending.message.pk)
+    # The late finish wrote nothing: not the reply, not its conversation's totals, not a ledger row.
+    assert (stored.status, stored.content) == ("interrupted", "You said: par")
+    assert conversation.total_tokens == row.total_tokens == stored.input_tokens + stored.output_tokens
+    assert pending.conversation.total_tokens == 0  # the caller's copy unchanged too
