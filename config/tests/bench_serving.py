@@ -110,14 +110,19 @@ Findings (2026-11-30, fourth session; load average 4-5 from other work):
 Findings (2026-11-30, fifth session; load average about 4):
 - A round trip costs the web server more than an in-process loop says (51 us for an empty query
   there): dropping the pool's two checkout pings saved 0.23 to 0.7 ms of server CPU a metered
-  POST in interleaved A/B runs. Round trips per send to PostgreSQL went from 17 to 12: the
+  POST in interleaved A/B runs. Round trips per send to PostgreSQL went from 17 to 11: the
   context rides with BEGIN (config/db/rls.py), the pool pings only a connection idle over a
-  second and resets on the request's thread (config/db/backend), and the locking read brings
-  the subscription (billing.selectors.subscription_current_joined).
+  second and resets on the request's thread (config/db/backend), the locking read brings
+  the subscription (billing.selectors.subscription_current_joined), and the finish is one
+  statement (analytics.services.usage_record_alongside).
 - All three servers in one run: ours 159.7 req/s and 10.03 ms (server 7.13, PostgreSQL 2.71,
   Redis 0.18), Django's handler 154.8 req/s and 10.25 ms, WSGI 120.5 req/s and 11.34 ms; bare
   view 1.15 / 2.02 / 1.16 ms. Per core-second of the web server alone: 140 / 131 / 120; with
   PostgreSQL and Redis, 100 / 98 / 88. The goal's 150 is not met on either count.
+- The final code, 50 minutes later, on a slower machine (bare view 1.60 / 3.00 / 1.18 ms): ours
+  138.4 req/s and 11.72 ms (server 8.45), Django's handler 119.1 and 13.91, WSGI 104.9 and
+  13.06. Side by side with the session's first commit, sequentially, the web server's CPU per
+  metered POST was 6.93 against 7.74 ms (docs/performance.md).
 """
 
 from __future__ import annotations
