@@ -5,6 +5,7 @@ if dead, replaced.
 A dead connection is made the way a restarted server or a dropped link makes one: its backend is
 terminated from another session while it sits in the pool, so the client does not know."""
 
+import threading
 import time
 
 import psycopg
@@ -23,9 +24,16 @@ def pooled():
     getconn() as Django's connect() does; not registered in `connections`, so connect() itself
     (its connection_created receivers look the alias up) is not used."""
     settings = connections["default"].settings_dict
-    options = {**settings["OPTIONS"], "pool": {"min_size": 1, "max_size": 1, "reset": pool_connection_reset}}
+
+    def reset(connection):  # the app's check-in reset, noting the thread it ran on
+        pool_connection_reset(connection)
+        reset_threads.append(threading.get_ident())
+
+    reset_threads = []
+    options = {**settings["OPTIONS"], "pool": {"min_size": 1, "max_size": 1, "reset": reset}}
     wrapper = DatabaseWrapper({**settings, "OPTIONS": options, "CONN_MAX_AGE": 0, "CONN_HEALTH_CHECKS": True}, alias="pool_check_test")
     wrapper.pool.open(wait=True)
+    wrapper.reset_threads = reset_threads
     yield wrapper
     wrapper.close()
     wrapper.close_pool()
@@ -64,6 +72,8 @@ def test_a_connection_goes_back_to_the_pool_without_its_session_state(pooled):
         "SELECT set_config('app.user_id', %s, false)", ["00000000-0000-0000-0000-000000000001"]
     )  # a session-level leak
     pooled.close()
+    # Reset on this thread before close() returned, not on a pool worker woken for it.
+    assert pooled.reset_threads == [threading.get_ident()]
     assert _backend_pid(pooled) == pid  # the same connection, from the pool
     assert pooled.connection.execute("SELECT current_setting('app.user_id', true)").fetchone() == ("",)
 
