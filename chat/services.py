@@ -230,43 +230,60 @@ class Reply:
     message: Message
 
 
-# The send's two reads as plain SQL: through the ORM (query building, model instances) they were
+# The send's reads as plain SQL: through the ORM (query building, model instances) they were
 # 14% of a metered POST's GIL samples under py-spy, about 3% as plain SQL (docs/performance.md).
-# Both run under the caller's row-level security context, as the ORM's queries did.
-# The history is not merged into the locking read: a statement's snapshot is taken when it starts,
-# so a send that waited for the lock would miss what the holder committed meanwhile.
-_HISTORY_SQL = (
-    f"SELECT role, content FROM {Message._meta.db_table} WHERE conversation_id = %s AND user_id = %s "
-    f"AND NOT (role = '{Message.Role.ASSISTANT}' AND content = '') AND status <> '{Status.FAILED}' ORDER BY sequence"
-)
+# They run under the caller's row-level security context, as the ORM's queries did.
+def _history_where(conversation_id: str, user_id: str) -> str:
+    """Which of a conversation's messages (table alias m) a prompt takes: not empty or failed replies."""
+    return (
+        f"m.conversation_id = {conversation_id} AND m.user_id = {user_id} "
+        f"AND NOT (m.role = '{Message.Role.ASSISTANT}' AND m.content = '') AND m.status <> '{Status.FAILED}'"
+    )
+
+
+_HISTORY_SQL = f"SELECT m.role, m.content FROM {Message._meta.db_table} m WHERE {_history_where('%s', '%s')} ORDER BY m.sequence"
 # The locking read also brings the organization's current subscription for the entitlement check,
-# one round trip fewer: read at the statement's start, so a plan change committed while this send
-# waited for the lock applies from the next send (the Redis counters and rate are decided after).
+# and the history, optimistically: one round trip for all three. A statement's snapshot is taken
+# when it starts, before the lock, so a send that waited for the lock would read the history
+# without what the holder committed meanwhile. Every send commits an update of the conversation's
+# row with its messages, so the row the lock returns (the newest version) is then not the one the
+# snapshot sees: `current` compares the two versions' ctid, and a send whose history is not
+# current reads it again (_HISTORY_SQL), now under the lock. A plan change committed while this
+# send waited for the lock applies from the next send (the Redis counters and rate are decided after).
 _SUBSCRIPTION_COLUMNS, _SUBSCRIPTION_JOINS = subscription_current_joined("c.organization_id")
 _SEND_TARGET_SQL = (
-    f"SELECT {columns_of(Conversation, 'c')}, {columns_of(Persona, 'p')}, {_SUBSCRIPTION_COLUMNS} FROM {Conversation._meta.db_table} c "
-    f"LEFT JOIN {Persona._meta.db_table} p ON p.id = c.persona_id {_SUBSCRIPTION_JOINS} "
+    f"SELECT {columns_of(Conversation, 'c')}, {columns_of(Persona, 'p')}, {_SUBSCRIPTION_COLUMNS}, "
+    f"(SELECT s.ctid FROM {Conversation._meta.db_table} s WHERE s.id = c.id) = c.ctid AS current, "
+    f"(SELECT json_agg(json_build_array(m.role, m.content) ORDER BY m.sequence) FROM {Message._meta.db_table} m "
+    f"WHERE {_history_where('c.id', 'c.user_id')}) AS history "
+    f"FROM {Conversation._meta.db_table} c LEFT JOIN {Persona._meta.db_table} p ON p.id = c.persona_id {_SUBSCRIPTION_JOINS} "
     "WHERE c.user_id = %s AND c.id = %s FOR UPDATE OF c"
 )
 
 
-def _history(conversation: Conversation | None, persona: Persona | None) -> list[ChatMessage]:
-    """The persona's prompt, then the conversation's messages in order, without empty or failed replies."""
+def _history(conversation: Conversation | None, persona: Persona | None, read: list | None) -> list[ChatMessage]:
+    """The persona's prompt, then the conversation's messages in order, without empty or failed
+    replies: `read` with the lock if it was current (_send_target), else read again now."""
     messages = [ChatMessage("system", persona.system_prompt)] if persona and persona.system_prompt else []
     if conversation is None or not conversation.message_count:
         return messages
-    with prepared_cursor(rls.current_alias()) as cur:
-        cur.execute(_HISTORY_SQL, [conversation.pk, conversation.user_id])
-        messages.extend(ChatMessage(role, content) for role, content in cur.fetchall())
+    if read is None:
+        with prepared_cursor(rls.current_alias()) as cur:
+            cur.execute(_HISTORY_SQL, [conversation.pk, conversation.user_id])
+            read = cur.fetchall()
+    messages.extend(ChatMessage(role, content) for role, content in read)
     return messages
 
 
-def _send_target(user: User, conversation_id: uuid.UUID | None) -> tuple[Conversation | None, Persona | None, uuid.UUID, object]:
+def _send_target(
+    user: User, conversation_id: uuid.UUID | None
+) -> tuple[Conversation | None, Persona | None, uuid.UUID, object, list | None]:
     """(conversation locked for the send, its persona, the organization billed, its current
-    subscription or SUBSCRIPTION_UNREAD); a new conversation (None) goes to the user's
-    personal organization; another user's is a 404."""
+    subscription or SUBSCRIPTION_UNREAD, its history as [role, content] pairs if the read was
+    current, else None); a new conversation (None) goes to the user's personal organization;
+    another user's is a 404."""
     if conversation_id is None:
-        return None, None, _personal_organization(user).pk, SUBSCRIPTION_UNREAD
+        return None, None, _personal_organization(user).pk, SUBSCRIPTION_UNREAD, []
     try:
         conversation_id = uuid.UUID(str(conversation_id))
     except ValueError:
@@ -284,7 +301,9 @@ def _send_target(user: User, conversation_id: uuid.UUID | None) -> tuple[Convers
     if row[split] is not None:
         persona = model_from_row(Persona, alias, row[split:persona_end])
         conversation.persona = persona  # cached: no query when something reads it
-    return conversation, persona, conversation.organization_id, subscription_from_row(alias, row[persona_end:])
+    current, history = row[-2], row[-1]  # psycopg parses the json
+    subscription = subscription_from_row(alias, row[persona_end:-2])
+    return conversation, persona, conversation.organization_id, subscription, (history or []) if current else None
 
 
 def _messages_store(
@@ -371,13 +390,13 @@ def message_prepare(
     reservation = None
     try:
         with rls.atomic_as(user.pk):
-            conversation, persona, organization_id, subscription = _send_target(user, conversation_id)
+            conversation, persona, organization_id, subscription, read = _send_target(user, conversation_id)
             provider = provider or (persona.provider if persona else "") or settings.CHAT_DEFAULT_PROVIDER
             model = model or (persona.model if persona and persona.provider == provider else "") or _default_model(provider)
             price = model_price_for(provider=provider, model=model)
             stored = supplied is None or supplied.store
             new_conversation = (conversation is None or conversation.message_count == 0) and stored
-            history = _history(conversation, persona) if supplied is None else list(supplied.messages)
+            history = _history(conversation, persona, read) if supplied is None else list(supplied.messages)
             history.append(ChatMessage("user", content))
             estimated = prompt_tokens_estimate(tuple(history))
             output_cap = settings.CHAT_MAX_OUTPUT_TOKENS  # the plan may lower it; the ceiling below holds either way

@@ -387,7 +387,7 @@ def test_an_unstored_completion_stays_within_its_query_budget(alice, queries):
     # PendingCall DELETE, the ledger INSERT (2). The PendingCall pair lets the stale pass meter a
     # call whose worker dies (test_pending_calls.py). Each transaction's RLS context goes with its
     # BEGIN, not through a cursor (config/db/rls.py). No conversation, no messages: the chat API's
-    # stored send takes 5 (test_query_budget.py).
+    # stored send takes 4 (test_query_budget.py).
     assert len(path) == 6, statements
     assert {alias for alias, _ in path} == {"default"}, statements
 

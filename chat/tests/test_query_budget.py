@@ -50,13 +50,14 @@ def test_a_metered_message_post_with_an_api_key_stays_within_its_query_budget(al
     assert response.json()["message"]["content"] == "You said: hello budget"
     # Check-in housekeeping (RESET ALL per connection) depends on pool settings, not on the path.
     path = [(alias, sql) for alias, sql in queries if sql.strip() != "RESET ALL"]
-    # 5 statements through a cursor, all on the app role (`default`):
+    # 4 statements through a cursor, all on the app role (`default`):
     #   request:  the API key and its owner in one query (two SECURITY DEFINER functions)     =  1
-    #   prepare:  the conversation FOR UPDATE with its persona and its organization's
+    #   prepare:  the conversation FOR UPDATE with its persona, its organization's
     #             subscription + plan (for the entitlement check; the quota and rate decision
-    #             is one Redis script), the history, the sequence UPDATE and the INSERT of
-    #             both messages in one statement (a data-modifying WITH; the price comes from
-    #             the process's catalog, read at most every CATALOG_SECONDS)               =  3
+    #             is one Redis script) and its history (read again only when the lock waited
+    #             for another send: chat/tests/test_send.py); the sequence UPDATE and the
+    #             INSERT of both messages in one statement (a data-modifying WITH; the price
+    #             comes from the process's catalog, read at most every CATALOG_SECONDS)    =  2
     #   finish:   the reply's UPDATE, its conversation's totals and the ledger's dedupe and
     #             INSERT from one VALUES row, in one statement (data-modifying WITHs, the
     #             ledger row written only if the reply was still streaming), RETURNING the
@@ -66,5 +67,5 @@ def test_a_metered_message_post_with_an_api_key_stays_within_its_query_budget(al
     # cursor (rls._begun_with_context; config/tests/test_rls.py checks it): 2 more statements,
     # no more round trips.
     statements = "\n".join(f"{alias}: {sql.strip()[:120]}" for alias, sql in path)
-    assert len(path) == 5, statements
+    assert len(path) == 4, statements
     assert {alias for alias, _ in path} == {"default"}, statements

@@ -300,9 +300,9 @@ def test_concurrent_sends_to_one_conversation_keep_sequence_order(alice, plans):
 
 
 def test_a_send_that_waited_for_the_conversation_sends_the_history_committed_meanwhile(alice):
-    """A send waiting on the conversation's lock must see what the holder committed. The history is
-    read in a statement of its own after the lock: a statement's snapshot is taken when it
-    starts, so a history read inside the locking statement would miss these messages."""
+    """A send waiting on the conversation's lock must see what the holder committed. The locking
+    statement's snapshot is taken when it starts, so the history read with the lock misses these
+    messages; the row the lock returns is newer than the one the snapshot saw, so it is read again."""
     conversation = services.message_send(user=alice, content="start").conversation  # 1 + 3 words
     replies = []
 
