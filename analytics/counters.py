@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -24,7 +27,7 @@ from uuid import UUID
 from django.db import connections
 from django.utils import timezone
 
-from config.cache import REDIS_ERRORS, redis_client, redis_script
+from config.cache import REDIS_ERRORS, redis_client, redis_script, redis_scripts_run
 from config.db import rls
 from config.db.partitions import month_add, month_start
 
@@ -100,20 +103,85 @@ def counters_drop_unsure(client=None) -> None:
     logger.info("usage counters dropped after a lost increment, rebuilt from the ledger on next read: %s", keys)
 
 
-def counters_increment(*, organization_id, user_id, month: date, usage: Usage) -> None:
-    """Add to both live counters. With Redis unreachable the increment is lost, but its
-    counters are marked unsure and dropped at this process's next Redis call (rebuilt from
-    the ledger); the hourly reconciliation is the backstop if the process ends first."""
-    args = [x for pair in usage.as_fields().items() for x in pair]
-    keys = [counter_key(scope, owner, month) for scope, owner in (("org", organization_id), ("user", user_id))]
+@dataclass(frozen=True)
+class Increment:
+    """One call's addition to its organization's and its user's counters."""
+
+    keys: tuple[str, ...]
+    args: tuple
+
+    def call(self) -> tuple[str, list, list]:
+        return _INCR_IF_EXISTS, list(self.keys), list(self.args)
+
+
+class HeldIncrements:
+    """The increments made inside increments_held(), for its caller to send."""
+
+    def __init__(self) -> None:
+        self._increments: list[Increment] = []
+
+    def add(self, increment: Increment) -> None:
+        self._increments.append(increment)
+
+    def take(self) -> list[Increment]:
+        taken, self._increments = self._increments, []
+        return taken
+
+
+_held: ContextVar[HeldIncrements | None] = ContextVar("counter_increments_held", default=None)
+
+
+@contextmanager
+def increments_held() -> Iterator[HeldIncrements]:
+    """Hold the counter increments made inside (a ledger row's run on its commit), so that the
+    caller sends them with its own next Redis call (`increments_send(held.take(), then=...)`):
+    one round trip for both. What the caller did not take goes at the exit, as it would have."""
+    held = HeldIncrements()
+    token = _held.set(held)
+    try:
+        yield held
+    finally:
+        _held.reset(token)
+        if leftover := held.take():
+            with suppress(*REDIS_ERRORS):  # increments_send marked their counters unsure
+                increments_send(leftover)
+
+
+def increments_send(increments: list[Increment], *, then: tuple[str, list, list] | None = None):
+    """Send the increments, and the caller's script `then` (source, keys, args) behind them in the
+    same round trip, so what they count is counted before `then` runs. Returns `then`'s result, or
+    the error Redis answered it with. An increment that fails (Redis unreachable, raised here) is
+    lost, but its counters are marked unsure and dropped at this process's next Redis call
+    (rebuilt from the ledger); the hourly reconciliation is the backstop if the process ends first."""
+    calls = [increment.call() for increment in increments] + ([then] if then else [])
+    if not calls:
+        return None
     try:
         counters_drop_unsure(redis_client())
-        redis_script(_INCR_IF_EXISTS)(keys=keys, args=args)  # both counters, one round trip
+        results = redis_scripts_run(calls)
     except REDIS_ERRORS:
-        _unsure.update(keys)
-        logger.exception(
-            "live usage counter increment lost for org %s user %s (%s); dropped when Redis answers", organization_id, user_id, month
-        )
+        _lost([*increments])
+        raise
+    _lost([increment for increment, result in zip(increments, results, strict=False) if isinstance(result, Exception)])
+    return results[-1] if then else None
+
+
+def _lost(increments: list[Increment]) -> None:
+    for increment in increments:
+        _unsure.update(increment.keys)
+        logger.error("live usage counter increment lost (%s); dropped when Redis answers", ", ".join(increment.keys))
+
+
+def counters_increment(*, organization_id, user_id, month: date, usage: Usage) -> None:
+    """Add to both live counters in one script call (an outage: see increments_send); inside
+    increments_held(), the increment is held for the caller to send."""
+    args = tuple(x for pair in usage.as_fields().items() for x in pair)
+    increment = Increment(tuple(counter_key(scope, owner, month) for scope, owner in (("org", organization_id), ("user", user_id))), args)
+    if (held := _held.get()) is not None:
+        held.add(increment)
+        return
+    with suppress(*REDIS_ERRORS):  # marked unsure by increments_send
+        increments_send([increment])
 
 
 # Every asked-for counter's month in one statement (one snapshot): the monthly rollup plus

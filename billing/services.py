@@ -356,18 +356,23 @@ def entitlement_check(
     return Entitlement(True, plan, None, degraded, usage, held, output_cap, month)
 
 
-def reservation_settle(*, organization_id, reservation: str | None, month: date) -> bool:
+def reservation_settle(*, organization_id, reservation: str | None, month: date, counted: counters.HeldIncrements | None = None) -> bool:
     """Release a call's reservation (`Entitlement.reservation` and `.month`). Call it after the
     call's ledger row has committed: its counter increment runs on that commit first, so the
-    usage is briefly counted twice (conservative), never zero times. Idempotent: True only
-    for the call that released it. With Redis unreachable it is left to expire (logged)."""
+    usage is briefly counted twice (conservative), never zero times. `counted`, the increments
+    held back from that commit (counters.increments_held), go first in the same round trip.
+    Idempotent: True only for the call that released it. With Redis unreachable it is left to
+    expire (logged)."""
     if not reservation:
-        return False
+        return False  # anything `counted` goes as increments_held ends
     held, due, every_due, prefix = _reservation_keys(organization_id, month)
     try:
-        client = redis_client()
-        counters.counters_drop_unsure(client)  # a lost increment's counter goes before the reservation covering it
-        return bool(redis_script(SETTLE_SCRIPT)(keys=[held, due, every_due], args=[prefix, reservation]))
+        settled = counters.increments_send(
+            counted.take() if counted is not None else [], then=(SETTLE_SCRIPT, [held, due, every_due], [prefix, reservation])
+        )
+        if isinstance(settled, Exception):  # Redis answered with an error
+            raise settled
+        return bool(settled)
     except selectors.REDIS_ERRORS as exc:
         logger.warning("reservation %s of %s not settled (Redis unreachable: %s); it expires instead", reservation, organization_id, exc)
         return False

@@ -26,6 +26,7 @@ from django.utils import timezone
 
 from accounts import selectors as accounts_selectors
 from accounts.models import ProviderCredential, User
+from analytics import counters
 from analytics.models import KeySource
 from analytics.services import Alongside, usage_record_alongside
 from billing.selectors import SUBSCRIPTION_UNREAD, subscription_current_joined, subscription_from_row
@@ -179,8 +180,8 @@ class Reservation:
     id: str | None
     month: date | None
 
-    def release(self) -> None:
-        reservation_settle(organization_id=self.organization_id, reservation=self.id, month=self.month)
+    def release(self, counted: counters.HeldIncrements | None = None) -> None:
+        reservation_settle(organization_id=self.organization_id, reservation=self.id, month=self.month, counted=counted)
 
     def as_metadata(self) -> dict:
         return {"reservation": self.id, "reservation_month": self.month.isoformat() if self.month else None}
@@ -551,23 +552,25 @@ def _reply_finish(
         "saved_tokens": usage.input_total + usage.output,
         "now": now,
     }
-    with rls.atomic_as(pending.user_id):
-        for name, value in fields.items():
-            setattr(message, name, value)
-        if pending.stored:  # the reply, its conversation's totals and the ledger row: one statement
-            reply_update = _reply_update(message, fields, tokens=counted.input_total + counted.output, now=now)
-            closed = not _meter(message=message, reply_update=reply_update, **metering)
-            if closed:
-                try:
-                    message.refresh_from_db()
-                except Message.DoesNotExist:  # deleted with its conversation while it streamed: metered, not stored
-                    pass
-        else:  # one DELETE; waits for a stale pass that holds the row, then finds it gone
-            closed = not PendingCall.objects.filter(request_id=pending.request_id).delete()[0]
-            if not closed:
-                _meter(message=message, **metering)
-    # After the commit: the ledger's counter increment ran on it, so the usage is never uncounted.
-    pending.reservation.release()
+    # The ledger row's counter increment, held from its commit, goes with the reservation's
+    # settlement in one Redis round trip, first: the usage is never uncounted.
+    with counters.increments_held() as increments:
+        with rls.atomic_as(pending.user_id):
+            for name, value in fields.items():
+                setattr(message, name, value)
+            if pending.stored:  # the reply, its conversation's totals and the ledger row: one statement
+                reply_update = _reply_update(message, fields, tokens=counted.input_total + counted.output, now=now)
+                closed = not _meter(message=message, reply_update=reply_update, **metering)
+                if closed:
+                    try:
+                        message.refresh_from_db()
+                    except Message.DoesNotExist:  # deleted with its conversation while it streamed: metered, not stored
+                        pass
+            else:  # one DELETE; waits for a stale pass that holds the row, then finds it gone
+                closed = not PendingCall.objects.filter(request_id=pending.request_id).delete()[0]
+                if not closed:
+                    _meter(message=message, **metering)
+        pending.reservation.release(increments)
     if not closed and cached is None and status == Status.COMPLETE and pending.cache_key:
         response_caching.cached_reply_put(pending.cache_key, text=text, usage=usage, cost=charge.cost)
     return message

@@ -32,6 +32,19 @@ def redis_script(source: str):
     return script
 
 
+def redis_scripts_run(calls: list[tuple[str, list, list]]) -> list:
+    """Several Lua scripts, (source, keys, args) each, in one round trip, run in order: a
+    pipeline, not a transaction, so each runs once and on its own. Returns each one's result,
+    or the error Redis answered it with; a connection error raises (which ran is then unknown).
+    Each goes with its source (EVAL), not its SHA: redis-py's pipeline would first ask SCRIPT
+    EXISTS, a round trip of its own, and a script Redis had forgotten (NOSCRIPT) could only
+    be sent again after the ones behind it had run, out of order."""
+    pipe = redis_client().pipeline(transaction=False)
+    for source, keys, args in calls:
+        pipe.eval(source, len(keys), *keys, *args)
+    return pipe.execute(raise_on_error=False)
+
+
 @receiver(setting_changed)
 def _forget_on_caches_change(*, setting, **kwargs):
     if setting == "CACHES":  # a test pointing the cache elsewhere

@@ -314,3 +314,33 @@ def test_redis_stopped_then_back_with_its_old_data_decides_from_the_ledger_then_
             assert _check(user, org, max_output_tokens=4_000).reservation is not None  # reservations resume
         finally:
             embedded.redis_stop(Path(tmp))
+
+
+# --- the counter increments held for the settlement's round trip ----------------------
+
+
+def test_increments_held_and_not_taken_are_sent_as_the_block_ends():
+    user, org = _member(_plan("held", monthly_tokens=10_000))
+    counters.counters_read(scope="org", owner_id=org.pk)  # the counter exists: increments apply
+    key = counters.counter_key("org", org.pk, counters.month_of())
+    client = get_redis_connection("default")
+    with counters.increments_held():
+        _record(user, org, input_tokens=1_000)  # committed: its increment is held
+        assert int(client.hget(key, "total_tokens")) == 0
+    assert int(client.hget(key, "total_tokens")) == 1_000
+
+
+def test_a_settlement_redis_does_not_answer_marks_the_held_increments_counters_unsure(settings, tmp_path):
+    """The increments and the settlement go in one round trip: with Redis unreachable neither is
+    known to have run, so the increments' counters are dropped at the next Redis call (rebuilt
+    from the ledger) and the reservation is left to expire."""
+    user, org = _member(_plan("held-outage", monthly_tokens=10_000))
+    settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"], "LOCATION": f"unix://{tmp_path}/no-redis.sock?db=0"}}
+    held = counters.HeldIncrements()
+    held.add(counters.Increment(("usage:test:org", "usage:test:user"), ("total_tokens", 5)))
+    try:
+        assert not reservation_settle(organization_id=org.pk, reservation="r-1", month=counters.month_of(), counted=held)
+        assert {"usage:test:org", "usage:test:user"} <= counters._unsure
+        assert held.take() == []  # taken by the settlement, not sent again as the block ends
+    finally:
+        counters._unsure.difference_update({"usage:test:org", "usage:test:user"})

@@ -392,3 +392,33 @@ def test_a_stream_the_provider_drops_midway_keeps_the_part_and_is_a_failed_meter
     assert message.output_tokens == text_tokens_estimate("Hello world, ") and message.metadata["estimated"] is True
     [row] = ledger()
     assert (row.success, row.error, row.output_tokens, row.cost) == (False, SENTENCES["interrupted"], message.output_tokens, message.cost)
+
+
+def test_a_replys_counter_increment_and_its_reservation_settlement_reach_redis_in_one_round_trip_increment_first(alice, monkeypatch):
+    """Both after the ledger row's commit, in one pipeline: the usage is counted before the
+    reservation that covered it goes, so it is never counted zero times."""
+    from redis.connection import AbstractConnection
+
+    from analytics import counters
+    from billing.services import SETTLE_SCRIPT
+
+    services.message_send(user=alice, content="warm up")  # the live counters exist: increments apply
+    writes, real = [], AbstractConnection.send_packed_command
+
+    def recorded(self, command, check_health=True):
+        writes.append(b"".join(command) if isinstance(command, list) else command)
+        return real(self, command, check_health)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", recorded)
+    reply = services.message_send(user=alice, content="count me once")
+    monkeypatch.undo()
+
+    increment, settle = counters._INCR_IF_EXISTS.encode(), SETTLE_SCRIPT.encode()
+    with_increment = [w for w in writes if increment in w]
+    assert with_increment == [w for w in writes if settle in w] and len(with_increment) == 1, writes
+    [write] = with_increment
+    assert write.index(increment) < write.index(settle)
+    organization = organization_of(alice)
+    live = counters.counters_read(scope="org", owner_id=organization.pk)
+    assert live.total_tokens == sum(row.total_tokens for row in ledger(organization_id=organization.pk))
+    assert reply.message.output_tokens > 0
