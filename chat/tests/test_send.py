@@ -422,3 +422,13 @@ def test_a_replys_counter_increment_and_its_reservation_settlement_reach_redis_i
     live = counters.counters_read(scope="org", owner_id=organization.pk)
     assert live.total_tokens == sum(row.total_tokens for row in ledger(organization_id=organization.pk))
     assert reply.message.output_tokens > 0
+
+
+def test_the_history_read_with_the_lock_keeps_control_characters_quotes_and_unicode_exactly(alice):
+    """The history comes back as JSON from the locking read (json_agg): what a user wrote must
+    reach the provider unchanged, escapes and all."""
+    awkward = 'a "quote", a back\\slash, a tab\there, a bell \x07, \u2028 a line separator, 🙂 and \\u0041'
+    first = services.message_send(user=alice, content=awkward)
+    pending = services.message_prepare(user=alice, content="next", conversation_id=first.conversation.pk)
+    pending.reservation.release()
+    assert [m.content for m in pending.request.messages] == [awkward, f"You said: {awkward}", "next"]
