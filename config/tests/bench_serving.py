@@ -123,6 +123,17 @@ Findings (2026-11-30, fifth session; load average about 4):
   138.4 req/s and 11.72 ms (server 8.45), Django's handler 119.1 and 13.91, WSGI 104.9 and
   13.06. Side by side with the session's first commit, sequentially, the web server's CPU per
   metered POST was 6.93 against 7.74 ms (docs/performance.md).
+
+Findings (2026-11-30, sixth session):
+- A round trip, measured directly (four extra SELECT 1 a send, one server against its twin),
+  costs about 0.09 ms of web-server CPU, not the 0.12 to 0.35 ms the fifth session inferred.
+  Two more went: the history comes with the locking read (read again when the lock waited for
+  another send), and the counters' increment goes with the reservation's settlement in one Redis
+  pipeline: 10 to PostgreSQL and 4 to Redis a send. Side by side with the fifth session's last
+  commit, within the noise.
+- The machine's own speed dominates: the same code served 154 metered POSTs per web-server
+  core-second at 14:16 UTC (ours 170.2 req/s, 9.22 ms: server 6.47, PostgreSQL 2.58, Redis 0.17)
+  and 124 at 14:29 (139.2 req/s, 11.27 ms: server 8.05); ours-only runs ranged from 117 to 169.
 """
 
 from __future__ import annotations
