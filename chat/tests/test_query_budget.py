@@ -69,3 +69,27 @@ def test_a_metered_message_post_with_an_api_key_stays_within_its_query_budget(al
     statements = "\n".join(f"{alias}: {sql.strip()[:120]}" for alias, sql in path)
     assert len(path) == 4, statements
     assert {alias for alias, _ in path} == {"default"}, statements
+
+
+def test_a_metered_message_post_makes_four_redis_round_trips(alice, monkeypatch):
+    """Each write to a Redis connection is one round trip (a pipeline is one write)."""
+    from redis.connection import AbstractConnection
+
+    client = key_client(alice, scopes=["chat:read", "chat:write"])
+    conversation_id = client.post(f"{API}/conversations", {}, format="json").json()["id"]
+    assert client.post(f"{API}/conversations/{conversation_id}/messages", {"content": "warm up"}, format="json").status_code == 201
+    writes, real = [], AbstractConnection.send_packed_command
+
+    def recorded(self, command, check_health=True):
+        writes.append((b"".join(command) if isinstance(command, list) else command)[:160])
+        return real(self, command, check_health)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", recorded)
+    response = client.post(f"{API}/conversations/{conversation_id}/messages", {"content": "hello budget"}, format="json")
+    monkeypatch.undo()
+
+    assert response.status_code == 201, response.json()
+    # The API throttle's window (one script), the entitlement's decision and reservation (one
+    # script), the live counters' increment with the reservation's settlement (one pipeline,
+    # chat/tests/test_send.py), the API log row (RPUSH, analytics/buffer.py)                 = 4
+    assert len(writes) == 4, writes
