@@ -130,10 +130,11 @@ Findings (2026-11-30, sixth session):
   Two more went: the history comes with the locking read (read again when the lock waited for
   another send), and the counters' increment goes with the reservation's settlement in one Redis
   pipeline: 10 to PostgreSQL and 4 to Redis a send. Side by side with the fifth session's last
-  commit, within the noise.
+  commit (config/tests/bench_side_by_side.py), no CPU difference beyond the noise.
 - The machine's own speed dominates: the same code served 154 metered POSTs per web-server
   core-second at 14:16 UTC (ours 170.2 req/s, 9.22 ms: server 6.47, PostgreSQL 2.58, Redis 0.17)
-  and 124 at 14:29 (139.2 req/s, 11.27 ms: server 8.05); ours-only runs ranged from 117 to 169.
+  and 124 at 14:29 (139.2 req/s, 11.27 ms: server 8.05); ours-only runs ranged from 117 to 169
+  within the hour.
 """
 
 from __future__ import annotations
