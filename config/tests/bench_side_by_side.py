@@ -40,7 +40,12 @@ PARTS = ("server", "postgresql", "redis")
 
 def _sides() -> list[tuple[str, str | None, dict[str, str]]]:
     base = os.environ.get("BENCH_AB_BASE") or None
-    env_b = dict(pair.split("=", 1) for pair in os.environ.get("BENCH_AB_ENV", "").split())
+    if base and not os.path.isfile(os.path.join(base, "config", "asgi.py")):
+        pytest.fail(f"BENCH_AB_BASE must be a checkout of this project; {base!r} has no config/asgi.py.", pytrace=False)
+    pairs = os.environ.get("BENCH_AB_ENV", "").split()
+    if bad := [pair for pair in pairs if "=" not in pair[1:]]:
+        pytest.fail(f"BENCH_AB_ENV takes NAME=value pairs separated by spaces; {' '.join(bad)!r} is not one.", pytrace=False)
+    env_b = dict(pair.split("=", 1) for pair in pairs)
     return [("A", None, {}), ("B", base, env_b)] * 2  # A, B, A, B: neither side always starts first
 
 
@@ -55,7 +60,7 @@ def test_two_builds_side_by_side():
         servers = []
         for side, checkout, env in _sides():
             with override_settings(BASE_DIR=checkout) if checkout else contextlib.nullcontext():  # served() runs from BASE_DIR
-                base = stack.enter_context(served(workers=1, **SERVER_ENV, **env))
+                base = stack.enter_context(served(workers=1, **{**SERVER_ENV, **env}))
             conversations = [conversation_create(user=user).pk for _ in range(CONVERSATIONS)]
             servers.append((side, base, conversations, {part: [] for part in PARTS}))
         with httpx.Client(timeout=30) as client:
