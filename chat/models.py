@@ -85,7 +85,8 @@ class Message(models.Model):
         FAILED = "failed", "Failed"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    # No index of its own: chat_message_sequence_unique (conversation, sequence) serves every lookup by conversation.
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages", db_index=False)
     user_id = models.UUIDField()  # the conversation's owner, denormalized so the row policy is direct
     sequence = models.PositiveIntegerField()
     role = models.CharField(max_length=16, choices=Role.choices)
@@ -106,7 +107,8 @@ class Message(models.Model):
     class Meta:
         ordering = ["conversation", "sequence"]
         constraints = [models.UniqueConstraint(fields=["conversation", "sequence"], name="chat_message_sequence_unique")]
-        indexes = [models.Index(fields=["status", "created_at"], name="chat_message_status_created")]
+        # Only streaming rows, the ones streams_close_stale looks for: a reply's row leaves it as it is finished.
+        indexes = [models.Index(fields=["created_at"], condition=models.Q(status="streaming"), name="chat_message_streaming_created")]
 
     def __str__(self):
         return f"{self.role} #{self.sequence}"
