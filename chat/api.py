@@ -35,6 +35,7 @@ from chat.serializers import (
 from chat.streaming import reply_stream_response
 from config.api.errors import error_responses
 from config.api.inputs import validated_body, validated_query
+from config.api.outputs import Representation
 from config.db import rls
 from config.errors import NotFoundError
 
@@ -114,9 +115,10 @@ class ConversationDetailApi(APIView):
 # --- Messages ------------------------------------------------------------------------
 
 
-# Built once: a serializer deep-copies its declared fields on every instantiation (35 here), and
-# to_representation keeps no state between calls.
-_REPLY_OUT = ReplyOut()
+# Built once: a serializer deep-copies its declared fields on every instantiation (35 here), and its
+# output keeps no state between calls. Rendered as DRF would, without its per-field steps
+# (config/api/outputs.py): the metered POST's answer.
+_REPLY_OUT = Representation(ReplyOut())
 
 
 # A send waits on the provider: its POST keeps no request transaction (each step opens its own).
@@ -156,10 +158,11 @@ class MessageListApi(APIView):
             "api_key_id": _api_key_id(request),
             "response_cache": header_choice(request.headers.get(CACHE_HEADER)),
         }
-        if not validated_query(StreamQuery, request)["stream"]:
+        # Most sends carry no `stream`: its default (false) needs no serializer.
+        if not ("stream" in request.query_params and validated_query(StreamQuery, request)["stream"]):
             reply = services.message_send(**send)
             data = {"conversation": reply.conversation, "user_message": reply.user_message, "message": reply.message}
-            return Response(_REPLY_OUT.to_representation(data), status=status.HTTP_201_CREATED)
+            return Response(_REPLY_OUT(data), status=status.HTTP_201_CREATED)
         # Checked and stored in short transactions (a refusal is a plain 4xx); the body opens its own.
         return reply_stream_response(services.message_prepare(**send))
 

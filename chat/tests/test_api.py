@@ -78,6 +78,18 @@ def test_post_a_message_returns_the_reply_with_tokens_and_cost(alice):
     assert Decimal(body["message"]["cost"]) == row.cost
 
 
+def test_the_stream_parameter_is_a_boolean_or_a_400_and_false_is_a_plain_reply(alice):
+    client = session_client(alice)
+    url = f"{API}/conversations/{client.post(f'{API}/conversations', {}, format='json').json()['id']}/messages"
+    body = assert_error(client.post(f"{url}?stream=perhaps", {"content": "hi"}, format="json"), 400)
+    assert body["extra"]["fields"] == {"stream": ["Must be a valid boolean."]}
+    assert Message.objects.count() == 0  # refused before anything is stored
+    plain = client.post(f"{url}?stream=false", {"content": "hi"}, format="json")
+    assert plain.status_code == 201 and plain.json()["message"]["content"] == "You said: hi"
+    streamed = client.post(f"{url}?stream=1", {"content": "again"}, format="json")
+    assert streamed.status_code == 200 and _events(streamed)[-1]["type"] == "done"
+
+
 def test_refusals_are_402_429_and_400_with_the_reason_and_store_nothing(alice, plans):
     client = session_client(alice)
     conversation_id = client.post(f"{API}/conversations", {}, format="json").json()["id"]
