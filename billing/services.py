@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -290,12 +291,13 @@ def entitlement_check(
     max_output_tokens: int | None = None,
     max_cost: Decimal = Decimal(0),
     api_key_id: uuid.UUID | str | None = None,
-    conversations: int | None = None,
+    conversations: Callable[[], int] | None = None,
     subscription: Subscription | None | object = selectors.SUBSCRIPTION_UNREAD,
 ) -> Entitlement:
     """May `user` make this model call for `organization` now? Checks, in order: the plan
-    includes the provider and model; a new conversation (pass how many the organization has)
-    stays within the plan; this month's tokens, messages and spend (UTC calendar month, live
+    includes the provider and model; a new conversation stays within the plan (`conversations`
+    counts the ones it would join, and is called only when the plan limits them: a count is a
+    query); this month's tokens, messages and spend (UTC calendar month, live
     counters plus the calls in progress) leave room for this call's most: `estimated_tokens`
     of input plus its output cap (`max_output_tokens`, at most the plan's), and `max_cost`
     (USD, the caller prices that from the catalog); the per-minute rate for the organization
@@ -320,12 +322,13 @@ def entitlement_check(
     cap = plan.max_output_tokens or settings.CHAT_MAX_OUTPUT_TOKENS
     output_cap = min(max_output_tokens or cap, cap)
     refusal = _plan_refusal(plan, provider, model)
-    if refusal is None and conversations is not None and plan.max_conversations is not None and conversations >= plan.max_conversations:
-        refusal = QuotaExceeded(
-            f"Your {plan.name} plan includes {_number(plan.max_conversations)} conversations; you have {_number(conversations)}. "
-            "Delete one, or upgrade.",
-            {"code": "max_conversations", "limit": plan.max_conversations, "used": conversations, "plan": plan.slug},
-        )
+    if refusal is None and conversations is not None and plan.max_conversations is not None:
+        if (used := conversations()) >= plan.max_conversations:
+            refusal = QuotaExceeded(
+                f"Your {plan.name} plan includes {_number(plan.max_conversations)} conversations; you have {_number(used)}. "
+                "Delete one, or upgrade.",
+                {"code": "max_conversations", "limit": plan.max_conversations, "used": used, "plan": plan.slug},
+            )
     if refusal is not None:
         return Entitlement(False, plan, refusal, max_output_tokens=output_cap)
     month = counters.month_of(now)

@@ -10,6 +10,7 @@ and meters what was produced even when the client goes away or the provider drop
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -365,6 +366,16 @@ def _messages_store(
     return user_message, reply
 
 
+def _conversations_counted(user: User) -> int:
+    """The user's conversations with messages, for a new one's plan limit. First sends to two
+    new conversations lock different rows, so each would count without the other and both pass
+    the limit: the count waits for the user's other first send in progress to commit (a lock
+    held to the end of this transaction, taken only where the plan limits conversations)."""
+    with connections[rls.current_alias()].cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"chat-new-conversation:{user.pk}"])
+    return Conversation.objects.filter(user_id=user.pk, message_count__gt=0).count()
+
+
 def message_prepare(
     *,
     user: User,
@@ -412,7 +423,7 @@ def message_prepare(
                 max_output_tokens=output_cap,
                 max_cost=call_cost_ceiling(input_tokens=estimated, output_tokens=output_cap, price=price),
                 api_key_id=api_key_id,
-                conversations=Conversation.objects.filter(user_id=user.pk, message_count__gt=0).count() if new_conversation else None,
+                conversations=functools.partial(_conversations_counted, user) if new_conversation else None,
                 subscription=subscription,
             )
             entitlement.raise_if_refused()

@@ -99,9 +99,18 @@ def test_messages_refuse_at_the_limit_and_not_one_before(member, plans):
 
 def test_conversations_refuse_at_the_limit_and_not_one_before(member):
     user, org = member
-    assert _check(user, org, conversations=19).allowed
-    refused = _check(user, org, conversations=20)
+    assert _check(user, org, conversations=lambda: 19).allowed
+    refused = _check(user, org, conversations=lambda: 20)
     assert not refused.allowed and refused.refusal.extra["code"] == "max_conversations"
+    assert "includes 20 conversations; you have 20" in refused.reason
+
+
+def test_conversations_are_not_counted_on_a_plan_without_a_limit(member, plans):
+    user, org = member
+    put_on_plan(org, plans["enterprise"])
+    counted = []
+    assert _check(user, org, conversations=lambda: counted.append(1) or 10**9).allowed
+    assert counted == []  # no count query for a plan that has no conversation limit
 
 
 def test_requests_per_minute_refuse_at_the_limit_with_retry_after(member):

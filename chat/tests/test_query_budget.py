@@ -10,7 +10,9 @@ import pytest
 from django.db.backends.utils import CursorWrapper
 
 from accounts.tests.test_api import key_client
+from billing.tests.factories import organization_of, put_on_plan
 from chat.tests.test_api import API
+from config.db import rls
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -69,6 +71,30 @@ def test_a_metered_message_post_with_an_api_key_stays_within_its_query_budget(al
     statements = "\n".join(f"{alias}: {sql.strip()[:120]}" for alias, sql in path)
     assert len(path) == 4, statements
     assert {alias for alias, _ in path} == {"default"}, statements
+
+
+@pytest.mark.parametrize("plan, counted", [("free", True), ("enterprise", False)])
+def test_a_new_conversations_first_send_counts_conversations_only_on_a_plan_that_limits_them(alice, plans, queries, plan, counted):
+    put_on_plan(organization_of(alice), plans[plan])
+    client = key_client(alice, scopes=["chat:read", "chat:write"])
+    conversation_id = client.post(f"{API}/conversations", {}, format="json").json()["id"]
+    queries.clear()
+    assert client.post(f"{API}/conversations/{conversation_id}/messages", {"content": "first"}, format="json").status_code == 201
+    counts = [sql for _, sql in queries if sql.lstrip().upper().startswith("SELECT COUNT(*)")]  # the ORM's .count()
+    assert bool(counts) is counted, counts
+
+
+def test_a_new_conversation_past_the_plans_limit_is_refused_and_an_old_one_goes_on(alice, plans):
+    client = key_client(alice, scopes=["chat:read", "chat:write"])
+    older = client.post(f"{API}/conversations", {}, format="json").json()["id"]
+    assert client.post(f"{API}/conversations/{older}/messages", {"content": "one"}, format="json").status_code == 201
+    plans["free"].max_conversations = 1
+    with rls.privileged(reason="test: lower the free plan's conversation limit"):
+        plans["free"].save()
+    newer = client.post(f"{API}/conversations", {}, format="json").json()["id"]
+    refused = client.post(f"{API}/conversations/{newer}/messages", {"content": "two"}, format="json")
+    assert refused.status_code == 402 and "includes 1 conversations; you have 1" in refused.json()["message"], refused.json()
+    assert client.post(f"{API}/conversations/{older}/messages", {"content": "three"}, format="json").status_code == 201
 
 
 def test_a_metered_message_post_makes_four_redis_round_trips(alice, monkeypatch):

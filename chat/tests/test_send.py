@@ -8,7 +8,7 @@ from unittest import mock
 
 import pytest
 from asgiref.sync import async_to_sync
-from django.db import connections
+from django.db import connections, transaction
 from django.db.models import Sum
 
 from accounts.services import provider_credential_set
@@ -332,6 +332,55 @@ def test_a_send_that_waited_for_the_conversation_sends_the_history_committed_mea
     [reply] = replies
     assert reply.sequence == 6
     assert reply.input_tokens == 1 + 3 + 3 + 2 + 1  # start, its reply, the two committed meanwhile, final
+
+
+def _waiting_locks(cur) -> int:
+    cur.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
+    return cur.fetchone()[0]
+
+
+def test_two_first_sends_racing_at_the_conversation_limit_start_one_conversation(alice, plans):
+    """Each first send locks only its own conversation, so without more each would count the
+    user's conversations without the other's and both would pass the plan's limit."""
+    plans["free"].max_conversations = 2
+    with rls.privileged(reason="test: a free plan with room for one more conversation"):
+        plans["free"].save()
+    services.message_send(user=alice, content="the one there is")
+    first, second = (services.conversation_create(user=alice, title=title) for title in ("first", "second"))
+    outcomes = {}
+
+    def send(conversation):
+        try:
+            outcomes[conversation.title] = services.message_send(user=alice, content="hi", conversation_id=conversation.pk).message.status
+        except QuotaExceeded as exc:
+            outcomes[conversation.title] = exc.extra["code"]
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=send, args=(conversation,)) for conversation in (first, second)]
+    with rls.privileged(reason="test: hold the first send after it counted"):
+        # An uncommitted row at the first send's sequence holds its insert, after its count.
+        Message.objects.create(conversation=first, user_id=alice.pk, sequence=1, role="user", content="blocker")
+        with connections[rls.PRIVILEGED_ALIAS].cursor() as cur:
+            threads[0].start()
+            for _ in range(500):
+                if _waiting_locks(cur):
+                    break
+                threading.Event().wait(0.01)
+            else:
+                pytest.fail("the first send never waited on the held row")
+            threads[1].start()
+            for _ in range(300):  # the second waits for the first's count to commit, or (the bug) goes through
+                if _waiting_locks(cur) >= 2 or "second" in outcomes:
+                    break
+                threading.Event().wait(0.01)
+        transaction.set_rollback(True, using=rls.PRIVILEGED_ALIAS)  # the blocker goes; the first send goes on
+    for thread in threads:
+        thread.join(10)
+
+    assert outcomes == {"first": "complete", "second": "max_conversations"}
+    with rls.privileged(reason="test: count the conversations"):
+        assert Conversation.objects.filter(user_id=alice.pk, message_count__gt=0).count() == 2
 
 
 def test_another_users_conversation_cannot_be_sent_to(alice):

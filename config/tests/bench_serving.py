@@ -135,6 +135,18 @@ Findings (2026-11-30, sixth session):
   core-second at 14:16 UTC (ours 170.2 req/s, 9.22 ms: server 6.47, PostgreSQL 2.58, Redis 0.17)
   and 124 at 14:29 (139.2 req/s, 11.27 ms: server 8.05); ours-only runs ranged from 117 to 169
   within the hour.
+
+Findings (2026-11-30, seventh session):
+- Three indexes the send's writes kept up for nothing went (chat 0012, analytics 0009):
+  pg_stat_statements put the prepare's write at 0.31 ms (0.37 before) and the finish at 0.69
+  to 0.78 ms (0.81).
+- The message body is validated and the reply rendered without DRF's per-field steps, with
+  DRF's exact results (config/api/inputs.py, config/api/outputs.py): side by side with the
+  commit before, 4.94 / 5.05 against 5.37 / 5.41 ms of web-server CPU a request.
+- All three servers at 16:03 UTC, a quiet hour (the bare view 0.97 ms): ours 211.3 req/s,
+  p50 119.1 ms, 7.56 ms serving CPU = server 5.18 + PostgreSQL 2.23 + Redis 0.14: 193 metered
+  POSTs per web-server core-second, 132 with PostgreSQL and Redis counted. Django's handler
+  165.6 req/s (9.90 ms), WSGI 190.5 req/s (6.92 ms: server 5.01 + PostgreSQL 1.73 + Redis 0.19).
 """
 
 from __future__ import annotations
