@@ -39,7 +39,8 @@ def validated_query(serializer_class: type[serializers.Serializer], request: Req
 def _text_plan(serializer_class: type[serializers.Serializer]) -> tuple | None:
     """Each field's rules, when the serializer has only plain text fields and no checks of its own."""
     base = serializers.Serializer
-    if any(getattr(serializer_class, name) is not getattr(base, name) for name in ("run_validation", "to_internal_value", "validate")):
+    own = ("__init__", "get_fields", "run_validation", "to_internal_value", "validate")  # fields or checks of its own making
+    if any(getattr(serializer_class, name) is not getattr(base, name) for name in own):
         return None
     serializer = serializer_class()
     if serializer.get_validators():

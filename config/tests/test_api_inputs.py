@@ -2,7 +2,7 @@
 validate it; everything else goes to the serializer, which answers the errors."""
 
 import pytest
-from django.core.validators import RegexValidator
+from django.core.validators import MaxLengthValidator, RegexValidator
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 
@@ -26,6 +26,16 @@ class WithFieldMethod(serializers.Serializer):
 
     def validate_name(self, value):
         return value.upper()
+
+
+class WithOwnInit(serializers.Serializer):
+    name = serializers.CharField()
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if isinstance(kwargs.get("data"), dict) and kwargs["data"].get("strict"):
+            self.fields["name"].max_length = 2
+            self.fields["name"].validators.append(MaxLengthValidator(2))
 
 
 class WithNumber(serializers.Serializer):
@@ -64,10 +74,11 @@ BODIES = [
     {"name": "ab", "tag": "", "code": "c"},
     {"name": 12, "code": "c"},
     {"name": "AB", "code": "c"},
+    {"name": "abc", "strict": True},
     [],
     "text",
 ]
-SERIALIZERS = [MessageIn, Texts, WithOwnCheck, WithFieldMethod, WithNumber]
+SERIALIZERS = [MessageIn, Texts, WithOwnCheck, WithFieldMethod, WithOwnInit, WithNumber]
 
 
 class _Request:
@@ -105,4 +116,4 @@ def test_the_plain_path_is_taken_for_a_valid_message_and_not_where_drf_must_deci
         "label": "t",
     }
     assert inputs._text_valid(inputs._text_plan(Texts), {"name": "ab"}) is None  # `code` has a default to fill
-    assert [inputs._text_plan(cls) for cls in (WithOwnCheck, WithFieldMethod, WithNumber)] == [None, None, None]
+    assert [inputs._text_plan(cls) for cls in (WithOwnCheck, WithFieldMethod, WithOwnInit, WithNumber)] == [None] * 4
