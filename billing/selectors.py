@@ -11,19 +11,20 @@ from datetime import UTC, date, datetime, timedelta
 from django.conf import settings
 from django.db.models import QuerySet
 from django.utils import timezone
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from accounts import selectors as accounts_selectors
 from accounts.models import Membership, Organization, User
 from analytics import counters
 from billing.models import CURRENT_STATUSES, Plan, Subscription
+from config.cache import REDIS_ERRORS as CACHE_REDIS_ERRORS
 from config.db import rls
 from config.db.partitions import month_add
 from config.db.rows import columns_of, fetch_one_prepared, model_from_row
 
 MANAGER_ROLES = (Membership.Role.OWNER, Membership.Role.ADMIN)
-REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+# Unreachable, timed out, or answering with an error (a replica's READONLY, OOM when full): each
+# makes billing decide from the database or leave a reservation to expire, never fail a call.
+REDIS_ERRORS = (*CACHE_REDIS_ERRORS, OSError)
 logger = logging.getLogger("confab.billing")
 
 

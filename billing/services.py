@@ -250,6 +250,11 @@ def _reservation_keys(organization_id, month: date) -> tuple[str, str, str, str]
 _STATE = ("tokens", "messages", "cost_units", "held_tokens", "held_cost_units", "held_calls")
 
 
+class CounterNotStored(Exception):
+    """Redis answers but did not keep the rebuilt counter: the check is decided from the database,
+    never waved through for want of a counter."""
+
+
 def _decide_in_redis(*, plan: Plan, organization_id, api_key_id, tokens: int, cost: int, month: date, reservation: str) -> tuple[str, list]:
     client = redis_client()
     counters.counters_drop_unsure(client)
@@ -266,6 +271,8 @@ def _decide_in_redis(*, plan: Plan, organization_id, api_key_id, tokens: int, co
     if answer[0] in (b"missing", "missing"):
         counters.counters_read(scope="org", owner_id=organization_id, month=month)  # rebuilt from the database
         answer = script(keys=keys, args=args)
+        if answer[0] in (b"missing", "missing"):  # Redis would not store it (full, or a replica)
+            raise CounterNotStored(counters.counter_key("org", organization_id, month))
     code = answer[0].decode() if isinstance(answer[0], bytes) else answer[0]
     return code, [int(x) for x in answer[1:]]
 
@@ -345,8 +352,8 @@ def entitlement_check(
             reservation=reservation,
         )
         degraded = False
-    except selectors.REDIS_ERRORS as exc:
-        logger.warning("entitlement for %s decided from the database (Redis unreachable: %s); rate limit not applied", organization_id, exc)
+    except (*selectors.REDIS_ERRORS, CounterNotStored) as exc:
+        logger.warning("entitlement for %s decided from the database (Redis: %r); rate limit not applied", organization_id, exc)
         settled = counters.usage_from_database(scope="org", owner_id=organization_id, month=month)
         state, degraded = [settled.total_tokens, settled.calls, settled.cost_units, 0, 0, 0], True
         code = _monthly_code(plan, {**dict(zip(_STATE, state)), **want}) or "ok"
@@ -364,8 +371,8 @@ def reservation_settle(*, organization_id, reservation: str | None, month: date,
     call's ledger row has committed: its counter increment runs on that commit first, so the
     usage is briefly counted twice (conservative), never zero times. `counted`, the increments
     held back from that commit (counters.increments_held), go first in the same round trip.
-    Idempotent: True only for the call that released it. With Redis unreachable it is left to
-    expire (logged)."""
+    Idempotent: True only for the call that released it. With Redis unreachable, or refusing
+    writes, it is left to expire (logged): the call has been metered, so it must not fail now."""
     if not reservation:
         return False  # anything `counted` goes as increments_held ends
     held, due, every_due, prefix = _reservation_keys(organization_id, month)
@@ -377,7 +384,7 @@ def reservation_settle(*, organization_id, reservation: str | None, month: date,
             raise settled
         return bool(settled)
     except selectors.REDIS_ERRORS as exc:
-        logger.warning("reservation %s of %s not settled (Redis unreachable: %s); it expires instead", reservation, organization_id, exc)
+        logger.warning("reservation %s of %s not settled (Redis: %s); it expires instead", reservation, organization_id, exc)
         return False
 
 

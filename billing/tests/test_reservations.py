@@ -344,3 +344,62 @@ def test_a_settlement_redis_does_not_answer_marks_the_held_increments_counters_u
         assert held.take() == []  # taken by the settlement, not sent again as the block ends
     finally:
         counters._unsure.difference_update({"usage:test:org", "usage:test:user"})
+
+
+def test_a_settlement_redis_refuses_with_an_error_is_left_to_expire_and_its_increments_unsure(own_redis):
+    """A Redis that answers but refuses writes (a replica after a failover: READONLY) must not
+    fail the call after its ledger row committed: the reservation is left to expire and the
+    increments' counters are dropped at the next Redis call."""
+    user, org = _member(_plan("held-readonly", monthly_tokens=10_000))
+    entitlement = _check(user, org, estimated_tokens=10)
+    assert entitlement.allowed and entitlement.reservation
+    held = counters.HeldIncrements()
+    held.add(counters.Increment(("usage:ro:org", "usage:ro:user"), ("total_tokens", 5)))
+    client = get_redis_connection("default")
+    for key in ("usage:ro:org", "usage:ro:user"):
+        client.hset(key, "total_tokens", 0)  # there, so the increments write (and are refused)
+    client.replicaof("127.0.0.1", 1)  # no such primary: a replica refusing every write
+    try:
+        settled = reservation_settle(organization_id=org.pk, reservation=entitlement.reservation, month=entitlement.month, counted=held)
+        assert settled is False
+        assert {"usage:ro:org", "usage:ro:user"} <= counters._unsure
+    finally:
+        client.replicaof("no", "one")
+        counters._unsure.difference_update({"usage:ro:org", "usage:ro:user"})
+    assert _open(org)  # still held: it expires after ENTITLEMENT_RESERVATION_TIMEOUT
+
+
+def _refusing_writes(client, how: str) -> None:
+    if how == "replica":
+        client.replicaof("127.0.0.1", 1)  # no such primary: a replica refusing every write
+    else:
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", 1)  # full: writes that need memory are refused (OOM)
+
+
+def _writing_again(client, how: str) -> None:
+    if how == "replica":
+        client.replicaof("no", "one")
+    else:
+        client.config_set("maxmemory", 0)
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["counter missing", "counter there"])
+@pytest.mark.parametrize("how", ["replica", "out of memory"])
+def test_an_entitlement_redis_refuses_writes_is_decided_from_the_database_never_waved_through(own_redis, how, warm):
+    """Redis answers but cannot store the counter rebuilt from the ledger (missing), or the
+    reservation (there): the limits are decided from the database (degraded), not skipped for
+    want of a counter, and the check does not fail."""
+    user, org = _member(_plan(f"refusing-{how[:3]}-{warm}", monthly_tokens=10_000))
+    _record(user, org, input_tokens=9_000)
+    if warm:
+        counters.counters_read(scope="org", owner_id=org.pk)
+    client = get_redis_connection("default")
+    _refusing_writes(client, how)
+    try:
+        fits, too_much = _check(user, org, max_output_tokens=1_000), _check(user, org, max_output_tokens=1_001)
+    finally:
+        _writing_again(client, how)
+    assert fits.allowed and fits.degraded and fits.reservation is None
+    assert not too_much.allowed and too_much.usage["tokens"] == 9_000, too_much
+    assert too_much.degraded is not warm  # a counter there refuses in Redis before any write
