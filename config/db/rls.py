@@ -30,6 +30,9 @@ from config.db.rows import prepared_cursor
 
 APP_ALIAS = "default"
 PRIVILEGED_ALIAS = "privileged"
+# What a connection's session is reset with before another request or task may have it.
+SESSION_RESET_SQL = "RESET ALL"
+
 logger = logging.getLogger("confab.rls")
 
 # Sent on entering the privileged context; analytics writes it to the audit log when `audited`.
@@ -139,7 +142,7 @@ def connections_reset() -> None:
             continue
         try:
             with connection.cursor() as cur:
-                cur.execute("RESET ALL")
+                cur.execute(SESSION_RESET_SQL)
         except Exception:  # a broken connection is closed instead
             logger.warning("RESET ALL failed on %s; closing the connection", connection.alias, exc_info=True)
             connection.close()
@@ -147,7 +150,11 @@ def connections_reset() -> None:
 
 def pool_connection_reset(connection) -> None:
     """The pool's check-in hook: a connection goes back with no session state (SET, set_config(..., false))."""
-    connection.execute("RESET ALL")
+    connection.execute(SESSION_RESET_SQL)
+
+
+# One SQL string: the backend may send it with a transaction's COMMIT instead (config/db/backend).
+pool_connection_reset.sql = SESSION_RESET_SQL
 
 
 def _is_exempt(path: str) -> bool:

@@ -1,6 +1,6 @@
-"""The pool (config/db/backend): a connection goes back with no session state; one reset at
-check-in moments ago is handed out without another round trip; one idle longer is pinged and,
-if dead, replaced.
+"""The pool (config/db/backend): a connection goes back with no session state, reset at check-in
+or with its last COMMIT if nothing ran after it; one reset moments ago is handed out without
+another round trip; one idle longer is pinged and, if dead, replaced.
 
 A dead connection is made the way a restarted server or a dropped link makes one: its backend is
 terminated from another session while it sits in the pool, so the client does not know."""
@@ -10,10 +10,12 @@ import time
 
 import psycopg
 import pytest
-from django.db import connections
+from django.db import IntegrityError, connections
 
+from config.db import rls
 from config.db.backend.base import _CHECKED_IN_AT, RECENTLY_CHECKED_SECONDS, DatabaseWrapper
 from config.db.rls import pool_connection_reset
+from config.db.rows import fetch_one_prepared
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -28,6 +30,8 @@ def pooled():
     def reset(connection):  # the app's check-in reset, noting the thread it ran on
         pool_connection_reset(connection)
         reset_threads.append(threading.get_ident())
+
+    reset.sql = pool_connection_reset.sql  # as the app's: it may go with a COMMIT
 
     reset_threads = []
     options = {**settings["OPTIONS"], "pool": {"min_size": 1, "max_size": 1, "reset": reset}}
@@ -93,3 +97,81 @@ def test_a_connection_idle_longer_is_pinged_and_a_dead_one_replaced(pooled):
     pid = _checked_in_dead(pooled, idle_seconds=RECENTLY_CHECKED_SECONDS + 1)
     assert _backend_pid(pooled) != pid
     assert pooled.connection.execute("SELECT 1").fetchone() == (1,)
+
+
+LEAKED = "00000000-0000-0000-0000-000000000001"
+_LEAK_SQL = "SELECT set_config('app.user_id', %s, false)"  # a session-level setting, as a leak would be
+
+
+def _leaked(wrapper) -> bool:
+    return wrapper.connection.execute("SELECT current_setting('app.user_id', true)").fetchone() == (LEAKED,)
+
+
+def _committed(wrapper, sql: str, params=()) -> None:
+    """`sql` in a transaction committed as an atomic block's exit commits it (Django's commit())."""
+    wrapper.set_autocommit(False)
+    with wrapper.cursor() as cur:
+        cur.execute(sql, params)
+    wrapper.commit()
+    wrapper.set_autocommit(True)
+
+
+def test_a_commit_resets_the_session_and_the_check_in_that_follows_sends_nothing(pooled):
+    pid = _backend_pid(pooled)
+    _committed(pooled, _LEAK_SQL, [LEAKED])
+    assert not _leaked(pooled)  # gone with the COMMIT, in its round trip ...
+    _committed(pooled, _LEAK_SQL, [LEAKED])
+    pooled.close()
+    assert pooled.reset_threads == []  # ... so the check-in has nothing to reset
+    assert _backend_pid(pooled) == pid
+    assert not _leaked(pooled)
+
+
+@pytest.mark.parametrize("through", ["Django's cursor", "a prepared cursor", "psycopg directly"])
+def test_a_statement_after_the_commit_brings_the_check_in_reset_back(pooled, through):
+    _backend_pid(pooled)
+    _committed(pooled, "SELECT 1")
+    if through == "Django's cursor":
+        with pooled.cursor() as cur:
+            cur.execute(_LEAK_SQL, [LEAKED])  # in autocommit, after the commit that reset the session
+    elif through == "a prepared cursor":  # config.db.rows builds its cursor past psycopg's cursor()
+        connections[pooled.alias] = pooled
+        try:
+            fetch_one_prepared(pooled.alias, _LEAK_SQL, [LEAKED])
+        finally:
+            del connections[pooled.alias]
+    else:
+        pooled.connection.execute(_LEAK_SQL, [LEAKED])
+    pooled.close()
+    assert pooled.reset_threads == [threading.get_ident()]
+    _backend_pid(pooled)
+    assert not _leaked(pooled)
+
+
+def test_a_commit_that_fails_raises_and_leaves_the_reset_to_the_check_in(pooled):
+    _backend_pid(pooled)
+    with pooled.cursor() as cur:
+        cur.execute("CREATE TEMP TABLE parent (id int PRIMARY KEY)")
+        cur.execute("CREATE TEMP TABLE child (parent_id int REFERENCES parent DEFERRABLE INITIALLY DEFERRED)")
+    pooled.set_autocommit(False)
+    with pooled.cursor() as cur:
+        cur.execute(_LEAK_SQL, [LEAKED])
+        cur.execute("INSERT INTO child VALUES (1)")  # checked at COMMIT
+    with pytest.raises(IntegrityError, match="child"):
+        pooled.commit()
+    pooled.set_autocommit(True)
+    pooled.close()
+    assert pooled.reset_threads == [threading.get_ident()]
+    _backend_pid(pooled)  # the same session (a pool of one): its temporary tables are still there
+    assert pooled.connection.execute("SELECT count(*) FROM child").fetchone() == (0,)  # rolled back, the connection usable
+
+
+def test_a_connection_given_back_mid_transaction_is_rolled_back_and_reset(pooled):
+    _backend_pid(pooled)
+    _committed(pooled, "SELECT 1")
+    pooled.set_autocommit(False)
+    assert rls._begun_with_context(pooled, LEAKED)  # BEGIN sent past any cursor
+    pooled.close()
+    assert pooled.reset_threads == [threading.get_ident()]
+    _backend_pid(pooled)
+    assert pooled.connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE

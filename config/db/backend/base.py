@@ -8,7 +8,13 @@
   firewall dropped it) is pinged, and replaced if it does not answer.
 - psycopg_pool runs the check-in reset (RESET ALL, config/db/rls.py) on one of its worker
   threads: each check-in woke a thread. Here it runs as Django gives the connection back, on the
-  request's own thread, before the pool has it: the same round trip, no thread hand-off."""
+  request's own thread, before the pool has it: the same round trip, no thread hand-off.
+- A reset that is one SQL string (rls.pool_connection_reset.sql) goes with each transaction's
+  COMMIT, in the same round trip ("COMMIT; RESET ALL"): a metered send commits twice and gives
+  its connection back right after each commit, so the check-in reset was a round trip of its
+  own, twice a message. The connection remembers when its session was last reset; a cursor made
+  since (every statement has one, Django's or psycopg's) forgets it, and so does giving it back
+  mid-transaction: the check-in then resets as before."""
 
 from __future__ import annotations
 
@@ -16,11 +22,15 @@ from time import monotonic
 
 import psycopg
 from django.db.backends.postgresql import base
-from psycopg.pq import TransactionStatus
+from django.db.backends.utils import debug_transaction
+from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg_pool import ConnectionPool
 
 RECENTLY_CHECKED_SECONDS = 1.0
 _CHECKED_IN_AT = "_confab_checked_in_at"  # set on the psycopg connection at its check-in reset
+# Set on the psycopg connection when its session was reset with a COMMIT (monotonic seconds);
+# None once anything may have run on it since.
+_RESET_AT = "_confab_reset_at"
 
 
 def check_unless_recent(connection) -> None:
@@ -28,6 +38,15 @@ def check_unless_recent(connection) -> None:
     checked_in_at = getattr(connection, _CHECKED_IN_AT, None)
     if checked_in_at is None or monotonic() - checked_in_at > RECENTLY_CHECKED_SECONDS:
         ConnectionPool.check_connection(connection)
+
+
+class SessionTrackingConnection(psycopg.Connection):
+    """psycopg's connection, forgetting its last session reset whenever a cursor is made on it
+    directly, as its execute() does (Django's cursors are seen in DatabaseWrapper._prepare_cursor)."""
+
+    def cursor(self, *args, **kwargs):
+        setattr(self, _RESET_AT, None)
+        return super().cursor(*args, **kwargs)
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
@@ -44,6 +63,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
             pool = ConnectionPool(
                 kwargs=connect_kwargs,
                 open=False,  # opened on first use, as Django's
+                connection_class=SessionTrackingConnection,
                 configure=self._configure_connection,
                 check=check_unless_recent if self.settings_dict["CONN_HEALTH_CHECKS"] else None,
                 **{name: value for name, value in options.items() if name != "reset"},  # reset: see _close
@@ -51,15 +71,41 @@ class DatabaseWrapper(base.DatabaseWrapper):
             self._connection_pools.setdefault(self.alias, pool)  # threads racing here: the first wins
         return super().pool
 
+    def _reset_sql(self) -> str | None:
+        """The check-in reset as one SQL string, if it is one (it then goes with each COMMIT)."""
+        return getattr((self._pool_options() or {}).get("reset"), "sql", None)
+
+    def _prepare_cursor(self, cursor):
+        if self.connection is not None:  # a statement may change the session: reset it at check-in
+            setattr(self.connection, _RESET_AT, None)
+        return super()._prepare_cursor(cursor)
+
+    def _commit(self):
+        connection, reset_sql = self.connection, self._reset_sql()
+        if connection is None or reset_sql is None or connection.pgconn.transaction_status != TransactionStatus.INTRANS:
+            return super()._commit()  # nothing begun, or a failed transaction (its COMMIT rolls back): as Django does
+        with debug_transaction(self, "COMMIT"), self.wrap_database_errors:
+            # One simple-protocol string: libpq returns the last result, or the first error (then
+            # RESET ALL did not run, and the session stays marked used).
+            result = connection.pgconn.exec_(f"COMMIT; {reset_sql}".encode())
+            if result.status != ExecStatus.COMMAND_OK:
+                raise psycopg.errors.error_from_result(result, encoding=connection.info.encoding)
+        setattr(connection, _RESET_AT, monotonic())
+
     def _close(self):
         reset = (self._pool_options() or {}).get("reset")
         connection = self.connection
         if connection is not None and reset is not None and self.pool is not None:
             try:
+                reset_at = getattr(connection, _RESET_AT, None)
                 if connection.pgconn.transaction_status != TransactionStatus.IDLE:
                     connection.rollback()
-                reset(connection)
-                setattr(connection, _CHECKED_IN_AT, monotonic())
+                    reset_at = None
+                if reset_at is None:  # else reset with its last COMMIT, and nothing has run since
+                    reset(connection)
+                    reset_at = monotonic()
+                setattr(connection, _CHECKED_IN_AT, reset_at)
+                setattr(connection, _RESET_AT, reset_at)
             except psycopg.Error:
                 connection.close()  # the pool discards a closed connection and opens another
         return super()._close()
