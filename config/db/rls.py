@@ -91,11 +91,13 @@ def _begun_with_context(connection, value: str) -> bool:
             value = str(UUID(value))
         except ValueError:
             return False
-    sql = f"SELECT set_config('app.user_id', '{value}', true)"
+    # SET LOCAL, not SELECT set_config(..., true): the same setting, and a utility statement that
+    # PostgreSQL does not plan (a simple-protocol SELECT is planned every time).
+    sql = f"SET LOCAL app.user_id = '{value}'"
     started = time.monotonic()
     with connection.wrap_database_errors:
         result = raw.pgconn.exec_(f"BEGIN; {sql}".encode())
-        if result.status != ExecStatus.TUPLES_OK:
+        if result.status != ExecStatus.COMMAND_OK:
             raise psycopg.errors.error_from_result(result, encoding=raw.info.encoding)
     if connection.queries_logged:  # as a cursor would log it (DEBUG, CaptureQueriesContext); Django logged BEGIN
         connection.queries_log.append({"sql": sql, "time": f"{time.monotonic() - started:.3f}"})

@@ -232,7 +232,7 @@ def test_the_context_goes_with_begin_in_one_round_trip_and_hides_other_users_row
         assert connection.connection.pgconn.transaction_status == TransactionStatus.INTRANS
         assert list(User.objects.values_list("pk", flat=True)) == [alice.pk]
     # Django logs the BEGIN it asked for; the context sent with it is logged with its value inline.
-    assert [q["sql"] for q in captured.captured_queries[:2]] == ["BEGIN", f"SELECT set_config('app.user_id', '{alice.pk}', true)"]
+    assert [q["sql"] for q in captured.captured_queries[:2]] == ["BEGIN", f"SET LOCAL app.user_id = '{alice.pk}'"]
     with rls.atomic_as(bob.pk):  # the next transaction on the same connection: Bob's context only
         assert list(User.objects.values_list("pk", flat=True)) == [bob.pk]
     with transaction.atomic(using="default"):
@@ -246,7 +246,7 @@ def test_a_context_set_after_the_transaction_began_is_bound_as_a_parameter(two_u
         rls.context_set(user_id=bob.pk)  # as API-key authentication does inside a request's transaction
         assert list(User.objects.values_list("pk", flat=True)) == [bob.pk]
     assert [q["sql"] for q in captured.captured_queries[1:3]] == [
-        f"SELECT set_config('app.user_id', '{alice.pk}', true)",  # with BEGIN
+        f"SET LOCAL app.user_id = '{alice.pk}'",  # with BEGIN
         "SELECT set_config('app.user_id', $1, true)",  # bound: the transaction had begun
     ]
     with CaptureQueriesContext(connection) as captured, transaction.atomic(using="default"):
