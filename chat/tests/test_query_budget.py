@@ -50,7 +50,9 @@ def test_a_metered_message_post_with_an_api_key_stays_within_its_query_budget(al
 
     assert response.status_code == 201, response.json()
     assert response.json()["message"]["content"] == "You said: hello budget"
-    # Check-in housekeeping (RESET ALL per connection) depends on pool settings, not on the path.
+    # Check-in housekeeping (RESET ALL per connection) depends on pool settings, not on the path;
+    # under the pool it goes with each transaction's COMMIT, no round trip of its own
+    # (config/db/backend; config/tests/test_pool_check.py).
     path = [(alias, sql) for alias, sql in queries if sql.strip() != "RESET ALL"]
     # 4 statements through a cursor, all on the app role (`default`):
     #   request:  the API key and its owner in one query (two SECURITY DEFINER functions)     =  1
@@ -67,7 +69,7 @@ def test_a_metered_message_post_with_an_api_key_stays_within_its_query_budget(al
     #   answer:   nothing: the conversation's totals are carried from the finish             =  0
     # Each transaction's RLS context goes with its BEGIN in one round trip, not through a
     # cursor (rls._begun_with_context; config/tests/test_rls.py checks it): 2 more statements,
-    # no more round trips.
+    # no more round trips. PostgreSQL round trips: these 4, 2 BEGINs, 2 COMMITs = 8.
     statements = "\n".join(f"{alias}: {sql.strip()[:120]}" for alias, sql in path)
     assert len(path) == 4, statements
     assert {alias for alias, _ in path} == {"default"}, statements

@@ -93,7 +93,8 @@ if not DATABASE_URL:
     )
 _db_urls = {"owner": DATABASE_URL, "default": env("DATABASE_APP_URL"), "privileged": env("DATABASE_WORKER_URL")}
 # Per alias and process. Django's pool (ASGI runs requests on many threads) needs CONN_MAX_AGE 0;
-# each connection is RESET ALL as it goes back to the pool (rls.pool_connection_reset).
+# each connection is RESET ALL as it goes back to the pool (rls.pool_connection_reset), or with
+# its last COMMIT when nothing ran after it (config/db/backend).
 # The hot path's statements are prepared once per connection (config/db/rows.prepared_cursor);
 # Django binds the rest on the client, which never prepares, so the threshold is never reached.
 # Off (None) for a pooler in transaction mode that cannot keep prepared statements.

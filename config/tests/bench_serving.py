@@ -147,6 +147,16 @@ Findings (2026-11-30, seventh session):
   p50 119.1 ms, 7.56 ms serving CPU = server 5.18 + PostgreSQL 2.23 + Redis 0.14: 193 metered
   POSTs per web-server core-second, 132 with PostgreSQL and Redis counted. Django's handler
   165.6 req/s (9.90 ms), WSGI 190.5 req/s (6.92 ms: server 5.01 + PostgreSQL 1.73 + Redis 0.19).
+
+Findings (2026-11-30, eighth session):
+- The pool's check-in RESET ALL goes with each COMMIT (config/db/backend) and the context with
+  BEGIN is SET LOCAL, which PostgreSQL does not plan: 8 PostgreSQL round trips a send. Side by
+  side with the seventh session's last commit: web-server CPU 4.15 / 4.19 against 4.49 / 4.42 ms
+  a request, PostgreSQL 1.66 / 1.70 against 1.84 / 2.00 ms.
+- All three servers at 17:49 UTC, the quietest hour seen (the bare view 0.88 ms): ours 216.0
+  req/s, p50 124.2 ms (+82.7 over the bare view), 6.74 ms serving CPU = server 4.53 +
+  PostgreSQL 2.07 + Redis 0.13: 221 metered POSTs per web-server core-second, 148 with
+  PostgreSQL and Redis counted. Six minutes earlier: 186.0 req/s, 8.33 ms, 171 and 120.
 """
 
 from __future__ import annotations
