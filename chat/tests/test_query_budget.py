@@ -6,13 +6,16 @@ counted at the cursor, from every thread and database alias, not per connection.
 
 import threading
 
+import httpx
 import pytest
+from django.db import connections
 from django.db.backends.utils import CursorWrapper
 
 from accounts.tests.test_api import key_client
 from billing.tests.factories import organization_of, put_on_plan
 from chat.tests.test_api import API
 from config.db import rls
+from config.tests.serving import served
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -121,3 +124,22 @@ def test_a_metered_message_post_makes_four_redis_round_trips(alice, monkeypatch)
     # script), the live counters' increment with the reservation's settlement (one pipeline,
     # chat/tests/test_send.py), the API log row (RPUSH, analytics/buffer.py)                 = 4
     assert len(writes) == 4, writes
+
+
+def test_under_the_pool_a_metered_post_resets_its_connection_with_its_commits(alice):
+    """Under the server's pool (one app-role connection, so every statement of the send is on one
+    backend) the check-in sends no RESET ALL of its own: the backend's last statement is the
+    finish's COMMIT with the reset (config/db/backend). A check-in reset would come after it."""
+    client = key_client(alice, scopes=["chat:read", "chat:write"])
+    headers = {"Authorization": f"Bearer {client.secret}"}
+    with served(workers=1, DATABASE_POOL_MIN_SIZE="1", DATABASE_POOL_MAX_SIZE="1") as base, httpx.Client(base_url=base) as http:
+        conversation_id = http.post(f"{API}/conversations", json={}, headers=headers).json()["id"]
+        sent = http.post(f"{API}/conversations/{conversation_id}/messages", json={"content": "hello pool"}, headers=headers)
+        assert sent.status_code == 201, sent.text
+        with connections["default"].cursor() as cur:  # the app role: it may read its own sessions' statements
+            cur.execute(
+                "SELECT query FROM pg_stat_activity WHERE usename = current_user AND datname = current_database() "
+                "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+            )
+            last = [query for (query,) in cur.fetchall()]
+    assert last == ["COMMIT; RESET ALL"], last

@@ -127,11 +127,14 @@ def test_a_commit_resets_the_session_and_the_check_in_that_follows_sends_nothing
     assert not _leaked(pooled)
 
 
-@pytest.mark.parametrize("through", ["Django's cursor", "a prepared cursor", "psycopg directly"])
+@pytest.mark.parametrize("through", ["Django's cursor", "a cursor made before the commit", "a prepared cursor", "psycopg directly"])
 def test_a_statement_after_the_commit_brings_the_check_in_reset_back(pooled, through):
     _backend_pid(pooled)
+    earlier = pooled.cursor()
     _committed(pooled, "SELECT 1")
-    if through == "Django's cursor":
+    if through == "a cursor made before the commit":
+        earlier.execute(_LEAK_SQL, [LEAKED])
+    elif through == "Django's cursor":
         with pooled.cursor() as cur:
             cur.execute(_LEAK_SQL, [LEAKED])  # in autocommit, after the commit that reset the session
     elif through == "a prepared cursor":  # config.db.rows builds its cursor past psycopg's cursor()
@@ -142,6 +145,7 @@ def test_a_statement_after_the_commit_brings_the_check_in_reset_back(pooled, thr
             del connections[pooled.alias]
     else:
         pooled.connection.execute(_LEAK_SQL, [LEAKED])
+    earlier.close()
     pooled.close()
     assert pooled.reset_threads == [threading.get_ident()]
     _backend_pid(pooled)

@@ -12,8 +12,8 @@
 - A reset that is one SQL string (rls.pool_connection_reset.sql) goes with each transaction's
   COMMIT, in the same round trip ("COMMIT; RESET ALL"): a metered send commits twice and gives
   its connection back right after each commit, so the check-in reset was a round trip of its
-  own, twice a message. The connection remembers when its session was last reset; a cursor made
-  since (every statement has one, Django's or psycopg's) forgets it, and so does giving it back
+  own, twice a message. The connection remembers when its session was last reset; anything it
+  sends the server since (SessionTrackingConnection.wait) forgets it, and so does giving it back
   mid-transaction: the check-in then resets as before."""
 
 from __future__ import annotations
@@ -41,12 +41,20 @@ def check_unless_recent(connection) -> None:
 
 
 class SessionTrackingConnection(psycopg.Connection):
-    """psycopg's connection, forgetting its last session reset whenever a cursor is made on it
-    directly, as its execute() does (Django's cursors are seen in DatabaseWrapper._prepare_cursor)."""
+    """psycopg's connection, forgetting its last session reset whenever it talks to the server:
+    every statement, fetch and copy of its cursors (Django's included) and its own commands go
+    through wait(). Not when a cursor is made: one made before a COMMIT may run after it."""
 
-    def cursor(self, *args, **kwargs):
+    def wait(self, *args, **kwargs):
         setattr(self, _RESET_AT, None)
-        return super().cursor(*args, **kwargs)
+        return super().wait(*args, **kwargs)
+
+    def set_autocommit(self, value: bool) -> None:
+        # Only a setting on the client (psycopg refuses it mid-transaction), though it goes through
+        # wait(): Django turns autocommit back on right after each COMMIT.
+        reset_at = getattr(self, _RESET_AT, None)
+        super().set_autocommit(value)
+        setattr(self, _RESET_AT, reset_at)
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
@@ -74,11 +82,6 @@ class DatabaseWrapper(base.DatabaseWrapper):
     def _reset_sql(self) -> str | None:
         """The check-in reset as one SQL string, if it is one (it then goes with each COMMIT)."""
         return getattr((self._pool_options() or {}).get("reset"), "sql", None)
-
-    def _prepare_cursor(self, cursor):
-        if self.connection is not None:  # a statement may change the session: reset it at check-in
-            setattr(self.connection, _RESET_AT, None)
-        return super()._prepare_cursor(cursor)
 
     def _commit(self):
         connection, reset_sql = self.connection, self._reset_sql()
