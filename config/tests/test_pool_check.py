@@ -179,3 +179,24 @@ def test_a_connection_given_back_mid_transaction_is_rolled_back_and_reset(pooled
     assert pooled.reset_threads == [threading.get_ident()]
     _backend_pid(pooled)
     assert pooled.connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+def test_a_reset_that_fails_after_its_commit_is_no_error_and_is_done_at_check_in(pooled, caplog):
+    """The COMMIT's own result decides: a reset that fails after it (here a reset string that
+    ends in an error) leaves the transaction committed, the caller told so, the check-in to reset."""
+    _backend_pid(pooled)
+    with pooled.cursor() as cur:
+        cur.execute("CREATE TEMP TABLE kept (id int)")
+    pooled.settings_dict["OPTIONS"]["pool"]["reset"].sql = "RESET ALL; SELECT 1 / 0"  # this fixture's own reset
+    pooled.set_autocommit(False)
+    with pooled.cursor() as cur:
+        cur.execute(_LEAK_SQL, [LEAKED])
+        cur.execute("INSERT INTO kept VALUES (1)")
+    pooled.commit()  # no error: it committed
+    pooled.set_autocommit(True)
+    assert "the session reset sent with COMMIT failed" in caplog.text
+    pooled.close()
+    assert pooled.reset_threads == [threading.get_ident()]
+    _backend_pid(pooled)
+    assert pooled.connection.execute("SELECT count(*) FROM kept").fetchone() == (1,)
+    assert not _leaked(pooled)

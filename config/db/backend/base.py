@@ -18,13 +18,17 @@
 
 from __future__ import annotations
 
+import logging
 from time import monotonic
 
 import psycopg
 from django.db.backends.postgresql import base
 from django.db.backends.utils import debug_transaction
+from psycopg import generators
 from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg_pool import ConnectionPool
+
+logger = logging.getLogger("confab.db")
 
 RECENTLY_CHECKED_SECONDS = 1.0
 _CHECKED_IN_AT = "_confab_checked_in_at"  # set on the psycopg connection at its check-in reset
@@ -88,11 +92,16 @@ class DatabaseWrapper(base.DatabaseWrapper):
         if connection is None or reset_sql is None or connection.pgconn.transaction_status != TransactionStatus.INTRANS:
             return super()._commit()  # nothing begun, or a failed transaction (its COMMIT rolls back): as Django does
         with debug_transaction(self, "COMMIT"), self.wrap_database_errors:
-            # One simple-protocol string: libpq returns the last result, or the first error (then
-            # RESET ALL did not run, and the session stays marked used).
-            result = connection.pgconn.exec_(f"COMMIT; {reset_sql}".encode())
-            if result.status != ExecStatus.COMMAND_OK:
-                raise psycopg.errors.error_from_result(result, encoding=connection.info.encoding)
+            # One simple-protocol string, a result per statement; after an error the rest do not run.
+            connection.pgconn.send_query(f"COMMIT; {reset_sql}".encode())
+            committed, *reset = connection.wait(generators.execute(connection.pgconn))
+            if committed.status != ExecStatus.COMMAND_OK:
+                raise psycopg.errors.error_from_result(committed, encoding=connection.info.encoding)
+        if [result for result in reset if result.status != ExecStatus.COMMAND_OK]:
+            # Committed all the same, so no error for the caller: the check-in resets the
+            # session (wait() above forgot any earlier reset), or drops a broken connection.
+            logger.warning("the session reset sent with COMMIT failed on %s; resetting at check-in", self.alias)
+            return
         setattr(connection, _RESET_AT, monotonic())
 
     def _close(self):
