@@ -156,7 +156,9 @@ Findings (2026-11-30, eighth session):
 - All three servers at 17:49 UTC, the quietest hour seen (the bare view 0.88 ms): ours 216.0
   req/s, p50 124.2 ms (+82.7 over the bare view), 6.74 ms serving CPU = server 4.53 +
   PostgreSQL 2.07 + Redis 0.13: 221 metered POSTs per web-server core-second, 148 with
-  PostgreSQL and Redis counted. Six minutes earlier: 186.0 req/s, 8.33 ms, 171 and 120.
+  PostgreSQL and Redis counted. Six minutes earlier: 186.0 req/s, 8.33 ms, 171 and 120. A
+  middling hour with the final code (18:22): 183.1 req/s, 8.28 ms, 176 and 121; at one client
+  (18:24), p50 +7.8 ms over the bare view (+9.3 in the seventh session).
 """
 
 from __future__ import annotations
