@@ -1,4 +1,4 @@
-"""Django's PostgreSQL backend, with the pool's two per-checkout costs cut:
+"""Django's PostgreSQL backend, with the pool's round trips per checkout cut:
 
 - Django builds the pool with psycopg_pool's check (CONN_HEALTH_CHECKS), an empty query on every
   checkout. A metered send checks a connection out twice (the provider's wait holds none), so
@@ -31,7 +31,7 @@ from psycopg_pool import ConnectionPool
 logger = logging.getLogger("confab.db")
 
 RECENTLY_CHECKED_SECONDS = 1.0
-_CHECKED_IN_AT = "_confab_checked_in_at"  # set on the psycopg connection at its check-in reset
+_CHECKED_IN_AT = "_confab_checked_in_at"  # set on the psycopg connection at check-in: when its session was last reset
 # Set on the psycopg connection when its session was reset with a COMMIT (monotonic seconds);
 # None once anything may have run on it since.
 _RESET_AT = "_confab_reset_at"
@@ -97,7 +97,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
             committed, *reset = connection.wait(generators.execute(connection.pgconn))
             if committed.status != ExecStatus.COMMAND_OK:
                 raise psycopg.errors.error_from_result(committed, encoding=connection.info.encoding)
-        if [result for result in reset if result.status != ExecStatus.COMMAND_OK]:
+        if any(result.status != ExecStatus.COMMAND_OK for result in reset):
             # Committed all the same, so no error for the caller: the check-in resets the
             # session (wait() above forgot any earlier reset), or drops a broken connection.
             logger.warning("the session reset sent with COMMIT failed on %s; resetting at check-in", self.alias)
