@@ -6,12 +6,20 @@ each on its own keep-alive connection, and prints one JSON line: statuses, elaps
 every latency in milliseconds. A transport error counts under its exception's name. With
 several URLs, client i sends to URL i, i + concurrency, ... in turn (one conversation each,
 say, so no conversation's history grows with the whole run).
+
+With `--rate R` the load is open, not closed: request k is due at k/R seconds, whether or not
+earlier ones have been answered, and the next free client sends it (at most `concurrency` in
+flight). Its latency counts from when it was due, so time spent waiting for a free client is
+counted too (no coordinated omission). Below the server's capacity this measures what a request
+costs at that load; a closed loop at full load measures queueing (Little's law: p50 is about
+`concurrency` divided by the throughput).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import sys
 import time
@@ -39,11 +47,31 @@ async def _run(args) -> dict:
                 latencies.append((time.perf_counter() - t) * 1000)
                 statuses[status] = statuses.get(status, 0) + 1
 
+        async def send_paced(client_n: int, start: float, due: itertools.count, total: int, latencies: list, statuses: dict) -> None:
+            urls = args.url[client_n % len(args.url) :: args.concurrency] or args.url
+            for k in range(total):
+                n = next(due)
+                if n >= total:
+                    return
+                at = start + n / args.rate
+                if (wait := at - time.perf_counter()) > 0:
+                    await asyncio.sleep(wait)
+                try:
+                    status = (await client.request(args.method, urls[k % len(urls)], headers=headers, content=content)).status_code
+                except httpx.TransportError as exc:
+                    status = f"{type(exc).__name__}"
+                latencies.append((time.perf_counter() - at) * 1000)
+                statuses[status] = statuses.get(status, 0) + 1
+
         async def phase(total: int) -> tuple[list, dict, float]:
             latencies, statuses = [], {}
-            share = [total // args.concurrency + (1 if i < total % args.concurrency else 0) for i in range(args.concurrency)]
             t = time.perf_counter()
-            await asyncio.gather(*(send(i, n, latencies, statuses) for i, n in enumerate(share)))
+            if args.rate:
+                due = itertools.count()
+                await asyncio.gather(*(send_paced(i, t, due, total, latencies, statuses) for i in range(args.concurrency)))
+            else:
+                share = [total // args.concurrency + (1 if i < total % args.concurrency else 0) for i in range(args.concurrency)]
+                await asyncio.gather(*(send(i, n, latencies, statuses) for i, n in enumerate(share)))
             return latencies, statuses, time.perf_counter() - t
 
         await phase(args.warmup)  # connections open, workers and pools warm
@@ -60,6 +88,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--rate", type=float, default=0.0, help="requests/s, open loop; 0: closed loop (each client sends when answered)")
     print(json.dumps(asyncio.run(_run(parser.parse_args(argv)))))
     return 0
 
