@@ -14,18 +14,25 @@
   its connection back right after each commit, so the check-in reset was a round trip of its
   own, twice a message. The connection remembers when its session was last reset; anything it
   sends the server since (SessionTrackingConnection.wait) forgets it, and so does giving it back
-  mid-transaction: the check-in then resets as before."""
+  mid-transaction: the check-in then resets as before.
+- Django loads every timestamptz with its own loader, a subclass of psycopg's pure-Python one
+  (3.6 us a value, parsed with a regular expression); here it is parsed by psycopg's C loader
+  (0.2 us) where psycopg has one, with Django's time zone put on it as Django does
+  (FastTzLoader). A list page of 50 messages reads 100 of them."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from time import monotonic
 
 import psycopg
-from django.db.backends.postgresql import base
+from django.conf import settings
+from django.db.backends.postgresql import base, psycopg_any
 from django.db.backends.utils import debug_transaction
 from psycopg import generators
-from psycopg.pq import ExecStatus, TransactionStatus
+from psycopg.adapt import AdaptersMap
+from psycopg.pq import ExecStatus, Format, TransactionStatus
 from psycopg_pool import ConnectionPool
 
 logger = logging.getLogger("confab.db")
@@ -35,6 +42,33 @@ _CHECKED_IN_AT = "_confab_checked_in_at"  # set on the psycopg connection at che
 # Set on the psycopg connection when its session was reset with a COMMIT (monotonic seconds);
 # None once anything may have run on it since.
 _RESET_AT = "_confab_reset_at"
+
+
+TIMESTAMPTZ_OID = psycopg.postgres.types["timestamptz"].oid
+# psycopg's own text loader: its C implementation when psycopg has one (psycopg-binary or -c).
+_PSYCOPG_TIMESTAMPTZ = psycopg.adapters.get_loader(TIMESTAMPTZ_OID, Format.TEXT)
+
+
+class FastTzLoader(psycopg_any.BaseTzLoader):
+    """Django's timestamptz loader (a value in the connection's time zone, then given Django's
+    `timezone` as is, as BaseTzLoader.load does), parsed by psycopg's C loader. Still a
+    BaseTzLoader: Django's create_cursor reads `timezone` from it to decide whether to replace it."""
+
+    def __init__(self, oid: int, context=None):
+        # Not BaseTzLoader's __init__: its pure-Python parser is never used.
+        psycopg.adapt.Loader.__init__(self, oid, context)
+        self._parse = _PSYCOPG_TIMESTAMPTZ(oid, context).load
+
+    def load(self, data):
+        return self._parse(data).replace(tzinfo=self.timezone)
+
+
+@functools.lru_cache
+def adapters_with_fast_timestamptz(use_tz: bool, timezone) -> AdaptersMap:
+    """Django's adapters for a connection (psycopg_any.get_adapters_template), with FastTzLoader."""
+    adapters = AdaptersMap(psycopg_any.get_adapters_template(use_tz, timezone))
+    adapters.register_loader("timestamptz", type("FastTzLoader", (FastTzLoader,), {"timezone": timezone}))
+    return adapters
 
 
 def check_unless_recent(connection) -> None:
@@ -62,6 +96,11 @@ class SessionTrackingConnection(psycopg.Connection):
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
+    def get_connection_params(self):
+        params = super().get_connection_params()
+        params["context"] = adapters_with_fast_timestamptz(settings.USE_TZ, self.timezone)
+        return params
+
     def _pool_options(self) -> dict | None:
         options = self.settings_dict["OPTIONS"].get("pool")
         return ({} if options is True else options) if options else None
