@@ -164,6 +164,19 @@ Findings (2026-11-30, eighth session):
   PostgreSQL and Redis counted. Six minutes earlier: 186.0 req/s, 8.33 ms, 171 and 120. A
   middling hour with the final code (18:22): 183.1 req/s, 8.28 ms, 176 and 121; at one client
   (18:24), p50 +7.8 ms over the bare view (+9.3 in the seventh session).
+
+Findings (2026-11-30, ninth session):
+- At one client the fixed 10 conversations a client took about 230 sends each, so the one-client
+  p50 measured 460-message histories: the +7.8 and +9.3 ms above. With about 10 sends a
+  conversation at any client count (SENDS_PER_CONVERSATION), six one-client runs within 25
+  minutes gave +4.5 to +10.2 ms (5.53 to 9.48 ms of serving CPU; the bare view 0.84 to 1.17).
+- In a closed loop of 32 clients p50 is queueing: p50 added is about 32 x (1/X_metered -
+  1/X_bare), so 5 ms needs the metered path within 7% of the bare view's throughput (see
+  docs/performance.md). BENCH_SERVING_RATE measures at a load both sustain: at 100 requests/s
+  over 32 connections (19:10, all three servers) ours added 6.4 ms (10.72 against 4.27),
+  Django's handler 15.6, WSGI 11.7.
+- Django parses timestamptz with psycopg's pure-Python loader; config/db/backend's FastTzLoader
+  uses psycopg's C one (3.6 against 0.2 us a value).
 """
 
 from __future__ import annotations
