@@ -423,12 +423,14 @@ def usage_record(
     return usage_record_alongside(None, **fields)[1]
 
 
-def usage_record_alongside(alongside: Alongside | None, **fields) -> tuple[int, TokenUsage | None]:
+def usage_record_alongside(alongside: Alongside | None, *, alone_as: UUID | None = None, **fields) -> tuple[int, TokenUsage | None]:
     """usage_record (its arguments in `fields`) in one statement with the caller's own writes:
-    (how many rows `alongside` returned, the row written or None)."""
+    (how many rows `alongside` returned, the row written or None). With `alone_as`, a user id,
+    the statement is a transaction of its own under that user's context, committed in the same
+    round trip (rls.statement_alone); the caller has none open."""
     now, batch = timezone.now(), next(_batches)
     row = _staged(batch, 0, now, **fields)
-    counted, ids = _ledger_write([row], batch=batch, now=now, alongside=alongside)
+    counted, ids = _ledger_write([row], batch=batch, now=now, alongside=alongside, alone_as=alone_as)
     if not ids:
         return counted, None
     return counted, TokenUsage(id=ids[0], **dict(zip(_STAGED_COLUMNS[2:], row[2:])))
@@ -445,34 +447,57 @@ def usage_record_batch(*, records: list[dict]) -> int:
     return len(_ledger_write(list(first.values()), batch=batch, now=now)[1]) if rows else 0
 
 
-def _ledger_write(rows: list[tuple], *, batch: int, now: datetime, alongside: Alongside | None = None) -> tuple[int, list[int]]:
+def _ledger_write(
+    rows: list[tuple], *, batch: int, now: datetime, alongside: Alongside | None = None, alone_as: UUID | None = None
+) -> tuple[int, list[int]]:
     """Dedupe and write the staged rows with one INSERT ... SELECT: a batch from a temporary
     table it was COPYed into (COPY cannot write to a table under row-level security), a single
     call from VALUES, with a caller's `alongside` writes if given; returns (how many rows
-    `alongside` returned, 0 without it; the ids)."""
+    `alongside` returned, 0 without it; the ids). A single call with `alone_as` is a transaction
+    of its own under that user (usage_record_alongside)."""
     alias = rls.current_alias()
-    connection, ids, totals, counted = connections[alias], [], [], 0
-    # No savepoint (two round trips fewer): a failed write rolls the caller's transaction back whole.
+    connection = connections[alias]
     single = len(rows) == 1
+    if single:  # one call: the same statement every time, prepared per connection
+        params = {f"c{i}": value for i, value in enumerate(rows[0])} | {"now": now}
+        sql = _RECORD_ONE_SQL if alongside is None else _record_one_alongside_sql(alongside.sql)
+        params = params if alongside is None else params | alongside.params
+        if alone_as is not None:
+            returned = rls.statement_alone(alone_as, sql, params)
+            if returned is not None:  # committed: the counters now, as on_commit would
+                counted, written = _ledger_answer(returned, alongside)
+                _count_live(_ledger_totals(written))
+                return counted, [i for *_, row_ids in written for i in row_ids]
+            with rls.atomic_as(alone_as):
+                return _ledger_write(rows, batch=batch, now=now, alongside=alongside)
+    # No savepoint (two round trips fewer): a failed write rolls the caller's transaction back whole.
     with transaction.atomic(using=alias, savepoint=False), prepared_cursor(alias) if single else connection.cursor() as cur:
-        if single:  # one call: the same statement every time, prepared per connection
-            params = {f"c{i}": value for i, value in enumerate(rows[0])} | {"now": now}
-            if alongside is None:
-                cur.execute(_RECORD_ONE_SQL, params)
-                written = cur.fetchall()
-            else:
-                cur.execute(_record_one_alongside_sql(alongside.sql), params | alongside.params)
-                [(counted, *recorded)] = cur.fetchall()
-                written = [recorded] if recorded[0] is not None else []
+        if single:
+            cur.execute(sql, params)
+            counted, written = _ledger_answer(cur.fetchall(), alongside)
         else:
             _staged_copy(cur, connection, alias, rows)
             cur.execute(_RECORD_SQL, {"now": now, "batch": batch})
-            written = cur.fetchall()
-        for organization_id, user_id, month, i, o, t, calls, cost, row_ids in written:
-            ids.extend(row_ids)
-            totals.append((organization_id, user_id, month, counters.Usage(i, o, t, calls, counters.cost_units(cost))))
+            counted, written = 0, cur.fetchall()
+        totals = _ledger_totals(written)
         transaction.on_commit(lambda: _count_live(totals), using=alias)
-    return counted, ids
+    return counted, [i for *_, row_ids in written for i in row_ids]
+
+
+def _ledger_answer(returned: list[tuple], alongside: Alongside | None) -> tuple[int, list[tuple]]:
+    """(how many rows `alongside` returned, the totals rows written) from a single call's answer."""
+    if alongside is None:
+        return 0, returned
+    [(counted, *recorded)] = returned
+    return counted, [recorded] if recorded[0] is not None else []
+
+
+def _ledger_totals(written: list[tuple]) -> list[tuple]:
+    """The live counters' increments for the written rows' totals."""
+    return [
+        (organization_id, user_id, month, counters.Usage(i, o, t, calls, counters.cost_units(cost)))
+        for organization_id, user_id, month, i, o, t, calls, cost, _row_ids in written
+    ]
 
 
 def _staged_copy(cur, connection, alias: str, rows: list[tuple]) -> None:

@@ -566,18 +566,22 @@ def _reply_finish(
     # The ledger row's counter increment, held from its commit, goes with the reservation's
     # settlement in one Redis round trip, first: the usage is never uncounted.
     with counters.increments_held() as increments:
-        with rls.atomic_as(pending.user_id):
-            for name, value in fields.items():
-                setattr(message, name, value)
-            if pending.stored:  # the reply, its conversation's totals and the ledger row: one statement
-                reply_update = _reply_update(message, fields, tokens=counted.input_total + counted.output, now=now)
-                closed = not _meter(message=message, reply_update=reply_update, **metering)
-                if closed:
+        for name, value in fields.items():
+            setattr(message, name, value)
+        if pending.stored:
+            # The reply, its conversation's totals and the ledger row: one statement, its own
+            # transaction, one round trip with its BEGIN and COMMIT (reads its conversation from
+            # the message, cached when the send stored it).
+            reply_update = _reply_update(message, fields, tokens=counted.input_total + counted.output, now=now)
+            closed = not _meter(message=message, reply_update=reply_update, alone_as=pending.user_id, **metering)
+            if closed:
+                with rls.atomic_as(pending.user_id):
                     try:
                         message.refresh_from_db()
                     except Message.DoesNotExist:  # deleted with its conversation while it streamed: metered, not stored
                         pass
-            else:  # one DELETE; waits for a stale pass that holds the row, then finds it gone
+        else:
+            with rls.atomic_as(pending.user_id):  # one DELETE; waits for a stale pass that holds the row, then finds it gone
                 closed = not PendingCall.objects.filter(request_id=pending.request_id).delete()[0]
                 if not closed:
                     _meter(message=message, **metering)
@@ -619,6 +623,7 @@ def _meter(
     cached: response_caching.CachedReply | None = None,
     saved_tokens: int = 0,
     reply_update: Alongside | None = None,
+    alone_as: uuid.UUID | None = None,
     now=None,
 ) -> bool:
     """The conversation's totals and the ledger row for one reply (inside the caller's
@@ -627,7 +632,9 @@ def _meter(
     `reply_update` (_reply_update), the reply's own UPDATE adds the totals, in the ledger row's
     statement; False when that reply was no longer `streaming`. The ledger row is written either
     way unless its request id was recorded already (by the stale pass that closed the reply), so
-    the call is metered once, also when its conversation was deleted while it streamed."""
+    the call is metered once, also when its conversation was deleted while it streamed. With
+    `alone_as` (the reply's user) and `reply_update`, that one statement is the transaction, sent
+    in one round trip with its BEGIN and COMMIT; the caller has none open."""
     tokens, now = usage.input_total + usage.output, now or timezone.now()
     if message.conversation_id is not None and reply_update is None:  # an unstored call (SuppliedHistory) has no conversation row
         Conversation.objects.filter(pk=message.conversation_id).update(
@@ -637,6 +644,7 @@ def _meter(
     rates = charge.rates
     updated, _row = usage_record_alongside(
         reply_update,
+        alone_as=alone_as,
         user_id=message.user_id,
         organization_id=conversation.organization_id,
         provider=message.provider,

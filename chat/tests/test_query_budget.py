@@ -15,6 +15,7 @@ from accounts.tests.test_api import key_client
 from billing.tests.factories import organization_of, put_on_plan
 from chat.tests.test_api import API
 from config.db import rls
+from config.db.backend.base import RESET_WITH_COMMIT_MARK, DatabaseWrapper
 from config.tests.serving import served
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -24,11 +25,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def queries(monkeypatch):
     """Every statement any thread runs through Django, as (alias, sql), while the test runs."""
     seen, lock = [], threading.Lock()
-    execute, executemany = CursorWrapper.execute, CursorWrapper.executemany
+    execute, executemany, run_alone = CursorWrapper.execute, CursorWrapper.executemany, DatabaseWrapper.run_alone
 
-    def record(cursor, sql):
+    def record(cursor_or_connection, sql):
         with lock:
-            seen.append((cursor.db.alias, sql))
+            seen.append((getattr(cursor_or_connection, "db", cursor_or_connection).alias, sql))
 
     def counted_execute(self, sql, params=None):
         record(self, sql)
@@ -38,8 +39,13 @@ def queries(monkeypatch):
         record(self, sql)
         return executemany(self, sql, param_list)
 
+    def counted_run_alone(self, setup, sql, params):  # a statement sent with its BEGIN and COMMIT
+        record(self, sql)
+        return run_alone(self, setup, sql, params)
+
     monkeypatch.setattr(CursorWrapper, "execute", counted_execute)
     monkeypatch.setattr(CursorWrapper, "executemany", counted_executemany)
+    monkeypatch.setattr(DatabaseWrapper, "run_alone", counted_run_alone)
     return seen
 
 
@@ -68,11 +74,13 @@ def test_a_metered_message_post_with_an_api_key_stays_within_its_query_budget(al
     #   finish:   the reply's UPDATE, its conversation's totals and the ledger's dedupe and
     #             INSERT from one VALUES row, in one statement (data-modifying WITHs, the
     #             ledger row written only if the reply was still streaming), RETURNING the
-    #             sums for the Redis counters (no staging table or COPY for a single call)  =  1
+    #             sums for the Redis counters (no staging table or COPY for a single call),
+    #             a transaction of its own sent with its BEGIN, context and COMMIT
+    #             (rls.statement_alone, libpq's pipeline mode)                            =  1
     #   answer:   nothing: the conversation's totals are carried from the finish             =  0
-    # Each transaction's RLS context goes with its BEGIN in one round trip, not through a
-    # cursor (rls._begun_with_context; config/tests/test_rls.py checks it): 2 more statements,
-    # no more round trips. PostgreSQL round trips: these 4, 2 BEGINs, 2 COMMITs = 8.
+    # The prepare's RLS context goes with its BEGIN in one round trip, not through a cursor
+    # (rls._begun_with_context; config/tests/test_rls.py checks it). PostgreSQL round trips:
+    # the API key 1; the prepare's BEGIN, locking read, insert and COMMIT 4; the finish 1 = 6.
     statements = "\n".join(f"{alias}: {sql.strip()[:120]}" for alias, sql in path)
     assert len(path) == 4, statements
     assert {alias for alias, _ in path} == {"default"}, statements
@@ -128,8 +136,9 @@ def test_a_metered_message_post_makes_four_redis_round_trips(alice, monkeypatch)
 
 def test_under_the_pool_a_metered_post_resets_its_connection_with_its_commits(alice):
     """Under the server's pool (one app-role connection, so every statement of the send is on one
-    backend) the check-in sends no RESET ALL of its own: the backend's last statement is the
-    finish's COMMIT with the reset (config/db/backend). A check-in reset would come after it."""
+    backend) the check-in sends no RESET ALL of its own: the backend's last statement is the reset
+    sent with the finish's COMMIT (config/db/backend run_alone), marked as such. A check-in reset
+    would come after it."""
     client = key_client(alice, scopes=["chat:read", "chat:write"])
     headers = {"Authorization": f"Bearer {client.secret}"}
     with served(workers=1, DATABASE_POOL_MIN_SIZE="1", DATABASE_POOL_MAX_SIZE="1") as base, httpx.Client(base_url=base) as http:
@@ -142,4 +151,4 @@ def test_under_the_pool_a_metered_post_resets_its_connection_with_its_commits(al
                 "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
             )
             last = [query for (query,) in cur.fetchall()]
-    assert last == ["COMMIT; RESET ALL"], last
+    assert last == [f"{RESET_WITH_COMMIT_MARK} RESET ALL"], last

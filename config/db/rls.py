@@ -86,14 +86,9 @@ def _begun_with_context(connection, value: str) -> bool:
         return False
     if raw.isolation_level is not None or raw.read_only is not None or raw.deferrable is not None:
         return False  # psycopg's BEGIN would carry these; ours does not
-    if value:
-        try:
-            value = str(UUID(value))
-        except ValueError:
-            return False
-    # SET LOCAL, not SELECT set_config(..., true): the same setting, and a utility statement that
-    # PostgreSQL does not plan (a simple-protocol SELECT is planned every time).
-    sql = f"SET LOCAL app.user_id = '{value}'"
+    sql = _context_command(value)
+    if sql is None:
+        return False
     started = time.monotonic()
     with connection.wrap_database_errors:
         result = raw.pgconn.exec_(f"BEGIN; {sql}".encode())
@@ -102,6 +97,31 @@ def _begun_with_context(connection, value: str) -> bool:
     if connection.queries_logged:  # as a cursor would log it (DEBUG, CaptureQueriesContext); Django logged BEGIN
         connection.queries_log.append({"sql": sql, "time": f"{time.monotonic() - started:.3f}"})
     return True
+
+
+def _context_command(value: str) -> str | None:
+    """The context as a command with its value inline (a simple-protocol string takes no
+    parameters): a UUID, checked here, or empty; None for anything else. SET LOCAL, not SELECT
+    set_config(..., true): the same setting, and a utility statement that PostgreSQL does not plan
+    (a simple-protocol SELECT is planned every time)."""
+    if value:
+        try:
+            value = str(UUID(value))
+        except ValueError:
+            return None
+    return f"SET LOCAL app.user_id = '{value}'"
+
+
+def statement_alone(user_id: UUID | str | None, sql: str, params) -> list[tuple] | None:
+    """`sql` as a transaction of its own under this user's context, sent in one round trip with
+    its BEGIN, the context, its COMMIT and the pool's reset (the backend's run_alone): its rows.
+    None when the connection cannot (in a transaction already, no prepared statements): the
+    caller then runs it in atomic_as."""
+    command = _context_command(str(user_id) if user_id else "")
+    run_alone = getattr(connections[current_alias()], "run_alone", None)
+    if command is None or run_alone is None:
+        return None
+    return run_alone([command], sql, params)
 
 
 def context_clear(*, using: str | None = None) -> None:

@@ -15,6 +15,9 @@
   own, twice a message. The connection remembers when its session was last reset; anything it
   sends the server since (SessionTrackingConnection.wait) forgets it, and so does giving it back
   mid-transaction: the check-in then resets as before.
+- A statement that is a transaction of its own (a metered send's finish) can go in one round
+  trip with its BEGIN, its context, its COMMIT and the reset (DatabaseWrapper.run_alone, libpq's
+  pipeline mode) instead of three.
 - Django loads every timestamptz with its own loader, a subclass of psycopg's pure-Python one
   (3.6 us a value, parsed with a regular expression); here it is parsed by psycopg's C loader
   (0.2 us) where psycopg has one, with Django's time zone put on it as Django does
@@ -23,14 +26,18 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
+import time
 from time import monotonic
+from weakref import WeakKeyDictionary
 
 import psycopg
 from django.conf import settings
 from django.db.backends.postgresql import base, psycopg_any
 from django.db.backends.utils import debug_transaction
-from psycopg import generators
+from psycopg import adapt, generators
+from psycopg._queries import PostgresQuery  # how psycopg's cursors turn %(name)s into $n and dump the values
 from psycopg.adapt import AdaptersMap
 from psycopg.pq import ExecStatus, Format, TransactionStatus
 from psycopg_pool import ConnectionPool
@@ -95,6 +102,14 @@ class SessionTrackingConnection(psycopg.Connection):
         setattr(self, _RESET_AT, reset_at)
 
 
+# Statements run_alone prepared on each connection: (query, parameter types) -> name. Their own
+# names, so psycopg's prepared-statement cache (_pg3_N) never meets them.
+_ALONE_PREPARED: WeakKeyDictionary[psycopg.Connection, dict[tuple, bytes]] = WeakKeyDictionary()
+_alone_names = itertools.count()
+PIPELINE_LIBPQ = 140000  # libpq's pipeline mode
+RESET_WITH_COMMIT_MARK = "/* with COMMIT */"
+
+
 class DatabaseWrapper(base.DatabaseWrapper):
     def get_connection_params(self):
         params = super().get_connection_params()
@@ -121,6 +136,82 @@ class DatabaseWrapper(base.DatabaseWrapper):
             )
             self._connection_pools.setdefault(self.alias, pool)  # threads racing here: the first wins
         return super().pool
+
+    def run_alone(self, setup: list[str], sql: str, params) -> list[tuple] | None:
+        """`sql` as a transaction of its own, its rows returned, in one round trip: BEGIN, the
+        `setup` commands (SET LOCAL ...), the statement (prepared on this connection the first
+        time), COMMIT and the pool's session reset go together in libpq's pipeline mode and are
+        read back together; three round trips otherwise (BEGIN with the setup, the statement,
+        COMMIT with the reset). None when it cannot be done here and the caller runs the statement
+        in a transaction as usual: in a transaction already, with autocommit off, or without
+        prepared statements (a pooler in transaction mode). An error in any command rolls the
+        whole back and raises as the statement would; a reset that fails after its COMMIT is left
+        to the check-in, as in _commit."""
+        self.ensure_connection()
+        raw = self.connection
+        pgconn = raw.pgconn
+        if (
+            self.in_atomic_block
+            or not raw.autocommit
+            or raw.prepare_threshold is None
+            or pgconn.transaction_status != TransactionStatus.IDLE
+            or psycopg.pq.version() < PIPELINE_LIBPQ
+            or (raw.isolation_level, raw.read_only, raw.deferrable) != (None, None, None)  # psycopg's BEGIN would carry these
+        ):
+            return None
+        self.validate_thread_sharing()
+        transformer = adapt.Transformer(raw)
+        query = PostgresQuery(transformer)
+        query.convert(sql, params)
+        prepared = _ALONE_PREPARED.setdefault(raw, {})
+        key = (query.query, tuple(query.types or ()))
+        name = prepared.get(key)
+        new = name is None
+        if new:
+            name = f"confab_alone_{next(_alone_names)}".encode()
+        reset_sql = self._reset_sql()
+        commands = ["BEGIN", *setup]
+        started = time.monotonic()
+        with self.wrap_database_errors:
+            pgconn.enter_pipeline_mode()
+            try:
+                for command in commands:
+                    pgconn.send_query_params(command.encode(), None)
+                if new:
+                    pgconn.send_prepare(name, query.query, param_types=query.types)
+                pgconn.send_query_prepared(name, query.params, param_formats=query.formats)
+                pgconn.send_query_params(b"COMMIT", None)
+                if reset_sql is not None:  # marked, so pg_stat_activity tells it from a check-in's reset
+                    pgconn.send_query_params(f"{RESET_WITH_COMMIT_MARK} {reset_sql}".encode(), None)
+                pgconn.pipeline_sync()
+                raw.wait(generators.send(pgconn))
+                expected = len(commands) + new + 2 + (reset_sql is not None)
+                # One result a command (a command after a failed one: PIPELINE_ABORTED), then the sync's.
+                results = [raw.wait(generators.fetch_many(pgconn))[-1] for _ in range(expected)]
+                raw.wait(generators.fetch(pgconn))
+            except BaseException:
+                raw.close()  # left mid-pipeline (the server gone, say): no one may take it over
+                raise
+            pgconn.exit_pipeline_mode()
+            statement_at = len(commands) + new
+            failed = next((r for r in results[: statement_at + 2] if r.status not in (ExecStatus.COMMAND_OK, ExecStatus.TUPLES_OK)), None)
+            if failed is not None:
+                if pgconn.transaction_status != TransactionStatus.IDLE:  # failed before its COMMIT: roll back
+                    pgconn.send_query(b"ROLLBACK")
+                    raw.wait(generators.execute(pgconn))
+                raise psycopg.errors.error_from_result(failed, encoding=raw.info.encoding)
+        if new:
+            prepared[key] = name
+        if self.queries_logged:  # as a cursor would log it (DEBUG, CaptureQueriesContext)
+            self.queries_log.append({"sql": sql, "time": f"{time.monotonic() - started:.3f}"})
+        if reset_sql is not None:
+            if results[-1].status == ExecStatus.COMMAND_OK:
+                setattr(raw, _RESET_AT, monotonic())
+            else:
+                logger.warning("the session reset sent with COMMIT failed on %s; resetting at check-in", self.alias)
+        result = results[statement_at]
+        transformer.set_pgresult(result)
+        return transformer.load_rows(0, result.ntuples, tuple) if result.status == ExecStatus.TUPLES_OK else []
 
     def _reset_sql(self) -> str | None:
         """The check-in reset as one SQL string, if it is one (it then goes with each COMMIT)."""
