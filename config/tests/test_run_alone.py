@@ -183,3 +183,14 @@ def test_an_error_while_reading_the_answers_closes_the_connection_rather_than_ha
     pooled.close()
     assert _backend_pid(pooled) != pid
     assert _alone(pooled, "SELECT 1") == [(1,)]
+
+
+def test_a_statement_a_schema_change_made_stale_is_prepared_afresh(pooled):
+    _backend_pid(pooled)
+    _table(pooled)
+    _alone(pooled, "INSERT INTO noted VALUES (1, 'one')")
+    assert _alone(pooled, "SELECT * FROM noted") == [(1, "one")]
+    pooled.connection.execute("ALTER TABLE noted ADD COLUMN extra int")
+    with pytest.raises(DatabaseError, match="cached plan must not change result type"):
+        _alone(pooled, "SELECT * FROM noted")
+    assert _alone(pooled, "SELECT * FROM noted") == [(1, "one", None)]  # not failing for good

@@ -172,7 +172,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
         reset_sql = self._reset_sql()
         commands = ["BEGIN", *setup]
         started = time.monotonic()
-        with self.wrap_database_errors:
+        with self.wrap_database_errors, raw.lock:  # the lock psycopg's cursors take around each statement
             pgconn.enter_pipeline_mode()
             try:
                 for command in commands:
@@ -199,6 +199,9 @@ class DatabaseWrapper(base.DatabaseWrapper):
                 if pgconn.transaction_status != TransactionStatus.IDLE:  # failed before its COMMIT: roll back
                     pgconn.send_query(b"ROLLBACK")
                     raw.wait(generators.execute(pgconn))
+                # Prepared afresh next time: a statement a schema change has made stale ("cached plan
+                # must not change result type") would otherwise fail on this connection for good.
+                prepared.pop(key, None)
                 raise psycopg.errors.error_from_result(failed, encoding=raw.info.encoding)
         if new:
             prepared[key] = name
