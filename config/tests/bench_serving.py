@@ -169,7 +169,7 @@ Findings (2026-11-30, ninth session):
 - At one client the fixed 10 conversations a client took about 230 sends each, so the one-client
   p50 measured 460-message histories: the +7.8 and +9.3 ms above. With about 10 sends a
   conversation at any client count (SENDS_PER_CONVERSATION), six one-client runs within 25
-  minutes gave +4.5 to +10.2 ms (5.53 to 9.48 ms of serving CPU; the bare view 0.84 to 1.17).
+  minutes gave +4.5 to +10.2 ms (5.53 to 9.48 ms of serving CPU; the bare view 0.84 to 1.53).
 - In a closed loop of 32 clients p50 is queueing: p50 added is about 32 x (1/X_metered -
   1/X_bare), so 5 ms needs the metered path within 7% of the bare view's throughput (see
   docs/performance.md). BENCH_SERVING_RATE measures at a load both sustain: at 100 requests/s
