@@ -89,7 +89,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--rate", type=float, default=0.0, help="requests/s, open loop; 0: closed loop (each client sends when answered)")
-    print(json.dumps(asyncio.run(_run(parser.parse_args(argv)))))
+    args = parser.parse_args(argv)
+    if args.rate < 0:
+        parser.error(f"--rate is requests per second, 0 or more (0: a closed loop); got {args.rate:g}.")
+    print(json.dumps(asyncio.run(_run(args))))
     return 0
 
 

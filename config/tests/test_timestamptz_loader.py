@@ -5,7 +5,7 @@ import datetime
 
 import psycopg
 import pytest
-from django.db import connection
+from django.db import DataError, connection
 from django.db.backends.postgresql.psycopg_any import register_tzloader
 from django.utils import timezone
 
@@ -70,10 +70,9 @@ def test_timestamps_read_as_djangos_own_loader_reads_them(session_zone):
 
 
 def test_an_infinite_timestamp_is_an_error_as_with_djangos_loader():
-    with connection.cursor() as cur, pytest.raises(Exception) as raised:
+    with connection.cursor() as cur, pytest.raises(DataError, match="too large"):  # as psycopg's pure-Python loader says it
         cur.execute("SELECT 'infinity'::timestamptz")
         cur.fetchone()
-    assert "infinity" in str(raised.value).lower() or "too large" in str(raised.value).lower()
 
 
 def test_models_read_through_the_orm_get_aware_datetimes():
