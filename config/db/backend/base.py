@@ -28,7 +28,6 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-import time
 from time import monotonic
 from weakref import WeakKeyDictionary
 
@@ -171,7 +170,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
             name = f"confab_alone_{next(_alone_names)}".encode()
         reset_sql = self._reset_sql()
         commands = ["BEGIN", *setup]
-        started = time.monotonic()
+        started = monotonic()
         with self.wrap_database_errors, raw.lock:  # the lock psycopg's cursors take around each statement
             pgconn.enter_pipeline_mode()
             try:
@@ -206,7 +205,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
         if new:
             prepared[key] = name
         if self.queries_logged:  # as a cursor would log it (DEBUG, CaptureQueriesContext)
-            self.queries_log.append({"sql": sql, "time": f"{time.monotonic() - started:.3f}"})
+            self.queries_log.append({"sql": sql, "time": f"{monotonic() - started:.3f}"})
         if reset_sql is not None:
             if results[-1].status == ExecStatus.COMMAND_OK:
                 setattr(raw, _RESET_AT, monotonic())
