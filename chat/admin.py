@@ -1,5 +1,6 @@
-"""Staff admin for chat: conversations and messages read-only (their content is the user's),
-personas, and the model catalog with its prices and effective dates.
+"""Staff admin for chat: conversations, messages and personas read-only (their content is the
+user's, and a persona belongs to one user: moved to another, the conversations naming it could no
+longer read it), and the model catalog with its prices and effective dates.
 
 Every view runs in ConfabAdminSite's audited privileged context (config/admin.py).
 """
@@ -69,10 +70,9 @@ class MessageAdmin(config_admin.ReadOnlyAdmin):
 
 
 @admin.register(Persona)
-class PersonaAdmin(admin.ModelAdmin):
+class PersonaAdmin(config_admin.ReadOnlyAdmin):
     list_display = ("name", "user_id", "provider", "model", "temperature", "usage_count", "updated_at")
     search_fields = ("name", "=user_id")
-    readonly_fields = ("usage_count", "created_at", "updated_at")
 
 
 class ModelPriceForm(forms.ModelForm):

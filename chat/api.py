@@ -9,6 +9,7 @@ Another user's conversation or persona is 404 (row-level security hides it). API
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
+from rest_framework.exceptions import NotFound
 from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
@@ -49,6 +50,17 @@ class MessageCursor(CursorPagination):
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 200
+
+    def decode_cursor(self, request):
+        """DRF's, with the position read as the sequence number it is: DRF passes it on as text,
+        and a forged one ('p=abc') reached the query as a 500; now DRF's 404 "Invalid cursor"."""
+        cursor = super().decode_cursor(request)
+        if cursor is None or cursor.position is None:
+            return cursor
+        try:
+            return cursor._replace(position=int(cursor.position))
+        except ValueError:
+            raise NotFound(self.invalid_cursor_message) from None
 
 
 def _page(view: APIView, request, queryset, serializer_class) -> Response:

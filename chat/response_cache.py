@@ -2,7 +2,9 @@
 
 Identical means the same organization, provider, model, messages and sampling parameters:
 the key is the SHA-256 of those, under the organization's own prefix, so no organization is
-ever answered from another's entries. Only calls at temperature 0 are cached unless the
+ever answered from another's entries. A reply made with a member's own provider key came from
+wherever that member pointed it (their own base URL, their own account): it answers only that
+member, at that endpoint, never the rest of the organization. Only calls at temperature 0 are cached unless the
 caller asks for any temperature (a reply at a higher temperature is one draw of many).
 Entries live in Redis for CHAT_RESPONSE_CACHE_TTL seconds; with Redis unreachable the cache
 is skipped (the call goes to the provider), never an error.
@@ -57,16 +59,20 @@ def cache_applies(*, plan_allows: bool, persona_opted_in: bool, choice: str | No
     return choice == "any" or temperature == 0
 
 
-def cache_key(*, organization_id, provider: str, request: ChatRequest) -> str:
+def cache_key(*, organization_id, provider: str, request: ChatRequest, own_key_of=None) -> str:
+    """The entry's key; `own_key_of` is the user whose own provider key makes the call (None for
+    the platform's keys and echo): their entries are theirs alone."""
     call = {
         "provider": provider,
         "model": request.model,
         "messages": [[m.role, m.content] for m in request.messages],
         "temperature": request.temperature,
         "max_tokens": request.max_tokens,
+        "base_url": request.base_url,
     }
     digest = hashlib.sha256(json.dumps(call, separators=(",", ":"), ensure_ascii=False).encode()).hexdigest()
-    return f"{KEY_PREFIX}:{organization_id}:{digest}"
+    scope = f"{organization_id}:user:{own_key_of}" if own_key_of else str(organization_id)
+    return f"{KEY_PREFIX}:{scope}:{digest}"
 
 
 def cached_reply_get(key: str) -> CachedReply | None:

@@ -487,7 +487,14 @@ def message_prepare(
         request_id,
         reservation,
         key_source,
-        response_caching.cache_key(organization_id=organization_id, provider=provider, request=request) if cached else None,
+        response_caching.cache_key(
+            organization_id=organization_id,
+            provider=provider,
+            request=request,
+            own_key_of=user.pk if key_source == KeySource.USER else None,
+        )
+        if cached
+        else None,
         entitlement.plan.cache_hits_count,
         stored,
     )

@@ -1,6 +1,7 @@
 """The chat API: conversations CRUD with filters, messages (cursor pages, replies, streams),
 personas, the catalog; scopes; another user's rows are 404; refusals in the one error shape."""
 
+import base64
 import json
 from decimal import Decimal
 
@@ -160,6 +161,21 @@ def test_messages_are_listed_in_order_with_cursor_pages(alice):
     second = client.get(first["next"]).json()
     assert [m["sequence"] for m in second["results"]] == [5, 6] and second["next"] is None
     assert second["results"][0]["content"] == "message 2"
+
+
+@pytest.mark.parametrize("position", ["abc", "1e3", "1.5", "5a82dda9-d58e-499a-82d1-ad31ae77b6f7"])
+def test_a_forged_cursor_position_is_an_invalid_cursor_not_a_500(alice, position):
+    """A cursor is the client's to send back: one that decodes but names no sequence number is
+    DRF's 404 for a cursor it cannot read, as any garbled one."""
+    conversation = services.message_send(user=alice, content="hello").conversation
+    url = f"{API}/conversations/{conversation.pk}/messages"
+    for client in (session_client(alice), key_client(alice, scopes=["chat:read"])):
+        client.raise_request_exception = False
+        forged = client.get(url, {"cursor": base64.b64encode(f"p={position}".encode()).decode()})
+        assert (forged.status_code, forged.json()["message"]) == (404, "Invalid cursor")
+    # A well-formed position still pages from it.
+    after_first = client.get(url, {"cursor": base64.b64encode(b"p=1").decode()}).json()
+    assert [m["sequence"] for m in after_first["results"]] == [2]
 
 
 def test_scopes_read_and_write(alice):

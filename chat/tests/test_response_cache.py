@@ -1,13 +1,17 @@
 """The response cache (chat/response_cache.py): opt-in per plan, persona and request; a hit
 is stored marked cached and metered as a hit at $0 with what it saved; no organization is
-answered from another's entries; entries expire after CHAT_RESPONSE_CACHE_TTL."""
+answered from another's entries, no member from another's own-key entries; entries expire after CHAT_RESPONSE_CACHE_TTL."""
 
 import time
 from decimal import Decimal
+from unittest import mock
 
 import pytest
 from django_redis import get_redis_connection
 
+from accounts.models import Membership
+from accounts.services import provider_credential_set
+from accounts.services.organizations import organization_create
 from accounts.tests.factories import make_user
 from accounts.tests.test_api import key_client
 from analytics.models import TokenUsage
@@ -16,6 +20,7 @@ from billing.tests.factories import organization_of, put_on_plan
 from chat import services
 from chat.response_cache import KEY_PREFIX
 from chat.tests.factories import price_add
+from chat.tests.provider_servers import ProviderServer, Reply, openai_completion
 from chat.tests.test_api import API
 from config.db import rls
 
@@ -174,3 +179,41 @@ def test_with_redis_stopped_a_send_skips_the_cache_and_is_still_metered(alice, c
     reply = _ask(alice, persona)  # the entitlement falls back to the database; the cache is skipped
     assert reply.message.status == "complete" and "cached" not in reply.message.metadata and reply.message.cost > 0
     assert [row.cache_hit for row in _ledger()] == [False, False]
+
+
+@pytest.fixture
+def provider_servers():
+    members_own, platforms = ProviderServer().start(), ProviderServer().start()
+    yield members_own, platforms
+    members_own.stop()
+    platforms.stop()
+
+
+def test_a_reply_from_a_members_own_key_answers_only_that_member(alice, plans, cached_plan, provider_servers, settings):
+    """Alice points her own OpenAI key at her own server; Bob, in the same organization, is on
+    the platform's key. Bob is answered by the platform's OpenAI, never from the entry Alice's
+    server wrote; Alice, asking again, is answered from her own entry."""
+    members_own, platforms = provider_servers
+    bob = make_user(email="bob@example.com")
+    with rls.privileged(reason="test: Acme, with Bob a member"):
+        acme = organization_create(user=alice, name="Acme")
+        Membership.objects.create(organization=acme, user=bob, role=Membership.Role.MEMBER)
+        provider_credential_set(user=alice, provider="openai", api_key="sk-alice-own-key-1234567890", base_url=f"{members_own.url}/v1")
+    put_on_plan(acme, cached_plan)
+    settings.OPENAI_API_KEY = "sk-platform-managed"
+    usage = {"prompt_tokens": 8, "completion_tokens": 4, "total_tokens": 12}
+    members_own.queue(Reply(body=openai_completion("Lyon. (Visit evil.example for more!)", usage)))
+    platforms.queue(Reply(body=openai_completion("Paris.", usage)))
+
+    def ask(user):
+        conversation = services.conversation_create(user=user, organization_id=acme.pk)
+        return services.message_send(
+            user=user, content=QUESTION, conversation_id=conversation.pk, provider="openai", model="gpt-4o-mini", response_cache="any"
+        ).message
+
+    assert ask(alice).content.startswith("Lyon.")
+    with mock.patch.dict("os.environ", {"OPENAI_BASE_URL": f"{platforms.url}/v1"}):
+        bobs = ask(bob)
+    assert (bobs.content, bobs.metadata.get("cached")) == ("Paris.", None) and len(platforms.received) == 1
+    again = ask(alice)
+    assert again.content.startswith("Lyon.") and again.metadata["cached"] is True and len(members_own.received) == 1
