@@ -9,7 +9,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import IntegrityError
+from django.db import IntegrityError, connections
 from django.db.models import Q
 from django.utils import timezone
 
@@ -215,14 +215,35 @@ def _spend_limit(plan: Plan) -> int:
 
 def _monthly_code(plan: Plan, usage: dict) -> str | None:
     """The database-side twin of the script's monthly checks (used when Redis is down)."""
-    if plan.monthly_tokens is not None and usage["tokens"] + usage["reserved_tokens"] > plan.monthly_tokens:
+    if plan.monthly_tokens is not None and usage["tokens"] + usage["held_tokens"] + usage["reserved_tokens"] > plan.monthly_tokens:
         return "tokens"
-    if plan.monthly_messages is not None and usage["messages"] >= plan.monthly_messages:
+    if plan.monthly_messages is not None and usage["messages"] + usage["held_calls"] >= plan.monthly_messages:
         return "messages"
     spend = _spend_limit(plan)
-    if spend >= 0 and usage["cost_units"] + usage["reserved_cost_units"] > spend:
+    if spend >= 0 and usage["cost_units"] + usage["held_cost_units"] + usage["reserved_cost_units"] > spend:
         return "spend"
     return None
+
+
+def _limits_monthly(plan: Plan) -> bool:
+    return plan.monthly_tokens is not None or plan.monthly_messages is not None or plan.monthly_spend is not None
+
+
+def _decide_in_database(plan: Plan, organization_id, month: date, want: dict, in_progress) -> tuple[str, list]:
+    """The script's monthly checks with Redis down: settled usage from the ledger, and what the
+    calls in progress may still use (`in_progress`), which nothing in Redis holds now. Decisions
+    for one organization and month queue on a lock held to the end of the caller's transaction,
+    the one that stores the call: each then reads the calls in progress the ones before it stored,
+    so concurrent senders cannot all pass on the same settled count."""
+    if not _limits_monthly(plan):
+        return "ok", [0, 0, 0, 0, 0, 0]
+    with connections[rls.current_alias()].cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"entitlement-without-redis:{organization_id}:{month}"])
+    # In progress first, then settled: a call finishing in between is counted twice (conservative), never not at all.
+    held_calls, held_tokens, held_cost = in_progress(month) if in_progress is not None else (0, 0, 0)
+    settled = counters.usage_from_database(scope="org", owner_id=organization_id, month=month)
+    state = [settled.total_tokens, settled.calls, settled.cost_units, held_tokens, held_cost, held_calls]
+    return _monthly_code(plan, {**dict(zip(_STATE, state)), **want}) or "ok", state
 
 
 def _rate_refusal(plan: Plan, wait_ms: int, by_key: bool) -> RateLimited:
@@ -300,6 +321,7 @@ def entitlement_check(
     api_key_id: uuid.UUID | str | None = None,
     conversations: Callable[[], int] | None = None,
     subscription: Subscription | None | object = selectors.SUBSCRIPTION_UNREAD,
+    in_progress: Callable[[date], tuple[int, int, int]] | None = None,
 ) -> Entitlement:
     """May `user` make this model call for `organization` now? Checks, in order: the plan
     includes the provider and model; a new conversation stays within the plan (`conversations`
@@ -315,7 +337,9 @@ def entitlement_check(
     provider and call `reservation_settle` once the ledger row has committed; an unsettled
     reservation expires after ENTITLEMENT_RESERVATION_TIMEOUT seconds. When Redis is down
     the monthly limits are decided from the database totals, nothing can be reserved
-    (`reservation` is None) and the rate limit is skipped (logged).
+    (`reservation` is None) and the rate limit is skipped (logged); `in_progress` then gives the
+    organization's calls in progress that month (calls, and the tokens and cost units they may
+    still use), which count as held, as their reservations would.
 
     `subscription`: the organization's current one (or None), when the caller read it already
     in the same transaction (selectors.subscription_current_joined)."""
@@ -354,9 +378,7 @@ def entitlement_check(
         degraded = False
     except (*selectors.REDIS_ERRORS, CounterNotStored) as exc:
         logger.warning("entitlement for %s decided from the database (Redis: %r); rate limit not applied", organization_id, exc)
-        settled = counters.usage_from_database(scope="org", owner_id=organization_id, month=month)
-        state, degraded = [settled.total_tokens, settled.calls, settled.cost_units, 0, 0, 0], True
-        code = _monthly_code(plan, {**dict(zip(_STATE, state)), **want}) or "ok"
+        (code, state), degraded = _decide_in_database(plan, organization_id, month, want, in_progress), True
     if code == "rate":
         return Entitlement(False, plan, _rate_refusal(plan, state[0], by_key=state[1] == 2), max_output_tokens=output_cap)
     usage = {**dict(zip(_STATE, state)), **want}

@@ -8,9 +8,9 @@ from django import forms
 from django.conf import settings
 
 from chat import selectors
+from chat.models import MAX_SYSTEM_PROMPT, MAX_TAG_LENGTH, MAX_TAGS
 from chat.porting.base import size_text
 
-MAX_TAGS, MAX_TAG_LENGTH = 20, 40
 ARCHIVED_CHOICES = [("", "Active"), ("archived", "Archived"), ("all", "All")]
 
 
@@ -95,7 +95,7 @@ class ConversationForm(forms.Form):
 
 class PersonaForm(forms.Form):
     name = forms.CharField(max_length=100)
-    system_prompt = forms.CharField(label="System prompt", widget=forms.Textarea(attrs={"rows": 5}), max_length=20_000)
+    system_prompt = forms.CharField(label="System prompt", widget=forms.Textarea(attrs={"rows": 5}), max_length=MAX_SYSTEM_PROMPT)
     model = forms.ChoiceField(label="Default model", required=False)
     temperature = forms.DecimalField(
         required=False,

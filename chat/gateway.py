@@ -180,6 +180,8 @@ def _messages(raw) -> list[ChatMessage]:
         if not isinstance(item, dict):
             raise GatewayInvalid(f"{param} must be an object with a role and content.", param)
         role = item.get("role")
+        if not isinstance(role, str):  # a list or object would not even look up (a 500)
+            raise GatewayInvalid(f"{param}.role must be one of: {', '.join(ROLES)}.", f"{param}.role")
         if role in ("tool", "function") or item.get("tool_calls") or item.get("function_call"):
             raise GatewayInvalid("Tools (function calling) are not supported by this gateway.", param, "tools_not_supported")
         if role not in ROLES:

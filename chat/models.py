@@ -14,6 +14,10 @@ from django.utils import timezone
 
 MONEY = {"max_digits": 20, "decimal_places": 10}  # USD, exact to 1e-10 as the ledger keeps it
 PRICE = {"max_digits": 12, "decimal_places": 6}  # USD per million tokens
+# What a user may store, the same through the pages, the API and an import: a persona saved
+# through one door must save unchanged through the other.
+MAX_TAGS, MAX_TAG_LENGTH = 20, 40
+MAX_SYSTEM_PROMPT = 20_000
 
 
 class Persona(models.Model):

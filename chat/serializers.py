@@ -1,10 +1,16 @@
 from rest_framework import serializers
 
-from chat.models import MONEY, Message, ModelPrice, Persona
+from chat.models import MAX_SYSTEM_PROMPT, MAX_TAG_LENGTH, MAX_TAGS, MONEY, Message, ModelPrice, Persona
 from chat.selectors import SEARCH_LIMIT_MAX, SEARCH_MAX_LENGTH, SEARCH_PAGES_MAX
 from chat.services import MAX_CONTENT
 
-TAG = serializers.CharField(max_length=50)
+
+def _no_comma(tag: str) -> None:
+    if "," in tag:  # the pages separate tags with commas: one would come back as two
+        raise serializers.ValidationError("A tag cannot contain a comma.")
+
+
+TAG = serializers.CharField(max_length=MAX_TAG_LENGTH, validators=[_no_comma])
 
 
 # Output serializers declare their fields: a ModelSerializer rebuilds them from the model on
@@ -27,7 +33,7 @@ class ConversationOut(serializers.Serializer):
 class ConversationIn(serializers.Serializer):
     title = serializers.CharField(max_length=200, required=False, allow_blank=True)
     summary = serializers.CharField(max_length=10_000, required=False, allow_blank=True)
-    tags = serializers.ListField(child=TAG, max_length=20, required=False)
+    tags = serializers.ListField(child=TAG, max_length=MAX_TAGS, required=False)
     is_archived = serializers.BooleanField(required=False)
     persona_id = serializers.UUIDField(required=False, allow_null=True)
     organization_id = serializers.UUIDField(required=False)
@@ -36,7 +42,7 @@ class ConversationIn(serializers.Serializer):
 class ConversationFilter(serializers.Serializer):
     archived = serializers.BooleanField(required=False, allow_null=True, default=None)
     q = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
-    tag = serializers.CharField(max_length=50, required=False, allow_blank=True, default="")
+    tag = serializers.CharField(max_length=MAX_TAG_LENGTH, required=False, allow_blank=True, default="")
     persona_id = serializers.UUIDField(required=False, default=None)
     organization_id = serializers.UUIDField(required=False, default=None)
 
@@ -76,6 +82,7 @@ class ReplyOut(serializers.Serializer):
 
 
 class PersonaSerializer(serializers.ModelSerializer):
+    system_prompt = serializers.CharField(max_length=MAX_SYSTEM_PROMPT)
     temperature = serializers.DecimalField(max_digits=3, decimal_places=2, min_value=0, max_value=2, required=False, allow_null=True)
 
     class Meta:

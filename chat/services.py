@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 from asgiref.sync import async_to_sync, sync_to_async
@@ -98,7 +98,7 @@ def conversation_create(
             else _personal_organization(user)
         )
         if persona is not None:
-            Persona.objects.filter(pk=persona.pk).update(usage_count=F("usage_count") + 1)
+            _persona_held(user, persona, count=True)
         return Conversation.objects.create(
             user_id=user.pk, organization_id=organization.pk, title=title, persona=persona, tags=list(tags or [])
         )
@@ -111,13 +111,31 @@ def conversation_update(*, user: User, conversation: Conversation, **fields) -> 
         for name, value in fields.items():
             if name not in allowed:
                 raise ApplicationError(f"The field '{name}' cannot be changed.", {"field": name})
+            if name == "persona" and value is not None:
+                _persona_held(user, value)
             setattr(conversation, name, value)
         conversation.save(update_fields=[*fields, "updated_at"])
     return conversation
 
 
+def _persona_held(user: User, persona: Persona, *, count: bool = False) -> None:
+    """The persona a conversation is about to name, locked until the caller's transaction ends
+    (and its use counted); a 404 if it went since the caller read it. Its delete locks it first
+    (persona_delete), so the two queue: a delete that comes second clears the conversation's
+    persona as it clears the others'; one that came first leaves nothing to name."""
+    found = Persona.objects.filter(pk=persona.pk, user_id=user.pk)
+    held = found.update(usage_count=F("usage_count") + 1) if count else len(found.select_for_update().values_list("pk"))
+    if not held:
+        raise NotFoundError("No such persona.")
+
+
 def conversation_delete(*, user: User, conversation: Conversation) -> None:
+    """Deleted with its messages. The row is locked first, so a send storing messages in it
+    (which holds the row) finishes first and its messages go too; without the lock they came in
+    after the messages were collected, and the delete failed on them."""
     with rls.atomic_as(user.pk):
+        if not Conversation.objects.select_for_update().filter(pk=conversation.pk).exists():
+            raise NotFoundError("No such conversation.")
         conversation.delete()
 
 
@@ -142,7 +160,10 @@ def persona_update(*, user: User, persona: Persona, **fields) -> Persona:
 
 
 def persona_delete(*, user: User, persona: Persona) -> None:
+    """Locked first, so it queues with a conversation taking the persona (_persona_held)."""
     with rls.atomic_as(user.pk):
+        if not Persona.objects.select_for_update().filter(pk=persona.pk).exists():
+            raise NotFoundError("No such persona.")
         persona.delete()
 
 
@@ -175,22 +196,37 @@ def _credential_resolve(*, user: User, provider: str, paid_plan: bool) -> tuple[
 @dataclass(frozen=True)
 class Reservation:
     """What the entitlement check set aside for this call in the organization's monthly
-    budget (billing), released once the call is metered; `id` None when nothing was held."""
+    budget (billing), released once the call is metered; `id` None when nothing was held in
+    Redis. `tokens` and `cost_units`, the call's most, are kept with the call while it runs: with
+    Redis down they are what it holds (_calls_in_progress)."""
 
     organization_id: uuid.UUID
     id: str | None
     month: date | None
+    tokens: int = 0
+    cost_units: int = 0
 
     def release(self, counted: counters.HeldIncrements | None = None) -> None:
         reservation_settle(organization_id=self.organization_id, reservation=self.id, month=self.month, counted=counted)
 
     def as_metadata(self) -> dict:
-        return {"reservation": self.id, "reservation_month": self.month.isoformat() if self.month else None}
+        return {
+            "reservation": self.id,
+            "reservation_month": self.month.isoformat() if self.month else None,
+            "reserved_tokens": self.tokens,
+            "reserved_cost_units": self.cost_units,
+        }
 
     @classmethod
     def from_metadata(cls, organization_id, metadata: dict) -> Reservation:
         month = metadata.get("reservation_month")
-        return cls(organization_id, metadata.get("reservation"), date.fromisoformat(month) if month else None)
+        return cls(
+            organization_id,
+            metadata.get("reservation"),
+            date.fromisoformat(month) if month else None,
+            metadata.get("reserved_tokens") or 0,
+            metadata.get("reserved_cost_units") or 0,
+        )
 
 
 @dataclass(frozen=True)
@@ -376,6 +412,32 @@ def _conversations_counted(user: User) -> int:
     return Conversation.objects.filter(user_id=user.pk, message_count__gt=0).count()
 
 
+# The organization's calls in progress in a month, and what they may still use: its members'
+# replies still streaming, and the calls kept only on the ledger (PendingCall) still running.
+_IN_PROGRESS_SQL = f"""
+SELECT count(*), coalesce(sum((held->>'reserved_tokens')::bigint), 0), coalesce(sum((held->>'reserved_cost_units')::bigint), 0)
+FROM (
+    SELECT m.metadata AS held FROM {Message._meta.db_table} m JOIN {Conversation._meta.db_table} c ON c.id = m.conversation_id
+    WHERE c.organization_id = %(organization)s AND m.status = '{Status.STREAMING}' AND m.created_at >= %(start)s
+    UNION ALL
+    SELECT p.reservation FROM {PendingCall._meta.db_table} p WHERE p.organization_id = %(organization)s AND p.created_at >= %(start)s
+) calls
+"""
+
+
+def _calls_in_progress(organization_id: uuid.UUID, month: date) -> tuple[int, int, int]:
+    """(calls, tokens, cost units) for billing's check with Redis down: the members' rows are
+    not the user's to read, so through the privileged context."""
+    start = datetime(month.year, month.month, 1, tzinfo=UTC)
+    with (
+        rls.privileged(reason="entitlement with Redis down: the organization's calls in progress", audited=False),
+        connections[rls.PRIVILEGED_ALIAS].cursor() as cur,
+    ):
+        cur.execute(_IN_PROGRESS_SQL, {"organization": organization_id, "start": start})
+        calls, tokens, cost_units = cur.fetchone()
+    return int(calls), int(tokens), int(cost_units)
+
+
 def message_prepare(
     *,
     user: User,
@@ -425,9 +487,16 @@ def message_prepare(
                 api_key_id=api_key_id,
                 conversations=functools.partial(_conversations_counted, user) if new_conversation else None,
                 subscription=subscription,
+                in_progress=functools.partial(_calls_in_progress, organization_id),
             )
             entitlement.raise_if_refused()
-            reservation = Reservation(organization_id, entitlement.reservation, entitlement.month)
+            reservation = Reservation(
+                organization_id,
+                entitlement.reservation,
+                entitlement.month,
+                entitlement.usage.get("reserved_tokens", 0),
+                entitlement.usage.get("reserved_cost_units", 0),
+            )
             api_key, base_url, key_source = _credential_resolve(user=user, provider=provider, paid_plan=entitlement.plan.monthly_price > 0)
             conversation = conversation or Conversation(user_id=user.pk, organization_id=organization_id)
             request_id = uuid.uuid4().hex

@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import TextIO
 
-from chat.models import Conversation, Message
+from chat.models import MAX_TAG_LENGTH, MAX_TAGS, Conversation, Message
 from chat.porting.base import ConversationUnusable, ParsedConversation, ParsedMessage, json_clean, text_clean, title_clean, when_iso
 
 SOURCE = "confab"
@@ -138,7 +138,7 @@ def conversation_parse(item: dict, *, skipped: Counter) -> ParsedConversation:
         updated_at=_when(item, "updated_at"),
         messages=[_message(message) for message in ordered],
         summary=text_clean(_field(item, "summary", str, "")),
-        tags=[title_clean(tag)[:50] for tag in tags],
+        tags=[title_clean(tag).replace(",", " ")[:MAX_TAG_LENGTH] for tag in tags][:MAX_TAGS],
         is_archived=_field(item, "is_archived", bool, False),
         persona_name=text_clean(persona) if isinstance(persona, str) else "",
     )
