@@ -204,7 +204,11 @@ class ProviderCredentialForm(forms.Form):
         help_text="Stored encrypted; only its last characters are ever shown again.",
     )
     base_url = forms.URLField(
-        label="Base URL", required=False, assume_scheme="https", help_text="Only for OpenAI-compatible servers (Ollama, vLLM, llama.cpp)."
+        label="Base URL",
+        max_length=ProviderCredential._meta.get_field("base_url").max_length,
+        required=False,
+        assume_scheme="https",
+        help_text="Only for OpenAI-compatible servers (Ollama, vLLM, llama.cpp).",
     )
 
 

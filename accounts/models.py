@@ -15,9 +15,15 @@ from django.utils import timezone as django_timezone
 BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
+def has_control_characters(value: str) -> bool:
+    """Control characters (Cc: line breaks, tabs) or text-direction marks, which make a line of
+    text on a page say something else (U+202E shows "Invoice \u202efdp.exe" as "Invoice exe.pdf")."""
+    return any(unicodedata.category(c) == "Cc" or c in BIDI_CONTROLS for c in value or "")
+
+
 def validate_name(value: str) -> None:
     """Names reach mail headers and every page: no control characters (Cc) and no bidi controls."""
-    if any(unicodedata.category(c) == "Cc" or c in BIDI_CONTROLS for c in value or ""):
+    if has_control_characters(value):
         raise ValidationError(
             "Remove the control characters (line breaks, tabs, text-direction marks) from this name.", code="control_characters"
         )

@@ -198,7 +198,11 @@ class ProviderCredentialIn(serializers.Serializer):
         help_text="Required for `user_api_key`; stored encrypted, never returned.",
     )
     base_url = serializers.URLField(
-        required=False, allow_blank=True, default="", help_text="For OpenAI-compatible servers (Ollama, vLLM, llama.cpp)."
+        max_length=ProviderCredential._meta.get_field("base_url").max_length,
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="For OpenAI-compatible servers (Ollama, vLLM, llama.cpp).",
     )
 
 

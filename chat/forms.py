@@ -8,7 +8,7 @@ from django import forms
 from django.conf import settings
 
 from chat import selectors
-from chat.models import MAX_SYSTEM_PROMPT, MAX_TAG_LENGTH, MAX_TAGS
+from chat.models import MAX_SYSTEM_PROMPT, MAX_TAG_LENGTH, MAX_TAGS, validate_one_line
 from chat.porting.base import size_text
 
 ARCHIVED_CHOICES = [("", "Active"), ("archived", "Archived"), ("all", "All")]
@@ -73,8 +73,8 @@ class ConversationNewForm(forms.Form):
 class ConversationForm(forms.Form):
     """Rename, tag and choose the persona of a conversation."""
 
-    title = forms.CharField(max_length=200, required=False)
-    tags = forms.CharField(required=False, help_text="Separate tags with commas.", max_length=1000)
+    title = forms.CharField(max_length=200, required=False, validators=[validate_one_line])
+    tags = forms.CharField(required=False, help_text="Separate tags with commas.", max_length=1000, validators=[validate_one_line])
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)

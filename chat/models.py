@@ -9,6 +9,7 @@ catalog is read by everyone and written by staff.
 import uuid
 from decimal import Decimal
 
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
@@ -18,6 +19,15 @@ PRICE = {"max_digits": 12, "decimal_places": 6}  # USD per million tokens
 # through one door must save unchanged through the other.
 MAX_TAGS, MAX_TAG_LENGTH = 20, 40
 MAX_SYSTEM_PROMPT = 20_000
+
+
+def validate_one_line(value: str) -> None:
+    """A title or tag is one line on every page, the public share page's too (import cleans them
+    the same way: chat.porting.base.title_clean)."""
+    from accounts.models import has_control_characters  # the one list of such characters
+
+    if has_control_characters(value):
+        raise ValidationError("Remove the control characters (line breaks, tabs, text-direction marks).", code="control_characters")
 
 
 class Persona(models.Model):

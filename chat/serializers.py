@@ -1,6 +1,6 @@
 from rest_framework import serializers
 
-from chat.models import MAX_SYSTEM_PROMPT, MAX_TAG_LENGTH, MAX_TAGS, MONEY, Message, ModelPrice, Persona
+from chat.models import MAX_SYSTEM_PROMPT, MAX_TAG_LENGTH, MAX_TAGS, MONEY, Message, ModelPrice, Persona, validate_one_line
 from chat.selectors import SEARCH_LIMIT_MAX, SEARCH_MAX_LENGTH, SEARCH_PAGES_MAX
 from chat.services import MAX_CONTENT
 
@@ -10,7 +10,7 @@ def _no_comma(tag: str) -> None:
         raise serializers.ValidationError("A tag cannot contain a comma.")
 
 
-TAG = serializers.CharField(max_length=MAX_TAG_LENGTH, validators=[_no_comma])
+TAG = serializers.CharField(max_length=MAX_TAG_LENGTH, validators=[_no_comma, validate_one_line])
 
 
 # Output serializers declare their fields: a ModelSerializer rebuilds them from the model on
@@ -31,7 +31,7 @@ class ConversationOut(serializers.Serializer):
 
 
 class ConversationIn(serializers.Serializer):
-    title = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    title = serializers.CharField(max_length=200, required=False, allow_blank=True, validators=[validate_one_line])
     summary = serializers.CharField(max_length=10_000, required=False, allow_blank=True)
     tags = serializers.ListField(child=TAG, max_length=MAX_TAGS, required=False)
     is_archived = serializers.BooleanField(required=False)

@@ -13,6 +13,7 @@ import asyncio
 import functools
 import logging
 import time
+import traceback
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from chat import response_cache as response_caching
 from chat import selectors
 from chat.errors import ModelUnavailable, ProviderKeyMissing
 from chat.models import Conversation, Message, ModelPrice, PendingCall, Persona
+from chat.porting.base import title_clean
 from chat.pricing import COST_QUANTUM, CallCost, call_cost, call_cost_ceiling
 from chat.providers import PROVIDERS, ChatMessage, ChatRequest, Delta, Done, ProviderError, Usage, provider_for
 from chat.providers.base import interrupted_usage, prompt_tokens_estimate, text_tokens_estimate
@@ -74,7 +76,7 @@ def model_price_for(*, provider: str, model: str) -> ModelPrice:
 
 def conversation_title(*, content: str) -> str:
     """The first words of the first message (a provider may summarize it later)."""
-    words = content.split()
+    words = title_clean(content[:1000]).split()  # one line without text-direction marks, as a typed title must be
     title = " ".join(words[:TITLE_WORDS])
     if len(words) > TITLE_WORDS:
         title += "…"
@@ -760,8 +762,10 @@ def _failure(exc: Exception, request: ChatRequest, text: str) -> tuple[str, Usag
     """(status, usage, sentence) for a call that raised: what the provider reported, or the
     part received (estimated), is metered; an unexpected error is the provider being unavailable."""
     if not isinstance(exc, ProviderError):
-        logger.exception("provider call failed unexpectedly", exc_info=exc)
-        exc = ProviderError("unavailable", detail=str(exc))
+        # The traceback's messages may quote what a provider sent back, the key included.
+        trace = "".join(traceback.format_exception(exc))
+        logger.error("provider call failed unexpectedly\n%s", trace.replace(request.api_key, "[key]") if request.api_key else trace)
+        exc = ProviderError("unavailable", detail=type(exc).__name__)
     text = text or exc.partial_text
     usage = exc.usage
     if usage is None:

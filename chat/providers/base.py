@@ -29,7 +29,7 @@ import httpcore2
 import httpx2
 
 from config.errors import ApplicationError
-from config.outbound import GuardedBackend
+from config.outbound import AddressRefused, GuardedBackend
 
 try:
     import httpx
@@ -109,6 +109,8 @@ SENTENCES = {
     "rate_limited": "The AI provider is receiving too many requests right now. Please try again shortly.",
     "timeout": "The AI provider did not answer in time. Please try again.",
     "unavailable": "The AI provider is unavailable right now. Please try again later.",
+    "address_refused": "This provider's base URL points to an address Confab may not reach. "
+    "Change it in Settings → Provider keys, or ask staff to allow the host.",
     "context_too_long": "This conversation is too long for the model. Start a new conversation or choose a model with a larger context.",
     "bad_request": "The AI provider could not process this request.",
     "interrupted": "The reply was cut off because the connection to the AI provider dropped. The part that arrived is kept.",
@@ -118,6 +120,7 @@ STATUS_CODES = {
     "rate_limited": 429,
     "timeout": 504,
     "unavailable": 503,
+    "address_refused": 502,
     "context_too_long": 400,
     "bad_request": 400,
     "interrupted": 502,
@@ -191,6 +194,18 @@ def retry_after_from_headers(headers: Mapping[str, str] | None) -> float | None:
         return max(email.utils.mktime_tz(parsed) - time.time(), 0.0) if parsed else None
 
 
+def address_refused(exc: BaseException) -> bool:
+    """The outbound guard refused the connection (config/outbound.py), wherever an SDK wrapped it:
+    retrying will not help, and the user can fix it."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, AddressRefused):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def sdk_error(exc: Exception, sdk: ModuleType, *, out_of_credit: bool = False, context_too_long: bool = False) -> ProviderError:
     """Map an `openai` or `anthropic` SDK error (one generator, the same classes) to a ProviderError.
 
@@ -201,7 +216,7 @@ def sdk_error(exc: Exception, sdk: ModuleType, *, out_of_credit: bool = False, c
     if isinstance(exc, sdk.APITimeoutError):
         return ProviderError("timeout", detail=detail)
     if isinstance(exc, sdk.APIConnectionError):
-        return ProviderError("unavailable", detail=detail)
+        return ProviderError("address_refused" if address_refused(exc) else "unavailable", detail=detail)
     if isinstance(exc, sdk.AuthenticationError | sdk.PermissionDeniedError):
         return ProviderError("auth", detail=detail)
     if isinstance(exc, sdk.RateLimitError) and not out_of_credit:

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 import httpx2
 from google import genai
 from google.genai import errors, types
+from pydantic import ValidationError
 
 from .base import (
     CONNECT_ERRORS,
@@ -31,6 +32,7 @@ from .base import (
     Done,
     ProviderError,
     Usage,
+    address_refused,
     http_client,
     interrupted_usage,
     retry_after_from_headers,
@@ -103,7 +105,7 @@ def _error(exc: Exception) -> ProviderError:
     if isinstance(exc, TIMEOUT_ERRORS):
         return ProviderError("timeout", detail=str(exc))
     if not isinstance(exc, errors.APIError):
-        return ProviderError("unavailable", detail=str(exc))
+        return ProviderError("address_refused" if address_refused(exc) else "unavailable", detail=str(exc))
     detail = exc.message or str(exc)
     lowered = detail.lower()
     if exc.code == 429:
@@ -115,6 +117,12 @@ def _error(exc: Exception) -> ProviderError:
     if 400 <= exc.code < 500:
         return ProviderError("bad_request", detail=detail)
     return ProviderError("unavailable", detail=detail)
+
+
+def _unparsed(exc: ValidationError) -> str:
+    """A reply the SDK could not parse, said by where, never by value: a server at a user's base
+    URL may put anything there, the user's key included, and the detail reaches the logs."""
+    return "the reply did not parse at " + ", ".join(".".join(map(str, error["loc"])) for error in exc.errors())
 
 
 def _parts(response: types.GenerateContentResponse) -> tuple[str, str]:
@@ -135,6 +143,8 @@ async def complete(request: ChatRequest) -> tuple[str, Usage]:
         response = await _client(request).models.generate_content(**_arguments(request))
     except (errors.APIError, *TRANSPORT_ERRORS) as exc:
         raise _error(exc)
+    except ValidationError as exc:
+        raise ProviderError("unavailable", detail=_unparsed(exc)) from None
     text, thoughts = _parts(response)
     if response.usage_metadata is None:
         return text, _usage_so_far({}, text + thoughts, request, output_counted=False)
@@ -171,6 +181,11 @@ async def stream(request: ChatRequest) -> AsyncIterator[Delta | Done]:
             raise _error(exc)
         usage = _usage_so_far(raw, unreported, request, output_counted=output_counted)
         raise ProviderError("interrupted", usage=usage, partial_text=text, detail=str(exc))
+    except ValidationError as exc:
+        if not received:
+            raise ProviderError("unavailable", detail=_unparsed(exc)) from None
+        usage = _usage_so_far(raw, unreported, request, output_counted=output_counted)
+        raise ProviderError("interrupted", usage=usage, partial_text=text, detail=_unparsed(exc)) from None
     finally:
         # The SDK's nested generators would keep the response open when the caller stops early.
         for response in responses:
