@@ -81,9 +81,15 @@ def _send_both_ways(user, provider):
 # --- IPv6 forms carrying a private IPv4 address (NAT64, compatible, translated) --------------
 
 
-@pytest.mark.parametrize("address", EMBEDDED_IPV4)
+@pytest.mark.parametrize("address", [*EMBEDDED_IPV4, "2002:7f00:1::1", "2002:a9fe:a9fe::1"])  # 6to4 of 127.0.0.1, 169.254.169.254
 def test_ipv6_forms_embedding_a_private_ipv4_are_not_public(address):
     assert address_refusal(address), f"{address} embeds a non-public IPv4 address and must be refused"
+
+
+@pytest.mark.parametrize("address", ["64:ff9b::808:808", "2002:808:808::1", "2606:4700::1111"])
+def test_ipv6_forms_carrying_a_public_ipv4_and_public_ipv6_are_reachable(address):
+    """NAT64 and 6to4 of 8.8.8.8 are judged by 8.8.8.8, not refused with the rest of ::/8."""
+    assert address_refusal(address) is None
 
 
 @pytest.mark.parametrize("address", EMBEDDED_IPV4)
@@ -206,6 +212,9 @@ def test_a_malformed_gemini_reply_echoing_the_key_does_not_reach_the_logs(alice,
     assert key not in (reply.message.error or "") and key not in reply.message.content
     logged = [r for r in caplog.records if key in r.getMessage() or key in (r.exc_text or "") or key in logging.Formatter().format(r)]
     assert logged == [], [(r.name, r.levelname, r.getMessage()) for r in logged]
+    # The adapter says what did not parse (never its value): an ordinary provider failure, not an unexpected one.
+    assert reply.message.error == SENTENCES["unavailable"]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 # --- What held ------------------------------------------------------------------------------

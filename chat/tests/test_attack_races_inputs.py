@@ -142,6 +142,57 @@ def test_a_persona_deleted_while_a_conversation_takes_it_is_a_404_or_no_persona_
         assert not Conversation.objects.filter(user_id=alice.pk, persona_id=persona.pk).exists()
 
 
+@pytest.mark.parametrize("method", ["post", "patch"])
+def test_a_persona_deleted_while_a_conversation_holds_it_waits_and_clears_it(alice, monkeypatch, method):
+    """The other order: the conversation's write holds the persona when its DELETE comes. The
+    delete's SET NULL ran first and found no conversation using it, then the DELETE waited on the
+    lock, and the new conversation's reference failed the delete's COMMIT (a 500). The delete now
+    locks the persona first, so it waits before its SET NULL and clears the new conversation too."""
+    client = _client(alice)
+    persona = services.persona_create(user=alice, name="Held", system_prompt="Be brief.")
+    existing = services.conversation_create(user=alice, title="existing")
+    held, go = threading.Event(), threading.Event()
+    real_held = services._persona_held
+
+    def holding(*args, **kwargs):
+        real_held(*args, **kwargs)
+        if threading.current_thread().name == "taker":
+            held.set()
+            assert go.wait(30)
+
+    monkeypatch.setattr(services, "_persona_held", holding)
+    outcome = {}
+
+    def take():
+        try:
+            body = {"persona_id": str(persona.pk), "title": "with persona"}
+            if method == "post":
+                outcome["take"] = client.post(f"{API}/conversations", body, format="json").status_code
+            else:
+                outcome["take"] = client.patch(f"{API}/conversations/{existing.pk}", body, format="json").status_code
+        finally:
+            connections.close_all()
+
+    def delete():
+        try:
+            outcome["delete"] = client.delete(f"{API}/personas/{persona.pk}").status_code
+        finally:
+            connections.close_all()
+
+    taker, deleter = threading.Thread(target=take, name="taker"), threading.Thread(target=delete)
+    taker.start()
+    assert held.wait(30)
+    deleter.start()
+    _until(lambda: _waiting_locks() >= 1, "the persona's delete waits on the conversation's write")
+    go.set()
+    taker.join(30)
+    deleter.join(30)
+    assert outcome == {"take": 201 if method == "post" else 200, "delete": 204}, outcome
+    with rls.privileged(reason="test"):
+        assert not Persona.objects.filter(pk=persona.pk).exists()
+        assert not Conversation.objects.filter(user_id=alice.pk, persona_id__isnull=False).exists()
+
+
 # --- Redis stopped mid-send -------------------------------------------------------------
 
 
