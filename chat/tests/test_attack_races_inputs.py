@@ -38,6 +38,41 @@ def _until(predicate, what: str, tries: int = 1000) -> None:
     pytest.fail(f"never happened: {what}")
 
 
+def _race_while_held(monkeypatch, owner, name: str, first, second, waits: str) -> dict:
+    """`first` runs on its own thread until it has called owner.name (inside its transaction,
+    holding its locks); then `second` starts, on another, and must wait on a lock `first` holds
+    (pg_locks shows it waiting); then `first` goes on. Their results (or errors), by name."""
+    held, go, outcome = threading.Event(), threading.Event(), {}
+    real = getattr(owner, name)
+
+    def holding(*args, **kwargs):
+        result = real(*args, **kwargs)
+        if threading.current_thread().name == "first":
+            held.set()
+            assert go.wait(30)
+        return result
+
+    monkeypatch.setattr(owner, name, holding)
+
+    def run(which, call):
+        try:
+            outcome[which] = call()
+        except Exception as exc:  # noqa: BLE001  surfaced by the caller's assertion
+            outcome[which] = repr(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run, args=(which, call), name=which) for which, call in (("first", first), ("second", second))]
+    threads[0].start()
+    assert held.wait(30)
+    threads[1].start()
+    _until(lambda: _waiting_locks() >= 1, waits)
+    go.set()
+    for thread in threads:
+        thread.join(30)
+    return outcome
+
+
 # --- Inputs ----------------------------------------------------------------------------
 
 
@@ -52,42 +87,15 @@ def test_deleting_a_conversation_while_a_send_to_it_is_being_stored_is_a_204_not
     conversation stays. The delete should wait for the send and take its messages with it."""
     client = _client(alice)
     conversation_id = services.message_send(user=alice, content="hello").conversation.pk
-    locked, go = threading.Event(), threading.Event()
-    real_check = services.entitlement_check
-
-    def held_check(**kwargs):  # runs inside message_prepare's transaction, after the row lock
-        if threading.current_thread().name == "sender":
-            locked.set()
-            assert go.wait(30)
-        return real_check(**kwargs)
-
-    monkeypatch.setattr(services, "entitlement_check", held_check)
-    outcome = {}
-
-    def send():
-        try:
-            outcome["send"] = services.message_send(user=alice, content="again", conversation_id=conversation_id).message.status
-        except Exception as exc:  # noqa: BLE001  surfaced below
-            outcome["send"] = repr(exc)
-        finally:
-            connections.close_all()
-
-    def delete():
-        try:
-            outcome["delete"] = client.delete(f"{API}/conversations/{conversation_id}").status_code
-        finally:
-            connections.close_all()
-
-    sender, deleter = threading.Thread(target=send, name="sender"), threading.Thread(target=delete)
-    sender.start()
-    assert locked.wait(30)
-    deleter.start()
-    _until(lambda: _waiting_locks() >= 1, "the delete waits on the conversation's row")
-    go.set()
-    sender.join(30)
-    deleter.join(30)
-
-    assert outcome == {"send": "complete", "delete": 204}, outcome
+    outcome = _race_while_held(
+        monkeypatch,
+        services,
+        "entitlement_check",  # inside message_prepare's transaction, after the row lock
+        lambda: services.message_send(user=alice, content="again", conversation_id=conversation_id).message.status,
+        lambda: client.delete(f"{API}/conversations/{conversation_id}").status_code,
+        "the delete waits on the conversation's row",
+    )
+    assert outcome == {"first": "complete", "second": 204}, outcome
     with rls.privileged(reason="test"):
         assert not Conversation.objects.filter(pk=conversation_id).exists()
         assert not Message.objects.filter(conversation_id=conversation_id).exists()
@@ -151,43 +159,22 @@ def test_a_persona_deleted_while_a_conversation_holds_it_waits_and_clears_it(ali
     client = _client(alice)
     persona = services.persona_create(user=alice, name="Held", system_prompt="Be brief.")
     existing = services.conversation_create(user=alice, title="existing")
-    held, go = threading.Event(), threading.Event()
-    real_held = services._persona_held
-
-    def holding(*args, **kwargs):
-        real_held(*args, **kwargs)
-        if threading.current_thread().name == "taker":
-            held.set()
-            assert go.wait(30)
-
-    monkeypatch.setattr(services, "_persona_held", holding)
-    outcome = {}
-
-    def take():
-        try:
-            body = {"persona_id": str(persona.pk), "title": "with persona"}
-            if method == "post":
-                outcome["take"] = client.post(f"{API}/conversations", body, format="json").status_code
-            else:
-                outcome["take"] = client.patch(f"{API}/conversations/{existing.pk}", body, format="json").status_code
-        finally:
-            connections.close_all()
-
-    def delete():
-        try:
-            outcome["delete"] = client.delete(f"{API}/personas/{persona.pk}").status_code
-        finally:
-            connections.close_all()
-
-    taker, deleter = threading.Thread(target=take, name="taker"), threading.Thread(target=delete)
-    taker.start()
-    assert held.wait(30)
-    deleter.start()
-    _until(lambda: _waiting_locks() >= 1, "the persona's delete waits on the conversation's write")
-    go.set()
-    taker.join(30)
-    deleter.join(30)
-    assert outcome == {"take": 201 if method == "post" else 200, "delete": 204}, outcome
+    body = {"persona_id": str(persona.pk), "title": "with persona"}
+    outcome = _race_while_held(
+        monkeypatch,
+        services,
+        "_persona_held",
+        lambda: (
+            (
+                client.post(f"{API}/conversations", body, format="json")
+                if method == "post"
+                else client.patch(f"{API}/conversations/{existing.pk}", body, format="json")
+            ).status_code
+        ),
+        lambda: client.delete(f"{API}/personas/{persona.pk}").status_code,
+        "the persona's delete waits on the conversation's write",
+    )
+    assert outcome == {"first": 201 if method == "post" else 200, "second": 204}, outcome
     with rls.privileged(reason="test"):
         assert not Persona.objects.filter(pk=persona.pk).exists()
         assert not Conversation.objects.filter(user_id=alice.pk, persona_id__isnull=False).exists()
@@ -271,40 +258,20 @@ def test_a_persona_deleted_while_a_send_uses_it_waits_and_both_finish(alice, mon
     client = _client(alice)
     persona = services.persona_create(user=alice, name="Brief", system_prompt="Be brief.")
     conversation = services.conversation_create(user=alice, persona=persona)
-    locked, go = threading.Event(), threading.Event()
-    real_check = services.entitlement_check
-
-    def held_check(**kwargs):
-        if threading.current_thread().name == "sender":
-            locked.set()
-            assert go.wait(30)
-        return real_check(**kwargs)
-
-    monkeypatch.setattr(services, "entitlement_check", held_check)
-    outcome = {}
 
     def send():
-        try:
-            reply = services.message_send(user=alice, content="hello", conversation_id=conversation.pk)
-            outcome["send"] = (reply.message.status, reply.message.input_tokens)
-        finally:
-            connections.close_all()
+        reply = services.message_send(user=alice, content="hello", conversation_id=conversation.pk)
+        return reply.message.status, reply.message.input_tokens
 
-    def delete():
-        try:
-            outcome["delete"] = client.delete(f"{API}/personas/{persona.pk}").status_code
-        finally:
-            connections.close_all()
-
-    sender, deleter = threading.Thread(target=send, name="sender"), threading.Thread(target=delete)
-    sender.start()
-    assert locked.wait(30)
-    deleter.start()
-    _until(lambda: _waiting_locks() >= 1, "the persona's delete waits on the conversation's row")
-    go.set()
-    sender.join(30)
-    deleter.join(30)
-    assert outcome == {"send": ("complete", 2 + 1), "delete": 204}, outcome  # "Be brief." + "hello"
+    outcome = _race_while_held(
+        monkeypatch,
+        services,
+        "entitlement_check",
+        send,
+        lambda: client.delete(f"{API}/personas/{persona.pk}").status_code,
+        "the persona's delete waits on the conversation's row",
+    )
+    assert outcome == {"first": ("complete", 2 + 1), "second": 204}, outcome  # "Be brief." + "hello"
     with rls.privileged(reason="test"):
         assert Conversation.objects.get(pk=conversation.pk).persona_id is None
 
