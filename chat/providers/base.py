@@ -252,6 +252,20 @@ def ssl_context() -> ssl.SSLContext:
     return httpx2.create_ssl_context()
 
 
+class _KeysStayHome(httpx2.AsyncClient):
+    """httpx drops Authorization when a redirect leaves the origin (bar http to https); Anthropic's
+    and Gemini's keys travel in headers of their own, which it kept: they go too."""
+
+    KEY_HEADERS = ("x-api-key", "x-goog-api-key", "api-key")
+
+    def _redirect_headers(self, request, url, method):
+        headers = super()._redirect_headers(request, url, method)
+        if url.origin != request.url.origin:
+            for name in self.KEY_HEADERS:
+                headers.pop(name, None)
+        return headers
+
+
 def http_client(*, on_response: Callable[[httpx2.Response], Awaitable[None]] | None = None) -> httpx2.AsyncClient:
     """An HTTP client for one call, over the running event loop's shared connection pool.
 
@@ -276,4 +290,4 @@ def http_client(*, on_response: Callable[[httpx2.Response], Awaitable[None]] | N
                 max_keepalive_connections=limits.max_keepalive_connections,
                 network_backend=GuardedBackend(),
             )
-    return httpx2.AsyncClient(transport=pool, follow_redirects=True, event_hooks={"response": [on_response] if on_response else []})
+    return _KeysStayHome(transport=pool, follow_redirects=True, event_hooks={"response": [on_response] if on_response else []})

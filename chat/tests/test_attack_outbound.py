@@ -339,3 +339,25 @@ def test_a_provider_error_echoing_the_key_reaches_no_user_ledger_or_log(alice, p
     client = key_client(alice, scopes=["account:read", "account:write", "chat:read"])
     assert key not in client.get("/api/v1/provider-credentials").content.decode()
     assert key not in client.get(f"/api/v1/conversations/{whole.conversation_id}/messages").content.decode()
+
+
+@pytest.mark.parametrize("status", [307, 308])
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini"])
+def test_a_redirect_to_another_origin_carries_no_key(settings, provider, status):
+    """httpx drops Authorization (OpenAI's key) when a redirect leaves the origin; Anthropic's
+    x-api-key and Gemini's x-goog-api-key went on to the other server."""
+    settings.OUTBOUND_ALLOWED_HOSTS = ["127.0.0.1"]
+    first, second = ProviderServer().start(), ProviderServer().start()
+    try:
+        first.queue(Reply(status=status, headers={"Location": f"{second.url}/v1/elsewhere"}, body={}))
+        second.queue(Reply(status=401, body={"error": {"message": "who are you?"}}))
+        request = ChatRequest(
+            model="m", messages=(ChatMessage("user", "hi"),), base_url=f"{first.url}/v1", api_key="sk-secret-key-1", timeout=3
+        )
+        with pytest.raises(ProviderError):
+            async_to_sync(provider_for(provider).complete)(request)
+        assert first.received and "sk-secret-key-1" in str(first.received[0].headers)  # the key went where it was sent
+        assert len(second.received) == 1 and "sk-secret-key-1" not in str(second.received[0].headers), second.received[0].headers
+    finally:
+        first.stop()
+        second.stop()
