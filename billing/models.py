@@ -125,6 +125,12 @@ class Subscription(models.Model):
     def is_current(self) -> bool:
         return self.status in CURRENT_STATUSES
 
+    @property
+    def billed_by_stripe(self) -> bool:
+        """A paid plan Stripe charges for: only Stripe may change it (the billing portal; its
+        webhooks then write the change here), or Stripe would keep charging for the old one."""
+        return bool(self.stripe_subscription_id) and not self.plan.is_free
+
 
 class StripeEvent(models.Model):
     """One row per Stripe webhook event processed: the idempotency record."""

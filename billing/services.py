@@ -442,7 +442,7 @@ def reservations_expire() -> int:
 LOCK_ATTEMPTS = 3
 
 
-def _lock_current(organization_id) -> Subscription:
+def lock_current(organization_id) -> Subscription:
     """The current subscription under a row lock; a concurrent change that replaced it
     makes the lock find nothing, so read again (the new row is committed by then)."""
     for _ in range(LOCK_ATTEMPTS):
@@ -485,7 +485,7 @@ def subscription_plan_set(*, organization: Organization, plan: Plan, interval: s
         raise ApplicationError("Choose a monthly or yearly interval.", {"code": "invalid", "field": "interval"})
     now = timezone.now()
     with rls.atomic():
-        current = _lock_current(organization.pk)
+        current = lock_current(organization.pk)
         try:
             return _replace(current, plan=plan, interval=interval, status=Subscription.Status.ACTIVE, now=now)
         except IntegrityError as exc:  # the index held against a writer that skipped the lock
@@ -495,6 +495,11 @@ def subscription_plan_set(*, organization: Organization, plan: Plan, interval: s
 def _require_manager(actor: User, organization: Organization) -> None:
     if not selectors.caller_manages(user=actor, organization_id=organization.pk):
         raise ForbiddenError("Only the organization's owners and admins can change its billing.", {"code": "not_allowed"})
+
+
+def refuse_if_billed_by_stripe(current: Subscription) -> None:
+    if current.billed_by_stripe:
+        raise ApplicationError("Your paid plan is managed in the billing portal: change or cancel it there.", {"code": "use_portal"})
 
 
 def subscription_change(
@@ -512,6 +517,12 @@ def subscription_change(
     current = selectors.subscription_current(organization_id=organization.pk)
     if current.plan_id == plan.pk and current.interval == interval:
         raise ApplicationError(f"You are already on the {plan.name} plan.", {"code": "same_plan"})
+    refuse_if_billed_by_stripe(current)
+    if current.status == Subscription.Status.PAST_DUE and not plan.is_free:
+        # Ranked by the plan unpaid, a cheaper paid plan was a "downgrade" that started active.
+        raise ApplicationError(
+            "A payment is overdue: pay it, or move to the Free plan, before choosing another paid plan.", {"code": "past_due"}
+        )
     if not plan.is_free and not selectors.payment_configured():
         return subscription_request(actor=actor, organization=organization, plan=plan)
     upgrade = _rank(plan) >= _rank(current.plan)
@@ -521,7 +532,7 @@ def subscription_change(
     if upgrade or immediately or current.current_period_end is None:
         return subscription_plan_set(organization=organization, plan=plan, interval=interval)
     with rls.atomic():
-        current = _lock_current(organization.pk)
+        current = lock_current(organization.pk)
         current.scheduled_plan, current.scheduled_interval = plan, interval
         current.save(update_fields=["scheduled_plan", "scheduled_interval", "updated_at"])
     return current
@@ -531,7 +542,7 @@ def subscription_request(*, actor: User, organization: Organization, plan: Plan)
     """Record that an owner or admin asked for a paid plan while payment is not configured."""
     _require_manager(actor, organization)
     with rls.atomic():
-        current = _lock_current(organization.pk)
+        current = lock_current(organization.pk)
         current.requested_plan, current.requested_at = plan, timezone.now()
         current.save(update_fields=["requested_plan", "requested_at", "updated_at"])
     logger.info("organization %s requested the %s plan", organization.pk, plan.slug)
@@ -542,9 +553,10 @@ def subscription_cancel(*, actor: User, organization: Organization) -> Subscript
     """Cancel at the period's end: the plan stays until then, then the free plan applies."""
     _require_manager(actor, organization)
     with rls.atomic():
-        current = _lock_current(organization.pk)
+        current = lock_current(organization.pk)
         if current.plan.is_free:
             raise ApplicationError("The free plan has nothing to cancel.", {"code": "nothing_to_cancel"})
+        refuse_if_billed_by_stripe(current)
         current.cancel_at_period_end = True
         current.save(update_fields=["cancel_at_period_end", "updated_at"])
     return current
@@ -554,7 +566,8 @@ def subscription_resume(*, actor: User, organization: Organization) -> Subscript
     """Undo a cancellation or a scheduled downgrade before the period ends."""
     _require_manager(actor, organization)
     with rls.atomic():
-        current = _lock_current(organization.pk)
+        current = lock_current(organization.pk)
+        refuse_if_billed_by_stripe(current)
         current.cancel_at_period_end, current.scheduled_plan, current.scheduled_interval = False, None, ""
         current.save(update_fields=["cancel_at_period_end", "scheduled_plan", "scheduled_interval", "updated_at"])
     return current
@@ -565,7 +578,7 @@ def subscription_trial_extend(*, subscription: Subscription, days: int) -> Subsc
     if days < 1:
         raise ApplicationError("Extend a trial by at least one day.", {"code": "invalid", "field": "days"})
     with rls.atomic():
-        current = _lock_current(subscription.organization_id)
+        current = lock_current(subscription.organization_id)
         start = max(current.trial_end or timezone.now(), timezone.now())
         current.status, current.trial_end = Subscription.Status.TRIALING, start + timedelta(days=days)
         current.save(update_fields=["status", "trial_end", "updated_at"])
@@ -595,7 +608,7 @@ def subscription_periods_advance(*, now: datetime | None = None) -> int:
 def _advance(subscription: Subscription, now: datetime) -> int:
     target = selectors.plan_in_force(subscription=subscription, now=now)
     if target.pk != subscription.plan_id:
-        current = _lock_current(subscription.organization_id)
+        current = lock_current(subscription.organization_id)
         _replace(current, plan=target, interval=subscription.scheduled_interval or current.interval, status="active", now=now)
         return 1
     ended = subscription.current_period_end is not None and subscription.current_period_end <= now

@@ -29,9 +29,11 @@ from billing import selectors, services
 from billing.models import CURRENT_STATUSES, Plan, StripeEvent, Subscription
 from config.db import rls
 from config.errors import ApplicationError
+from config.text import json_clean
 
 logger = logging.getLogger("confab.billing.stripe")
 
+DELETED = "customer.subscription.deleted"
 STATE_EVENTS = frozenset(
     {"checkout.session.completed", "customer.subscription.created", "customer.subscription.updated", "customer.subscription.deleted"}
 )
@@ -98,8 +100,7 @@ def checkout_session_create(*, actor: User, organization: Organization, plan: Pl
     if plan.is_free or not plan.is_active or not price:
         raise ApplicationError(f"The {plan.name} plan cannot be bought online with {interval}ly billing.", {"code": "plan_not_for_sale"})
     current = selectors.subscription_current(organization_id=organization.pk)
-    if current.stripe_subscription_id and not current.plan.is_free:
-        raise ApplicationError("Your paid plan is managed in the billing portal: change or cancel it there.", {"code": "use_portal"})
+    services.refuse_if_billed_by_stripe(current)
     customer = _customer_id(client=client, actor=actor, organization=organization, subscription=current)
     metadata = {"organization_id": str(organization.pk), "plan": plan.slug}
     session = _stripe_call(
@@ -163,6 +164,11 @@ def _subscription_id_of(event_type: str, obj: dict) -> str:
     return _id(obj.get("subscription"))
 
 
+EVENT_ID_MAX = StripeEvent._meta.get_field("event_id").max_length
+EVENT_TYPE_MAX = StripeEvent._meta.get_field("type").max_length
+CREATED_MAX = int(datetime(9999, 1, 1, tzinfo=UTC).timestamp())  # a datetime can hold it
+
+
 def _moment(timestamp) -> datetime | None:
     return datetime.fromtimestamp(int(timestamp), tz=UTC) if timestamp else None
 
@@ -173,14 +179,21 @@ def _parse(payload: bytes, signature: str) -> dict:
         raise _not_configured()
     try:
         stripe.Webhook.construct_event(payload, signature, secret)
-        event = json.loads(payload)
+        # Signed is not well-formed: what would not store (a NUL in a customer's name, an id
+        # longer than its column, a time before 1970 or past 9999, JSON too deep) is a 400 here,
+        # not a 500 that Stripe would retry for days.
+        event = json_clean(json.loads(payload))
         obj = event["data"]["object"]
         if not (isinstance(event["id"], str) and isinstance(event["type"], str) and isinstance(obj, dict)):
             raise ValueError("unexpected types")
+        if not (0 < len(event["id"]) <= EVENT_ID_MAX and 0 < len(event["type"]) <= EVENT_TYPE_MAX):
+            raise ValueError("id or type out of bounds")
         event["created"] = int(event["created"])
+        if not 0 < event["created"] <= CREATED_MAX:
+            raise ValueError("created out of bounds")
     except stripe.SignatureVerificationError:
         raise ApplicationError("The Stripe-Signature header does not match this payload.", {"code": "bad_signature"})
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError, OverflowError):
         raise ApplicationError("The payload is not a Stripe event.", {"code": "bad_payload"})
     return event
 
@@ -249,6 +262,9 @@ def _apply(event: StripeEvent, obj: dict, subscription: dict | None, hint: dict)
         return "ignored"
     if newer.filter(type__in=STATE_EVENTS).exists():
         return "stale"
+    ended = StripeEvent.objects.filter(object_id=event.object_id, type=DELETED).exclude(pk=event.pk)
+    if event.type != DELETED and ended.exists():
+        return "stale"  # a deleted Stripe subscription is final: an event from its last second does not revive it
     return _state_apply(event, subscription, hint, keep_status=newer.exists())
 
 
@@ -281,11 +297,9 @@ def _plan_for(price_id: str) -> tuple[Plan, str] | None:
 
 
 def _locked_current(organization_id) -> Subscription:
-    return (
-        Subscription.objects.select_for_update(of=("self",))
-        .select_related("plan")
-        .get(organization_id=organization_id, status__in=CURRENT_STATUSES)
-    )
+    """As a plan change locks it: a change that replaced the row while this waited for it is read
+    again (the successor is committed by then), not lost."""
+    return services.lock_current(organization_id)
 
 
 STATE_FIELDS = (
@@ -345,12 +359,15 @@ def _state_apply(event: StripeEvent, data: dict, hint: dict, *, keep_status: boo
 
 def _payment_apply(event: StripeEvent) -> str:
     """A paid invoice ends a past-due period; a failed one starts it (the grace period counts from it)."""
-    current = (
-        Subscription.objects.select_for_update(of=("self",))
-        .filter(stripe_subscription_id=event.object_id, status__in=CURRENT_STATUSES)
-        .first()
-    )
-    if current is None:
+    for _ in range(services.LOCK_ATTEMPTS):  # a row replaced while this waited for it: its successor, read again
+        current = (
+            Subscription.objects.select_for_update(of=("self",))
+            .filter(stripe_subscription_id=event.object_id, status__in=CURRENT_STATUSES)
+            .first()
+        )
+        if current is not None:
+            break
+    else:
         return "ignored"  # not ours yet: the subscription's own event brings it
     if event.type == "invoice.paid" and current.status == Subscription.Status.PAST_DUE:
         current.status, current.past_due_since = Subscription.Status.ACTIVE, None

@@ -27,7 +27,8 @@ def _organization(request) -> Organization:
 def checkout(request):
     try:
         organization = _organization(request)
-        plan = selectors.plan_get(slug=request.POST.get("plan", ""))
+        slug = request.POST.get("plan", "")
+        plan = selectors.plan_get(slug=slug) if slug.isascii() and slug.replace("-", "").replace("_", "").isalnum() else None
         if plan is None:
             raise ApplicationError("Choose one of the plans offered.", {"code": "invalid", "field": "plan"})
         url = stripe_services.checkout_session_create(

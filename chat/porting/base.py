@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from accounts.models import BIDI_CONTROLS  # the characters names refuse: one list
 from config.errors import ApplicationError
+from config.text import text_clean
 
 TITLE_MAX = 200
 
@@ -88,33 +89,12 @@ def size_text(n: int) -> str:
     return f"{n / 1024 / 1024:.0f} MB" if n >= 1024 * 1024 else f"{n} bytes"
 
 
-def text_clean(value: str) -> str:
-    """PostgreSQL stores neither NUL nor lone surrogates: drop the one, replace the other."""
-    value = value.replace("\x00", "")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        value = value.encode("utf-8", "replace").decode("utf-8")
-    return value
-
-
 def title_clean(value) -> str:
     """A title shown on every page: control and text-direction characters become spaces, runs of spaces one."""
     if not isinstance(value, str):
         return ""
     kept = (" " if unicodedata.category(c) == "Cc" or c in BIDI_CONTROLS else c for c in text_clean(value))
     return " ".join("".join(kept).split())[:TITLE_MAX]
-
-
-def json_clean(value):
-    """Metadata kept as JSON: every string and key cleaned as text (the parser bounds the depth)."""
-    if isinstance(value, str):
-        return text_clean(value)
-    if isinstance(value, dict):
-        return {text_clean(str(k)): json_clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [json_clean(v) for v in value]
-    return value
 
 
 def when_epoch(value) -> datetime | None:

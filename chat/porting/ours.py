@@ -12,7 +12,8 @@ from decimal import Decimal, InvalidOperation
 from typing import TextIO
 
 from chat.models import MAX_TAG_LENGTH, MAX_TAGS, Conversation, Message
-from chat.porting.base import ConversationUnusable, ParsedConversation, ParsedMessage, json_clean, text_clean, title_clean, when_iso
+from chat.porting.base import ConversationUnusable, ParsedConversation, ParsedMessage, title_clean, when_iso
+from config.text import json_clean, text_clean
 
 SOURCE = "confab"
 FORMAT = "confab.conversations"

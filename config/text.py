@@ -1,0 +1,22 @@
+"""Text from outside (an imported file, a webhook's payload) as PostgreSQL can store it."""
+
+
+def text_clean(value: str) -> str:
+    """PostgreSQL stores neither NUL nor lone surrogates: drop the one, replace the other."""
+    value = value.replace("\x00", "")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    return value
+
+
+def json_clean(value):
+    """JSON kept as it came: every string and key cleaned as text (the parser bounds the depth)."""
+    if isinstance(value, str):
+        return text_clean(value)
+    if isinstance(value, dict):
+        return {text_clean(str(k)): json_clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_clean(v) for v in value]
+    return value
