@@ -57,7 +57,7 @@ async def test_a_user_set_url_cannot_reach_this_machine_or_the_metadata_service(
     server.queue(Reply(body=openai_completion("secret", USAGE)))
     with pytest.raises(ProviderError) as caught:
         await provider_for("openai").complete(_request(base_url.format(port=server.server_address[1])))
-    assert caught.value.kind == "unavailable"
+    assert caught.value.kind == "address_refused"  # said as such: retrying would not help
     assert server.received == []  # nothing reached the server on loopback
 
 
@@ -66,7 +66,7 @@ async def test_a_redirect_to_the_metadata_service_is_refused(server, settings):
     server.queue(Reply(status=307, headers={"Location": "http://169.254.169.254/v1/chat/completions"}, body={}))
     with pytest.raises(ProviderError) as caught:
         await provider_for("openai").complete(_request(f"{server.url}/v1"))
-    assert caught.value.kind == "unavailable"
+    assert caught.value.kind == "address_refused"  # said as such: retrying would not help
     assert len(server.received) == 1
 
 
