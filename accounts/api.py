@@ -221,6 +221,10 @@ class ApiKeyListApi(APIView):
         if isinstance(request.auth, ApiKey) and not set(data["scopes"]) <= set(request.auth.scopes):
             # Otherwise a narrow key could mint itself a wider one.
             raise NotAllowed("An API key can only create keys with scopes it has itself.")
+        parent_ends = request.auth.expires_at if isinstance(request.auth, ApiKey) else None
+        if parent_ends is not None and (data.get("expires_at") is None or data["expires_at"] > parent_ends):
+            # Otherwise a short-lived key, leaked, could mint itself one that never expires.
+            raise NotAllowed(f"An API key that expires can only create keys that expire no later: by {parent_ends.isoformat()}.")
         api_key, secret = services.api_key_create(user=request.user, **data)
         api_key.key = secret
         return Response(ApiKeyCreatedOut(api_key).data, status=status.HTTP_201_CREATED)

@@ -14,6 +14,8 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         if not header:
             return None
         parts = header.split()
+        if not parts:  # only whitespace (str.split counts NBSP and other separators)
+            raise exceptions.AuthenticationFailed("Malformed Authorization header: expected 'Bearer ck_...'.")
         if parts[0].lower() != self.keyword.lower():
             return None
         if len(parts) != 2:

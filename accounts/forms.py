@@ -15,7 +15,7 @@ from django.core.exceptions import ValidationError
 from accounts import services
 from accounts.backends import user_id_for_login
 from accounts.errors import LoginThrottled
-from accounts.models import ApiKey, Membership, Preferences, ProviderCredential, User, validate_name
+from accounts.models import ApiKey, Membership, Preferences, ProviderCredential, User, expiry_storable, validate_name
 from config.db import rls
 from config.errors import ApplicationError
 from config.http import client_ip
@@ -213,7 +213,7 @@ class ProviderCredentialForm(forms.Form):
 
 
 class ApiKeyCreateForm(forms.Form):
-    name = forms.CharField(max_length=100)
+    name = forms.CharField(max_length=100, validators=[validate_name])
     scopes = forms.MultipleChoiceField(
         choices=ApiKey.Scope.choices, widget=forms.CheckboxSelectMultiple, error_messages={"required": "Choose at least one scope."}
     )
@@ -236,7 +236,7 @@ class ApiKeyCreateForm(forms.Form):
             tz = zoneinfo.ZoneInfo(self.user_timezone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             tz = zoneinfo.ZoneInfo("UTC")
-        return datetime.combine(day, time(23, 59, 59), tzinfo=tz)
+        return expiry_storable(datetime.combine(day, time(23, 59, 59), tzinfo=tz))
 
 
 class OrganizationCreateForm(forms.Form):

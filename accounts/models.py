@@ -1,5 +1,6 @@
 import unicodedata
 import uuid
+from datetime import UTC
 from decimal import Decimal
 
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
@@ -19,6 +20,17 @@ def has_control_characters(value: str) -> bool:
     """Control characters (Cc: line breaks, tabs) or text-direction marks, which make a line of
     text on a page say something else (U+202E shows "Invoice \u202efdp.exe" as "Invoice exe.pdf")."""
     return any(unicodedata.category(c) == "Cc" or c in BIDI_CONTROLS for c in value or "")
+
+
+def expiry_storable(moment):
+    """An expiry PostgreSQL stores and Python reads back: the last day of 9999 west of UTC is in
+    the year 10000 in UTC, which Python's datetime cannot hold (every later read a 500)."""
+    if moment is not None:
+        try:
+            moment.astimezone(UTC)
+        except OverflowError:
+            raise ValidationError("Choose an expiry date before the year 9999.", code="too_far") from None
+    return moment
 
 
 def validate_name(value: str) -> None:

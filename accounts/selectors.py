@@ -76,7 +76,10 @@ def invitation_list(*, organization: Organization) -> QuerySet[Invitation]:
 
 
 def invitation_pending_for(*, user: User) -> QuerySet[Invitation]:
-    """Invitations waiting for the user's email (the invitee reads them, not their organization)."""
+    """Invitations waiting for the user's email (the invitee reads them, not their organization);
+    none until the email is confirmed: whoever signs up with an address is not told who invited it."""
+    if not user.email_verified:
+        return Invitation.objects.none()
     return Invitation.objects.filter(
         email=user.email, accepted_at__isnull=True, revoked_at__isnull=True, expires_at__gt=timezone.now()
     ).order_by("-created_at", "id")

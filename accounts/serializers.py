@@ -5,7 +5,19 @@ import zoneinfo
 
 from rest_framework import serializers
 
-from accounts.models import ApiKey, Invitation, Membership, Organization, Preferences, ProviderCredential, User, UserSession, validate_name
+from accounts.models import (
+    ApiKey,
+    Invitation,
+    Membership,
+    Organization,
+    Preferences,
+    ProviderCredential,
+    User,
+    UserSession,
+    expiry_storable,
+    validate_name,
+)
+from config.text import json_clean
 
 # --- Me and preferences ------------------------------------------------------------
 
@@ -66,6 +78,8 @@ class PreferencesSerializer(serializers.ModelSerializer):
     def validate_extra(self, value):
         if not isinstance(value, dict):
             raise serializers.ValidationError("Must be a JSON object.")
+        if json_clean(value) != value:  # PostgreSQL would refuse it: a 500
+            raise serializers.ValidationError("Text in it cannot contain NUL characters or unpaired surrogates (\\u0000, \\ud800).")
         return value
 
 
@@ -133,7 +147,7 @@ class InvitationOut(serializers.ModelSerializer):
 
 
 class InvitationCreateIn(serializers.Serializer):
-    email = serializers.EmailField()
+    email = serializers.EmailField(max_length=Invitation._meta.get_field("email").max_length)
     role = serializers.ChoiceField(choices=Membership.Role.choices, default=Membership.Role.MEMBER)
 
 
@@ -165,9 +179,9 @@ class ApiKeyCreatedOut(ApiKeyOut):
 
 
 class ApiKeyCreateIn(serializers.Serializer):
-    name = serializers.CharField(max_length=100)
+    name = serializers.CharField(max_length=100, validators=[validate_name])
     scopes = serializers.ListField(child=serializers.ChoiceField(choices=ApiKey.Scope.choices), allow_empty=False)
-    expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None, validators=[expiry_storable])
 
 
 # --- Provider credentials ---------------------------------------------------------------

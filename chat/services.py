@@ -84,7 +84,8 @@ def conversation_title(*, content: str) -> str:
 
 
 def _personal_organization(user: User):
-    organization = accounts_selectors.organization_list(user=user).filter(is_personal=True).first()
+    # Its own: the personal workspace it created, not another's it may have been let into.
+    organization = accounts_selectors.organization_list(user=user).filter(is_personal=True, created_by_id=user.pk).first()
     if organization is None:
         raise NotFoundError("You have no organization to bill this conversation to.")
     return organization

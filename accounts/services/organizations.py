@@ -8,7 +8,8 @@ from datetime import timedelta
 
 from disposable_email_domains import blocklist as DISPOSABLE_EMAIL_DOMAINS
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError
+from django.db import IntegrityError, connections
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.crypto import get_random_string
 from django.utils.text import slugify
@@ -64,15 +65,24 @@ def _organization_create(*, user: User, name: str, is_personal: bool) -> Organiz
     return organization
 
 
-def _membership_of(user: User, organization: Organization) -> Membership:
+def _membership_of(user: User, organization: Organization, *, lock: bool = False) -> Membership:
+    """The user's membership; with `lock` (inside the caller's transaction) held to its end, so a
+    role that allowed the change cannot be taken away before the change commits. The owners'
+    rows are locked with it, in one statement and in one order, as _another_owner_remains locks
+    them: two owners acting on each other queue instead of deadlocking."""
+    if lock:
+        owners = Q(organization=organization, role=Membership.Role.OWNER)
+        list(
+            Membership.objects.select_for_update().filter(owners | Q(organization=organization, user=user)).order_by("pk").values_list("pk")
+        )
     membership = Membership.objects.filter(organization=organization, user=user).first()
     if membership is None:
         raise NotAllowed("You are not a member of this organization.")
     return membership
 
 
-def _require_admin(user: User, organization: Organization) -> Membership:
-    membership = _membership_of(user, organization)
+def _require_admin(user: User, organization: Organization, *, lock: bool = False) -> Membership:
+    membership = _membership_of(user, organization, lock=lock)
     if membership.role not in (Membership.Role.OWNER, Membership.Role.ADMIN):
         raise NotAllowed("Only the organization's owners and admins can do that.")
     return membership
@@ -142,6 +152,9 @@ def invitation_create(
         raise InvitationInvalid(f"{email} is already a member.", {"field": "email"})
     token = secrets.token_urlsafe(32)
     with rls.atomic():
+        # One invitation pending per email: two at once (a double click) queue here, and the second replaces the first.
+        with connections[rls.current_alias()].cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"invitation:{organization.pk}:{email}"])
         Invitation.objects.filter(organization=organization, email=email, accepted_at__isnull=True, revoked_at__isnull=True).update(
             revoked_at=timezone.now()
         )
@@ -164,9 +177,12 @@ def invitation_create(
 
 
 def invitation_revoke(*, actor: User, invitation: Invitation) -> Invitation:
-    _require_admin(actor, invitation.organization)
     with rls.atomic():
-        invitation.revoked_at = invitation.revoked_at or timezone.now()
+        _require_admin(actor, invitation.organization, lock=True)
+        locked = Invitation.objects.select_for_update().filter(pk=invitation.pk).first()  # queues with its acceptance
+        if locked is None or locked.accepted_at:
+            raise InvitationInvalid("This invitation has already been accepted.")
+        invitation.revoked_at = locked.revoked_at or timezone.now()
         invitation.save(update_fields=["revoked_at"])
     return invitation
 
@@ -195,6 +211,12 @@ def invitation_accept(*, user: User, token: str) -> Membership:
         raise already
     try:
         with rls.atomic():
+            # Locked and read again: withdrawn since the checks above, the join would break the table's rule (a 500).
+            locked = Invitation.objects.select_for_update().filter(pk=invitation.pk).first()
+            if locked is None or locked.revoked_at:
+                raise InvitationInvalid("This invitation was withdrawn. Ask for a new one.")
+            if locked.accepted_at:
+                raise InvitationInvalid("This invitation has already been accepted.")
             membership = Membership.objects.create(organization_id=invitation.organization_id, user=user, role=invitation.role)
             invitation.accepted_at = timezone.now()
             invitation.save(update_fields=["accepted_at"])
@@ -215,14 +237,24 @@ def _another_owner_remains(membership: Membership, message: str) -> None:
         raise OrganizationRuleBroken(message)
 
 
+def _personal_workspace_keeps_its_user(membership: Membership) -> None:
+    """Whoever else is let into a personal workspace, as owner even, cannot take it from the user
+    it was made for (who cannot leave it either)."""
+    organization = membership.organization
+    if organization.is_personal and membership.user_id == organization.created_by_id:
+        raise OrganizationRuleBroken("A personal workspace stays its own user's: they remain its owner.")
+
+
 def membership_role_change(*, actor: User, membership: Membership, role: str) -> Membership:
     """Change a member's role: owners and admins, only owners make or unmake owners, an owner always remains."""
     if role not in Membership.Role.values:
         raise OrganizationRuleBroken(f"Unknown role '{role}'.", {"field": "role"})
     with rls.atomic():
-        actor_membership = _require_admin(actor, membership.organization)
+        actor_membership = _require_admin(actor, membership.organization, lock=True)
         if Membership.Role.OWNER in (role, membership.role) and actor_membership.role != Membership.Role.OWNER:
             raise NotAllowed("Only owners can make or unmake owners.")
+        if role != Membership.Role.OWNER:
+            _personal_workspace_keeps_its_user(membership)
         if membership.role == Membership.Role.OWNER and role != Membership.Role.OWNER:
             _another_owner_remains(membership, "An organization needs at least one owner: make someone else owner first.")
         membership.role = role
@@ -235,12 +267,14 @@ def membership_remove(*, actor: User, membership: Membership) -> None:
         organization_leave(user=actor, organization=membership.organization)
         return
     with rls.atomic():
-        actor_membership = _require_admin(actor, membership.organization)
+        actor_membership = _require_admin(actor, membership.organization, lock=True)
+        _personal_workspace_keeps_its_user(membership)
         if membership.role == Membership.Role.OWNER:
             if actor_membership.role != Membership.Role.OWNER:
                 raise NotAllowed("Only owners can remove an owner.")
             _another_owner_remains(membership, "An organization needs at least one owner.")
-        membership.delete()
+        if not Membership.objects.filter(pk=membership.pk).delete()[0]:  # gone since it was read: never a 204 for nothing
+            raise NotAllowed("That membership has changed; reload and try again.")
 
 
 def organization_leave(*, user: User, organization: Organization) -> None:

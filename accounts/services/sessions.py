@@ -28,8 +28,9 @@ def user_session_start(*, request, user: User) -> UserSession:
             ip_address=client_ip(request),
             user_agent=ua_string,
             device_type=device,
-            browser=f"{ua.browser.family} {ua.browser.version_string}".strip(),
-            os=f"{ua.os.family} {ua.os.version_string}".strip(),
+            # Parsed from a header anyone sets: cut to the columns (a 150-digit version was a 500 at sign-in).
+            browser=f"{ua.browser.family} {ua.browser.version_string}".strip()[: UserSession._meta.get_field("browser").max_length],
+            os=f"{ua.os.family} {ua.os.version_string}".strip()[: UserSession._meta.get_field("os").max_length],
         )
 
 
