@@ -2,7 +2,7 @@
 
 import json
 import math
-from datetime import timedelta
+from datetime import date, timedelta
 
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
@@ -12,6 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from analytics import selectors, services
+from analytics.errors import UsageQueryInvalid
 from config.api.errors import error_responses
 from config.api.inputs import validated_query
 from config.errors import ApplicationError
@@ -266,6 +267,10 @@ class UsageDailyApi(APIView):
     def get(self, request):
         params = validated_query(UsageDailyIn, request)
         end = params.get("to") or selectors.usage_today()
+        if params.get("from") is None and (end - date.min).days < selectors.DAILY_CHART_DAYS - 1:
+            raise UsageQueryInvalid(
+                f"Without 'from', 'to' must be at least {selectors.DAILY_CHART_DAYS} days into the year 1.", {"field": "to"}
+            )
         start = params.get("from") or end - timedelta(days=selectors.DAILY_CHART_DAYS - 1)
         rows = selectors.usage_daily(
             user=request.user, start=start, end=end, group_by=params["group_by"], organization_id=params.get("organization")

@@ -40,13 +40,31 @@ FIELDS = ("input_tokens", "output_tokens", "total_tokens", "calls", "cost_units"
 SCOPES = ("org", "user")
 SETTLE_SECONDS = 1.0  # a drift still there after this is real, not an increment in flight
 
-# Increment (or repair by a drift) only a counter that exists: a missing one is rebuilt whole from the database.
+# Increment (or repair by a drift) only a counter that exists: a missing one is rebuilt whole from
+# the database. A rebuilt counter keeps the snapshot its ledger read saw ('seen', xmin:xmax:xip as
+# pg_current_snapshot gives it): an increment of a transaction that snapshot already saw committed
+# (ARGV[1], its xact id; empty for a repair) was counted by the rebuild, and is not added again.
+# KEYS: counters. ARGV: xact id or '', then field, amount pairs.
 _INCR_IF_EXISTS = """
+local function counted_by(snapshot, xact)
+  local xmin, xmax, xip = string.match(snapshot, '^(%d+):(%d+):(.*)$')
+  if not xmin then return false end
+  xact = tonumber(xact)
+  if xact < tonumber(xmin) then return true end
+  if xact >= tonumber(xmax) then return false end
+  for id in string.gmatch(xip, '%d+') do
+    if tonumber(id) == xact then return false end
+  end
+  return true
+end
 local added = 0
 for k = 1, #KEYS do
   if redis.call('EXISTS', KEYS[k]) == 1 then
-    for i = 1, #ARGV, 2 do redis.call('HINCRBY', KEYS[k], ARGV[i], ARGV[i + 1]) end
-    added = added + 1
+    local seen = redis.call('HGET', KEYS[k], 'seen')
+    if ARGV[1] == '' or not seen or not counted_by(seen, ARGV[1]) then
+      for i = 2, #ARGV, 2 do redis.call('HINCRBY', KEYS[k], ARGV[i], ARGV[i + 1]) end
+      added = added + 1
+    end
   end
 end
 return added
@@ -172,10 +190,11 @@ def _lost(increments: list[Increment]) -> None:
         logger.error("live usage counter increment lost (%s); dropped when Redis answers", ", ".join(increment.keys))
 
 
-def counters_increment(*, organization_id, user_id, month: date, usage: Usage) -> None:
+def counters_increment(*, organization_id, user_id, month: date, usage: Usage, xact: str = "") -> None:
     """Add to both live counters in one script call (an outage: see increments_send); inside
-    increments_held(), the increment is held for the caller to send."""
-    args = tuple(x for pair in usage.as_fields().items() for x in pair)
+    increments_held(), the increment is held for the caller to send. `xact`: the id of the
+    transaction that wrote the ledger rows counted (see _INCR_IF_EXISTS)."""
+    args = (xact, *(x for pair in usage.as_fields().items() for x in pair))
     increment = Increment(tuple(counter_key(scope, owner, month) for scope, owner in (("org", organization_id), ("user", user_id))), args)
     if (held := _held.get()) is not None:
         held.add(increment)
@@ -210,15 +229,15 @@ SELECT scope, owner, sum(i), sum(o), sum(t), sum(c), sum(cost) FROM usage GROUP 
 """
 
 
-def usages_from_database(*, owners: list[tuple[str, UUID]], month: date) -> dict[tuple[str, UUID], Usage]:
-    """The month's exact usage of each (scope, owner id): the monthly rollup plus the ledger
-    rows past its watermark, all read in one statement so they come from the same snapshot."""
+def _month_bounds(month: date) -> tuple[datetime, datetime]:
+    end_month = month_add(month, 1)
+    return datetime(month.year, month.month, 1, tzinfo=UTC), datetime(end_month.year, end_month.month, 1, tzinfo=UTC)
+
+
+def _truth_params(*, owners: list[tuple[str, UUID]], month: date, start: datetime, end: datetime) -> dict:
     from analytics.services import ROLLUP_WATERMARK  # the rollup owns the watermark's name
 
-    start = datetime(month.year, month.month, 1, tzinfo=UTC)
-    end_month = month_add(month, 1)
-    end = datetime(end_month.year, end_month.month, 1, tzinfo=UTC)
-    params = {
+    return {
         "watermark": ROLLUP_WATERMARK,
         "month": month,
         "start": start,
@@ -226,12 +245,39 @@ def usages_from_database(*, owners: list[tuple[str, UUID]], month: date) -> dict
         "orgs": [owner for scope, owner in owners if scope == "org"],
         "users": [owner for scope, owner in owners if scope == "user"],
     }
+
+
+def usages_from_database(*, owners: list[tuple[str, UUID]], month: date) -> dict[tuple[str, UUID], Usage]:
+    """The month's exact usage of each (scope, owner id): the monthly rollup plus the ledger
+    rows past its watermark, all read in one statement so they come from the same snapshot."""
+    start, end = _month_bounds(month)
+    params = _truth_params(owners=owners, month=month, start=start, end=end)
     with rls.privileged(reason="usage counters: read the ledger", audited=False), connections[rls.PRIVILEGED_ALIAS].cursor() as cur:
         cur.execute(_TRUTH_SQL, params)
         found = {
             (scope, owner): Usage(int(i), int(o), int(t), int(c), cost_units(cost)) for scope, owner, i, o, t, c, cost in cur.fetchall()
         }
     return {key: found.get(key, Usage()) for key in owners}
+
+
+# The truth of one counter and the snapshot it was read in (one statement: the same snapshot).
+_TRUTH_AND_SNAPSHOT_SQL = (
+    f"WITH truth AS ({_TRUTH_SQL}) SELECT pg_current_snapshot()::text, t.* FROM (SELECT 1) AS one LEFT JOIN truth t ON true"
+)
+
+
+def _usage_and_snapshot(*, scope: str, owner_id, month: date) -> tuple[Usage, str]:
+    """A rebuild's usage and the snapshot it saw, which later increments are compared with."""
+    owner = UUID(str(owner_id))
+    start, end = _month_bounds(month)
+    params = _truth_params(owners=[(scope, owner)], month=month, start=start, end=end)
+    with rls.privileged(reason="usage counters: read the ledger", audited=False), connections[rls.PRIVILEGED_ALIAS].cursor() as cur:
+        cur.execute(_TRUTH_AND_SNAPSHOT_SQL, params)
+        seen, _scope, _owner, *totals = cur.fetchone()
+    if totals[0] is None:
+        return Usage(), seen
+    i, o, t, c, cost = totals
+    return Usage(int(i), int(o), int(t), int(c), cost_units(cost)), seen
 
 
 def usage_from_database(*, scope: str, owner_id, month: date) -> Usage:
@@ -244,8 +290,8 @@ def _parse(raw) -> Usage:
     values = {}
     items = raw if isinstance(raw, dict) else dict(zip(raw[::2], raw[1::2]))
     for key, value in items.items():
-        values[key.decode() if isinstance(key, bytes) else key] = int(value)
-    return Usage(**{name: values.get(name, 0) for name in FIELDS})
+        values[key.decode() if isinstance(key, bytes) else key] = value
+    return Usage(**{name: int(values.get(name, 0)) for name in FIELDS})  # not 'seen', the rebuild's snapshot
 
 
 def counters_read(*, scope: str, owner_id, month: date | None = None) -> Usage:
@@ -261,8 +307,8 @@ def counters_read(*, scope: str, owner_id, month: date | None = None) -> Usage:
         return usage_from_database(scope=scope, owner_id=owner_id, month=month)
     if raw:
         return _parse(raw)
-    usage = usage_from_database(scope=scope, owner_id=owner_id, month=month)
-    args = [TTL_SECONDS, *[x for pair in usage.as_fields().items() for x in pair]]
+    usage, seen = _usage_and_snapshot(scope=scope, owner_id=owner_id, month=month)
+    args = [TTL_SECONDS, *[x for pair in usage.as_fields().items() for x in pair], "seen", seen]
     try:
         stored = redis_script(_SET_IF_MISSING)(keys=[key], args=args)
     except REDIS_ERRORS:
@@ -316,7 +362,7 @@ def counters_reconcile(*, month: date | None = None) -> list[dict]:
         if delta != first[key][2]:
             logger.info("usage counter %s still moving; reconciled on the next run", key)
             continue
-        if add(keys=[key], args=[x for pair in delta.as_fields().items() for x in pair]):
+        if add(keys=[key], args=["", *(x for pair in delta.as_fields().items() for x in pair)]):
             drift = {"key": key, "live": live.as_fields(), "ledger": truth.as_fields()}
             logger.warning("usage counter drift repaired: %s", drift)
             repaired.append(drift)

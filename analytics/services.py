@@ -133,7 +133,7 @@ _RECORD_CTES = f""", fresh AS (
 )"""
 _RECORD_TOTALS = """
 SELECT organization_id, user_id, date_trunc('month', created_at AT TIME ZONE 'UTC')::date,
-       sum(input_tokens), sum(output_tokens), sum(total_tokens), count(*), sum(cost), array_agg(id)
+       sum(input_tokens), sum(output_tokens), sum(total_tokens), count(*), sum(cost), pg_current_xact_id()::text, array_agg(id)
 FROM written GROUP BY 1, 2, 3
 """
 _RECORD_SQL = "WITH staged AS (SELECT * FROM pg_temp.usage_staging WHERE batch = %(batch)s)" + _RECORD_CTES + _RECORD_TOTALS
@@ -493,10 +493,10 @@ def _ledger_answer(returned: list[tuple], alongside: Alongside | None) -> tuple[
 
 
 def _ledger_totals(written: list[tuple]) -> list[tuple]:
-    """The live counters' increments for the written rows' totals."""
+    """The live counters' increments for the written rows' totals, with the writing transaction's id."""
     return [
-        (organization_id, user_id, month, counters.Usage(i, o, t, calls, counters.cost_units(cost)))
-        for organization_id, user_id, month, i, o, t, calls, cost, _row_ids in written
+        (organization_id, user_id, month, counters.Usage(i, o, t, calls, counters.cost_units(cost)), xact)
+        for organization_id, user_id, month, i, o, t, calls, cost, xact, _row_ids in written
     ]
 
 
@@ -513,8 +513,8 @@ def _staged_copy(cur, connection, alias: str, rows: list[tuple]) -> None:
 
 
 def _count_live(totals: list[tuple]) -> None:
-    for organization_id, user_id, month, usage in totals:
-        counters.counters_increment(organization_id=organization_id, user_id=user_id, month=month, usage=usage)
+    for organization_id, user_id, month, usage, xact in totals:
+        counters.counters_increment(organization_id=organization_id, user_id=user_id, month=month, usage=usage, xact=xact)
 
 
 @dataclass(frozen=True)

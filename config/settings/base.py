@@ -212,6 +212,8 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated", "config.api.permissions.HasRequiredScope"],
     # JSON bodies are bounded in size and nesting depth (a 400, not a RecursionError).
+    # DRF's, safe for a lone surrogate quoted back from the request (config/api/renderers.py).
+    "DEFAULT_RENDERER_CLASSES": ["config.api.renderers.JSONRenderer", "rest_framework.renderers.BrowsableAPIRenderer"],
     "DEFAULT_PARSER_CLASSES": [
         "config.api.parsers.BoundedJSONParser",
         "rest_framework.parsers.FormParser",

@@ -64,6 +64,14 @@ def test_deeply_nested_json_is_a_400_not_a_500(api):
     assert "nested deeper than 64" in _error(api.post("/api/v1/events", too_deep, content_type="application/json"), 400)["message"]
 
 
+def test_a_lone_surrogate_quoted_back_in_an_error_is_a_400_not_a_500(api):
+    """A choice field's error quotes the input; a lone surrogate in it (valid JSON text, not valid
+    UTF-8) failed DRF's encoding of the answer."""
+    response = api.patch("/api/v1/preferences", '{"theme": "\\udc80"}', content_type="application/json")
+    body = _error(response, 400)
+    assert "theme" in body["extra"]["fields"] and "\\udc80" in response.content.decode()  # escaped, the same JSON
+
+
 def test_nesting_within_the_bound_is_accepted(api):
     # The body (1) > events (2) > the event (3) > properties and 60 objects inside it (61) = 64.
     body = json.dumps({"events": [{"name": "deep", "properties": json.loads(_nested(61))}]})
