@@ -40,6 +40,7 @@ from chat.models import Message
 from chat.providers import PROVIDERS, ChatMessage
 from chat.response_cache import HEADER as CACHE_HEADER
 from chat.response_cache import header_choice
+from chat.streaming import closes_unstarted
 from config.api.parsers import BoundedJSONParser
 from config.api.permissions import HasRequiredScope
 from config.db import rls
@@ -361,7 +362,7 @@ class ChatCompletionsGateway(_GatewayView):
             )
             response["Cache-Control"] = "no-cache"
             response["X-Accel-Buffering"] = "no"  # proxies pass each chunk on as it comes
-            return response
+            return closes_unstarted(response, pending)
         reply = services.message_send(**send)
         message = reply.message
         failure = _failure_of(message)

@@ -16,7 +16,8 @@ import time
 import traceback
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from contextlib import suppress
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
@@ -41,6 +42,7 @@ from chat.porting.base import title_clean
 from chat.pricing import COST_QUANTUM, CallCost, call_cost, call_cost_ceiling
 from chat.providers import PROVIDERS, ChatMessage, ChatRequest, Delta, Done, ProviderError, Usage, provider_for
 from chat.providers.base import interrupted_usage, prompt_tokens_estimate, text_tokens_estimate
+from config.cache import REDIS_ERRORS, redis_client
 from config.crypto import secret_decrypt
 from config.db import rls
 from config.db.rows import columns_of, insert_rows, model_from_row, prepared_cursor, update_row_sql
@@ -49,6 +51,7 @@ from config.threads import request_task_keep
 
 logger = logging.getLogger("confab.chat")
 TITLE_WORDS = 8
+CLIENT_GONE = "The client stopped reading the reply."
 MAX_CONTENT = 100_000
 Status = Message.Status
 
@@ -249,6 +252,7 @@ class PendingReply:
     cache_key: str | None = None  # set when the response cache applies to this call
     cache_hits_count: bool = True  # the plan counts a cached reply's tokens against its limit
     stored: bool = True  # False: a SuppliedHistory call kept only on the ledger (no ids; a PendingCall row while it runs)
+    streamed: dict = field(default_factory=dict)  # "started" once message_stream runs (stream_close_unstarted)
 
 
 @dataclass(frozen=True)
@@ -861,59 +865,109 @@ async def message_stream(*, pending: PendingReply) -> AsyncIterator[dict]:
     tokens, cost, error). A client that goes away (CancelledError, or the generator
     closed) leaves the part produced stored `interrupted` and metered; the metering is
     shielded from the cancellation, and the cancellation is re-raised."""
-    if pending.cache_key:
-        hit = await sync_to_async(response_caching.cached_reply_get)(pending.cache_key)
-        if hit is not None:
-            message = await sync_to_async(_reply_finish)(
-                pending, text=hit.text, usage=hit.usage, status=Status.COMPLETE, latency_ms=0, cached=hit
-            )
-            yield {"type": "delta", "text": hit.text}
-            yield _done_event(pending, message)
-            return
-    adapter = provider_for(pending.message.provider)
-    parts: list[str] = []
-    usage: Usage | None = None
-    finish: str | None = None
-    status, error = Status.COMPLETE, ""
-    started = time.monotonic()
-    events = adapter.stream(pending.request)
+    pending.streamed["started"] = True
+    # Alive while this runs, whether or not the client reads: the stale pass leaves it alone.
+    heartbeat = asyncio.ensure_future(_stream_heartbeat(pending.request_id))
     finish_async = sync_to_async(_reply_finish)
-
-    async def close(status: str, usage: Usage, error: str = "", provider_failed: bool = False) -> Message:
-        latency_ms = int((time.monotonic() - started) * 1000)
-        text = "".join(parts)
-        return await finish_async(
-            pending,
-            text=text,
-            usage=usage,
-            status=status,
-            error=error,
-            latency_ms=latency_ms,
-            finish_reason=finish,
-            provider_failed=provider_failed,
-        )
-
-    async def end(status: str, usage: Usage, error: str = "", provider_failed: bool = False) -> Message:
-        await events.aclose()
-        return await close(status, usage, error, provider_failed)
-
     try:
-        async for event in events:
-            if isinstance(event, Delta):
-                parts.append(event.text)
-                yield {"type": "delta", "text": event.text}
-            elif isinstance(event, Done):
-                usage, finish = event.usage, event.finish_reason
-    except (asyncio.CancelledError, GeneratorExit):
-        gone = interrupted_usage(None, request=pending.request, unreported_text="".join(parts), output_final=False)
-        await _shielded(end(Status.INTERRUPTED, usage or gone, "The client stopped reading the reply."))
-        raise
-    except Exception as exc:  # a provider failure: metered and shown (see _failure)
-        status, usage, error = _failure(exc, pending.request, "".join(parts))
-    # Shielded too: a client that goes away after the last delta, while the reply is stored,
-    # must not leave it `streaming` and unmetered.
-    message = await _shielded(end(status, usage or Usage(), error, provider_failed=bool(error)))
-    yield _done_event(pending, message)
+        if pending.cache_key:
+            try:
+                hit = await sync_to_async(response_caching.cached_reply_get)(pending.cache_key)
+            except asyncio.CancelledError:  # gone while Redis answered: closed as any stream the client left
+                await _shielded(finish_async(pending, text="", usage=Usage(), status=Status.INTERRUPTED, error=CLIENT_GONE, latency_ms=0))
+                raise
+            if hit is not None:
+                message = await _shielded(
+                    finish_async(pending, text=hit.text, usage=hit.usage, status=Status.COMPLETE, latency_ms=0, cached=hit)
+                )
+                yield {"type": "delta", "text": hit.text}
+                yield _done_event(pending, message)
+                return
+        adapter = provider_for(pending.message.provider)
+        parts: list[str] = []
+        usage: Usage | None = None
+        finish: str | None = None
+        status, error = Status.COMPLETE, ""
+        started = time.monotonic()
+        events = adapter.stream(pending.request)
+
+        async def close(status: str, usage: Usage, error: str = "", provider_failed: bool = False) -> Message:
+            latency_ms = int((time.monotonic() - started) * 1000)
+            text = "".join(parts)
+            return await finish_async(
+                pending,
+                text=text,
+                usage=usage,
+                status=status,
+                error=error,
+                latency_ms=latency_ms,
+                finish_reason=finish,
+                provider_failed=provider_failed,
+            )
+
+        async def end(status: str, usage: Usage, error: str = "", provider_failed: bool = False) -> Message:
+            await events.aclose()
+            return await close(status, usage, error, provider_failed)
+
+        try:
+            async for event in events:
+                if isinstance(event, Delta):
+                    parts.append(event.text)
+                    yield {"type": "delta", "text": event.text}
+                elif isinstance(event, Done):
+                    usage, finish = event.usage, event.finish_reason
+        except (asyncio.CancelledError, GeneratorExit):
+            gone = interrupted_usage(None, request=pending.request, unreported_text="".join(parts), output_final=False)
+            await _shielded(end(Status.INTERRUPTED, usage or gone, CLIENT_GONE))
+            raise
+        except Exception as exc:  # a provider failure: metered and shown (see _failure)
+            status, usage, error = _failure(exc, pending.request, "".join(parts))
+        # Shielded too: a client that goes away after the last delta, while the reply is stored,
+        # must not leave it `streaming` and unmetered.
+        message = await _shielded(end(status, usage or Usage(), error, provider_failed=bool(error)))
+        yield _done_event(pending, message)
+    finally:
+        heartbeat.cancel()
+
+
+STREAM_ALIVE_KEY = "chat:stream-alive:v1:{}"
+STREAM_HEARTBEAT_SECONDS = 30  # the mark lasts four beats: a worker that died loses it within two minutes
+
+
+def _stream_alive(request_id: str) -> None:
+    with suppress(*REDIS_ERRORS):  # Redis down: the stale pass goes by age alone, as it did
+        redis_client().set(STREAM_ALIVE_KEY.format(request_id), 1, ex=4 * STREAM_HEARTBEAT_SECONDS)
+
+
+async def _stream_heartbeat(request_id: str) -> None:
+    """Mark a stream alive in Redis every STREAM_HEARTBEAT_SECONDS until it ends: a slow reader
+    can keep a stream open past CHAT_STREAM_STALE_MINUTES, and the stale pass closed it as dead
+    (metering nothing of what it went on to deliver, and dropping its real finish)."""
+    while True:
+        await sync_to_async(_stream_alive, thread_sensitive=False)(request_id)
+        await asyncio.sleep(STREAM_HEARTBEAT_SECONDS)
+
+
+def _streams_alive(request_ids: list[str]) -> set[str]:
+    """Which of these streams a worker still marks alive; none known while Redis is down."""
+    if not request_ids:
+        return set()
+    try:
+        marks = redis_client().mget([STREAM_ALIVE_KEY.format(request_id) for request_id in request_ids])
+    except REDIS_ERRORS as exc:
+        logger.warning("stale streams judged by age alone (Redis: %s)", exc)
+        return set()
+    return {request_id for request_id, mark in zip(request_ids, marks, strict=True) if mark is not None}
+
+
+def stream_close_unstarted(pending: PendingReply) -> None:
+    """Close a prepared stream whose body never ran (its response closed unsent: the client left
+    before the first event): no provider call was made, so the reply is closed `interrupted` with
+    nothing used, and the reservation goes back now, not when the stale pass finds it. A stream
+    that started is message_stream's to close."""
+    if not pending.streamed.get("started"):
+        pending.streamed["started"] = True  # once
+        _reply_finish(pending, text="", usage=Usage(), status=Status.INTERRUPTED, error=CLIENT_GONE, latency_ms=0)
 
 
 def _done_event(pending: PendingReply, message: Message) -> dict:
@@ -966,7 +1020,11 @@ def streams_close_stale(*, older_than_minutes: int | None = None) -> int:
         )
         # A row locked by its finishing call is skipped: that call meters it.
         calls = list(PendingCall.objects.select_for_update(skip_locked=True).filter(created_at__lt=cutoff))
-        for message in [*stale, *map(_pending_call_reply, calls)]:
+        candidates = [*stale, *map(_pending_call_reply, calls)]
+        alive = _streams_alive([message.metadata.get("request_id", "") for message in candidates])
+        for message in candidates:
+            if message.metadata.get("request_id") in alive:  # a live stream, however old: its own end meters it
+                continue
             price = ModelPrice.objects.filter(pk=message.metadata.get("price_id")).first()
             if price is None:  # a price version deleted since: the one in force now
                 price = selectors.model_price_current(provider=message.provider, model=message.model)
@@ -987,7 +1045,7 @@ def streams_close_stale(*, older_than_minutes: int | None = None) -> int:
                 _meter(message=message, usage=usage, charge=charge, key_source=key_source, latency_ms=0, success=True, error=sentence)
             reservations.append(Reservation.from_metadata(message.conversation.organization_id, message.metadata))
             closed += 1
-        PendingCall.objects.filter(pk__in=[call.pk for call in calls]).delete()
+        PendingCall.objects.filter(pk__in=[call.pk for call in calls if call.request_id not in alive]).delete()
     for reservation in reservations:  # after the commit, as for any metered reply
         reservation.release()
     return closed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 from django.http import StreamingHttpResponse
@@ -21,4 +22,11 @@ def reply_stream_response(pending: services.PendingReply) -> StreamingHttpRespon
     )
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # proxies pass each event on as it comes
+    return closes_unstarted(response, pending)
+
+
+def closes_unstarted(response: StreamingHttpResponse, pending: services.PendingReply) -> StreamingHttpResponse:
+    """The response, closing its prepared reply if it is closed before its body ran (the client
+    left first: config/asgi.py closes such a response)."""
+    response._resource_closers.append(functools.partial(services.stream_close_unstarted, pending))
     return response

@@ -1,5 +1,6 @@
 import asyncio
 import os
+import threading
 
 import django
 from asgiref.sync import sync_to_async
@@ -72,7 +73,8 @@ class OneHopASGIHandler(ASGIHandler):
     async def _serve(self, scope, body_file, receive, send):
         """Django's ASGIHandler.handle after the body is read, with request_started, the
         response and its close in one hop (see the class)."""
-        task = asyncio.create_task(self._respond(scope, body_file, send))
+        made = _Made()
+        task = asyncio.create_task(self._respond(scope, body_file, send, made))
         # A client that goes away cancels the response (a reply stream then stores and meters
         # what it produced), as in Django's handler.
         listener = asyncio.create_task(self.listen_for_disconnect(receive))
@@ -85,18 +87,25 @@ class OneHopASGIHandler(ASGIHandler):
             except (asyncio.CancelledError, RequestAborted):
                 pass
         if task.cancelled():
-            await signals.request_finished.asend(sender=self.__class__)
+            # A streamed response the client left before it was sent is closed all the same (its
+            # closers end what its body would have: a prepared reply); one still being made, the
+            # thread closes when it is (_response_in_thread).
+            response = made.abandon()
+            if response is not None and response.streaming:
+                await sync_to_async(response.close, thread_sensitive=True)()
+            else:
+                await signals.request_finished.asend(sender=self.__class__)
             return
         response = task.result()
         if response.streaming:
             await sync_to_async(response.close, thread_sensitive=True)()
 
-    async def _respond(self, scope, body_file, send):
-        response = await sync_to_async(self._response_in_thread, thread_sensitive=True)(scope, body_file)
+    async def _respond(self, scope, body_file, send, made):
+        response = await sync_to_async(self._response_in_thread, thread_sensitive=True)(scope, body_file, made)
         await self.send_response(response, send)
         return response
 
-    def _response_in_thread(self, scope, body_file):
+    def _response_in_thread(self, scope, body_file, made):
         signals.request_started.send(sender=self.__class__, scope=scope)
         request, response = self.create_request(scope, body_file)
         if request is not None:
@@ -106,7 +115,31 @@ class OneHopASGIHandler(ASGIHandler):
                 response.block_size = self.chunk_size
         if not response.streaming:
             response.close()  # request_finished: the connection goes back before the bytes go out
+        elif made.made(response):  # the client left while it was made: nothing will send it
+            response.close()
         return response
+
+
+class _Made:
+    """The response a request's thread made, between it and the loop: whichever of the two
+    learns second that the client left and the response exists closes it (once)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._response = None
+        self._abandoned = False
+
+    def made(self, response) -> bool:
+        """The thread has the response; True when the client already left (the thread closes it)."""
+        with self._lock:
+            self._response = response
+            return self._abandoned
+
+    def abandon(self):
+        """The client left; the response to close, or None when the thread has not made it yet."""
+        with self._lock:
+            self._abandoned = True
+            return self._response
 
 
 def _bounded(receive, limit: int):
