@@ -65,16 +65,6 @@ def personal_org_id(user):
 
 
 @pytest.fixture
-def alice():
-    return make_user(email="alice@example.com", display_name="Alice")
-
-
-@pytest.fixture
-def bob():
-    return make_user(email="bob@example.com", display_name="Bob")
-
-
-@pytest.fixture
 def acme(alice, bob, celery_worker):
     """Alice's organization "Acme", which Bob joined through an emailed invitation (mailed by a real worker)."""
     client = session_client(alice)

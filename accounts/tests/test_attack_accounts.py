@@ -20,6 +20,7 @@ from accounts.models import ApiKey, Invitation, Membership, Organization, User
 from accounts.tests.factories import PASSWORD, make_user
 from accounts.tests.test_api import API, READ, WRITE, bearer, key_client, privileged, session_client
 from config.db import rls
+from config.tests.races import until, waiting_locks
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -27,16 +28,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def _no_raise(client):
     client.raise_request_exception = False
     return client
-
-
-@pytest.fixture
-def alice():
-    return make_user(email="alice@example.com", display_name="Alice")
-
-
-@pytest.fixture
-def bob():
-    return make_user(email="bob@example.com", display_name="Bob")
 
 
 @pytest.fixture
@@ -159,20 +150,6 @@ def test_password_change_ends_other_sessions(alice):
 from accounts.services import organizations as org_services  # noqa: E402
 
 
-def _waiting_locks() -> int:
-    with rls.privileged(reason="test: read the lock table"), connections[rls.PRIVILEGED_ALIAS].cursor() as cur:
-        cur.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
-        return cur.fetchone()[0]
-
-
-def _until(predicate, what: str, tries: int = 3000) -> None:
-    for _ in range(tries):
-        if predicate():
-            return
-        threading.Event().wait(0.01)
-    pytest.fail(f"never happened: {what}")
-
-
 class _Paused(threading.Thread):
     """Runs fn() in its own thread (own connection); the result or the exception is kept."""
 
@@ -221,7 +198,7 @@ def test_two_invitations_to_one_email_at_once_are_not_a_500(alice, acme, monkeyp
     first.start()
     assert reached.wait(60), "first invitation never reached its insert"
     second.start()
-    _until(lambda: _waiting_locks() > 0 or not second.is_alive(), "the second invitation waits on the first's row")
+    until(lambda: waiting_locks() > 0 or not second.is_alive(), "the second invitation waits on the first's row")
     release.set()
     first.join(60), second.join(60)
     statuses = sorted(r.status_code for r in (first.result, second.result))
@@ -275,7 +252,7 @@ def test_an_admin_demoted_while_acting_acts_first_or_not_at_all(alice, bob, acme
         "alice",
     )
     demote.start()
-    _until(lambda: _waiting_locks() > 0, "Alice's demotion waits for Adam's change")
+    until(lambda: waiting_locks() > 0, "Alice's demotion waits for Adam's change")
     release.set()
     act.join(60), demote.join(60)
     assert (act.result.status_code, demote.result.status_code) == (200 if change == "promote" else 204, 200), act.result.content[:300]

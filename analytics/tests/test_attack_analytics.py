@@ -9,32 +9,17 @@ from datetime import UTC, datetime
 
 import pytest
 from django.db import connections
-from rest_framework.test import APIClient
 
-from accounts import services as accounts_services
 from analytics import buffer, tasks
 from analytics.models import AuditLog, Event
 from analytics.tests.factories import make_member
+from analytics.tests.test_usage_api import session_client
 from analytics.tests.usage_data import usage_world
 from config.db import partitions, rls
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 SUMMARY, DAILY, EVENTS = "/api/v1/usage/summary", "/api/v1/usage/daily", "/api/v1/events"
-
-
-def session_client(user) -> APIClient:
-    client = APIClient()
-    client.force_login(user)
-    return client
-
-
-def key_client(user, scopes=("usage:read",)) -> APIClient:
-    with rls.privileged(reason="test: issue an API key"):
-        _, secret = accounts_services.api_key_create(user=user, name="usage key", scopes=list(scopes))
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
-    return client
 
 
 # --- Inputs: date ranges ------------------------------------------------------------

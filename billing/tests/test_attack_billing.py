@@ -24,6 +24,7 @@ from billing.models import StripeEvent, Subscription
 from billing.tests.factories import current_subscription, organization_of, put_on_plan
 from billing.tests.stripe_server import WEBHOOK_SECRET, event, signed, subscription_object
 from config.db import rls
+from config.tests.races import waiting_locks
 
 pytestmark = pytest.mark.django_db(transaction=True)
 WEBHOOK = "/billing/stripe/webhook"
@@ -147,12 +148,6 @@ def test_a_deleted_subscription_is_not_revived_by_an_update_of_the_same_second(o
 # --- Races between a webhook and a plan change ---------------------------------------
 
 
-def _waiting_locks() -> int:
-    with connections["owner"].cursor() as cur:
-        cur.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
-        return cur.fetchone()[0]
-
-
 def _process_while_the_row_is_replaced(org, evt, *, to_plan):
     """A plan change (subscription_plan_set's own steps: lock the current row, replace it) holds
     the row while the event is processed in another thread; the change commits once the event's
@@ -173,7 +168,7 @@ def _process_while_the_row_is_replaced(org, evt, *, to_plan):
         worker = threading.Thread(target=apply)
         worker.start()
         deadline = time.monotonic() + 20
-        while _waiting_locks() == 0 and worker.is_alive():
+        while waiting_locks() == 0 and worker.is_alive():
             assert time.monotonic() < deadline, "the event never waited on the row"
             time.sleep(0.01)
     worker.join(20)

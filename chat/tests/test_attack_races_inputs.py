@@ -12,6 +12,7 @@ from analytics.models import TokenUsage
 from chat import services
 from chat.models import Conversation, Message, Persona
 from config.db import rls
+from config.tests.races import until, waiting_locks
 
 pytestmark = pytest.mark.django_db(transaction=True)
 API = "/api/v1"
@@ -22,20 +23,6 @@ def _client(user):
     client = key_client(user, scopes=SCOPES)
     client.raise_request_exception = False
     return client
-
-
-def _waiting_locks() -> int:
-    with rls.privileged(reason="test: read the lock table"), connections[rls.PRIVILEGED_ALIAS].cursor() as cur:
-        cur.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
-        return cur.fetchone()[0]
-
-
-def _until(predicate, what: str, tries: int = 1000) -> None:
-    for _ in range(tries):
-        if predicate():
-            return
-        threading.Event().wait(0.01)
-    pytest.fail(f"never happened: {what}")
 
 
 def _race_while_held(monkeypatch, owner, name: str, first, second, waits: str) -> dict:
@@ -66,7 +53,7 @@ def _race_while_held(monkeypatch, owner, name: str, first, second, waits: str) -
     threads[0].start()
     assert held.wait(30)
     threads[1].start()
-    _until(lambda: _waiting_locks() >= 1, waits)
+    until(lambda: waiting_locks() >= 1, waits)
     go.set()
     for thread in threads:
         thread.join(30)

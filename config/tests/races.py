@@ -1,0 +1,25 @@
+"""For tests that race two requests: PostgreSQL's own lock table says when one waits on another,
+so a test orders them by that, never by sleeping for luck."""
+
+import threading
+
+import pytest
+from django.db import connections
+
+from config.db import rls
+
+
+def waiting_locks() -> int:
+    """How many lock requests are waiting, across the server."""
+    with rls.privileged(reason="test: read the lock table"), connections[rls.PRIVILEGED_ALIAS].cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
+        return cur.fetchone()[0]
+
+
+def until(predicate, what: str, tries: int = 3000) -> None:
+    """Wait (up to 30 s) until predicate() holds, or fail saying what never happened."""
+    for _ in range(tries):
+        if predicate():
+            return
+        threading.Event().wait(0.01)
+    pytest.fail(f"never happened: {what}")
