@@ -141,6 +141,9 @@ def test_under_the_pool_a_metered_post_resets_its_connection_with_its_commits(al
     would come after it."""
     client = key_client(alice, scopes=["chat:read", "chat:write"])
     headers = {"Authorization": f"Bearer {client.secret}"}
+    with connections["default"].cursor() as cur:
+        cur.execute("SELECT now()")  # the server's backends start after this; earlier tests' leftovers do not count
+        [(before,)] = cur.fetchall()
     with served(workers=1, DATABASE_POOL_MIN_SIZE="1", DATABASE_POOL_MAX_SIZE="1") as base, httpx.Client(base_url=base) as http:
         conversation_id = http.post(f"{API}/conversations", json={}, headers=headers).json()["id"]
         sent = http.post(f"{API}/conversations/{conversation_id}/messages", json={"content": "hello pool"}, headers=headers)
@@ -148,7 +151,8 @@ def test_under_the_pool_a_metered_post_resets_its_connection_with_its_commits(al
         with connections["default"].cursor() as cur:  # the app role: it may read its own sessions' statements
             cur.execute(
                 "SELECT query FROM pg_stat_activity WHERE usename = current_user AND datname = current_database() "
-                "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+                "AND pid <> pg_backend_pid() AND backend_type = 'client backend' AND backend_start > %s",
+                [before],
             )
             last = [query for (query,) in cur.fetchall()]
     assert last == [f"{RESET_WITH_COMMIT_MARK} RESET ALL"], last
