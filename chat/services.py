@@ -936,7 +936,7 @@ STREAM_HEARTBEAT_SECONDS = 30  # the mark lasts four beats: a worker that died l
 
 def _stream_alive(request_id: str) -> None:
     with suppress(*REDIS_ERRORS):  # Redis down: the stale pass goes by age alone, as it did
-        redis_client().set(STREAM_ALIVE_KEY.format(request_id), 1, ex=4 * STREAM_HEARTBEAT_SECONDS)
+        redis_client().set(STREAM_ALIVE_KEY.format(request_id), 1, px=int(4000 * STREAM_HEARTBEAT_SECONDS))
 
 
 async def _stream_heartbeat(request_id: str) -> None:

@@ -484,3 +484,32 @@ def test_a_model_the_caller_cannot_use_is_refused_in_openais_shape_and_holds_not
     assert ok.status_code == 200, ok.content[:300]  # nothing was left reserved
     with rls.privileged(reason="test"):
         assert TokenUsage.objects.count() == 1 and not PendingCall.objects.exists()
+
+
+def test_a_stream_its_client_does_not_read_is_marked_alive_beat_after_beat(key, monkeypatch):
+    """The mark outlives a beat only by renewal: a slow reader's stream, suspended between two
+    events, must stay marked past several of the mark's lifetimes (beats made short here), and
+    lose the mark once it ends."""
+    from django_redis import get_redis_connection
+
+    user, _secret, _plans = key
+    monkeypatch.setattr(services, "STREAM_HEARTBEAT_SECONDS", 0.1)  # the mark lasts 0.4 s
+    pending = services.message_prepare(user=user, content="one two three", provider="echo", model="echo-1")
+    mark = services.STREAM_ALIVE_KEY.format(pending.request_id)
+    redis = get_redis_connection("default")
+
+    async def run():
+        events = services.message_stream(pending=pending)
+        await events.__anext__()  # the first delta; then the client stops reading for a while
+        seen = []
+        for _ in range(12):  # 1.2 s: three lifetimes of the mark
+            await asyncio.sleep(0.1)
+            seen.append(bool(redis.exists(mark)))
+        rest = [event async for event in events]
+        await asyncio.sleep(0.5)  # past the mark's lifetime, with no beat after the end
+        return seen, rest[-1], bool(redis.exists(mark))
+
+    seen, done, after = async_to_sync(run)()
+    assert all(seen), seen
+    assert done["type"] == "done" and done["status"] == "complete"
+    assert not after
