@@ -73,7 +73,8 @@ def usage_world(*, rollup: bool = True) -> World:
         alice_personal=personal_organization_id(alice),
         bob_personal=personal_organization_id(bob),
     )
-    ago = lambda days, hours=0: world.now - timedelta(days=days, hours=hours)  # noqa: E731
+    # `hours` earlier on days before today only: today's rows stay in this month also in its first hour.
+    ago = lambda days, hours=0: world.now - timedelta(days=days, hours=hours if days else 0)  # noqa: E731
     record(
         alice,
         world.alice_personal,
