@@ -221,8 +221,9 @@ class RLSContextMiddleware:
         if _is_exempt(request.path):
             return self.get_response(request)
         if _owns_transactions(request):
-            with transaction.atomic(using=APP_ALIAS):
-                self._session_user(request)  # loaded and cached now, under the context
+            if request.session.get(SESSION_KEY):  # an API key's request has none: no transaction to open
+                with transaction.atomic(using=APP_ALIAS):
+                    self._session_user(request)  # loaded and cached now, under the context
             return _async_body_released(self.get_response(request))
         with transaction.atomic(using=APP_ALIAS):
             self._session_user(request)

@@ -1,10 +1,11 @@
-"""Two builds side by side: the web server's CPU per metered POST, interleaved.
+"""Two builds side by side: the web server's CPU and the latency of a metered POST, interleaved.
 
 On this machine a request's CPU moves by a fifth from one hour to the next (docs/performance.md),
 so builds measured in runs hours apart cannot be compared. This starts two servers (one worker
 each) of each side, A and B, and sends them 100 sequential metered POSTs in turn, round after
 round, so all four see the same machine. Compare its figures within one run only; the two
-servers of one side show the method's own noise.
+servers of one side show the method's own noise. Latency is each POST's time at the client (one
+at a time, so no queueing): its median per side is the one-client p50 of the serving bench.
 
   BENCH_AB_BASE=/path/to/a/checkout   side B's code, e.g. `git worktree add /tmp/base <commit>`
                                       (same database schema); without it B is this checkout
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import statistics
+import time
 
 import httpx
 import pytest
@@ -62,32 +64,41 @@ def test_two_builds_side_by_side():
             with override_settings(BASE_DIR=checkout) if checkout else contextlib.nullcontext():  # served() runs from BASE_DIR
                 base = stack.enter_context(served(workers=1, **{**SERVER_ENV, **env}))
             conversations = [conversation_create(user=user).pk for _ in range(CONVERSATIONS)]
-            servers.append((side, base, conversations, {part: [] for part in PARTS}))
+            servers.append((side, base, conversations, {part: [] for part in (*PARTS, "latency")}))
         with httpx.Client(timeout=30) as client:
             for round_ in range(WARMUP_ROUNDS + ROUNDS):
                 for _side, base, conversations, samples in servers:
                     before = bk.serving_cpu_seconds(base.pid)
                     for n in range(PER):
                         conversation = conversations[(round_ * PER + n) % CONVERSATIONS]
+                        sent = time.perf_counter()
                         response = client.post(f"{base}/api/v1/conversations/{conversation}/messages", content=CHAT_BODY, headers=headers)
+                        elapsed_ms = (time.perf_counter() - sent) * 1000
                         assert response.status_code == 201, response.text
+                        if round_ >= WARMUP_ROUNDS:
+                            samples["latency"].append(elapsed_ms)
                     after = bk.serving_cpu_seconds(base.pid)
                     if round_ >= WARMUP_ROUNDS:
                         for part in PARTS:
                             samples[part].append((after[part] - before[part]) * 1000 / PER)
-    rows, means = [], {"A": [], "B": []}
+    rows, means, latencies = [], {"A": [], "B": []}, {"A": [], "B": []}
     for n, (side, _base, _conversations, samples) in enumerate(servers):
         server = samples["server"]
         means[side].append(statistics.mean(server))
+        latencies[side] += samples["latency"]
         rows.append([f"{side} (server {n + 1})", statistics.mean(server), statistics.median(server)])
-        rows[-1] += [statistics.mean(samples["postgresql"]), statistics.mean(samples["redis"])]
+        rows[-1] += [statistics.mean(samples["postgresql"]), statistics.mean(samples["redis"]), statistics.median(samples["latency"])]
     bk.say(
         bk.table(
             f"Side by side: {ROUNDS} rounds of {PER} sequential metered POSTs per server; CPU ms per request",
-            ["server", "web server mean", "web server median", "PostgreSQL mean", "Redis mean"],
+            ["server", "web server mean", "web server median", "PostgreSQL mean", "Redis mean", "latency p50"],
             rows,
         )
     )
     difference = statistics.mean(means["B"]) - statistics.mean(means["A"])
     bk.say(f"   web server, B - A: {difference:+.3f} ms a request (A's two servers differ by {abs(means['A'][0] - means['A'][1]):.3f})")
-    bk.report_write("side_by_side", {"rounds": ROUNDS, "per": PER, "rows": rows, "b_minus_a_ms": difference})
+    latency = statistics.median(latencies["B"]) - statistics.median(latencies["A"])
+    bk.say(f"   latency p50, B - A: {latency:+.3f} ms a request")
+    bk.report_write(
+        "side_by_side", {"rounds": ROUNDS, "per": PER, "rows": rows, "b_minus_a_ms": difference, "latency_b_minus_a_ms": latency}
+    )
