@@ -61,10 +61,13 @@ def stripe_client() -> stripe.StripeClient:
     return stripe.StripeClient(settings.STRIPE_SECRET_KEY, base_addresses={"api": settings.STRIPE_API_BASE}, max_network_retries=2)
 
 
-def _stripe_call(method, *args, **kwargs):
-    """Call Stripe; its failures become one sentence for the user (the detail is logged)."""
+def _stripe_call(method, *args, tolerate: tuple[type[stripe.StripeError], ...] = (), **kwargs):
+    """Call Stripe; its failures become one sentence for the user (the detail is logged), but
+    for those the caller `tolerate`s: None."""
     try:
         return method(*args, **kwargs)
+    except tolerate:
+        return None
     except stripe.StripeError as exc:
         logger.warning("Stripe call failed: %s", exc)
         raise ApplicationError(
@@ -99,25 +102,62 @@ def checkout_session_create(*, actor: User, organization: Organization, plan: Pl
     price = plan.stripe_yearly_price_id if interval == Subscription.Interval.YEAR else plan.stripe_monthly_price_id
     if plan.is_free or not plan.is_active or not price:
         raise ApplicationError(f"The {plan.name} plan cannot be bought online with {interval}ly billing.", {"code": "plan_not_for_sale"})
-    current = selectors.subscription_current(organization_id=organization.pk)
-    services.refuse_if_billed_by_stripe(current)
-    customer = _customer_id(client=client, actor=actor, organization=organization, subscription=current)
-    metadata = {"organization_id": str(organization.pk), "plan": plan.slug}
-    session = _stripe_call(
-        client.v1.checkout.sessions.create,
-        params={
-            "mode": "subscription",
-            "customer": customer,
-            "client_reference_id": str(organization.pk),
-            "line_items": [{"price": price, "quantity": 1}],
-            "success_url": f"{return_url}?checkout=success",
-            "cancel_url": f"{return_url}?checkout=canceled",
-            "metadata": metadata,
-            # Subscription events then name the organization even before the checkout event arrives.
-            "subscription_data": {"metadata": metadata},
-        },
-    )
+    # At most one open Checkout per organization, or two tabs (a double click, a second try) could
+    # each be paid and start two subscriptions. One checkout is made at a time per organization
+    # (a lock held across these few Stripe calls, for a rare owner's action): a subscription the
+    # customer already has at Stripe (its webhook not applied yet) refuses it; an open checkout is
+    # expired, so only the newest can be paid.
+    with rls.atomic():
+        with connections[rls.current_alias()].cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"checkout:{organization.pk}"])
+        current = selectors.subscription_current(organization_id=organization.pk)  # read under the lock: the customer made before it
+        services.refuse_if_billed_by_stripe(current)
+        customer = _customer_id(client=client, actor=actor, organization=organization, subscription=current)
+        _refuse_if_subscribed_at_stripe(client, customer)
+        _open_checkouts_expire(client, customer)
+        metadata = {"organization_id": str(organization.pk), "plan": plan.slug}
+        session = _stripe_call(
+            client.v1.checkout.sessions.create,
+            params={
+                "mode": "subscription",
+                "customer": customer,
+                "client_reference_id": str(organization.pk),
+                "line_items": [{"price": price, "quantity": 1}],
+                "success_url": f"{return_url}?checkout=success",
+                "cancel_url": f"{return_url}?checkout=canceled",
+                "metadata": metadata,
+                # Subscription events then name the organization even before the checkout event arrives.
+                "subscription_data": {"metadata": metadata},
+            },
+        )
     return session.url
+
+
+# Stripe subscriptions that are over; any other status is one the customer has (or is paying for).
+ENDED_AT_STRIPE = frozenset({"canceled", "incomplete_expired"})
+
+
+def _already_subscribed() -> ApplicationError:
+    return ApplicationError(
+        "This organization already has a subscription at Stripe (it shows here within a minute): change it in the billing portal.",
+        {"code": "use_portal"},
+    )
+
+
+def _refuse_if_subscribed_at_stripe(client: stripe.StripeClient, customer: str) -> None:
+    subscriptions = _stripe_call(client.v1.subscriptions.list, params={"customer": customer, "status": "all", "limit": 100})
+    if any(subscription.status not in ENDED_AT_STRIPE for subscription in subscriptions.data):
+        raise _already_subscribed()
+
+
+def _open_checkouts_expire(client: stripe.StripeClient, customer: str) -> None:
+    """Expire the customer's open Checkout sessions; one paid meanwhile refuses the new one."""
+    sessions = _stripe_call(client.v1.checkout.sessions.list, params={"customer": customer, "status": "open", "limit": 100})
+    for session in sessions.data:
+        expired = _stripe_call(client.v1.checkout.sessions.expire, session.id, tolerate=(stripe.InvalidRequestError,))
+        # None: no longer open, so paid meanwhile (a subscription now) or expired by itself.
+        if expired is None and _stripe_call(client.v1.checkout.sessions.retrieve, session.id).status == "complete":
+            raise _already_subscribed()
 
 
 def subscription_change_or_checkout(

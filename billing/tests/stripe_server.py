@@ -8,6 +8,7 @@ import itertools
 import json
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl
@@ -24,11 +25,16 @@ def _error(status: int, message: str, code: str = "resource_missing") -> tuple[i
 
 
 class FakeStripe:
-    """What the server was asked (`requests`) and the subscriptions it knows (`subscriptions`)."""
+    """What the server was asked (`requests`), the subscriptions it knows (`subscriptions`) and
+    the Checkout sessions it made (`sessions`: a test completes one by setting its status)."""
 
     def __init__(self):
         self.requests: list[dict] = []
         self.subscriptions: dict[str, dict] = {}
+        self.sessions: dict[str, dict] = {}
+        # Called with (method, path) before a request is answered: a test's way to make Stripe slow,
+        # or to change an object's state between two of Confab's calls.
+        self.before: Callable[[str, str], None] | None = None
         self.fail_with: int | None = None  # answer every request with this status
         self.url = ""
 
@@ -36,6 +42,8 @@ class FakeStripe:
         self.requests.append({"method": method, "path": path, "form": form, "idempotency_key": headers.get("Idempotency-Key")})
         if headers.get("Authorization") != f"Bearer {SECRET_KEY}":
             return _error(401, "Invalid API Key provided.", "api_key_invalid")
+        if self.before is not None:
+            self.before(method, path)
         if self.fail_with:
             return _error(self.fail_with, "Something went wrong on Stripe's end.", "api_error")
         n = next(_ids)
@@ -43,7 +51,28 @@ class FakeStripe:
             return 200, {"id": f"cus_test{n}", "object": "customer", "email": form.get("email"), "name": form.get("name")}
         if method == "POST" and path == "/v1/checkout/sessions":
             session = {"id": f"cs_test_{n}", "object": "checkout.session", "mode": form.get("mode"), "customer": form.get("customer")}
-            return 200, {**session, "url": f"https://checkout.stripe.com/c/pay/cs_test_{n}"}
+            session.update(status="open", created=int(time.time()), url=f"https://checkout.stripe.com/c/pay/cs_test_{n}")
+            self.sessions[session["id"]] = session
+            return 200, session
+        if method == "GET" and path == "/v1/checkout/sessions":
+            return 200, _listed(path, self.sessions.values(), form, ("customer", "status"))
+        if method == "GET" and path.startswith("/v1/checkout/sessions/"):
+            session_id = path.rsplit("/", 1)[1]
+            if session_id not in self.sessions:
+                return _error(404, f"No such checkout.session: '{session_id}'")
+            return 200, self.sessions[session_id]
+        if method == "POST" and path.startswith("/v1/checkout/sessions/") and path.endswith("/expire"):
+            session = self.sessions.get(path.split("/")[4])
+            if session is None:
+                return _error(404, f"No such checkout.session: '{path.split('/')[4]}'")
+            if session["status"] != "open":
+                return _error(400, "Only Checkout Sessions with a status of `open` can be expired.", "checkout_session_not_open")
+            session.update(status="expired", url=None)
+            return 200, session
+        if method == "GET" and path == "/v1/subscriptions":
+            return 200, _listed(
+                path, self.subscriptions.values(), form, ("customer", "status") if form.get("status") != "all" else ("customer",)
+            )
         if method == "POST" and path == "/v1/billing_portal/sessions":
             return 200, {"id": f"bps_test{n}", "object": "billing_portal.session", "url": f"https://billing.stripe.com/p/session/test_{n}"}
         if method == "GET" and path.startswith("/v1/subscriptions/"):
@@ -52,6 +81,13 @@ class FakeStripe:
                 return _error(404, f"No such subscription: '{subscription_id}'")
             return 200, self.subscriptions[subscription_id]
         return _error(404, f"Unrecognized request URL ({method}: {path}).", "url_invalid")
+
+
+def _listed(path: str, objects, query: dict, filters: tuple[str, ...]) -> dict:
+    """A Stripe list of the objects matching the query's filters, newest first."""
+    data = [o for o in objects if all(o.get(name) == query[name] for name in filters if name in query)]
+    data.sort(key=lambda o: o.get("created", 0), reverse=True)
+    return {"object": "list", "url": path, "has_more": False, "data": data}
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -2,13 +2,20 @@
 pages (calls answered by a local server in Stripe's wire format); everyone else, and every
 bad input, goes back to the billing page with the reason."""
 
+import threading
+
 import pytest
 from django.contrib.messages import get_messages
+from django.db import connections
 
 from accounts.models import Membership
 from accounts.tests.factories import make_user
+from billing import stripe_services
 from billing.tests.factories import current_subscription, organization_of, put_on_plan
+from billing.tests.stripe_server import subscription_object
 from config.db import rls
+from config.errors import ApplicationError
+from config.tests.races import until, waiting_locks
 
 pytestmark = pytest.mark.django_db(transaction=True)
 CHECKOUT, PORTAL = "/billing/checkout/", "/billing/portal/"
@@ -30,7 +37,14 @@ def test_an_owner_is_sent_to_checkout_for_the_plan_and_interval(client, owner, f
     org = organization_of(owner)
     response = client.post(CHECKOUT, {"organization": org.pk, "plan": "pro", "interval": "year"})
     assert response.status_code == 302 and response["Location"].startswith("https://checkout.stripe.com/c/pay/cs_test_")
-    customer, session = fake_stripe.requests
+    customer, subscriptions, sessions, session = fake_stripe.requests
+    # Before the session: none of the customer's subscriptions is live, none of its checkouts open.
+    assert (subscriptions["path"], subscriptions["form"]["customer"], subscriptions["form"]["status"]) == (
+        "/v1/subscriptions",
+        customer_id(fake_stripe),
+        "all",
+    )
+    assert (sessions["method"], sessions["path"], sessions["form"]["status"]) == ("GET", "/v1/checkout/sessions", "open")
     assert (customer["path"], customer["form"]["email"], customer["idempotency_key"]) == (
         "/v1/customers",
         owner.email,
@@ -46,15 +60,21 @@ def test_an_owner_is_sent_to_checkout_for_the_plan_and_interval(client, owner, f
 
 
 def customer_id(fake_stripe) -> str:
-    return fake_stripe.requests[1]["form"]["customer"]
+    return next(r["form"]["customer"] for r in fake_stripe.requests if r["method"] == "POST" and r["path"] == "/v1/checkout/sessions")
 
 
-def test_a_second_checkout_reuses_the_customer(client, owner, fake_stripe):
+def test_a_second_checkout_reuses_the_customer_and_expires_the_first(client, owner, fake_stripe):
+    """Two tabs, or a second try: only the newest checkout can be paid, or both could be, and the
+    organization would pay for two subscriptions."""
     org = organization_of(owner)
-    client.post(CHECKOUT, {"organization": org.pk, "plan": "pro", "interval": "month"})
-    client.post(CHECKOUT, {"organization": org.pk, "plan": "enterprise", "interval": "month"})
-    assert [r["path"] for r in fake_stripe.requests] == ["/v1/customers", "/v1/checkout/sessions", "/v1/checkout/sessions"]
-    assert fake_stripe.requests[2]["form"]["customer"] == fake_stripe.requests[1]["form"]["customer"]
+    first = client.post(CHECKOUT, {"organization": org.pk, "plan": "pro", "interval": "month"})["Location"]
+    second = client.post(CHECKOUT, {"organization": org.pk, "plan": "enterprise", "interval": "month"})["Location"]
+    created = [r for r in fake_stripe.requests if r["method"] == "POST" and r["path"] == "/v1/checkout/sessions"]
+    assert [r["path"] for r in fake_stripe.requests].count("/v1/customers") == 1
+    assert created[0]["form"]["customer"] == created[1]["form"]["customer"]
+    by_url = {session["url"]: session for session in fake_stripe.sessions.values() if session["url"]}
+    assert list(by_url) == [second] and first not in by_url
+    assert sorted(session["status"] for session in fake_stripe.sessions.values()) == ["expired", "open"]
 
 
 def test_a_member_who_is_not_owner_or_admin_is_refused(client, fake_stripe):
@@ -122,3 +142,89 @@ def test_checkout_and_portal_take_only_post_from_signed_in_users(client, fake_st
     assert client.post(CHECKOUT, {"plan": "pro"})["Location"].startswith("/accounts/login/")
     client.force_login(make_user())
     assert client.get(CHECKOUT).status_code == 405 and client.get(PORTAL).status_code == 405
+
+
+# --- One open checkout per organization -------------------------------------------------------
+
+ALREADY = "This organization already has a subscription at Stripe (it shows here within a minute): change it in the billing portal."
+
+
+def _checkout(owner, plans, plan="pro") -> str:
+    """As the checkout page does, inside the owner's request transaction."""
+    with rls.atomic_as(owner.pk):
+        return stripe_services.checkout_session_create(
+            actor=owner, organization=organization_of(owner), plan=plans[plan], interval="month", return_url="http://testserver/billing/"
+        )
+
+
+def _created(fake_stripe) -> list[dict]:
+    return [r for r in fake_stripe.requests if r["method"] == "POST" and r["path"] == "/v1/checkout/sessions"]
+
+
+def test_a_subscription_paid_at_stripe_but_not_yet_here_refuses_another_checkout(owner, plans, fake_stripe):
+    """The first checkout was paid; its webhook has not arrived, so the plan here is still Free."""
+    url = _checkout(owner, plans)
+    [session] = fake_stripe.sessions.values()
+    session["status"] = "complete"
+    fake_stripe.subscriptions["sub_paid"] = subscription_object("sub_paid", price="price_pro_month", customer=session["customer"])
+    with pytest.raises(ApplicationError) as refusal:
+        _checkout(owner, plans, "enterprise")
+    assert (str(refusal.value), refusal.value.extra["code"]) == (ALREADY, "use_portal")
+    assert len(_created(fake_stripe)) == 1 and session["url"] == url  # no second checkout made, the paid one left alone
+    fake_stripe.subscriptions["sub_paid"]["status"] = "canceled"  # once it has ended, a new one may be bought
+    assert _checkout(owner, plans, "enterprise").startswith("https://checkout.stripe.com/")
+
+
+def test_a_checkout_paid_while_the_next_is_made_refuses_the_next(owner, plans, fake_stripe):
+    """Paid between Confab listing the open checkouts and expiring it: the expire is refused."""
+    _checkout(owner, plans)
+    [session] = fake_stripe.sessions.values()
+
+    def paid_just_before_the_expire(method, path):
+        if path.endswith("/expire"):
+            session["status"] = "complete"
+
+    fake_stripe.before = paid_just_before_the_expire
+    with pytest.raises(ApplicationError, match="already has a subscription at Stripe"):
+        _checkout(owner, plans, "enterprise")
+    assert len(_created(fake_stripe)) == 1
+
+
+def test_two_checkouts_at_once_leave_one_open(owner, plans, fake_stripe):
+    """A double click: the second request waits for the first's checkout, then expires it. Held
+    in order by PostgreSQL's lock table: the first is kept inside Stripe's create until the second
+    waits on the organization's lock (or, without the lock, has listed the open checkouts)."""
+    first_creating, release, second_listed = threading.Event(), threading.Event(), threading.Event()
+    listings = []
+
+    def before(method, path):
+        if method == "GET" and path == "/v1/checkout/sessions":
+            listings.append(path)
+            if len(listings) == 2:
+                second_listed.set()
+        if method == "POST" and path == "/v1/checkout/sessions" and not first_creating.is_set():
+            first_creating.set()
+            release.wait(10)
+
+    fake_stripe.before = before
+    urls, errors = [], []
+
+    def send():
+        try:
+            urls.append(_checkout(owner, plans))
+        except Exception as exc:  # reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    first = threading.Thread(target=send)
+    first.start()
+    assert first_creating.wait(10)
+    second = threading.Thread(target=send)
+    second.start()
+    until(lambda: waiting_locks() >= 1 or second_listed.is_set(), "the second checkout waiting, or listing")
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert errors == [] and len(urls) == 2
+    assert sorted(session["status"] for session in fake_stripe.sessions.values()) == ["expired", "open"]
