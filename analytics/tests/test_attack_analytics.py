@@ -16,6 +16,7 @@ from analytics.tests.factories import make_member
 from analytics.tests.test_usage_api import session_client
 from analytics.tests.usage_data import usage_world
 from config.db import partitions, rls
+from config.tests.races import on_a_thread
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -183,17 +184,11 @@ def test_a_counter_rebuilt_between_a_call_commit_and_its_increment_counts_the_ca
     errors = []
 
     def call():
-        try:
-            with transaction.atomic():
-                rls.context_set(user_id=user.pk)
-                services.usage_record(**usage_fields(user, org))
-        except Exception as exc:  # pragma: no cover
-            errors.append(exc)
-        finally:
-            connections.close_all()
+        with transaction.atomic():
+            rls.context_set(user_id=user.pk)
+            services.usage_record(**usage_fields(user, org))
 
-    thread = threading.Thread(target=call)
-    thread.start()
+    thread = on_a_thread(call, errors)
     assert committed.wait(10)
     counters.counters_read(scope="user", owner_id=user.pk)  # rebuilt now: the committed call is in it
     rebuilt.set()
@@ -219,19 +214,13 @@ def test_a_counter_rebuilt_while_a_call_is_uncommitted_adds_the_call_when_it_com
     errors = []
 
     def call():
-        try:
-            with transaction.atomic():
-                rls.context_set(user_id=user.pk)
-                services.usage_record(**usage_fields(user, org))
-                written.set()  # written, not committed: in progress for the rebuild's snapshot
-                assert rebuilt.wait(10)
-        except Exception as exc:  # pragma: no cover
-            errors.append(exc)
-        finally:
-            connections.close_all()
+        with transaction.atomic():
+            rls.context_set(user_id=user.pk)
+            services.usage_record(**usage_fields(user, org))
+            written.set()  # written, not committed: in progress for the rebuild's snapshot
+            assert rebuilt.wait(10)
 
-    thread = threading.Thread(target=call)
-    thread.start()
+    thread = on_a_thread(call, errors)
     assert written.wait(10)
     assert counters.counters_read(scope="user", owner_id=user.pk).calls == 0  # rebuilt without it
     rebuilt.set()

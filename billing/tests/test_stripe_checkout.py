@@ -6,7 +6,6 @@ import threading
 
 import pytest
 from django.contrib.messages import get_messages
-from django.db import connections
 
 from accounts.models import Membership
 from accounts.tests.factories import make_user
@@ -15,7 +14,7 @@ from billing.tests.factories import current_subscription, organization_of, put_o
 from billing.tests.stripe_server import subscription_object
 from config.db import rls
 from config.errors import ApplicationError
-from config.tests.races import until, waiting_locks
+from config.tests.races import on_a_thread, until, waiting_locks
 
 pytestmark = pytest.mark.django_db(transaction=True)
 CHECKOUT, PORTAL = "/billing/checkout/", "/billing/portal/"
@@ -210,18 +209,11 @@ def test_two_checkouts_at_once_leave_one_open(owner, plans, fake_stripe):
     urls, errors = [], []
 
     def send():
-        try:
-            urls.append(_checkout(owner, plans))
-        except Exception as exc:  # reported below
-            errors.append(exc)
-        finally:
-            connections.close_all()
+        urls.append(_checkout(owner, plans))
 
-    first = threading.Thread(target=send)
-    first.start()
+    first = on_a_thread(send, errors)
     assert first_creating.wait(10)
-    second = threading.Thread(target=send)
-    second.start()
+    second = on_a_thread(send, errors)
     until(lambda: waiting_locks() >= 1 or second_listed.is_set(), "the second checkout waiting, or listing")
     release.set()
     first.join(10)

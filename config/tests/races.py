@@ -23,3 +23,20 @@ def until(predicate, what: str, tries: int = 3000) -> None:
             return
         threading.Event().wait(0.01)
     pytest.fail(f"never happened: {what}")
+
+
+def on_a_thread(target, errors: list) -> threading.Thread:
+    """Start target() on a thread of its own (its own database connections, closed at its end);
+    what it raises goes into `errors`, for the test to assert on."""
+
+    def run():
+        try:
+            target()
+        except Exception as exc:  # the test asserts on errors
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
