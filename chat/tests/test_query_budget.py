@@ -156,3 +156,25 @@ def test_under_the_pool_a_metered_post_resets_its_connection_with_its_commits(al
             )
             last = [query for (query,) in cur.fetchall()]
     assert last == [f"{RESET_WITH_COMMIT_MARK} RESET ALL"], last
+
+
+def test_a_metered_message_post_with_an_api_key_opens_one_transaction_through_django(alice, monkeypatch):
+    """The prepare's, with its context; the finish goes alone (run_alone). The RLS middleware
+    opens none for a view that opens its own when no session names a user: it used to open an
+    empty one, a pool checkout and two autocommit switches for nothing (docs/performance.md)."""
+    from django.db.transaction import Atomic
+
+    client = key_client(alice, scopes=["chat:read", "chat:write"])
+    conversation_id = client.post(f"{API}/conversations", {}, format="json").json()["id"]
+    assert client.post(f"{API}/conversations/{conversation_id}/messages", {"content": "warm up"}, format="json").status_code == 201
+    opened, enter = [], Atomic.__enter__  # after the warm-up: the price catalog is read then, privileged
+
+    def counted_enter(self):
+        if not connections[self.using or "default"].in_atomic_block:  # a transaction, not a savepoint
+            opened.append(self.using)
+        return enter(self)
+
+    monkeypatch.setattr(Atomic, "__enter__", counted_enter)
+    response = client.post(f"{API}/conversations/{conversation_id}/messages", {"content": "one transaction"}, format="json")
+    assert response.status_code == 201, response.json()
+    assert len(opened) == 1, opened
