@@ -75,6 +75,11 @@ def subscription_from_row(alias: str, row) -> Subscription | None:
     return subscription
 
 
+def organization_has_trialed(*, organization_id) -> bool:
+    """Whether any of the organization's subscriptions (history included) had a trial: one each."""
+    return Subscription.objects.filter(organization_id=organization_id, trial_end__isnull=False).exists()
+
+
 def subscription_current(*, organization_id) -> Subscription | None:
     """The organization's one current subscription with its plan, or None when the
     context cannot see it (the caller is not a member)."""
@@ -163,12 +168,26 @@ def payment_configured() -> bool:
     return bool(getattr(settings, "STRIPE_SECRET_KEY", ""))
 
 
-def period_end_for(*, start: datetime, interval: str) -> datetime:
+def period_end_for(*, start: datetime, interval: str, anchor_day: int | None = None) -> datetime:
+    """A month (or a year) after `start`, on `anchor_day` (the start's day unless given), or the
+    month's last day when it is shorter: a period started on 31 January ends on 28 February."""
     months = 12 if interval == Subscription.Interval.YEAR else 1
     start = start.astimezone(UTC)
     first = month_add(start.date().replace(day=1), months)
-    day = min(start.day, calendar.monthrange(first.year, first.month)[1])
+    day = min(anchor_day or start.day, calendar.monthrange(first.year, first.month)[1])
     return start.replace(year=first.year, month=first.month, day=day)
+
+
+def period_next(subscription: Subscription) -> tuple[datetime, datetime]:
+    """The period after the subscription's current one. It keeps the day the periods are anchored
+    on: a period cut short by a short month (31 January to 28 February) ends on one boundary
+    and began on the anchor's day, or the other way round (no two months in a row are both
+    short of a day up to 31), so the later of its two days is the anchor, and the next period
+    ends on 31 March, not 28. (A yearly period begun on 29 February has both its boundaries in
+    February: from its second renewal on it ends on the 28th, a day early in a leap year.)"""
+    start, end = subscription.current_period_start.astimezone(UTC), subscription.current_period_end
+    anchor_day = max(start.day, end.astimezone(UTC).day)
+    return end, period_end_for(start=end, interval=subscription.interval, anchor_day=anchor_day)
 
 
 def subscription_overview(*, organization: Organization) -> dict:

@@ -475,7 +475,8 @@ def _replace(current: Subscription, *, plan: Plan, interval: str, status: str, n
 
 
 def _rank(plan: Plan) -> tuple:
-    return (plan.monthly_price, plan.display_order)
+    """Upgrade or downgrade: by what the plan costs a month (a plan sold only yearly, a twelfth)."""
+    return (plan.monthly_price or plan.yearly_price / 12, plan.display_order)
 
 
 def subscription_plan_set(*, organization: Organization, plan: Plan, interval: str = Subscription.Interval.MONTH) -> Subscription:
@@ -613,8 +614,7 @@ def _advance(subscription: Subscription, now: datetime) -> int:
         return 1
     ended = subscription.current_period_end is not None and subscription.current_period_end <= now
     if ended and not subscription.stripe_subscription_id:
-        subscription.current_period_start = subscription.current_period_end
-        subscription.current_period_end = selectors.period_end_for(start=subscription.current_period_end, interval=subscription.interval)
+        subscription.current_period_start, subscription.current_period_end = selectors.period_next(subscription)
         subscription.save(update_fields=["current_period_start", "current_period_end", "updated_at"])
         return 1
     return 0

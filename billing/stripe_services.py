@@ -116,6 +116,10 @@ def checkout_session_create(*, actor: User, organization: Organization, plan: Pl
         _refuse_if_subscribed_at_stripe(client, customer)
         _open_checkouts_expire(client, customer)
         metadata = {"organization_id": str(organization.pk), "plan": plan.slug}
+        # Subscription events then name the organization even before the checkout event arrives.
+        subscription_data = {"metadata": metadata}
+        if plan.trial_days and not selectors.organization_has_trialed(organization_id=organization.pk):
+            subscription_data["trial_period_days"] = plan.trial_days  # the plan's trial, once an organization
         session = _stripe_call(
             client.v1.checkout.sessions.create,
             params={
@@ -126,8 +130,7 @@ def checkout_session_create(*, actor: User, organization: Organization, plan: Pl
                 "success_url": f"{return_url}?checkout=success",
                 "cancel_url": f"{return_url}?checkout=canceled",
                 "metadata": metadata,
-                # Subscription events then name the organization even before the checkout event arrives.
-                "subscription_data": {"metadata": metadata},
+                "subscription_data": subscription_data,
             },
         )
     return session.url

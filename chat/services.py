@@ -409,14 +409,17 @@ def _messages_store(
     return user_message, reply
 
 
-def _conversations_counted(user: User) -> int:
-    """The user's conversations with messages, for a new one's plan limit. First sends to two
-    new conversations lock different rows, so each would count without the other and both pass
-    the limit: the count waits for the user's other first send in progress to commit (a lock
-    held to the end of this transaction, taken only where the plan limits conversations)."""
+def _conversations_counted(organization_id: uuid.UUID) -> int:
+    """The organization's conversations with messages, whichever member started them, for a new
+    one's plan limit (the plan is the organization's). First sends to two new conversations lock
+    different rows, so each would count without the other and both pass the limit: the count
+    waits for the organization's other first send in progress to commit (a lock held to the end
+    of this transaction, taken only where the plan limits conversations). The other members'
+    conversations are not the user's to read: counted through the privileged context."""
     with connections[rls.current_alias()].cursor() as cur:
-        cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"chat-new-conversation:{user.pk}"])
-    return Conversation.objects.filter(user_id=user.pk, message_count__gt=0).count()
+        cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"chat-new-conversation:{organization_id}"])
+    with rls.privileged(reason="plan limit: the organization's conversations", audited=False):
+        return Conversation.objects.filter(organization_id=organization_id, message_count__gt=0).count()
 
 
 # The organization's calls in progress in a month, and what they may still use: its members'
@@ -492,7 +495,7 @@ def message_prepare(
                 max_output_tokens=output_cap,
                 max_cost=call_cost_ceiling(input_tokens=estimated, output_tokens=output_cap, price=price),
                 api_key_id=api_key_id,
-                conversations=functools.partial(_conversations_counted, user) if new_conversation else None,
+                conversations=functools.partial(_conversations_counted, organization_id) if new_conversation else None,
                 subscription=subscription,
                 in_progress=functools.partial(_calls_in_progress, organization_id),
             )
@@ -504,7 +507,7 @@ def message_prepare(
                 entitlement.usage.get("reserved_tokens", 0),
                 entitlement.usage.get("reserved_cost_units", 0),
             )
-            api_key, base_url, key_source = _credential_resolve(user=user, provider=provider, paid_plan=entitlement.plan.monthly_price > 0)
+            api_key, base_url, key_source = _credential_resolve(user=user, provider=provider, paid_plan=not entitlement.plan.is_free)
             conversation = conversation or Conversation(user_id=user.pk, organization_id=organization_id)
             request_id = uuid.uuid4().hex
             reply_metadata = _reply_metadata(

@@ -1,0 +1,192 @@
+"""Plan limits and the subscription lifecycle, as an attacker tried them (2026-12-01): a conversation
+limit counted per organization, periods that keep their day through short months, a plan sold only
+yearly treated as paid, and the plan's trial given at checkout, once an organization."""
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from accounts.services.organizations import organization_create
+from accounts.tests.factories import make_user
+from billing import selectors, services
+from billing.tests.factories import current_subscription, organization_of, put_on_plan
+from chat import services as chat_services
+from config.db import rls
+from config.errors import QuotaExceeded
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def catalog(django_db_blocker):
+    from chat.tests.factories import make_catalog
+
+    with django_db_blocker.unblock():
+        return make_catalog()
+
+
+@pytest.fixture
+def alice(catalog, plans):
+    return make_user(email="alice@example.com")
+
+
+def _team_of(user, plan):
+    with rls.atomic():
+        rls.context_set(user_id=user.pk)
+        team = organization_create(user=user, name="Team")
+    put_on_plan(team, plan)
+    return team
+
+
+# --- The conversation limit is the organization's ------------------------------------------
+
+
+def test_conversations_billed_to_another_organization_do_not_use_up_the_personal_plans_limit(alice, plans):
+    """max_conversations is a limit of the plan of the organization a conversation is billed to.
+    Alice's team (Enterprise: no conversation limit) has 3 of her conversations; her personal
+    workspace (Free, here 2 conversations) has none. A first conversation in her personal
+    workspace must be allowed: it is that organization's first."""
+    plans["free"].max_conversations = 2
+    with rls.privileged(reason="test: a free plan with two conversations"):
+        plans["free"].save()
+    team = _team_of(alice, plans["enterprise"])
+    for n in range(3):
+        conversation = chat_services.conversation_create(user=alice, title=f"team {n}", organization_id=team.pk)
+        chat_services.message_send(user=alice, content="work talk", conversation_id=conversation.pk)
+    # Her personal workspace has no conversation at all.
+    try:
+        reply = chat_services.message_send(user=alice, content="my own first conversation")
+    except QuotaExceeded as exc:
+        pytest.fail(f"personal workspace refused its first conversation: {exc.message}")
+    assert reply.conversation.organization_id == organization_of(alice).pk
+
+
+def test_conversations_of_every_member_count_against_the_organizations_plan(alice, plans):
+    """The team's plan includes 2 conversations. Alice has one there and Bob (a member) has one:
+    the organization is at its limit, so Bob's second is refused, whoever starts it."""
+    from accounts.models import Membership
+
+    plans["pro"].max_conversations = 2
+    with rls.privileged(reason="test: a plan with two conversations"):
+        plans["pro"].save()
+    team = _team_of(alice, plans["pro"])
+    bob = make_user(email="bob@example.com")
+    with rls.privileged(reason="test: bob joins the team"):
+        Membership.objects.create(organization=team, user=bob, role="member")
+    for user in (alice, bob):
+        conversation = chat_services.conversation_create(user=user, title="one", organization_id=team.pk)
+        chat_services.message_send(user=user, content="hello", conversation_id=conversation.pk)
+    third = chat_services.conversation_create(user=bob, title="three", organization_id=team.pk)
+    with pytest.raises(QuotaExceeded):
+        chat_services.message_send(user=bob, content="one too many", conversation_id=third.pk)
+
+
+# --- A period's day survives a short month -----------------------------------------------
+
+
+def test_a_monthly_period_anchored_on_the_31st_keeps_its_anchor_after_february(alice, plans):
+    """A period starting 31 January ends 28 February (February has no 31st); the next one must
+    end 31 March, as every billing system anchors a month (Stripe's billing_cycle_anchor), not
+    28 March: otherwise each renewal through a short month moves the period's day for good."""
+    org = organization_of(alice)
+    start = datetime(2025, 1, 31, 12, 0, tzinfo=UTC)
+    end = selectors.period_end_for(start=start, interval="month")
+    assert end == datetime(2025, 2, 28, 12, 0, tzinfo=UTC)
+    put_on_plan(org, plans["pro"], current_period_start=start, current_period_end=end)
+    assert services.subscription_periods_advance(now=end + timedelta(seconds=1)) == 1
+    renewed = current_subscription(org)
+    assert renewed.current_period_start == end
+    assert renewed.current_period_end == datetime(2025, 3, 31, 12, 0, tzinfo=UTC)
+    for expected in (datetime(2025, 4, 30, 12, 0, tzinfo=UTC), datetime(2025, 5, 31, 12, 0, tzinfo=UTC)):
+        assert services.subscription_periods_advance(now=renewed.current_period_end + timedelta(seconds=1)) == 1
+        renewed = current_subscription(org)
+        assert renewed.current_period_end == expected  # April is short of the 31st, May is not
+
+
+def test_a_period_anchored_on_the_30th_keeps_it_through_february(alice, plans):
+    org = organization_of(alice)
+    start = datetime(2025, 1, 30, 8, 0, tzinfo=UTC)
+    put_on_plan(org, plans["pro"], current_period_start=start, current_period_end=selectors.period_end_for(start=start, interval="month"))
+    ends = []
+    for _ in range(3):
+        assert services.subscription_periods_advance(now=current_subscription(org).current_period_end + timedelta(seconds=1)) == 1
+        ends.append(current_subscription(org).current_period_end.day)
+    assert ends == [30, 30, 30]  # March, April, May: after 28 February, back on the 30th
+
+
+# --- A plan sold only yearly is a paid plan ------------------------------------------------
+
+
+def test_a_plan_sold_only_yearly_is_a_paid_plan_for_the_managed_key(alice, plans, settings):
+    """Plan.is_free is 'both prices are zero'; the managed key goes to 'monthly_price > 0'. An
+    organization paying 240 a year for a plan with no monthly price must get the platform's
+    managed key, as any paid plan does, not be told to add its own key or upgrade."""
+    from unittest import mock
+
+    from billing.models import Plan
+    from chat.tests.provider_servers import ProviderServer, Reply, openai_completion
+
+    with rls.privileged(reason="test: a plan sold yearly only"):
+        annual = Plan.objects.create(
+            slug="annual", name="Annual", monthly_price=Decimal("0"), yearly_price=Decimal("240.00"), display_order=3
+        )
+    assert not annual.is_free
+    put_on_plan(organization_of(alice), annual, interval="year")
+    settings.OPENAI_API_KEY = "sk-platform-managed"
+    server = ProviderServer().start()
+    try:
+        server.queue(Reply(body=openai_completion("Hi.", {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2})))
+        with mock.patch.dict("os.environ", {"OPENAI_BASE_URL": f"{server.url}/v1"}):
+            reply = chat_services.message_send(user=alice, content="hi", provider="openai", model="gpt-4o-mini")
+        assert reply.message.status == "complete"
+        assert server.received[0].headers["authorization"] == "Bearer sk-platform-managed"
+    finally:
+        server.stop()
+
+
+def test_a_cheaper_monthly_plan_after_a_plan_sold_only_yearly_is_a_downgrade(alice, plans, fake_stripe):
+    """240 a year is 20 a month: moving to a plan of 5 a month waits for the period's end, as any
+    downgrade does, rather than being sent to checkout as an upgrade."""
+    from billing.models import Plan
+
+    with rls.privileged(reason="test: a plan sold yearly only, and a cheap monthly one"):
+        annual = Plan.objects.create(slug="annual", name="Annual", monthly_price=0, yearly_price=Decimal("240.00"), display_order=3)
+        starter = Plan.objects.create(slug="starter", name="Starter", monthly_price=Decimal("5.00"), yearly_price=0, display_order=1)
+    org = organization_of(alice)
+    start = datetime(2026, 1, 10, tzinfo=UTC)
+    put_on_plan(org, annual, interval="year", current_period_start=start, current_period_end=start.replace(year=2027))
+    with rls.atomic_as(alice.pk):
+        services.subscription_change(actor=alice, organization=org, plan=starter)
+    subscription = current_subscription(org)
+    assert (subscription.plan_id, subscription.scheduled_plan_id, subscription.requested_plan_id) == (annual.pk, starter.pk, None)
+
+
+# --- The plan's trial, at checkout --------------------------------------------------------
+
+
+def test_checkout_of_a_plan_with_a_trial_starts_the_trial_at_stripe(client, fake_stripe, plans):
+    """Pro offers a 14-day trial (Plan.trial_days, listed by GET /api/v1/billing/plans). Checkout is
+    the only way a paying organization starts Pro, so the session must ask Stripe for the trial
+    (subscription_data[trial_period_days]); without it the card is charged at once and no
+    organization ever trials."""
+    assert plans["pro"].trial_days == 14
+    user = make_user()
+    client.force_login(user)
+    org = organization_of(user)
+    response = client.post("/billing/checkout/", {"organization": org.pk, "plan": "pro", "interval": "month"})
+    assert response.status_code == 302
+    [session] = [r for r in fake_stripe.requests if r["method"] == "POST" and r["path"] == "/v1/checkout/sessions"]
+    assert session["form"].get("subscription_data[trial_period_days]") == "14", sorted(session["form"])
+
+
+def test_an_organization_that_has_had_a_trial_gets_none_at_checkout(client, fake_stripe, plans):
+    """One trial an organization: after one (here, on a row of its history), checkout charges at once."""
+    user = make_user()
+    client.force_login(user)
+    org = organization_of(user)
+    put_on_plan(org, plans["free"], trial_end=datetime(2025, 1, 15, tzinfo=UTC))
+    assert client.post("/billing/checkout/", {"organization": org.pk, "plan": "pro", "interval": "month"}).status_code == 302
+    [session] = [r for r in fake_stripe.requests if r["method"] == "POST" and r["path"] == "/v1/checkout/sessions"]
+    assert "subscription_data[trial_period_days]" not in session["form"]
+    assert session["form"]["subscription_data[metadata][organization_id]"] == str(org.pk)
