@@ -19,6 +19,7 @@ from billing import selectors
 from billing.models import CURRENT_STATUSES, Plan, Subscription
 from config.cache import redis_client, redis_script
 from config.db import rls
+from config.db.partitions import month_add
 from config.errors import ApplicationError, ForbiddenError, PlanRefused, QuotaExceeded, RateLimited
 
 logger = selectors.logger
@@ -60,9 +61,12 @@ end
 # and rebuilt from the ledger); refuse when settled usage + open reservations + this one exceed
 # a monthly limit; else take a request from the per-minute windows (organization, then API key)
 # only if every window has room, and reserve. The answer carries the state it decided on.
-# KEYS: counter, held hash, due set, global due set, rate windows...
+# Reservations still open from the month before count as held too: a call checked before
+# midnight and metered after it lands in this month's ledger, so until it settles it holds here.
+# KEYS: counter, held hash, due set, global due set, last month's held hash and due set, rate windows...
 # ARGV: token, message, spend limits (-1: none), tokens and cost units to reserve, rpm, window ms,
-#       reservation id (also the rate windows' entry), timeout ms, global member prefix
+#       reservation id (also the rate windows' entry), timeout ms, global member prefix, last
+#       month's global member prefix
 ENTITLEMENT_SCRIPT = (
     _RESERVATION_LUA
     + """
@@ -74,28 +78,33 @@ local state = {0, 0, 0, 0, 0, 0}
 if limited then
     local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
     for _, id in ipairs(expired) do release(KEYS[2], KEYS[3], KEYS[4], ARGV[10], id) end
-    if #expired > 0 then redis.call('DEL', KEYS[1]) end
+    local expired_before = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now)
+    for _, id in ipairs(expired_before) do release(KEYS[5], KEYS[6], KEYS[4], ARGV[11], id) end
+    if #expired > 0 or #expired_before > 0 then redis.call('DEL', KEYS[1]) end
     if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
     local row = redis.call('HMGET', KEYS[1], 'total_tokens', 'calls', 'cost_units')
     local held = redis.call('HMGET', KEYS[2], 'tokens', 'cost')
+    local held_before = redis.call('HMGET', KEYS[5], 'tokens', 'cost')
     state = {tonumber(row[1]) or 0, tonumber(row[2]) or 0, tonumber(row[3]) or 0,
-             tonumber(held[1]) or 0, tonumber(held[2]) or 0, redis.call('ZCARD', KEYS[3])}
+             (tonumber(held[1]) or 0) + (tonumber(held_before[1]) or 0),
+             (tonumber(held[2]) or 0) + (tonumber(held_before[2]) or 0),
+             redis.call('ZCARD', KEYS[3]) + redis.call('ZCARD', KEYS[6])}
     if token_limit >= 0 and state[1] + state[4] + want_tokens > token_limit then return {'tokens', unpack(state)} end
     if message_limit >= 0 and state[2] + state[6] >= message_limit then return {'messages', unpack(state)} end
     if spend_limit >= 0 and state[3] + state[5] + want_cost > spend_limit then return {'spend', unpack(state)} end
 end
 local rpm, window = tonumber(ARGV[6]), tonumber(ARGV[7])
 if rpm >= 0 then
-    for i = 5, #KEYS do
+    for i = 7, #KEYS do
         redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - window)
         if redis.call('ZCARD', KEYS[i]) >= rpm then
             local oldest = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
             local wait = window
             if oldest[2] then wait = tonumber(oldest[2]) + window - now end
-            return {'rate', wait, i - 4}
+            return {'rate', wait, i - 6}
         end
     end
-    for i = 5, #KEYS do
+    for i = 7, #KEYS do
         redis.call('ZADD', KEYS[i], now, ARGV[8])
         redis.call('PEXPIRE', KEYS[i], window)
     end
@@ -280,13 +289,15 @@ def _decide_in_redis(*, plan: Plan, organization_id, api_key_id, tokens: int, co
     client = redis_client()
     counters.counters_drop_unsure(client)
     held, due, every_due, prefix = _reservation_keys(organization_id, month)
-    keys = [counters.counter_key("org", organization_id, month), held, due, every_due, rate_key("org", organization_id)]
+    held_before, due_before, _, prefix_before = _reservation_keys(organization_id, month_add(month, -1))
+    keys = [counters.counter_key("org", organization_id, month), held, due, every_due, held_before, due_before]
+    keys.append(rate_key("org", organization_id))
     if api_key_id:
         keys.append(rate_key("key", api_key_id))
     limits = [-1 if v is None else v for v in (plan.monthly_tokens, plan.monthly_messages)]
     rpm = -1 if plan.requests_per_minute is None else plan.requests_per_minute
     timeout_ms = settings.ENTITLEMENT_RESERVATION_TIMEOUT * 1000
-    args = [*limits, _spend_limit(plan), tokens, cost, rpm, RATE_WINDOW_MS, reservation, timeout_ms, prefix]
+    args = [*limits, _spend_limit(plan), tokens, cost, rpm, RATE_WINDOW_MS, reservation, timeout_ms, prefix, prefix_before]
     script = redis_script(ENTITLEMENT_SCRIPT)
     answer = script(keys=keys, args=args)
     if answer[0] in (b"missing", "missing"):

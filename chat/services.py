@@ -18,7 +18,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import suppress
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 from asgiref.sync import async_to_sync, sync_to_async
@@ -437,8 +437,10 @@ FROM (
 
 def _calls_in_progress(organization_id: uuid.UUID, month: date) -> tuple[int, int, int]:
     """(calls, tokens, cost units) for billing's check with Redis down: the members' rows are
-    not the user's to read, so through the privileged context."""
-    start = datetime(month.year, month.month, 1, tzinfo=UTC)
+    not the user's to read, so through the privileged context. A call begun before the month
+    and still running is metered in this one (as Redis counts last month's open reservations,
+    for as long as a reservation lasts)."""
+    start = datetime(month.year, month.month, 1, tzinfo=UTC) - timedelta(seconds=settings.ENTITLEMENT_RESERVATION_TIMEOUT)
     with (
         rls.privileged(reason="entitlement with Redis down: the organization's calls in progress", audited=False),
         connections[rls.PRIVILEGED_ALIAS].cursor() as cur,

@@ -190,3 +190,64 @@ def test_an_organization_that_has_had_a_trial_gets_none_at_checkout(client, fake
     [session] = [r for r in fake_stripe.requests if r["method"] == "POST" and r["path"] == "/v1/checkout/sessions"]
     assert "subscription_data[trial_period_days]" not in session["form"]
     assert session["form"]["subscription_data[metadata][organization_id]"] == str(org.pk)
+
+
+# --- A call in flight at the month's end holds in the next -------------------------------------
+
+
+@pytest.mark.parametrize("redis_down", [False, True], ids=["redis-up", "redis-down"])
+def test_a_call_in_flight_at_midnight_of_the_months_end_still_holds_its_tokens(alice, plans, settings, own_redis, redis_down):
+    """Free here: 10,000 tokens a month. A call is checked one second before the month ends: it
+    reserves 5,000 + 4,096 in that month's hash. It finishes after midnight, so its ledger row (and
+    counter) is in the new month. A second call checked in the new month meanwhile sees neither
+    the first one's usage (not written yet) nor its reservation (held in the old month's hash), so
+    it is allowed too, and the new month gets 2 x 9,096 tokens on a plan of 10,000. Each call used
+    exactly what it reserved: the overshoot is the month boundary's alone. With Redis down the
+    check reads the calls in progress from the database: the first call's reply, stored before
+    midnight and still streaming, holds in the new month there too."""
+    from unittest import mock
+
+    from asgiref.sync import async_to_sync
+    from django.utils import timezone as dj_timezone
+
+    from analytics import counters
+    from chat.tests.provider_servers import ProviderServer, Reply, openai_completion
+
+    plans["free"].monthly_tokens = 10_000
+    with rls.privileged(reason="test: a small token budget"):
+        plans["free"].save()
+    settings.OPENAI_FREE_TIER_API_KEY = "sk-platform-free-tier"
+    org = organization_of(alice)
+    real_now = dj_timezone.now()
+    this_month = counters.month_of(real_now)
+    last_second = datetime(this_month.year, this_month.month, 1, tzinfo=UTC) - timedelta(seconds=1)
+    content = "abcd" * 5_000  # 20,000 characters: an estimate of 5,000 input tokens
+    used = {"prompt_tokens": 5_000, "completion_tokens": 4_096, "total_tokens": 9_096}  # exactly what each reserves
+    server = ProviderServer().start()
+    try:
+        server.queue(Reply(body=openai_completion("x", used)), Reply(body=openai_completion("y", used)))
+        with mock.patch.dict("os.environ", {"OPENAI_BASE_URL": f"{server.url}/v1"}):
+            with mock.patch("django.utils.timezone.now", return_value=last_second):
+                first = chat_services.message_prepare(user=alice, content=content, provider="openai", model="gpt-4o-mini")
+            assert first.reservation.month == counters.month_of(last_second)
+            if redis_down:  # decided from the database: the first call is its reply, still streaming
+                from chat.models import Message
+                from config import embedded
+
+                with rls.privileged(reason="test: the first call's reply was stored before midnight"):
+                    Message.objects.filter(pk=first.message.pk).update(created_at=last_second)
+                embedded.redis_stop(own_redis)
+            # Midnight passes; a second call is checked while the first is still with the provider.
+            second_refused = False
+            try:
+                chat_services.message_send(user=alice, content=content, provider="openai", model="gpt-4o-mini")
+            except QuotaExceeded:
+                second_refused = True
+            # The first call's reply arrives now, after midnight, and is metered as message_send does.
+            text, usage, status, error, finish = async_to_sync(chat_services._complete)(first)
+            chat_services._reply_finish(first, text=text, usage=usage, status=status, error=error, latency_ms=1, finish_reason=finish)
+    finally:
+        server.stop()
+    with rls.privileged(reason="test: read the month"):
+        month_total = counters.usage_from_database(scope="org", owner_id=org.pk, month=this_month).total_tokens
+    assert second_refused or month_total <= 10_000, f"{month_total:,} tokens metered in one month on a plan of 10,000"
