@@ -580,6 +580,10 @@ def subscription_resume(*, actor: User, organization: Organization) -> Subscript
     with rls.atomic():
         current = lock_current(organization.pk)
         refuse_if_billed_by_stripe(current)
+        if current.current_period_end is not None and current.current_period_end <= timezone.now():
+            # The change applied at the period's end (the limits follow it at once; the periods task
+            # writes it down within minutes): undone now, a plan that ended would come back.
+            raise ApplicationError("The period has ended, and the change with it: choose a plan instead.", {"code": "period_ended"})
         current.cancel_at_period_end, current.scheduled_plan, current.scheduled_interval = False, None, ""
         current.save(update_fields=["cancel_at_period_end", "scheduled_plan", "scheduled_interval", "updated_at"])
     return current

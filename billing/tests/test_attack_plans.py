@@ -13,7 +13,7 @@ from billing import selectors, services
 from billing.tests.factories import current_subscription, organization_of, put_on_plan
 from chat import services as chat_services
 from config.db import rls
-from config.errors import QuotaExceeded
+from config.errors import ApplicationError, QuotaExceeded
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -160,6 +160,19 @@ def test_a_cheaper_monthly_plan_after_a_plan_sold_only_yearly_is_a_downgrade(ali
         services.subscription_change(actor=alice, organization=org, plan=starter)
     subscription = current_subscription(org)
     assert (subscription.plan_id, subscription.scheduled_plan_id, subscription.requested_plan_id) == (annual.pk, starter.pk, None)
+
+
+def test_a_cancellation_cannot_be_undone_once_its_period_has_ended(alice, plans):
+    """Resume undoes a cancellation before the period ends. After it, the organization is on Free
+    already (the limits follow at once; the periods task writes it down within minutes)."""
+    org = organization_of(alice)
+    ended = datetime(2026, 1, 10, tzinfo=UTC)
+    put_on_plan(org, plans["pro"], current_period_start=ended - timedelta(days=31), current_period_end=ended, cancel_at_period_end=True)
+    with pytest.raises(ApplicationError) as refused, rls.atomic_as(alice.pk):
+        services.subscription_resume(actor=alice, organization=org)
+    assert refused.value.extra["code"] == "period_ended"
+    assert current_subscription(org).cancel_at_period_end
+    assert services.subscription_periods_advance() == 1 and current_subscription(org).plan.slug == "free"
 
 
 # --- The plan's trial, at checkout --------------------------------------------------------
