@@ -125,6 +125,20 @@ return {'ok', unpack(state)}
 )
 # KEYS: held hash, due set, global due set. ARGV: global member prefix, reservation id.
 SETTLE_SCRIPT = _RESERVATION_LUA + "return release(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2])"
+# A call still running pushes its reservation's deadline on (a reservation already released stays so).
+# KEYS: held hash, due set, global due set. ARGV: global member prefix, reservation id, timeout ms.
+EXTEND_SCRIPT = (
+    _RESERVATION_LUA
+    + """
+if not redis.call('ZSCORE', KEYS[2], ARGV[2]) then return 0 end
+local deadline, keep = now_ms() + tonumber(ARGV[3]), tonumber(ARGV[3]) + 3600000
+redis.call('ZADD', KEYS[2], 'XX', deadline, ARGV[2])
+redis.call('ZADD', KEYS[3], 'XX', deadline, ARGV[1] .. ARGV[2])
+redis.call('PEXPIRE', KEYS[1], keep)
+redis.call('PEXPIRE', KEYS[2], keep)
+return 1
+"""
+)
 # KEYS: held hash, due set, global due set, counter. ARGV: global member prefix, expired ids...
 EXPIRE_SCRIPT = (
     _RESERVATION_LUA
@@ -421,6 +435,21 @@ def reservation_settle(*, organization_id, reservation: str | None, month: date,
         return False
 
 
+def reservation_extend(*, organization_id, reservation: str | None, month: date) -> bool:
+    """Keep a call's reservation from expiring while the call still runs (a stream its reader takes
+    longer than ENTITLEMENT_RESERVATION_TIMEOUT over): its deadline moves to a timeout from now.
+    False when there is none to extend, or Redis is unreachable (it then expires as it would)."""
+    if not reservation:
+        return False
+    held, due, every_due, prefix = _reservation_keys(organization_id, month)
+    timeout_ms = settings.ENTITLEMENT_RESERVATION_TIMEOUT * 1000
+    try:
+        return bool(redis_script(EXTEND_SCRIPT)(keys=[held, due, every_due], args=[prefix, reservation, timeout_ms]))
+    except selectors.REDIS_ERRORS as exc:
+        logger.warning("reservation %s of %s not extended (Redis: %s)", reservation, organization_id, exc)
+        return False
+
+
 def reservations_expire() -> int:
     """Release every organization's reservations past their deadline (a killed worker, a lost
     connection): their calls may or may not have been counted, so each organization-month's
@@ -622,14 +651,17 @@ def subscription_periods_advance(*, now: datetime | None = None) -> int:
 
 
 def _advance(subscription: Subscription, now: datetime) -> int:
-    target = selectors.plan_in_force(subscription=subscription, now=now)
-    if target.pk != subscription.plan_id:
-        current = lock_current(subscription.organization_id)
-        _replace(current, plan=target, interval=subscription.scheduled_interval or current.interval, status="active", now=now)
+    """Decided on the organization's current row as it is once locked: the row read before may
+    have changed, or been replaced, while the lock was waited for (a plan bought at checkout,
+    a period staff extended)."""
+    current = lock_current(subscription.organization_id)
+    target = selectors.plan_in_force(subscription=current, now=now)
+    if target.pk != current.plan_id:
+        _replace(current, plan=target, interval=current.scheduled_interval or current.interval, status="active", now=now)
         return 1
-    ended = subscription.current_period_end is not None and subscription.current_period_end <= now
-    if ended and not subscription.stripe_subscription_id:
-        subscription.current_period_start, subscription.current_period_end = selectors.period_next(subscription)
-        subscription.save(update_fields=["current_period_start", "current_period_end", "updated_at"])
+    ended = current.current_period_end is not None and current.current_period_end <= now
+    if ended and not current.stripe_subscription_id:
+        current.current_period_start, current.current_period_end = selectors.period_next(current)
+        current.save(update_fields=["current_period_start", "current_period_end", "updated_at"])
         return 1
     return 0

@@ -33,7 +33,7 @@ from analytics import counters
 from analytics.models import KeySource
 from analytics.services import Alongside, usage_record_alongside
 from billing.selectors import SUBSCRIPTION_UNREAD, subscription_current_joined, subscription_from_row
-from billing.services import entitlement_check, reservation_settle
+from billing.services import entitlement_check, reservation_extend, reservation_settle
 from chat import response_cache as response_caching
 from chat import selectors
 from chat.errors import ModelUnavailable, ProviderKeyMissing
@@ -214,6 +214,9 @@ class Reservation:
 
     def release(self, counted: counters.HeldIncrements | None = None) -> None:
         reservation_settle(organization_id=self.organization_id, reservation=self.id, month=self.month, counted=counted)
+
+    def extend(self) -> None:
+        reservation_extend(organization_id=self.organization_id, reservation=self.id, month=self.month)
 
     def as_metadata(self) -> dict:
         return {
@@ -872,7 +875,7 @@ async def message_stream(*, pending: PendingReply) -> AsyncIterator[dict]:
     shielded from the cancellation, and the cancellation is re-raised."""
     pending.streamed["started"] = True
     # Alive while this runs, whether or not the client reads: the stale pass leaves it alone.
-    heartbeat = asyncio.ensure_future(_stream_heartbeat(pending.request_id))
+    heartbeat = asyncio.ensure_future(_stream_heartbeat(pending))
     finish_async = sync_to_async(_reply_finish)
     try:
         if pending.cache_key:
@@ -944,12 +947,19 @@ def _stream_alive(request_id: str) -> None:
         redis_client().set(STREAM_ALIVE_KEY.format(request_id), 1, px=int(4000 * STREAM_HEARTBEAT_SECONDS))
 
 
-async def _stream_heartbeat(request_id: str) -> None:
-    """Mark a stream alive in Redis every STREAM_HEARTBEAT_SECONDS until it ends: a slow reader
-    can keep a stream open past CHAT_STREAM_STALE_MINUTES, and the stale pass closed it as dead
-    (metering nothing of what it went on to deliver, and dropping its real finish)."""
+def _stream_beat(pending: PendingReply) -> None:
+    _stream_alive(pending.request_id)
+    pending.reservation.extend()
+
+
+async def _stream_heartbeat(pending: PendingReply) -> None:
+    """Mark a stream alive in Redis every STREAM_HEARTBEAT_SECONDS until it ends, and keep its
+    reservation: a slow reader can keep a stream open past CHAT_STREAM_STALE_MINUTES, and the
+    stale pass closed it as dead (metering nothing of what it went on to deliver, and dropping its
+    real finish); past ENTITLEMENT_RESERVATION_TIMEOUT its reservation expired, and what it held
+    was free for other calls while it still ran."""
     while True:
-        await sync_to_async(_stream_alive, thread_sensitive=False)(request_id)
+        await sync_to_async(_stream_beat, thread_sensitive=False)(pending)
         await asyncio.sleep(STREAM_HEARTBEAT_SECONDS)
 
 
