@@ -21,7 +21,7 @@ from datetime import datetime
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DatabaseError, DataError, IntegrityError, connections, transaction
 
-from config.cache import REDIS_ERRORS, redis_client
+from config.cache import REDIS_ERRORS, redis_client, redis_script
 from config.db import rls
 
 logger = logging.getLogger("confab.analytics.buffer")
@@ -205,13 +205,23 @@ def _insert_each(kind: str, rows: list[dict]) -> tuple[int, list[int]]:
     return inserted, refused
 
 
-def _trim(kind: str, count: int, dead: list[bytes]) -> None:
-    """Drop the batch off the head of the list (and keep its bad rows aside), atomically."""
-    pipe = redis_client().pipeline(transaction=True)
-    if dead:
-        pipe.rpush(dead_key(kind), *dead)
-    pipe.ltrim(buffer_key(kind), count, -1)
-    pipe.execute()
+# Drop a batch off the head of the list (and keep its bad rows aside), atomically, and only while
+# the flusher still holds the kind's lock: one whose lock lapsed (a batch that waited longer than
+# LOCK_TIMEOUT, behind a partition's DETACH say) may share the head with the next flusher, and both
+# trimming would drop rows neither wrote. KEYS: lock, list, dead list. ARGV: lock token, count, dead rows...
+_TRIM_IF_LOCKED = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if #ARGV > 2 then redis.call('RPUSH', KEYS[3], unpack(ARGV, 3)) end
+redis.call('LTRIM', KEYS[2], tonumber(ARGV[2]), -1)
+return 1
+"""
+
+
+def _trim(kind: str, lock, count: int, dead: list[bytes]) -> bool:
+    """False when the lock had lapsed: nothing trimmed (the rows written stay queued, and the
+    flusher holding the lock now writes them again, once: the insert skips rows already there)."""
+    keys = [lock.name, buffer_key(kind), dead_key(kind)]
+    return bool(redis_script(_TRIM_IF_LOCKED)(keys=keys, args=[lock.local.token, count, *dead]))
 
 
 def buffer_flush(kind: str, batch_size: int = 1000, *, max_rows: int = 100_000) -> int:
@@ -249,7 +259,9 @@ def buffer_flush(kind: str, batch_size: int = 1000, *, max_rows: int = 100_000) 
                         count, refused = _insert_each(kind, rows)
                     inserted += count
                     dead.extend(positions[i] for i in refused)
-            _trim(kind, len(raws), dead)
+            if not _trim(kind, lock, len(raws), dead):
+                logger.warning("buffer lock for %s lapsed during the flush; its batch stays queued", kind)
+                break
             read += len(raws)
             lock.reacquire()
     finally:
