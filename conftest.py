@@ -99,6 +99,15 @@ def _catalog_fresh():
 
 
 @pytest.fixture
+def catalog(django_db_blocker):
+    """The model catalog with its prices (a transactional test's flush removes the seeded one)."""
+    from chat.tests.factories import make_catalog
+
+    with django_db_blocker.unblock():
+        return make_catalog()
+
+
+@pytest.fixture
 def own_redis(settings):
     """A redis-server of the test's own, the cache and the Celery broker pointed at it, so a
     test may stop it (embedded.redis_stop(own_redis)) without touching the suite's server."""

@@ -19,14 +19,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def catalog(django_db_blocker):
-    from chat.tests.factories import make_catalog
-
-    with django_db_blocker.unblock():
-        return make_catalog()
-
-
-@pytest.fixture
 def alice(catalog, plans):
     return make_user(email="alice@example.com")
 

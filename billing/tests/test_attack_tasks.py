@@ -23,14 +23,6 @@ def org(plans):
     return organization_of(make_user())
 
 
-@pytest.fixture
-def catalog(django_db_blocker):
-    from chat.tests.factories import make_catalog
-
-    with django_db_blocker.unblock():
-        return make_catalog()
-
-
 def _raw_privileged():
     params = connections["privileged"].get_connection_params()
     for key in ("context", "cursor_factory", "prepare_threshold"):

@@ -2,14 +2,6 @@ import pytest
 
 
 @pytest.fixture
-def catalog(django_db_blocker):
-    from chat.tests.factories import make_catalog
-
-    with django_db_blocker.unblock():
-        return make_catalog()
-
-
-@pytest.fixture
 def plans(django_db_blocker):
     from billing.tests.factories import make_plans
 
