@@ -105,6 +105,14 @@ class Subscription(models.Model):
     requested_at = models.DateTimeField(null=True, blank=True)
     past_due_since = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
+    ended_from = models.CharField(
+        max_length=16,
+        choices=Status.choices,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="The status the subscription ended from (blank: current, or ended before this was kept).",
+    )
     stripe_customer_id = models.CharField(max_length=100, blank=True, db_index=True)
     stripe_subscription_id = models.CharField(max_length=100, blank=True, db_index=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)

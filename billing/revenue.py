@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
-from django.db.models import Count
+from django.db.models import Count, Q
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
@@ -37,16 +37,22 @@ def revenue_figures(*, now: datetime) -> dict:
         .annotate(organizations=Count("organization_id", distinct=True))
         .order_by("plan__display_order", "plan__slug", "status")
     ]
-    paying = _paid(current.filter(status__in=PAYING, plan__currency=CURRENCY))
+    paying = _paid(current.filter(status__in=PAYING, plan__currency__iexact=CURRENCY))  # staff may type "USD"
     exact = Decimal(0)
     for interval, monthly, yearly in paying.values_list("interval", "plan__monthly_price", "plan__yearly_price"):
-        exact += yearly / 12 if interval == Subscription.Interval.YEAR else monthly
-    converted = _paid(current.filter(status=Subscription.Status.ACTIVE, trial_end__gte=month_start, trial_end__lte=now))
-    # A paid subscription that ended this month, for an organization now on a free plan.
+        # A plan sold only yearly is priced by the year whatever interval its row names.
+        exact += yearly / 12 if interval == Subscription.Interval.YEAR or not monthly else monthly
+    # A trial that ended this month and was paid for: its row still current, or ended since
+    # (replaced by a plan change, cancelled) from a paying status.
+    trial_ended = Subscription.objects.filter(trial_end__gte=month_start, trial_end__lte=now)
+    converted = _paid(trial_ended.filter(Q(status__in=PAYING) | Q(ended_from__in=PAYING)))
+    # A paid subscription that ended this month, for an organization now on a free plan; not a
+    # trial that ended unpaid (nothing was paid to lose).
     free_now = current.filter(plan__monthly_price=0, plan__yearly_price=0).values("organization_id")
     churned = _paid(Subscription.objects.filter(status__in=ENDED, ended_at__gte=month_start, ended_at__lte=now)).filter(
         organization_id__in=free_now
     )
+    churned = churned.exclude(ended_from=Subscription.Status.TRIALING)
     return {
         "by_plan_status": by_plan_status,
         "mrr": exact.quantize(CENT, ROUND_HALF_UP),

@@ -30,8 +30,13 @@ def _mrr_chart(daily: list[dict]) -> str:
 
 
 def _plans_chart(by_plan_status: list[dict]) -> str:
-    plans = list(dict.fromkeys(row["plan_name"] for row in by_plan_status))
-    counts = {(row["plan_name"], row["status"]): row["organizations"] for row in by_plan_status}
+    # By slug: plan names need not be unique (a retired "Pro" and its successor); a name two plans
+    # share is labelled with each slug.
+    names = dict.fromkeys((row["plan"], row["plan_name"]) for row in by_plan_status)
+    shared = {name for _, name in names if sum(other == name for _, other in names) > 1}
+    plans = [slug for slug, _ in names]
+    labels = [f"{name} ({slug})" if name in shared else name for slug, name in names]
+    counts = {(row["plan"], row["status"]): row["organizations"] for row in by_plan_status}
     datasets = [
         {
             "label": status.replace("_", " "),
@@ -44,7 +49,7 @@ def _plans_chart(by_plan_status: list[dict]) -> str:
     return _chart(
         {
             "type": "bar",
-            "data": {"labels": plans, "datasets": datasets},
+            "data": {"labels": labels, "datasets": datasets},
             "options": {
                 "plugins": {"legend": {"position": "bottom"}},
                 "scales": {"x": {"stacked": True}, "y": {"stacked": True, "beginAtZero": True}},

@@ -499,9 +499,9 @@ def lock_current(organization_id) -> Subscription:
 
 def _replace(current: Subscription, *, plan: Plan, interval: str, status: str, now: datetime) -> Subscription:
     """End `current` and start its successor in the same transaction (rows are history)."""
-    current.status = Subscription.Status.CANCELED
+    current.ended_from, current.status = current.status, Subscription.Status.CANCELED  # was it a trial, or paying?
     current.ended_at = now
-    current.save(update_fields=["status", "ended_at", "updated_at"])
+    current.save(update_fields=["status", "ended_from", "ended_at", "updated_at"])
     return Subscription.objects.create(
         organization_id=current.organization_id,
         plan=plan,
