@@ -10,10 +10,22 @@ from billing import services
 from billing.models import Plan, RevenueSnapshot, StripeEvent, Subscription
 from config.admin import ReadOnlyAdmin
 from config.errors import ApplicationError
+from config.text import json_storable
+
+
+class PlanForm(forms.ModelForm):
+    """The plan's change form (the admin gives it its model and fields)."""
+
+    def clean_features(self):
+        features = self.cleaned_data["features"]
+        if not json_storable(features):
+            raise forms.ValidationError("Features must be JSON the database can store: no NaN or Infinity, no NUL character.")
+        return features
 
 
 @admin.register(Plan)
 class PlanAdmin(admin.ModelAdmin):
+    form = PlanForm
     list_display = [
         "name",
         "slug",
@@ -32,6 +44,11 @@ class PlanAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False  # subscriptions keep their history: retire a plan with is_active
+
+    def get_readonly_fields(self, request, obj=None):
+        # The code finds plans by slug (the Free plan by "free", in a trigger too): renamed, every
+        # new organization would get a Free plan of its own making. Add a plan; retire one.
+        return ("slug",) if obj else ()
 
 
 class SubscriptionActionForm(ActionForm):
@@ -70,6 +87,9 @@ class SubscriptionAdmin(admin.ModelAdmin):
             if not subscription.is_current:
                 continue
             try:
+                if subscription.billed_by_stripe:
+                    # Changed here alone, Stripe would go on charging (and its next event undo it).
+                    raise ApplicationError("paid through Stripe: change or cancel it in Stripe's dashboard; its webhook changes it here.")
                 act(subscription)
                 done += 1
             except ApplicationError as exc:

@@ -5,6 +5,8 @@ longer read it), and the model catalog with its prices and effective dates.
 Every view runs in ConfabAdminSite's audited privileged context (config/admin.py).
 """
 
+from datetime import timedelta
+
 from django import forms
 from django.contrib import admin
 from django.utils import timezone
@@ -75,6 +77,10 @@ class PersonaAdmin(config_admin.ReadOnlyAdmin):
     search_fields = ("name", "=user_id")
 
 
+# The admin's "Now" and the time it takes to submit the form.
+START_LEEWAY = timedelta(minutes=1)
+
+
 class ModelPriceForm(forms.ModelForm):
     """On a version in force, changing a price adds a new version (from now, or from the
     start given here) and ends this one; display fields change in place."""
@@ -98,6 +104,12 @@ class ModelPriceForm(forms.ModelForm):
         if self.new_version and not self.errors:
             # Left as it was, the start means now; a given start is the new version's.
             self.start = cleaned["effective_from"] if adding or "effective_from" in self.changed_data else timezone.now()
+            if self.start < timezone.now() - START_LEEWAY:
+                # Started in the past, it would say the calls metered since were charged at it.
+                self.add_error(
+                    "effective_from", "A new price starts now or later: calls already metered keep the price they were charged at."
+                )
+                return cleaned
             provider, model = cleaned.get("provider", self.instance.provider), cleaned.get("model", self.instance.model)
             try:
                 pricing.model_price_version_start_check(provider=provider, model=model, at=self.start)
@@ -132,6 +144,9 @@ class ModelPriceAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         return ("provider", "model", "effective_to") if obj else ("effective_to",)
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # ledger rows name the version they were charged at: retire a model with is_active
 
     def save_model(self, request, obj, form, change):
         if not form.new_version:

@@ -1,5 +1,7 @@
 """Text from outside (an imported file, a webhook's payload) as PostgreSQL can store it."""
 
+import math
+
 
 def text_clean(value: str) -> str:
     """PostgreSQL stores neither NUL nor lone surrogates: drop the one, replace the other."""
@@ -20,3 +22,17 @@ def json_clean(value):
     if isinstance(value, list):
         return [json_clean(v) for v in value]
     return value
+
+
+def json_storable(value) -> bool:
+    """Whether PostgreSQL's jsonb takes the value as it is: no NUL or lone surrogate in a string
+    or key, no NaN or Infinity (which Python's json module reads and writes)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, str):
+        return text_clean(value) == value
+    if isinstance(value, dict):
+        return all(json_storable(str(k)) and json_storable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(json_storable(v) for v in value)
+    return True

@@ -4,6 +4,7 @@ read-only in the audited privileged context; the catalog takes a new price versi
 import pytest
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from accounts.tests.factories import make_user
 from chat import selectors, services
@@ -70,6 +71,7 @@ def test_staff_can_neither_move_a_persona_to_another_user_nor_rewrite_or_plant_o
 
 
 def test_staff_add_a_price_version_and_it_is_in_force_from_its_date(staff_client):
+    now = timezone.now()  # a start the admin's "Now" gives (one in the past is refused: test_attack_staff_prices.py)
     response = staff_client.post(
         _url("modelprice_add"),
         {
@@ -79,8 +81,8 @@ def test_staff_add_a_price_version_and_it_is_in_force_from_its_date(staff_client
             "context_window": "128000",
             "input_price": "0.20",
             "output_price": "0.80",
-            "effective_from_0": "2026-11-20",
-            "effective_from_1": "00:00:00",
+            "effective_from_0": f"{now:%Y-%m-%d}",
+            "effective_from_1": f"{now:%H:%M:%S}",
             "is_active": "on",
         },
     )

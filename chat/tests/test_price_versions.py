@@ -92,8 +92,8 @@ def test_a_new_price_can_start_at_a_chosen_time(staff_client, catalog):
 
 def test_a_start_before_the_price_in_force_or_an_ended_version_is_a_form_error(staff_client, catalog):
     old = catalog["gpt-4o"]
-    response = _change(staff_client, old, input_price="3.00", effective_from_0="2026-10-01")
-    assert response.status_code == 200 and "must start after 2026-11-01 00:00 UTC" in response.content.decode()
+    response = _change(staff_client, old, input_price="3.00", effective_from_0="2026-10-01")  # before it, and before now
+    assert response.status_code == 200 and "A new price starts now or later" in response.content.decode()
     assert [v.pk for v in _versions("gpt-4o")] == [old.pk]
     assert _change(staff_client, old, input_price="3.00").status_code == 302
     response = _change(staff_client, old, input_price="4.00")  # the version just ended
@@ -125,7 +125,8 @@ def test_a_price_the_catalog_cannot_hold_is_a_form_error_not_a_500(staff_client,
 
 
 def test_adding_a_version_in_admin_ends_the_open_one(staff_client, catalog):
-    form = _form(catalog["gemini-2.0-flash"], input_price="0.12", effective_from_0="2026-11-20", effective_from_1="00:00:00")
+    now = timezone.now()  # a start the admin's "Now" gives
+    form = _form(catalog["gemini-2.0-flash"], input_price="0.12", effective_from_0=f"{now:%Y-%m-%d}", effective_from_1=f"{now:%H:%M:%S}")
     response = staff_client.post(reverse("admin:chat_modelprice_add"), {**form, "provider": "gemini", "model": "gemini-2.0-flash"})
     assert response.status_code == 302, response.context["adminform"].form.errors
     ended, new = _versions("gemini-2.0-flash")
