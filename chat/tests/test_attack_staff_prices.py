@@ -1,5 +1,5 @@
-"""Attack tests on what staff do to the model catalog in admin while calls are metered: each
-fails on the current code because of the bug its docstring names."""
+"""What staff do to the model catalog in admin while calls are metered (an attacker's review,
+2026-12-01): each test failed before its fix, for the bug its docstring names."""
 
 from datetime import timedelta
 
