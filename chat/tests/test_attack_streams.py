@@ -72,6 +72,21 @@ class _Handler(OneHopASGIHandler):
             self.view_done.set()
 
 
+def _body_then_disconnect(body: bytes, gone: asyncio.Event):
+    """An ASGI receive: the whole body, then a disconnect once `gone` is set."""
+    first = True
+
+    async def receive():
+        nonlocal first
+        if first:
+            first = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
 def _disconnect_while_the_view_prepares(monkeypatch, path: str, body: bytes, headers: list) -> list[dict]:
     """POST through the app's ASGI handler; the client goes away while the view is in
     message_prepare (after it stored the send and reserved its most). Returns what was sent."""
@@ -91,15 +106,7 @@ def _disconnect_while_the_view_prepares(monkeypatch, path: str, body: bytes, hea
             return pending
 
         monkeypatch.setattr(services, "message_prepare", prepare_then_wait)
-        calls = 0
-
-        async def receive():
-            nonlocal calls
-            calls += 1
-            if calls == 1:
-                return {"type": "http.request", "body": body, "more_body": False}
-            await prepared.wait()
-            return {"type": "http.disconnect"}
+        receive = _body_then_disconnect(body, prepared)
 
         async def send(message):
             sent.append(message)
@@ -362,15 +369,7 @@ def _slow_reader_goes(path: str, body: bytes, headers: list, block_at: int) -> l
 
     async def scenario():
         blocked = asyncio.Event()
-        calls = 0
-
-        async def receive():
-            nonlocal calls
-            calls += 1
-            if calls == 1:
-                return {"type": "http.request", "body": body, "more_body": False}
-            await blocked.wait()
-            return {"type": "http.disconnect"}
+        receive = _body_then_disconnect(body, blocked)
 
         async def send(message):
             if message["type"] == "http.response.body" and message.get("body"):
