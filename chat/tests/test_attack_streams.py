@@ -72,6 +72,18 @@ class _Handler(OneHopASGIHandler):
             self.view_done.set()
 
 
+def _requests_stream(monkeypatch) -> None:
+    """This module's requests ask for the reply as a stream (`?stream=true`)."""
+    real_scope = http_scope
+
+    def scope_with_stream(method, p, h=()):
+        scope = real_scope(method, p, h)
+        scope["query_string"] = b"stream=true"
+        return scope
+
+    monkeypatch.setattr(f"{__name__}.http_scope", scope_with_stream)
+
+
 def _body_then_disconnect(body: bytes, gone: asyncio.Event):
     """An ASGI receive: the whole body, then a disconnect once `gone` is set."""
     first = True
@@ -153,14 +165,7 @@ def test_an_api_stream_whose_client_goes_before_the_first_event_leaves_nothing_s
     path = f"/api/v1/conversations/{conversation.pk}/messages"
     headers = [(b"authorization", f"Bearer {secret}".encode())]
     scope_path = path  # the query string is set below
-    real_scope = http_scope
-
-    def scope_with_stream(method, p, h=()):
-        scope = real_scope(method, p, h)
-        scope["query_string"] = b"stream=true"
-        return scope
-
-    monkeypatch.setattr(f"{__name__}.http_scope", scope_with_stream)
+    _requests_stream(monkeypatch)
     _disconnect_while_the_view_prepares(monkeypatch, scope_path, json.dumps({"content": "hi"}).encode(), headers)
     assert _wait_until(lambda: not _streaming_replies(), 5), _streaming_replies()
 
@@ -407,14 +412,7 @@ def test_a_slow_reader_gone_from_an_api_stream_leaves_its_reply_closed_and_meter
     user, secret, plans = key
     settings.CHAT_ECHO_DELAY = 0
     conversation = services.conversation_create(user=user)
-    real_scope = http_scope
-
-    def scope_with_stream(method, p, h=()):
-        scope = real_scope(method, p, h)
-        scope["query_string"] = b"stream=true"
-        return scope
-
-    monkeypatch.setattr(f"{__name__}.http_scope", scope_with_stream)
+    _requests_stream(monkeypatch)
     headers = [(b"authorization", f"Bearer {secret}".encode())]
     body = json.dumps({"content": "one two three four five six"}).encode()
     chunks = _slow_reader_goes(f"/api/v1/conversations/{conversation.pk}/messages", body, headers, block_at)
