@@ -178,3 +178,20 @@ def test_a_metered_message_post_with_an_api_key_opens_one_transaction_through_dj
     response = client.post(f"{API}/conversations/{conversation_id}/messages", {"content": "one transaction"}, format="json")
     assert response.status_code == 201, response.json()
     assert len(opened) == 1, opened
+
+
+def test_a_send_after_a_refused_one_on_the_pools_one_connection_is_answered(alice):
+    """A refused send rolls back, and psycopg then deallocates the connection's prepared
+    statements; the finish's statement (prepared by the backend, config/db/backend) went too, and
+    the next send's finish on that pooled connection was a 500 ('prepared statement does not exist')."""
+    client = key_client(alice, scopes=["chat:read", "chat:write"])
+    headers = {"Authorization": f"Bearer {client.secret}"}
+    with served(workers=1, DATABASE_POOL_MIN_SIZE="1", DATABASE_POOL_MAX_SIZE="1") as base, httpx.Client(base_url=base) as http:
+        conversation_id = http.post(f"{API}/conversations", json={}, headers=headers).json()["id"]
+        url = f"{API}/conversations/{conversation_id}/messages"
+        assert http.post(url, json={"content": "one"}, headers=headers).status_code == 201
+        refused = http.post(url, json={"content": "two", "provider": "openai", "model": "gpt-7"}, headers=headers)
+        assert refused.status_code == 400, refused.text
+        sent = http.post(url, json={"content": "three"}, headers=headers)
+        assert sent.status_code == 201, sent.text
+        assert sent.json()["message"]["content"] == "You said: three"

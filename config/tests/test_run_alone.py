@@ -65,7 +65,7 @@ def test_the_statement_is_prepared_once_per_connection_and_parameter_types(poole
     answers = [_alone(pooled, sql, {"v": value}) for value in (1, 2, "three", 4, "five")]
     assert answers == [[(1,)], [(2,)], [("three",)], [(4,)], [("five",)]]
     prepared = pooled.connection.execute(
-        "SELECT statement, parameter_types::text FROM pg_prepared_statements WHERE name LIKE 'confab_alone_%' ORDER BY 2"
+        "SELECT statement, parameter_types::text FROM pg_prepared_statements WHERE statement = 'SELECT $1' ORDER BY 2"
     ).fetchall()
     assert prepared == [("SELECT $1", "{smallint}"), ("SELECT $1", "{text}")]  # a small integer and a text, each once
 
@@ -190,7 +190,22 @@ def test_a_statement_a_schema_change_made_stale_is_prepared_afresh(pooled):
     _table(pooled)
     _alone(pooled, "INSERT INTO noted VALUES (1, 'one')")
     assert _alone(pooled, "SELECT * FROM noted") == [(1, "one")]
-    pooled.connection.execute("ALTER TABLE noted ADD COLUMN extra int")
+    pooled.connection.execute("ALTER TABLE noted ADD COLUMN extra int")  # psycopg sees it and deallocates all
+    assert _alone(pooled, "SELECT * FROM noted") == [(1, "one", None)]
+    pooled.connection.pgconn.exec_(b"ALTER TABLE noted ADD COLUMN more int")  # unseen by psycopg
     with pytest.raises(DatabaseError, match="cached plan must not change result type"):
         _alone(pooled, "SELECT * FROM noted")
-    assert _alone(pooled, "SELECT * FROM noted") == [(1, "one", None)]  # not failing for good
+    assert _alone(pooled, "SELECT * FROM noted") == [(1, "one", None, None)]  # not failing for good
+
+
+def test_its_statements_survive_what_psycopg_deallocates_after_a_rollback(pooled):
+    """psycopg sends DEALLOCATE ALL after a ROLLBACK on a connection with statements it prepared;
+    a statement this backend prepared in its own names went too, and the next metered send's
+    finish on that connection failed with 'prepared statement ... does not exist' (a 500)."""
+    _backend_pid(pooled)
+    assert _alone(pooled, "SELECT %(v)s::int", {"v": 1}) == [(1,)]
+    pooled.connection.execute("SELECT %s::int + 1", [1], prepare=True)  # one of psycopg's own
+    pooled.connection.execute("BEGIN")
+    pooled.connection.rollback()
+    assert pooled.connection.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (0,)
+    assert _alone(pooled, "SELECT %(v)s::int", {"v": 2}) == [(2,)]

@@ -17,7 +17,8 @@
   mid-transaction: the check-in then resets as before.
 - A statement that is a transaction of its own (a metered send's finish) can go in one round
   trip with its BEGIN, its context, its COMMIT and the reset (DatabaseWrapper.run_alone, libpq's
-  pipeline mode) instead of three.
+  pipeline mode) instead of three; a transaction's first statement with its BEGIN and context
+  (run_first), and its last with its COMMIT and the reset (run_last).
 - Django loads every timestamptz with its own loader, a subclass of psycopg's pure-Python one
   (3.6 us a value, parsed with a regular expression); here it is parsed by psycopg's C loader
   (0.2 us) where psycopg has one, with Django's time zone put on it as Django does
@@ -26,16 +27,15 @@
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 from time import monotonic
-from weakref import WeakKeyDictionary
 
 import psycopg
 from django.conf import settings
 from django.db.backends.postgresql import base, psycopg_any
 from django.db.backends.utils import debug_transaction
 from psycopg import adapt, generators
+from psycopg._preparing import Prepare
 from psycopg._queries import PostgresQuery  # how psycopg's cursors turn %(name)s into $n and dump the values
 from psycopg.adapt import AdaptersMap
 from psycopg.pq import ExecStatus, Format, TransactionStatus
@@ -101,10 +101,6 @@ class SessionTrackingConnection(psycopg.Connection):
         setattr(self, _RESET_AT, reset_at)
 
 
-# Statements run_alone prepared on each connection: (query, parameter types) -> name. Their own
-# names, so psycopg's prepared-statement cache (_pg3_N) never meets them.
-_ALONE_PREPARED: WeakKeyDictionary[psycopg.Connection, dict[tuple, bytes]] = WeakKeyDictionary()
-_alone_names = itertools.count()
 PIPELINE_LIBPQ = 140000  # libpq's pipeline mode
 RESET_WITH_COMMIT_MARK = "/* with COMMIT */"
 
@@ -147,44 +143,74 @@ class DatabaseWrapper(base.DatabaseWrapper):
         whole back and raises as the statement would; a reset that fails after its COMMIT is left
         to the check-in, as in _commit."""
         self.ensure_connection()
+        if self.in_atomic_block or not self.connection.autocommit or not self._can_pipeline(TransactionStatus.IDLE):
+            return None
+        return self._pipelined(["BEGIN", *setup], sql, params, commit=True)
+
+    def run_first(self, setup: list[str], sql: str, params) -> list[tuple] | None:
+        """The first statement of the atomic block's transaction, sent with its BEGIN and the
+        `setup` commands in one round trip (psycopg would send BEGIN alone first): its rows. None
+        when it cannot be done here (the transaction has begun, no prepared statements): the
+        caller then runs the setup and the statement as usual. An error raises as the statement
+        would, and the atomic block rolls back."""
+        self.ensure_connection()
+        if not self.in_atomic_block or self.connection.autocommit or not self._can_pipeline(TransactionStatus.IDLE):
+            return None
+        return self._pipelined(["BEGIN", *setup], sql, params, commit=False)
+
+    def run_last(self, sql: str, params) -> list[tuple] | None:
+        """The last statement of the outermost atomic block, sent with its COMMIT and the pool's
+        session reset in one round trip: its rows. The block then ends with nothing left to commit
+        (_commit sends nothing); nothing may run in it after this. None when it cannot be done here
+        (inside a savepoint, a transaction not begun or failed, no prepared statements): the caller
+        runs the statement as usual and the block commits it. An error, in the statement or at its
+        COMMIT, raises as the statement would, and the block rolls back what is left."""
+        self.ensure_connection()
+        if len(self.atomic_blocks) != 1 or self.needs_rollback or not self._can_pipeline(TransactionStatus.INTRANS):
+            return None
+        return self._pipelined([], sql, params, commit=True)
+
+    def _can_pipeline(self, status: TransactionStatus) -> bool:
+        raw = self.connection
+        return (
+            raw.prepare_threshold is not None
+            and raw.pgconn.transaction_status == status
+            and psycopg.pq.version() >= PIPELINE_LIBPQ
+            and (raw.isolation_level, raw.read_only, raw.deferrable) == (None, None, None)  # psycopg's BEGIN would carry these
+        )
+
+    def _pipelined(self, before: list[str], sql: str, params, *, commit: bool) -> list[tuple]:
+        """The `before` commands, `sql` as a prepared statement, then if `commit` COMMIT and the
+        session reset, in libpq's pipeline mode: one round trip. The statement is prepared through
+        psycopg's own cache of prepared statements, so it goes when psycopg deallocates them all
+        (after a ROLLBACK, say) and is prepared again on its next use."""
+        self.validate_thread_sharing()
         raw = self.connection
         pgconn = raw.pgconn
-        if (
-            self.in_atomic_block
-            or not raw.autocommit
-            or raw.prepare_threshold is None
-            or pgconn.transaction_status != TransactionStatus.IDLE
-            or psycopg.pq.version() < PIPELINE_LIBPQ
-            or (raw.isolation_level, raw.read_only, raw.deferrable) != (None, None, None)  # psycopg's BEGIN would carry these
-        ):
-            return None
-        self.validate_thread_sharing()
         transformer = adapt.Transformer(raw)
         query = PostgresQuery(transformer)
         query.convert(sql, params)
-        prepared = _ALONE_PREPARED.setdefault(raw, {})
-        key = (query.query, tuple(query.types or ()))
-        name = prepared.get(key)
-        new = name is None
-        if new:
-            name = f"confab_alone_{next(_alone_names)}".encode()
-        reset_sql = self._reset_sql()
-        commands = ["BEGIN", *setup]
+        cache = raw._prepared
+        prepare, name = cache.get(query, prepare=True)
+        new = prepare is Prepare.SHOULD
+        reset_sql = self._reset_sql() if commit else None
+        after = [b"COMMIT"] if commit else []
+        if reset_sql is not None:  # marked, so pg_stat_activity tells it from a check-in's reset
+            after.append(f"{RESET_WITH_COMMIT_MARK} {reset_sql}".encode())
         started = monotonic()
         with self.wrap_database_errors, raw.lock:  # the lock psycopg's cursors take around each statement
             pgconn.enter_pipeline_mode()
             try:
-                for command in commands:
+                for command in before:
                     pgconn.send_query_params(command.encode(), None)
                 if new:
                     pgconn.send_prepare(name, query.query, param_types=query.types)
                 pgconn.send_query_prepared(name, query.params, param_formats=query.formats)
-                pgconn.send_query_params(b"COMMIT", None)
-                if reset_sql is not None:  # marked, so pg_stat_activity tells it from a check-in's reset
-                    pgconn.send_query_params(f"{RESET_WITH_COMMIT_MARK} {reset_sql}".encode(), None)
+                for command in after:
+                    pgconn.send_query_params(command, None)
                 pgconn.pipeline_sync()
                 raw.wait(generators.send(pgconn))
-                expected = len(commands) + new + 2 + (reset_sql is not None)
+                expected = len(before) + new + 1 + len(after)
                 # One result a command (a command after a failed one: PIPELINE_ABORTED), then the sync's.
                 results = [raw.wait(generators.fetch_many(pgconn))[-1] for _ in range(expected)]
                 raw.wait(generators.fetch(pgconn))
@@ -192,18 +218,21 @@ class DatabaseWrapper(base.DatabaseWrapper):
                 raw.close()  # left mid-pipeline (the server gone, say): no one may take it over
                 raise
             pgconn.exit_pipeline_mode()
-            statement_at = len(commands) + new
-            failed = next((r for r in results[: statement_at + 2] if r.status not in (ExecStatus.COMMAND_OK, ExecStatus.TUPLES_OK)), None)
+            statement_at = len(before) + new
+            checked = results[: statement_at + 1 + commit]  # the reset's result is not the statement's
+            failed = next((r for r in checked if r.status not in (ExecStatus.COMMAND_OK, ExecStatus.TUPLES_OK)), None)
+            added = cache.maybe_add_to_cache(query, prepare, name)
+            if failed is not None and checked.index(failed) <= statement_at:
+                # Not prepared, or failing as prepared: dropped from the cache and prepared afresh next
+                # time (a statement a schema change made stale: "cached plan must not change result type").
+                cache.validate(cache.key(query), prepare, name, [failed])
+            elif added is not None:
+                cache.validate(added, prepare, name, [results[statement_at]])
             if failed is not None:
-                if pgconn.transaction_status != TransactionStatus.IDLE:  # failed before its COMMIT: roll back
-                    pgconn.send_query(b"ROLLBACK")
+                if before and commit and pgconn.transaction_status != TransactionStatus.IDLE:
+                    pgconn.send_query(b"ROLLBACK")  # a transaction of its own, failed before its COMMIT
                     raw.wait(generators.execute(pgconn))
-                # Prepared afresh next time: a statement a schema change has made stale ("cached plan
-                # must not change result type") would otherwise fail on this connection for good.
-                prepared.pop(key, None)
                 raise psycopg.errors.error_from_result(failed, encoding=raw.info.encoding)
-        if new:
-            prepared[key] = name
         if self.queries_logged:  # as a cursor would log it (DEBUG, CaptureQueriesContext)
             self.queries_log.append({"sql": sql, "time": f"{monotonic() - started:.3f}"})
         if reset_sql is not None:
@@ -221,6 +250,8 @@ class DatabaseWrapper(base.DatabaseWrapper):
 
     def _commit(self):
         connection, reset_sql = self.connection, self._reset_sql()
+        if connection is not None and connection.pgconn.transaction_status == TransactionStatus.IDLE:
+            return  # nothing begun, or committed already with its last statement (run_last): psycopg would send nothing either
         if connection is None or reset_sql is None or connection.pgconn.transaction_status != TransactionStatus.INTRANS:
             return super()._commit()  # nothing begun, or a failed transaction (its COMMIT rolls back): as Django does
         with debug_transaction(self, "COMMIT"), self.wrap_database_errors:
