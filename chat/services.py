@@ -329,19 +329,20 @@ def _send_target(
     """(conversation locked for the send, its persona, the organization billed, its current
     subscription or SUBSCRIPTION_UNREAD, its history as [role, content] pairs if the read was
     current, else None); a new conversation (None) goes to the user's personal organization;
-    another user's is a 404."""
+    another user's is a 404. It begins the caller's atomic block's transaction, under the user's
+    context, with the locking read (one round trip: rls.first_statement_as)."""
     if conversation_id is None:
+        rls.context_set(user_id=user.pk, asynchronous_commit=True)
         return None, None, _personal_organization(user).pk, SUBSCRIPTION_UNREAD, []
     try:
         conversation_id = uuid.UUID(str(conversation_id))
     except ValueError:
         raise NotFoundError("No such conversation.") from None
     alias = rls.current_alias()
-    with prepared_cursor(alias) as cur:
-        cur.execute(_SEND_TARGET_SQL, [user.pk, conversation_id])
-        row = cur.fetchone()
-    if row is None:
+    rows = rls.first_statement_as(user.pk, _SEND_TARGET_SQL, [user.pk, conversation_id], asynchronous_commit=True)
+    if not rows:
         raise NotFoundError("No such conversation.")
+    row = rows[0]
     split = len(Conversation._meta.concrete_fields)
     persona_end = split + len(Persona._meta.concrete_fields)
     conversation = model_from_row(Conversation, alias, row[:split])
@@ -395,17 +396,20 @@ def _messages_store(
         metadata=reply_metadata,
     )
     if save:
+        # The transaction's last statement, sent with its COMMIT (insert_rows `last`), unless a
+        # supplied history makes its shape vary.
         if conversation._state.adding:
             # Its own statement first: the messages' row policy looks their conversation up, and
             # a row inserted in the same statement is not yet visible to that lookup.
             conversation.save()
-            insert_rows(Message, [*before, user_message, reply])
+            insert_rows(Message, [*before, user_message, reply], last=not before)
         else:  # one statement: the update under the row lock, then the messages
             insert_rows(
                 Message,
                 [*before, user_message, reply],
                 before=update_row_sql(conversation, ["message_count", "title", "updated_at"]),
                 prepared=not before,  # the same statement on every send; a supplied history varies
+                last=not before,
             )
     else:
         user_message.pk = reply.pk = None
@@ -478,7 +482,10 @@ def message_prepare(
         raise ApplicationError(f"A message is at most {MAX_CONTENT:,} characters.", {"field": "content"})
     reservation = None
     try:
-        with rls.atomic_as(user.pk):
+        # Asynchronous commit (rls.ASYNCHRONOUS_COMMIT): a worker that dies after it leaves its
+        # rows for the stale pass; a crash of PostgreSQL itself in the next 0.6 s loses them, and
+        # the finish fails as well (docs/performance.md, "What has been cut").
+        with rls.atomic():
             conversation, persona, organization_id, subscription, read = _send_target(user, conversation_id)
             provider = provider or (persona.provider if persona else "") or settings.CHAT_DEFAULT_PROVIDER
             model = model or (persona.model if persona and persona.provider == provider else "") or _default_model(provider)

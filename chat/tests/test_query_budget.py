@@ -21,15 +21,30 @@ from config.tests.serving import served
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+class Recorded(list):
+    """(alias, sql) of each statement; `how`, in the same order, how it went: 'cursor' (a round trip
+    of its own, psycopg's BEGIN or COMMIT aside), or with its BEGIN and context ('first'), with its
+    COMMIT ('last'), or both ('alone') in one round trip (config/db/backend)."""
+
+    def __init__(self):
+        super().__init__()
+        self.how = []
+
+    def clear(self):
+        super().clear()
+        self.how.clear()
+
+
 @pytest.fixture
 def queries(monkeypatch):
     """Every statement any thread runs through Django, as (alias, sql), while the test runs."""
-    seen, lock = [], threading.Lock()
-    execute, executemany, run_alone = CursorWrapper.execute, CursorWrapper.executemany, DatabaseWrapper.run_alone
+    seen, lock = Recorded(), threading.Lock()
+    execute, executemany, pipelined = CursorWrapper.execute, CursorWrapper.executemany, DatabaseWrapper._pipelined
 
-    def record(cursor_or_connection, sql):
+    def record(cursor_or_connection, sql, how="cursor"):
         with lock:
             seen.append((getattr(cursor_or_connection, "db", cursor_or_connection).alias, sql))
+            seen.how.append(how)
 
     def counted_execute(self, sql, params=None):
         record(self, sql)
@@ -39,13 +54,13 @@ def queries(monkeypatch):
         record(self, sql)
         return executemany(self, sql, param_list)
 
-    def counted_run_alone(self, setup, sql, params):  # a statement sent with its BEGIN and COMMIT
-        record(self, sql)
-        return run_alone(self, setup, sql, params)
+    def counted_pipelined(self, before, sql, params, *, commit):
+        record(self, sql, {(True, True): "alone", (True, False): "first", (False, True): "last"}[bool(before), commit])
+        return pipelined(self, before, sql, params, commit=commit)
 
     monkeypatch.setattr(CursorWrapper, "execute", counted_execute)
     monkeypatch.setattr(CursorWrapper, "executemany", counted_executemany)
-    monkeypatch.setattr(DatabaseWrapper, "run_alone", counted_run_alone)
+    monkeypatch.setattr(DatabaseWrapper, "_pipelined", counted_pipelined)
     return seen
 
 
@@ -62,7 +77,8 @@ def test_a_metered_message_post_with_an_api_key_stays_within_its_query_budget(al
     # Check-in housekeeping (RESET ALL per connection) depends on pool settings, not on the path;
     # under the pool it goes with each transaction's COMMIT, no round trip of its own
     # (config/db/backend; config/tests/test_pool_check.py).
-    path = [(alias, sql) for alias, sql in queries if sql.strip() != "RESET ALL"]
+    kept = [n for n, (_, sql) in enumerate(queries) if sql.strip() != "RESET ALL"]
+    path, how = [queries[n] for n in kept], [queries.how[n] for n in kept]
     # 4 statements through a cursor, all on the app role (`default`):
     #   request:  the API key and its owner in one query (two SECURITY DEFINER functions)     =  1
     #   prepare:  the conversation FOR UPDATE with its persona, its organization's
@@ -78,12 +94,13 @@ def test_a_metered_message_post_with_an_api_key_stays_within_its_query_budget(al
     #             a transaction of its own sent with its BEGIN, context and COMMIT
     #             (rls.statement_alone, libpq's pipeline mode)                            =  1
     #   answer:   nothing: the conversation's totals are carried from the finish             =  0
-    # The prepare's RLS context goes with its BEGIN in one round trip, not through a cursor
-    # (rls._begun_with_context; config/tests/test_rls.py checks it). PostgreSQL round trips:
-    # the API key 1; the prepare's BEGIN, locking read, insert and COMMIT 4; the finish 1 = 6.
+    # PostgreSQL round trips, one a statement: the API key 1; the prepare's locking read with its
+    # BEGIN and context (rls.first_statement_as), its insert with its COMMIT (insert_rows `last`)
+    # 2; the finish with both 1 = 4 (6 before the prepare's two went in pipelines).
     statements = "\n".join(f"{alias}: {sql.strip()[:120]}" for alias, sql in path)
     assert len(path) == 4, statements
     assert {alias for alias, _ in path} == {"default"}, statements
+    assert how == ["cursor", "first", "last", "alone"], statements
 
 
 @pytest.mark.parametrize("plan, counted", [("free", True), ("enterprise", False)])

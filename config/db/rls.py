@@ -62,19 +62,48 @@ def atomic_as(user_id: UUID | str | None) -> Iterator[None]:
         yield
 
 
-def context_set(*, user_id: UUID | str | None, using: str | None = None) -> None:
-    """Set the context for the current transaction only (set_config(..., true))."""
+# A transaction whose loss in a crash of PostgreSQL itself (not of a worker) costs little: it is
+# acknowledged before its WAL reaches the disk, which follows within 3 x wal_writer_delay, or with
+# the next durable commit. What it wrote is visible to every session at once either way.
+ASYNCHRONOUS_COMMIT = "SET LOCAL synchronous_commit = off"
+
+
+def context_set(*, user_id: UUID | str | None, using: str | None = None, asynchronous_commit: bool = False) -> None:
+    """Set the context for the current transaction only (set_config(..., true)); with
+    `asynchronous_commit`, the transaction commits asynchronously (ASYNCHRONOUS_COMMIT)."""
     connection = connections[using or current_alias()]
     if not connection.in_atomic_block:
         # Outside a transaction a local setting would vanish with the statement.
         raise ContextError("The row-level security context needs an open transaction (transaction.atomic).")
     value = str(user_id) if user_id else ""
-    if not _begun_with_context(connection, value):
+    setup = (ASYNCHRONOUS_COMMIT,) if asynchronous_commit else ()
+    if not _begun_with_context(connection, value, setup):
         with prepared_cursor(connection.alias) as cur:
             cur.execute("SELECT set_config('app.user_id', %s, true)", [value])
+        for command in setup:
+            with connection.cursor() as cur:
+                cur.execute(command)
 
 
-def _begun_with_context(connection, value: str) -> bool:
+def first_statement_as(user_id: UUID | str | None, sql: str, params, *, asynchronous_commit: bool = False) -> list[tuple]:
+    """Open the atomic block's transaction under this user's context (as context_set) with `sql`
+    as its first statement: its rows. One round trip for BEGIN, the context and the statement
+    (the backend's run_first) where the connection can; otherwise the context is set, then the
+    statement runs, prepared."""
+    connection = connections[current_alias()]
+    command = _context_command(str(user_id) if user_id else "")
+    run_first = getattr(connection, "run_first", None)
+    if command is not None and run_first is not None:
+        rows = run_first([command, *([ASYNCHRONOUS_COMMIT] if asynchronous_commit else [])], sql, params)
+        if rows is not None:
+            return rows
+    context_set(user_id=user_id, asynchronous_commit=asynchronous_commit)
+    with prepared_cursor(connection.alias) as cur:
+        cur.execute(sql, params)
+        return cur.fetchall()
+
+
+def _begun_with_context(connection, value: str, setup: tuple[str, ...] = ()) -> bool:
     """Start the transaction and set its context in one round trip, when nothing has started it on
     the server yet: psycopg would send BEGIN on its own first, and each round trip costs the web
     server's CPU (docs/performance.md). One simple-protocol string, so no parameters: the value is
@@ -91,7 +120,7 @@ def _begun_with_context(connection, value: str) -> bool:
         return False
     started = time.monotonic()
     with connection.wrap_database_errors:
-        result = raw.pgconn.exec_(f"BEGIN; {sql}".encode())
+        result = raw.pgconn.exec_("; ".join(["BEGIN", sql, *setup]).encode())
         if result.status != ExecStatus.COMMAND_OK:
             raise psycopg.errors.error_from_result(result, encoding=raw.info.encoding)
     if connection.queries_logged:  # as a cursor would log it (DEBUG, CaptureQueriesContext); Django logged BEGIN

@@ -55,12 +55,14 @@ def fetch_one_prepared(alias: str, sql: str, params) -> tuple | None:
         return cur.fetchone()
 
 
-def insert_rows(model, instances: list, *, before: tuple[str, list] | None = None, prepared: bool = False) -> None:
+def insert_rows(model, instances: list, *, before: tuple[str, list] | None = None, prepared: bool = False, last: bool = False) -> None:
     """INSERT the instances (defaults already set, as `Model()` sets them) in one VALUES
     statement. Django's bulk_create sends a few rows through UNNEST of typed arrays, whose
     adaptation cost the message path about 1 ms of Python for two rows. `before`, (sql, params)
     of another write, runs in the same statement as a data-modifying WITH: one round trip.
-    `prepared` for a statement of the same shape on every call (see prepared_cursor)."""
+    `prepared` for a statement of the same shape on every call (see prepared_cursor); `last` for
+    the transaction's last statement, sent prepared with its COMMIT where the backend can
+    (run_last): nothing may run in the atomic block after it."""
     connection = connections[_alias_for(model)]
     fields = [f for f in model._meta.concrete_fields]
     columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
@@ -69,8 +71,10 @@ def insert_rows(model, instances: list, *, before: tuple[str, list] | None = Non
     sql = f"INSERT INTO {connection.ops.quote_name(model._meta.db_table)} ({columns}) VALUES {', '.join([row] * len(instances))}"
     if before is not None:
         sql, params = f"WITH before AS ({before[0]}) {sql}", [*before[1], *params]
-    with prepared_cursor(connection.alias) if prepared else connection.cursor() as cur:
-        cur.execute(sql, params)
+    run_last = getattr(connection, "run_last", None) if last else None
+    if run_last is None or run_last(sql, params) is None:
+        with prepared_cursor(connection.alias) if prepared or last else connection.cursor() as cur:
+            cur.execute(sql, params)
     for obj in instances:
         obj._state.adding, obj._state.db = False, connection.alias
 
