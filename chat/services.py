@@ -41,18 +41,20 @@ from chat.models import Conversation, Message, ModelPrice, PendingCall, Persona
 from chat.porting.base import title_clean
 from chat.pricing import COST_QUANTUM, CallCost, call_cost, call_cost_ceiling
 from chat.providers import PROVIDERS, ChatMessage, ChatRequest, Delta, Done, ProviderError, Usage, provider_for
-from chat.providers.base import interrupted_usage, prompt_tokens_estimate, text_tokens_estimate
+from chat.providers.base import connect_timeout, interrupted_usage, prompt_tokens_estimate, text_tokens_estimate, usage_recordable
 from config.cache import REDIS_ERRORS, redis_client
 from config.crypto import secret_decrypt
 from config.db import rls
 from config.db.rows import columns_of, insert_rows, model_from_row, prepared_cursor, update_row_sql
 from config.errors import ApplicationError, NotFoundError
+from config.text import text_clean
 from config.threads import request_task_keep
 
 logger = logging.getLogger("confab.chat")
 TITLE_WORDS = 8
 CLIENT_GONE = "The client stopped reading the reply."
 MAX_CONTENT = 100_000
+FINISH_REASON_LENGTH = 40  # a provider's finish reason, kept in the reply's metadata ("stop", "end_turn", "MAX_TOKENS")
 Status = Message.Status
 
 
@@ -628,6 +630,11 @@ def _reply_finish(
     kept. A reply already closed (by the stale-stream task) is left as it is; for an unstored call
     that task deleted its PendingCall row, so the ledger row is the task's and none is written here."""
     message = pending.message
+    # What a provider sent, as PostgreSQL and the ledger can keep it (a server at a user's base
+    # URL may send anything): never a reason to lose the reply or leave it unmetered.
+    text = text_clean(text)
+    usage = usage_recordable(usage, request=pending.request, text=text)
+    finish_reason = text_clean(finish_reason)[:FINISH_REASON_LENGTH] if isinstance(finish_reason, str) else None
     charge = call_cost(usage=usage, price=pending.price)
     counted = usage if cached is None or pending.cache_hits_count else Usage()
     metadata = {
@@ -788,8 +795,10 @@ def _failure(exc: Exception, request: ChatRequest, text: str) -> tuple[str, Usag
         exc = ProviderError("unavailable", detail=type(exc).__name__)
     text = text or exc.partial_text
     usage = exc.usage
-    if usage is None:
-        usage = interrupted_usage(None, request=request, unreported_text=text, output_final=False) if text else Usage()
+    if usage is None and (text or (exc.kind == "timeout" and not connect_timeout(exc))):
+        # A timeout while waiting for the answer: the provider had the prompt, and bills it.
+        usage = interrupted_usage(None, request=request, unreported_text=text, output_final=False)
+    usage = usage or Usage()
     status = Status.INTERRUPTED if exc.kind == "interrupted" or text else Status.FAILED
     return status, usage, exc.message
 

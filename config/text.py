@@ -14,9 +14,12 @@ def text_clean(value: str) -> str:
 
 
 def json_clean(value):
-    """JSON kept as it came: every string and key cleaned as text (the parser bounds the depth)."""
+    """JSON kept as it came: every string and key cleaned as text, a number JSON cannot write (NaN,
+    Infinity) None (the parser bounds the depth)."""
     if isinstance(value, str):
         return text_clean(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if isinstance(value, dict):
         return {text_clean(str(k)): json_clean(v) for k, v in value.items()}
     if isinstance(value, list):

@@ -7,7 +7,7 @@ responses have no split: all 5-minute). `output_tokens` includes thinking;
 `output_tokens_details.thinking_tokens` is the reasoning part.
 
 A stream reports input and cache counts in `message_start` and a cumulative usage in
-`message_delta`, which may repeat them: the latest value of each field wins, never a sum.
+`message_delta`, which may repeat them: each count is the largest reported, never a sum.
 The output count arrives only with `message_delta`; a stream cut before it is metered
 with output estimated from the text received (reply and thinking).
 """
@@ -19,25 +19,43 @@ from collections.abc import AsyncIterator
 import anthropic
 
 from .base import TRANSPORT_ERRORS, ChatRequest, Delta, Done, ProviderError, Usage, http_client, interrupted_usage, sdk_error
+from .base import counted_number as _number
+from .base import counted_object as _object
 
 DEFAULT_MAX_TOKENS = 4096  # the API requires a cap; this one fits every current model
 # A dropped stream surfaces as the transport's error (or an `error` event, as an APIError).
-STREAM_DROPS = (anthropic.APIError, *TRANSPORT_ERRORS)
+STREAM_DROPS = (anthropic.APIError, *TRANSPORT_ERRORS, UnicodeDecodeError)  # the last: the SDK's SSE decoder on a byte that is not UTF-8
+# How the API says a prompt (with max_tokens) does not fit the model's context window.
+CONTEXT_PHRASES = ("prompt is too long", "exceed context limit")
 
 
 def usage_from_anthropic(raw: dict) -> Usage:
-    """Normalize Anthropic's `usage` (a dict; a stream's fields merged, latest value wins)."""
-    cache_write = raw.get("cache_creation_input_tokens") or 0
-    cache_write_1h = (raw.get("cache_creation") or {}).get("ephemeral_1h_input_tokens") or 0
+    """Normalize Anthropic's `usage` (a dict; a stream's fields merged: usage_merged)."""
+    cache_write = _number(raw.get("cache_creation_input_tokens"))
+    cache_write_1h = _number(_object(raw.get("cache_creation")).get("ephemeral_1h_input_tokens"))
     return Usage(
-        input_uncached=raw.get("input_tokens") or 0,
-        cache_read=raw.get("cache_read_input_tokens") or 0,
+        input_uncached=_number(raw.get("input_tokens")),
+        cache_read=_number(raw.get("cache_read_input_tokens")),
         cache_write_5m=cache_write - cache_write_1h,
         cache_write_1h=cache_write_1h,
-        output=raw.get("output_tokens") or 0,
-        reasoning=(raw.get("output_tokens_details") or {}).get("thinking_tokens") or 0,
+        output=_number(raw.get("output_tokens")),
+        reasoning=_number(_object(raw.get("output_tokens_details")).get("thinking_tokens")),
         raw=raw,
     )
+
+
+def usage_merged(so_far: dict, reported) -> dict:
+    """A stream's usage so far with an event's `usage` (a model, or None): its counts are
+    cumulative, so a count never goes down (relays send `input_tokens: 0` in message_delta);
+    anything else, the latest wins."""
+    if reported is None:
+        return so_far
+    merged = dict(so_far)
+    for name, value in reported.model_dump(exclude_none=True).items():
+        before = merged.get(name)
+        counts = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (before, value))
+        merged[name] = max(before, value) if counts else value
+    return merged
 
 
 def _client(request: ChatRequest) -> anthropic.AsyncAnthropic:
@@ -64,7 +82,7 @@ def _arguments(request: ChatRequest) -> dict:
 def _error(exc: Exception) -> ProviderError:
     detail = str(getattr(exc, "message", "") or exc).lower()
     too_long = isinstance(exc, anthropic.ContentTooLargeError) or (
-        isinstance(exc, anthropic.BadRequestError) and "prompt is too long" in detail
+        isinstance(exc, anthropic.BadRequestError) and any(phrase in detail for phrase in CONTEXT_PHRASES)
     )
     return sdk_error(exc, anthropic, context_too_long=too_long)
 
@@ -74,14 +92,17 @@ async def complete(request: ChatRequest) -> tuple[str, Usage]:
         message = await _client(request).messages.create(**_arguments(request))
     except anthropic.AnthropicError as exc:
         raise _error(exc)
-    text = "".join(block.text for block in message.content if block.type == "text")
-    return text, usage_from_anthropic(message.usage.model_dump(exclude_none=True))
+    text = "".join(block.text for block in message.content or () if block.type == "text")
+    reported = usage_merged({}, getattr(message, "usage", None))
+    if "input_tokens" not in reported or "output_tokens" not in reported:  # no usage, or no counts in it
+        return text, interrupted_usage(None, request=request, unreported_text=text, output_final=False)
+    return text, usage_from_anthropic(reported)
 
 
 async def stream(request: ChatRequest) -> AsyncIterator[Delta | Done]:
     raw: dict = {}
     text = thinking = ""
-    started = output_reported = False
+    received = started = output_reported = False
     finish_reason = None
     try:
         events = await _client(request).messages.create(**_arguments(request), stream=True)
@@ -90,19 +111,24 @@ async def stream(request: ChatRequest) -> AsyncIterator[Delta | Done]:
     async with events:  # returns the connection to the pool even when the caller stops early
         try:
             async for event in events:
+                received = True
                 if event.type == "message_start":
-                    started = True
-                    raw.update(event.message.usage.model_dump(exclude_none=True))
+                    raw = usage_merged(raw, getattr(event.message, "usage", None))
+                    started = "input_tokens" in raw
                 elif event.type == "message_delta":
-                    output_reported = True
-                    raw.update(event.usage.model_dump(exclude_none=True))
+                    raw = usage_merged(raw, getattr(event, "usage", None))
+                    output_reported = output_reported or getattr(getattr(event, "usage", None), "output_tokens", None) is not None
                     finish_reason = event.delta.stop_reason or finish_reason
+                elif event.type == "message_stop":
+                    break  # the message is over: nothing after it is part of it
                 elif event.type == "content_block_delta" and event.delta.type == "text_delta":
                     text += event.delta.text
                     yield Delta(event.delta.text)
                 elif event.type == "content_block_delta" and event.delta.type == "thinking_delta":
                     thinking += event.delta.thinking
         except STREAM_DROPS as exc:
+            if not received and isinstance(exc, anthropic.APIError) and not isinstance(exc, anthropic.APIConnectionError):
+                raise _error(exc) from exc  # an error event in place of an answer: nothing was generated
             usage = _usage_so_far(raw, started, output_reported, request, thinking + text)
             raise ProviderError("interrupted", usage=usage, partial_text=text, detail=str(exc))
     yield Done(_usage_so_far(raw, started, output_reported, request, thinking + text), finish_reason)

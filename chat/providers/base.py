@@ -15,6 +15,7 @@ a text's tokens are ceil(characters / 4), summed per message for a prompt
 from __future__ import annotations
 
 import asyncio
+import codecs
 import email.utils
 import math
 import ssl
@@ -30,6 +31,7 @@ import httpx2
 
 from config.errors import ApplicationError
 from config.outbound import AddressRefused, GuardedBackend
+from config.text import json_clean
 
 try:
     import httpx
@@ -45,6 +47,7 @@ def _from_both(name: str) -> tuple[type[Exception], ...]:
 TRANSPORT_ERRORS = _from_both("TransportError")  # a dropped connection, mid-stream
 TIMEOUT_ERRORS = _from_both("TimeoutException")
 CONNECT_ERRORS = _from_both("ConnectError")
+CONNECT_TIMEOUTS = (*_from_both("ConnectTimeout"), *_from_both("PoolTimeout"))
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,7 @@ class ProviderError(ApplicationError):
     ):
         if kind not in SENTENCES:
             raise ValueError(f"unknown provider error kind {kind!r}")
+        retry_after = wait_sane(retry_after)
         if message is None:
             message = SENTENCES[kind]
             if kind == "rate_limited" and retry_after:
@@ -166,6 +170,17 @@ class ProviderError(ApplicationError):
         return f"{self.kind}: {self.message}" + (f" ({self.detail})" if self.detail else "")
 
 
+MAX_WAIT_SECONDS = 3600  # a longer hint is not a rate limit's: the sentence then names no wait
+
+
+def wait_sane(seconds: float | None) -> float | None:
+    """A provider's hint of how long to wait, if it is one: a finite number of seconds from 0 to
+    MAX_WAIT_SECONDS (a server at a user's base URL may send -5000, inf or 1e300)."""
+    if seconds is None or not isinstance(seconds, int | float) or not math.isfinite(seconds):
+        return None
+    return seconds if 0 <= seconds <= MAX_WAIT_SECONDS else None
+
+
 def text_tokens_estimate(text: str) -> int:
     """ceil(characters / 4): the documented estimate for a text no provider counted."""
     return math.ceil(len(text) / 4)
@@ -181,14 +196,14 @@ def retry_after_from_headers(headers: Mapping[str, str] | None) -> float | None:
     if not headers:
         return None
     try:
-        return float(headers.get("retry-after-ms")) / 1000
+        return wait_sane(float(headers.get("retry-after-ms")) / 1000)
     except (TypeError, ValueError):
         pass
     value = headers.get("retry-after")
     if value is None:
         return None
     try:
-        return max(float(value), 0.0)
+        return wait_sane(float(value))
     except ValueError:
         parsed = email.utils.parsedate_tz(value)
         return max(email.utils.mktime_tz(parsed) - time.time(), 0.0) if parsed else None
@@ -219,13 +234,82 @@ def sdk_error(exc: Exception, sdk: ModuleType, *, out_of_credit: bool = False, c
         return ProviderError("address_refused" if address_refused(exc) else "unavailable", detail=detail)
     if isinstance(exc, sdk.AuthenticationError | sdk.PermissionDeniedError):
         return ProviderError("auth", detail=detail)
+    if context_too_long:  # before the rate limit: OpenAI's "Request too large" is a 429 no wait helps
+        return ProviderError("context_too_long", detail=detail)
     if isinstance(exc, sdk.RateLimitError) and not out_of_credit:
         return ProviderError("rate_limited", retry_after=retry_after_from_headers(exc.response.headers), detail=detail)
-    if context_too_long:
-        return ProviderError("context_too_long", detail=detail)
     if isinstance(exc, sdk.APIStatusError) and 400 <= exc.status_code < 500 and not out_of_credit:
         return ProviderError("bad_request", detail=detail)
     return ProviderError("unavailable", detail=detail)
+
+
+MAX_COUNT = 2**31 - 1  # the ledger's integer columns, its total included
+CACHED_AND_UNCACHED = ("input_uncached", "cache_read", "cache_write_5m", "cache_write_1h")
+
+
+def usage_recordable(usage: Usage, *, request: ChatRequest, text: str) -> Usage:
+    """The usage a provider reported, as the ledger can record it: every class a whole number
+    from 0 to MAX_COUNT (a count sent as 12.0 is 12), their total too. Anything else (a negative
+    count, a float, a cache part larger than the input it is part of, reasoning over the output)
+    is not a count: the call is metered as a prompt and `text` never counted, estimated and
+    flagged. The provider's object is kept in `raw` either way, as JSON can store it."""
+    counts = {}
+    for name, value in usage.classes().items():
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+            break
+        counts[name] = value
+    else:
+        total = sum(counts[name] for name in CACHED_AND_UNCACHED) + counts["output"]
+        if counts["reasoning"] <= counts["output"] and total <= MAX_COUNT:
+            return replace(usage, **counts, raw=json_clean(usage.raw))
+    estimate = interrupted_usage(None, request=request, unreported_text=text, output_final=False)
+    return replace(estimate, raw=json_clean(usage.raw))
+
+
+def counted_number(value) -> int | float:
+    """A count inside a provider's usage object, 0 when absent; anything but a number is 0.5, which
+    usage_recordable refuses as a count: the call is then estimated, never metered as free."""
+    if value is None:
+        return 0
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else 0.5
+
+
+def counted_object(value) -> dict:
+    """A part of a provider's usage object that should be an object (details), {} otherwise."""
+    return value if isinstance(value, dict) else {}
+
+
+def error_in_body(error) -> ProviderError:
+    """A `200` whose body is an error (`{"error": {...}}`, as proxies and compatible servers
+    answer), or has neither an answer nor usage: a failed call, of the kind its code says."""
+    error = error if isinstance(error, dict) else {}
+    code = error.get("code")
+    status = code if isinstance(code, int) else None
+    detail = str(error.get("message") or "the provider answered with neither a reply nor usage")[:500]
+    lowered = detail.lower()
+    if code == "context_length_exceeded" or "context length" in lowered:
+        return ProviderError("context_too_long", detail=detail)
+    if status in (401, 403):
+        return ProviderError("auth", detail=detail)
+    if status == 429:
+        return ProviderError("rate_limited", detail=detail)
+    if status is not None and 400 <= status < 500:
+        return ProviderError("bad_request", detail=detail)
+    return ProviderError("unavailable", detail=detail)
+
+
+def connect_timeout(exc: BaseException) -> bool:
+    """The call timed out before its request reached the provider (nothing to bill), wherever an
+    SDK wrapped the transport's error; a timeout after it (waiting for the answer) is billed."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, CONNECT_TIMEOUTS):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def interrupted_usage(reported: Usage | None, *, request: ChatRequest, unreported_text: str, output_final: bool) -> Usage:
@@ -266,6 +350,34 @@ class _KeysStayHome(httpx2.AsyncClient):
         return headers
 
 
+class _Utf8Repaired(httpx2.AsyncByteStream):
+    """A response's bytes with every sequence that is not UTF-8 replaced by U+FFFD, decoded
+    incrementally (a character split between two chunks arrives whole)."""
+
+    def __init__(self, stream: httpx2.AsyncByteStream):
+        self._stream = stream
+
+    async def __aiter__(self):
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        async for chunk in self._stream:
+            if text := decoder.decode(chunk):
+                yield text.encode()
+        if tail := decoder.decode(b"", final=True):
+            yield tail.encode()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+async def _event_stream_repaired(response: httpx2.Response) -> None:
+    """One byte that is not UTF-8 in a server-sent event stream (a server that cut a character
+    between two tokens) makes the openai and anthropic SDKs' decoders raise, losing the rest of
+    the reply and its usage; replaced, it is one odd character. Only an unencoded stream: a
+    compressed one's raw bytes are not text."""
+    if response.headers.get("content-type", "").startswith("text/event-stream") and not response.headers.get("content-encoding"):
+        response.stream = _Utf8Repaired(response.stream)
+
+
 def http_client(*, on_response: Callable[[httpx2.Response], Awaitable[None]] | None = None) -> httpx2.AsyncClient:
     """An HTTP client for one call, over the running event loop's shared connection pool.
 
@@ -290,4 +402,5 @@ def http_client(*, on_response: Callable[[httpx2.Response], Awaitable[None]] | N
                 max_keepalive_connections=limits.max_keepalive_connections,
                 network_backend=GuardedBackend(),
             )
-    return _KeysStayHome(transport=pool, follow_redirects=True, event_hooks={"response": [on_response] if on_response else []})
+    hooks = [_event_stream_repaired, *([on_response] if on_response else [])]
+    return _KeysStayHome(transport=pool, follow_redirects=True, event_hooks={"response": hooks})

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import httpx2
 from google import genai
@@ -33,8 +34,10 @@ from .base import (
     ProviderError,
     Usage,
     address_refused,
+    error_in_body,
     http_client,
     interrupted_usage,
+    prompt_tokens_estimate,
     retry_after_from_headers,
     ssl_context,
 )
@@ -94,10 +97,11 @@ def _retry_after(exc: errors.APIError) -> float | None:
         return seconds
     # The API puts its hint in the error body: {"@type": "...RetryInfo", "retryDelay": "37s"}.
     body = exc.details.get("error", exc.details) if isinstance(exc.details, dict) else {}
-    for detail in body.get("details") or []:
-        match = re.fullmatch(r"([0-9.]+)s", str(detail.get("retryDelay", "")))
+    details = body.get("details") if isinstance(body, dict) else None
+    for detail in details if isinstance(details, list) else []:
+        match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)s", str(detail.get("retryDelay", ""))) if isinstance(detail, dict) else None
         if match:
-            return float(match.group(1))
+            return float(match.group(1))  # ProviderError keeps it only if it is a sane wait
     return None
 
 
@@ -146,6 +150,8 @@ async def complete(request: ChatRequest) -> tuple[str, Usage]:
     except ValidationError as exc:
         raise ProviderError("unavailable", detail=_unparsed(exc)) from None
     text, thoughts = _parts(response)
+    if not response.candidates and response.usage_metadata is None:  # `200 {"error": ...}`, as proxies answer
+        raise error_in_body((response.model_extra or {}).get("error"))
     if response.usage_metadata is None:
         return text, _usage_so_far({}, text + thoughts, request, output_counted=False)
     return text, _usage_so_far(response.usage_metadata.model_dump(exclude_none=True), "", request, output_counted=True)
@@ -202,4 +208,9 @@ def _usage_so_far(raw: dict, unreported_text: str, request: ChatRequest, *, outp
     reported = usage_from_gemini(raw) if raw.get("prompt_token_count") is not None else None
     if reported is not None and output_counted and not unreported_text:
         return reported
+    if reported is None and output_counted and raw.get("candidates_token_count") is not None:
+        # Output counted, the prompt not: the input alone is estimated (no text goes uncounted).
+        counted = usage_from_gemini({**raw, "prompt_token_count": 0, "cached_content_token_count": 0})
+        reported = replace(counted, input_uncached=prompt_tokens_estimate(request.messages), estimated=True)
+        return interrupted_usage(reported, request=request, unreported_text=unreported_text, output_final=not unreported_text)
     return interrupted_usage(reported, request=request, unreported_text=unreported_text, output_final=False)

@@ -17,28 +17,33 @@ from collections.abc import AsyncIterator
 
 import openai
 
-from .base import TRANSPORT_ERRORS, ChatRequest, Delta, Done, ProviderError, Usage, http_client, interrupted_usage, sdk_error
+from .base import TRANSPORT_ERRORS, ChatRequest, Delta, Done, ProviderError, Usage, error_in_body, http_client, interrupted_usage, sdk_error
+from .base import counted_number as _number
+from .base import counted_object as _object
 
 # A dropped stream surfaces as the SDK's connection error (an APIError), an error event, or the bare transport error.
-STREAM_DROPS = (openai.APIError, *TRANSPORT_ERRORS)
+STREAM_DROPS = (openai.APIError, *TRANSPORT_ERRORS, UnicodeDecodeError)  # the SDK's SSE decoder on a byte that is not UTF-8
 # How vLLM ("maximum context length") and llama.cpp ("exceeds the available context size") say it.
 CONTEXT_PHRASES = ("context length", "context size")
 
 
-def usage_from_openai(raw: dict) -> Usage:
-    """Normalize a Chat Completions `usage` or a Responses `usage` object (as a dict)."""
-    prompt = raw.get("prompt_tokens", raw.get("input_tokens")) or 0
-    completion = raw.get("completion_tokens", raw.get("output_tokens")) or 0
-    prompt_details = raw.get("prompt_tokens_details") or raw.get("input_tokens_details") or {}
-    completion_details = raw.get("completion_tokens_details") or raw.get("output_tokens_details") or {}
-    cache_read = prompt_details.get("cached_tokens") or 0
-    cache_write = prompt_details.get("cache_write_tokens") or 0
+def usage_from_openai(raw: dict) -> Usage | None:
+    """Normalize a Chat Completions `usage` or a Responses `usage` object (as a dict); None when it
+    has no prompt or no completion count (`{}`, nulls): not reported, so estimated, never free."""
+    prompt = raw.get("prompt_tokens", raw.get("input_tokens"))
+    completion = raw.get("completion_tokens", raw.get("output_tokens"))
+    if not isinstance(prompt, int | float) or not isinstance(completion, int | float):
+        return None
+    prompt_details = _object(raw.get("prompt_tokens_details") or raw.get("input_tokens_details"))
+    completion_details = _object(raw.get("completion_tokens_details") or raw.get("output_tokens_details"))
+    cache_read = _number(prompt_details.get("cached_tokens"))
+    cache_write = _number(prompt_details.get("cache_write_tokens"))
     return Usage(
         input_uncached=prompt - cache_read - cache_write,
         cache_read=cache_read,
         cache_write_5m=cache_write,
         output=completion,
-        reasoning=completion_details.get("reasoning_tokens") or 0,
+        reasoning=_number(completion_details.get("reasoning_tokens")),
         raw=raw,
     )
 
@@ -63,7 +68,12 @@ def _arguments(request: ChatRequest) -> dict:
 def _error(exc: Exception) -> ProviderError:
     code = getattr(exc, "code", None)
     detail = str(getattr(exc, "message", "") or exc).lower()
-    too_long = isinstance(exc, openai.BadRequestError) and (code == "context_length_exceeded" or any(p in detail for p in CONTEXT_PHRASES))
+    too_long = (
+        code == "context_length_exceeded"
+        or (isinstance(exc, openai.BadRequestError) and any(p in detail for p in CONTEXT_PHRASES))
+        # A single request over the tokens-per-minute limit: a 429 that no wait helps.
+        or (isinstance(exc, openai.RateLimitError) and "request too large" in detail)
+    )
     return sdk_error(exc, openai, out_of_credit=code == "insufficient_quota", context_too_long=too_long)
 
 
@@ -73,9 +83,10 @@ async def complete(request: ChatRequest) -> tuple[str, Usage]:
     except openai.OpenAIError as exc:
         raise _error(exc)
     text = (response.choices[0].message.content or "") if response.choices else ""
-    if response.usage is None:
-        return text, interrupted_usage(None, request=request, unreported_text=text, output_final=False)
-    return text, usage_from_openai(response.usage.model_dump(exclude_none=True))
+    if not response.choices and response.usage is None:  # `200 {"error": ...}`, as proxies answer
+        raise error_in_body((response.model_extra or {}).get("error"))
+    usage = usage_from_openai(response.usage.model_dump(exclude_none=True)) if response.usage is not None else None
+    return text, usage or interrupted_usage(None, request=request, unreported_text=text, output_final=False)
 
 
 async def stream(request: ChatRequest) -> AsyncIterator[Delta | Done]:
@@ -84,17 +95,21 @@ async def stream(request: ChatRequest) -> AsyncIterator[Delta | Done]:
         chunks = await _client(request).chat.completions.create(**_arguments(request), stream=True, stream_options={"include_usage": True})
     except openai.OpenAIError as exc:
         raise _error(exc)
+    received = False
     async with chunks:  # returns the connection to the pool even when the caller stops early
         try:
             async for chunk in chunks:
+                received = True
                 if chunk.usage is not None:
-                    usage = usage_from_openai(chunk.usage.model_dump(exclude_none=True))
+                    usage = usage_from_openai(chunk.usage.model_dump(exclude_none=True)) or usage
                 for choice in chunk.choices:
                     finish_reason = choice.finish_reason or finish_reason
                     if choice.delta and choice.delta.content:
                         text += choice.delta.content
                         yield Delta(choice.delta.content)
         except STREAM_DROPS as exc:
+            if not received and isinstance(exc, openai.APIError) and not isinstance(exc, openai.APIConnectionError):
+                raise _error(exc) from exc  # an error event in place of an answer: nothing was generated
             # The usage chunk comes last: if it arrived, it counted everything.
             estimate = interrupted_usage(usage, request=request, unreported_text="" if usage else text, output_final=usage is not None)
             raise ProviderError("interrupted", usage=estimate, partial_text=text, detail=str(exc))
