@@ -116,6 +116,7 @@ def conversation_update(*, user: User, conversation: Conversation, **fields) -> 
     """Change title, summary, tags, is_archived or persona (the caller validated them)."""
     allowed = {"title", "summary", "tags", "is_archived", "persona"}
     with rls.atomic_as(user.pk):
+        _still_there(Conversation, conversation, "No such conversation.")
         for name, value in fields.items():
             if name not in allowed:
                 raise ApplicationError(f"The field '{name}' cannot be changed.", {"field": name})
@@ -124,6 +125,13 @@ def conversation_update(*, user: User, conversation: Conversation, **fields) -> 
             setattr(conversation, name, value)
         conversation.save(update_fields=[*fields, "updated_at"])
     return conversation
+
+
+def _still_there(model, instance, sentence: str) -> None:
+    """Lock the row the caller read (outside this transaction) before changing it: deleted since,
+    it is a 404, not a save that updates nothing (Django raises DatabaseError: a 500)."""
+    if not model.objects.select_for_update().filter(pk=instance.pk).exists():
+        raise NotFoundError(sentence)
 
 
 def _persona_held(user: User, persona: Persona, *, count: bool = False) -> None:
@@ -142,8 +150,7 @@ def conversation_delete(*, user: User, conversation: Conversation) -> None:
     (which holds the row) finishes first and its messages go too; without the lock they came in
     after the messages were collected, and the delete failed on them."""
     with rls.atomic_as(user.pk):
-        if not Conversation.objects.select_for_update().filter(pk=conversation.pk).exists():
-            raise NotFoundError("No such conversation.")
+        _still_there(Conversation, conversation, "No such conversation.")
         conversation.delete()
 
 
@@ -161,6 +168,7 @@ def persona_create(*, user: User, **fields) -> Persona:
 def persona_update(*, user: User, persona: Persona, **fields) -> Persona:
     _persona_model_check({"provider": persona.provider, "model": persona.model, **fields})
     with rls.atomic_as(user.pk):
+        _still_there(Persona, persona, "No such persona.")
         for name, value in fields.items():
             setattr(persona, name, value)
         persona.save(update_fields=[*fields, "updated_at"])
@@ -170,8 +178,7 @@ def persona_update(*, user: User, persona: Persona, **fields) -> Persona:
 def persona_delete(*, user: User, persona: Persona) -> None:
     """Locked first, so it queues with a conversation taking the persona (_persona_held)."""
     with rls.atomic_as(user.pk):
-        if not Persona.objects.select_for_update().filter(pk=persona.pk).exists():
-            raise NotFoundError("No such persona.")
+        _still_there(Persona, persona, "No such persona.")
         persona.delete()
 
 

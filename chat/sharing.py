@@ -84,6 +84,10 @@ def share_link_create(
 def share_link_revoke(*, user: User, share_link: ShareLink) -> ShareLink:
     """The link 404s from now on (revoking twice keeps the first time)."""
     with rls.atomic_as(user.pk):
+        # Locked first: gone since the caller read it (its conversation deleted) is a 404, not a
+        # save that updates nothing (a 500).
+        if not ShareLink.objects.select_for_update().filter(pk=share_link.pk).exists():
+            raise NotFoundError("No such share link.")
         share_link.revoked_at = share_link.revoked_at or timezone.now()
         share_link.save(update_fields=["revoked_at"])
     share_page_forget(link_id=share_link.pk)
