@@ -1,3 +1,5 @@
+from django.utils.cache import patch_cache_control
+
 from accounts.services import user_session_touch
 
 
@@ -11,3 +13,20 @@ class SessionActivityMiddleware:
         if getattr(request, "user", None) is not None and request.user.is_authenticated and hasattr(request, "session"):
             user_session_touch(request=request)
         return self.get_response(request)
+
+
+class PrivateResponseMiddleware:
+    """A response to a signed-in user (by session or API key) that says nothing of caching is
+    `Cache-Control: private, no-store`: `Vary: Cookie` alone lets a shared proxy or CDN keep a
+    page of someone's conversations, and the Back button show it after logging out. A view that
+    chose its own caching (the share page, static files) keeps it."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        user = getattr(request, "user", None)
+        if not response.has_header("Cache-Control") and user is not None and user.is_authenticated:
+            patch_cache_control(response, private=True, no_store=True)
+        return response

@@ -12,13 +12,13 @@ import json
 from collections import defaultdict
 from datetime import date, timedelta
 
-from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from accounts import selectors as accounts_selectors
+from accounts.decorators import login_required
 from analytics import counters, selectors
 
 CHART_MODELS = 5  # the daily chart stacks the costliest models; the rest are "Other models"

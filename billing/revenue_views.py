@@ -2,11 +2,11 @@
 
 import json
 
-from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
+from accounts.decorators import login_required
 from billing import revenue
 
 STATUS_COLORS = {"trialing": "#6366f1", "active": "#10b981", "past_due": "#f59e0b"}

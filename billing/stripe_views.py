@@ -2,13 +2,13 @@
 billing page with the reason when that is not possible."""
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.http import Http404
 from django.shortcuts import redirect
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from accounts import selectors as accounts_selectors
+from accounts.decorators import login_required
 from accounts.models import Organization
 from billing import selectors, stripe_services
 from config.errors import ApplicationError

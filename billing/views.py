@@ -4,12 +4,12 @@ and the owner's and admins' changes. Members read it; the services refuse their 
 from __future__ import annotations
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts import selectors as accounts_selectors
+from accounts.decorators import login_required
 from billing import selectors, services, stripe_services
 from billing.forms import PlanChangeForm
 from config.errors import ApplicationError

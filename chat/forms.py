@@ -94,7 +94,7 @@ class ConversationForm(forms.Form):
 
 
 class PersonaForm(forms.Form):
-    name = forms.CharField(max_length=100)
+    name = forms.CharField(max_length=100, validators=[validate_one_line])  # shown on badges and menus, as titles are
     system_prompt = forms.CharField(label="System prompt", widget=forms.Textarea(attrs={"rows": 5}), max_length=MAX_SYSTEM_PROMPT)
     model = forms.ChoiceField(label="Default model", required=False)
     temperature = forms.DecimalField(

@@ -82,6 +82,7 @@ class ReplyOut(serializers.Serializer):
 
 
 class PersonaSerializer(serializers.ModelSerializer):
+    name = serializers.CharField(max_length=100, validators=[validate_one_line])  # as the personas page refuses
     system_prompt = serializers.CharField(max_length=MAX_SYSTEM_PROMPT)
     temperature = serializers.DecimalField(max_digits=3, decimal_places=2, min_value=0, max_value=2, required=False, allow_null=True)
 

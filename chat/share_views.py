@@ -12,7 +12,6 @@ from datetime import timedelta
 
 from django import forms
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
@@ -22,6 +21,7 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST, require_safe
 
+from accounts.decorators import login_required
 from chat import selectors, sharing
 from chat.models import ShareLink
 from config.errors import ApplicationError, NotFoundError
@@ -78,8 +78,10 @@ def share_open(request, token):
         html = render_to_string("chat/share_page.html", {"shared": shared})
         sharing.share_page_cache(link_id=link.id, html=html)
     response = HttpResponse(html)
+    # Asked again every time (the Redis page cache saves the rendering): a revoke ends the link at
+    # once, which a cache free to serve it for a while would not honour.
     visibility = "public" if link.audience == ShareLink.Audience.ANYONE else "private"
-    response["Cache-Control"] = f"{visibility}, max-age={sharing.PAGE_SECONDS}"
+    response["Cache-Control"] = f"{visibility}, no-cache"
     response["X-Robots-Tag"] = "noindex, nofollow"
     response["Referrer-Policy"] = "no-referrer"
     return response

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import Http404
+from django.http import Http404, HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts import selectors as accounts_selectors
+from accounts.decorators import login_required
 from chat import selectors, services
 from chat.errors import SearchQueryInvalid
 from chat.forms import ComposerForm, ConversationFilterForm, ConversationForm, ConversationNewForm, PersonaForm, model_split
@@ -148,8 +148,13 @@ def conversation_update(request, conversation_id):
 @login_required
 @require_POST
 def conversation_archive(request, conversation_id):
+    """The button says which state it wants (archived=1 or 0), not "flip": a double click, or a
+    second tab's stale button, then leaves it as asked."""
     conversation = _conversation(request, conversation_id)
-    archived = not conversation.is_archived
+    wanted = request.POST.get("archived")
+    if wanted not in ("0", "1"):
+        return HttpResponseBadRequest("Say whether to archive the conversation: archived=1 or archived=0.", content_type="text/plain")
+    archived = wanted == "1"
     conversation = services.conversation_update(user=request.user, conversation=conversation, is_archived=archived)
     return _changed(request, conversation, saved="Conversation archived." if archived else "Conversation restored from the archive.")
 

@@ -7,7 +7,6 @@ import uuid
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth import views as auth_views
-from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import ValidationError
 from django.shortcuts import redirect, render
@@ -17,6 +16,7 @@ from django.utils.http import url_has_allowed_host_and_scheme, urlsafe_base64_de
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts import selectors, services
+from accounts.decorators import login_required
 from accounts.errors import InvitationInvalid, PasswordResetThrottled
 from accounts.forms import AccountPasswordResetForm, LoginForm, SignupForm, add_service_error, rls_context_kept
 from accounts.views._common import BACKEND, _base_url

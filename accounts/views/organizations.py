@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.core.exceptions import NON_FIELD_ERRORS
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
@@ -13,6 +12,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts import selectors, services
+from accounts.decorators import login_required
 from accounts.forms import InvitationCreateForm, MembershipRoleForm, OrganizationCreateForm, OrganizationUpdateForm, add_service_error
 from accounts.models import Membership
 from accounts.views._common import _base_url, _htmx_redirect, _is_htmx

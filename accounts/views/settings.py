@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth import logout
-from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
@@ -13,6 +12,7 @@ from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts import selectors, services
+from accounts.decorators import login_required
 from accounts.forms import ApiKeyCreateForm, PreferencesForm, ProfileForm, ProviderCredentialForm, add_service_error
 from accounts.models import ApiKey
 from accounts.session_store import session_digest

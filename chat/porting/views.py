@@ -6,11 +6,11 @@ downloads; a conversation's page downloads it as JSON or Markdown."""
 from __future__ import annotations
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from accounts.decorators import login_required
 from chat import selectors
 from chat.forms import ExportFormatForm, ImportForm
 from chat.porting import exporter, jobs

@@ -157,16 +157,19 @@ def test_rename_tag_persona_archive_and_delete_with_confirmation(signed_in, alic
     refused = signed_in.post(url, {"title": "x" * 201}, **htmx)
     assert refused.status_code == 400 and "at most 200 characters" in refused.content.decode()
     assert refused.content.decode().startswith('<div id="conversation-head"')
-    archived_head = signed_in.post(reverse("chat:archive", args=[conversation.pk]), **htmx)
+    archived_head = signed_in.post(reverse("chat:archive", args=[conversation.pk]), {"archived": "1"}, **htmx)
     assert 'data-testid="archived"' in archived_head.content.decode() and ">Unarchive<" in archived_head.content.decode()
-    signed_in.post(reverse("chat:archive", args=[conversation.pk]), **htmx)
+    assert 'name="archived" value="0"' in archived_head.content.decode()  # the button now asks to restore
+    signed_in.post(reverse("chat:archive", args=[conversation.pk]), {"archived": "0"}, **htmx)
     assert _fresh(conversation).title == "Porto trip" and conversation.persona_id is None
 
-    assert signed_in.post(reverse("chat:archive", args=[conversation.pk])).status_code == 302
+    assert signed_in.post(reverse("chat:archive", args=[conversation.pk]), {"archived": "1"}).status_code == 302
     assert _fresh(conversation).is_archived
     assert 'data-testid="archived"' in signed_in.get(reverse("chat:conversation", args=[conversation.pk])).content.decode()
-    signed_in.post(reverse("chat:archive", args=[conversation.pk]))
+    signed_in.post(reverse("chat:archive", args=[conversation.pk]), {"archived": "0"})
     assert not _fresh(conversation).is_archived
+    refused = signed_in.post(reverse("chat:archive", args=[conversation.pk]), {"archived": "maybe"})
+    assert refused.status_code == 400 and "archived=1 or archived=0" in refused.content.decode()
 
     confirm = signed_in.get(reverse("chat:delete", args=[conversation.pk]))
     assert confirm.status_code == 200 and "Delete this conversation?" in confirm.content.decode()

@@ -57,6 +57,8 @@ MIDDLEWARE = [
     # Audit entries made during the request name its user, IP and user agent.
     "analytics.middleware.AuditContextMiddleware",
     "accounts.middleware.SessionActivityMiddleware",
+    # A signed-in user's responses are private, not kept by shared caches (unless a view says otherwise).
+    "accounts.middleware.PrivateResponseMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
