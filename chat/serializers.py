@@ -38,6 +38,10 @@ class ConversationIn(serializers.Serializer):
     persona_id = serializers.UUIDField(required=False, allow_null=True)
     organization_id = serializers.UUIDField(required=False)
 
+    def validate_tags(self, tags: list[str]) -> list[str]:
+        """Each tag once, in the order given, as the conversation page keeps them."""
+        return list(dict.fromkeys(tags))
+
 
 class ConversationFilter(serializers.Serializer):
     archived = serializers.BooleanField(required=False, allow_null=True, default=None)

@@ -175,6 +175,15 @@ def test_a_flat_utf16_message_is_not_refused_as_nested_too_deep(alice):
 # --- Listing while chatting --------------------------------------------------------------
 
 
+def test_a_tag_given_twice_is_stored_once(alice):
+    """The API stored `["a", "a"]` as given; the conversation page's form keeps each tag once."""
+    client = _client(alice)
+    created = client.post(f"{API}/conversations", {"title": "t", "tags": ["a", "b", "a"]}, format="json")
+    assert created.status_code == 201 and created.json()["tags"] == ["a", "b"], created.json()
+    patched = client.patch(f"{API}/conversations/{created.json()['id']}", {"tags": ["c", "c"]}, format="json")
+    assert patched.status_code == 200 and patched.json()["tags"] == ["c"], patched.json()
+
+
 # --- What was probed and held ------------------------------------------------------------
 
 
