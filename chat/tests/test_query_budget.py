@@ -29,10 +29,12 @@ class Recorded(list):
     def __init__(self):
         super().__init__()
         self.how = []
+        self.begun_with = []  # the commands each 'first' or 'alone' sent with its BEGIN
 
     def clear(self):
         super().clear()
         self.how.clear()
+        self.begun_with.clear()
 
 
 @pytest.fixture
@@ -56,6 +58,8 @@ def queries(monkeypatch):
 
     def counted_pipelined(self, before, sql, params, *, commit):
         record(self, sql, {(True, True): "alone", (True, False): "first", (False, True): "last"}[bool(before), commit])
+        if before:
+            seen.begun_with.append([command.split(" = ")[0] for command in before])
         return pipelined(self, before, sql, params, commit=commit)
 
     monkeypatch.setattr(CursorWrapper, "execute", counted_execute)
@@ -101,6 +105,10 @@ def test_a_metered_message_post_with_an_api_key_stays_within_its_query_budget(al
     assert len(path) == 4, statements
     assert {alias for alias, _ in path} == {"default"}, statements
     assert how == ["cursor", "first", "last", "alone"], statements
+    # The prepare commits asynchronously (rls.ASYNCHRONOUS_COMMIT); the finish, the ledger row's, durably.
+    assert queries.begun_with == [["BEGIN", "SET LOCAL app.user_id", "SET LOCAL synchronous_commit"], ["BEGIN", "SET LOCAL app.user_id"]], (
+        queries.begun_with
+    )
 
 
 @pytest.mark.parametrize("plan, counted", [("free", True), ("enterprise", False)])

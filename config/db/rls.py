@@ -275,12 +275,15 @@ class RLSContextMiddleware:
 
 
 def connection_release() -> None:
-    """Give this thread's connection back to the pool before a long wait that needs none (a
-    provider answering): Django keeps it checked out until the request ends, so a worker's
-    pool would cap how many replies it can wait on at once. Inside a transaction it stays."""
-    connection = connections[current_alias()]
-    if not connection.in_atomic_block:
-        connection.close()
+    """Give this thread's connections back to the pool before a long wait that needs none (a
+    provider answering): Django keeps them checked out until the request ends, so a worker's
+    pool would cap how many replies it can wait on at once. Every alias's: a send that took a
+    privileged one (a plan's conversation count, counters read while Redis is down) held it
+    across the wait, and two such sends, each holding the connection the other's finish needed,
+    deadlocked until the pool's timeout. One inside a transaction stays."""
+    for connection in connections.all(initialized_only=True):
+        if connection.connection is not None and not connection.in_atomic_block:
+            connection.close()
 
 
 def _async_body_released(response):

@@ -276,9 +276,16 @@ class DatabaseWrapper(base.DatabaseWrapper):
                 if connection.pgconn.transaction_status != TransactionStatus.IDLE:
                     connection.rollback()
                     reset_at = None
+                if not connection.autocommit:
+                    # Else the reset opens a transaction that the pool, finding it open, rolls back:
+                    # the reset undone, the connection handed on as if reset.
+                    connection.autocommit = True
                 if reset_at is None:  # else reset with its last COMMIT, and nothing has run since
                     reset(connection)
                     reset_at = monotonic()
+                if connection.pgconn.transaction_status != TransactionStatus.IDLE:
+                    connection.close()  # as psycopg_pool's own reset: a connection it cannot vouch for goes
+                    return super()._close()
                 setattr(connection, _CHECKED_IN_AT, reset_at)
                 setattr(connection, _RESET_AT, reset_at)
             except psycopg.Error:
