@@ -189,7 +189,8 @@ class DatabaseWrapper(base.DatabaseWrapper):
         pgconn = raw.pgconn
         transformer = adapt.Transformer(raw)
         query = PostgresQuery(transformer)
-        query.convert(sql, params)
+        with self.wrap_database_errors:  # a value psycopg cannot send raises as through a cursor
+            query.convert(sql, params)
         cache = raw._prepared
         prepare, name = cache.get(query, prepare=True)
         new = prepare is Prepare.SHOULD
