@@ -29,10 +29,10 @@ class EmailBackend(BaseBackend):
         # Every password path (pages, admin, any later API login) is throttled here; the
         # sign-in form checks first only to show the sentence.
         from accounts.errors import LoginThrottled
-        from accounts.services import login_throttle_check
+        from accounts.services import login_attempt_take
 
         try:
-            login_throttle_check(email=email, ip=client_ip(request))
+            login_attempt_take(email=email, ip=client_ip(request))  # counted before the password is checked
         except LoginThrottled as exc:
             raise PermissionDenied(exc.message) from exc
         user_id = user_id_for_login(email)

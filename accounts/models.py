@@ -46,8 +46,18 @@ class UserManager(BaseUserManager):
 
     @classmethod
     def normalize_email(cls, email):
-        # Emails are the login and compare case-insensitively: store them lowercased.
-        return (email or "").strip().lower()
+        """Emails are the login and compare case-insensitively: stored lowercased, with a non-ASCII
+        domain in its one IDNA spelling (nameprep maps fullwidth letters and drops soft hyphens and
+        zero-width characters): `alice@ｅxample.com` is the mailbox `alice@example.com`, which mail
+        reaches under either spelling, so it must not open a second account."""
+        email = (email or "").strip().lower()
+        local, at, domain = email.rpartition("@")
+        if at and domain and not domain.isascii():
+            try:
+                email = f"{local}@{domain.encode('idna').decode('idna')}"
+            except UnicodeError:
+                pass  # not a domain IDNA can spell: the address's validation refuses it
+        return email
 
     def create_user(self, email, password=None, **extra_fields):
         if not email:

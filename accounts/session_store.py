@@ -30,6 +30,9 @@ CACHE_KEY_PREFIX = "session:"
 CACHE_SECONDS = 300
 CACHE_ERRORS = (ConnectionInterrupted, RedisError, OSError)
 
+# Cached in a deleted session's place for CACHE_SECONDS: a request that read the session from the
+# database before the delete, and fills the cache as it commits after it, must not bring it back.
+DELETED = "deleted"
 # Cache keys whose update or delete failed: never read from Redis until deleted there.
 _missed: set[str] = set()
 _FAILED = object()
@@ -69,10 +72,11 @@ def _after_commit(method: str, cache_key: str, *args) -> None:
 
 
 def _cache_evict(cache_key: str, *, using: str) -> None:
-    """Drop the cached copy now and, inside a transaction, again at commit (a concurrent request may have cached it meanwhile)."""
-    _cache_write("delete", cache_key)
+    """Replace the cached copy with DELETED now and, inside a transaction, again at commit (a
+    concurrent request may have cached it meanwhile); a fill (load's `add`) cannot replace it."""
+    _cache_write("set", cache_key, DELETED, CACHE_SECONDS)
     if connections[using].in_atomic_block:
-        transaction.on_commit(lambda: _cache_write("delete", cache_key), using=using)
+        transaction.on_commit(lambda: _cache_write("set", cache_key, DELETED, CACHE_SECONDS), using=using)
 
 
 def _call(function: str, *args):
@@ -98,6 +102,9 @@ class SessionStore(SessionBase):
     def load(self):
         cache_key = _cache_key(self.session_key)
         data = None if cache_key in _missed else session_cache_call("get", cache_key)
+        if data == DELETED:
+            self._session_key = None  # revoked or ended: a new key on the next save
+            return {}
         if data is not None:
             return data
         with connections[APP_ALIAS].cursor() as cur:
@@ -107,7 +114,8 @@ class SessionStore(SessionBase):
             self._session_key = None  # unknown or expired: a new key on the next save
             return {}
         data = self.decode(row[0])
-        _after_commit("set", cache_key, data, min(CACHE_SECONDS, self.get_expiry_age(expiry=row[1])))
+        # `add`: a delete committed since this read left DELETED there, which must stay.
+        _after_commit("add", cache_key, data, min(CACHE_SECONDS, self.get_expiry_age(expiry=row[1])))
         return data
 
     def exists(self, session_key):

@@ -39,7 +39,7 @@ def on_logout(sender, request, user, **kwargs):
 
 def on_login_failed(sender, credentials, request=None, **kwargs):
     email = credentials.get("email") or credentials.get("username") or ""
-    services.login_failure_record(email=email, ip=client_ip(request))
+    # The attempt was counted before its password was checked (EmailBackend): not again here.
     security_event.send(sender=None, event="login_failed", user_id=None, ip=client_ip(request), detail={"email": email})
 
 

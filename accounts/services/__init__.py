@@ -28,9 +28,11 @@ from accounts.services.sessions import (  # noqa: F401
     user_session_revoke,
     user_session_start,
     user_session_touch,
+    user_sessions_end_all,
 )
 from accounts.services.throttling import (  # noqa: F401
     api_request_throttle,
+    login_attempt_take,
     login_failure_record,
     login_failures_clear,
     login_throttle_check,

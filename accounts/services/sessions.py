@@ -47,6 +47,18 @@ def user_session_end(*, session_key_digest: str) -> None:
         UserSession.objects.filter(session_key_digest=session_key_digest, ended_at__isnull=True).update(ended_at=timezone.now())
 
 
+def user_sessions_end_all(*, user: User) -> int:
+    """End every session of the user at once (a password reset): each one's data is deleted, so
+    its browser is signed out, and its record ended, so the sessions page does not list it as
+    signed in. Under the user's own context. The number ended."""
+    sessions = list(UserSession.objects.filter(user_id=user.pk, ended_at__isnull=True))
+    for user_session in sessions:
+        session_delete_by_digest(digest=user_session.session_key_digest)
+    with rls.atomic():
+        UserSession.objects.filter(pk__in=[s.pk for s in sessions]).update(ended_at=timezone.now())
+    return len(sessions)
+
+
 def user_session_revoke(*, user: User, user_session: UserSession) -> None:
     """End a session at once: its data is deleted, so its browser is signed out."""
     if user_session.user_id != user.pk:

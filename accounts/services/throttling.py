@@ -48,7 +48,15 @@ for i, key in ipairs(KEYS) do
     out[2 * i - 1] = count
     out[2 * i] = ttl
 end
+out[2 * n + 1] = refused and 1 or 0
 return out
+"""
+# KEYS: counters; each above 0 counts one fewer (an attempt taken back).
+_TAKE_BACK = """
+for _, key in ipairs(KEYS) do
+    if tonumber(redis.call('GET', key) or '0') > 0 then redis.call('DECR', key) end
+end
+return 0
 """
 _PEEK = """
 local out = {}
@@ -77,8 +85,10 @@ def _email_digest(email: str) -> str:
     return token_digest(User.objects.normalize_email(email or "").lower())
 
 
-def _local_counts(keys: list[str], windows: list[int], limits: list[int], *, hit: bool, unless_over: bool) -> list[tuple[int, int]]:
-    """The same counts as the Redis scripts, in this process only."""
+def _local_counts(
+    keys: list[str], windows: list[int], limits: list[int], *, hit: bool, unless_over: bool
+) -> tuple[list[tuple[int, int]], bool]:
+    """The same counts as the Redis scripts, in this process only, and whether the hit was refused."""
     now = time.monotonic()
     with _local_lock:
         if len(_local) > LOCAL_MAX_KEYS:  # bounded memory: forget expired windows, then everything
@@ -90,28 +100,35 @@ def _local_counts(keys: list[str], windows: list[int], limits: list[int], *, hit
         for key, window in zip(keys, windows):
             count, expires = _local.get(key, (0, 0.0))
             current.append((0, now + window) if expires <= now else (count, expires))
-        if hit and not (unless_over and any(count >= limit for (count, _), limit in zip(current, limits))):
+        refused = unless_over and any(count >= limit for (count, _), limit in zip(current, limits))
+        if hit and not refused:
             current = [(count + 1, expires) for count, expires in current]
             _local.update(zip(keys, current))
-        return [(count, max(1, math.ceil(expires - now))) for count, expires in current]
+        return [(count, max(1, math.ceil(expires - now))) for count, expires in current], hit and refused
 
 
 def _counts(names_subjects: list[tuple[str, str]], *, hit: bool, unless_over: bool = False) -> list[tuple[int, int, int]]:
     """(count, seconds left in the window, limit) per (throttle name, subject). With `hit` each
     counts one more, unless `unless_over` and one of them is already at its limit."""
+    return _counted(names_subjects, hit=hit, unless_over=unless_over)[0]
+
+
+def _counted(names_subjects: list[tuple[str, str]], *, hit: bool, unless_over: bool = False) -> tuple[list[tuple[int, int, int]], bool]:
+    """_counts, and whether the hit was refused (`unless_over` and one already at its limit)."""
     keys = [f"{KEY_PREFIX}:{name}:{subject}" for name, subject in names_subjects]
     limits = [settings.THROTTLES[name][0] for name, _ in names_subjects]
     windows = [settings.THROTTLES[name][1] for name, _ in names_subjects]
     try:
         if hit:
             raw = redis_script(_HIT)(keys=keys, args=[*windows, *limits, "1" if unless_over else "0"])
+            refused = int(raw[2 * len(keys)]) == 1
         else:
-            raw = redis_script(_PEEK)(keys=keys)
+            raw, refused = redis_script(_PEEK)(keys=keys), False
         counts = [(int(raw[2 * i]), int(raw[2 * i + 1]) if int(raw[2 * i + 1]) > 0 else window) for i, window in enumerate(windows)]
     except REDIS_ERRORS as exc:
         logger.warning("Redis unreachable (%s); throttles count per process", type(exc).__name__)
-        counts = _local_counts(keys, windows, limits, hit=hit, unless_over=unless_over)
-    return [(count, ttl, limit) for (count, ttl), limit in zip(counts, limits)]
+        counts, refused = _local_counts(keys, windows, limits, hit=hit, unless_over=unless_over)
+    return [(count, ttl, limit) for (count, ttl), limit in zip(counts, limits)], refused
 
 
 def _retry_after(counts: list[tuple[int, int, int]], *, over) -> int | None:
@@ -133,21 +150,38 @@ def login_throttle_check(*, email: str, ip: str | None) -> None:
         raise LoginThrottled(retry_after=wait)
 
 
-def login_failure_record(*, email: str, ip: str | None) -> None:
-    """Count a failed password; an attempt the throttle already refused counts nowhere, so a
-    locked-out guesser cannot push the victim's per-email ceiling."""
-    _counts(_login_subjects(email, ip), hit=True, unless_over=True)
+def login_failure_record(*, email: str, ip: str | None) -> bool:
+    """Count a password attempt: False, counted nowhere, when the throttle refuses it (one of its
+    counts already at its limit), so a locked-out guesser cannot push the victim's per-email
+    ceiling. Counted before the password is checked (login_attempt_take): counted after, every
+    guess sent at once passed the check of a count none of them had added to yet."""
+    return not _counted(_login_subjects(email, ip), hit=True, unless_over=True)[1]
+
+
+def login_attempt_take(*, email: str, ip: str | None) -> None:
+    """Count this sign-in attempt now, in one atomic step with the check; refuse (LoginThrottled)
+    past the limit. A success takes it back (login_failures_clear)."""
+    if not login_failure_record(email=email, ip=ip):
+        wait = _retry_after(_counts(_login_subjects(email, ip), hit=False), over=lambda count, limit: count >= limit)
+        raise LoginThrottled(retry_after=wait or 1)
 
 
 def login_failures_clear(*, email: str, ip: str | None) -> None:
-    """A successful sign-in clears its own (email, IP) count; the IP and per-email ceilings run out."""
-    key = f"{KEY_PREFIX}:login_email_ip:{_email_digest(email)}:{_ip_bucket(ip)}"
+    """A successful sign-in clears its own (email, IP) count and takes its own attempt back from
+    the IP and per-email ceilings (counted before its password was checked); earlier failures
+    there run out with their window."""
+    key, *ceilings = [f"{KEY_PREFIX}:{name}:{subject}" for name, subject in _login_subjects(email, ip)]
     try:
         redis_client().delete(key)
+        redis_script(_TAKE_BACK)(keys=ceilings)
     except REDIS_ERRORS:
         pass  # nothing to clear in Redis while it is down
     with _local_lock:
         _local.pop(key, None)
+        for ceiling in ceilings:
+            count, expires = _local.get(ceiling, (0, 0.0))
+            if count > 0:
+                _local[ceiling] = (count - 1, expires)
 
 
 def password_reset_throttle(*, email: str, ip: str | None) -> None:

@@ -19,6 +19,7 @@ from accounts import selectors, services
 from accounts.decorators import login_required
 from accounts.errors import InvitationInvalid, PasswordResetThrottled
 from accounts.forms import AccountPasswordResetForm, LoginForm, SignupForm, add_service_error, rls_context_kept
+from accounts.session_store import session_digest
 from accounts.views._common import BACKEND, _base_url
 from config.db import rls
 from config.errors import ApplicationError
@@ -70,6 +71,15 @@ class LoginView(auth_views.LoginView):
     template_name = "accounts/login.html"
 
     def form_valid(self, form):
+        previous = self.request.user
+        if previous.is_authenticated and previous.pk != form.get_user().pk:
+            # Django flushes the browser's session for the new user without a logout signal: the
+            # first user's record of it would stay listed as signed in.
+            # Under the first user's context, in the request's own transaction (which holds that
+            # record's row: a privileged connection would wait on it for good).
+            rls.context_set(user_id=previous.pk)
+            services.user_session_end(session_key_digest=session_digest(self.request.session))
+            rls.context_set(user_id=form.get_user().pk)
         response = super().form_valid(form)
         if not self.get_redirect_url():
             _pending_invitations_say(self.request)
@@ -102,6 +112,13 @@ class PasswordResetDoneView(auth_views.PasswordResetDoneView):
 
 class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
     """Reads the user under the link's own id: without a context the user table is empty."""
+
+    def form_valid(self, form):
+        response = super().form_valid(form)
+        # Every browser signed in is signed out (their auth hash no longer matches), and the
+        # sessions page must say so: whoever reset because of an intruder sees the intruder gone.
+        services.user_sessions_end_all(user=form.user)
+        return response
 
     template_name = "accounts/password_reset_confirm.html"
     success_url = reverse_lazy("accounts:password_reset_complete")
