@@ -19,7 +19,7 @@ from django.utils.html import format_html
 from accounts import services
 from accounts.errors import MalformedProviderKey
 from accounts.models import ApiKey, Integration, Invitation, Membership, Organization, Preferences, ProviderCredential, User, UserSession
-from config.admin import ReadOnlyAdmin
+from config.admin import ReadOnlyAdmin, StorableJSONForm
 
 # Django 6 assumes https for scheme-less URLs; say so now (merged with the admin's URL widget).
 URL_FIELDS = {models.URLField: {"assume_scheme": "https"}}
@@ -38,7 +38,7 @@ class UserCreationAdminForm(AdminUserCreationForm):
         return User.objects.normalize_email(self.cleaned_data["email"])
 
 
-class UserChangeAdminForm(forms.ModelForm):
+class UserChangeAdminForm(StorableJSONForm):
     class Meta:
         model = User
         fields = ["email"]  # the admin's fieldsets name the rest (never the password hash)
@@ -127,6 +127,7 @@ class UserAdmin(DjangoUserAdmin):
 
 @admin.register(Preferences)
 class PreferencesAdmin(admin.ModelAdmin):
+    form = StorableJSONForm
     list_display = (
         "user",
         "preferred_provider",

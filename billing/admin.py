@@ -8,19 +8,12 @@ from django.contrib.admin.helpers import ActionForm
 
 from billing import services
 from billing.models import Plan, RevenueSnapshot, StripeEvent, Subscription
-from config.admin import ReadOnlyAdmin
+from config.admin import ReadOnlyAdmin, StorableJSONForm
 from config.errors import ApplicationError
-from config.text import json_storable
 
 
-class PlanForm(forms.ModelForm):
+class PlanForm(StorableJSONForm):
     """The plan's change form (the admin gives it its model and fields)."""
-
-    def clean_features(self):
-        features = self.cleaned_data["features"]
-        if not json_storable(features):
-            raise forms.ValidationError("Features must be JSON the database can store: no NaN or Infinity, no NUL character.")
-        return features
 
 
 @admin.register(Plan)

@@ -3,11 +3,25 @@
 from datetime import date
 from functools import wraps
 
+from django import forms
 from django.contrib import admin
 from django.contrib.admin.views.main import ERROR_FLAG
 from django.http import HttpResponseRedirect
 
 from config.db import rls
+from config.text import json_storable
+
+
+class StorableJSONForm(forms.ModelForm):
+    """An admin change form whose JSON fields refuse what PostgreSQL's jsonb cannot store (NaN,
+    Infinity, a NUL character or a lone surrogate): a form error, not a 500 at save."""
+
+    def clean(self):
+        cleaned = super().clean()
+        for name, field in self.fields.items():
+            if isinstance(field, forms.JSONField) and name in cleaned and not json_storable(cleaned[name]):
+                self.add_error(name, "Enter JSON the database can store: no NaN or Infinity, no NUL character.")
+        return cleaned
 
 
 class ConfabAdminSite(admin.AdminSite):

@@ -9,9 +9,10 @@ from django.core.exceptions import ImproperlyConfigured
 
 from config.celery import celery_broker_url
 from config.db.rls import pool_connection_reset
+from config.settings.environment import CheckedEnv, postgres_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
-env = environ.Env()
+env = CheckedEnv()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 SECRET_KEY = env("DJANGO_SECRET_KEY", default="insecure-local-only-key-change-me")
@@ -93,7 +94,11 @@ if not DATABASE_URL:
     raise ImproperlyConfigured(
         "Production needs DATABASE_URL (the owner role's PostgreSQL URL), with DATABASE_APP_URL and DATABASE_WORKER_URL; see .env.example."
     )
-_db_urls = {"owner": DATABASE_URL, "default": env("DATABASE_APP_URL"), "privileged": env("DATABASE_WORKER_URL")}
+_db_urls = {
+    "owner": postgres_url("DATABASE_URL", DATABASE_URL),
+    "default": postgres_url("DATABASE_APP_URL", env("DATABASE_APP_URL", default=None)),
+    "privileged": postgres_url("DATABASE_WORKER_URL", env("DATABASE_WORKER_URL", default=None)),
+}
 # Per alias and process. Django's pool (ASGI runs requests on many threads) needs CONN_MAX_AGE 0;
 # each connection is RESET ALL as it goes back to the pool (rls.pool_connection_reset), or with
 # its last COMMIT when nothing ran after it (config/db/backend).
@@ -274,7 +279,7 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
+    "root": {"handlers": ["console"], "level": env.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))},
 }
 
 # --- Partitioned tables (config/db/partitions.py) ----------------------------
@@ -357,5 +362,5 @@ OPENAI_ADMIN_KEY = env("OPENAI_ADMIN_KEY", default=None)
 ANTHROPIC_ADMIN_KEY = env("ANTHROPIC_ADMIN_KEY", default=None)
 OPENAI_ADMIN_BASE_URL = env("OPENAI_ADMIN_BASE_URL", default="https://api.openai.com")
 ANTHROPIC_ADMIN_BASE_URL = env("ANTHROPIC_ADMIN_BASE_URL", default="https://api.anthropic.com")
-USAGE_RECONCILE_TOLERANCE = env.str("USAGE_RECONCILE_TOLERANCE", default="0.001")  # a fraction of the ledger's tokens (read as a Decimal)
+USAGE_RECONCILE_TOLERANCE = str(env.decimal("USAGE_RECONCILE_TOLERANCE", "0.001"))  # a fraction of the ledger's tokens (read as a Decimal)
 CELERY_BEAT_SCHEDULE["usage-reconcile"] = {"task": "analytics.tasks.usage_reconcile_task", "schedule": crontab(hour=4, minute=20)}

@@ -6,6 +6,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from config.db import partitions
 
+MAX_MONTHS_AHEAD = 120  # ten years of empty partitions is already more than any plan needs
+
 
 class Command(BaseCommand):
     help = "List, create ahead (ensure) or drop past retention (prune) the monthly partitions."
@@ -24,17 +26,25 @@ class Command(BaseCommand):
             day = date.fromisoformat(today) if today else None
         except ValueError as exc:
             raise CommandError(f"--today must be a date like 2026-12-31, not '{today}'.") from exc
-        if months_ahead is not None and months_ahead < 0:
-            raise CommandError("--months-ahead must be 0 or more.")
+        if months_ahead is not None and not 0 <= months_ahead <= MAX_MONTHS_AHEAD:
+            raise CommandError(f"--months-ahead must be from 0 to {MAX_MONTHS_AHEAD}.")
         for name in [table] if table else registered:
             if action == "list":
                 self.stdout.write(name)
                 for p in partitions.partitions_list(name, count_rows=True):
                     span = "DEFAULT" if p.is_default else f"{p.start} .. {p.end}"
                     self.stdout.write(f"  {p.name:<40} {span:<26} {p.rows} rows")
-            elif action == "ensure":
-                created = partitions.partition_ensure(name, months_ahead=months_ahead, today=day)
+                continue
+            try:
+                if action == "ensure":
+                    created = partitions.partition_ensure(name, months_ahead=months_ahead, today=day)
+                else:
+                    dropped = partitions.partition_prune(name, retention_months=registered[name]["retention_months"], today=day)
+            except ValueError as exc:  # the months it would name fall outside years 1 to 9999 (computed before any DDL)
+                raise CommandError(
+                    f"{name}: the months to {action} from {day or 'today'} fall outside the calendar (years 1 to 9999)."
+                ) from exc
+            if action == "ensure":
                 self.stdout.write(f"{name}: created {', '.join(created) or 'nothing (all present)'}")
             else:
-                dropped = partitions.partition_prune(name, retention_months=registered[name]["retention_months"], today=day)
                 self.stdout.write(f"{name}: dropped {', '.join(dropped) or 'nothing (all within retention)'}")

@@ -14,6 +14,7 @@ from accounts.models import User
 from chat.porting.base import ImportRejected
 from chat.porting.importer import conversations_import
 from config.db import rls
+from config.text import text_clean
 
 
 class Command(BaseCommand):
@@ -31,6 +32,8 @@ class Command(BaseCommand):
             raise CommandError(
                 f"{file} is larger than the {settings.CHAT_IMPORT_MAX_BYTES} bytes an import may be (CHAT_IMPORT_MAX_BYTES)."
             )
+        if text_clean(user) != user or any(ord(c) < 32 for c in user):
+            raise CommandError("The --user email contains control characters or invalid Unicode.")
         # Finding the user by email is an operator's look-up (audited); the import runs under their own context.
         with rls.privileged(reason=f"import_conversations: find {user}"):
             owner = User.objects.filter(email=User.objects.normalize_email(user), is_active=True).first()

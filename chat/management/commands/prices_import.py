@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, DecimalException
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
@@ -87,8 +87,11 @@ def _entries(document: dict) -> dict[tuple[str, str], dict]:
     """(our provider, model name) -> the file's entry, for chat models of our providers."""
     chosen: dict[tuple[str, str], tuple[int, dict]] = {}
     for key, entry in document.items():
-        provider = PROVIDERS.get(entry.get("litellm_provider"))
-        if provider is None or entry.get("mode") not in CHAT_MODES:
+        litellm_provider, mode = entry.get("litellm_provider"), entry.get("mode")
+        if not isinstance(litellm_provider, str) or not isinstance(mode, str):
+            continue  # not a chat model of ours, whatever else it is (a list there is not a name)
+        provider = PROVIDERS.get(litellm_provider)
+        if provider is None or mode not in CHAT_MODES:
             continue
         name = key.split("/", 1)[1] if key.startswith(("gemini/", "vertex_ai/", "anthropic/", "openai/")) else key
         ours, preference = provider
@@ -123,10 +126,14 @@ def _fields(entry: dict, current: ModelPrice) -> dict:
 
 def _per_million(entry: dict, key: str, value) -> Decimal:
     try:
-        price = Decimal(value) * MILLION
-    except (InvalidOperation, TypeError, ValueError) as exc:
-        raise CommandError(f"{entry['_key']}: {key} is not a number ({value!r}).") from exc
-    if price < 0 or price != price.quantize(PRICE_QUANTUM) or price >= Decimal("1E6"):
+        number = Decimal(value) if not isinstance(value, bool) else None
+        if number is None or not number.is_finite():
+            raise ValueError(value)  # NaN, Infinity, true: no price
+        price = number * MILLION
+        fits = 0 <= price < Decimal("1E6") and price == price.quantize(PRICE_QUANTUM)
+    except (DecimalException, TypeError, ValueError) as exc:  # DecimalException: 1e999999 overflows
+        raise CommandError(f"{entry['_key']}: {key} is not a number ({str(value)[:40]!r}).") from exc
+    if not fits:
         raise CommandError(f"{entry['_key']}: {key} = {value} does not fit the catalog (USD per million, 0 to 999999.999999, 6 decimals).")
     return price.quantize(PRICE_QUANTUM)
 
