@@ -209,16 +209,21 @@ def retry_after_from_headers(headers: Mapping[str, str] | None) -> float | None:
         return max(email.utils.mktime_tz(parsed) - time.time(), 0.0) if parsed else None
 
 
-def address_refused(exc: BaseException) -> bool:
-    """The outbound guard refused the connection (config/outbound.py), wherever an SDK wrapped it:
-    retrying will not help, and the user can fix it."""
+def _caused_by(exc: BaseException | None, kinds: tuple[type[BaseException], ...]) -> bool:
+    """Whether `exc`, or an error it was raised from or while handling, is one of `kinds`."""
     seen = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, AddressRefused):
+        if isinstance(exc, kinds):
             return True
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def address_refused(exc: BaseException) -> bool:
+    """The outbound guard refused the connection (config/outbound.py), wherever an SDK wrapped it:
+    retrying will not help, and the user can fix it."""
+    return _caused_by(exc, (AddressRefused,))
 
 
 def sdk_error(exc: Exception, sdk: ModuleType, *, out_of_credit: bool = False, context_too_long: bool = False) -> ProviderError:
@@ -303,13 +308,7 @@ def error_in_body(error) -> ProviderError:
 def connect_timeout(exc: BaseException) -> bool:
     """The call timed out before its request reached the provider (nothing to bill), wherever an
     SDK wrapped the transport's error; a timeout after it (waiting for the answer) is billed."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, CONNECT_TIMEOUTS):
-            return True
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return False
+    return _caused_by(exc, CONNECT_TIMEOUTS)
 
 
 def interrupted_usage(reported: Usage | None, *, request: ChatRequest, unreported_text: str, output_final: bool) -> Usage:

@@ -71,39 +71,29 @@ def _on_a_thread(name: str, call, outcome: dict) -> threading.Thread:
 # --- A write racing a DELETE of its row ------------------------------------------------
 
 
-def test_a_conversation_deleted_while_a_patch_to_it_is_under_way_is_a_404_not_a_500(alice, monkeypatch):
-    """PATCH /conversations/{id} reads the conversation (no lock), a DELETE of it commits, then the
-    PATCH saves with update_fields: Django finds no row to update and raises DatabaseError ("Save
-    with update_fields did not affect any rows."), a 500. It should be the 404 the PATCH would
-    have had a moment later."""
+@pytest.mark.parametrize("kind", ["conversation", "persona"])
+def test_a_row_deleted_while_a_patch_to_it_is_under_way_is_a_404_not_a_500(alice, monkeypatch, kind):
+    """PATCH /conversations/{id} (or /personas/{id}) reads the row (no lock), a DELETE of it
+    commits, then the PATCH saves with update_fields: Django finds no row to update and raises
+    DatabaseError ("Save with update_fields did not affect any rows."), a 500. It should be the
+    404 the PATCH would have had a moment later."""
     client = _client(alice)
-    conversation = services.message_send(user=alice, content="hello").conversation
-    read, go = _after_a_read_on(monkeypatch, selectors, "conversation_get", "patcher")
-    url, outcome = f"{API}/conversations/{conversation.pk}", {}
-    patcher = _on_a_thread("patcher", lambda: _status_and_body(client.patch(url, {"title": "renamed"}, format="json")), outcome)
+    if kind == "conversation":
+        row = services.message_send(user=alice, content="hello").conversation
+        model, selector, path, change = Conversation, "conversation_get", "conversations", {"title": "renamed"}
+    else:
+        row = services.persona_create(user=alice, name="Brief", system_prompt="Be brief.")
+        model, selector, path, change = Persona, "persona_get", "personas", {"name": "Briefer"}
+    read, go = _after_a_read_on(monkeypatch, selectors, selector, "patcher")
+    url, outcome = f"{API}/{path}/{row.pk}", {}
+    patcher = _on_a_thread("patcher", lambda: _status_and_body(client.patch(url, change, format="json")), outcome)
     assert read.wait(30)
     assert client.delete(url).status_code == 204
     go.set()
     patcher.join(30)
     assert outcome["patcher"][0] == 404, outcome
     with rls.privileged(reason="test"):
-        assert not Conversation.objects.filter(pk=conversation.pk).exists()
-
-
-def test_a_persona_deleted_while_a_patch_to_it_is_under_way_is_a_404_not_a_500(alice, monkeypatch):
-    """The same for PATCH /personas/{id} racing DELETE /personas/{id} (persona_update's save)."""
-    client = _client(alice)
-    persona = services.persona_create(user=alice, name="Brief", system_prompt="Be brief.")
-    read, go = _after_a_read_on(monkeypatch, selectors, "persona_get", "patcher")
-    url, outcome = f"{API}/personas/{persona.pk}", {}
-    patcher = _on_a_thread("patcher", lambda: _status_and_body(client.patch(url, {"name": "Briefer"}, format="json")), outcome)
-    assert read.wait(30)
-    assert client.delete(url).status_code == 204
-    go.set()
-    patcher.join(30)
-    assert outcome["patcher"][0] == 404, outcome
-    with rls.privileged(reason="test"):
-        assert not Persona.objects.filter(pk=persona.pk).exists()
+        assert not model.objects.filter(pk=row.pk).exists()
 
 
 def test_a_share_link_revoked_while_its_conversation_is_deleted_is_a_204_or_404_not_a_500(alice, monkeypatch):

@@ -195,16 +195,7 @@ def test_partitions_with_a_huge_months_ahead_is_a_sentence_not_a_traceback():
 
 # --- Settings from the environment ---------------------------------------------------------------
 
-PRODUCTION_ENV = {
-    "DJANGO_SETTINGS_MODULE": "config.settings.production",
-    "DJANGO_SECRET_KEY": "p" * 20 + "roduction-Secret-Key-with-enough-variety-0123456789",
-    "DJANGO_ALLOWED_HOSTS": "confab.example.com",
-    "DATABASE_URL": "postgres://confab_owner:o@db.internal:5432/confab",
-    "DATABASE_APP_URL": "postgres://confab_app:a@db.internal:5432/confab",
-    "DATABASE_WORKER_URL": "postgres://confab_worker:w@db.internal:5432/confab",
-    "REDIS_URL": "redis://cache.internal:6379/0",
-    "FIELD_ENCRYPTION_KEYS": settings.FIELD_ENCRYPTION_KEYS[0],
-}
+from config.tests.test_production import PRODUCTION_ENV  # noqa: E402
 
 
 def _check(**overrides) -> subprocess.CompletedProcess:
