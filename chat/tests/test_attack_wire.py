@@ -36,6 +36,7 @@ from chat.tests.provider_servers import (
     openai_stream,
     sse,
 )
+from chat.tests.test_attack_streams import _body_then_disconnect
 from config.asgi import OneHopASGIHandler
 from config.db import rls
 from config.tests.asgi_scope import http_scope
@@ -121,15 +122,7 @@ def _asgi_post(path: str, body: dict, headers: list, query: bytes = b"") -> tupl
 
     async def scenario():
         finished = asyncio.Event()
-        first = True
-
-        async def receive():
-            nonlocal first
-            if first:
-                first = False
-                return {"type": "http.request", "body": raw, "more_body": False}
-            await finished.wait()
-            return {"type": "http.disconnect"}
+        receive = _body_then_disconnect(raw, finished)
 
         async def send(message):
             sent.append(message)
