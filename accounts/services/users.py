@@ -137,6 +137,8 @@ def email_verify(*, token: str) -> User:
         user = User.objects.filter(pk=data["u"], email=data["e"]).first()
         if user is None:
             raise InvitationInvalid("This verification link is for an email address that has since changed.")
+        if not user.is_active or user.deleted_at is not None:  # else a deactivated account joined organizations by its domain
+            raise InvitationInvalid("This verification link is for an account that is no longer active.")
         user.email_verified = True
         user.save(update_fields=["email_verified", "updated_at"])
         _auto_join(user)

@@ -8,7 +8,7 @@ import pytest
 from django.test import Client
 
 from accounts import services
-from accounts.errors import OrganizationRuleBroken
+from accounts.errors import InvitationInvalid, OrganizationRuleBroken
 from accounts.models import Membership, Organization, User
 from accounts.tests.factories import make_user
 from config.db import rls
@@ -93,6 +93,19 @@ def test_the_verification_page_joins_the_organization():
     response = client.get(f"/accounts/verify-email/{services.email_verification_token(user=newcomer)}/")
     assert response.status_code == 302
     assert members(organization)["dev@acme.test"] == "member"
+
+
+def test_a_deactivated_account_verifying_a_link_sent_before_joins_nothing():
+    """The link lives 3 days; an account deactivated meanwhile must not join by its domain."""
+    owner = verified(make_user(email="boss@acme.test"))
+    organization = set_domain(owner, team(owner), "acme.test")
+    newcomer = make_user(email="gone@acme.test")
+    token = services.email_verification_token(user=newcomer)
+    with rls.privileged(reason="test: deactivate the account"):
+        User.objects.filter(pk=newcomer.pk).update(is_active=False)
+    with pytest.raises(InvitationInvalid, match="no longer active"):
+        services.email_verify(token=token)
+    assert "gone@acme.test" not in members(organization)
 
 
 def _context(cur, user):
