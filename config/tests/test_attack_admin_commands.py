@@ -89,6 +89,18 @@ def test_user_metadata_the_database_cannot_store_is_a_form_error_not_a_500(super
     assert _privileged(User).get(pk=member.pk).metadata == {}
 
 
+@pytest.mark.parametrize("extra", ['{"x": NaN}', '{"x": "a\\u0000b"}'], ids=["nan", "nul"])
+def test_preferences_extra_the_database_cannot_store_is_a_form_error(extra):
+    """The same check on every admin form with a JSON field (config.admin.StorableJSONForm)."""
+    from django.forms import modelform_factory
+
+    from accounts.admin import PreferencesAdmin
+    from accounts.models import Preferences
+
+    form = modelform_factory(Preferences, form=PreferencesAdmin.form, fields=["extra"])({"extra": extra})
+    assert not form.is_valid() and "database can store" in str(form.errors["extra"]), form.errors
+
+
 # --- Search and filters with odd input --------------------------------------------------------
 
 ODD_QUERIES = [
