@@ -10,7 +10,6 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import NotFound
-from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.utils.urls import replace_query_param
@@ -37,6 +36,7 @@ from chat.streaming import reply_stream_response
 from config.api.errors import error_responses
 from config.api.inputs import validated_body, validated_query
 from config.api.outputs import Representation
+from config.api.pagination import StrictCursorPagination
 from config.db import rls
 from config.errors import NotFoundError
 
@@ -45,11 +45,9 @@ CHAT_SCOPES = {"GET": READ, "HEAD": READ, "OPTIONS": READ, "*": WRITE}
 SEND_ERRORS = error_responses(400, 401, 402, 403, 404, 429)
 
 
-class MessageCursor(CursorPagination):
+class MessageCursor(StrictCursorPagination):
     ordering = "sequence"
     page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 200
 
     def decode_cursor(self, request):
         """DRF's, with the position read as the sequence number it is: DRF passes it on as text,

@@ -82,15 +82,32 @@ def api_server_error(request):
     return JsonResponse({"message": "Internal server error; it has been logged.", "extra": {"code": "server_error"}}, status=500)
 
 
-def page_not_found_documented(result, generator, request, public):
+def paging_documented(result, generator, request, public):
     """drf-spectacular postprocessing hook: every paged list answers 404 for a page past its end
-    ("Invalid page.") or a cursor it did not issue, so its operation documents that 404."""
+    ("Invalid page.") or a cursor it did not issue, and 400 for a page_size out of its range
+    (config/api/pagination.StrictPageSize), so its operation documents both."""
     for operations in result.get("paths", {}).values():
         for operation in operations.values():
             names = {parameter.get("name") for parameter in operation.get("parameters", []) if parameter.get("in") == "query"}
             if names & {"page", "cursor"} and "404" not in operation.get("responses", {}):
-                operation["responses"]["404"] = {
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}},
-                    "description": "No such page.",
-                }
+                operation["responses"]["404"] = _error_documented("No such page.")
+            if "page_size" in names and "400" not in operation.get("responses", {}):
+                operation["responses"]["400"] = _error_documented("page_size out of range.")
+    return result
+
+
+def _error_documented(description: str) -> dict:
+    return {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}, "description": description}
+
+
+def throttled_documented(result, generator, request, public):
+    """drf-spectacular postprocessing hook: every operation may answer 429, since the per-key (or
+    per-user) API throttle counts every authenticated call (THROTTLE_API_PER_MINUTE); an operation
+    that documents its own 429 (a plan's rate limit on a send) keeps its description."""
+    for operations in result.get("paths", {}).values():
+        for operation in operations.values():
+            operation["responses"].setdefault("429", _error_documented("Too many requests: wait the seconds in Retry-After."))
+            operation["responses"]["429"].setdefault(
+                "headers", {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}}
+            )
     return result

@@ -30,7 +30,10 @@ def validated_body(serializer_class: type[serializers.Serializer], request: Requ
 
 
 def validated_query(serializer_class: type[serializers.Serializer], request: Request) -> dict:
-    serializer = serializer_class(data=request.query_params)
+    """The query's parameters (the last value of each), checked. Passed as a plain dict: DRF reads
+    a QueryDict as an HTML form, where an empty value means "not given", so `?period=` or
+    `?persona_id=` quietly meant the default; here an empty value is checked like any other."""
+    serializer = serializer_class(data=request.query_params.dict())
     serializer.is_valid(raise_exception=True)
     return serializer.validated_data
 

@@ -1,6 +1,43 @@
-from rest_framework.pagination import PageNumberPagination
+from rest_framework.pagination import CursorPagination, PageNumberPagination
+
+from config.errors import ApplicationError
 
 
-class Pagination(PageNumberPagination):
+class PageSizeInvalid(ApplicationError):
+    code = "page_size_invalid"
+
+
+class StrictPageSize:
+    """`page_size` as the schema publishes it (a whole number from 1 to max_page_size): anything
+    else is a 400 with a sentence. DRF's own pagination quietly used its default instead, so a
+    client asking for `page_size=500` or `page_size=ten` got 50 rows and no word why."""
+
     page_size_query_param = "page_size"
     max_page_size = 200
+
+    def get_page_size(self, request):
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw is None:
+            return self.page_size
+        size = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 6 else 0
+        if not 1 <= size <= self.max_page_size:
+            raise PageSizeInvalid(
+                f"page_size must be a whole number from 1 to {self.max_page_size}.",
+                {"field": self.page_size_query_param, "max": self.max_page_size},
+            )
+        return size
+
+    def get_schema_operation_parameters(self, view):
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.page_size_query_param:
+                parameter["schema"].update(minimum=1, maximum=self.max_page_size)
+        return parameters
+
+
+class Pagination(StrictPageSize, PageNumberPagination):
+    pass
+
+
+class StrictCursorPagination(StrictPageSize, CursorPagination):
+    pass

@@ -244,8 +244,15 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     # Two choice sets share the field name `role`; name each enum after its model.
     "ENUM_NAME_OVERRIDES": {"UserRoleEnum": "accounts.models.User.Role", "MembershipRoleEnum": "accounts.models.Membership.Role"},
-    # The default enum hook, then paged lists' 404 for a page past the end (config/api/errors.py).
-    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "config.api.errors.page_not_found_documented"],
+    # The default enum hook, then paged lists' 404 for a page past the end and every operation's
+    # 429 from the API throttle (config/api/errors.py).
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "config.api.errors.paging_documented",
+        "config.api.errors.throttled_documented",
+    ],
+    # A text field that may not be blank says so (minLength 1), as its 400 does.
+    "ENFORCE_NON_BLANK_FIELDS": True,
 }
 
 # --- Content-Security-Policy (django-csp) ----------------------------------------

@@ -28,6 +28,8 @@ is measured at a load both the bare view and the metered path sustain.
 BENCH_SERVING_PROFILE_DIR=var/bench/profile records each worker with py-spy (GIL samples, raw
 stacks, one file per worker) during the metered POST and prints where its time goes; the
 profiler slows the server, so its run's figures are not comparable with others.
+BENCH_SERVING_PROFILE_TARGET names another target to profile instead (as the table names it, e.g.
+"GET /api/v1/conversations/{conversation_id}" with that BENCH_SERVING_TARGET).
 EMBEDDED_PG_STAT_STATEMENTS=1 starts the throwaway PostgreSQL with pg_stat_statements and prints,
 for the metered POST, PostgreSQL's planning and execution time per request by statement.
 The per-key API throttle stays on but high enough never to answer 429.
@@ -184,7 +186,11 @@ def test_serving_throughput_and_latency():
         with served(workers=WORKERS, wsgi=how.wsgi, app=how.app, GC_STATS_DIR=gc_dir, **SERVER_ENV) as base:
             for target in _targets():
                 urls = _urls(base, target, user)
-                profile_dir = os.environ.get("BENCH_SERVING_PROFILE_DIR") if target.name == METERED else None
+                profile_dir = (
+                    os.environ.get("BENCH_SERVING_PROFILE_DIR")
+                    if target.name == os.environ.get("BENCH_SERVING_PROFILE_TARGET", METERED)
+                    else None
+                )
                 with bk.profiled(base.pid, profile_dir, _slug(server)) as profiles, bk.statements_tracked(REQUESTS + WARMUP) as statements:
                     cpu_before, gc_before = bk.serving_cpu_seconds(base.pid), bk.collector_seconds(gc_dir)
                     result = _load(urls, target, secret)
