@@ -150,8 +150,23 @@ class PreferencesAdmin(admin.ModelAdmin):
 # --- Organizations ---------------------------------------------------------------
 
 
+class MembershipFormSet(forms.BaseInlineFormSet):
+    def clean(self):
+        """An organization that has an owner keeps one: a form error, not the database's deferred
+        check failing the save (a 500) when staff demote or remove its last owner."""
+        super().clean()
+        if any(self.errors):
+            return
+        owner = Membership.Role.OWNER
+        had_owner = any(form.initial.get("role") == owner for form in self.initial_forms)
+        kept = [form.cleaned_data for form in self.forms if form.cleaned_data and not form.cleaned_data.get("DELETE")]
+        if had_owner and not any(data.get("role") == owner for data in kept):
+            raise forms.ValidationError("An organization needs at least one owner: make another member owner first.")
+
+
 class MembershipInline(admin.TabularInline):
     model = Membership
+    formset = MembershipFormSet
     fields = ("user", "role", "created_at")
     readonly_fields = ("created_at",)
     autocomplete_fields = ("user",)

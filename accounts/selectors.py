@@ -32,6 +32,11 @@ def organization_list_administered(*, user: User) -> QuerySet[Organization]:
     return organization_list(user=user).filter(is_personal=False, role__in=[Membership.Role.OWNER, Membership.Role.ADMIN])
 
 
+def member_user_ids(*, organization_id) -> list:
+    """The ids of the organization's current members (as the context may see them)."""
+    return list(Membership.objects.filter(organization_id=organization_id).values_list("user_id", flat=True))
+
+
 def member_names(*, organization_ids) -> dict:
     """user id -> display name (or email) of every member of these organizations."""
     rows = Membership.objects.filter(organization_id__in=list(organization_ids)).values_list("user_id", "user__display_name", "user__email")

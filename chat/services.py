@@ -431,11 +431,14 @@ def _conversations_counted(organization_id: uuid.UUID) -> int:
     different rows, so each would count without the other and both pass the limit: the count
     waits for the organization's other first send in progress to commit (a lock held to the end
     of this transaction, taken only where the plan limits conversations). The other members'
-    conversations are not the user's to read: counted through the privileged context."""
+    conversations are not the user's to read: counted through the privileged context. Only its
+    current members' count: a member removed keeps their conversations, which the organization
+    can neither see nor delete."""
     with connections[rls.current_alias()].cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"chat-new-conversation:{organization_id}"])
-    with rls.privileged(reason="plan limit: the organization's conversations", audited=False):
-        return Conversation.objects.filter(organization_id=organization_id, message_count__gt=0).count()
+    with rls.privileged(reason="plan limit: the organization's members' conversations", audited=False):
+        members = accounts_selectors.member_user_ids(organization_id=organization_id)
+        return Conversation.objects.filter(organization_id=organization_id, user_id__in=members, message_count__gt=0).count()
 
 
 # The organization's calls in progress in a month, and what they may still use: its members'

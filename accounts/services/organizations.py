@@ -65,25 +65,29 @@ def _organization_create(*, user: User, name: str, is_personal: bool) -> Organiz
     return organization
 
 
-def _membership_of(user: User, organization: Organization, *, lock: bool = False) -> Membership:
+ADMIN_ROLES = (Membership.Role.OWNER, Membership.Role.ADMIN)
+
+
+def _membership_of(user: User, organization: Organization, *, lock: bool = False, target: Membership | None = None) -> Membership:
     """The user's membership; with `lock` (inside the caller's transaction) held to its end, so a
     role that allowed the change cannot be taken away before the change commits. The owners'
-    rows are locked with it, in one statement and in one order, as _another_owner_remains locks
-    them: two owners acting on each other queue instead of deadlocking."""
+    rows are locked with it, and the `target` membership the change is about, in one statement
+    and in one order, as _another_owner_remains locks them: two owners or admins acting on each
+    other queue instead of deadlocking."""
     if lock:
-        owners = Q(organization=organization, role=Membership.Role.OWNER)
-        list(
-            Membership.objects.select_for_update().filter(owners | Q(organization=organization, user=user)).order_by("pk").values_list("pk")
-        )
+        rows = Q(organization=organization, role=Membership.Role.OWNER) | Q(organization=organization, user=user)
+        if target is not None:
+            rows |= Q(pk=target.pk)
+        list(Membership.objects.select_for_update().filter(rows).order_by("pk").values_list("pk"))
     membership = Membership.objects.filter(organization=organization, user=user).first()
     if membership is None:
         raise NotAllowed("You are not a member of this organization.")
     return membership
 
 
-def _require_admin(user: User, organization: Organization, *, lock: bool = False) -> Membership:
-    membership = _membership_of(user, organization, lock=lock)
-    if membership.role not in (Membership.Role.OWNER, Membership.Role.ADMIN):
+def _require_admin(user: User, organization: Organization, *, lock: bool = False, target: Membership | None = None) -> Membership:
+    membership = _membership_of(user, organization, lock=lock, target=target)
+    if membership.role not in ADMIN_ROLES:
         raise NotAllowed("Only the organization's owners and admins can do that.")
     return membership
 
@@ -120,18 +124,19 @@ def organization_update(
     *, actor: User, organization: Organization, name: str | None = None, auto_join_domain: str | None = None
 ) -> Organization:
     """Rename, or set the auto-join domain (blank turns it off) under _auto_join_domain_check's rules."""
-    _require_admin(actor, organization)
-    fields = []
-    if name is not None:
-        organization.name = _organization_name(name)
-        fields.append("name")
-    if auto_join_domain is not None:
-        domain = auto_join_domain.strip().lower().lstrip("@")
-        if domain and domain != organization.auto_join_domain:
-            _auto_join_domain_check(actor, organization, domain)
-        organization.auto_join_domain = domain
-        fields.append("auto_join_domain")
     with rls.atomic():
+        # The role checked and held to the write: an admin demoted meanwhile acts first or not at all.
+        _require_admin(actor, organization, lock=True)
+        fields = []
+        if name is not None:
+            organization.name = _organization_name(name)
+            fields.append("name")
+        if auto_join_domain is not None:
+            domain = auto_join_domain.strip().lower().lstrip("@")
+            if domain and domain != organization.auto_join_domain:
+                _auto_join_domain_check(actor, organization, domain)
+            organization.auto_join_domain = domain
+            fields.append("auto_join_domain")
         organization.save(update_fields=[*fields, "updated_at"])
     return organization
 
@@ -140,18 +145,19 @@ def invitation_create(
     *, actor: User, organization: Organization, email: str, role: str = Membership.Role.MEMBER, base_url: str = ""
 ) -> tuple[Invitation, str]:
     """Invite by email (mailed once the transaction commits); returns the invitation and its token (only in the email)."""
-    inviter = _require_admin(actor, organization)
     email = User.objects.normalize_email(email)
     if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", email):
         raise InvitationInvalid("Enter a valid email address.", {"field": "email"})
     if role not in Membership.Role.values:
         raise InvitationInvalid(f"Unknown role '{role}'.", {"field": "role"})
-    if role == Membership.Role.OWNER and inviter.role != Membership.Role.OWNER:
-        raise NotAllowed("Only owners can invite owners.")
-    if Membership.objects.filter(organization=organization, user__email=email).exists():
-        raise InvitationInvalid(f"{email} is already a member.", {"field": "email"})
     token = secrets.token_urlsafe(32)
     with rls.atomic():
+        # The role checked and held to the insert: an admin demoted meanwhile invites first or not at all.
+        inviter = _require_admin(actor, organization, lock=True)
+        if role == Membership.Role.OWNER and inviter.role != Membership.Role.OWNER:
+            raise NotAllowed("Only owners can invite owners.")
+        if Membership.objects.filter(organization=organization, user__email=email).exists():
+            raise InvitationInvalid(f"{email} is already a member.", {"field": "email"})
         # One invitation pending per email: two at once (a double click) queue here, and the second replaces the first.
         with connections[rls.current_alias()].cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"invitation:{organization.pk}:{email}"])
@@ -237,6 +243,23 @@ def _another_owner_remains(membership: Membership, message: str) -> None:
         raise OrganizationRuleBroken(message)
 
 
+def _as_it_is_now(membership: Membership) -> Membership:
+    """The membership read again under the caller's lock (_require_admin's `target`)."""
+    current = Membership.objects.select_related("organization").filter(pk=membership.pk).first()
+    if current is None:
+        raise NotAllowed("That membership has changed; reload and try again.")
+    return current
+
+
+def _invitations_sent_withdrawn(membership: Membership) -> None:
+    """A member who stops being an owner or admin (removed, demoted, leaving) takes back the
+    invitations they sent that are still pending: else a rogue admin removed could walk back in
+    through one sent to another address of theirs."""
+    Invitation.objects.filter(
+        organization_id=membership.organization_id, invited_by_id=membership.user_id, accepted_at__isnull=True, revoked_at__isnull=True
+    ).update(revoked_at=timezone.now())
+
+
 def _personal_workspace_keeps_its_user(membership: Membership) -> None:
     """Whoever else is let into a personal workspace, as owner even, cannot take it from the user
     it was made for (who cannot leave it either)."""
@@ -250,13 +273,16 @@ def membership_role_change(*, actor: User, membership: Membership, role: str) ->
     if role not in Membership.Role.values:
         raise OrganizationRuleBroken(f"Unknown role '{role}'.", {"field": "role"})
     with rls.atomic():
-        actor_membership = _require_admin(actor, membership.organization, lock=True)
+        actor_membership = _require_admin(actor, membership.organization, lock=True, target=membership)
+        membership = _as_it_is_now(membership)  # its role may have changed since the caller read it
         if Membership.Role.OWNER in (role, membership.role) and actor_membership.role != Membership.Role.OWNER:
             raise NotAllowed("Only owners can make or unmake owners.")
         if role != Membership.Role.OWNER:
             _personal_workspace_keeps_its_user(membership)
         if membership.role == Membership.Role.OWNER and role != Membership.Role.OWNER:
             _another_owner_remains(membership, "An organization needs at least one owner: make someone else owner first.")
+        if role not in ADMIN_ROLES:
+            _invitations_sent_withdrawn(membership)
         membership.role = role
         membership.save(update_fields=["role"])
     return membership
@@ -267,21 +293,28 @@ def membership_remove(*, actor: User, membership: Membership) -> None:
         organization_leave(user=actor, organization=membership.organization)
         return
     with rls.atomic():
-        actor_membership = _require_admin(actor, membership.organization, lock=True)
+        actor_membership = _require_admin(actor, membership.organization, lock=True, target=membership)
+        membership = _as_it_is_now(membership)
         _personal_workspace_keeps_its_user(membership)
         if membership.role == Membership.Role.OWNER:
             if actor_membership.role != Membership.Role.OWNER:
                 raise NotAllowed("Only owners can remove an owner.")
             _another_owner_remains(membership, "An organization needs at least one owner.")
+        _invitations_sent_withdrawn(membership)
         if not Membership.objects.filter(pk=membership.pk).delete()[0]:  # gone since it was read: never a 204 for nothing
             raise NotAllowed("That membership has changed; reload and try again.")
 
 
 def organization_leave(*, user: User, organization: Organization) -> None:
     with rls.atomic():
-        membership = _membership_of(user, organization)
+        membership = _membership_of(user, organization, lock=True)
         if organization.is_personal:
             raise OrganizationRuleBroken("You cannot leave your personal workspace.")
         if membership.role == Membership.Role.OWNER:
             _another_owner_remains(membership, "You are this organization's last owner: make someone else owner before you leave.")
-        membership.delete()
+        _invitations_sent_withdrawn(membership)
+        # Only as the role it was read with: a plain member cannot lock the owners' rows (the row
+        # policy lets only owners and admins), so one made owner since, maybe the last, is not
+        # deleted on a stale "member" (the database's owner check would fail the commit: a 500).
+        if not Membership.objects.filter(pk=membership.pk, role=membership.role).delete()[0]:
+            raise OrganizationRuleBroken("Your role in this organization changed as you left: reload and try again.")

@@ -11,6 +11,7 @@ from django.utils import timezone
 from accounts.errors import EmailTaken, InvitationInvalid
 from accounts.models import ApiKey, Membership, Preferences, User, validate_name
 from accounts.services.organizations import _organization_create
+from accounts.services.sessions import user_sessions_end_all
 from accounts.tasks import mail_send_on_commit
 from config.db import rls
 
@@ -101,11 +102,13 @@ def preferences_update(*, user: User, **fields) -> Preferences:
 
 
 def user_deactivate(*, user: User) -> User:
-    """Staff action: the user can no longer sign in; their API keys stop working."""
+    """Staff action: the user can no longer sign in; their API keys stop working and every session
+    ends (its data deleted, its record ended), so reactivating the account later lets none back in."""
     with rls.atomic():
         user.is_active = False
         user.save(update_fields=["is_active", "updated_at"])
         ApiKey.objects.filter(user=user, is_active=True).update(is_active=False, revoked_at=timezone.now())
+    user_sessions_end_all(user=user)
     return user
 
 
@@ -139,6 +142,10 @@ def email_verify(*, token: str) -> User:
             raise InvitationInvalid("This verification link is for an email address that has since changed.")
         if not user.is_active or user.deleted_at is not None:  # else a deactivated account joined organizations by its domain
             raise InvitationInvalid("This verification link is for an account that is no longer active.")
+        if user.email_verified:
+            # Used already: joining by domain happens once, or a member removed from an
+            # organization that admits their domain walked back in by opening the link again.
+            return user
         user.email_verified = True
         user.save(update_fields=["email_verified", "updated_at"])
         _auto_join(user)
