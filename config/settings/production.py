@@ -9,7 +9,16 @@ DEBUG = False
 SECRET_KEY = env("DJANGO_SECRET_KEY")
 if not SECRET_KEY.strip():
     raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set to a long random secret in production; it is empty.")
+# Django's own bar for a key (check --deploy warns below it; nothing runs that check at start), and
+# never the placeholder published in .env.example.
+if len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5 or SECRET_KEY.startswith("change-me"):
+    raise ImproperlyConfigured(
+        "DJANGO_SECRET_KEY must be a long random secret (50 characters or more, not the .env.example placeholder): "
+        "python -c 'import secrets; print(secrets.token_urlsafe(50))' makes one."
+    )
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS")
+if not ALLOWED_HOSTS:
+    raise ImproperlyConfigured("DJANGO_ALLOWED_HOSTS is empty: name the host names the site answers to, comma-separated.")
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=True)
 # The health checks answer plain HTTP: load balancers probe them without TLS.

@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from accounts.models import Membership, User
 from analytics import services
+from analytics.models import TokenUsage
 from config.db import rls
 
 DEMO_EMAIL = "demo@confab.local"
@@ -30,6 +31,9 @@ class Command(BaseCommand):
             organization_id = (
                 Membership.objects.filter(user=user, organization__is_personal=True).values_list("organization_id", flat=True).first()
             )
+            # Once: request ids alone kept a rerun from recording anything only for the 7 days they are
+            # kept (USAGE_DEDUPE_WINDOW); a `make run` a week later recorded the 30 days again.
+            recorded_before = TokenUsage.objects.filter(user_id=user.pk, request_id__startswith="demo-").exists()
             rng = random.Random(42)  # the same demo every time
             now = timezone.now()
             records = []
@@ -51,6 +55,6 @@ class Command(BaseCommand):
                             "created_at": now - timedelta(days=day, minutes=rng.randint(0, 600)),
                         }
                     )
-            written = services.usage_record_batch(records=records)  # request ids make a rerun record nothing
+            written = 0 if recorded_before else services.usage_record_batch(records=records)
         services.usage_rollup()
         self.stdout.write(f"Demo usage: {written} new model calls recorded for {DEMO_EMAIL}.")
