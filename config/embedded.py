@@ -485,10 +485,12 @@ def command_run() -> int:
         return 1
     finally:
         serving = True  # a second signal during the clean-up below does not interrupt it
-        _say("Stopping worker, beat and web...")
-        _stop_processes(procs)
-        _say("Stopping embedded Redis and PostgreSQL...")
-        servers.stop()
+        if procs:
+            _say("Stopping worker, beat and web...")
+            _stop_processes(procs)
+        if servers.started_postgres or servers.started_redis:
+            _say("Stopping the embedded servers this run started...")
+            servers.stop()
         _say("Stopped.")
 
 
