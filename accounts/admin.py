@@ -19,6 +19,7 @@ from django.utils.html import format_html
 from accounts import services
 from accounts.errors import MalformedProviderKey
 from accounts.models import ApiKey, Integration, Invitation, Membership, Organization, Preferences, ProviderCredential, User, UserSession
+from accounts.services.organizations import invitations_sent_withdrawn
 from config.admin import ReadOnlyAdmin, StorableJSONForm
 
 # Django 6 assumes https for scheme-less URLs; say so now (merged with the admin's URL widget).
@@ -162,6 +163,18 @@ class MembershipFormSet(forms.BaseInlineFormSet):
         kept = [form.cleaned_data for form in self.forms if form.cleaned_data and not form.cleaned_data.get("DELETE")]
         if had_owner and not any(data.get("role") == owner for data in kept):
             raise forms.ValidationError("An organization needs at least one owner: make another member owner first.")
+
+    def save(self, commit=True):
+        """Removing or demoting someone here takes back their pending invitations, as the
+        organization pages do (invitations_sent_withdrawn)."""
+        for form in self.initial_forms:
+            data = form.cleaned_data
+            before = Membership(organization_id=self.instance.pk, user_id=form.initial.get("user"), role=form.initial.get("role"))
+            if data.get("DELETE") or (data.get("user") is not None and data["user"].pk != before.user_id):
+                invitations_sent_withdrawn(before)
+            elif data.get("role") != before.role:
+                invitations_sent_withdrawn(before, new_role=data.get("role"))
+        return super().save(commit)
 
 
 class MembershipInline(admin.TabularInline):

@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -96,12 +97,23 @@ def postgres_running(data_dir: Path) -> bool:
         return False
     try:
         process = psutil.Process(pid)
-        if process.status() != psutil.STATUS_ZOMBIE and process.name().startswith("postgres"):
-            return True
+        ours = process.username() in {_current_user(), PG_SYSTEM_USER}
+        if process.status() != psutil.STATUS_ZOMBIE and process.name().startswith("postgres") and ours:
+            # pg_ctl starts it with -D <data dir>; a command line we may not read counts as this one's
+            try:
+                return str(Path(data_dir).resolve()) in " ".join(process.cmdline())
+            except psutil.AccessDenied:
+                return True
     except psutil.Error:
         pass
     pid_file.unlink(missing_ok=True)
     return False
+
+
+def _current_user() -> str:
+    import getpass
+
+    return getpass.getuser()
 
 
 def postgres_start(data_dir: Path) -> Path:
@@ -130,8 +142,19 @@ def _socket_dir_without_whitespace(find_suitable_socket_dir):
         if not any(c.isspace() for c in str(chosen)):
             return chosen
         short = Path(tempfile.gettempdir()) / f"confab-pg-{hashlib.sha1(str(pgdata).encode()).hexdigest()[:12]}"
-        short.mkdir(mode=0o700, exist_ok=True)
-        return short
+        try:
+            short.mkdir(mode=0o700)
+            return short
+        except FileExistsError:
+            pass
+        # In a shared temp dir: used again only if it is a real directory of ours that no one else may enter.
+        import pwd
+
+        info = os.lstat(short)
+        owners = {os.getuid()} | ({pwd.getpwnam(PG_SYSTEM_USER).pw_uid} if PG_SYSTEM_USER else set())
+        if stat.S_ISDIR(info.st_mode) and info.st_uid in owners and stat.S_IMODE(info.st_mode) & 0o077 == 0:
+            return short
+        return Path(tempfile.mkdtemp(prefix="confab-pg-"))
 
     return choose
 
@@ -405,6 +428,8 @@ def _port_free(port: int) -> None:
     import socket
 
     with socket.socket() as probe:
+        # As gunicorn binds: a port whose last connections wait out TIME_WAIT (a run just stopped) is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
@@ -429,6 +454,13 @@ def _hold_run_lock(var_dir: Path):
     return lock  # held until this process exits
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _stop_signals_unblocked() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
 class _StopRequested(Exception):
     """A stop signal during start-up: what started so far is stopped, nothing more starts."""
 
@@ -447,7 +479,7 @@ def command_run() -> int:
             raise _StopRequested  # out of whatever start-up step runs (subprocess.run kills its child)
 
     # Closing the terminal (SIGHUP) stops everything too: gunicorn would take it as "reload".
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, on_signal)
     try:
         port = _whole_number(env, "PORT", 8000, low=1, high=65535)
@@ -461,11 +493,18 @@ def command_run() -> int:
         _manage(env, "demo_usage")
         _manage(env, "demo_billing")
         celery = [sys.executable, "-m", "celery", "-A", "config"]
-        procs = [
-            subprocess.Popen(celery + ["worker", "-l", "INFO", "--concurrency", str(celery_workers)], cwd=BASE_DIR, env=env),
-            subprocess.Popen(celery + ["beat", "-l", "INFO", "-s", str(var_dir / "celerybeat-schedule")], cwd=BASE_DIR, env=env),
-            subprocess.Popen(web_command(bind=f"127.0.0.1:{port}", workers=web_workers), cwd=BASE_DIR, env=env),
-        ]
+        for command in (
+            celery + ["worker", "-l", "INFO", "--concurrency", str(celery_workers)],
+            celery + ["beat", "-l", "INFO", "-s", str(var_dir / "celerybeat-schedule")],
+            web_command(bind=f"127.0.0.1:{port}", workers=web_workers),
+        ):
+            # Stop signals held while a child starts and is recorded, so a stop finds it in `procs`;
+            # the child itself starts with them unblocked (the supervisor runs no threads).
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            try:
+                procs.append(subprocess.Popen(command, cwd=BASE_DIR, env=env, preexec_fn=_stop_signals_unblocked))
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         serving = not interrupted
         if serving:
             _say(f"Serving http://127.0.0.1:{port}  (Ctrl-C stops everything)")

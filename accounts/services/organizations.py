@@ -251,13 +251,21 @@ def _as_it_is_now(membership: Membership) -> Membership:
     return current
 
 
-def _invitations_sent_withdrawn(membership: Membership) -> None:
-    """A member who stops being an owner or admin (removed, demoted, leaving) takes back the
-    invitations they sent that are still pending: else a rogue admin removed could walk back in
-    through one sent to another address of theirs."""
-    Invitation.objects.filter(
+def invitations_sent_withdrawn(membership: Membership, *, new_role: str | None = None) -> None:
+    """A member who loses a power (removed or leaving: `new_role` None; or demoted) takes back the
+    pending invitations they sent that grant more than they now hold: else a rogue admin removed,
+    or an owner demoted, walks back in through one sent to another address of theirs. Called
+    wherever a membership is removed or demoted, the admin site's inline included."""
+    if new_role is None or new_role not in ADMIN_ROLES:
+        granting = None  # every invitation they sent
+    elif membership.role == Membership.Role.OWNER and new_role != Membership.Role.OWNER:
+        granting = [Membership.Role.OWNER]
+    else:
+        return
+    pending = Invitation.objects.filter(
         organization_id=membership.organization_id, invited_by_id=membership.user_id, accepted_at__isnull=True, revoked_at__isnull=True
-    ).update(revoked_at=timezone.now())
+    )
+    (pending if granting is None else pending.filter(role__in=granting)).update(revoked_at=timezone.now())
 
 
 def _personal_workspace_keeps_its_user(membership: Membership) -> None:
@@ -281,8 +289,7 @@ def membership_role_change(*, actor: User, membership: Membership, role: str) ->
             _personal_workspace_keeps_its_user(membership)
         if membership.role == Membership.Role.OWNER and role != Membership.Role.OWNER:
             _another_owner_remains(membership, "An organization needs at least one owner: make someone else owner first.")
-        if role not in ADMIN_ROLES:
-            _invitations_sent_withdrawn(membership)
+        invitations_sent_withdrawn(membership, new_role=role)
         membership.role = role
         membership.save(update_fields=["role"])
     return membership
@@ -300,7 +307,7 @@ def membership_remove(*, actor: User, membership: Membership) -> None:
             if actor_membership.role != Membership.Role.OWNER:
                 raise NotAllowed("Only owners can remove an owner.")
             _another_owner_remains(membership, "An organization needs at least one owner.")
-        _invitations_sent_withdrawn(membership)
+        invitations_sent_withdrawn(membership)
         if not Membership.objects.filter(pk=membership.pk).delete()[0]:  # gone since it was read: never a 204 for nothing
             raise NotAllowed("That membership has changed; reload and try again.")
 
@@ -312,7 +319,7 @@ def organization_leave(*, user: User, organization: Organization) -> None:
             raise OrganizationRuleBroken("You cannot leave your personal workspace.")
         if membership.role == Membership.Role.OWNER:
             _another_owner_remains(membership, "You are this organization's last owner: make someone else owner before you leave.")
-        _invitations_sent_withdrawn(membership)
+        invitations_sent_withdrawn(membership)
         # Only as the role it was read with: a plain member cannot lock the owners' rows (the row
         # policy lets only owners and admins), so one made owner since, maybe the last, is not
         # deleted on a stale "member" (the database's owner check would fail the commit: a 500).

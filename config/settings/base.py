@@ -255,6 +255,8 @@ SPECTACULAR_SETTINGS = {
     ],
     # A text field that may not be blank says so (minLength 1), as its 400 does.
     "ENFORCE_NON_BLANK_FIELDS": True,
+    # Request and response components apart, so that rule (and writeOnly fields) bind requests only.
+    "COMPONENT_SPLIT_REQUEST": True,
 }
 
 # --- Content-Security-Policy (django-csp) ----------------------------------------

@@ -116,7 +116,20 @@ def test_a_throttled_answer_matches_the_schema(settings, alice):
         assert_documented(throttled, path=path, method=method)
 
 
-def test_text_fields_that_refuse_blank_say_so_in_the_schema():
-    components = published_schema()["components"]["schemas"]
-    for component, field in [("MessageIn", "content"), ("Persona", "name"), ("Persona", "system_prompt"), ("InvitationAcceptIn", "token")]:
-        assert components[component]["properties"][field].get("minLength") == 1, (component, field)
+def test_text_fields_that_refuse_blank_say_so_in_the_schema_of_requests_only():
+    schema = published_schema()
+    components = schema["components"]["schemas"]
+
+    def request_body(path: str) -> dict:
+        ref = schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        return components[ref.rsplit("/", 1)[1]]["properties"]
+
+    for path, field in [
+        ("/api/v1/conversations/{conversation_id}/messages", "content"),
+        ("/api/v1/personas", "name"),
+        ("/api/v1/personas", "system_prompt"),
+        ("/api/v1/invitations/accept", "token"),
+    ]:
+        assert request_body(path)[field].get("minLength") == 1, (path, field)
+    answered = schema["paths"]["/api/v1/personas"]["post"]["responses"]["201"]["content"]["application/json"]["schema"]["$ref"]
+    assert "minLength" not in components[answered.rsplit("/", 1)[1]]["properties"]["name"]  # an answer is not a request

@@ -32,6 +32,16 @@ async def _get(application, path: str) -> int:
     return start["status"]
 
 
+# A view that reads nothing, reached through the whole middleware chain: /health/live, with the
+# middleware that answers it before the chain (config/health.py) taken out for these tests.
+CHAIN_PATH = "/health/live"
+
+
+@pytest.fixture(autouse=True)
+def whole_chain(settings):
+    settings.MIDDLEWARE = [name for name in settings.MIDDLEWARE if name != "config.health.HealthFirstMiddleware"]
+
+
 def _crossings(application, path: str) -> tuple[int, list[str]]:
     """Serve one request; name every hop between the loop and a thread the handler made for it."""
     hops: list[str] = []
@@ -70,7 +80,7 @@ def _thread_starts(application, path: str, requests: int) -> int:
 
 
 def test_a_request_runs_request_started_the_middleware_chain_a_sync_view_and_its_close_in_one_hop():
-    status, hops = _crossings(OneHopASGIHandler(), "/health/live")
+    status, hops = _crossings(OneHopASGIHandler(), CHAIN_PATH)
     assert status == 200
     assert hops == ["to thread: OneHopASGIHandler._response_in_thread"]
 
@@ -78,17 +88,17 @@ def test_a_request_runs_request_started_the_middleware_chain_a_sync_view_and_its
 def test_djangos_handler_crosses_at_every_change_of_mode():
     """The baseline the one-hop handler is measured against (bench_serving serves both): seven
     crossings in the chain, one for request_started's receivers, one for the close."""
-    status, hops = _crossings(ASGIHandler(), "/health/live")
+    status, hops = _crossings(ASGIHandler(), CHAIN_PATH)
     assert status == 200
     assert len(hops) == 9, hops
 
 
 def test_requests_reuse_a_thread_where_djangos_handler_starts_two_each():
     handler = OneHopASGIHandler()
-    _thread_starts(handler, "/health/live", 1)  # the first request may start the thread it will keep
+    _thread_starts(handler, CHAIN_PATH, 1)  # the first request may start the thread it will keep
     # One start is the test's own: async_to_sync runs its event loop on a new thread.
-    assert _thread_starts(handler, "/health/live", 5) == 1
-    assert _thread_starts(ASGIHandler(), "/health/live", 5) == 1 + 10  # each request's thread, and one to join it
+    assert _thread_starts(handler, CHAIN_PATH, 5) == 1
+    assert _thread_starts(ASGIHandler(), CHAIN_PATH, 5) == 1 + 10  # each request's thread, and one to join it
 
 
 async def _post(path: str, body_chunks, *, declared: int | None = None) -> tuple[int, bytes, int]:
