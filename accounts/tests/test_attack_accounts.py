@@ -6,12 +6,10 @@ raced, withdrawn mid-accept, or let into a personal workspace; an admin demoted 
 unverified signup told who invited its email); the last records what held."""
 
 import re
-import threading
 import uuid
 from datetime import timedelta
 
 import pytest
-from django.db import connections
 from django.test import Client
 from django.utils import timezone
 
@@ -20,7 +18,7 @@ from accounts.models import ApiKey, Invitation, Membership, Organization, User
 from accounts.tests.factories import PASSWORD, make_user
 from accounts.tests.test_api import API, READ, WRITE, bearer, key_client, privileged, session_client
 from config.db import rls
-from config.tests.races import until, waiting_locks
+from config.tests.races import Paused, hold_in_thread, until, waiting_locks
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -150,51 +148,14 @@ def test_password_change_ends_other_sessions(alice):
 from accounts.services import organizations as org_services  # noqa: E402
 
 
-class _Paused(threading.Thread):
-    """Runs fn() in its own thread (own connection); the result or the exception is kept."""
-
-    def __init__(self, fn, name):
-        super().__init__(name=name, daemon=True)
-        self.fn, self.result = fn, None
-
-    def run(self):
-        try:
-            self.result = self.fn()
-        except Exception as exc:  # the outcome is the assertion
-            self.result = exc
-        finally:
-            connections.close_all()
-
-
-def _hold_in_thread(monkeypatch, module, name: str, thread_name: str, *, after: bool = True):
-    """Wrap module.name: in the thread called thread_name, pause (after the call, or before) until released."""
-    original = getattr(module, name)
-    reached, release = threading.Event(), threading.Event()
-
-    def wrapper(*args, **kwargs):
-        if threading.current_thread().name != thread_name:
-            return original(*args, **kwargs)
-        if not after:
-            reached.set()
-            assert release.wait(60), "never released"
-            return original(*args, **kwargs)
-        result = original(*args, **kwargs)
-        reached.set()
-        assert release.wait(60), "never released"
-        return result
-
-    monkeypatch.setattr(module, name, wrapper)
-    return reached, release
-
-
 def test_two_invitations_to_one_email_at_once_are_not_a_500(alice, acme, monkeypatch):
     """A double-click (or two admins) inviting the same address: the second waits on the first's
     pending row (the one-pending unique index) and then fails with an IntegrityError nobody catches."""
-    reached, release = _hold_in_thread(monkeypatch, org_services, "mail_send_on_commit", "first", after=False)
+    reached, release = hold_in_thread(monkeypatch, org_services, "mail_send_on_commit", "first", after=False)
     first_client, second_client = _no_raise(session_client(alice)), _no_raise(session_client(alice))
     url = f"{API}/organizations/{acme.pk}/invitations"
-    first = _Paused(lambda: first_client.post(url, {"email": "carol@example.com"}, format="json"), "first")
-    second = _Paused(lambda: second_client.post(url, {"email": "carol@example.com"}, format="json"), "second")
+    first = Paused(lambda: first_client.post(url, {"email": "carol@example.com"}, format="json"), "first")
+    second = Paused(lambda: second_client.post(url, {"email": "carol@example.com"}, format="json"), "second")
     first.start()
     assert reached.wait(60), "first invitation never reached its insert"
     second.start()
@@ -211,9 +172,9 @@ def test_accepting_while_the_invitation_is_withdrawn_is_not_a_500(alice, bob, ac
     withdrawal commits, then Bob's membership insert meets the database's join rule."""
     with rls.privileged(reason="test"):
         invitation, token = services.invitation_create(actor=alice, organization=acme, email="bob@example.com")
-    reached, release = _hold_in_thread(monkeypatch, org_services, "invitation_for_token", "accept")
+    reached, release = hold_in_thread(monkeypatch, org_services, "invitation_for_token", "accept")
     bob_client = _no_raise(session_client(bob))
-    accept = _Paused(lambda: bob_client.post(f"{API}/invitations/accept", {"token": token}, format="json"), "accept")
+    accept = Paused(lambda: bob_client.post(f"{API}/invitations/accept", {"token": token}, format="json"), "accept")
     accept.start()
     assert reached.wait(60), "accept never read the invitation"
     withdrawn = session_client(alice).delete(f"{API}/organizations/{acme.pk}/invitations/{invitation.pk}")
@@ -236,16 +197,16 @@ def test_an_admin_demoted_while_acting_acts_first_or_not_at_all(alice, bob, acme
     with rls.privileged(reason="test"):
         adam_membership = Membership.objects.create(organization=acme, user=adam, role=Membership.Role.ADMIN)
         bob_membership = Membership.objects.create(organization=acme, user=bob, role=Membership.Role.MEMBER)
-    reached, release = _hold_in_thread(monkeypatch, org_services, "_require_admin", "adam")
+    reached, release = hold_in_thread(monkeypatch, org_services, "_require_admin", "adam")
     adam_client = _no_raise(session_client(adam))
     url = f"{API}/organizations/{acme.pk}/members/{bob_membership.pk}"
-    act = _Paused(
+    act = Paused(
         (lambda: adam_client.patch(url, {"role": "admin"}, format="json")) if change == "promote" else (lambda: adam_client.delete(url)),
         "adam",
     )
     act.start()
     assert reached.wait(60), "Adam's request never checked his role"
-    demote = _Paused(
+    demote = Paused(
         lambda: session_client(alice).patch(
             f"{API}/organizations/{acme.pk}/members/{adam_membership.pk}", {"role": "member"}, format="json"
         ),

@@ -7,7 +7,6 @@ failed on the code it was written against; the last section records what held.""
 import threading
 
 import pytest
-from django.db import connections
 from django.test import Client
 
 from accounts import selectors as accounts_selectors
@@ -22,7 +21,7 @@ from chat import services as chat_services
 from chat import sharing
 from config.db import rls
 from config.errors import QuotaExceeded
-from config.tests.races import until, waiting_locks
+from config.tests.races import Paused, hold_in_thread, until, waiting_locks
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -53,38 +52,6 @@ def _no_raise(client):
     return client
 
 
-class _Paused(threading.Thread):
-    """Runs fn() in its own thread (own connection); the result or the exception is kept."""
-
-    def __init__(self, fn, name):
-        super().__init__(name=name, daemon=True)
-        self.fn, self.result = fn, None
-
-    def run(self):
-        try:
-            self.result = self.fn()
-        except Exception as exc:  # the outcome is the assertion
-            self.result = exc
-        finally:
-            connections.close_all()
-
-
-def _hold_in_thread(monkeypatch, module, name: str, thread_name: str):
-    """Wrap module.name: in the thread called thread_name, pause after the call until released."""
-    original = getattr(module, name)
-    reached, release = threading.Event(), threading.Event()
-
-    def wrapper(*args, **kwargs):
-        result = original(*args, **kwargs)
-        if threading.current_thread().name == thread_name:
-            reached.set()
-            assert release.wait(60), "never released"
-        return result
-
-    monkeypatch.setattr(module, name, wrapper)
-    return reached, release
-
-
 # --- 1. A role read before the lock --------------------------------------------------------------
 
 
@@ -98,10 +65,10 @@ def test_an_admin_changing_a_member_just_made_owner_is_refused_not_a_500(alice, 
     adam = make_user(email="adam@example.com")
     _join(acme, adam, Membership.Role.ADMIN)
     bob_membership = _join(acme, bob)
-    reached, release = _hold_in_thread(monkeypatch, accounts_selectors, "membership_get", "adam")
+    reached, release = hold_in_thread(monkeypatch, accounts_selectors, "membership_get", "adam")
     adam_client = _no_raise(session_client(adam))
     url = f"{API}/organizations/{acme.pk}/members/{bob_membership.pk}"
-    act = _Paused(lambda: adam_client.patch(url, {"role": "admin"}, format="json"), "adam")
+    act = Paused(lambda: adam_client.patch(url, {"role": "admin"}, format="json"), "adam")
     act.start()
     assert reached.wait(60), "Adam's request never read Bob's membership"
     promoted = session_client(alice).patch(url, {"role": "owner"}, format="json")
@@ -120,9 +87,9 @@ def test_a_member_leaving_as_they_are_made_owner_cannot_leave_the_organization_o
     database's deferred trigger refuses the commit: a 500 (had the trigger not been there, an
     organization without an owner). Correct: Bob is told he is the last owner (400), and stays."""
     bob_membership = _join(acme, bob)
-    reached, release = _hold_in_thread(monkeypatch, org_services, "_membership_of", "bob")
+    reached, release = hold_in_thread(monkeypatch, org_services, "_membership_of", "bob")
     bob_client = _no_raise(session_client(bob))
-    leave = _Paused(lambda: bob_client.post(f"{API}/organizations/{acme.pk}/leave"), "bob")
+    leave = Paused(lambda: bob_client.post(f"{API}/organizations/{acme.pk}/leave"), "bob")
     leave.start()
     assert reached.wait(60), "Bob's leave never read his membership"
     alice_client = session_client(alice)
@@ -297,16 +264,16 @@ def test_an_admin_demoted_while_inviting_or_renaming_acts_first_or_not_at_all(al
     rows'): a 500 either way. Correct: the write happens before the demotion, or a 403."""
     adam = make_user(email="adam@example.com")
     adam_membership = _join(acme, adam, Membership.Role.ADMIN)
-    reached, release = _hold_in_thread(monkeypatch, org_services, "_require_admin", "adam")
+    reached, release = hold_in_thread(monkeypatch, org_services, "_require_admin", "adam")
     adam_client = _no_raise(session_client(adam))
     if action == "invite":
         request = lambda: adam_client.post(f"{API}/organizations/{acme.pk}/invitations", {"email": "carol@example.com"}, format="json")  # noqa: E731
     else:
         request = lambda: adam_client.patch(f"{API}/organizations/{acme.pk}", {"name": "Adam's"}, format="json")  # noqa: E731
-    act = _Paused(request, "adam")
+    act = Paused(request, "adam")
     act.start()
     assert reached.wait(60), "Adam's request never checked his role"
-    demote = _Paused(
+    demote = Paused(
         lambda: session_client(alice).patch(
             f"{API}/organizations/{acme.pk}/members/{adam_membership.pk}", {"role": "member"}, format="json"
         ),
@@ -377,7 +344,7 @@ def test_held_two_owners_demoting_each_other_at_once_leave_one_owner(alice, bob,
         barrier.wait(10)
         return client.patch(f"{members}/{membership.pk}", {"role": "member"}, format="json")
 
-    threads = [_Paused(lambda: demote(a, bob_membership), "a"), _Paused(lambda: demote(b, alice_membership), "b")]
+    threads = [Paused(lambda: demote(a, bob_membership), "a"), Paused(lambda: demote(b, alice_membership), "b")]
     for t in threads:
         t.start()
     for t in threads:
@@ -397,7 +364,7 @@ def test_held_one_invitation_accepted_twice_at_once_joins_once(alice, bob, acme)
         barrier.wait(10)
         return client.post(f"{API}/invitations/accept", {"token": token}, format="json")
 
-    threads = [_Paused(lambda c=c: accept(c), f"accept{n}") for n, c in enumerate(clients)]
+    threads = [Paused(lambda c=c: accept(c), f"accept{n}") for n, c in enumerate(clients)]
     for t in threads:
         t.start()
     for t in threads:

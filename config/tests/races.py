@@ -40,3 +40,41 @@ def on_a_thread(target, errors: list) -> threading.Thread:
     thread = threading.Thread(target=run)
     thread.start()
     return thread
+
+
+class Paused(threading.Thread):
+    """Runs fn() in its own thread (own connection); the result, or the exception, is kept in `result`."""
+
+    def __init__(self, fn, name):
+        super().__init__(name=name, daemon=True)
+        self.fn, self.result = fn, None
+
+    def run(self):
+        try:
+            self.result = self.fn()
+        except Exception as exc:  # the outcome is the assertion
+            self.result = exc
+        finally:
+            connections.close_all()
+
+
+def hold_in_thread(monkeypatch, module, name: str, thread_name: str, *, after: bool = True):
+    """Wrap module.name: in the thread called thread_name, pause (after the call, or before) until
+    released. Returns the events (reached, release)."""
+    original = getattr(module, name)
+    reached, release = threading.Event(), threading.Event()
+
+    def wrapper(*args, **kwargs):
+        if threading.current_thread().name != thread_name:
+            return original(*args, **kwargs)
+        if not after:
+            reached.set()
+            assert release.wait(60), "never released"
+            return original(*args, **kwargs)
+        result = original(*args, **kwargs)
+        reached.set()
+        assert release.wait(60), "never released"
+        return result
+
+    monkeypatch.setattr(module, name, wrapper)
+    return reached, release

@@ -30,6 +30,7 @@ from django.core.management import call_command
 from django.db import connections
 
 from config import embedded
+from config.tests.test_production import PRODUCTION_ENV
 
 BASE_DIR = Path(settings.BASE_DIR)
 # Variables the test run's own embedded servers set: none may leak into a supervisor under test.
@@ -182,17 +183,6 @@ def _run_supervisor_to_exit(var: Path, timeout: float = 60, **env) -> subprocess
         timeout=timeout,
         start_new_session=True,
     )
-
-
-PRODUCTION_ENV = {
-    "DJANGO_SETTINGS_MODULE": "config.settings.production",
-    "DJANGO_SECRET_KEY": "p" * 20 + "roduction-Secret-Key-with-enough-variety-0123456789",
-    "DJANGO_ALLOWED_HOSTS": "confab.example.com",
-    "DATABASE_URL": "postgres://confab_owner:o@db.internal:5432/confab",
-    "DATABASE_APP_URL": "postgres://confab_app:a@db.internal:5432/confab",
-    "DATABASE_WORKER_URL": "postgres://confab_worker:w@db.internal:5432/confab",
-    "REDIS_URL": "redis://cache.internal:6379/0",
-}
 
 
 def _production(args: list[str], **overrides) -> subprocess.CompletedProcess:

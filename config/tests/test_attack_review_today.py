@@ -24,6 +24,7 @@ from accounts import services
 from accounts.models import Membership
 from accounts.tests.factories import make_user
 from accounts.tests.test_api import API, key_client, privileged, session_client
+from accounts.tests.test_attack_lifecycle import _join
 from billing.tests.conftest import plans  # noqa: F401  (a fixture)
 from chat import services as chat_services
 from config import embedded
@@ -42,11 +43,6 @@ def alice(catalog, plans):  # noqa: F811
 def acme(alice):
     with rls.privileged(reason="test"):
         return services.organization_create(user=alice, name="Acme")
-
-
-def _join(organization, user, role=MEMBER) -> Membership:
-    with rls.privileged(reason="test: join"):
-        return Membership.objects.create(organization=organization, user=user, role=role)
 
 
 def _no_raise(client):
