@@ -161,4 +161,4 @@ def test_the_events_endpoint_is_in_the_openapi_schema():
     assert "account:write" in operation["description"]
     assert set(operation["responses"]) >= {"202", "400"}
     request = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
-    assert request.endswith("/EventBatchIn")
+    assert request.endswith("/EventBatchInRequest")  # request components are apart (COMPONENT_SPLIT_REQUEST)
