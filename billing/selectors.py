@@ -105,7 +105,7 @@ def plan_in_force(*, subscription: Subscription, now: datetime | None = None) ->
     grace_end = grace_ends_at(subscription)
     if grace_end is not None and grace_end <= now:
         return plan_free()
-    if subscription.status == Subscription.Status.TRIALING and subscription.trial_end and subscription.trial_end <= now:
+    if subscription.status == Subscription.Status.TRIALING and subscription.trial_end and _trial_over(subscription) <= now:
         return plan_free()
     period_over = subscription.current_period_end is not None and subscription.current_period_end <= now
     if period_over and subscription.scheduled_plan_id:
@@ -113,6 +113,16 @@ def plan_in_force(*, subscription: Subscription, now: datetime | None = None) ->
     if period_over and subscription.cancel_at_period_end:
         return plan_free()
     return subscription.plan
+
+
+def _trial_over(subscription: Subscription) -> datetime:
+    """When a trial's plan stops applying. A trial Stripe runs ends when Stripe says so: it charges
+    the card at the trial's end and sends the subscription's new status, which may arrive late (a
+    webhook backlog, a deploy); meanwhile the plan paid for stays, for at most the grace days. A
+    trial staff gave without Stripe ends on its date."""
+    if subscription.stripe_subscription_id:
+        return subscription.trial_end + timedelta(days=settings.BILLING_GRACE_DAYS)
+    return subscription.trial_end
 
 
 def month_reset(moment: datetime | None = None) -> date:

@@ -139,13 +139,14 @@ redis.call('PEXPIRE', KEYS[2], keep)
 return 1
 """
 )
-# KEYS: held hash, due set, global due set, counter. ARGV: global member prefix, expired ids...
+# KEYS: held hash, due set, global due set, then the counters to drop (the reservation's month's
+# and the current month's). ARGV: global member prefix, expired ids...
 EXPIRE_SCRIPT = (
     _RESERVATION_LUA
     + """
 local released = 0
 for i = 2, #ARGV do released = released + release(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[i]) end
-if released > 0 then redis.call('DEL', KEYS[4]) end
+if released > 0 then for k = 4, #KEYS do redis.call('DEL', KEYS[k]) end end
 return released
 """
 )
@@ -470,8 +471,11 @@ def reservations_expire() -> int:
         month_text, organization_id = owner.split(":")
         month = date(int(month_text[:4]), int(month_text[4:]), 1)
         held, due_key, every_due, prefix = _reservation_keys(organization_id, month)
-        counter = counters.counter_key("org", organization_id, month)
-        released += redis_script(EXPIRE_SCRIPT)(keys=[held, due_key, every_due, counter], args=[prefix, *reservations])
+        # A call checked late in one month may be metered early in the next: both months' counters
+        # are rebuilt from the ledger, or the new month's would miss it (as the entitlement's own release does).
+        months = {month, counters.month_of()}
+        dropped = [counters.counter_key("org", organization_id, each) for each in sorted(months)]
+        released += redis_script(EXPIRE_SCRIPT)(keys=[held, due_key, every_due, *dropped], args=[prefix, *reservations])
     if released:
         logger.warning("%d reservation(s) expired unsettled and released", released)
     return released
