@@ -36,6 +36,7 @@ from accounts.serializers import (
 from accounts.session_store import session_digest
 from config.api.errors import error_responses
 from config.api.inputs import validated_body
+from config.http import site_url
 
 READ, WRITE = ApiKey.Scope.ACCOUNT_READ.value, ApiKey.Scope.ACCOUNT_WRITE.value
 ACCOUNT_SCOPES = {"GET": READ, "HEAD": READ, "OPTIONS": READ, "*": WRITE}
@@ -166,10 +167,7 @@ class InvitationListApi(APIView):
     def post(self, request, organization_id):
         organization = selectors.organization_get(user=request.user, organization_id=organization_id)
         invitation, _token = services.invitation_create(
-            actor=request.user,
-            organization=organization,
-            base_url=request.build_absolute_uri("/")[:-1],
-            **validated_body(InvitationCreateIn, request),
+            actor=request.user, organization=organization, base_url=site_url(request), **validated_body(InvitationCreateIn, request)
         )
         return Response(InvitationOut(invitation).data, status=status.HTTP_201_CREATED)
 

@@ -29,6 +29,13 @@ class PasswordResetThrottled(_Throttled):
     code, sentence = "password_reset_throttled", "Too many password reset requests."
 
 
+class MailThrottled(_Throttled):
+    """Mails the product sends on someone's asking (a confirmation again, an invitation): counted,
+    so no one can make it mail a stranger without end, under its own sending name."""
+
+    code, sentence = "mail_throttled", "Too many emails sent for this."
+
+
 class MalformedProviderKey(ApplicationError):
     def __init__(self, reason: str):
         super().__init__(reason, {"field": "api_key"})

@@ -6,16 +6,20 @@ import zoneinfo
 from collections.abc import Callable
 from contextlib import contextmanager
 from datetime import datetime, time
+from urllib.parse import urlsplit
 
 from django import forms
+from django.conf import settings
 from django.contrib.auth import authenticate, password_validation
 from django.contrib.auth.forms import AuthenticationForm, PasswordResetForm
 from django.core.exceptions import ValidationError
+from django.template import loader
 
 from accounts import services
 from accounts.backends import user_id_for_login
 from accounts.errors import LoginThrottled
 from accounts.models import ApiKey, Membership, Preferences, ProviderCredential, User, expiry_storable, validate_name
+from accounts.tasks import mail_send_on_commit
 from config.db import rls
 from config.errors import ApplicationError
 from config.http import client_ip
@@ -120,8 +124,18 @@ class AccountPasswordResetForm(PasswordResetForm):
             yield user
 
     def save(self, **kwargs):
+        if settings.SITE_URL:  # the link's host is the site's, not the Host the request came with
+            origin = urlsplit(settings.SITE_URL)
+            kwargs.update(domain_override=origin.netloc, use_https=origin.scheme == "https")
         with rls_context_kept():  # get_users switched to the user's context to read their row
             return super().save(**kwargs)
+
+    def send_mail(self, subject_template_name, email_template_name, context, from_email, to_email, html_email_template_name=None):
+        """Queued for the worker, as every other mail (retried there): sent over SMTP in the
+        request, a known address answered as slowly as the mail server and an unknown one at once,
+        which told anyone which addresses have an account, and a failure there was lost."""
+        subject = "".join(loader.render_to_string(subject_template_name, context).splitlines())
+        mail_send_on_commit(subject=subject, body=loader.render_to_string(email_template_name, context), recipients=[to_email])
 
 
 # --- Settings ----------------------------------------------------------------------------

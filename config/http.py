@@ -30,3 +30,9 @@ def client_ip(request) -> str | None:
         return peer
     trusted = [_valid_ip(entry) for entry in forwarded[-count:]]
     return trusted[0] if all(trusted) else peer
+
+
+def site_url(request) -> str:
+    """https://host (no trailing slash) for links that leave the site, such as emails: SITE_URL
+    when set, never the Host the request came with (which picked where a reset link pointed)."""
+    return settings.SITE_URL.rstrip("/") or request.build_absolute_uri("/")[:-1]

@@ -37,6 +37,7 @@ from accounts.services.throttling import (  # noqa: F401
     login_failures_clear,
     login_throttle_check,
     password_reset_throttle,
+    verification_email_throttle,
 )
 from accounts.services.users import (  # noqa: F401
     EMAIL_VERIFICATION_MAX_AGE,

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from disposable_email_domains import blocklist as DISPOSABLE_EMAIL_DOMAINS
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, connections
+from django.db import IntegrityError, connections, transaction
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.crypto import get_random_string
@@ -16,6 +16,7 @@ from django.utils.text import slugify
 
 from accounts.errors import InvitationInvalid, NotAllowed, OrganizationRuleBroken
 from accounts.models import Invitation, Membership, Organization, User, validate_name
+from accounts.services.throttling import invitation_throttle
 from accounts.tasks import mail_send_on_commit
 from config.crypto import token_digest
 from config.db import rls
@@ -131,6 +132,7 @@ def organization_update(
         if name is not None:
             organization.name = _organization_name(name)
             fields.append("name")
+            transaction.on_commit(lambda: _pending_invitations_renamed(organization), using=rls.current_alias())
         if auto_join_domain is not None:
             domain = auto_join_domain.strip().lower().lstrip("@")
             if domain and domain != organization.auto_join_domain:
@@ -139,6 +141,17 @@ def organization_update(
             fields.append("auto_join_domain")
         organization.save(update_fields=[*fields, "updated_at"])
     return organization
+
+
+def _pending_invitations_renamed(organization: Organization) -> None:
+    """Pending invitations name the organization as it is now, not as it was when sent: an invitee
+    accepted "Join Acme" into what had since become another name. The web role may update only an
+    invitation's acceptance and withdrawal (accounts 0006), so this goes privileged, once the
+    rename has committed."""
+    with rls.privileged(reason="organization renamed: its pending invitations show the new name", audited=False):
+        Invitation.objects.filter(organization_id=organization.pk, accepted_at__isnull=True, revoked_at__isnull=True).update(
+            organization_name=organization.name
+        )
 
 
 def invitation_create(
@@ -158,6 +171,7 @@ def invitation_create(
             raise NotAllowed("Only owners can invite owners.")
         if Membership.objects.filter(organization=organization, user__email=email).exists():
             raise InvitationInvalid(f"{email} is already a member.", {"field": "email"})
+        invitation_throttle(inviter=actor, organization_id=organization.pk, email=email)
         # One invitation pending per email: two at once (a double click) queue here, and the second replaces the first.
         with connections[rls.current_alias()].cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"invitation:{organization.pk}:{email}"])

@@ -17,7 +17,7 @@ import time
 
 from django.conf import settings
 
-from accounts.errors import LoginThrottled, PasswordResetThrottled
+from accounts.errors import LoginThrottled, MailThrottled, PasswordResetThrottled
 from accounts.models import User
 from config.cache import REDIS_ERRORS, redis_client, redis_script
 from config.crypto import token_digest
@@ -190,6 +190,25 @@ def password_reset_throttle(*, email: str, ip: str | None) -> None:
     wait = _retry_after(_counts(subjects, hit=True), over=lambda count, limit: count > limit)
     if wait is not None:
         raise PasswordResetThrottled(retry_after=wait)
+
+
+def verification_email_throttle(*, user_id) -> None:
+    """Count one confirmation mail asked for again; refuse (MailThrottled) past the limit."""
+    _mail_counted([("verification_email", str(user_id))])
+
+
+def invitation_throttle(*, inviter: User, organization_id, email: str) -> None:
+    """Count one invitation mail, per organization and address and per inviter (far fewer while
+    the inviter's own address is unconfirmed: a fresh sign-up is not a mailing list)."""
+    per_inviter = "invitations_inviter" if inviter.email_verified else "invitations_unconfirmed_inviter"
+    _mail_counted([("invitation_address", _email_digest(f"{organization_id}.{email}")), (per_inviter, str(inviter.pk))])
+
+
+def _mail_counted(subjects: list[tuple[str, str]]) -> None:
+    # unless_over: an ask refused is not counted, on any of the subjects
+    counts, refused = _counted(subjects, hit=True, unless_over=True)
+    if refused:
+        raise MailThrottled(retry_after=_retry_after(counts, over=lambda count, limit: count >= limit) or 60)
 
 
 def api_request_throttle(*, subject: str) -> int | None:

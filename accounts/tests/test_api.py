@@ -118,7 +118,9 @@ def test_openapi_schema_validates_and_lists_every_account_path(client):
     assert "key" not in components["ApiKeyOut"]["properties"]
     assert "key" in components["ApiKeyCreatedOut"]["properties"]
     assert "api_key" not in components["ProviderCredentialOut"]["properties"]
-    assert components["ProviderCredentialInRequest"]["properties"]["api_key"]["writeOnly"] is True  # requests apart (COMPONENT_SPLIT_REQUEST)
+    assert (
+        components["ProviderCredentialInRequest"]["properties"]["api_key"]["writeOnly"] is True
+    )  # requests apart (COMPONENT_SPLIT_REQUEST)
 
 
 def test_requests_without_credentials_are_401(client):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from django.http import HttpResponse
 
+from config.http import site_url
+
 BACKEND = "accounts.backends.EmailBackend"
 
 
 def _base_url(request) -> str:
-    """https://host (no trailing slash), for links in emails."""
-    return request.build_absolute_uri("/")[:-1]
+    """https://host (no trailing slash), for links in emails (config.http.site_url)."""
+    return site_url(request)
 
 
 def _is_htmx(request) -> bool:

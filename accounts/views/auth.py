@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth import views as auth_views
@@ -17,7 +18,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from accounts import selectors, services
 from accounts.decorators import login_required
-from accounts.errors import InvitationInvalid, PasswordResetThrottled
+from accounts.errors import InvitationInvalid, MailThrottled, PasswordResetThrottled
 from accounts.forms import AccountPasswordResetForm, LoginForm, SignupForm, add_service_error, rls_context_kept
 from accounts.session_store import session_digest
 from accounts.views._common import BACKEND, _base_url
@@ -86,6 +87,18 @@ class LoginView(auth_views.LoginView):
         return response
 
 
+def _duration_words(seconds: int) -> str:
+    """3 days, 1 day, 12 hours, 1 hour: how long a link works, as its mail says."""
+    if seconds < 3600:
+        minutes = max(1, int(seconds) // 60)
+        return f"{minutes} minute{'s' if minutes != 1 else ''}"
+    days, hours = divmod(int(seconds) // 3600, 24)
+    if days and not hours:
+        return f"{days} day{'s' if days != 1 else ''}"
+    hours += days * 24
+    return f"{hours} hour{'s' if hours != 1 else ''}"
+
+
 class PasswordResetView(auth_views.PasswordResetView):
     form_class = AccountPasswordResetForm
     template_name = "accounts/password_reset_form.html"
@@ -103,6 +116,7 @@ class PasswordResetView(auth_views.PasswordResetView):
             response.status_code = exc.status_code
             response["Retry-After"] = str(exc.retry_after)
             return response
+        self.extra_email_context = {"link_lifetime": _duration_words(settings.PASSWORD_RESET_TIMEOUT)}
         return super().form_valid(form)
 
 
@@ -157,6 +171,11 @@ def verify_email_resend(request):
     if request.user.email_verified:
         messages.info(request, "Your email address is already confirmed.")
     else:
+        try:
+            services.verification_email_throttle(user_id=request.user.pk)
+        except MailThrottled as exc:
+            messages.error(request, exc.message)
+            return redirect("settings:profile")
         services.email_verification_send(user=request.user, base_url=_base_url(request))
         messages.success(request, f"We sent a new confirmation link to {request.user.email}.")
     return redirect("settings:profile")

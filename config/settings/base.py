@@ -18,6 +18,10 @@ environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 SECRET_KEY = env("DJANGO_SECRET_KEY", default="insecure-local-only-key-change-me")
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+# The origin of links that leave the site (emails): never the Host a request came with, which
+# chose where a reset link pointed whenever more than one host is allowed. Empty: the request's
+# (local use); production derives it from DJANGO_ALLOWED_HOSTS when unset.
+SITE_URL = env("SITE_URL", default="")
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
@@ -200,6 +204,12 @@ THROTTLES = {
     "password_reset_email": (env.int("THROTTLE_PASSWORD_RESET_EMAIL", default=3), 60 * 60),
     "password_reset_ip": (env.int("THROTTLE_PASSWORD_RESET_IP", default=20), 60 * 60),
     "api": (env.int("THROTTLE_API_PER_MINUTE", default=1200), 60),  # per API key or user; 0 turns it off
+    # Mails sent on someone's asking: a confirmation link again, per user; invitations per
+    # organization and address, and per inviter (fewer while the inviter's own email is unconfirmed).
+    "verification_email": (env.int("THROTTLE_VERIFICATION_EMAIL", default=3), 60 * 60),
+    "invitation_address": (env.int("THROTTLE_INVITATION_ADDRESS", default=3), 24 * 60 * 60),
+    "invitations_inviter": (env.int("THROTTLE_INVITATIONS_INVITER", default=100), 60 * 60),
+    "invitations_unconfirmed_inviter": (env.int("THROTTLE_INVITATIONS_UNCONFIRMED_INVITER", default=10), 24 * 60 * 60),
 }
 
 # --- I18N / time -----------------------------------------------------------

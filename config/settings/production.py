@@ -19,6 +19,9 @@ if len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5 or SECRET_KEY.startswith("ch
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS")
 if not ALLOWED_HOSTS:
     raise ImproperlyConfigured("DJANGO_ALLOWED_HOSTS is empty: name the host names the site answers to, comma-separated.")
+SITE_URL = env("SITE_URL", default="") or next((f"https://{host.lstrip('.')}" for host in ALLOWED_HOSTS if host != "*"), "")
+if not SITE_URL.startswith(("https://", "http://")):
+    raise ImproperlyConfigured("SITE_URL must be the site's origin, e.g. https://confab.example.com (it is where emailed links point).")
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=True)
 # The health checks answer plain HTTP: load balancers probe them without TLS.

@@ -86,3 +86,14 @@ def test_the_docker_build_context_leaves_out_local_state_and_secrets():
     field-encryption.key), .env and the local virtualenv into the image."""
     ignored = {line.strip() for line in (Path(settings.BASE_DIR) / ".dockerignore").read_text().splitlines()}
     assert {"var", ".env", ".venv", ".git"} <= ignored
+
+
+def test_emailed_links_point_at_the_first_allowed_host_unless_site_url_says_otherwise():
+    """Links in mails never take the Host a request came with (accounts/tests/test_attack_mail.py)."""
+    code = "import django; django.setup(); from django.conf import settings; print(settings.SITE_URL)"
+    derived = _run(["-c", code], DJANGO_ALLOWED_HOSTS=".confab.example.com,internal.example.net")
+    assert derived.stdout.strip() == "https://confab.example.com", derived.stderr[-500:]
+    given = _run(["-c", code], SITE_URL="https://app.confab.example.com")
+    assert given.stdout.strip() == "https://app.confab.example.com", given.stderr[-500:]
+    refused = _run(["manage.py", "check"], DJANGO_ALLOWED_HOSTS="*")
+    assert refused.returncode != 0 and "SITE_URL" in refused.stderr
