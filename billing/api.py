@@ -16,6 +16,7 @@ from billing import selectors, stripe_services
 from billing.serializers import CheckoutOut, PlanOut, SubscriptionChangeIn, SubscriptionOut
 from config.api.errors import error_responses
 from config.errors import NotFoundError
+from config.http import site_url
 
 READ, WRITE = ApiKey.Scope.BILLING_READ.value, ApiKey.Scope.BILLING_WRITE.value
 BILLING_SCOPES = {"GET": READ, "HEAD": READ, "OPTIONS": READ, "*": WRITE}
@@ -58,7 +59,7 @@ class SubscriptionApi(APIView):
             plan=plan,
             interval=data.validated_data["interval"],
             immediately=data.validated_data["immediately"],
-            return_url=request.build_absolute_uri(reverse("billing:page")),
+            return_url=site_url(request) + reverse("billing:page"),
         )
         if isinstance(outcome, str):
             return Response(CheckoutOut({"checkout_url": outcome}).data, status=status.HTTP_201_CREATED)

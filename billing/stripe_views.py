@@ -12,6 +12,7 @@ from accounts.decorators import login_required
 from accounts.models import Organization
 from billing import selectors, stripe_services
 from config.errors import ApplicationError
+from config.http import site_url
 
 
 def _organization(request) -> Organization:
@@ -36,7 +37,7 @@ def checkout(request):
             organization=organization,
             plan=plan,
             interval=request.POST.get("interval", "month"),
-            return_url=request.build_absolute_uri(reverse("billing:page")),
+            return_url=site_url(request) + reverse("billing:page"),
         )
     except ApplicationError as exc:
         messages.error(request, exc.message)
@@ -49,7 +50,7 @@ def checkout(request):
 def portal(request):
     try:
         url = stripe_services.portal_session_create(
-            actor=request.user, organization=_organization(request), return_url=request.build_absolute_uri(reverse("billing:page"))
+            actor=request.user, organization=_organization(request), return_url=site_url(request) + reverse("billing:page")
         )
     except ApplicationError as exc:
         messages.error(request, exc.message)

@@ -13,6 +13,7 @@ from accounts.decorators import login_required
 from billing import selectors, services, stripe_services
 from billing.forms import PlanChangeForm
 from config.errors import ApplicationError
+from config.http import site_url
 
 
 def _billing_url(organization_id) -> str:
@@ -73,7 +74,7 @@ def plan_change(request, organization_id):
             plan=plan,
             interval=form.cleaned_data["interval"],
             immediately=form.cleaned_data["immediately"],
-            return_url=request.build_absolute_uri(reverse("billing:page")),
+            return_url=site_url(request) + reverse("billing:page"),
         )
     except ApplicationError as exc:
         return _page(request, organization, status=exc.status_code, error=exc.message)

@@ -25,6 +25,7 @@ from accounts.decorators import login_required
 from chat import selectors, sharing
 from chat.models import ShareLink
 from config.errors import ApplicationError, NotFoundError
+from config.http import site_url
 
 EXPIRY_CHOICES = [("", "Never"), ("1h", "In an hour"), ("1d", "In a day"), ("7d", "In a week"), ("30d", "In 30 days")]
 EXPIRY = {"1h": timedelta(hours=1), "1d": timedelta(days=1), "7d": timedelta(days=7), "30d": timedelta(days=30)}
@@ -42,7 +43,7 @@ class ShareLinkForm(forms.Form):
 
 
 def share_url(request, token: str) -> str:
-    return request.build_absolute_uri(reverse("share", args=[token]))
+    return site_url(request) + reverse("share", args=[token])
 
 
 def _not_found(exc: NotFoundError):

@@ -224,3 +224,16 @@ def test_held_reset_for_an_unknown_address_answers_like_a_known_one_and_mails_no
     unknown = Client().post("/accounts/password-reset/", {"email": "nobody@example.com"})
     assert (known.status_code, known["Location"]) == (unknown.status_code, unknown["Location"])
     assert mail.outbox == []
+
+
+def test_share_links_answered_by_the_api_point_at_the_site_not_the_requests_host(settings, alice):
+    """A share link's URL, which its owner pastes anywhere, names the site (SITE_URL), as mailed links do."""
+    from chat import services as chat_services
+
+    settings.ALLOWED_HOSTS = ["confab.example.com", "confab-internal.example.net"]
+    settings.SITE_URL = "https://confab.example.com"
+    conversation = chat_services.conversation_create(user=alice, title="Tides")
+    browser = session_client(alice)
+    browser.defaults["HTTP_HOST"] = "confab-internal.example.net"
+    created = browser.post(f"{API}/conversations/{conversation.pk}/shares", {}, format="json")
+    assert created.status_code == 201 and created.json()["url"].startswith("https://confab.example.com/s/")

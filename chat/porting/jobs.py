@@ -174,13 +174,14 @@ def import_jobs_fail_stale() -> int:
     never_started = Q(status=ImportJob.Status.PENDING, created_at__lt=now - STALE_AFTER)
     worker_gone = Q(status=ImportJob.Status.RUNNING, started_at__lt=now - RUNNING_STALE_AFTER)
     with rls.privileged(reason="chat imports fail stale", audited=False):
-        stale = list(ImportJob.objects.filter(never_started | worker_gone).values_list("pk", flat=True))
+        # Locked as they are marked: a worker claiming one of them meanwhile waits and then finds it
+        # failed, instead of starting on a job whose file this removes (read, then marked, it could).
+        with transaction.atomic(using=rls.PRIVILEGED_ALIAS):
+            stale = list(ImportJob.objects.select_for_update().filter(never_started | worker_gone).values_list("pk", flat=True))
+            ImportJob.objects.filter(pk__in=stale).update(status=ImportJob.Status.FAILED, error=STALE, finished_at=timezone.now())
         for job_id in stale:
             import_path(job_id).unlink(missing_ok=True)
             import_path(job_id).with_suffix(".part").unlink(missing_ok=True)
-        ImportJob.objects.filter(pk__in=stale, status__in=ACTIVE).update(
-            status=ImportJob.Status.FAILED, error=STALE, finished_at=timezone.now()
-        )
     # Files no job will read: an upload whose request died before its job was committed.
     directory, cutoff = Path(settings.CHAT_IMPORT_DIR), (timezone.now() - STALE_AFTER).timestamp()
     for path in directory.iterdir() if directory.is_dir() else ():

@@ -23,6 +23,7 @@ from chat.porting import jobs
 from chat.tasks import import_jobs_fail_stale_task
 from chat.tests.porting_files import CLAUDE_SINGLE, chatgpt_zip
 from config.db import rls
+from config.tests.races import on_a_thread, until, waiting_locks
 
 pytestmark = pytest.mark.django_db(transaction=True)
 API = "/api/v1"
@@ -241,6 +242,30 @@ def test_a_stale_job_is_failed_and_its_file_removed_by_the_periodic_task(alice, 
     assert fresh.status == "pending"
     assert [p.name for p in import_dir.iterdir()] == [f"{fresh.pk}.upload"]
     assert jobs.STALE in session_client(alice).get("/chat/porting/").content.decode()
+
+
+def test_a_job_claimed_while_the_stale_pass_runs_is_left_to_its_worker(alice, import_dir):
+    """A job pending past its mark is claimed by its (late) worker while the stale pass runs: the
+    pass waits for the claim and leaves the job and its file alone. It read the stale list, then
+    removed the files, then marked them failed: a claim between the read and the mark lost its
+    file and was failed while it ran."""
+    job = jobs.import_job_create(user=alice, upload=_upload(chatgpt_zip(), "late.zip"))
+    with rls.privileged(reason="test: a job whose task is late"):
+        ImportJob.objects.filter(pk=job.pk).update(created_at=timezone.now() - jobs.STALE_AFTER - timedelta(minutes=1))
+    claim = psycopg.connect(**connections[rls.PRIVILEGED_ALIAS].get_connection_params())  # the worker's claim, held open
+    try:
+        claim.execute("UPDATE chat_importjob SET status = 'running', started_at = now() WHERE id = %s AND status = 'pending'", [job.pk])
+        errors, failed = [], []
+        sweep = on_a_thread(lambda: failed.append(jobs.import_jobs_fail_stale()), errors)
+        until(lambda: waiting_locks() > 0 or not sweep.is_alive(), "the stale pass waits for the claim")
+        claim.commit()
+        sweep.join(30)
+    finally:
+        claim.close()
+    assert errors == [] and failed == [0]
+    with rls.privileged(reason="test"):
+        assert ImportJob.objects.get(pk=job.pk).status == "running"
+    assert jobs.import_path(job.pk).exists(), "the running job's file was removed"
 
 
 def test_staff_see_import_jobs_read_only(alice, client):
