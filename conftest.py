@@ -59,12 +59,10 @@ def raw_app_connection(django_db_blocker):
     """A fresh psycopg connection as the app role to the test database (autocommit off)."""
     import psycopg
 
-    params = connections["default"].get_connection_params()
-    params.pop("context", None)
-    params.pop("cursor_factory", None)
-    params.pop("prepare_threshold", None)
+    from config.db.rows import direct_connection_params
+
     with django_db_blocker.unblock():
-        conn = psycopg.connect(**params)
+        conn = psycopg.connect(**direct_connection_params("default"))
     yield conn
     conn.close()
 

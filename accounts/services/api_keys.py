@@ -12,6 +12,7 @@ from django.db import connections
 from django.utils import timezone
 from django.utils.crypto import get_random_string
 
+from accounts import api_key_cache
 from accounts.errors import InvalidScopes, NotAllowed
 from accounts.models import ApiKey, User
 from accounts.services.sessions import ACTIVITY_WRITE_INTERVAL
@@ -99,6 +100,7 @@ def _first_use_in_interval(key: ApiKey) -> bool:
         return False  # Redis down: last_used_at waits for it rather than a write per request
 
 
+_USER_ID_COLUMN = [f.attname for f in ApiKey._meta.concrete_fields].index("user_id")
 # The key and its owner in one round trip (accounts migration 0013), outside any context.
 _SIGNIN_SQL = (
     f"SELECT {columns_of(ApiKey, 'k')}, {columns_of(User, 'u')} "
@@ -114,12 +116,16 @@ def api_key_authenticate(*, raw_key: str) -> tuple[User, ApiKey]:
         raise ApiKeyRejected("Malformed API key: expected 'Authorization: Bearer ck_...'.")
     alias = rls.current_alias()
     digest = token_digest(raw_key)
-    with prepared_cursor(alias) as cur:
-        cur.execute(_SIGNIN_SQL, [match.group(1), digest, match.group(1), digest])
-        row = cur.fetchone()
-    if row is None:
-        raise ApiKeyRejected("Unknown API key.")
     split = len(ApiKey._meta.concrete_fields)
+    row = api_key_cache.row_of(digest)
+    if row is None:
+        read_at_epoch = api_key_cache.epoch()
+        with prepared_cursor(alias) as cur:
+            cur.execute(_SIGNIN_SQL, [match.group(1), digest, match.group(1), digest])
+            row = cur.fetchone()
+        if row is None:
+            raise ApiKeyRejected("Unknown API key.")  # never remembered: unknown keys would fill the cache
+        api_key_cache.keep(digest, row[_USER_ID_COLUMN], row, read_at_epoch=read_at_epoch)
     key = model_from_row(ApiKey, alias, row[:split])
     key.user = model_from_row(User, alias, row[split:])
     problem = _api_key_problem(key)

@@ -84,7 +84,9 @@ def test_a_metered_message_post_with_an_api_key_stays_within_its_query_budget(al
     kept = [n for n, (_, sql) in enumerate(queries) if sql.strip() != "RESET ALL"]
     path, how = [queries[n] for n in kept], [queries.how[n] for n in kept]
     # 4 statements through a cursor, all on the app role (`default`):
-    #   request:  the API key and its owner in one query (two SECURITY DEFINER functions)     =  1
+    #   request:  the API key and its owner in one query (two SECURITY DEFINER functions);
+    #             0 for a key the process remembers (API_KEY_CACHE, on when served; off in
+    #             these in-process tests, whose transactions never commit: test_api_key_cache) =  1
     #   prepare:  the conversation FOR UPDATE with its persona, its organization's
     #             subscription + plan (for the entitlement check; the quota and rate decision
     #             is one Redis script) and its history (read again only when the lock waited

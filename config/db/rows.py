@@ -14,6 +14,15 @@ def columns_of(model, table_alias: str) -> str:
     return ", ".join(f"{table_alias}.{f.column}" for f in model._meta.concrete_fields)
 
 
+def direct_connection_params(alias: str) -> dict:
+    """psycopg.connect() arguments for a connection of one's own (outside Django and its pool)
+    to an alias's database as its role."""
+    params = connections[alias].get_connection_params()
+    for name in ("context", "cursor_factory", "prepare_threshold"):
+        params.pop(name, None)
+    return params
+
+
 def model_from_row(model, alias: str, values):
     """An instance from the values `columns_of(model)` selected, through each field's database converter (JSON)."""
     connection = connections[alias]

@@ -224,6 +224,9 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / "var" / "staticfiles"
 
 # --- API -------------------------------------------------------------------
+# Each web process remembers the API keys it read until PostgreSQL announces a change to the key
+# or its owner (accounts/api_key_cache.py); off, every API request reads its key from the database.
+API_KEY_CACHE = env.bool("API_KEY_CACHE", default=True)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "accounts.authentication.ApiKeyAuthentication",

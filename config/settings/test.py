@@ -24,5 +24,9 @@ for _db in DATABASES.values():
     _db["OPTIONS"].pop("pool")
     _db["CONN_MAX_AGE"] = 60
 
+# Test transactions never commit, so PostgreSQL would never announce a key's change to the
+# cache (accounts/api_key_cache.py); its own tests commit and turn it on.
+API_KEY_CACHE = False
+
 # The provider tests' wire-format servers listen on loopback.
 OUTBOUND_ALLOWED_HOSTS = ["127.0.0.1", "localhost"]

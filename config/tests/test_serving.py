@@ -12,12 +12,13 @@ from django.conf import settings
 from django.db import connections
 from psycopg_pool import ConnectionPool
 
-from accounts.services import api_key_create
+from accounts.services import api_key_create, api_key_revoke
 from accounts.tests.factories import make_user
 from billing.tests.factories import make_plans
 from chat.models import Message
 from chat.tests.factories import make_catalog
 from config.db import rls
+from config.db.rows import direct_connection_params
 from config.tests.serving import served
 
 STREAMS, EVENTS, INTERVAL = 20, 24, 0.25  # each stream stays open for ~6 s
@@ -101,10 +102,29 @@ def test_a_pooled_connection_carries_no_context_into_the_next_request():
     assert [k["id"] for k in as_bob.json()["results"]] == [str(bob_key.pk)]
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_revoked_key_stops_working_on_every_worker_that_remembered_it():
+    alice = make_user()
+    with rls.privileged(reason="test: issue an API key"):
+        key, secret = api_key_create(user=alice, name="k", scopes=["account:read"])
+    headers = {"Authorization": f"Bearer {secret}"}
+    with served(workers=2) as base:
+
+        def statuses(n: int) -> set[int]:  # a new connection each, so both workers answer some
+            return {httpx.get(f"{base}/api/v1/me", headers=headers).status_code for _ in range(n)}
+
+        assert statuses(30) == {200}  # both workers remember the key now (accounts/api_key_cache.py)
+        with rls.privileged(reason="test: revoke"):
+            api_key_revoke(user=alice, api_key=key)
+        deadline = time.monotonic() + 10
+        while statuses(1) != {401}:
+            assert time.monotonic() < deadline, "the revoked key still worked 10 s later"
+        assert statuses(30) == {401}
+
+
 @pytest.mark.django_db
 def test_the_pool_reset_hook_clears_session_settings_on_check_in():
-    params = connections["default"].get_connection_params()  # the app role on the test database
-    params = {k: v for k, v in params.items() if k not in ("context", "cursor_factory", "prepare_threshold")}
+    params = direct_connection_params("default")  # the app role on the test database
     with ConnectionPool(
         kwargs={**params, "autocommit": True}, min_size=1, max_size=1, reset=settings.DATABASE_POOL_OPTIONS["reset"]
     ) as pool:
