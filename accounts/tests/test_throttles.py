@@ -2,6 +2,7 @@
 higher per-email ceiling; password-reset mail per email and per IP; API 429 + Retry-After.
 Counted in the real Redis."""
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -10,7 +11,9 @@ from rest_framework.test import APIClient
 
 from accounts import services
 from accounts.errors import LoginThrottled
+from accounts.services import throttling
 from accounts.tests.factories import PASSWORD, mail_arrives, make_user
+from config.cache import redis_client
 from config.db import rls
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -174,3 +177,52 @@ def test_api_refusal_is_429_with_retry_after_and_the_error_shape(settings):
     assert body["message"] and body["extra"]["code"] == "throttled"
     assert 0 < body["extra"]["retry_after"] <= 60
     assert other.get("/api/v1/me").status_code == 200  # counted per key
+
+
+# --- The API throttle's leases (accounts.services.throttling.api_request_throttle) ------------
+
+
+def _counted_in_redis(subject: str) -> int:
+    return int(redis_client().get(f"{throttling.KEY_PREFIX}:api:{subject}") or 0)
+
+
+def test_a_process_counts_its_api_requests_ahead_in_leases_and_asks_redis_once_a_lease(settings):
+    settings.THROTTLES = {**settings.THROTTLES, "api": (100_000, 60)}
+    most = throttling.API_LEASE_MOST
+    for served in range(1, 2 * most + 2):
+        assert throttling.api_request_throttle(subject="key:lease") is None
+        # Counted in Redis before it is served: whole leases, so never fewer than served.
+        assert _counted_in_redis("key:lease") == most * ((served + most - 1) // most)
+
+
+def test_processes_sharing_a_key_never_pass_its_limit_and_stop_only_at_it(settings, monkeypatch):
+    settings.THROTTLES = {**settings.THROTTLES, "api": (100, 60)}
+    processes = [{}, {}]  # each web process's own leases
+    served = 0
+    for turn in range(300):
+        monkeypatch.setattr(throttling, "_api_leases", processes[turn % 2])
+        if throttling.api_request_throttle(subject="key:shared") is None:
+            served += 1
+    assert served == 100  # taking turns, neither is left holding any: all 100, never 101
+    for leases in processes:
+        monkeypatch.setattr(throttling, "_api_leases", leases)
+        assert 0 < throttling.api_request_throttle(subject="key:shared") <= 60
+
+
+def test_a_lease_ends_with_its_window(settings):
+    settings.THROTTLES = {**settings.THROTTLES, "api": (100_000, 1)}
+    assert throttling.api_request_throttle(subject="key:short") is None
+    assert _counted_in_redis("key:short") == throttling.API_LEASE_MOST
+    time.sleep(1.2)  # the window (and its count in Redis) is over; the unspent rest of the lease too
+    assert _counted_in_redis("key:short") == 0
+    assert throttling.api_request_throttle(subject="key:short") is None
+    assert _counted_in_redis("key:short") == throttling.API_LEASE_MOST  # a new lease in the new window
+
+
+def test_with_redis_stopped_each_process_counts_api_requests_itself(settings, own_redis):
+    from config import embedded
+
+    settings.THROTTLES = {**settings.THROTTLES, "api": (3, 60)}
+    embedded.redis_stop(own_redis)
+    assert [throttling.api_request_throttle(subject="key:outage") for _ in range(3)] == [None] * 3
+    assert 0 < throttling.api_request_throttle(subject="key:outage") <= 60
