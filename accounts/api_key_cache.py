@@ -26,7 +26,6 @@ own tests turn it on with committed transactions.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import secrets
@@ -60,7 +59,7 @@ MAX_ENTRIES = 10_000
 RECONNECT_DELAY = 1.0
 
 _lock = threading.Lock()
-_rows: dict[str, tuple] = {}  # digest -> the key's and owner's columns (accounts.services.api_keys._SIGNIN_SQL)
+_entries: dict[str, tuple] = {}  # digest -> the key and its owner, as read (accounts.services.api_keys)
 _digests_of_user: dict[str, set[str]] = {}
 _epoch = 0
 _alive_until = 0.0  # time.monotonic() until which the listener is known to hear every change
@@ -78,32 +77,27 @@ def epoch() -> int:
     return _epoch
 
 
-def row_of(digest: str) -> tuple | None:
-    """The remembered row for this digest (a copy the caller may change), or None."""
+def remembered(digest: str) -> tuple | None:
+    """What `keep` was given for this digest, or None. Shared: the caller copies before changing."""
     if not enabled():
         return None
     _listener_ensure()
     if time.monotonic() >= _alive_until:
         return None
-    row = _rows.get(digest)
-    return None if row is None else _copied(row)
+    return _entries.get(digest)
 
 
-def _copied(row: tuple) -> tuple:
-    # Model instances are built from these values: a list or dict must not be shared between requests.
-    return tuple(copy.deepcopy(v) if isinstance(v, list | dict) else v for v in row)
-
-
-def keep(digest: str, user_id, row: tuple, *, read_at_epoch: int) -> None:
-    """Remember a row read from the database, unless something changed since `read_at_epoch`."""
+def keep(digest: str, user_id, entry: tuple, *, read_at_epoch: int) -> None:
+    """Remember what was read from the database for this digest (the key and its owner), unless
+    something changed since `read_at_epoch`. The entry is shared with later requests as it is."""
     if not enabled():
         return
     with _lock:
         if read_at_epoch != _epoch or time.monotonic() >= _alive_until:
             return
-        if len(_rows) >= MAX_ENTRIES:
+        if len(_entries) >= MAX_ENTRIES:
             _forget_all()
-        _rows[digest] = _copied(row)
+        _entries[digest] = entry
         _digests_of_user.setdefault(str(user_id), set()).add(digest)
 
 
@@ -116,13 +110,13 @@ def forget(user_id: str) -> None:
             _forget_all()
             return
         for digest in _digests_of_user.pop(user_id, ()):
-            _rows.pop(digest, None)
+            _entries.pop(digest, None)
 
 
 def _forget_all() -> None:
     global _epoch
     _epoch += 1
-    _rows.clear()
+    _entries.clear()
     _digests_of_user.clear()
 
 

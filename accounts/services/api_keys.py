@@ -19,7 +19,7 @@ from accounts.services.sessions import ACTIVITY_WRITE_INTERVAL
 from config.cache import REDIS_ERRORS
 from config.crypto import token_digest
 from config.db import rls
-from config.db.rows import columns_of, model_from_row, prepared_cursor
+from config.db.rows import columns_of, model_clone, model_from_row, prepared_cursor
 from config.errors import ApplicationError
 
 API_KEY_PREFIX = "ck_"
@@ -100,7 +100,6 @@ def _first_use_in_interval(key: ApiKey) -> bool:
         return False  # Redis down: last_used_at waits for it rather than a write per request
 
 
-_USER_ID_COLUMN = [f.attname for f in ApiKey._meta.concrete_fields].index("user_id")
 # The key and its owner in one round trip (accounts migration 0013), outside any context.
 _SIGNIN_SQL = (
     f"SELECT {columns_of(ApiKey, 'k')}, {columns_of(User, 'u')} "
@@ -116,18 +115,19 @@ def api_key_authenticate(*, raw_key: str) -> tuple[User, ApiKey]:
         raise ApiKeyRejected("Malformed API key: expected 'Authorization: Bearer ck_...'.")
     alias = rls.current_alias()
     digest = token_digest(raw_key)
-    split = len(ApiKey._meta.concrete_fields)
-    row = api_key_cache.row_of(digest)
-    if row is None:
+    remembered = api_key_cache.remembered(digest)
+    if remembered is None:
         read_at_epoch = api_key_cache.epoch()
         with prepared_cursor(alias) as cur:
             cur.execute(_SIGNIN_SQL, [match.group(1), digest, match.group(1), digest])
             row = cur.fetchone()
         if row is None:
             raise ApiKeyRejected("Unknown API key.")  # never remembered: unknown keys would fill the cache
-        api_key_cache.keep(digest, row[_USER_ID_COLUMN], row, read_at_epoch=read_at_epoch)
-    key = model_from_row(ApiKey, alias, row[:split])
-    key.user = model_from_row(User, alias, row[split:])
+        split = len(ApiKey._meta.concrete_fields)
+        remembered = (model_from_row(ApiKey, alias, row[:split]), model_from_row(User, alias, row[split:]))
+        api_key_cache.keep(digest, remembered[0].user_id, remembered, read_at_epoch=read_at_epoch)
+    # This request's own instances: what it changes on them, no other request sees.
+    key, key.user = model_clone(remembered[0], alias), model_clone(remembered[1], alias)
     problem = _api_key_problem(key)
     if problem:
         raise ApiKeyRejected(problem)

@@ -11,6 +11,8 @@ from accounts import api_key_cache
 from accounts.models import ApiKey, User
 from accounts.services import ApiKeyRejected, api_key_authenticate, api_key_create, api_key_revoke, user_deactivate
 from accounts.tests.factories import make_user
+from analytics import buffer
+from analytics.models import AuditLog
 from config.crypto import token_digest
 from config.db import rls
 
@@ -44,7 +46,7 @@ def _key(user, scopes=("chat:read",)):
 
 
 def _remembered(secret) -> bool:
-    return token_digest(secret) in api_key_cache._rows
+    return token_digest(secret) in api_key_cache._entries
 
 
 def _barrier(user):
@@ -140,9 +142,9 @@ def test_a_row_read_before_a_change_is_heard_is_not_kept(cache_on):
 
     api_key_cache.keep(digest, alice.pk, ("a row read before",), read_at_epoch=read_at)
 
-    assert digest not in api_key_cache._rows
+    assert digest not in api_key_cache._entries
     api_key_cache.keep(digest, alice.pk, ("a row read after",), read_at_epoch=api_key_cache.epoch())
-    assert api_key_cache._rows[digest] == ("a row read after",)
+    assert api_key_cache._entries[digest] == ("a row read after",)
 
 
 def test_a_listener_that_lost_its_connection_trusts_nothing_it_may_have_missed(cache_on, monkeypatch, raw_app_connection):
@@ -233,3 +235,35 @@ def test_nothing_is_remembered_while_a_trigger_is_missing(cache_on, monkeypatch)
     _until(_listening, "the listener to trust itself again")
     api_key_authenticate(raw_key=secret)
     assert _remembered(secret)
+
+
+def test_a_clone_is_the_instance_loaded_again(cache_on):
+    """model_clone: what each request gets from the remembered key and owner."""
+    from config.db.rows import model_clone
+
+    alice = make_user(email="alice@example.com")
+    with rls.privileged(reason="test: give the owner metadata"):
+        User.objects.filter(pk=alice.pk).update(metadata={"theme": {"mode": "dark"}})
+    _, secret = _key(alice, scopes=("chat:read", "chat:write"))
+    with rls.privileged(reason="test: load as the worker role"):
+        loaded = User.objects.get(pk=alice.pk)  # on the privileged alias
+        loaded.key = ApiKey.objects.get(user_id=alice.pk)
+
+    clone = model_clone(loaded, "default")
+
+    fields = [f.attname for f in User._meta.concrete_fields]
+    assert [getattr(clone, name) for name in fields] == [getattr(loaded, name) for name in fields]
+    assert clone._state.db == "default" and not clone._state.adding  # the caller's alias, never the template's
+    assert clone.metadata is not loaded.metadata and clone.metadata["theme"] is not loaded.metadata["theme"]
+    assert not hasattr(clone, "key")  # nothing but the fields
+    with rls.privileged(reason="test: save a clone"):
+        key_clone = model_clone(loaded.key, "privileged")
+        assert key_clone.scopes is not loaded.key.scopes
+        key_clone.name = "renamed"
+        key_clone.save(update_fields=["name"])  # an UPDATE of the loaded row, not an INSERT
+        assert ApiKey.objects.filter(user_id=alice.pk).values_list("name", flat=True).get() == "renamed"
+    # Audited as a change from the values as loaded (post_init's snapshot).
+    buffer.buffer_flush("audit")
+    with rls.privileged(reason="test: read the audit log"):
+        change = AuditLog.objects.filter(table_name="accounts_apikey", record_id=str(key_clone.pk), action="update").get()
+    assert change.old_values == {"name": "k"} and change.new_values == {"name": "renamed"}

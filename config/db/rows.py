@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
 from django.db import connections
+from django.db.models.base import ModelState
+from django.db.models.signals import post_init
 
 
 def columns_of(model, table_alias: str) -> str:
@@ -29,6 +32,24 @@ def model_from_row(model, alias: str, values):
     fields = model._meta.concrete_fields
     values = [f.from_db_value(v, None, connection) if hasattr(f, "from_db_value") else v for f, v in zip(fields, values, strict=True)]
     return model.from_db(alias, [f.attname for f in fields], values)
+
+
+def model_clone(instance, alias: str):
+    """A new instance with the same field values, as loaded from `alias` (from_db), sharing no
+    list or dict with `instance` and carrying no related object or cached property: what
+    model_from_row would build again from the same row, without Model.__init__ (a tenth of a
+    millisecond for a user and an API key, on every API request). post_init is sent as loading
+    sends it (the audit log's snapshot of the values as loaded: analytics/audit.py)."""
+    clone = instance.__class__.__new__(instance.__class__)
+    clone.__dict__.update(
+        (field.attname, copy.deepcopy(value) if isinstance(value, list | dict) else value)
+        for field in instance._meta.concrete_fields
+        for value in (instance.__dict__[field.attname],)
+    )
+    clone._state = ModelState()
+    clone._state.adding, clone._state.db = False, alias
+    post_init.send(sender=instance.__class__, instance=clone)
+    return clone
 
 
 class _PreparedCursor(psycopg.Cursor):
