@@ -261,5 +261,8 @@ def api_request_throttle(*, subject: str) -> int | None:
     with _api_leases_lock:
         if len(_api_leases) > LOCAL_MAX_KEYS:
             _api_leases.clear()  # bounded memory: the unspent requests stay counted, only unused
-        _api_leases[subject] = (took - 1, now + ttl)  # one of them is this request's
+        left, ends = _api_leases.get(subject, (0, 0.0))
+        # One of them is this request's. Another thread's lease taken meanwhile is of the same
+        # window (a lease ends no later than its window): both are kept, none is left unspent.
+        _api_leases[subject] = (left + took - 1, ends) if ends > now else (took - 1, now + ttl)
     return None

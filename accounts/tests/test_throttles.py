@@ -226,3 +226,15 @@ def test_with_redis_stopped_each_process_counts_api_requests_itself(settings, ow
     embedded.redis_stop(own_redis)
     assert [throttling.api_request_throttle(subject="key:outage") for _ in range(3)] == [None] * 3
     assert 0 < throttling.api_request_throttle(subject="key:outage") <= 60
+
+
+def test_threads_of_one_process_racing_for_leases_spend_every_request_they_counted(settings):
+    settings.THROTTLES = {**settings.THROTTLES, "api": (400, 60)}
+
+    def calls(_) -> int:
+        return sum(throttling.api_request_throttle(subject="key:threads") is None for _ in range(50))
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        served = sum(pool.map(calls, range(16)))
+    assert served == 400  # 800 asked: no lease overwritten by another's, so none left unspent
+    assert _counted_in_redis("key:threads") == 400
