@@ -1,7 +1,8 @@
 """The log buffer: API logs, events and audit entries wait in Redis lists until Celery
 writes them to PostgreSQL in batches.
 
-The request path only RPUSHes JSON (the app role may not insert into the logs); the
+The request path only RPUSHes JSON (the app role may not insert into the logs; API log rows
+are pushed a process's batch at a time, buffer_push_soon); the
 flush reads a batch from the head, inserts it as the worker role with
 ON CONFLICT (uuid, created_at) DO NOTHING, and only then trims the batch off the list.
 So a flush that dies between the insert and the trim re-inserts nothing twice, and
@@ -14,15 +15,21 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import os
+import threading
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DatabaseError, DataError, IntegrityError, connections, transaction
+from django.dispatch import receiver
 
 from config.cache import REDIS_ERRORS, redis_client, redis_script
 from config.db import rls
+from config.lifecycle import process_stopping
 
 logger = logging.getLogger("confab.analytics.buffer")
 
@@ -104,29 +111,119 @@ class _Encoder(DjangoJSONEncoder):
         return o.isoformat() if isinstance(o, datetime) else super().default(o)
 
 
-def buffer_push(kind: str, row: dict) -> None:
-    """Queue one row; it must carry its uuid (the kind's key column) and created_at.
-    While Redis is unreachable the row is written straight to PostgreSQL instead."""
+def _encoded(kind: str, row: dict) -> str:
     spec = KINDS[kind]
     if not row.get(spec.key_column) or not row.get("created_at"):
         raise ValueError(f"A buffered {kind} row needs {spec.key_column} and created_at.")
-    raw = json.dumps(row, cls=_Encoder)
+    return json.dumps(row, cls=_Encoder)
+
+
+def buffer_push(kind: str, row: dict) -> None:
+    """Queue one row; it must carry its uuid (the kind's key column) and created_at.
+    While Redis is unreachable the row is written straight to PostgreSQL instead."""
+    _push(kind, [_encoded(kind, row)])
+
+
+def buffer_push_soon(kind: str, row: dict) -> None:
+    """Queue one row with the others this process queues within API_LOG_BATCH_SECONDS: one
+    RPUSH for them all, from a thread of its own, instead of a Redis round trip in each
+    request. What it gives up: a process killed outright (SIGKILL, a crash) loses the rows of
+    its last interval; one that stops (gunicorn's restarts and shutdown, config/lifecycle.py)
+    sends them first.
+    Audit entries and events, which must not be lost, go by buffer_push. 0 pushes at once."""
+    raw = _encoded(kind, row)
+    if settings.API_LOG_BATCH_SECONDS <= 0:
+        _push(kind, [raw])
+    else:
+        _batch.add(kind, raw)
+
+
+def _push(kind: str, raws: list[str]) -> None:
     try:
-        redis_client().rpush(buffer_key(kind), raw)
+        redis_client().rpush(buffer_key(kind), *raws)
     except REDIS_ERRORS:
-        _write_through(kind, raw)
+        _write_through(kind, raws)
 
 
-def _write_through(kind: str, raw: str) -> None:
-    """Redis is down: insert the one row now (same parse and insert as the flush); a row
-    that still cannot be written is logged and dropped, never the request's failure."""
-    logger.warning("Redis unreachable; %s row written through to PostgreSQL", kind)
+def _write_through(kind: str, raws: list[str]) -> None:
+    """Redis is down: insert the rows now (same parse and insert as the flush); a row that
+    still cannot be written is logged and dropped, never the request's failure."""
+    logger.warning("Redis unreachable; %d %s row(s) written through to PostgreSQL", len(raws), kind)
+    rows = []
+    for raw in raws:
+        try:
+            rows.append(_parse(kind, raw))
+        except BadRow:
+            logger.exception("buffered %s row lost (Redis unreachable, unparseable): %s", kind, raw[:500])
+    if not rows:
+        return
     try:
-        row = _parse(kind, raw)
         with rls.privileged(reason=WRITE_THROUGH_REASON, audited=False):
-            _insert(kind, [row])
-    except (BadRow, DatabaseError):
-        logger.exception("buffered %s row lost (Redis unreachable, write-through failed): %s", kind, raw[:500])
+            try:
+                _insert(kind, rows)
+            except (DataError, IntegrityError):  # one row's data: the others still go in
+                _insert_each(kind, rows)
+    except DatabaseError:
+        logger.exception("%d buffered %s row(s) lost (Redis unreachable, write-through failed)", len(rows), kind)
+
+
+class _Batch:
+    """The rows buffer_push_soon queued in this process, sent by a thread of its own: it sleeps
+    until a row comes, waits out the interval for the rest, and sends them kind by kind. Made
+    again in a forked child (gunicorn's workers): the parent's rows stay the parent's."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._rows: list[tuple[str, str]] = []
+        self._arrived = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, kind: str, raw: str) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="analytics-buffer-batch", daemon=True)
+                self._thread.start()
+            self._rows.append((kind, raw))
+            if len(self._rows) == 1:
+                self._arrived.set()
+
+    def send(self) -> int:
+        """Push what is queued now (also at exit); the number of rows."""
+        with self._lock:
+            rows, self._rows = self._rows, []
+        by_kind: dict[str, list[str]] = {}
+        for kind, raw in rows:
+            by_kind.setdefault(kind, []).append(raw)
+        for kind, raws in by_kind.items():
+            try:
+                _push(kind, raws)
+            except Exception:  # the thread must go on: the log is not worth losing the next batches
+                logger.exception("%d buffered %s row(s) lost", len(raws), kind)
+        return len(rows)
+
+    def _run(self) -> None:
+        while True:
+            self._arrived.wait()
+            self._arrived.clear()
+            time.sleep(settings.API_LOG_BATCH_SECONDS)
+            self.send()
+            connections.close_all()  # this thread's connections (a write-through's) go back to the pool
+
+
+_batch = _Batch()
+
+
+def _batch_renew_in_child() -> None:
+    global _batch
+    _batch = _Batch()
+
+
+os.register_at_fork(after_in_child=_batch_renew_in_child)
+
+
+@receiver(process_stopping)
+def _batch_send_before_stopping(**kwargs) -> None:
+    _batch.send()
 
 
 def buffer_length(kind: str) -> int:

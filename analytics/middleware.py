@@ -10,7 +10,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from analytics import audit
-from analytics.buffer import buffer_push
+from analytics.buffer import buffer_push_soon
 from config.http import client_ip
 
 logger = logging.getLogger("confab.analytics.middleware")
@@ -32,7 +32,8 @@ def _error_message(response) -> str:
 
 
 class ApiLogMiddleware:
-    """Times every /api/ request and queues one API log row (route pattern, not the raw path).
+    """Times every /api/ request and queues one API log row (route pattern, not the raw path),
+    sent with the process's others (analytics/buffer.buffer_push_soon).
 
     First after SecurityMiddleware, so the duration covers the whole request.
     """
@@ -50,7 +51,7 @@ class ApiLogMiddleware:
         try:
             match = request.resolver_match
             auth = getattr(request, "auth", None)  # DRF copies the key to the Django request
-            buffer_push(
+            buffer_push_soon(
                 "api_log",
                 {
                     "request_uuid": str(uuid.uuid4()),

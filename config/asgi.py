@@ -12,6 +12,7 @@ from django.http import FileResponse, HttpResponse, JsonResponse
 from django.urls import set_script_prefix
 
 from config.collector import garbage_collector_tune
+from config.lifecycle import process_stop
 from config.threads import request_thread
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.production")
@@ -47,6 +48,9 @@ class OneHopASGIHandler(ASGIHandler):
         self.load_middleware(is_async=False)
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
         async with request_thread():
@@ -118,6 +122,19 @@ class OneHopASGIHandler(ASGIHandler):
         elif made.made(response):  # the client left while it was made: nothing will send it
             response.close()
         return response
+
+
+async def _lifespan(receive, send) -> None:
+    """The server's start and stop: at the stop, what the process keeps in memory is sent
+    (config/lifecycle.py; uvicorn's workers end without running atexit)."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await sync_to_async(process_stop, thread_sensitive=False)()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
 
 
 class _Made:

@@ -49,7 +49,8 @@ MIDDLEWARE = [
     # /health/live and /health/ready, whatever the Host (config/health.py).
     "config.health.HealthFirstMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "csp.middleware.CSPMiddleware",
+    # django-csp's, with the policy built once (config/csp.py).
+    "config.csp.CSPMiddleware",
     # Times the whole API request and queues its log row (analytics/buffer.py).
     "analytics.middleware.ApiLogMiddleware",
     # Unknown /api/ paths answer JSON, also with DEBUG on (inside ApiLogMiddleware, which logs the answer).
@@ -359,6 +360,10 @@ ANTHROPIC_FREE_TIER_API_KEY = env("ANTHROPIC_FREE_TIER_API_KEY", default=None)
 GEMINI_FREE_TIER_API_KEY = env("GEMINI_FREE_TIER_API_KEY", default=None)
 # Paths the API log records (analytics/middleware.py): the API and the OpenAI-compatible gateway (chat/gateway.py).
 API_LOG_PATH_PREFIX = ("/api/", "/v1/")
+# A process sends its API log rows to Redis together, at most this many seconds after the first
+# (analytics/buffer.buffer_push_soon): a process killed outright loses its last interval's rows.
+# 0: each request pushes its own.
+API_LOG_BATCH_SECONDS = env.float("API_LOG_BATCH_SECONDS", default=0.05)
 # A reply still `streaming` after this many minutes lost its worker: closed as interrupted and metered.
 CHAT_STREAM_STALE_MINUTES = env.int("CHAT_STREAM_STALE_MINUTES", default=15)
 CELERY_BEAT_SCHEDULE["chat-streams-close-stale"] = {"task": "chat.tasks.streams_close_stale_task", "schedule": crontab(minute="*/5")}

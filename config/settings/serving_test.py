@@ -9,6 +9,7 @@ for _db in DATABASES.values():
     _db["CONN_MAX_AGE"] = 0
 # Real servers see committed changes, as in production (the bench measures the path with it).
 API_KEY_CACHE = env.bool("API_KEY_CACHE", default=True)  # noqa: F405
+API_LOG_BATCH_SECONDS = env.float("API_LOG_BATCH_SECONDS", default=0.05)  # noqa: F405
 ROOT_URLCONF = "config.tests.serving_urls"
 # The stream touches no database; the context probes go through the RLS middleware like any page.
 RLS_EXEMPT_PATHS = ("/health/", "/static/", "/_serving/stream")

@@ -27,6 +27,9 @@ for _db in DATABASES.values():
 # Test transactions never commit, so PostgreSQL would never announce a key's change to the
 # cache (accounts/api_key_cache.py); its own tests commit and turn it on.
 API_KEY_CACHE = False
+# Each API request pushes its own log row, there for the test to read when the response is
+# (analytics/tests/test_buffer_batch.py turns the batch on).
+API_LOG_BATCH_SECONDS = 0
 
 # The provider tests' wire-format servers listen on loopback.
 OUTBOUND_ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
