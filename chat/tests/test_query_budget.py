@@ -160,7 +160,8 @@ def test_a_metered_message_post_makes_three_redis_round_trips(alice, monkeypatch
     # API_LEASE_MOST requests of a key: accounts/tests/test_throttles.py); the entitlement's
     # decision and reservation (one script), the live counters' increment with the
     # reservation's settlement (one pipeline, chat/tests/test_send.py), the API log row (RPUSH,
-    # analytics/buffer.py)                                                                    = 3
+    # analytics/buffer.py; the test settings push each row, production one RPUSH a process per
+    # API_LOG_BATCH_SECONDS: analytics/tests/test_buffer_batch.py)                           = 3
     assert len(writes) == 3, writes
 
 
