@@ -159,14 +159,23 @@ def _persona_model_check(fields: dict) -> None:
         model_price_for(provider=fields.get("provider") or settings.CHAT_DEFAULT_PROVIDER, model=fields.get("model") or "")
 
 
+def _persona_temperature_plain(fields: dict) -> None:
+    """A temperature of -0 becomes 0: PostgreSQL's numeric stores it so, and the answer built from
+    the instance (not read back) would show "-0.00" until the next read."""
+    if fields.get("temperature") is not None and fields["temperature"] == 0:
+        fields["temperature"] = abs(fields["temperature"])
+
+
 def persona_create(*, user: User, **fields) -> Persona:
     _persona_model_check(fields)
+    _persona_temperature_plain(fields)
     with rls.atomic_as(user.pk):
         return Persona.objects.create(user_id=user.pk, **fields)
 
 
 def persona_update(*, user: User, persona: Persona, **fields) -> Persona:
     _persona_model_check({"provider": persona.provider, "model": persona.model, **fields})
+    _persona_temperature_plain(fields)
     with rls.atomic_as(user.pk):
         _still_there(Persona, persona, "No such persona.")
         for name, value in fields.items():

@@ -211,6 +211,19 @@ def test_personas_crud_and_a_persona_shapes_the_conversation(alice, plans):
         assert Conversation.objects.get(pk=conversation["id"]).persona_id is None
 
 
+@pytest.mark.parametrize("zero", ["-0", "-0.00", "-0.0"])
+def test_a_temperature_of_minus_zero_is_answered_and_stored_as_zero(alice, zero):
+    client = session_client(alice)
+    created = client.post(f"{API}/personas", {"name": "Cold", "system_prompt": "x", "temperature": zero}, format="json")
+    assert created.status_code == 201, created.json()
+    assert created.json()["temperature"] == "0.00"
+    persona_id = created.json()["id"]
+    assert client.get(f"{API}/personas/{persona_id}").json()["temperature"] == "0.00"
+    updated = client.patch(f"{API}/personas/{persona_id}", {"temperature": zero}, format="json")
+    assert updated.status_code == 200, updated.json()
+    assert updated.json()["temperature"] == "0.00"
+
+
 def test_models_lists_the_catalog_with_prices(alice):
     models = {m["model"]: m for m in session_client(alice).get(f"{API}/models").json()}
     assert models["gpt-4o-mini"]["input_price"] == "0.150000" and models["gpt-4o-mini"]["output_price"] == "0.600000"

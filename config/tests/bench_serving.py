@@ -30,6 +30,12 @@ stacks, one file per worker) during the metered POST and prints where its time g
 profiler slows the server, so its run's figures are not comparable with others.
 BENCH_SERVING_PROFILE_TARGET names another target to profile instead (as the table names it, e.g.
 "GET /api/v1/conversations/{conversation_id}" with that BENCH_SERVING_TARGET).
+BENCH_SERVING_ROUNDS=5 splits each target's requests into that many rounds, every target once a
+round (the first round warms up, the others open their connections with a few requests first),
+and prints each round's p50: how far this shared machine moves within a run. Latencies, CPU and
+statements are those of all rounds together. One round, the default, runs each target's
+requests at once, the metered POST last (docs/performance.md, "Measuring on this machine", for
+what the rounds found).
 EMBEDDED_PG_STAT_STATEMENTS=1 starts the throwaway PostgreSQL with pg_stat_statements and prints,
 for the metered POST, PostgreSQL's planning and execution time per request by statement.
 The per-key API throttle stays on but high enough never to answer 429.
@@ -45,7 +51,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 from django.conf import settings
@@ -64,6 +70,9 @@ WORKERS = int(os.environ.get("BENCH_SERVING_WORKERS", 2))
 CONCURRENCY = int(os.environ.get("BENCH_SERVING_CONCURRENCY", 32))
 REQUESTS = int(os.environ.get("BENCH_SERVING_REQUESTS", 3000))
 WARMUP = int(os.environ.get("BENCH_SERVING_WARMUP", 300))
+ROUNDS = int(os.environ.get("BENCH_SERVING_ROUNDS", 1))
+# A later round's load process opens its keep-alive connections with these first (not counted).
+ROUND_WARMUP = max(20, 2 * CONCURRENCY)
 # Requests/s for an open load (serving_load.py --rate): each request due at its time whether or not
 # earlier ones were answered. 0, the default, is the closed loop the issue describes.
 RATE = float(os.environ.get("BENCH_SERVING_RATE", 0))
@@ -111,14 +120,60 @@ TARGETS = [
 ]
 
 
-def _urls(base: str, target: Target, user) -> list[str]:
-    """The target's URLs with its placeholders filled; fresh conversations when it needs them."""
+def _urls(base: str, target: Target, user, sends: int) -> list[str]:
+    """The target's URLs with its placeholders filled; fresh conversations for `sends` when it needs them."""
     fields = {"user_id": user.pk, "organization_id": organization_of(user).pk}
     if not target.per_conversation:
         return [base + target.path.format(**fields)]
-    per_client = max(10, math.ceil((REQUESTS + WARMUP) / (CONCURRENCY * SENDS_PER_CONVERSATION)))
+    per_client = max(10, math.ceil(sends / (CONCURRENCY * SENDS_PER_CONVERSATION)))
     conversations = [conversation_create(user=user) for _ in range(per_client * CONCURRENCY)]
     return [base + target.path.format(**fields, conversation_id=c.pk) for c in conversations]
+
+
+def _rounds() -> list[tuple[int, int]]:
+    """(requests, warm-up requests) of each round: REQUESTS split evenly, the first round warming up."""
+    if not 1 <= ROUNDS <= REQUESTS:
+        raise ValueError(f"BENCH_SERVING_ROUNDS must be from 1 to BENCH_SERVING_REQUESTS ({REQUESTS}); got {ROUNDS}.")
+    return [(REQUESTS // ROUNDS + (n < REQUESTS % ROUNDS), WARMUP if n == 0 else ROUND_WARMUP) for n in range(ROUNDS)]
+
+
+@dataclass
+class _Rounds:
+    """One target's figures over the rounds, summed."""
+
+    latencies: list = field(default_factory=list)
+    statuses: dict = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    sent: int = 0  # warm-up requests included: the CPU measured covers them
+    cpu_s: dict = field(default_factory=dict)
+    collector_s: float = 0.0
+    process_s: float = 0.0
+    profiles: list = field(default_factory=list)
+    p50_by_round: list = field(default_factory=list)  # how far the machine moved between rounds
+    statements: dict = field(default_factory=dict)  # query: [calls, plans, planning ms, execution ms], totals
+
+    def add(self, result: dict, sent: int, cpu: tuple[dict, dict], collector: tuple[tuple, tuple], profiles, statements) -> None:
+        self.latencies += result["latencies_ms"]
+        self.p50_by_round.append(bk.summary(result["latencies_ms"])["p50"])
+        for status, n in result["statuses"].items():
+            self.statuses[status] = self.statuses.get(status, 0) + n
+        self.elapsed_s += result["elapsed_s"]
+        self.sent += sent
+        for part, seconds in cpu[1].items():
+            self.cpu_s[part] = self.cpu_s.get(part, 0.0) + seconds - cpu[0][part]
+        self.collector_s += collector[1][0] - collector[0][0]
+        self.process_s += collector[1][1] - collector[0][1]
+        self.profiles += profiles
+        for calls, plans, plan_ms, exec_ms, query in statements:  # per request of the round: back to totals
+            total = self.statements.setdefault(query, [0, 0, 0.0, 0.0])
+            total[0] += calls
+            total[1] += plans
+            total[2] += plan_ms * sent
+            total[3] += exec_ms * sent
+
+    def statements_per_request(self) -> list[tuple]:
+        rows = [(c, p, plan / self.sent, run / self.sent, q) for q, (c, p, plan, run) in self.statements.items()]
+        return sorted(rows, key=lambda row: -(row[2] + row[3]))
 
 
 # Where the metered POST's GIL time goes, when profiled: the request's thread, the send and its
@@ -164,9 +219,9 @@ def _statements_say(server: str, statements: list[tuple]) -> None:
     bk.say(f"     {sum(s[2] + s[3] for s in statements):6.3f} ms in all")
 
 
-def _load(urls: list[str], target: Target, secret: str) -> dict:
+def _load(urls: list[str], target: Target, secret: str, requests: int, warmup: int) -> dict:
     command = [sys.executable, str(LOAD_SCRIPT), *urls, "--method", target.method, "--body", target.body]
-    command += ["--concurrency", str(CONCURRENCY), "--requests", str(REQUESTS), "--warmup", str(WARMUP), "--rate", str(RATE)]
+    command += ["--concurrency", str(CONCURRENCY), "--requests", str(requests), "--warmup", str(warmup), "--rate", str(RATE)]
     if target.api_key:
         command += ["--header", f"Authorization: Bearer {secret}"]
     out = subprocess.run(command, cwd=settings.BASE_DIR, capture_output=True, text=True, timeout=900)
@@ -184,44 +239,54 @@ def test_serving_throughput_and_latency():
     for server, how in _servers().items():
         gc_dir = tempfile.mkdtemp(prefix="confab-gc-")  # each worker's collector time (config/collector.py)
         with served(workers=WORKERS, wsgi=how.wsgi, app=how.app, GC_STATS_DIR=gc_dir, **SERVER_ENV) as base:
-            for target in _targets():
-                urls = _urls(base, target, user)
-                profile_dir = (
-                    os.environ.get("BENCH_SERVING_PROFILE_DIR")
-                    if target.name == os.environ.get("BENCH_SERVING_PROFILE_TARGET", METERED)
-                    else None
-                )
-                with bk.profiled(base.pid, profile_dir, _slug(server)) as profiles, bk.statements_tracked(REQUESTS + WARMUP) as statements:
-                    cpu_before, gc_before = bk.serving_cpu_seconds(base.pid), bk.collector_seconds(gc_dir)
-                    result = _load(urls, target, secret)
-                    cpu_after, gc_after = bk.serving_cpu_seconds(base.pid), bk.collector_seconds(gc_dir)
-                if profiles:
-                    shares = bk.profile_shares(profiles, PROFILED_FRAMES)
-                    bk.say(f"   {server}, metered POST, share of GIL samples: " + ", ".join(f"{f} {v:.0%}" for f, v in shares.items()))
-                if statements and target.name == METERED:
-                    _statements_say(server, statements)
-                collector_share = (gc_after[0] - gc_before[0]) / max(gc_after[1] - gc_before[1], 1e-9)
-                # Warm-up requests included: the load process sends them in the same run.
-                cpu_parts = {part: (cpu_after[part] - cpu_before[part]) * 1000 / (REQUESTS + WARMUP) for part in cpu_after}
-                cpu_ms = sum(cpu_parts.values())
-                latency = bk.summary(result["latencies_ms"])
-                ok = sum(n for status, n in result["statuses"].items() if status.startswith("2"))
-                rps = len(result["latencies_ms"]) / result["elapsed_s"]
-                rows.append([server, target.name, ok, rps, latency["p50"], latency["p95"], latency["p99"], cpu_ms, 1000 / cpu_ms])
-                figures[f"{server}: {target.name}"] = {
-                    "requests_per_s": rps,
-                    "statuses": result["statuses"],
-                    "latency_ms": latency,
-                    "serving_cpu_ms_per_request": cpu_ms,
-                    "serving_cpu_ms_per_request_by_part": cpu_parts,
-                    "requests_per_serving_core_s": 1000 / cpu_ms,
-                    "garbage_collector_share_of_workers_cpu": collector_share,
-                }
-                assert ok == REQUESTS, f"{server}, {target.name}: {result['statuses']}"
+            runs = {target.name: _Rounds() for target in _targets()}
+            for round_n, (requests, warmup) in enumerate(_rounds()):
+                for target in _targets():
+                    urls = _urls(base, target, user, requests + warmup)
+                    profile_dir = (
+                        os.environ.get("BENCH_SERVING_PROFILE_DIR")
+                        if target.name == os.environ.get("BENCH_SERVING_PROFILE_TARGET", METERED)
+                        else None
+                    )
+                    with (
+                        bk.profiled(base.pid, profile_dir, f"{_slug(server)}-{round_n}") as profiles,
+                        bk.statements_tracked(requests + warmup) as statements,
+                    ):
+                        cpu_before, gc_before = bk.serving_cpu_seconds(base.pid), bk.collector_seconds(gc_dir)
+                        result = _load(urls, target, secret, requests, warmup)
+                        cpu_after, gc_after = bk.serving_cpu_seconds(base.pid), bk.collector_seconds(gc_dir)
+                    runs[target.name].add(result, requests + warmup, (cpu_before, cpu_after), (gc_before, gc_after), profiles, statements)
+        for target in _targets():
+            run = runs[target.name]
+            if run.profiles:
+                shares = bk.profile_shares(run.profiles, PROFILED_FRAMES)
+                bk.say(f"   {server}, metered POST, share of GIL samples: " + ", ".join(f"{f} {v:.0%}" for f, v in shares.items()))
+            if run.statements and target.name == METERED:
+                _statements_say(server, run.statements_per_request())
+            cpu_parts = {part: seconds * 1000 / run.sent for part, seconds in run.cpu_s.items()}
+            cpu_ms = sum(cpu_parts.values())
+            latency = bk.summary(run.latencies)
+            ok = sum(n for status, n in run.statuses.items() if status.startswith("2"))
+            rps = len(run.latencies) / run.elapsed_s
+            rows.append([server, target.name, ok, rps, latency["p50"], latency["p95"], latency["p99"], cpu_ms, 1000 / cpu_ms])
+            figures[f"{server}: {target.name}"] = {
+                "requests_per_s": rps,
+                "statuses": run.statuses,
+                "latency_ms": latency,
+                "serving_cpu_ms_per_request": cpu_ms,
+                "serving_cpu_ms_per_request_by_part": cpu_parts,
+                "requests_per_serving_core_s": 1000 / cpu_ms,
+                "garbage_collector_share_of_workers_cpu": run.collector_s / max(run.process_s, 1e-9),
+                "p50_ms_by_round": run.p50_by_round,
+            }
+            assert ok == REQUESTS, f"{server}, {target.name}: {run.statuses}"
+            if ROUNDS > 1:
+                bk.say(f"   {server}, {target.name}: p50 by round " + ", ".join(f"{p50:.2f}" for p50 in run.p50_by_round) + " ms")
     bk.say(
         bk.table(
             f"Serving: gunicorn, {WORKERS} workers, {CONCURRENCY} concurrent clients, {REQUESTS} requests per target"
-            + (f", open load at {RATE:g} requests/s" if RATE else ""),
+            + (f", open load at {RATE:g} requests/s" if RATE else "")
+            + (f", side by side in {ROUNDS} rounds" if ROUNDS > 1 else ""),
             ["server", "target", "2xx", "req/s", "p50 ms", "p95 ms", "p99 ms", "cpu ms/req", "req/core-s"],
             rows,
         )
@@ -246,4 +311,7 @@ def test_serving_throughput_and_latency():
         bk.say(f"   {server}: Python's garbage collector took {metered['garbage_collector_share_of_workers_cpu']:.1%} of the workers' CPU")
     bk.say("   goal (issue #10): >= 150 req/s per core with full metering, <= 5 ms p50 added over the bare view")
     bk.say(f"   machine: {bk.machine()}")
-    bk.report_write("serving", {"workers": WORKERS, "concurrency": CONCURRENCY, "requests": REQUESTS, "rate": RATE, "targets": figures})
+    bk.report_write(
+        "serving",
+        {"workers": WORKERS, "concurrency": CONCURRENCY, "requests": REQUESTS, "rate": RATE, "rounds": ROUNDS, "targets": figures},
+    )
