@@ -150,7 +150,7 @@ class _Rounds:
     process_s: float = 0.0
     profiles: list = field(default_factory=list)
     p50_by_round: list = field(default_factory=list)  # how far the machine moved between rounds
-    statements: dict = field(default_factory=dict)  # query: [calls, plans, planning ms, execution ms], totals
+    statements: dict = field(default_factory=dict)  # queryid: [calls, plans, planning ms, execution ms, statement], totals
 
     def add(self, result: dict, sent: int, cpu: tuple[dict, dict], collector: tuple[tuple, tuple], profiles, statements) -> None:
         self.latencies += result["latencies_ms"]
@@ -164,15 +164,15 @@ class _Rounds:
         self.collector_s += collector[1][0] - collector[0][0]
         self.process_s += collector[1][1] - collector[0][1]
         self.profiles += profiles
-        for calls, plans, plan_ms, exec_ms, query in statements:  # per request of the round: back to totals
-            total = self.statements.setdefault(query, [0, 0, 0.0, 0.0])
+        for calls, plans, plan_ms, exec_ms, query, queryid in statements:  # per request of the round: back to totals
+            total = self.statements.setdefault(queryid, [0, 0, 0.0, 0.0, query])
             total[0] += calls
             total[1] += plans
             total[2] += plan_ms * sent
             total[3] += exec_ms * sent
 
     def statements_per_request(self) -> list[tuple]:
-        rows = [(c, p, plan / self.sent, run / self.sent, q) for q, (c, p, plan, run) in self.statements.items()]
+        rows = [(c, p, plan / self.sent, run / self.sent, q) for c, p, plan, run, q in self.statements.values()]
         return sorted(rows, key=lambda row: -(row[2] + row[3]))
 
 

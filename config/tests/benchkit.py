@@ -110,7 +110,9 @@ def collector_seconds(directory: str | None) -> tuple[float, float]:
 @contextlib.contextmanager
 def statements_tracked(requests: int) -> Iterator[list[tuple]]:
     """PostgreSQL's own cost of each statement run at least requests/2 times during the block, per
-    request: (calls, times planned, planning ms, execution ms, statement), most costly first.
+    request: (calls, times planned, planning ms, execution ms, statement, its queryid), most costly
+    first. The queryid names a statement across resets, whose text may not: the text is the first
+    run's after a reset, constants and all when it runs prepared.
     Yields an empty list, filled after the block; stays empty unless the embedded server was
     started with EMBEDDED_PG_STAT_STATEMENTS=1 (the library must be loaded at start)."""
     import psycopg
@@ -125,7 +127,7 @@ def statements_tracked(requests: int) -> Iterator[list[tuple]]:
         yield found
         if loaded:
             found += conn.execute(
-                "SELECT calls, plans, total_plan_time / %(n)s, total_exec_time / %(n)s, regexp_replace(query, '\\s+', ' ', 'g') "
+                "SELECT calls, plans, total_plan_time / %(n)s, total_exec_time / %(n)s, regexp_replace(query, '\\s+', ' ', 'g'), queryid "
                 "FROM pg_stat_statements WHERE calls >= %(n)s / 2 ORDER BY total_plan_time + total_exec_time DESC",
                 {"n": requests},
             ).fetchall()
