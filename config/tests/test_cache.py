@@ -43,3 +43,15 @@ def test_pointing_the_cache_elsewhere_forgets_the_client(settings):
     before = redis_client()
     settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"], "KEY_PREFIX": "elsewhere"}}
     assert redis_client() is not before
+
+
+def test_the_client_parses_replies_with_hiredis():
+    """requirements.txt pins hiredis: redis-py parses with it when it is installed (a script call
+    costs about 40 us less CPU than with its Python parser), and says nothing when it is not."""
+    pool = redis_client().connection_pool
+    connection = pool.get_connection()
+    try:
+        assert type(connection._parser).__name__ == "_HiredisParser"
+    finally:
+        pool.release(connection)
+    assert redis_script("return {1, 'two', {3}}")() == [1, b"two", [3]]
