@@ -36,6 +36,10 @@ and prints each round's p50: how far this shared machine moves within a run. Lat
 statements are those of all rounds together. One round, the default, runs each target's
 requests at once, the metered POST last (docs/performance.md, "Measuring on this machine", for
 what the rounds found).
+BENCH_SERVING_CPU_TRACE=1 serves "ASGI uvicorn" with config/tests/cpu_trace.py's wrappers on the
+metered send's functions and prints, for the metered POST, each one's thread CPU a request
+(inclusive; waits on PostgreSQL and Redis cost nothing, unlike in py-spy's samples); the wrappers
+add about a microsecond a call, so that run's figures are a little higher than others.
 EMBEDDED_PG_STAT_STATEMENTS=1 starts the throwaway PostgreSQL with pg_stat_statements and prints,
 for the metered POST, PostgreSQL's planning and execution time per request by statement.
 The per-key API throttle stays on but high enough never to answer 429.
@@ -64,6 +68,7 @@ from chat.services import conversation_create
 from chat.tests.factories import make_catalog
 from config.db import rls
 from config.tests import benchkit as bk
+from config.tests import cpu_trace
 from config.tests.serving import LOAD_SCRIPT, served
 
 WORKERS = int(os.environ.get("BENCH_SERVING_WORKERS", 2))
@@ -76,6 +81,8 @@ ROUND_WARMUP = max(20, 2 * CONCURRENCY)
 # Requests/s for an open load (serving_load.py --rate): each request due at its time whether or not
 # earlier ones were answered. 0, the default, is the closed loop the issue describes.
 RATE = float(os.environ.get("BENCH_SERVING_RATE", 0))
+CPU_TRACE = os.environ.get("BENCH_SERVING_CPU_TRACE") == "1"
+TRACE_ROWS = 40
 CHAT_BODY = json.dumps({"content": "Hello, how are you?"})
 # Fresh conversations enough for at most about this many sends each (warm-up included), 10 a
 # client at least, so a history is about 20 messages at any client count (as the runs at 32
@@ -196,7 +203,24 @@ def _targets() -> list[Target]:
 
 def _servers() -> dict[str, Server]:
     chosen = os.environ.get("BENCH_SERVING_SERVERS")
-    return {name: server for name, server in SERVERS.items() if not chosen or name in chosen.split(",")}
+    servers = {name: server for name, server in SERVERS.items() if not chosen or name in chosen.split(",")}
+    if CPU_TRACE and "ASGI uvicorn" in servers:
+        servers["ASGI uvicorn"] = Server(app="config.tests.traced_asgi:application")
+    return servers
+
+
+def _cpu_trace_env(directory: str) -> dict[str, str]:
+    """What config/tests/traced_asgi.py reads: the metered POST's requests are the ones counted."""
+    return {"CPU_TRACE_DIR": directory, "CPU_TRACE_METHOD": "POST", "CPU_TRACE_PATH": r"/api/v1/conversations/[^/]+/messages"}
+
+
+def _cpu_trace_say(server: str, directory: str) -> dict:
+    requests, process_ms, rows = cpu_trace.read(directory)
+    bk.say(f"   {server}, metered POST, thread CPU a request by function ({requests} requests; inclusive):")
+    bk.say(f"      {process_ms:.3f} ms  the workers' CPU a request in all (the event loop's work included)")
+    for name, ms, calls in rows[:TRACE_ROWS]:
+        bk.say(f"      {ms:.3f} ms  {calls:5.2f} calls  {name}")
+    return {"requests": requests, "process_ms": process_ms, "functions": {name: {"ms": ms, "calls": calls} for name, ms, calls in rows}}
 
 
 def _metered_user():
@@ -238,7 +262,9 @@ def test_serving_throughput_and_latency():
     rows, figures, cores = [], {}, os.cpu_count()
     for server, how in _servers().items():
         gc_dir = tempfile.mkdtemp(prefix="confab-gc-")  # each worker's collector time (config/collector.py)
-        with served(workers=WORKERS, wsgi=how.wsgi, app=how.app, GC_STATS_DIR=gc_dir, **SERVER_ENV) as base:
+        trace_dir = tempfile.mkdtemp(prefix="confab-cpu-trace-")
+        trace_env = _cpu_trace_env(trace_dir) if how.app == "config.tests.traced_asgi:application" else {}
+        with served(workers=WORKERS, wsgi=how.wsgi, app=how.app, GC_STATS_DIR=gc_dir, **trace_env, **SERVER_ENV) as base:
             runs = {target.name: _Rounds() for target in _targets()}
             for round_n, (requests, warmup) in enumerate(_rounds()):
                 for target in _targets():
@@ -263,6 +289,8 @@ def test_serving_throughput_and_latency():
                 bk.say(f"   {server}, metered POST, share of GIL samples: " + ", ".join(f"{f} {v:.0%}" for f, v in shares.items()))
             if run.statements and target.name == METERED:
                 _statements_say(server, run.statements_per_request())
+            if trace_env and target.name == METERED:
+                figures[f"{server}: cpu trace of the metered POST"] = _cpu_trace_say(server, trace_dir)
             cpu_parts = {part: seconds * 1000 / run.sent for part, seconds in run.cpu_s.items()}
             cpu_ms = sum(cpu_parts.values())
             latency = bk.summary(run.latencies)

@@ -1,0 +1,159 @@
+"""Where a request's CPU goes, function by function (make bench only: bench_serving's
+BENCH_SERVING_CPU_TRACE=1).
+
+py-spy samples stacks (`--gil`: whichever thread holds the GIL), so a thread waiting on
+PostgreSQL or Redis shows up in the functions that wait, and at one client the waits are most
+of the samples. Here each function on the list is wrapped to add up the CPU its calling thread
+spent inside it (time.thread_time_ns, inclusive of what it calls): a wait costs nothing. Only
+requests whose method and path match are counted (their sync work runs on the request's thread,
+config/asgi.py); the event loop's own work is the process's CPU minus the threads' (`process`).
+Each worker writes its figures to DIRECTORY/cpu-trace-<pid>.json every DUMP_EVERY counted
+requests; `read` adds the workers' files up. The wrappers cost about a microsecond a call."""
+
+from __future__ import annotations
+
+import functools
+import glob
+import importlib
+import json
+import os
+import re
+import sys
+import threading
+import time
+
+# The metered send's path, outermost first ("module:qualified name"; a function imported by name
+# elsewhere is replaced there too).
+HOT_PATH = [
+    "config.asgi:OneHopASGIHandler._response_in_thread",
+    "django.core.handlers.base:BaseHandler.get_response",
+    "rest_framework.views:APIView.dispatch",
+    "rest_framework.views:APIView.initial",
+    "rest_framework.views:APIView.perform_authentication",
+    "rest_framework.views:APIView.check_throttles",
+    "rest_framework.views:APIView.perform_content_negotiation",
+    "chat.api:MessageListApi.post",
+    "config.api.inputs:validated_body",
+    "config.api.outputs:Representation.__call__",
+    "chat.services:message_send",
+    "chat.services:message_prepare",
+    "chat.services:_send_target",
+    "billing.services:entitlement_check",
+    "chat.services:_messages_store",
+    "chat.services:_reply_finish",
+    "chat.services:_meter",
+    "analytics.services:usage_record_alongside",
+    "analytics.counters:increments_send",
+    "asgiref.sync:AsyncToSync.__call__",
+    "config.db.backend.base:DatabaseWrapper._pipelined",
+    "config.db.rows:insert_rows",
+    "config.db.rows:model_from_row",
+    "django.db.models.base:Model.__init__",
+    "django.db.backends.base.base:BaseDatabaseWrapper.connect",
+    "django.db.backends.base.base:BaseDatabaseWrapper.set_autocommit",
+    "django.db.transaction:Atomic.__enter__",
+    "django.db.transaction:Atomic.__exit__",
+    "redis.client:Redis.execute_command",
+    "redis.client:Pipeline.execute",
+    "django.http.response:HttpResponseBase.close",
+]
+ROOT = HOT_PATH[0]  # where a request's counting starts and ends
+DUMP_EVERY = 200
+
+_local = threading.local()
+_stats: dict[str, list[int]] = {}  # name -> [calls, thread CPU ns]
+_requests = [0]
+_process_started = [0.0]
+
+
+def _counting() -> bool:
+    return getattr(_local, "on", False)
+
+
+def wrap(name: str, function, *, root_match=None, directory: str | None = None):
+    """`function`, adding its calls' thread CPU to `name` while the thread counts. With
+    `root_match` (scope -> bool; the request's thread entry), it turns counting on for matching
+    requests and writes the figures to `directory` every DUMP_EVERY of them."""
+
+    @functools.wraps(function)
+    def timed(*args, **kwargs):
+        starts = root_match is not None and not _counting() and root_match(args[1])
+        if starts:
+            _local.on = True
+            if not _requests[0]:
+                _process_started[0] = time.process_time()
+        if not _counting():
+            return function(*args, **kwargs)
+        began = time.thread_time_ns()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            figures = _stats.setdefault(name, [0, 0])
+            figures[0] += 1
+            figures[1] += time.thread_time_ns() - began
+            if starts:
+                _local.on = False
+                _requests[0] += 1
+                if directory and _requests[0] % DUMP_EVERY == 0:
+                    dump(directory)
+
+    return timed
+
+
+def dump(directory: str) -> None:
+    figures = {"requests": _requests[0], "process_ns": int((time.process_time() - _process_started[0]) * 1e9), "functions": _stats}
+    path = os.path.join(directory, f"cpu-trace-{os.getpid()}.json")
+    with open(path + ".tmp", "w") as out:
+        json.dump(figures, out)
+    os.replace(path + ".tmp", path)
+
+
+def install(directory: str, *, method: str, path_pattern: str, targets: list[str] = HOT_PATH) -> list[str]:
+    """Wrap `targets`; the requests counted are those with this method and a path matching
+    `path_pattern`. The names that could not be found, for the caller to say."""
+    pattern = re.compile(path_pattern)
+
+    def matches(scope) -> bool:
+        return scope.get("method") == method and bool(pattern.fullmatch(scope.get("path", "")))
+
+    missing = []
+    for target in targets:
+        module_name, qualified = target.split(":")
+        *owner_path, attribute = qualified.split(".")
+        try:
+            owner = importlib.import_module(module_name)
+            for part in owner_path:
+                owner = getattr(owner, part)
+            original = owner.__dict__[attribute] if isinstance(owner, type) else getattr(owner, attribute)
+        except (ImportError, AttributeError, KeyError):
+            missing.append(target)
+            continue
+        is_root = target == ROOT
+        timed = wrap(target, original, root_match=matches if is_root else None, directory=directory if is_root else None)
+        setattr(owner, attribute, timed)
+        if not isinstance(owner, type):  # imported by name elsewhere: replaced there too
+            for module in list(sys.modules.values()):
+                names = getattr(module, "__dict__", None) or {}
+                for name, value in list(names.items()):
+                    if value is original:
+                        names[name] = timed
+    return missing
+
+
+def read(directory: str) -> tuple[int, float, list[tuple[str, float, float]]]:
+    """(requests counted, process CPU ms a request, [(function, thread CPU ms a request, calls a
+    request)] largest first), over every worker's file."""
+    requests, process_ns, functions = 0, 0, {}
+    for path in glob.glob(os.path.join(directory, "cpu-trace-*.json")):
+        with open(path) as source:
+            figures = json.load(source)
+        requests += figures["requests"]
+        process_ns += figures["process_ns"]
+        for name, (calls, ns) in figures["functions"].items():
+            total = functions.setdefault(name, [0, 0])
+            total[0] += calls
+            total[1] += ns
+    if not requests:
+        return 0, 0.0, []
+    rows = [(name, ns / requests / 1e6, calls / requests) for name, (calls, ns) in functions.items()]
+    return requests, process_ns / requests / 1e6, sorted(rows, key=lambda row: -row[1])

@@ -1,0 +1,65 @@
+"""The bench's CPU trace (config/tests/cpu_trace.py) counts CPU, not waits, and only in the
+requests it was asked to count."""
+
+import time
+
+import pytest
+
+from config.tests import cpu_trace
+
+
+class Handler:
+    def entry(self, scope):  # stands in for OneHopASGIHandler._response_in_thread(scope, ...)
+        busy()
+        idle()
+
+
+def busy():
+    deadline = time.thread_time() + 0.03
+    while time.thread_time() < deadline:
+        pass
+
+
+def idle():
+    time.sleep(0.05)
+
+
+@pytest.fixture
+def traced(tmp_path, monkeypatch):
+    monkeypatch.setattr(cpu_trace, "_stats", {})
+    monkeypatch.setattr(cpu_trace, "_requests", [0])
+    monkeypatch.setattr(cpu_trace, "ROOT", f"{__name__}:Handler.entry")
+    monkeypatch.setattr(cpu_trace, "DUMP_EVERY", 1)
+    for name in ("entry",):
+        monkeypatch.setattr(Handler, name, Handler.__dict__[name])  # put back after the test
+    monkeypatch.setattr(f"{__name__}.busy", busy)
+    monkeypatch.setattr(f"{__name__}.idle", idle)
+    missing = cpu_trace.install(
+        str(tmp_path),
+        method="POST",
+        path_pattern=r"/api/v1/conversations/[^/]+/messages",
+        targets=[f"{__name__}:Handler.entry", f"{__name__}:busy", f"{__name__}:idle", f"{__name__}:not_here"],
+    )
+    assert missing == [f"{__name__}:not_here"]
+    return tmp_path
+
+
+def test_a_counted_request_adds_the_cpu_of_each_function_and_nothing_for_a_wait(traced):
+    Handler().entry({"method": "POST", "path": "/api/v1/conversations/abc/messages"})
+    requests, process_ms, rows = cpu_trace.read(str(traced))
+    figures = {name: ms for name, ms, _calls in rows}
+    assert requests == 1 and process_ms > 0
+    assert 25 <= figures[f"{__name__}:busy"] <= 60  # 30 ms of CPU burnt
+    assert figures[f"{__name__}:idle"] < 5  # 50 ms asleep
+    assert figures[f"{__name__}:Handler.entry"] >= figures[f"{__name__}:busy"]
+
+
+def test_other_requests_are_not_counted(traced):
+    handler = Handler()
+    handler.entry({"method": "GET", "path": "/api/v1/conversations/abc/messages"})
+    handler.entry({"method": "POST", "path": "/api/v1/conversations/abc/messages/extra"})
+    busy()  # outside any request
+    assert cpu_trace.read(str(traced)) == (0, 0.0, [])
+    handler.entry({"method": "POST", "path": "/api/v1/conversations/abc/messages"})
+    requests, _process_ms, rows = cpu_trace.read(str(traced))
+    assert requests == 1 and {name: calls for name, _ms, calls in rows}[f"{__name__}:busy"] == 1
