@@ -766,7 +766,7 @@ def _meter(
         )
     conversation = message.conversation
     rates = charge.rates
-    updated, _row = usage_record_alongside(
+    updated, _written = usage_record_alongside(
         reply_update,
         alone_as=alone_as,
         user_id=message.user_id,

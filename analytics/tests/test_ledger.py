@@ -80,6 +80,15 @@ def test_the_same_request_id_is_recorded_once():
     assert TokenUsage.objects.using("privileged").filter(request_id="req-retry-1").count() == 1
 
 
+def test_recorded_alongside_says_whether_the_row_was_written_once():
+    user, org = make_member()
+    fields = usage_fields(user, org, request_id="req-alongside-1")
+    alongside = services.Alongside("alongside AS (SELECT 1 FROM generate_series(1, %(a_n)s))", {"a_n": 3})
+    assert services.usage_record_alongside(alongside, alone_as=user.pk, **fields) == (3, True)
+    assert services.usage_record_alongside(alongside, alone_as=user.pk, **fields) == (3, False)
+    assert TokenUsage.objects.using("privileged").filter(request_id="req-alongside-1").count() == 1
+
+
 def test_a_request_id_repeated_in_one_batch_is_recorded_once_with_its_first_call():
     user, org = make_member()
     first = usage_fields(user, org, request_id="req-twice", input_tokens=7)
