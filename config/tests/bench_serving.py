@@ -40,6 +40,7 @@ BENCH_SERVING_CPU_TRACE=1 serves "ASGI uvicorn" with config/tests/cpu_trace.py's
 metered send's functions and prints, for the metered POST, each one's thread CPU a request
 (inclusive; waits on PostgreSQL and Redis cost nothing, unlike in py-spy's samples); the wrappers
 add about a microsecond a call, so that run's figures are a little higher than others.
+BENCH_SERVING_CPU_TRACE_TARGET="bare view, chat reply JSON" traces another target instead.
 EMBEDDED_PG_STAT_STATEMENTS=1 starts the throwaway PostgreSQL with pg_stat_statements and prints,
 for the metered POST, PostgreSQL's planning and execution time per request by statement.
 The per-key API throttle stays on but high enough never to answer 429.
@@ -52,6 +53,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -209,18 +211,31 @@ def _servers() -> dict[str, Server]:
     return servers
 
 
+def _cpu_trace_target() -> Target:
+    name = os.environ.get("BENCH_SERVING_CPU_TRACE_TARGET", METERED)
+    return next(target for target in _targets() if target.name == name)
+
+
 def _cpu_trace_env(directory: str) -> dict[str, str]:
-    """What config/tests/traced_asgi.py reads: the metered POST's requests are the ones counted."""
-    return {"CPU_TRACE_DIR": directory, "CPU_TRACE_METHOD": "POST", "CPU_TRACE_PATH": r"/api/v1/conversations/[^/]+/messages"}
+    """What config/tests/traced_asgi.py reads: the traced target's requests are the ones counted."""
+    target = _cpu_trace_target()
+    path = re.sub(r"\\\{[a-z_]+\\\}", "[^/]+", re.escape(target.path.split("?")[0]))
+    return {"CPU_TRACE_DIR": directory, "CPU_TRACE_METHOD": target.method, "CPU_TRACE_PATH": path}
 
 
 def _cpu_trace_say(server: str, directory: str) -> dict:
-    requests, process_ms, rows = cpu_trace.read(directory)
-    bk.say(f"   {server}, metered POST, thread CPU a request by function ({requests} requests; inclusive):")
-    bk.say(f"      {process_ms:.3f} ms  the workers' CPU a request in all (the event loop's work included)")
+    requests, process_ms, loop_ms, rows = cpu_trace.read(directory)
+    bk.say(f"   {server}, {_cpu_trace_target().name}, thread CPU a request by function ({requests} requests; inclusive):")
+    bk.say(f"      {process_ms:.3f} ms  the workers' CPU a request in all")
+    bk.say(f"      {loop_ms:.3f} ms  their event loops' thread (HTTP, the hops to and from the request's thread)")
     for name, ms, calls in rows[:TRACE_ROWS]:
         bk.say(f"      {ms:.3f} ms  {calls:5.2f} calls  {name}")
-    return {"requests": requests, "process_ms": process_ms, "functions": {name: {"ms": ms, "calls": calls} for name, ms, calls in rows}}
+    return {
+        "requests": requests,
+        "process_ms": process_ms,
+        "loop_ms": loop_ms,
+        "functions": {name: {"ms": ms, "calls": calls} for name, ms, calls in rows},
+    }
 
 
 def _metered_user():
@@ -289,8 +304,8 @@ def test_serving_throughput_and_latency():
                 bk.say(f"   {server}, metered POST, share of GIL samples: " + ", ".join(f"{f} {v:.0%}" for f, v in shares.items()))
             if run.statements and target.name == METERED:
                 _statements_say(server, run.statements_per_request())
-            if trace_env and target.name == METERED:
-                figures[f"{server}: cpu trace of the metered POST"] = _cpu_trace_say(server, trace_dir)
+            if trace_env and target.name == _cpu_trace_target().name:
+                figures[f"{server}: cpu trace of {target.name}"] = _cpu_trace_say(server, trace_dir)
             cpu_parts = {part: seconds * 1000 / run.sent for part, seconds in run.cpu_s.items()}
             cpu_ms = sum(cpu_parts.values())
             latency = bk.summary(run.latencies)

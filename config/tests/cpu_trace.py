@@ -6,7 +6,7 @@ PostgreSQL or Redis shows up in the functions that wait, and at one client the w
 of the samples. Here each function on the list is wrapped to add up the CPU its calling thread
 spent inside it (time.thread_time_ns, inclusive of what it calls): a wait costs nothing. Only
 requests whose method and path match are counted (their sync work runs on the request's thread,
-config/asgi.py); the event loop's own work is the process's CPU minus the threads' (`process`).
+config/asgi.py); the event loop's thread is measured whole (its CPU clock), as is the process.
 Each worker writes its figures to DIRECTORY/cpu-trace-<pid>.json every DUMP_EVERY counted
 requests; `read` adds the workers' files up. The wrappers cost about a microsecond a call."""
 
@@ -64,6 +64,12 @@ _local = threading.local()
 _stats: dict[str, list[int]] = {}  # name -> [calls, thread CPU ns]
 _requests = [0]
 _process_started = [0.0]
+_loop_started = [0]
+
+
+def _loop_thread_ns() -> int:
+    """The CPU of the process's main thread (the server's event loop) so far."""
+    return time.clock_gettime_ns(time.pthread_getcpuclockid(threading.main_thread().ident))
 
 
 def _counting() -> bool:
@@ -82,6 +88,7 @@ def wrap(name: str, function, *, root_match=None, directory: str | None = None):
             _local.on = True
             if not _requests[0]:
                 _process_started[0] = time.process_time()
+                _loop_started[0] = _loop_thread_ns()
         if not _counting():
             return function(*args, **kwargs)
         began = time.thread_time_ns()
@@ -101,7 +108,12 @@ def wrap(name: str, function, *, root_match=None, directory: str | None = None):
 
 
 def dump(directory: str) -> None:
-    figures = {"requests": _requests[0], "process_ns": int((time.process_time() - _process_started[0]) * 1e9), "functions": _stats}
+    figures = {
+        "requests": _requests[0],
+        "process_ns": int((time.process_time() - _process_started[0]) * 1e9),
+        "loop_ns": _loop_thread_ns() - _loop_started[0],
+        "functions": _stats,
+    }
     path = os.path.join(directory, f"cpu-trace-{os.getpid()}.json")
     with open(path + ".tmp", "w") as out:
         json.dump(figures, out)
@@ -140,20 +152,23 @@ def install(directory: str, *, method: str, path_pattern: str, targets: list[str
     return missing
 
 
-def read(directory: str) -> tuple[int, float, list[tuple[str, float, float]]]:
-    """(requests counted, process CPU ms a request, [(function, thread CPU ms a request, calls a
-    request)] largest first), over every worker's file."""
-    requests, process_ns, functions = 0, 0, {}
+def read(directory: str) -> tuple[int, float, float, list[tuple[str, float, float]]]:
+    """(requests counted, the workers' CPU ms a request, their event loops' CPU ms a request,
+    [(function, thread CPU ms a request, calls a request)] largest first), over every worker's
+    file. The workers' CPU is counted from their first counted request to their last file, other
+    requests served meanwhile included."""
+    requests, process_ns, loop_ns, functions = 0, 0, 0, {}
     for path in glob.glob(os.path.join(directory, "cpu-trace-*.json")):
         with open(path) as source:
             figures = json.load(source)
         requests += figures["requests"]
         process_ns += figures["process_ns"]
+        loop_ns += figures["loop_ns"]
         for name, (calls, ns) in figures["functions"].items():
             total = functions.setdefault(name, [0, 0])
             total[0] += calls
             total[1] += ns
     if not requests:
-        return 0, 0.0, []
+        return 0, 0.0, 0.0, []
     rows = [(name, ns / requests / 1e6, calls / requests) for name, (calls, ns) in functions.items()]
-    return requests, process_ns / requests / 1e6, sorted(rows, key=lambda row: -row[1])
+    return requests, process_ns / requests / 1e6, loop_ns / requests / 1e6, sorted(rows, key=lambda row: -row[1])
