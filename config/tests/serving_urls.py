@@ -2,7 +2,8 @@
 
 Never imported by production URLs: a slow async stream (does a stream hold a worker?),
 the row-level security context a request starts with (does a pooled connection carry
-any?), and a bare view answering a chat reply's JSON (the framework's floor in the bench).
+any?), and a bare view answering a chat reply's JSON (the framework's floor in the bench), also as
+the metered send's view is marked (no transaction held by the middleware).
 """
 
 import asyncio
@@ -13,6 +14,7 @@ from django.http import JsonResponse, StreamingHttpResponse
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 
+from config.db.rls import own_transactions
 from config.urls import handler400, handler404, handler500, urlpatterns  # noqa: F401  handlers are looked up here
 
 CHAT_REPLY = {
@@ -68,10 +70,19 @@ def chat_reply(request):
     return JsonResponse(CHAT_REPLY, status=201 if request.method == "POST" else 200)
 
 
+@csrf_exempt
+@own_transactions("POST")
+def chat_reply_own_transactions(request):
+    """chat_reply marked as the metered send's view is (rls.own_transactions): the middleware opens
+    no transaction for its POST, so no pooled connection is checked out for it."""
+    return chat_reply(request)
+
+
 urlpatterns = [
     path("_serving/stream", stream),
     path("_serving/context", context),
     path("_serving/context/session-set", context_session_set),
     path("_serving/chat-reply", chat_reply),
+    path("_serving/chat-reply-own-transactions", chat_reply_own_transactions),
     *urlpatterns,
 ]
