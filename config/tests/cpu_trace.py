@@ -61,6 +61,9 @@ ROOT = HOT_PATH[0]  # where a request's counting starts and ends
 DUMP_EVERY = 200
 
 _local = threading.local()
+_lock = threading.Lock()
+_dump_lock = threading.Lock()
+_dumped = [0]  # the request count of the last file written
 _stats: dict[str, list[int]] = {}  # name -> [calls, thread CPU ns]
 _requests = [0]
 _process_started = [0.0]
@@ -95,29 +98,38 @@ def wrap(name: str, function, *, root_match=None, directory: str | None = None):
         try:
             return function(*args, **kwargs)
         finally:
-            figures = _stats.setdefault(name, [0, 0])
-            figures[0] += 1
-            figures[1] += time.thread_time_ns() - began
+            spent = time.thread_time_ns() - began
+            with _lock:  # requests run on several threads at once (32 clients)
+                figures = _stats.setdefault(name, [0, 0])
+                figures[0] += 1
+                figures[1] += spent
+                if starts:
+                    _requests[0] += 1
+                    due = directory and _requests[0] % DUMP_EVERY == 0
             if starts:
                 _local.on = False
-                _requests[0] += 1
-                if directory and _requests[0] % DUMP_EVERY == 0:
+                if due:
                     dump(directory)
 
     return timed
 
 
 def dump(directory: str) -> None:
-    figures = {
-        "requests": _requests[0],
-        "process_ns": int((time.process_time() - _process_started[0]) * 1e9),
-        "loop_ns": _loop_thread_ns() - _loop_started[0],
-        "functions": _stats,
-    }
+    with _lock:  # a copy: other requests' threads go on adding
+        figures = {
+            "requests": _requests[0],
+            "process_ns": int((time.process_time() - _process_started[0]) * 1e9),
+            "loop_ns": _loop_thread_ns() - _loop_started[0],
+            "functions": {name: list(values) for name, values in _stats.items()},
+        }
     path = os.path.join(directory, f"cpu-trace-{os.getpid()}.json")
-    with open(path + ".tmp", "w") as out:
-        json.dump(figures, out)
-    os.replace(path + ".tmp", path)
+    with _dump_lock:  # one writer at a time; a later copy is never replaced by an earlier one
+        if figures["requests"] < _dumped[0]:
+            return
+        _dumped[0] = figures["requests"]
+        with open(path + ".tmp", "w") as out:
+            json.dump(figures, out)
+        os.replace(path + ".tmp", path)
 
 
 def install(directory: str, *, method: str, path_pattern: str, targets: list[str] = HOT_PATH) -> list[str]:

@@ -1,6 +1,7 @@
 """The bench's CPU trace (config/tests/cpu_trace.py) counts CPU, not waits, and only in the
 requests it was asked to count."""
 
+import threading
 import time
 
 import pytest
@@ -28,6 +29,7 @@ def idle():
 def traced(tmp_path, monkeypatch):
     monkeypatch.setattr(cpu_trace, "_stats", {})
     monkeypatch.setattr(cpu_trace, "_requests", [0])
+    monkeypatch.setattr(cpu_trace, "_dumped", [0])
     monkeypatch.setattr(cpu_trace, "ROOT", f"{__name__}:Handler.entry")
     monkeypatch.setattr(cpu_trace, "DUMP_EVERY", 1)
     for name in ("entry",):
@@ -63,3 +65,21 @@ def test_other_requests_are_not_counted(traced):
     handler.entry({"method": "POST", "path": "/api/v1/conversations/abc/messages"})
     requests, _process_ms, _loop_ms, rows = cpu_trace.read(str(traced))
     assert requests == 1 and {name: calls for name, _ms, calls in rows}[f"{__name__}:busy"] == 1
+
+
+def test_requests_on_several_threads_at_once_are_all_counted(traced, monkeypatch):
+    monkeypatch.setattr(f"{__name__}.idle", lambda: None)  # the wrapped `busy` is what each request runs
+    handler, scope = Handler(), {"method": "POST", "path": "/api/v1/conversations/abc/messages"}
+
+    def requests():
+        for _ in range(5):
+            handler.entry(scope)
+
+    threads = [threading.Thread(target=requests) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    requests_counted, _process_ms, _loop_ms, rows = cpu_trace.read(str(traced))
+    assert requests_counted == 20
+    assert {name: calls for name, _ms, calls in rows}[f"{__name__}:busy"] == 1
