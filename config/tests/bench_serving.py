@@ -220,7 +220,11 @@ def _servers() -> dict[str, Server]:
 
 def _cpu_trace_target() -> Target:
     name = os.environ.get("BENCH_SERVING_CPU_TRACE_TARGET", METERED)
-    return next(target for target in _targets() if target.name == name)
+    for target in _targets():
+        if target.name == name:
+            return target
+    names = ", ".join(repr(target.name) for target in _targets())
+    raise ValueError(f"BENCH_SERVING_CPU_TRACE_TARGET must name one of the targets ({names}); got {name!r}.")
 
 
 def _cpu_trace_env(directory: str) -> dict[str, str]:
