@@ -13,6 +13,7 @@ from django.urls import set_script_prefix
 
 from config.collector import garbage_collector_tune
 from config.lifecycle import process_stop
+from config.resolving import ResolveOnceMixin
 from config.threads import request_thread
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.production")
@@ -22,7 +23,7 @@ class BodyTooLarge(Exception):
     pass
 
 
-class OneHopASGIHandler(ASGIHandler):
+class OneHopASGIHandler(ResolveOnceMixin, ASGIHandler):
     """Django's ASGI handler, with a request's sync work in one hop to a reused thread, and a
     bound on request bodies.
 

@@ -23,10 +23,10 @@ from django.conf import settings
 from django.contrib.auth import SESSION_KEY
 from django.db import connections, transaction
 from django.dispatch import Signal
-from django.urls import Resolver404, resolve
 from psycopg.pq import ExecStatus, TransactionStatus
 
 from config.db.rows import prepared_cursor
+from config.resolving import request_resolve
 
 APP_ALIAS = "default"
 PRIVILEGED_ALIAS = "privileged"
@@ -226,10 +226,10 @@ def own_transactions(*methods: str):
 
 
 def _owns_transactions(request) -> bool:
-    try:
-        func = resolve(request.path_info).func
-    except Resolver404:
+    match = request_resolve(request)  # kept for the handler, which would resolve it again
+    if match is None:
         return False
+    func = match.func
     marked = getattr(func, "rls_own_transactions", None) or getattr(getattr(func, "view_class", None), "rls_own_transactions", ())
     return request.method in marked
 

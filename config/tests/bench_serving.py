@@ -42,7 +42,8 @@ BENCH_SERVING_CPU_TRACE=1 serves "ASGI uvicorn" with config/tests/cpu_trace.py's
 metered send's functions and prints, for the metered POST, each one's thread CPU a request
 (inclusive; waits on PostgreSQL and Redis cost nothing, unlike in py-spy's samples); the wrappers
 add about a microsecond a call, so that run's figures are a little higher than others.
-BENCH_SERVING_CPU_TRACE_TARGET="bare view, chat reply JSON" traces another target instead.
+BENCH_SERVING_CPU_TRACE_TARGET="bare view, chat reply JSON" traces another target instead;
+BENCH_SERVING_CPU_TRACE_FUNCTIONS="module:Class.method,..." traces more functions (config/tests/traced_asgi.py).
 EMBEDDED_PG_STAT_STATEMENTS=1 starts the throwaway PostgreSQL with pg_stat_statements and prints,
 for the metered POST, PostgreSQL's planning and execution time per request by statement.
 The per-key API throttle stays on but high enough never to answer 429.
