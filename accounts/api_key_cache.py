@@ -14,7 +14,9 @@ Lost notifications cannot leave a stale row behind:
   every change committed before the probe was heard first); otherwise every request reads the
   database, as without the cache. A pooler in transaction mode, which would lose notifications,
   never delivers the probe either;
-- nor while any of the triggers is missing or disabled (code running before its migration);
+- nor while any of the triggers is missing, disabled, or fires only in `origin` sessions (code
+  running before its migration; a change made under session_replication_role = replica, by
+  logical replication or by hand, would announce nothing: migration 0015);
 - a listener that reconnects forgets everything (notifications sent while it was away are gone);
 - a row read from the database is kept only if no notification (and no reconnect) arrived since
   the read began (`epoch`): a change committed between the read and the keeping wins.
@@ -191,11 +193,17 @@ def _listen(params: dict, generation: int) -> None:
 
 def _triggers_in_place(conn) -> bool:
     enabled_triggers = conn.execute(
-        "SELECT count(*) FROM pg_trigger WHERE tgname = ANY(%s) AND tgenabled <> 'D' AND NOT tgisinternal", [list(TRIGGERS)]
+        # 'A': fires in every session, replica-role ones too (accounts migration 0015).
+        "SELECT count(*) FROM pg_trigger WHERE tgname = ANY(%s) AND tgenabled = 'A' AND NOT tgisinternal",
+        [list(TRIGGERS)],
     ).fetchone()[0]
     if enabled_triggers == len(TRIGGERS):
         return True
-    logger.warning("API key cache unused: %d of its %d triggers are in place (accounts migration 0014)", enabled_triggers, len(TRIGGERS))
+    logger.warning(
+        "API key cache unused: %d of its %d triggers are in place and fire always (accounts migrations 0014, 0015)",
+        enabled_triggers,
+        len(TRIGGERS),
+    )
     return False
 
 

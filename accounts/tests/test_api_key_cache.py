@@ -2,8 +2,10 @@
 and every committed change to a key or its owner is heard and forgets it, also across a
 listener that lost its connection. Committed transactions, a real listener thread."""
 
+import os
 import time
 
+import psycopg
 import pytest
 from django.db import connections
 
@@ -216,13 +218,15 @@ def test_the_migration_reverses_and_applies_again():
     assert len(_change_triggers()) == 6
 
 
-def test_nothing_is_remembered_while_a_trigger_is_missing(cache_on, monkeypatch):
-    """As when new code runs before its migration: nothing would announce a revocation."""
+@pytest.mark.parametrize("state", ["DISABLE", "ENABLE"])
+def test_nothing_is_remembered_while_a_trigger_is_missing_or_fires_only_in_origin_sessions(cache_on, monkeypatch, state):
+    """As when new code runs before its migration: nothing would announce a revocation (disabled),
+    or nothing made under session_replication_role = replica would (enabled for origin only)."""
     monkeypatch.setattr(api_key_cache, "HEARTBEAT", 0.05)
     monkeypatch.setattr(api_key_cache, "LIVENESS", 0.3)
     _, secret = _key(make_user(email="alice@example.com"))
     with connections["owner"].cursor() as cur:
-        cur.execute("ALTER TABLE accounts_apikey DISABLE TRIGGER accounts_apikey_changed_update")
+        cur.execute(f"ALTER TABLE accounts_apikey {state} TRIGGER accounts_apikey_changed_update")
     try:
         _until(lambda: not _listening(), "the listener to stop trusting itself")
         for _ in range(10):
@@ -231,10 +235,27 @@ def test_nothing_is_remembered_while_a_trigger_is_missing(cache_on, monkeypatch)
             time.sleep(0.05)
     finally:
         with connections["owner"].cursor() as cur:
-            cur.execute("ALTER TABLE accounts_apikey ENABLE TRIGGER accounts_apikey_changed_update")
+            cur.execute("ALTER TABLE accounts_apikey ENABLE ALWAYS TRIGGER accounts_apikey_changed_update")
     _until(_listening, "the listener to trust itself again")
     api_key_authenticate(raw_key=secret)
     assert _remembered(secret)
+
+
+@pytest.mark.skipif(not os.environ.get("DATABASE_ADMIN_URL"), reason="needs a superuser (DATABASE_ADMIN_URL) to take the replica role")
+def test_a_change_made_under_the_replica_role_is_heard(cache_on):
+    """Logical replication applies changes, and a hand-made bulk fix may run, with
+    session_replication_role = replica, where a trigger enabled the ordinary way does not fire."""
+    alice = make_user(email="alice@example.com")
+    key, secret = _key(alice)
+    api_key_authenticate(raw_key=secret)
+    assert _remembered(secret)
+    database = connections["owner"].settings_dict["NAME"]
+    with psycopg.connect(os.environ["DATABASE_ADMIN_URL"], dbname=database) as admin:
+        admin.execute("SET session_replication_role = replica")
+        admin.execute("UPDATE accounts_apikey SET revoked_at = now() WHERE id = %s", [key.pk])
+    _until(lambda: not _remembered(secret), "the replica-role revocation to be heard")
+    with pytest.raises(ApiKeyRejected, match="revoked"):
+        api_key_authenticate(raw_key=secret)
 
 
 def test_a_clone_is_the_instance_loaded_again(cache_on):
