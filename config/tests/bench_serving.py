@@ -231,6 +231,7 @@ def _cpu_trace_target() -> Target:
 def _cpu_trace_env(directory: str) -> dict[str, str]:
     """What config/tests/traced_asgi.py reads: the traced target's requests are the ones counted."""
     target = _cpu_trace_target()
+    cpu_trace.functions_named(os.environ.get("BENCH_SERVING_CPU_TRACE_FUNCTIONS", ""))  # refused here, before any server starts
     path = re.sub(r"\\\{[a-z_]+\\\}", "[^/]+", re.escape(target.path.split("?")[0]))
     return {"CPU_TRACE_DIR": directory, "CPU_TRACE_METHOD": target.method, "CPU_TRACE_PATH": path}
 

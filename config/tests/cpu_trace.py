@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import glob
 import importlib
+import inspect
 import json
 import os
 import re
@@ -132,9 +133,26 @@ def dump(directory: str) -> None:
         os.replace(path + ".tmp", path)
 
 
+NAME_PATTERN = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
+def functions_named(text: str) -> list[str]:
+    """The functions BENCH_SERVING_CPU_TRACE_FUNCTIONS names, comma-separated, each as
+    "module:Class.method" or "module:function"; ValueError with a sentence for one that is not."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    malformed = [name for name in names if not NAME_PATTERN.fullmatch(name)]
+    if malformed:
+        raise ValueError(
+            "BENCH_SERVING_CPU_TRACE_FUNCTIONS takes names such as 'django.urls.resolvers:URLResolver.resolve', "
+            f"comma-separated; not: {', '.join(repr(name) for name in malformed)}."
+        )
+    return names
+
+
 def install(directory: str, *, method: str, path_pattern: str, targets: list[str] = HOT_PATH) -> list[str]:
     """Wrap `targets`; the requests counted are those with this method and a path matching
-    `path_pattern`. The names that could not be found, for the caller to say."""
+    `path_pattern`. The names that could not be found, or are not plain functions (a property,
+    wrapped, would stop answering), for the caller to say."""
     pattern = re.compile(path_pattern)
 
     def matches(scope) -> bool:
@@ -151,6 +169,9 @@ def install(directory: str, *, method: str, path_pattern: str, targets: list[str
             original = owner.__dict__[attribute] if isinstance(owner, type) else getattr(owner, attribute)
         except (ImportError, AttributeError, KeyError):
             missing.append(target)
+            continue
+        if not inspect.isfunction(original):
+            missing.append(f"{target} (not a function)")
             continue
         is_root = target == ROOT
         timed = wrap(target, original, root_match=matches if is_root else None, directory=directory if is_root else None)

@@ -83,3 +83,28 @@ def test_requests_on_several_threads_at_once_are_all_counted(traced, monkeypatch
     requests_counted, _process_ms, _loop_ms, rows = cpu_trace.read(str(traced))
     assert requests_counted == 20
     assert {name: calls for name, _ms, calls in rows}[f"{__name__}:busy"] == 1
+
+
+def test_more_functions_are_named_module_colon_qualified_name_or_refused_with_a_sentence():
+    assert cpu_trace.functions_named(" django.urls.resolvers:URLResolver.resolve, ,json:dumps ") == [
+        "django.urls.resolvers:URLResolver.resolve",
+        "json:dumps",
+    ]
+    assert cpu_trace.functions_named("") == []
+    with pytest.raises(ValueError, match=r"names such as .*not: 'django.urls.resolvers.URLResolver.resolve', 'a:b\\nc'"):
+        cpu_trace.functions_named("django.urls.resolvers.URLResolver.resolve,a:b\nc")
+
+
+class WithProperty:
+    @property
+    def value(self):
+        return 1
+
+
+def test_a_property_is_reported_not_wrapped(tmp_path):
+    """Wrapped, a property would become a method, and every request reading it would fail."""
+    missing = cpu_trace.install(
+        str(tmp_path), method="POST", path_pattern="/x", targets=[f"{__name__}:WithProperty.value", "nowhere:thing"]
+    )
+    assert missing == [f"{__name__}:WithProperty.value (not a function)", "nowhere:thing"]
+    assert WithProperty().value == 1

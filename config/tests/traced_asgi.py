@@ -9,7 +9,7 @@ import sys
 from config.asgi import application  # noqa: F401 (served)
 from config.tests import cpu_trace
 
-extra = [name.strip() for name in os.environ.get("BENCH_SERVING_CPU_TRACE_FUNCTIONS", "").split(",") if name.strip()]
+extra = cpu_trace.functions_named(os.environ.get("BENCH_SERVING_CPU_TRACE_FUNCTIONS", ""))
 missing = cpu_trace.install(
     os.environ["CPU_TRACE_DIR"],
     method=os.environ["CPU_TRACE_METHOD"],
