@@ -238,16 +238,17 @@ def _cpu_trace_env(directory: str) -> dict[str, str]:
 
 def _cpu_trace_say(server: str, directory: str) -> dict:
     requests, process_ms, loop_ms, rows = cpu_trace.read(directory)
-    bk.say(f"   {server}, {_cpu_trace_target().name}, thread CPU a request by function ({requests} requests; inclusive):")
+    bk.say(f"   {server}, {_cpu_trace_target().name}, thread CPU and wall time a request by function ({requests} requests; inclusive):")
     bk.say(f"      {process_ms:.3f} ms  the workers' CPU a request in all")
     bk.say(f"      {loop_ms:.3f} ms  their event loops' thread (HTTP, the hops to and from the request's thread)")
-    for name, ms, calls in rows[:TRACE_ROWS]:
-        bk.say(f"      {ms:.3f} ms  {calls:5.2f} calls  {name}")
+    bk.say("      CPU ms  wall ms  waiting ms  calls  function")
+    for name, ms, calls, wall_ms in rows[:TRACE_ROWS]:
+        bk.say(f"      {ms:6.3f}  {wall_ms:7.3f}  {wall_ms - ms:10.3f}  {calls:5.2f}  {name}")
     return {
         "requests": requests,
         "process_ms": process_ms,
         "loop_ms": loop_ms,
-        "functions": {name: {"ms": ms, "calls": calls} for name, ms, calls in rows},
+        "functions": {name: {"ms": ms, "calls": calls, "wall_ms": wall_ms} for name, ms, calls, wall_ms in rows},
     }
 
 

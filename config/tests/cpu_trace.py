@@ -7,8 +7,10 @@ of the samples. Here each function on the list is wrapped to add up the CPU its 
 spent inside it (time.thread_time_ns, inclusive of what it calls): a wait costs nothing. Only
 requests whose method and path match are counted (their sync work runs on the request's thread,
 config/asgi.py); the event loop's thread is measured whole (its CPU clock), as is the process.
-Each worker writes its figures to DIRECTORY/cpu-trace-<pid>.json every DUMP_EVERY counted
-requests; `read` adds the workers' files up. The wrappers cost about a microsecond a call."""
+Each function's wall time is added up too: wall less CPU is what the thread spent waiting inside
+it (on PostgreSQL, Redis, the event loop, the GIL). Each worker writes its figures to
+DIRECTORY/cpu-trace-<pid>.json every DUMP_EVERY counted requests; `read` adds the workers' files
+up. The wrappers cost about a microsecond a call."""
 
 from __future__ import annotations
 
@@ -65,7 +67,7 @@ _local = threading.local()
 _lock = threading.Lock()
 _dump_lock = threading.Lock()
 _dumped = [0]  # the request count of the last file written
-_stats: dict[str, list[int]] = {}  # name -> [calls, thread CPU ns]
+_stats: dict[str, list[int]] = {}  # name -> [calls, thread CPU ns, wall ns]
 _requests = [0]
 _process_started = [0.0]
 _loop_started = [0]
@@ -95,15 +97,16 @@ def wrap(name: str, function, *, root_match=None, directory: str | None = None):
                 _loop_started[0] = _loop_thread_ns()
         if not _counting():
             return function(*args, **kwargs)
-        began = time.thread_time_ns()
+        began, began_wall = time.thread_time_ns(), time.perf_counter_ns()
         try:
             return function(*args, **kwargs)
         finally:
-            spent = time.thread_time_ns() - began
+            spent, spent_wall = time.thread_time_ns() - began, time.perf_counter_ns() - began_wall
             with _lock:  # requests run on several threads at once (32 clients)
-                figures = _stats.setdefault(name, [0, 0])
+                figures = _stats.setdefault(name, [0, 0, 0])
                 figures[0] += 1
                 figures[1] += spent
+                figures[2] += spent_wall
                 if starts:
                     _requests[0] += 1
                     due = directory and _requests[0] % DUMP_EVERY == 0
@@ -185,9 +188,9 @@ def install(directory: str, *, method: str, path_pattern: str, targets: list[str
     return missing
 
 
-def read(directory: str) -> tuple[int, float, float, list[tuple[str, float, float]]]:
+def read(directory: str) -> tuple[int, float, float, list[tuple[str, float, float, float]]]:
     """(requests counted, the workers' CPU ms a request, their event loops' CPU ms a request,
-    [(function, thread CPU ms a request, calls a request)] largest first), over every worker's
+    [(function, thread CPU ms a request, calls a request, wall ms a request)] largest CPU first), over every worker's
     file. The workers' CPU is counted from their first counted request to their last file, other
     requests served meanwhile included."""
     requests, process_ns, loop_ns, functions = 0, 0, 0, {}
@@ -197,11 +200,11 @@ def read(directory: str) -> tuple[int, float, float, list[tuple[str, float, floa
         requests += figures["requests"]
         process_ns += figures["process_ns"]
         loop_ns += figures["loop_ns"]
-        for name, (calls, ns) in figures["functions"].items():
-            total = functions.setdefault(name, [0, 0])
-            total[0] += calls
-            total[1] += ns
+        for name, counted in figures["functions"].items():
+            total = functions.setdefault(name, [0, 0, 0])
+            for n, value in enumerate(counted):
+                total[n] += value
     if not requests:
         return 0, 0.0, 0.0, []
-    rows = [(name, ns / requests / 1e6, calls / requests) for name, (calls, ns) in functions.items()]
+    rows = [(name, ns / requests / 1e6, calls / requests, wall / requests / 1e6) for name, (calls, ns, wall) in functions.items()]
     return requests, process_ns / requests / 1e6, loop_ns / requests / 1e6, sorted(rows, key=lambda row: -row[1])

@@ -1,5 +1,5 @@
-"""The bench's CPU trace (config/tests/cpu_trace.py) counts CPU, not waits, and only in the
-requests it was asked to count."""
+"""The bench's CPU trace (config/tests/cpu_trace.py) counts CPU apart from waits (wall time is
+counted as well), and only in the requests it was asked to count."""
 
 import threading
 import time
@@ -49,11 +49,15 @@ def traced(tmp_path, monkeypatch):
 def test_a_counted_request_adds_the_cpu_of_each_function_and_nothing_for_a_wait(traced):
     Handler().entry({"method": "POST", "path": "/api/v1/conversations/abc/messages"})
     requests, process_ms, loop_ms, rows = cpu_trace.read(str(traced))
-    figures = {name: ms for name, ms, _calls in rows}
+    figures = {name: ms for name, ms, _calls, _wall in rows}
+    wall = {name: wall_ms for name, _ms, _calls, wall_ms in rows}
     assert requests == 1 and process_ms >= 25 and loop_ms >= 25  # this test's thread is the main one
     assert 25 <= figures[f"{__name__}:busy"] <= 60  # 30 ms of CPU burnt
     assert figures[f"{__name__}:idle"] < 5  # 50 ms asleep
     assert figures[f"{__name__}:Handler.entry"] >= figures[f"{__name__}:busy"]
+    # The wall time has the sleep in it: 50 ms waiting inside `idle`, and the entry's wall is both.
+    assert 50 <= wall[f"{__name__}:idle"] < 500
+    assert wall[f"{__name__}:Handler.entry"] >= wall[f"{__name__}:idle"] + figures[f"{__name__}:busy"]
 
 
 def test_other_requests_are_not_counted(traced):
@@ -64,7 +68,7 @@ def test_other_requests_are_not_counted(traced):
     assert cpu_trace.read(str(traced)) == (0, 0.0, 0.0, [])
     handler.entry({"method": "POST", "path": "/api/v1/conversations/abc/messages"})
     requests, _process_ms, _loop_ms, rows = cpu_trace.read(str(traced))
-    assert requests == 1 and {name: calls for name, _ms, calls in rows}[f"{__name__}:busy"] == 1
+    assert requests == 1 and {name: calls for name, _ms, calls, _wall in rows}[f"{__name__}:busy"] == 1
 
 
 def test_requests_on_several_threads_at_once_are_all_counted(traced, monkeypatch):
@@ -82,7 +86,7 @@ def test_requests_on_several_threads_at_once_are_all_counted(traced, monkeypatch
         thread.join()
     requests_counted, _process_ms, _loop_ms, rows = cpu_trace.read(str(traced))
     assert requests_counted == 20
-    assert {name: calls for name, _ms, calls in rows}[f"{__name__}:busy"] == 1
+    assert {name: calls for name, _ms, calls, _wall in rows}[f"{__name__}:busy"] == 1
 
 
 def test_more_functions_are_named_module_colon_qualified_name_or_refused_with_a_sentence():
