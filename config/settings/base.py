@@ -237,6 +237,7 @@ REST_FRAMEWORK = {
     # JSON bodies are bounded in size and nesting depth (a 400, not a RecursionError).
     # DRF's, safe for a lone surrogate quoted back from the request (config/api/renderers.py).
     "DEFAULT_RENDERER_CLASSES": ["config.api.renderers.JSONRenderer", "rest_framework.renderers.BrowsableAPIRenderer"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "config.api.negotiation.ContentNegotiation",  # the common Accept headers' answer kept
     "DEFAULT_PARSER_CLASSES": [
         "config.api.parsers.BoundedJSONParser",
         "rest_framework.parsers.FormParser",

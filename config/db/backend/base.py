@@ -105,6 +105,18 @@ PIPELINE_LIBPQ = 140000  # libpq's pipeline mode
 RESET_WITH_COMMIT_MARK = "/* with COMMIT */"
 
 
+def _pipeline_round_trip(pgconn, expected: int):
+    """Send what the pipeline holds, then read one result a command (a command after a failed
+    one: PIPELINE_ABORTED) and the sync's: one generator, so one wait() for the round trip
+    instead of one a result (each about 10 us of CPU, eight in a send's longest round trip)."""
+    yield from generators.send(pgconn)
+    results = []
+    for _ in range(expected):
+        results.append((yield from generators.fetch_many(pgconn))[-1])
+    yield from generators.fetch(pgconn)
+    return results
+
+
 class DatabaseWrapper(base.DatabaseWrapper):
     def get_connection_params(self):
         params = super().get_connection_params()
@@ -210,11 +222,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
                 for command in after:
                     pgconn.send_query_params(command, None)
                 pgconn.pipeline_sync()
-                raw.wait(generators.send(pgconn))
-                expected = len(before) + new + 1 + len(after)
-                # One result a command (a command after a failed one: PIPELINE_ABORTED), then the sync's.
-                results = [raw.wait(generators.fetch_many(pgconn))[-1] for _ in range(expected)]
-                raw.wait(generators.fetch(pgconn))
+                results = raw.wait(_pipeline_round_trip(pgconn, len(before) + new + 1 + len(after)))
             except BaseException:
                 raw.close()  # left mid-pipeline (the server gone, say): no one may take it over
                 raise

@@ -1,0 +1,30 @@
+"""DRF's content negotiation, its answer for the Accept headers nearly every API client sends
+worked out once per list of renderers instead of on every request.
+
+DRF parses the Accept header and every renderer's media type and ranks them on each request
+(about 0.1 ms of CPU on the metered send). For `*/*` (httpx, curl, most SDKs), `application/json`
+or no header at all, and no `?format=`, the answer depends only on the renderers' classes, so it is
+computed by DRF once and reused. Anything else is negotiated by DRF as before: no client-chosen
+string is kept (the cache's keys are these headers only, times the views' renderer lists).
+"""
+
+from __future__ import annotations
+
+from rest_framework.negotiation import DefaultContentNegotiation
+
+COMMON_ACCEPT = frozenset({"*/*", "application/json"})
+_answers: dict[tuple, tuple[int, str]] = {}  # (accept, renderer classes) -> (renderer's index, media type)
+
+
+class ContentNegotiation(DefaultContentNegotiation):
+    def select_renderer(self, request, renderers, format_suffix=None):
+        accept = request.META.get("HTTP_ACCEPT", "*/*")  # request.headers would build every header's entry
+        if format_suffix or accept not in COMMON_ACCEPT or self.settings.URL_FORMAT_OVERRIDE in request.query_params:
+            return super().select_renderer(request, renderers, format_suffix)
+        key = (accept, tuple(type(renderer) for renderer in renderers))
+        answer = _answers.get(key)
+        if answer is None:
+            renderer, media_type = super().select_renderer(request, renderers, format_suffix)
+            answer = _answers[key] = (renderers.index(renderer), media_type)
+        index, media_type = answer
+        return renderers[index], media_type
