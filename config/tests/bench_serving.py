@@ -284,14 +284,14 @@ def _load(urls: list[str], target: Target, secret: str, requests: int, warmup: i
 
 @pytest.mark.bench
 @pytest.mark.django_db(transaction=True)
-def test_serving_throughput_and_latency():
+def test_serving_throughput_and_latency(tmp_path):
     user = _metered_user()
     with rls.privileged(reason="bench: issue an API key"):
         _key, secret = api_key_create(user=user, name="bench", scopes=["usage:read", "chat:read", "chat:write"])
     rows, figures, cores = [], {}, os.cpu_count()
     for server, how in _servers().items():
-        gc_dir = tempfile.mkdtemp(prefix="confab-gc-")  # each worker's collector time (config/collector.py)
-        trace_dir = tempfile.mkdtemp(prefix="confab-cpu-trace-")
+        # Each worker's collector time (config/collector.py) and CPU trace; pytest's own directory, removed in time.
+        gc_dir, trace_dir = tempfile.mkdtemp(prefix="gc-", dir=tmp_path), tempfile.mkdtemp(prefix="cpu-trace-", dir=tmp_path)
         trace_env = _cpu_trace_env(trace_dir) if how.app == "config.tests.traced_asgi:application" else {}
         with served(workers=WORKERS, wsgi=how.wsgi, app=how.app, GC_STATS_DIR=gc_dir, **trace_env, **SERVER_ENV) as base:
             runs = {target.name: _Rounds() for target in _targets()}
