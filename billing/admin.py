@@ -3,6 +3,7 @@ through the services, so the one-current rule and its lock hold); Stripe events 
 snapshots read-only (staff only, like all of admin)."""
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
 
@@ -14,6 +15,18 @@ from config.errors import ApplicationError
 
 class PlanForm(StorableJSONForm):
     """The plan's change form (the admin gives it its model and fields)."""
+
+    def clean_max_output_tokens(self):
+        # Every call is capped at the platform's ceiling too (billing.services.entitlement_check):
+        # a plan above it would promise what no call gets.
+        cap = self.cleaned_data.get("max_output_tokens")
+        ceiling = settings.CHAT_MAX_OUTPUT_TOKENS
+        if cap is not None and cap > ceiling:
+            raise forms.ValidationError(
+                f"At most {ceiling:,}: no call asks a provider for more output tokens than the platform's "
+                "ceiling (the CHAT_MAX_OUTPUT_TOKENS setting). Raise the setting first, or leave this empty for the ceiling."
+            )
+        return cap
 
 
 @admin.register(Plan)

@@ -113,3 +113,18 @@ def test_renaming_the_free_plans_slug_is_refused(staff, plans):
         plan_of_newcomer = Subscription.objects.get(organization=newcomer, status="active").plan
         free_plans = Plan.objects.filter(monthly_price=0, yearly_price=0).count()
     assert plan_of_newcomer.pk == free.pk and free_plans == 1, (plan_of_newcomer.slug, plan_of_newcomer.monthly_tokens, free_plans)
+
+
+@pytest.mark.parametrize(("cap", "saved"), [("4097", False), ("4096", True), ("", True)])
+def test_a_plans_output_cap_above_the_platforms_ceiling_is_a_form_error(staff, plans, settings, cap, saved):
+    """Every call is capped at CHAT_MAX_OUTPUT_TOKENS too (billing.services.entitlement_check), so
+    a plan set to 8,192 gave its customers 4,096 without a word to the staff member who set it."""
+    settings.CHAT_MAX_OUTPUT_TOKENS = 4096
+    response = staff.post(f"/admin/billing/plan/{plans['pro'].pk}/change/", {**PLAN_FORM, "max_output_tokens": cap})
+    with rls.privileged(reason="test"):
+        stored = Plan.objects.get(slug="pro").max_output_tokens
+    if saved:
+        assert response.status_code == 302 and stored == (int(cap) if cap else None)
+    else:
+        assert response.status_code == 200 and "At most 4,096" in response.content.decode()
+        assert stored == plans["pro"].max_output_tokens

@@ -331,7 +331,8 @@ AUDITED_MODELS = [
 # --- Billing (billing/) ----------------------------------------------------------
 # Days a past-due subscription keeps its plan before it gets the free plan's limits.
 BILLING_GRACE_DAYS = env.int("BILLING_GRACE_DAYS", default=7)
-# Output tokens one call may ask for when its plan sets no cap: the reservation's upper bound.
+# Output tokens one call may ask for: its plan's cap when lower, this when the plan sets none (the
+# reservation's upper bound). A plan's cap above it is refused in admin (billing/admin.py).
 CHAT_MAX_OUTPUT_TOKENS = env.int("CHAT_MAX_OUTPUT_TOKENS", default=4096)
 # Seconds an unsettled reservation holds quota (a killed worker's); longer than a provider call may take.
 ENTITLEMENT_RESERVATION_TIMEOUT = env.int("ENTITLEMENT_RESERVATION_TIMEOUT", default=900)
