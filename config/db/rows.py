@@ -29,7 +29,7 @@ def direct_connection_params(alias: str) -> dict:
 def model_from_row(model, alias: str, values):
     """An instance from the values `columns_of(model)` selected, through each field's database
     converter (JSON): what `model.from_db` builds, without Model.__init__ (which sets each field
-    through setattr, about 50 us a model; three of them on every metered send). Every concrete
+    through setattr, about 20 us a model in the bench's trace; three on every metered send). Every concrete
     field is given, so no default or deferred field is involved; post_init is sent as loading
     sends it (the audit log's snapshot: analytics/audit.py)."""
     connection = connections[alias]
