@@ -10,6 +10,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Count, Q
 from django.urls import reverse
@@ -36,7 +37,10 @@ class UserCreationAdminForm(AdminUserCreationForm):
 
     def clean_email(self):
         # Lowercased before the uniqueness check, as the service stores it.
-        return User.objects.normalize_email(self.cleaned_data["email"])
+        try:
+            return User.objects.normalize_email_checked(self.cleaned_data["email"])
+        except ValidationError as exc:
+            raise ValidationError(exc.message_dict["email"]) from None
 
 
 class UserChangeAdminForm(StorableJSONForm):
@@ -45,7 +49,10 @@ class UserChangeAdminForm(StorableJSONForm):
         fields = ["email"]  # the admin's fieldsets name the rest (never the password hash)
 
     def clean_email(self):
-        return User.objects.normalize_email(self.cleaned_data["email"])
+        try:
+            return User.objects.normalize_email_checked(self.cleaned_data["email"])
+        except ValidationError as exc:
+            raise ValidationError(exc.message_dict["email"]) from None
 
 
 @admin.register(User)

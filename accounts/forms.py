@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import zoneinfo
-from collections.abc import Callable
 from contextlib import contextmanager
 from datetime import datetime, time
 from urllib.parse import urlsplit
@@ -17,6 +16,7 @@ from django.template import loader
 
 from accounts import services
 from accounts.backends import user_id_for_login
+from accounts.catalog import model_catalog, preferred_model_problem
 from accounts.errors import LoginThrottled
 from accounts.models import ApiKey, Membership, Preferences, ProviderCredential, User, expiry_storable, validate_name
 from accounts.tasks import mail_send_on_commit
@@ -154,22 +154,13 @@ class ProfileForm(forms.Form):
     locale = forms.CharField(max_length=16, help_text="A language tag such as en or fr-CA.")
 
 
-# (provider, model, display name) of the models that can be used; chat registers it (accounts cannot import chat).
-_model_catalog: Callable[[], list[tuple[str, str, str]]] | None = None
-
-
-def model_catalog_register(catalog: Callable[[], list[tuple[str, str, str]]]) -> None:
-    global _model_catalog
-    _model_catalog = catalog
-
-
 class PreferencesForm(forms.ModelForm):
     """With a registered catalog, the provider and model are choices from it, and must belong together."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         # No catalog (chat not installed, or not seeded yet): the fields stay free text.
-        self.catalog = (_model_catalog() if _model_catalog else None) or None
+        self.catalog = model_catalog()
         if self.catalog is not None:
             providers = dict.fromkeys(provider for provider, _, _ in self.catalog)
             models: dict[str, list[tuple[str, str]]] = {}
@@ -181,8 +172,9 @@ class PreferencesForm(forms.ModelForm):
     def clean(self):
         cleaned = super().clean()
         provider, model = cleaned.get("preferred_provider"), cleaned.get("preferred_model")
-        if self.catalog is not None and provider and model and (provider, model) not in {(p, m) for p, m, _ in self.catalog}:
-            self.add_error("preferred_model", f"{model} is not a model of {provider}: choose one of its models.")
+        if provider and model and (problem := preferred_model_problem(self.catalog, provider, model)):
+            for name, sentence in problem.items():
+                self.add_error(name, sentence)
         return cleaned
 
     class Meta:

@@ -52,11 +52,26 @@ class UserManager(BaseUserManager):
         reaches under either spelling, so it must not open a second account."""
         email = (email or "").strip().lower()
         local, at, domain = email.rpartition("@")
-        if at and domain and not domain.isascii():
+        if at and domain and (not domain.isascii() or "xn--" in domain):
+            # An ASCII `xn--` label is the same domain's punycode spelling: read back to the one
+            # spelling too, so `alice@xn--bcher-kva.com` is `alice@bücher.com`.
             try:
                 email = f"{local}@{domain.encode('idna').decode('idna')}"
             except UnicodeError:
                 pass  # not a domain IDNA can spell: the address's validation refuses it
+        return email
+
+    @classmethod
+    def normalize_email_checked(cls, email) -> str:
+        """normalize_email, refused as the email's error when its one spelling no longer fits the
+        column: nameprep can lengthen a domain (each "ﬃ" becomes three letters) after a form
+        checked its length."""
+        email = cls.normalize_email(email)
+        limit = User._meta.get_field("email").max_length
+        if len(email) > limit:
+            raise ValidationError(
+                {"email": [f"This address is longer than {limit} characters once its domain is spelled out; use a shorter one."]}
+            )
         return email
 
     def create_user(self, email, password=None, **extra_fields):

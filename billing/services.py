@@ -551,33 +551,35 @@ def subscription_change(
     *, actor: User, organization: Organization, plan: Plan, interval: str = Subscription.Interval.MONTH, immediately: bool = False
 ) -> Subscription:
     """An owner or admin changes plan. Downgrades apply at the period's end unless
-    `immediately`. A paid upgrade is requested when payment is not configured (staff act
-    on it in admin) and goes through checkout when it is; either way it applies at once
-    when granted (`subscription_plan_set`)."""
+    `immediately`. A paid upgrade, or any paid plan during a trial, is requested when payment
+    is not configured (staff act on it in admin) and goes through checkout when it is; either
+    way it applies at once when granted (`subscription_plan_set`)."""
     _require_manager(actor, organization)
     if not plan.is_active:
         raise ApplicationError("That plan is not offered any more.", {"code": "plan_inactive"})
     if interval not in Subscription.Interval.values:
         raise ApplicationError("Choose a monthly or yearly interval.", {"code": "invalid", "field": "interval"})
-    current = selectors.subscription_current(organization_id=organization.pk)
-    if current.plan_id == plan.pk and current.interval == interval:
-        raise ApplicationError(f"You are already on the {plan.name} plan.", {"code": "same_plan"})
-    refuse_if_billed_by_stripe(current)
-    if current.status == Subscription.Status.PAST_DUE and not plan.is_free:
-        # Ranked by the plan unpaid, a cheaper paid plan was a "downgrade" that started active.
-        raise ApplicationError(
-            "A payment is overdue: pay it, or move to the Free plan, before choosing another paid plan.", {"code": "past_due"}
-        )
-    if not plan.is_free and not selectors.payment_configured():
-        return subscription_request(actor=actor, organization=organization, plan=plan)
-    upgrade = _rank(plan) >= _rank(current.plan)
-    if upgrade and not plan.is_free:
-        # A paid upgrade starts with a payment: checkout puts the plan in place when it succeeds.
-        raise CheckoutRequired(f"The {plan.name} plan is bought through checkout.")
-    if upgrade or immediately or current.current_period_end is None:
-        return subscription_plan_set(organization=organization, plan=plan, interval=interval)
     with rls.atomic():
+        # Decided on the row as it is under its lock: a checkout's webhook that put a plan billed
+        # by Stripe in place meanwhile is seen here, not replaced behind Stripe's back.
         current = lock_current(organization.pk)
+        if current.plan_id == plan.pk and current.interval == interval:
+            raise ApplicationError(f"You are already on the {plan.name} plan.", {"code": "same_plan"})
+        refuse_if_billed_by_stripe(current)
+        if current.status == Subscription.Status.PAST_DUE and not plan.is_free:
+            # Ranked by the plan unpaid, a cheaper paid plan was a "downgrade" that started active.
+            raise ApplicationError(
+                "A payment is overdue: pay it, or move to the Free plan, before choosing another paid plan.", {"code": "past_due"}
+            )
+        if not plan.is_free and not selectors.payment_configured():
+            return subscription_request(actor=actor, organization=organization, plan=plan)
+        upgrade = _rank(plan) >= _rank(current.plan)
+        if not plan.is_free and (upgrade or current.status == Subscription.Status.TRIALING):
+            # A paid upgrade starts with a payment: checkout puts the plan in place when it succeeds.
+            # So does any paid plan after a trial: a cheaper one would start paid, and unpaid, for good.
+            raise CheckoutRequired(f"The {plan.name} plan is bought through checkout.")
+        if upgrade or immediately or current.current_period_end is None:
+            return subscription_plan_set(organization=organization, plan=plan, interval=interval)
         current.scheduled_plan, current.scheduled_interval = plan, interval
         current.save(update_fields=["scheduled_plan", "scheduled_interval", "updated_at"])
     return current

@@ -166,8 +166,8 @@ def _open_checkouts_expire(client: stripe.StripeClient, customer: str) -> None:
 def subscription_change_or_checkout(
     *, actor: User, organization: Organization, plan: Plan, interval: str, immediately: bool, return_url: str
 ) -> Subscription | str:
-    """`services.subscription_change`, except that a paid upgrade with payment configured
-    answers the URL of the Stripe Checkout page that buys it (the plan changes on the webhook)."""
+    """`services.subscription_change`, except that a paid upgrade (or a paid plan during a
+    trial) with payment configured answers the URL of the Stripe Checkout page that buys it (the plan changes on the webhook)."""
     try:
         return services.subscription_change(actor=actor, organization=organization, plan=plan, interval=interval, immediately=immediately)
     except services.CheckoutRequired:
@@ -191,10 +191,14 @@ def portal_session_create(*, actor: User, organization: Organization, return_url
 
 
 def _id(value) -> str:
-    """An id Stripe may send as a string or as an expanded object."""
+    """An id Stripe may send as a string or as an expanded object; anything else is none."""
     if isinstance(value, dict):
-        return value.get("id") or ""
-    return value or ""
+        value = value.get("id")
+    return value if isinstance(value, str) else ""
+
+
+def _object(value) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def _subscription_id_of(event_type: str, obj: dict) -> str:
@@ -202,12 +206,19 @@ def _subscription_id_of(event_type: str, obj: dict) -> str:
         return _id(obj.get("id"))
     if event_type.startswith("invoice."):
         # API versions from 2025-03-31 name it under parent.subscription_details.
-        details = (obj.get("parent") or {}).get("subscription_details") or {}
+        details = _object(_object(obj.get("parent")).get("subscription_details"))
         return _id(obj.get("subscription")) or _id(details.get("subscription"))
     return _id(obj.get("subscription"))
 
 
+def _object_id(event: dict) -> str:
+    """What StripeEvent.object_id keeps: the subscription a handled event is about, else the object's own id."""
+    obj = event["data"]["object"]
+    return _subscription_id_of(event["type"], obj) if event["type"] in HANDLED_EVENTS else _id(obj.get("id"))
+
+
 EVENT_ID_MAX = StripeEvent._meta.get_field("event_id").max_length
+OBJECT_ID_MAX = StripeEvent._meta.get_field("object_id").max_length
 EVENT_TYPE_MAX = StripeEvent._meta.get_field("type").max_length
 CREATED_MAX = int(datetime(9999, 1, 1, tzinfo=UTC).timestamp())  # a datetime can hold it
 
@@ -234,6 +245,8 @@ def _parse(payload: bytes, signature: str) -> dict:
         event["created"] = int(event["created"])
         if not 0 < event["created"] <= CREATED_MAX:
             raise ValueError("created out of bounds")
+        if len(_object_id(event)) > OBJECT_ID_MAX:
+            raise ValueError("object id out of bounds")
     except stripe.SignatureVerificationError:
         raise ApplicationError("The Stripe-Signature header does not match this payload.", {"code": "bad_signature"})
     except (ValueError, KeyError, TypeError, RecursionError, OverflowError):
@@ -248,14 +261,13 @@ def stripe_event_record(*, payload: bytes, signature: str) -> StripeEvent:
     from billing.tasks import stripe_event_process_task
 
     event = _parse(payload, signature)
-    obj = event["data"]["object"]
     try:
         with rls.privileged(reason="billing: store a Stripe webhook event"):
             stored, _ = StripeEvent.objects.get_or_create(
                 event_id=event["id"],
                 defaults={
                     "type": event["type"],
-                    "object_id": _subscription_id_of(event["type"], obj) if event["type"] in HANDLED_EVENTS else _id(obj.get("id")),
+                    "object_id": _object_id(event),
                     "object_version_at": _moment(event["created"]),
                     "payload": event,
                 },

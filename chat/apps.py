@@ -7,7 +7,7 @@ class ChatConfig(AppConfig):
     verbose_name = "Chat"
 
     def ready(self):
-        from accounts.forms import model_catalog_register
+        from accounts.catalog import model_catalog_register
         from chat.forms import model_catalog
 
         # Preferences offer the catalog's models; accounts, below chat, cannot import it.

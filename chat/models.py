@@ -14,6 +14,8 @@ from django.db import models
 from django.utils import timezone
 
 MONEY = {"max_digits": 20, "decimal_places": 10}  # USD, exact to 1e-10 as the ledger keeps it
+MONEY_CEILING = Decimal(10) ** (MONEY["max_digits"] - MONEY["decimal_places"])  # a MONEY column holds less than this
+MONEY_MAX = MONEY_CEILING - Decimal(10) ** -MONEY["decimal_places"]  # the most it holds
 PRICE = {"max_digits": 12, "decimal_places": 6}  # USD per million tokens
 # What a user may store, the same through the pages, the API and an import: a persona saved
 # through one door must save unchanged through the other.

@@ -24,7 +24,8 @@ from decimal import Decimal
 from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.db import connections
-from django.db.models import F
+from django.db.models import F, Value
+from django.db.models.functions import Least
 from django.utils import timezone
 
 from accounts import selectors as accounts_selectors
@@ -37,7 +38,7 @@ from billing.services import entitlement_check, reservation_extend, reservation_
 from chat import response_cache as response_caching
 from chat import selectors
 from chat.errors import ModelUnavailable, ProviderKeyMissing
-from chat.models import Conversation, Message, ModelPrice, PendingCall, Persona
+from chat.models import MONEY_MAX, Conversation, Message, ModelPrice, PendingCall, Persona
 from chat.porting.base import title_clean
 from chat.pricing import COST_QUANTUM, CallCost, call_cost, call_cost_ceiling
 from chat.providers import PROVIDERS, ChatMessage, ChatRequest, Delta, Done, ProviderError, Usage, provider_for
@@ -725,14 +726,21 @@ def _reply_update(message: Message, fields: dict, *, tokens: int, now) -> Alongs
     columns = [Message._meta.get_field(name) for name in fields]
     assignments = ", ".join(f"{quote(field.column)} = %(a{n})s" for n, field in enumerate(columns))
     params = {f"a{n}": field.get_db_prep_save(fields[field.name], connection) for n, field in enumerate(columns)}
-    params.update(a_id=message.pk, a_streaming=Status.STREAMING, a_tokens=tokens, a_cost=fields["cost"], a_now=now)
+    params.update(a_id=message.pk, a_streaming=Status.STREAMING, a_tokens=tokens, a_cost=fields["cost"], a_cost_max=MONEY_MAX, a_now=now)
     sql = (
         f"reply AS (UPDATE {quote(Message._meta.db_table)} SET {assignments} WHERE id = %(a_id)s AND status = %(a_streaming)s "
         f"RETURNING conversation_id), conversation_totals AS (UPDATE {quote(Conversation._meta.db_table)} AS c SET "
-        "total_tokens = c.total_tokens + %(a_tokens)s, total_cost = c.total_cost + %(a_cost)s, updated_at = %(a_now)s "
+        "total_tokens = c.total_tokens + %(a_tokens)s, total_cost = LEAST(c.total_cost + %(a_cost)s, %(a_cost_max)s), updated_at = %(a_now)s "
         "FROM reply WHERE c.id = reply.conversation_id RETURNING c.id), alongside AS (SELECT 1 FROM reply)"
     )
     return Alongside(sql, params)
+
+
+def _total_cost_added(total: F, cost: Decimal) -> Least:
+    """A conversation's total with a reply's cost added, stopping at the most its column holds: an
+    imported history may have brought it near, and the total (a summary) must never be the
+    reason a reply is not stored and metered. The ledger keeps every cent either way."""
+    return Least(total + cost, Value(MONEY_MAX), output_field=Conversation._meta.get_field("total_cost"))
 
 
 def _meter(
@@ -762,7 +770,7 @@ def _meter(
     tokens, now = usage.input_total + usage.output, now or timezone.now()
     if message.conversation_id is not None and reply_update is None:  # an unstored call (SuppliedHistory) has no conversation row
         Conversation.objects.filter(pk=message.conversation_id).update(
-            total_tokens=F("total_tokens") + tokens, total_cost=F("total_cost") + message.cost, updated_at=now
+            total_tokens=F("total_tokens") + tokens, total_cost=_total_cost_added(F("total_cost"), message.cost), updated_at=now
         )
     conversation = message.conversation
     rates = charge.rates
@@ -799,7 +807,7 @@ def _meter(
     )
     if reply_update is None or updated:  # the caller's copy follows (it answers the API without reading the row again)
         conversation.total_tokens += tokens
-        conversation.total_cost += message.cost
+        conversation.total_cost = min(conversation.total_cost + message.cost, MONEY_MAX)
         conversation.updated_at = now
     return reply_update is None or updated > 0
 
@@ -1054,6 +1062,26 @@ def _pending_call_reply(call: PendingCall) -> Message:
     return reply
 
 
+def _stale_close(message: Message) -> None:
+    """Close one stale reply as `interrupted` and meter it, estimated from what is stored."""
+    price = ModelPrice.objects.filter(pk=message.metadata.get("price_id")).first()
+    if price is None:  # a price version deleted since: the one in force now
+        price = selectors.model_price_current(provider=message.provider, model=message.model)
+    usage = Usage(
+        input_uncached=int(message.metadata.get("prompt_tokens_estimate", 0)), output=text_tokens_estimate(message.content), estimated=True
+    )
+    charge = call_cost(usage=usage, price=price) if price else None
+    sentence = "The reply was cut off because the server handling it stopped. The part that arrived is kept."
+    message.status, message.error, message.cost = Status.INTERRUPTED, sentence, charge.cost if charge else Decimal(0)
+    message.input_tokens, message.output_tokens = usage.input_total, usage.output
+    message.metadata = {**message.metadata, "usage": usage.classes(), "estimated": True, "closed_by": "streams_close_stale"}
+    if message.pk is not None:  # an unstored call has no reply row; its PendingCall goes below
+        message.save(update_fields=["status", "error", "cost", "input_tokens", "output_tokens", "metadata"])
+    if charge is not None:
+        key_source = message.metadata.get("key_source", KeySource.NONE)
+        _meter(message=message, usage=usage, charge=charge, key_source=key_source, latency_ms=0, success=True, error=sentence)
+
+
 def streams_close_stale(*, older_than_minutes: int | None = None) -> int:
     """Close replies still `streaming` long after they started (their worker died) as
     `interrupted`, metered from what is stored (estimated), each exactly once: the row is
@@ -1072,30 +1100,23 @@ def streams_close_stale(*, older_than_minutes: int | None = None) -> int:
         calls = list(PendingCall.objects.select_for_update(skip_locked=True).filter(created_at__lt=cutoff))
         candidates = [*stale, *map(_pending_call_reply, calls)]
         alive = _streams_alive([message.metadata.get("request_id", "") for message in candidates])
+        failed = set()
         for message in candidates:
             if message.metadata.get("request_id") in alive:  # a live stream, however old: its own end meters it
                 continue
-            price = ModelPrice.objects.filter(pk=message.metadata.get("price_id")).first()
-            if price is None:  # a price version deleted since: the one in force now
-                price = selectors.model_price_current(provider=message.provider, model=message.model)
-            usage = Usage(
-                input_uncached=int(message.metadata.get("prompt_tokens_estimate", 0)),
-                output=text_tokens_estimate(message.content),
-                estimated=True,
-            )
-            charge = call_cost(usage=usage, price=price) if price else None
-            sentence = "The reply was cut off because the server handling it stopped. The part that arrived is kept."
-            message.status, message.error, message.cost = Status.INTERRUPTED, sentence, charge.cost if charge else Decimal(0)
-            message.input_tokens, message.output_tokens = usage.input_total, usage.output
-            message.metadata = {**message.metadata, "usage": usage.classes(), "estimated": True, "closed_by": "streams_close_stale"}
-            if message.pk is not None:  # an unstored call has no reply row; its PendingCall goes below
-                message.save(update_fields=["status", "error", "cost", "input_tokens", "output_tokens", "metadata"])
-            if charge is not None:
-                key_source = message.metadata.get("key_source", KeySource.NONE)
-                _meter(message=message, usage=usage, charge=charge, key_source=key_source, latency_ms=0, success=True, error=sentence)
+            try:
+                # Each in a savepoint: one that cannot be closed (logged) must not keep every other
+                # tenant's stale stream open and unmetered on every pass.
+                with rls.atomic():
+                    _stale_close(message)
+            except Exception:
+                logger.exception("could not close the stale reply of request %s", message.metadata.get("request_id"))
+                failed.add(message.metadata.get("request_id"))
+                continue
             reservations.append(Reservation.from_metadata(message.conversation.organization_id, message.metadata))
             closed += 1
-        PendingCall.objects.filter(pk__in=[call.pk for call in calls if call.request_id not in alive]).delete()
+        done = [call.pk for call in calls if call.request_id not in alive and call.request_id not in failed]
+        PendingCall.objects.filter(pk__in=done).delete()
     for reservation in reservations:  # after the commit, as for any metered reply
         reservation.release()
     return closed

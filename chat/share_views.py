@@ -105,6 +105,8 @@ def share_conversation(request, conversation_id):
     if request.method == "POST" and form.is_valid():
         try:
             link, token = sharing.share_link_create(user=request.user, conversation=conversation, **form.service_fields())
+        except NotFoundError as exc:  # deleted since it was read above
+            raise _not_found(exc) from None
         except ApplicationError as exc:
             form.add_error(None, exc.message)
         else:

@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from chat.models import Conversation, ShareLink
+from chat.services import _still_there
 from config.cache import REDIS_ERRORS
 from config.crypto import token_digest
 from config.db import rls
@@ -70,6 +71,8 @@ def share_link_create(
         raise ApplicationError("The expiry must be a time in the future, with its time zone.", {"field": "expires_at"})
     token = secrets.token_urlsafe(32)
     with rls.atomic_as(user.pk):
+        # Deleted since the caller read it: a 404, not an insert the row policy refuses (a 500).
+        _still_there(Conversation, conversation, "No such conversation.")
         link = ShareLink.objects.create(
             conversation=conversation,
             user_id=user.pk,

@@ -46,7 +46,7 @@ def address_refusal(address: str) -> str | None:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address):
         ip = _carried_ipv4(ip) or ip
-    if not ip.is_global or ip.is_multicast or ip.is_reserved:
+    if not ip.is_global or ip.is_multicast or ip.is_reserved or getattr(ip, "is_site_local", False):  # fec0::/10: Python calls it global
         return f"{address} is not a public address (loopback, private, link-local or reserved)"
     return None
 
@@ -61,6 +61,12 @@ def base_url_refusal(url: str) -> str | None:
     host = parts.hostname or ""
     if not host:
         return "The base URL needs a host, such as https://llm.example.com/v1."
+    try:
+        port = parts.port  # ValueError: not a number, or out of 0-65535
+    except ValueError:
+        port = 0
+    if port == 0:
+        return "The base URL's port must be a number from 1 to 65535."
     if host_allowed(host):
         return None
     try:

@@ -158,7 +158,10 @@ def invitation_create(
     *, actor: User, organization: Organization, email: str, role: str = Membership.Role.MEMBER, base_url: str = ""
 ) -> tuple[Invitation, str]:
     """Invite by email (mailed once the transaction commits); returns the invitation and its token (only in the email)."""
-    email = User.objects.normalize_email(email)
+    try:
+        email = User.objects.normalize_email_checked(email)
+    except ValidationError as exc:
+        raise InvitationInvalid(exc.message_dict["email"][0], {"field": "email"}) from None
     if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", email):
         raise InvitationInvalid("Enter a valid email address.", {"field": "email"})
     if role not in Membership.Role.values:

@@ -8,6 +8,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connections
 from django.utils import timezone
 
+from accounts.catalog import model_catalog, preferred_model_problem
 from accounts.errors import EmailTaken, InvitationInvalid
 from accounts.models import ApiKey, Membership, Preferences, User, validate_name
 from accounts.services.organizations import _organization_create
@@ -26,7 +27,7 @@ def user_create(*, email: str, password: str | None, **fields) -> User:
     characters. A user created with a verified email joins the organizations that admit
     its domain; others join when they verify it (email_verify).
     """
-    email = User.objects.normalize_email(email)
+    email = User.objects.normalize_email_checked(email)
     user = User(email=email, **fields)
     _names_check(user)
     if password is not None:
@@ -96,6 +97,11 @@ def preferences_update(*, user: User, **fields) -> Preferences:
     for name, value in fields.items():
         setattr(preferences, name, value)
     preferences.full_clean(exclude=["user"])
+    if {"preferred_provider", "preferred_model"} & fields.keys():
+        # The pair as it will be stored, a field changed alone included.
+        problem = preferred_model_problem(model_catalog(), preferences.preferred_provider, preferences.preferred_model)
+        if problem:
+            raise ValidationError(problem)
     with rls.atomic():
         preferences.save(update_fields=[*fields, "updated_at"])
     return preferences

@@ -67,8 +67,9 @@ def _text(message: dict, skipped: Counter) -> str | None:
     if content.get("content_type") not in TEXT_TYPES:
         skipped["non-text"] += 1
         return None
+    parts = content.get("parts")
     texts = []
-    for part in content.get("parts") or []:
+    for part in parts if isinstance(parts, list) else []:  # a number or true is no text, never an error
         if isinstance(part, str):
             texts.append(part)
         elif isinstance(part, dict):

@@ -33,12 +33,16 @@ from django.db import IntegrityError, transaction
 from ijson.common import ObjectBuilder
 
 from accounts.models import User
-from chat.models import Conversation, Message, Persona
+from chat.models import MONEY_CEILING, Conversation, Message, Persona
 from chat.porting import chatgpt, claude, ours
 from chat.porting.base import ConversationUnusable, ImportRejected, ParsedConversation, size_text, title_clean
 from chat.services import MAX_CONTENT, _personal_organization, conversation_title
 from config.db import rls
+from config.text import text_clean
 
+# A reply is not bounded by what a send accepts (echo's reply to the longest message is longer
+# than it, and models answer at length); a file of long replies is bounded by the file's limits.
+MAX_REPLY_CONTENT = 10 * MAX_CONTENT
 MAX_DEPTH = 64  # deeper JSON than any export nests is refused before it is built
 CONVERSATION_MEMBER = re.compile(r"conversations(-\d+)?\.json")
 SOURCES = (ours, chatgpt, claude)
@@ -206,11 +210,19 @@ def _limits_check(parsed: ParsedConversation, report: ImportReport) -> None:
     if report.messages + len(parsed.messages) > settings.CHAT_IMPORT_MAX_MESSAGES:
         raise ImportRejected(f"The file holds more than {settings.CHAT_IMPORT_MAX_MESSAGES} messages, the most one import may hold.")
     for message in parsed.messages:
-        if len(message.content) > MAX_CONTENT:
+        limit, kind = (MAX_REPLY_CONTENT, "reply") if message.role == Message.Role.ASSISTANT else (MAX_CONTENT, "message")
+        if len(message.content) > limit:
             raise ImportRejected(
-                f"A message in “{parsed.title or 'an untitled conversation'}” is longer than {MAX_CONTENT} characters,"
-                " the most a message may be; nothing was imported."
+                f"A {kind} in “{parsed.title or 'an untitled conversation'}” is longer than {limit} characters,"
+                f" the most a {kind} may be; nothing was imported."
             )
+
+
+def _total_check(parsed: ParsedConversation) -> None:
+    """A conversation's total cost is kept in a column as wide as a message's: messages whose
+    costs each fit may add up to more than it holds."""
+    if sum((message.cost for message in parsed.messages), start=Decimal(0)) >= MONEY_CEILING:
+        raise ConversationUnusable(f"its messages' costs add up to {MONEY_CEILING} or more, more than a conversation's total holds")
 
 
 def _store(*, user: User, organization_id, source: str, parsed: ParsedConversation, personas: dict) -> bool:
@@ -278,8 +290,10 @@ def conversations_import(*, user: User, file: BinaryIO) -> ImportReport:
                 found = Counter()
                 try:
                     parsed = source.conversation_parse(item, skipped=found)
+                    _total_check(parsed)
                 except ConversationUnusable as exc:
-                    report.failed.append((_title(item), exc.reason))
+                    # The reason may quote the file (a role it does not know): the report is stored as jsonb.
+                    report.failed.append((_title(item), text_clean(exc.reason)))
                     continue
                 _limits_check(parsed, report)
                 if _store(user=user, organization_id=organization.pk, source=source.SOURCE, parsed=parsed, personas=personas):

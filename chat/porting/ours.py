@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import TextIO
 
-from chat.models import MAX_TAG_LENGTH, MAX_TAGS, Conversation, Message
+from chat.models import MAX_TAG_LENGTH, MAX_TAGS, MONEY_CEILING, Conversation, Message
 from chat.porting.base import ConversationUnusable, ParsedConversation, ParsedMessage, title_clean, when_iso
 from config.text import json_clean, text_clean
 
@@ -20,8 +20,6 @@ FORMAT = "confab.conversations"
 VERSION = 1
 ROLES = {choice.value for choice in Message.Role}
 STATUSES = {choice.value for choice in Message.Status}
-_cost = Message._meta.get_field("cost")
-COST_CEILING = Decimal(10) ** (_cost.max_digits - _cost.decimal_places)  # the column holds no more
 
 
 def conversation_document(conversation: Conversation, messages: Iterable[Message]) -> dict:
@@ -100,8 +98,8 @@ def _message(item) -> ParsedMessage:
         cost = Decimal(_field(item, "cost", str, "0"))
     except InvalidOperation:
         raise ConversationUnusable("a message's cost is not a decimal number") from None
-    if not cost.is_finite() or cost < 0 or cost >= COST_CEILING:
-        raise ConversationUnusable(f"a message's cost is not a decimal number from 0 to below {COST_CEILING}")
+    if not cost.is_finite() or cost < 0 or cost >= MONEY_CEILING:
+        raise ConversationUnusable(f"a message's cost is not a decimal number from 0 to below {MONEY_CEILING}")
     tokens = [_field(item, name, int, 0) for name in ("input_tokens", "output_tokens")]
     if min(tokens) < 0 or max(tokens) > 2**31 - 1:
         raise ConversationUnusable("a message's token counts are out of range")

@@ -269,3 +269,21 @@ def test_a_send_holds_no_transaction_while_the_provider_answers(alice, monkeypat
     assert response.status_code == 201, response.json()
     assert seen in ([(False, "IDLE")], [(False, "closed")]), seen
     assert response.json()["message"]["content"] == "You said: are you there"
+
+
+def test_preferences_through_the_api_take_only_a_pair_of_the_catalog_as_the_settings_page_does(alice):
+    """The settings page refused a model of another provider, or one not in the catalog; the API
+    stored anything (review of 2026-12-02). Now the service checks the pair as it will be stored."""
+    api = key_client(alice, scopes=["account:read", "account:write"])
+    url = "/api/v1/preferences"
+    assert_error(
+        api.patch(url, {"preferred_provider": "anthropic", "preferred_model": "gpt-5"}, format="json"),
+        400,
+        "gpt-5 is not a model of anthropic",
+    )
+    assert_error(api.patch(url, {"preferred_provider": "openai", "preferred_model": "gpt-7"}, format="json"), 400, "not a model of openai")
+    assert_error(api.patch(url, {"preferred_provider": "nope"}, format="json"), 400, "Unknown provider 'nope'")
+    assert api.patch(url, {"preferred_provider": "openai", "preferred_model": "gpt-5"}, format="json").status_code == 200
+    # A field changed alone is checked with the other as stored.
+    assert_error(api.patch(url, {"preferred_provider": "anthropic"}, format="json"), 400, "gpt-5 is not a model of anthropic")
+    assert api.get(url).json()["preferred_provider"] == "openai"

@@ -86,6 +86,13 @@ def test_ipv6_forms_embedding_a_private_ipv4_are_not_public(address):
     assert address_refusal(address), f"{address} embeds a non-public IPv4 address and must be refused"
 
 
+@pytest.mark.parametrize("address", ["fec0::1", "feff:ffff::1"])
+def test_ipv6_site_local_addresses_are_not_public(address):
+    """fec0::/10, deprecated (RFC 3879) but routed inside some networks still: Python counts it
+    global, so it passed as public (review of 2026-12-02)."""
+    assert address_refusal(address) is not None
+
+
 @pytest.mark.parametrize("address", ["64:ff9b::808:808", "2002:808:808::1", "2606:4700::1111"])
 def test_ipv6_forms_carrying_a_public_ipv4_and_public_ipv6_are_reachable(address):
     """NAT64 and 6to4 of 8.8.8.8 are judged by 8.8.8.8, not refused with the rest of ::/8."""

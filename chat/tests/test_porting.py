@@ -20,7 +20,7 @@ from chat import services
 from chat.models import Conversation, Message
 from chat.porting.base import ImportRejected
 from chat.porting.exporter import conversations_document_write
-from chat.porting.importer import conversations_import
+from chat.porting.importer import MAX_REPLY_CONTENT, conversations_import
 from chat.tests.porting_files import CHATGPT_SINGLE, CLAUDE_SINGLE, FIXTURES, chatgpt_zip, claude_zip, zip_bytes
 from config.db import rls
 
@@ -260,11 +260,22 @@ def test_limits_refuse_the_whole_file(alice, settings):
     with pytest.raises(ImportRejected, match="more than 5 messages"):
         _import(alice, chatgpt_zip())
     settings.CHAT_IMPORT_MAX_MESSAGES = 100
-    long = _one_chatgpt()
-    long["mapping"]["f7a8b9c0-0102-4d44-8b6c-9d0e1f2a0102"]["message"]["content"]["parts"] = ["x" * (services.MAX_CONTENT + 1)]
-    with pytest.raises(ImportRejected, match=f"longer than {services.MAX_CONTENT} characters"):
-        _import(alice, _chatgpt([_one_chatgpt(conversation_id="other", id="other"), long]))
-    assert counts() == (0, 0)
+    # A person's message: at most what a send takes; a reply: at most MAX_REPLY_CONTENT (a reply
+    # may be longer than the message it answers, as echo's to the longest one is).
+    for node, limit, kind in (
+        ("e5f6a7b8-0101-4c33-9a5b-8c9d0e1f0101", services.MAX_CONTENT, "message"),
+        ("f7a8b9c0-0102-4d44-8b6c-9d0e1f2a0102", MAX_REPLY_CONTENT, "reply"),
+    ):
+        long = _one_chatgpt()
+        long["mapping"][node]["message"]["content"] = {"content_type": "text", "parts": ["x" * (limit + 1)]}
+        with pytest.raises(ImportRejected, match=f"A {kind} in .* is longer than {limit} characters"):
+            _import(alice, _chatgpt([_one_chatgpt(conversation_id="other", id="other"), long]))
+        assert counts() == (0, 0)
+        long["mapping"][node]["message"]["content"]["parts"] = ["x" * limit]
+        _import(alice, _chatgpt([long]))
+        assert counts()[0] == 1
+        with rls.privileged(reason="test"):
+            Conversation.objects.filter(user_id=alice.pk).delete()
 
 
 def test_a_zip_bomb_is_refused_by_its_declared_size(alice, settings):

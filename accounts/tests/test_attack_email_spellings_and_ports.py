@@ -1,0 +1,77 @@
+"""Accounts as an attacker finds them (review of 2026-12-02): email normalization that makes an
+address longer than its column (a 500) or misses its punycode spelling (a second account for
+one mailbox), and provider base URLs with a port no connection can use. Each test here failed
+before its fix."""
+
+import pytest
+from django.test import Client
+
+from accounts import services
+from accounts.models import Invitation, ProviderCredential, User
+from accounts.tests.factories import PASSWORD, make_user
+from accounts.tests.test_api import API, OPENAI_KEY, key_client, privileged, session_client
+from config.db import rls
+from config.tests.test_attack_review_today import _no_raise
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+# 97 characters, a valid address to Django's EmailValidator (and under every 254 limit); IDNA's
+# nameprep maps each U+FB03 (LATIN SMALL LIGATURE FFI) to "ffi", so normalize_email makes it 265.
+LIGATURE_EMAIL = "alice@" + ".".join(["\ufb03" * 21] * 4) + ".com"
+
+
+def test_signup_with_an_address_that_normalizes_longer_than_the_column_is_a_form_error_not_a_500():
+    """Someone signs up with LIGATURE_EMAIL (97 characters: the form's 254 limit passes it).
+    UserManager.normalize_email (accounts/models.py) runs the domain through IDNA, which maps each
+    ligature to three letters: 265 characters go to the 254-character email column, and the insert
+    fails (DataError, a 500). It should be a form error on the email field (400), nothing saved."""
+    client = Client(raise_request_exception=False)
+    response = client.post(
+        "/accounts/signup/", {"email": LIGATURE_EMAIL, "display_name": "", "password": PASSWORD, "password_confirm": PASSWORD}
+    )
+    assert response.status_code == 400, f"sign-up answered {response.status_code}"
+    assert privileged(User).count() == 0
+
+
+def test_inviting_an_address_that_normalizes_longer_than_the_column_is_400_not_500(alice):
+    """An owner invites LIGATURE_EMAIL through the API: the serializer's 254 limit passes it,
+    invitation_create normalizes it to 265 characters and the insert into the 254-character
+    invitation email column fails (a 500). It should be a 400 naming the email, nothing saved."""
+    with rls.privileged(reason="test"):
+        acme = services.organization_create(user=alice, name="Acme")
+    response = _no_raise(session_client(alice)).post(f"{API}/organizations/{acme.pk}/invitations", {"email": LIGATURE_EMAIL}, format="json")
+    assert response.status_code == 400, f"the invitation answered {response.status_code}"
+    assert not privileged(Invitation).filter(organization=acme).exists()
+
+
+def test_signup_with_the_punycode_spelling_of_a_taken_email_does_not_open_a_second_account():
+    """alice@bücher.com has an account. Someone signs up as alice@xn--bcher-kva.com: the same
+    mailbox (mail to either spelling goes out punycoded, to the same domain), shown alike in member
+    lists. normalize_email maps a non-ASCII domain to its one IDNA spelling but leaves an ASCII
+    (punycode) domain as typed, so a second account opens for Alice's address. It should be refused
+    as taken (400), as the fullwidth and soft-hyphen spellings already are."""
+    make_user(email="alice@b\u00fccher.com")
+    client = Client()
+    response = client.post(
+        "/accounts/signup/", {"email": "alice@xn--bcher-kva.com", "display_name": "", "password": PASSWORD, "password_confirm": PASSWORD}
+    )
+    emails = list(privileged(User).values_list("email", flat=True))
+    assert len(emails) == 1, f"a second account for Alice's mailbox was opened: {emails}"
+    assert response.status_code == 400
+
+
+def test_a_base_url_with_a_port_no_connection_can_use_is_refused_on_save(alice, settings):
+    """A user saves an OpenAI-compatible base URL with port 99999 (URLValidator takes any five
+    digits). It is stored (201), and every send then fails inside the socket layer (port must be
+    0-65535): chat logs "provider call failed unexpectedly" with an exception group, the crash
+    test_attack_outbound forbids for a host that does not resolve. It should be refused when saved:
+    a 400 naming base_url, nothing stored."""
+    settings.OUTBOUND_ALLOWED_HOSTS = []
+    client = _no_raise(key_client(alice))
+    response = client.post(
+        f"{API}/provider-credentials",
+        {"provider": "openai", "api_key": OPENAI_KEY, "base_url": "http://93.184.216.34:99999/v1"},
+        format="json",
+    )
+    assert response.status_code == 400, f"saved with {response.status_code}: {response.json()}"
+    assert not privileged(ProviderCredential).filter(user=alice).exists()
