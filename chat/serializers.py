@@ -3,6 +3,7 @@ from rest_framework import serializers
 from chat.models import MAX_SYSTEM_PROMPT, MAX_TAG_LENGTH, MAX_TAGS, MONEY, Message, ModelPrice, Persona, validate_one_line
 from chat.selectors import SEARCH_LIMIT_MAX, SEARCH_MAX_LENGTH, SEARCH_PAGES_MAX
 from chat.services import MAX_CONTENT
+from config.api.inputs import StringField
 
 
 def _no_comma(tag: str) -> None:
@@ -31,7 +32,7 @@ class ConversationOut(serializers.Serializer):
 
 
 class ConversationIn(serializers.Serializer):
-    title = serializers.CharField(max_length=200, required=False, allow_blank=True, validators=[validate_one_line])
+    title = StringField(max_length=200, required=False, allow_blank=True, validators=[validate_one_line])
     summary = serializers.CharField(max_length=10_000, required=False, allow_blank=True)
     tags = serializers.ListField(child=TAG, max_length=MAX_TAGS, required=False)
     is_archived = serializers.BooleanField(required=False)
@@ -70,7 +71,7 @@ class MessageOut(serializers.Serializer):
 
 
 class MessageIn(serializers.Serializer):
-    content = serializers.CharField(max_length=MAX_CONTENT, trim_whitespace=True)
+    content = StringField(max_length=MAX_CONTENT, trim_whitespace=True)
     provider = serializers.CharField(max_length=32, required=False, allow_blank=True)
     model = serializers.CharField(max_length=100, required=False, allow_blank=True)
 
@@ -86,8 +87,8 @@ class ReplyOut(serializers.Serializer):
 
 
 class PersonaSerializer(serializers.ModelSerializer):
-    name = serializers.CharField(max_length=100, validators=[validate_one_line])  # as the personas page refuses
-    system_prompt = serializers.CharField(max_length=MAX_SYSTEM_PROMPT)
+    name = StringField(max_length=100, validators=[validate_one_line])  # as the personas page refuses
+    system_prompt = StringField(max_length=MAX_SYSTEM_PROMPT)
     temperature = serializers.DecimalField(max_digits=3, decimal_places=2, min_value=0, max_value=2, required=False, allow_null=True)
 
     class Meta:

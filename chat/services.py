@@ -155,9 +155,16 @@ def conversation_delete(*, user: User, conversation: Conversation) -> None:
         conversation.delete()
 
 
-def _persona_model_check(fields: dict) -> None:
-    if fields.get("provider") or fields.get("model"):
-        model_price_for(provider=fields.get("provider") or settings.CHAT_DEFAULT_PROVIDER, model=fields.get("model") or "")
+def _persona_model_check(fields: dict, *, stored: Persona | None = None) -> None:
+    """The persona's model (as it will be stored: `fields` over `stored`) must be in the catalog;
+    a model given without its provider is the default provider's, and is stored so: a persona
+    stored with a model and no provider had its model ignored by every send."""
+    provider = fields.get("provider", stored.provider if stored else "")
+    model = fields.get("model", stored.model if stored else "")
+    if provider or model:
+        model_price_for(provider=provider or settings.CHAT_DEFAULT_PROVIDER, model=model or "")
+    if model and not provider:
+        fields["provider"] = settings.CHAT_DEFAULT_PROVIDER
 
 
 def _persona_temperature_plain(fields: dict) -> None:
@@ -175,7 +182,7 @@ def persona_create(*, user: User, **fields) -> Persona:
 
 
 def persona_update(*, user: User, persona: Persona, **fields) -> Persona:
-    _persona_model_check({"provider": persona.provider, "model": persona.model, **fields})
+    _persona_model_check(fields, stored=persona)
     _persona_temperature_plain(fields)
     with rls.atomic_as(user.pk):
         _still_there(Persona, persona, "No such persona.")
@@ -510,7 +517,9 @@ def message_prepare(
         with rls.atomic():
             conversation, persona, organization_id, subscription, read = _send_target(user, conversation_id)
             provider = provider or (persona.provider if persona else "") or settings.CHAT_DEFAULT_PROVIDER
-            model = model or (persona.model if persona and persona.provider == provider else "") or _default_model(provider)
+            # A persona stored before its provider was filled in names the default provider's model.
+            persona_provider = (persona.provider or settings.CHAT_DEFAULT_PROVIDER) if persona else ""
+            model = model or (persona.model if persona and persona_provider == provider else "") or _default_model(provider)
             price = model_price_for(provider=provider, model=model)
             stored = supplied is None or supplied.store
             new_conversation = (conversation is None or conversation.message_count == 0) and stored

@@ -2,6 +2,8 @@
 
 import re
 
+from django.http import Http404
+
 
 class ApplicationError(Exception):
     """A failure a user can understand: `message` is a sentence, `extra` structured detail."""
@@ -24,7 +26,10 @@ class ApplicationError(Exception):
         self.retry_after = retry_after
 
 
-class NotFoundError(ApplicationError):
+class NotFoundError(ApplicationError, Http404):
+    """Also Django's Http404: a page whose service finds its row gone (deleted by another tab
+    after the view read it) answers 404, as the API does, not 500."""
+
     status_code = 404
     code = "not_found"
 

@@ -20,6 +20,16 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _MISSING = object()
 
 
+class StringField(serializers.CharField):
+    """DRF's CharField, taking only a JSON string: DRF's turns a number into its text, and a JSON
+    1e400 (read as infinity) was sent to a model as the message "inf"."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 def validated_body(serializer_class: type[serializers.Serializer], request: Request, **kwargs) -> dict:
     plan = None if kwargs else _text_plan(serializer_class)
     if plan is not None and (data := _text_valid(plan, request.data)) is not None:
@@ -50,7 +60,11 @@ def _text_plan(serializer_class: type[serializers.Serializer]) -> tuple | None:
         return None
     plan = []
     for field in serializer._writable_fields:
-        if type(field) is not serializers.CharField or len(field.source_attrs) != 1 or hasattr(serializer, f"validate_{field.field_name}"):
+        if (
+            type(field) not in (serializers.CharField, StringField)
+            or len(field.source_attrs) != 1
+            or hasattr(serializer, f"validate_{field.field_name}")
+        ):
             return None
         limits = []
         for validator in field.validators:
