@@ -325,7 +325,9 @@ def _apply(event: StripeEvent, obj: dict, subscription: dict | None, hint: dict)
 
 def _organization_for(subscription: dict, hint: dict) -> Organization | None:
     """From the metadata Checkout set, the session's reference, or a subscription we already know."""
-    organization_id = (subscription.get("metadata") or {}).get("organization_id") or hint.get("organization_id")
+    organization_id = _object(subscription.get("metadata")).get("organization_id") or hint.get("organization_id")
+    if not isinstance(organization_id, str):
+        organization_id = ""
     if not organization_id:
         known = Q(stripe_subscription_id=subscription["id"])
         if customer := _id(subscription.get("customer")):
@@ -338,8 +340,9 @@ def _organization_for(subscription: dict, hint: dict) -> Organization | None:
 
 
 def _price_of(subscription: dict) -> tuple[str, dict]:
-    items = (subscription.get("items") or {}).get("data") or [{}]
-    return _id((items[0].get("price") or {}).get("id")), items[0]
+    items = _object(subscription.get("items")).get("data")
+    item = _object(items[0]) if isinstance(items, list) and items else {}
+    return _id(_object(item.get("price")).get("id")), item
 
 
 def _plan_for(price_id: str) -> tuple[Plan, str] | None:
@@ -371,11 +374,32 @@ STATE_FIELDS = (
 )
 
 
+_STRIPE_ID_MAX = Subscription._meta.get_field("stripe_subscription_id").max_length  # the customer's column holds as many
+_MOMENTS = ("current_period_start", "current_period_end", "trial_end")
+
+
+def _state_unstorable(data: dict, item: dict, hint: dict) -> str | None:
+    """What in a subscription Stripe sent no subscription row can hold (an id longer than its
+    column, a time a datetime cannot be): applied, it raised on every retry of the task and the
+    event stayed unprocessed for good. None when all of it fits."""
+    customer = _id(data.get("customer")) or hint.get("customer") or ""
+    if not isinstance(data.get("id"), str) or len(data["id"]) > _STRIPE_ID_MAX or len(customer) > _STRIPE_ID_MAX:
+        return "an id longer than its column"
+    for source, name in [(item, name) for name in _MOMENTS[:2]] + [(data, name) for name in _MOMENTS]:
+        value = source.get(name)
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= CREATED_MAX):
+            return f"a {name} that is not a time"
+    return None
+
+
 def _state_apply(event: StripeEvent, data: dict, hint: dict, *, keep_status: bool) -> str:
     """Make the organization's subscription what Stripe says it is."""
-    status = STATUSES.get(data.get("status", ""))
-    organization = _organization_for(data, hint)
     price_id, item = _price_of(data)
+    if problem := _state_unstorable(data, item, hint):
+        logger.warning("Stripe event %s: %s; nothing changed", event.event_id, problem)
+        return "ignored"
+    status = STATUSES.get(data["status"]) if isinstance(data.get("status"), str) else None
+    organization = _organization_for(data, hint)
     plan_interval = _plan_for(price_id)
     if status is None or organization is None or plan_interval is None:
         logger.warning("Stripe event %s: no status, organization or plan for price %r; nothing changed", event.event_id, price_id)

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from accounts.tests.factories import make_user
 from accounts.tests.test_api import session_client
-from billing import selectors, services
+from billing import selectors, services, stripe_services
 from billing.tests.factories import current_subscription, organization_of, put_on_plan
 from billing.tests.stripe_server import WEBHOOK_SECRET, event, subscription_object
 from config.db import rls
@@ -151,3 +151,39 @@ def test_a_downgrade_racing_the_checkout_webhook_does_not_drop_the_stripe_subscr
         current.plan.slug,
         current.stripe_subscription_id,
     )
+
+
+def _customer_too_long(org):
+    return {**subscription_object("sub_1", price="price_pro_month", organization_id=org.pk), "customer": "cus_" + "x" * 200}
+
+
+def _period_past_9999(org):
+    obj = subscription_object("sub_1", price="price_pro_month", organization_id=org.pk)
+    obj["items"]["data"][0]["current_period_end"] = 10**12
+    return obj
+
+
+def _status_not_text(org):
+    return {**subscription_object("sub_1", price="price_pro_month", organization_id=org.pk), "status": ["active"]}
+
+
+def _metadata_not_an_object(org):
+    return {**subscription_object("sub_1", price="price_pro_month"), "metadata": ["organization_id"]}
+
+
+@pytest.mark.parametrize("make", [_customer_too_long, _period_past_9999, _status_not_text, _metadata_not_an_object])
+def test_a_signed_subscription_no_row_can_hold_is_ignored_not_an_error_on_every_retry(fake_stripe, plans, make, caplog):
+    """A signed customer.subscription.updated whose customer id is longer than its column (100),
+    whose period ends past year 9999, whose status is not text, or whose metadata is not an
+    object: the webhook stored it (200) and its task raised on every retry (DataError, an
+    overflow, an unhashable list, 'list' object has no attribute 'get'), the event unprocessed for
+    good. Now it is processed as "ignored" with a warning, and the subscription is unchanged."""
+    org = organization_of(make_user())
+    before = current_subscription(org)
+    evt = event("customer.subscription.updated", make(org))
+    body = json.dumps(evt)
+    header = stripe.WebhookSignature.generate_signature_header(body, WEBHOOK_SECRET)
+    assert Client().post(WEBHOOK, data=body, content_type="application/json", HTTP_STRIPE_SIGNATURE=header).status_code == 200
+    assert stripe_services.stripe_event_process(event_id=evt["id"]) == "ignored"
+    after = current_subscription(org)
+    assert (after.pk, after.plan_id, after.stripe_subscription_id) == (before.pk, before.plan_id, before.stripe_subscription_id)
