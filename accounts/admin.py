@@ -22,6 +22,7 @@ from accounts.errors import MalformedProviderKey
 from accounts.models import ApiKey, Integration, Invitation, Membership, Organization, Preferences, ProviderCredential, User, UserSession
 from accounts.services.organizations import invitations_sent_withdrawn
 from config.admin import ReadOnlyAdmin, StorableJSONForm
+from config.outbound import base_url_refusal
 
 # Django 6 assumes https for scheme-less URLs; say so now (merged with the admin's URL widget).
 URL_FIELDS = {models.URLField: {"assume_scheme": "https"}}
@@ -193,8 +194,24 @@ class MembershipInline(admin.TabularInline):
     extra = 0
 
 
+class OrganizationAdminForm(forms.ModelForm):
+    def clean(self):
+        cleaned = super().clean()
+        domain = (cleaned.get("auto_join_domain") or "").strip().lower().lstrip("@")
+        if domain and domain != self.instance.auto_join_domain:
+            # Staff need not be at the domain, but webmail admits anyone for staff too.
+            is_personal = cleaned.get("is_personal", self.instance.is_personal)
+            problem = services.auto_join_domain_problem(Organization(is_personal=is_personal), domain)
+            if problem:
+                self.add_error("auto_join_domain", problem)
+        if "auto_join_domain" in cleaned:
+            cleaned["auto_join_domain"] = domain
+        return cleaned
+
+
 @admin.register(Organization)
 class OrganizationAdmin(admin.ModelAdmin):
+    form = OrganizationAdminForm
     list_display = ("name", "slug", "is_personal", "auto_join_domain", "member_count", "created_by", "created_at")
     list_filter = ("is_personal", "created_at")
     list_select_related = ("created_by",)
@@ -341,6 +358,10 @@ class ProviderCredentialAdminForm(forms.ModelForm):
         instance = self.instance
         provider = cleaned.get("provider") or instance.provider
         access_type = cleaned.get("access_type") or instance.access_type
+        # The rule every other door applies when a base URL is saved (the service raised it from
+        # save_model, a 500; a change of the URL alone skipped the service and stored it).
+        if (base_url := cleaned.get("base_url")) and (refusal := base_url_refusal(base_url)):
+            self.add_error("base_url", refusal)
         if key:
             try:
                 cleaned["replace_key"] = services.provider_key_validate(

@@ -24,6 +24,7 @@ from analytics import selectors
 from analytics.errors import ReconciliationFailed
 from analytics.models import ReconciliationLine, ReconciliationReport
 from config.db import rls
+from config.text import text_clean
 
 logger = logging.getLogger("confab.analytics.reconcile")
 
@@ -136,11 +137,17 @@ def usage_report_fetch(*, provider: str, start: date, end: date) -> list[dict]:
             params = {**params, "page": page["next_page"]}
 
 
+# A day's tokens for one model and class, and the report's sums of them, are stored as bigint:
+# a count past this is no report of real usage, and summed it could not be stored.
+TOKENS_MAX = 10**15
+MODEL_NAME_MAX = ReconciliationLine._meta.get_field("model").max_length
+
+
 def _count(value, where: str) -> int:
     if value is None:
         return 0
-    if type(value) is not int or value < 0:
-        raise ReconciliationFailed(f"The usage report has an impossible token count at {where}: {value!r}.")
+    if type(value) is not int or not 0 <= value <= TOKENS_MAX:
+        raise ReconciliationFailed(f"The usage report has an impossible token count at {where}: {str(value)[:40]}.")
     return value
 
 
@@ -149,7 +156,7 @@ def _bucket_day(provider: str, bucket: dict) -> date:
         if provider == "openai":
             return datetime.fromtimestamp(bucket["start_time"], tz=UTC).date()
         return datetime.fromisoformat(bucket["starting_at"].replace("Z", "+00:00")).astimezone(UTC).date()
-    except (KeyError, TypeError, ValueError, OverflowError):
+    except (KeyError, TypeError, ValueError, OverflowError, AttributeError):  # AttributeError: a number where text goes
         raise ReconciliationFailed("The usage report has a bucket without a readable start time.") from None
 
 
@@ -160,6 +167,8 @@ def _result_classes(provider: str, result: dict, where: str) -> dict[str, int]:
             raise ReconciliationFailed(f"The usage report has more cached than total input tokens at {where}.")
         return {"input_uncached": total - cached, "cache_read": cached, "output": _count(result.get("output_tokens"), where)}
     creation = result.get("cache_creation") or {}
+    if not isinstance(creation, dict):
+        raise ReconciliationFailed(f"The usage report's cache_creation at {where} is not an object.")
     return {
         "input_uncached": _count(result.get("uncached_input_tokens"), where),
         "cache_read": _count(result.get("cache_read_input_tokens"), where),
@@ -184,9 +193,15 @@ def usage_report_parse(*, provider: str, pages) -> dict[tuple[date, str], dict[s
             model = result.get("model") if isinstance(result, dict) else None
             if not model or not isinstance(model, str):
                 raise ReconciliationFailed(f"The usage report has a result without a model on {day}: group it by model.")
+            if len(model) > MODEL_NAME_MAX or text_clean(model) != model:  # a NUL or a lone surrogate: not storable
+                raise ReconciliationFailed(
+                    f"The usage report has a model name on {day} that is no model's: {model[:40].encode('unicode_escape').decode()!r}."
+                )
             totals = usage.setdefault((day, model), dict.fromkeys(CLASSES[provider], 0))
             for name, tokens in _result_classes(provider, result, f"{day} {model}").items():
                 totals[name] += tokens
+    if sum(sum(classes.values()) for classes in usage.values()) > TOKENS_MAX:
+        raise ReconciliationFailed(f"The usage report counts more than {TOKENS_MAX:,} tokens in all: no report of real usage does.")
     return usage
 
 

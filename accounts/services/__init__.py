@@ -12,6 +12,7 @@ from accounts.services.credentials import (  # noqa: F401
 )
 from accounts.services.organizations import (  # noqa: F401
     INVITATION_LIFETIME,
+    auto_join_domain_problem,
     invitation_accept,
     invitation_create,
     invitation_for_token,

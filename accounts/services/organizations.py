@@ -102,18 +102,26 @@ def _email_domain_is_public(domain: str) -> bool:
     return country_domain and labels[0] in PUBLIC_EMAIL_BRANDS
 
 
+def auto_join_domain_problem(organization: Organization, domain: str) -> str | None:
+    """Why no one may make `domain` admit people to this organization (staff in admin included),
+    or None: not a domain, a personal workspace, or webmail anyone can have an address at."""
+    if not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", domain):
+        return "Enter a domain like example.com (no @, no spaces)."
+    if organization.is_personal:
+        return "A personal workspace cannot admit people by domain: create an organization for your team."
+    if _email_domain_is_public(domain):
+        return f"{domain} is a public or disposable email domain: anyone can have an address there."
+    return None
+
+
 def _auto_join_domain_check(actor: User, organization: Organization, domain: str) -> None:
     """Proof on the organization's side: a verified owner or admin at that very domain, not webmail."""
 
     def refuse(message: str):
         raise OrganizationRuleBroken(message, {"field": "auto_join_domain"})
 
-    if not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", domain):
-        refuse("Enter a domain like example.com (no @, no spaces).")
-    if organization.is_personal:
-        refuse("A personal workspace cannot admit people by domain: create an organization for your team.")
-    if _email_domain_is_public(domain):
-        refuse(f"{domain} is a public or disposable email domain: anyone can have an address there.")
+    if problem := auto_join_domain_problem(organization, domain):
+        refuse(problem)
     if not actor.email_verified:
         refuse("Confirm your email address first: only a verified owner or admin at that domain can turn on auto-join.")
     own_domain = actor.email.rsplit("@", 1)[-1]

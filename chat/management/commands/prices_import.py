@@ -100,6 +100,16 @@ def _entries(document: dict) -> dict[tuple[str, str], dict]:
     return {identity: entry for identity, (_, entry) in chosen.items()}
 
 
+# The catalog's token counts (context window, long-context threshold) are integer columns.
+TOKEN_COUNT_MAX = 2**31 - 1
+
+
+def _token_count(entry: dict, key: str, value: int) -> int:
+    if value > TOKEN_COUNT_MAX:
+        raise CommandError(f"{entry['_key']}: {key} names {value:,} tokens, more than the catalog holds ({TOKEN_COUNT_MAX:,}).")
+    return value
+
+
 def _fields(entry: dict, current: ModelPrice) -> dict:
     """The new version's fields: the catalog's, with every price the file states."""
     fields = {field.name: getattr(current, field.name) for field in ModelPrice._meta.concrete_fields}
@@ -107,14 +117,14 @@ def _fields(entry: dict, current: ModelPrice) -> dict:
         del fields[name]
     fields["is_active"] = True
     if isinstance(entry.get("max_input_tokens"), int) and entry["max_input_tokens"] > 0:
-        fields["context_window"] = entry["max_input_tokens"]
+        fields["context_window"] = _token_count(entry, "max_input_tokens", entry["max_input_tokens"])
     thresholds = set()
     for key, value in entry.items():
         if key in KEYS:
             fields[pricing.CLASS_FIELDS[KEYS[key]][0]] = _per_million(entry, key, value)
         elif match := TIER_KEY.match(key):
             fields[pricing.CLASS_FIELDS[KEYS[match.group(1)]][1]] = _per_million(entry, key, value)
-            thresholds.add(int(match.group(2)) * 1000)
+            thresholds.add(_token_count(entry, key, int(match.group(2)) * 1000))
     if len(thresholds) > 1:
         raise CommandError(f"{entry['_key']} has several long-context thresholds ({sorted(thresholds)}); the catalog keeps one.")
     if thresholds:
