@@ -75,3 +75,31 @@ def test_a_base_url_with_a_port_no_connection_can_use_is_refused_on_save(alice, 
     )
     assert response.status_code == 400, f"saved with {response.status_code}: {response.json()}"
     assert not privileged(ProviderCredential).filter(user=alice).exists()
+
+
+def test_accounts_stored_under_a_punycode_email_keep_signing_in_after_the_migration():
+    """Sign-in now reads a punycode domain as its one spelling, so an account stored under
+    `xn--` before would not be found by its own address: accounts 0016 rewrites it (and pending
+    invitations), unless the other spelling has an account already (left as it is)."""
+    from django.db import connections
+    from django.db.migrations.executor import MigrationExecutor
+
+    from accounts.backends import user_id_for_login
+
+    stored = make_user(email="bob@example.com")
+    pair = make_user(email="carol@bücher.com")
+    executor = MigrationExecutor(connections["owner"])
+    executor.migrate([("accounts", "0015_api_key_changed_notify_always")])
+    try:
+        with connections["owner"].cursor() as cur:
+            cur.execute("UPDATE accounts_user SET email = 'bob@xn--bcher-kva.com' WHERE id = %s", [stored.pk])
+            cur.execute(
+                "UPDATE accounts_user SET email = 'carol@xn--bcher-kva.com' WHERE id = %s", [make_user(email="carol2@example.com").pk]
+            )
+    finally:
+        executor = MigrationExecutor(connections["owner"])
+        executor.migrate([("accounts", "0016_punycode_emails_one_spelling")])
+    emails = dict(privileged(User).filter(email__contains="@").values_list("email", "id"))
+    assert emails["bob@bücher.com"] == stored.pk
+    assert "carol@xn--bcher-kva.com" in emails and emails["carol@bücher.com"] == pair.pk  # both spellings had accounts: left
+    assert user_id_for_login("bob@xn--bcher-kva.com") == user_id_for_login("bob@bücher.com") == stored.pk
