@@ -86,7 +86,7 @@ class ConversationListApi(APIView):
     required_scopes = CHAT_SCOPES
     pagination_class = api_settings.DEFAULT_PAGINATION_CLASS
 
-    @extend_schema(parameters=[ConversationFilter], responses={200: ConversationOut(many=True), **error_responses(400, 401, 403)})
+    @extend_schema(parameters=[ConversationFilter], responses={200: ConversationOut(many=True), **error_responses(400, 401, 403, 404)})
     def get(self, request):
         filters = validated_query(ConversationFilter, request)
         return _page(self, request, selectors.conversation_list(user=request.user, **filters), ConversationOut)

@@ -46,6 +46,13 @@ class ComposerForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.fields["model"].widget.choices = model_choices()
 
+    def clean_model(self) -> str:
+        # The list offers only "provider/model"; half a pair would be filled in with a default unasked.
+        provider, model = model_split(self.cleaned_data["model"])
+        if not provider or not model:
+            raise forms.ValidationError("Choose a model from the list.")
+        return self.cleaned_data["model"]
+
 
 class ConversationFilterForm(forms.Form):
     tag = forms.CharField(required=False, max_length=MAX_TAG_LENGTH)

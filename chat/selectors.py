@@ -32,8 +32,8 @@ def conversation_list(
         conversations = conversations.filter(Q(title__icontains=q) | Q(summary__icontains=q))
     if tag:
         conversations = conversations.filter(tags__contains=[tag])
-    if persona_id:
-        conversations = conversations.filter(persona_id=persona_id)
+    if persona_id:  # another user's persona is a 404, not an empty page that confirms nothing
+        conversations = conversations.filter(persona_id=persona_get(user=user, persona_id=persona_id).pk)
     if organization_id:
         conversations = conversations.filter(organization_id=organization_id)
     return conversations.order_by("-updated_at", "id")

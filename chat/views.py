@@ -216,6 +216,8 @@ def _persona_initial(persona) -> dict:
 
 
 def _add_service_error(form, exc: ApplicationError) -> None:
+    if isinstance(exc, NotFoundError):  # the persona was deleted in another tab: the page is gone
+        raise exc
     field = exc.extra.get("field")
     form.add_error("model" if field in ("provider", "model") else None, exc.message)
 

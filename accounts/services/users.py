@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from accounts.catalog import model_catalog, preferred_model_problem
 from accounts.errors import EmailTaken, InvitationInvalid
-from accounts.models import ApiKey, Membership, Preferences, User, validate_name
+from accounts.models import ApiKey, Invitation, Membership, Preferences, User, validate_name
 from accounts.services.organizations import _organization_create
 from accounts.services.sessions import user_sessions_end_all
 from accounts.tasks import mail_send_on_commit
@@ -109,11 +109,15 @@ def preferences_update(*, user: User, **fields) -> Preferences:
 
 def user_deactivate(*, user: User) -> User:
     """Staff action: the user can no longer sign in; their API keys stop working and every session
-    ends (its data deleted, its record ended), so reactivating the account later lets none back in."""
+    ends (its data deleted, its record ended), so reactivating the account later lets none back in.
+    The invitations they sent and nobody has taken are withdrawn, as when a member is removed
+    (`invitations_sent_withdrawn`): a banned admin does not walk back in through another address."""
     with rls.atomic():
+        now = timezone.now()
         user.is_active = False
         user.save(update_fields=["is_active", "updated_at"])
-        ApiKey.objects.filter(user=user, is_active=True).update(is_active=False, revoked_at=timezone.now())
+        ApiKey.objects.filter(user=user, is_active=True).update(is_active=False, revoked_at=now)
+        Invitation.objects.filter(invited_by=user, accepted_at__isnull=True, revoked_at__isnull=True).update(revoked_at=now)
     user_sessions_end_all(user=user)
     return user
 

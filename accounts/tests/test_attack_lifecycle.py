@@ -254,6 +254,23 @@ def test_an_admin_removed_from_the_organization_cannot_come_back_through_an_invi
     assert not privileged(Membership).filter(organization=acme, user=alt).exists(), "the removed admin is back, as admin"
 
 
+def test_a_deactivated_admins_pending_invitations_are_withdrawn(alice, acme):
+    """Staff deactivate Mallory (an admin of Acme) for abuse. Her membership stays, so removal's
+    withdrawal never runs, and the admin invitation she sent her other address still admitted it:
+    the banned admin was back. Deactivation withdraws the invitations she sent that nobody took."""
+    mallory = make_user(email="mallory@example.com")
+    _join(acme, mallory, Membership.Role.ADMIN)
+    with rls.privileged(reason="test: Mallory invites her other address"):
+        _invitation, token = services.invitation_create(
+            actor=mallory, organization=acme, email="mallory.alt@example.com", role=Membership.Role.ADMIN
+        )
+        services.user_deactivate(user=User.objects.get(pk=mallory.pk))
+    alt = make_user(email="mallory.alt@example.com")
+    response = _no_raise(session_client(alt)).post(f"{API}/invitations/accept", {"token": token}, format="json")
+    assert response.status_code in (400, 404), (response.status_code, response.content[:300])
+    assert not privileged(Membership).filter(organization=acme, user=alt).exists(), "the banned admin is back, as admin"
+
+
 @pytest.mark.parametrize("action", ["invite", "rename"])
 def test_an_admin_demoted_while_inviting_or_renaming_acts_first_or_not_at_all(alice, acme, monkeypatch, action):
     """Adam (admin) invites someone, or renames Acme; meanwhile Alice (owner) makes him a member.

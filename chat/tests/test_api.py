@@ -59,6 +59,8 @@ def test_another_users_conversation_and_persona_are_404(alice):
     assert_error(bob.post(f"{conversation}/messages", {"content": "hi"}, format="json"), 404)
     assert_error(bob.get(f"{API}/personas/{persona.pk}"), 404)
     assert_error(bob.post(f"{API}/conversations", {"persona_id": str(persona.pk)}, format="json"), 404)
+    assert_error(bob.get(f"{API}/conversations", {"persona_id": str(persona.pk)}), 404)  # a filter's id too
+    assert session_client(alice).get(f"{API}/conversations", {"persona_id": str(persona.pk)}).json()["count"] == 0
     assert bob.get(f"{API}/conversations").json()["count"] == 0
     with rls.privileged(reason="test"):
         assert Message.objects.filter(conversation_id=reply.conversation.pk).count() == 2

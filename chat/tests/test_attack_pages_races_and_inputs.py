@@ -34,7 +34,7 @@ def _api(user):
 # --- A page's write racing a delete of its row ---------------------------------------------
 
 
-@pytest.mark.parametrize("page", ["delete", "archive", "edit", "persona-delete"])
+@pytest.mark.parametrize("page", ["delete", "archive", "edit", "persona-delete", "persona-edit"])
 def test_a_page_post_whose_row_is_deleted_meanwhile_is_a_404_not_a_500(alice, monkeypatch, page):
     """A user double-clicks Delete on the conversation page (or has it open in two tabs and
     archives, renames, or deletes a persona in one while the other deletes it). The page view reads
@@ -45,9 +45,12 @@ def test_a_page_post_whose_row_is_deleted_meanwhile_is_a_404_not_a_500(alice, mo
     client = _signed_in(alice)
     conversation = services.message_send(user=alice, content="hello").conversation
     persona = services.persona_create(user=alice, name="Brief", system_prompt="Be brief.")
-    if page == "persona-delete":
-        selector, url, data = "persona_get", f"/chat/personas/{persona.pk}/delete/", {}
-        deleted = f"{API}/personas/{persona.pk}"
+    if page.startswith("persona-"):
+        url, data = {
+            "persona-delete": (f"/chat/personas/{persona.pk}/delete/", {}),
+            "persona-edit": (f"/chat/personas/{persona.pk}/", {"name": "Briefer", "system_prompt": "Be brief.", "model": ""}),
+        }[page]
+        selector, deleted = "persona_get", f"{API}/personas/{persona.pk}"
     else:
         selector = "conversation_get"
         url, data = {
@@ -65,8 +68,8 @@ def test_a_page_post_whose_row_is_deleted_meanwhile_is_a_404_not_a_500(alice, mo
     poster.join(30)
     assert outcome["page"] in (302, 404), outcome
     with rls.privileged(reason="test"):
-        assert not Conversation.objects.filter(pk=conversation.pk).exists() or page == "persona-delete"
-        assert not Persona.objects.filter(pk=persona.pk).exists() or page != "persona-delete"
+        assert not Conversation.objects.filter(pk=conversation.pk).exists() or page.startswith("persona-")
+        assert not Persona.objects.filter(pk=persona.pk).exists() or not page.startswith("persona-")
 
 
 @pytest.mark.parametrize("page", ["new", "edit"])

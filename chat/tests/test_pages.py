@@ -121,6 +121,8 @@ def test_refusals_are_shown_inline_with_the_billing_link_and_store_nothing(signe
     refused(_send(signed_in, conversation, "hi", "openai/gpt-5"), 403, "Your Free plan does not include gpt-5")
     refused(_send(signed_in, conversation, "hi", "openai/gpt-7"), 400, "has no price in the catalog")
     refused(_send(signed_in, conversation, "hi", "nope/x"), 400, "Unknown provider")
+    for half_a_pair in ("/echo-1", "echo/", "echo-1"):  # not sent with a default filled in unasked
+        refused(_send(signed_in, conversation, "hi", half_a_pair), 400, "Choose a model from the list", upgrade=False)
     refused(_send(signed_in, conversation, "   "), 400, "Write a message first", upgrade=False)
     plans["free"].monthly_tokens = 1
     with rls.privileged(reason="test"):

@@ -192,6 +192,12 @@ def test_import_conversations_with_a_nul_in_the_email_is_a_sentence_not_a_traceb
         _call("import_conversations", str(path), user="a\x00@example.com")
 
 
+def test_import_conversations_with_a_path_the_system_refuses_is_a_sentence_not_a_traceback(tmp_path):
+    """Was OSError (File name too long) out of Path.is_file, which swallows only a missing file."""
+    with pytest.raises(CommandError, match="cannot be read: File name too long"):
+        _call("import_conversations", str(tmp_path / ("x" * 5000)), user="alice@example.com")
+
+
 @pytest.mark.parametrize(
     "action,today", [("ensure", "9999-12-15"), ("prune", "0001-01-15")], ids=["ensure-last-month", "prune-first-month"]
 )

@@ -26,9 +26,13 @@ class Command(BaseCommand):
 
     def handle(self, *args, file: str, user: str, **options):
         path = Path(file)
-        if not path.is_file():
+        try:
+            size = path.stat().st_size if path.is_file() else None
+        except (OSError, ValueError) as exc:  # no permission on its folder; a NUL in the name
+            raise CommandError(f"{file!r} cannot be read: {_reason(exc)}.") from None
+        if size is None:
             raise CommandError(f"{file} is not a file.")
-        if path.stat().st_size > settings.CHAT_IMPORT_MAX_BYTES:
+        if size > settings.CHAT_IMPORT_MAX_BYTES:
             raise CommandError(
                 f"{file} is larger than the {settings.CHAT_IMPORT_MAX_BYTES} bytes an import may be (CHAT_IMPORT_MAX_BYTES)."
             )
@@ -44,5 +48,11 @@ class Command(BaseCommand):
                 report = conversations_import(user=owner, file=stream)
         except ImportRejected as exc:
             raise CommandError(f"{file}: {exc.message}") from None
+        except OSError as exc:  # the file is there but this user may not read it
+            raise CommandError(f"{file} cannot be read: {_reason(exc)}.") from None
         for line in report.lines():
             self.stdout.write(line)
+
+
+def _reason(exc: Exception) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
