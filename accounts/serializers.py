@@ -3,6 +3,7 @@ Secrets never have an output field: an API key's secret appears once, in ApiKeyC
 
 import zoneinfo
 
+from django.db import models
 from rest_framework import serializers
 
 from accounts.models import (
@@ -17,6 +18,7 @@ from accounts.models import (
     expiry_storable,
     validate_name,
 )
+from config.api.inputs import StrictBooleanField, StringField
 from config.text import json_clean
 
 # --- Me and preferences ------------------------------------------------------------
@@ -42,12 +44,12 @@ class MeOut(serializers.ModelSerializer):
 
 
 class MeIn(serializers.Serializer):
-    first_name = serializers.CharField(max_length=150, required=False, allow_blank=True, validators=[validate_name])
-    last_name = serializers.CharField(max_length=150, required=False, allow_blank=True, validators=[validate_name])
-    display_name = serializers.CharField(max_length=150, required=False, allow_blank=True, validators=[validate_name])
+    first_name = StringField(max_length=150, required=False, allow_blank=True, validators=[validate_name])
+    last_name = StringField(max_length=150, required=False, allow_blank=True, validators=[validate_name])
+    display_name = StringField(max_length=150, required=False, allow_blank=True, validators=[validate_name])
     avatar_url = serializers.URLField(max_length=200, required=False, allow_blank=True)
-    timezone = serializers.CharField(max_length=64, required=False, help_text="An IANA time zone, e.g. Europe/Paris.")
-    locale = serializers.CharField(max_length=16, required=False)
+    timezone = StringField(max_length=64, required=False, help_text="An IANA time zone, e.g. Europe/Paris.")
+    locale = StringField(max_length=16, required=False)
 
     def validate_timezone(self, value):
         if value not in zoneinfo.available_timezones():
@@ -57,6 +59,13 @@ class MeIn(serializers.Serializer):
 
 class PreferencesSerializer(serializers.ModelSerializer):
     """Read and partial update: every field is optional on PATCH."""
+
+    # Its text and flags as JSON strings and booleans only (config/api/inputs.py).
+    serializer_field_mapping = {
+        **serializers.ModelSerializer.serializer_field_mapping,
+        models.CharField: StringField,
+        models.BooleanField: StrictBooleanField,
+    }
 
     class Meta:
         model = Preferences
@@ -73,7 +82,11 @@ class PreferencesSerializer(serializers.ModelSerializer):
             "updated_at",
         ]
         read_only_fields = ["updated_at"]
-        extra_kwargs = {"temperature": {"help_text": "0.00 to 2.00."}}
+        extra_kwargs = {
+            "temperature": {"help_text": "0.00 to 2.00."},
+            "preferred_provider": {"help_text": "A provider of /api/v1/models, paired with `preferred_model`."},
+            "preferred_model": {"help_text": "One of that provider's models in /api/v1/models."},
+        }
 
     def validate_extra(self, value):
         if not isinstance(value, dict):
@@ -96,12 +109,12 @@ class OrganizationOut(serializers.ModelSerializer):
 
 
 class OrganizationCreateIn(serializers.Serializer):
-    name = serializers.CharField(max_length=200, validators=[validate_name])
+    name = StringField(max_length=200, validators=[validate_name])
 
 
 class OrganizationUpdateIn(serializers.Serializer):
-    name = serializers.CharField(max_length=200, required=False, validators=[validate_name])
-    auto_join_domain = serializers.CharField(
+    name = StringField(max_length=200, required=False, validators=[validate_name])
+    auto_join_domain = StringField(
         max_length=253,
         required=False,
         allow_blank=True,
@@ -152,7 +165,7 @@ class InvitationCreateIn(serializers.Serializer):
 
 
 class InvitationAcceptIn(serializers.Serializer):
-    token = serializers.CharField(max_length=200, help_text="The token from the invitation email's link.")
+    token = StringField(max_length=200, help_text="The token from the invitation email's link.")
 
 
 # --- API keys ------------------------------------------------------------------------
@@ -179,7 +192,7 @@ class ApiKeyCreatedOut(ApiKeyOut):
 
 
 class ApiKeyCreateIn(serializers.Serializer):
-    name = serializers.CharField(max_length=100, validators=[validate_name])
+    name = StringField(max_length=100, validators=[validate_name])
     scopes = serializers.ListField(child=serializers.ChoiceField(choices=ApiKey.Scope.choices), allow_empty=False)
     expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None, validators=[expiry_storable])
 
@@ -203,7 +216,7 @@ class ProviderCredentialIn(serializers.Serializer):
     provider = serializers.ChoiceField(choices=ProviderCredential.Provider.choices)
     access_type = serializers.ChoiceField(choices=ProviderCredential.AccessType.choices, default=ProviderCredential.AccessType.USER_API_KEY)
     # Checked by the service, which says what is wrong without echoing the key.
-    api_key = serializers.CharField(
+    api_key = StringField(
         write_only=True,
         required=False,
         allow_blank=True,

@@ -6,7 +6,7 @@ from datetime import date, timedelta
 
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -14,7 +14,7 @@ from rest_framework.views import APIView
 from analytics import selectors, services
 from analytics.errors import UsageQueryInvalid
 from config.api.errors import error_responses
-from config.api.inputs import validated_query
+from config.api.inputs import StringField, validated_query
 from config.errors import ApplicationError
 
 # --- Product events ----------------------------------------------------------------
@@ -47,15 +47,24 @@ def _unstorable(value) -> str | None:
     return None
 
 
+class RegexStringField(StringField, serializers.RegexField):
+    """Text matching a pattern, as a JSON string only (config/api/inputs.StringField)."""
+
+
+@extend_schema_field({"type": "object", "additionalProperties": {}})
+class JSONObjectField(serializers.JSONField):
+    """Any JSON object: `properties` takes nothing else (a 400 or a rejected event says so)."""
+
+
 class EventIn(serializers.Serializer):
-    name = serializers.RegexField(
+    name = RegexStringField(
         r"^[A-Za-z0-9_.:/\- ]+$", max_length=100, error_messages={"invalid": "Use letters, digits, spaces and _ . : / - only."}
     )
-    properties = serializers.JSONField(required=False, default=dict, help_text="A JSON object, 8 KB at most.")
+    properties = JSONObjectField(required=False, default=dict, help_text="A JSON object, 8 KB at most.")
     occurred_at = serializers.DateTimeField(
         required=False, help_text="When it happened (ISO 8601); default now. At most 5 minutes ahead and 7 days old."
     )
-    session_id = serializers.CharField(required=False, allow_blank=True, max_length=64, default="")
+    session_id = StringField(required=False, allow_blank=True, max_length=64, default="")
 
     def validate_properties(self, value):
         if not isinstance(value, dict):
@@ -81,7 +90,10 @@ class EventIn(serializers.Serializer):
 
 
 class EventBatchIn(serializers.Serializer):
-    events = EventIn(many=True, help_text=f"1 to {EVENTS_MAX} events; each is validated on its own.")
+    # A list field (not EventIn(many=True)) so that the schema publishes its bounds, which the view checks.
+    events = serializers.ListField(
+        child=EventIn(), min_length=1, max_length=EVENTS_MAX, help_text=f"1 to {EVENTS_MAX} events; each is validated on its own."
+    )
 
 
 class EventRejectedOut(serializers.Serializer):
@@ -244,7 +256,11 @@ class UsageDailyApi(APIView):
         ),
         parameters=[
             OpenApiParameter(
-                "from", OpenApiTypes.DATE, OpenApiParameter.QUERY, description="First day, YYYY-MM-DD (UTC); default 29 days before `to`."
+                "from",
+                OpenApiTypes.DATE,
+                OpenApiParameter.QUERY,
+                description=f"First day, YYYY-MM-DD (UTC); default 29 days before `to`. "
+                f"From `from` to `to` is at most {selectors.MAX_RANGE_DAYS} days (a 400 otherwise).",
             ),
             OpenApiParameter("to", OpenApiTypes.DATE, OpenApiParameter.QUERY, description="Last day, YYYY-MM-DD (UTC); default today."),
             OpenApiParameter(

@@ -69,6 +69,17 @@ for k = 1, #KEYS do
 end
 return added
 """
+# Add a repair's drift only if the counter still holds what the repair measured: of two repairs
+# that measured the same drift (overlapping runs), the second finds it gone and adds nothing; an
+# increment landing meanwhile also defers the repair to the next run. ARGV: field, measured, delta.
+_ADD_IF_UNCHANGED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 1, #ARGV, 3 do
+  if tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0') ~= tonumber(ARGV[i + 1]) then return 0 end
+end
+for i = 1, #ARGV, 3 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 2]) end
+return 1
+"""
 # Write a rebuilt counter unless another process already has.
 _SET_IF_MISSING = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HGETALL', KEYS[1]) end
@@ -338,9 +349,10 @@ def _drifts(client, month: date, keys: dict[str, tuple[str, UUID]]) -> dict[str,
 def counters_reconcile(*, month: date | None = None) -> list[dict]:
     """Compare every live counter of the month with the database; repair and report drift.
 
-    Never overwrites a counter: the drift is added to it atomically, so increments landing
-    while this runs are kept. A call between its ledger commit and its increment shows as a
-    passing drift, so only a drift seen twice, SETTLE_SECONDS apart, is repaired."""
+    Never overwrites a counter: the drift is added to it atomically, and only while the counter
+    still holds what was measured (_ADD_IF_UNCHANGED), so an overlapping run cannot add the same
+    drift twice. A call between its ledger commit and its increment shows as a passing drift, so
+    only a drift seen twice, SETTLE_SECONDS apart, is repaired."""
     month = month or month_of()
     client = redis_client()
     keys = {}
@@ -356,13 +368,14 @@ def counters_reconcile(*, month: date | None = None) -> list[dict]:
         return []
     time.sleep(SETTLE_SECONDS)
     second = _drifts(client, month, {key: keys[key] for key in first})
-    add = redis_script(_INCR_IF_EXISTS)
+    add = redis_script(_ADD_IF_UNCHANGED)
     repaired = []
     for key, (live, truth, delta) in second.items():
         if delta != first[key][2]:
             logger.info("usage counter %s still moving; reconciled on the next run", key)
             continue
-        if add(keys=[key], args=["", *(x for pair in delta.as_fields().items() for x in pair)]):
+        measured = live.as_fields()
+        if add(keys=[key], args=[x for name, change in delta.as_fields().items() for x in (name, measured[name], change)]):
             drift = {"key": key, "live": live.as_fields(), "ledger": truth.as_fields()}
             logger.warning("usage counter drift repaired: %s", drift)
             repaired.append(drift)

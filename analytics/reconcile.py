@@ -63,6 +63,8 @@ def reconcile_arguments(*, provider: str, start: str | date, end: str | date, to
     start_day, end_day = days
     if start_day > end_day:
         raise ReconciliationFailed("--from must be on or before --to.", {"field": "from"})
+    if end_day == date.max:  # the ledger query and the report's request both end at midnight after --to
+        raise ReconciliationFailed(f"--to must be before {date.max}: the day after it does not exist.", {"field": "to"})
     if (end_day - start_day).days + 1 > MAX_DAYS:
         raise ReconciliationFailed(f"A reconciliation covers at most {MAX_DAYS} days.", {"field": "to"})
     raw = settings.USAGE_RECONCILE_TOLERANCE if tolerance is None else tolerance

@@ -53,8 +53,14 @@ def usage_reconcile_task() -> dict:
         if not reconcile.admin_key(provider):
             logger.info("usage reconciliation for %s skipped: %s_ADMIN_KEY is not set", provider, provider.upper())
             continue
-        arguments = reconcile.reconcile_arguments(provider=provider, start=yesterday, end=yesterday)
-        report = reconcile.usage_reconcile_run(arguments=arguments)
+        try:
+            arguments = reconcile.reconcile_arguments(provider=provider, start=yesterday, end=yesterday)
+            report = reconcile.usage_reconcile_run(arguments=arguments)
+        except reconcile.ReconciliationFailed as exc:
+            # One provider's outage must not cost the others their day: the task covers yesterday only.
+            logger.error("usage reconciliation for %s failed: %s", provider, exc.message)
+            done[provider] = {"failed": exc.message}
+            continue
         if not report.within_tolerance:
             logger.warning("usage reconciliation beyond tolerance: %s", report.summary)
         done[provider] = {"report": str(report.pk), "within_tolerance": report.within_tolerance}

@@ -20,6 +20,7 @@ from django.views.decorators.http import require_GET
 from accounts import selectors as accounts_selectors
 from accounts.decorators import login_required
 from analytics import counters, selectors
+from billing import selectors as billing_selectors
 
 CHART_MODELS = 5  # the daily chart stacks the costliest models; the rest are "Other models"
 API_COLORS = {"ok": "#10b981", "client": "#f59e0b", "server": "#ef4444"}
@@ -121,8 +122,8 @@ def dashboard(request):
     context = {
         "month": month,
         "month_to_date": counters.counters_read(scope="user", owner_id=user.pk),
-        # Plan limits arrive with billing: {"tokens": int, "messages": int, "cost": Decimal}; none yet.
-        "limits": {},
+        # Limits are an organization's plan's; a user's own figures span every organization they send in.
+        "across": "Yours, in every organization",
         "daily_chart": _daily_by_model_chart(selectors.usage_daily(user=user, start=start, end=today, group_by="model"), start, today),
         "by_model": (by_model := selectors.usage_by_model(user=user, month=month)),
         "cache_saved": {name: sum(row[name] for row in by_model) for name in ("cache_hits", "saved_tokens", "saved_cost")},
@@ -131,7 +132,9 @@ def dashboard(request):
     }
     if organization is not None:
         context["organization_month_to_date"] = counters.counters_read(scope="org", owner_id=organization.pk)
-        context["organization_limits"] = {}
+        context["organization_plan"] = billing_selectors.plan_in_force(
+            subscription=billing_selectors.subscription_current(organization_id=organization.pk)
+        )
         context["members"] = selectors.usage_by_member(user=user, organization_id=organization.pk, month=month)
     return render(request, "analytics/dashboard.html", context)
 

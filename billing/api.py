@@ -4,7 +4,6 @@ API keys need `billing:read` to read and `billing:write` to change a plan; membe
 owners and admins change (the service and the row-level policies both say so). With
 payment configured, a paid upgrade answers 201 with the Stripe Checkout URL that buys it."""
 
-from django.urls import reverse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.response import Response
@@ -59,7 +58,7 @@ class SubscriptionApi(APIView):
             plan=plan,
             interval=data.validated_data["interval"],
             immediately=data.validated_data["immediately"],
-            return_url=site_url(request) + reverse("billing:page"),
+            return_url=site_url(request) + selectors.billing_page_path(organization.pk),
         )
         if isinstance(outcome, str):
             return Response(CheckoutOut({"checkout_url": outcome}).data, status=status.HTTP_201_CREATED)

@@ -7,9 +7,11 @@ import calendar
 import logging
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 
 from django.conf import settings
 from django.db.models import QuerySet
+from django.urls import reverse
 from django.utils import timezone
 
 from accounts import selectors as accounts_selectors
@@ -161,16 +163,37 @@ def month_usage(*, organization_id) -> counters.Usage:
         return counters.usage_from_database(scope="org", owner_id=organization_id, month=counters.month_of())
 
 
-def usage_against_limits(*, organization: Organization, plan: Plan) -> list[LimitUsage]:
-    """This month's usage beside each limit of the plan. Requests per minute and
-    conversations show their limit only (chat counts conversations)."""
+@dataclass(frozen=True)
+class SpendUsage:
+    """The plan's monthly spend budget (money, so apart from the whole-number limits) and this month's spend."""
+
+    limit: Decimal | None
+    used: Decimal
+    currency: str
+
+    @property
+    def percent(self) -> int:
+        if not self.limit:
+            return 0
+        return min(100, round(100 * self.used / self.limit))
+
+
+def usage_against_limits(*, organization: Organization, plan: Plan) -> tuple[list[LimitUsage], SpendUsage]:
+    """This month's usage beside each limit of the plan, and its spend beside the spend budget.
+    Requests per minute and conversations show their limit only (chat counts conversations)."""
     usage = month_usage(organization_id=organization.pk)
-    return [
+    limits = [
         LimitUsage("monthly_tokens", "Tokens this month", plan.monthly_tokens, usage.total_tokens),
         LimitUsage("monthly_messages", "Messages this month", plan.monthly_messages, usage.calls),
         LimitUsage("requests_per_minute", "Requests per minute", plan.requests_per_minute, None),
         LimitUsage("max_conversations", "Conversations", plan.max_conversations, None),
     ]
+    return limits, SpendUsage(plan.monthly_spend, usage.cost, plan.currency)
+
+
+def billing_page_path(organization_id) -> str:
+    """The billing page of one organization: where its plan changes and Stripe's pages return to."""
+    return f"{reverse('billing:page')}?org={organization_id}"
 
 
 def payment_configured() -> bool:
@@ -205,10 +228,12 @@ def subscription_overview(*, organization: Organization) -> dict:
     usage against each limit and when monthly limits reset."""
     subscription = subscription_current(organization_id=organization.pk)
     plan = plan_in_force(subscription=subscription)
+    limits, spend = usage_against_limits(organization=organization, plan=plan)
     return {
         "subscription": subscription,
         "plan": plan,
-        "limits": usage_against_limits(organization=organization, plan=plan),
+        "limits": limits,
+        "spend": spend,
         "resets_on": month_reset(),
         "grace_ends_at": grace_ends_at(subscription),
         "payment_configured": payment_configured(),

@@ -1,6 +1,7 @@
 from rest_framework import serializers
 
 from billing.models import Plan, Subscription
+from config.api.inputs import StrictBooleanField, StringField
 
 
 class PlanOut(serializers.ModelSerializer):
@@ -18,6 +19,8 @@ class PlanOut(serializers.ModelSerializer):
             "allowed_models",
             "monthly_tokens",
             "monthly_messages",
+            "monthly_spend",
+            "max_output_tokens",
             "requests_per_minute",
             "max_conversations",
             "trial_days",
@@ -29,6 +32,14 @@ class LimitOut(serializers.Serializer):
     label = serializers.CharField()
     limit = serializers.IntegerField(allow_null=True, help_text="Empty: unlimited.")
     used = serializers.IntegerField(allow_null=True, help_text="This month's usage; empty where billing does not count it.")
+
+
+class SpendOut(serializers.Serializer):
+    limit = serializers.DecimalField(
+        max_digits=12, decimal_places=2, allow_null=True, help_text="The plan's monthly spend budget; empty: none."
+    )
+    used = serializers.DecimalField(max_digits=22, decimal_places=10, help_text="This month's model spend so far, as metered.")
+    currency = serializers.CharField(help_text="The plan's currency (lower case).")
 
 
 class SubscriptionOut(serializers.Serializer):
@@ -46,13 +57,18 @@ class SubscriptionOut(serializers.Serializer):
     grace_ends_at = serializers.DateTimeField(allow_null=True)
     resets_on = serializers.DateField(help_text="When monthly limits reset (the first of next month, UTC).")
     limits = LimitOut(many=True)
+    spend = SpendOut(help_text="Model spend this month beside the plan's spend budget (money: apart from `limits`).")
     payment_configured = serializers.BooleanField()
 
 
+class SlugStringField(StringField, serializers.SlugField):
+    """A slug, as a JSON string only (config/api/inputs.StringField)."""
+
+
 class SubscriptionChangeIn(serializers.Serializer):
-    plan = serializers.SlugField(max_length=50)
+    plan = SlugStringField(max_length=50)
     interval = serializers.ChoiceField(choices=Subscription.Interval.choices, default=Subscription.Interval.MONTH)
-    immediately = serializers.BooleanField(default=False, help_text="Downgrades apply at the period's end unless this is true.")
+    immediately = StrictBooleanField(default=False, help_text="Downgrades apply at the period's end unless this is true.")
 
 
 class CheckoutOut(serializers.Serializer):

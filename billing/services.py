@@ -563,7 +563,13 @@ def subscription_change(
         # Decided on the row as it is under its lock: a checkout's webhook that put a plan billed
         # by Stripe in place meanwhile is seen here, not replaced behind Stripe's back.
         current = lock_current(organization.pk)
-        if current.plan_id == plan.pk and current.interval == interval:
+        # Ranked against the plan in force, not the row's: once a period ends, its cancellation or
+        # scheduled downgrade applies before the periods task writes it down, and Pro chosen after
+        # a cancelled Enterprise is an upgrade from Free, bought through checkout.
+        now = timezone.now()
+        in_force = selectors.plan_in_force(subscription=current, now=now)
+        period_over = current.current_period_end is not None and current.current_period_end <= now
+        if in_force.pk == plan.pk and current.plan_id == plan.pk and current.interval == interval:
             raise ApplicationError(f"You are already on the {plan.name} plan.", {"code": "same_plan"})
         refuse_if_billed_by_stripe(current)
         if current.status == Subscription.Status.PAST_DUE and not plan.is_free:
@@ -571,14 +577,19 @@ def subscription_change(
             raise ApplicationError(
                 "A payment is overdue: pay it, or move to the Free plan, before choosing another paid plan.", {"code": "past_due"}
             )
+        if in_force.pk == plan.pk != current.plan_id:
+            # The plan chosen is already in force, by a change the periods task has not written down
+            # yet (a cancellation, a scheduled plan, a lapsed grace): written down now.
+            return subscription_plan_set(organization=organization, plan=plan, interval=interval)
         if not plan.is_free and not selectors.payment_configured():
             return subscription_request(actor=actor, organization=organization, plan=plan)
-        upgrade = _rank(plan) >= _rank(current.plan)
+        upgrade = _rank(plan) >= _rank(in_force)
         if not plan.is_free and (upgrade or current.status == Subscription.Status.TRIALING):
             # A paid upgrade starts with a payment: checkout puts the plan in place when it succeeds.
             # So does any paid plan after a trial: a cheaper one would start paid, and unpaid, for good.
             raise CheckoutRequired(f"The {plan.name} plan is bought through checkout.")
-        if upgrade or immediately or current.current_period_end is None:
+        # A period already over has no end left to wait for: a change scheduled for it applies now.
+        if upgrade or immediately or current.current_period_end is None or period_over:
             return subscription_plan_set(organization=organization, plan=plan, interval=interval)
         current.scheduled_plan, current.scheduled_interval = plan, interval
         current.save(update_fields=["scheduled_plan", "scheduled_interval", "updated_at"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import stripe
 from django.conf import settings
@@ -127,13 +128,19 @@ def checkout_session_create(*, actor: User, organization: Organization, plan: Pl
                 "customer": customer,
                 "client_reference_id": str(organization.pk),
                 "line_items": [{"price": price, "quantity": 1}],
-                "success_url": f"{return_url}?checkout=success",
-                "cancel_url": f"{return_url}?checkout=canceled",
+                "success_url": _with_query(return_url, checkout="success"),
+                "cancel_url": _with_query(return_url, checkout="canceled"),
                 "metadata": metadata,
                 "subscription_data": subscription_data,
             },
         )
     return session.url
+
+
+def _with_query(url: str, **params: str) -> str:
+    """The URL with `params` added to whatever query it has (the billing page names its organization)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(query=urlencode([*parse_qsl(parts.query), *params.items()])))
 
 
 # Stripe subscriptions that are over; any other status is one the customer has (or is paying for).

@@ -37,11 +37,11 @@ def checkout(request):
             organization=organization,
             plan=plan,
             interval=request.POST.get("interval", "month"),
-            return_url=site_url(request) + reverse("billing:page"),
+            return_url=site_url(request) + selectors.billing_page_path(organization.pk),
         )
     except ApplicationError as exc:
         messages.error(request, exc.message)
-        return redirect("billing:page")
+        return redirect(_back(request))
     return redirect(url)
 
 
@@ -49,10 +49,20 @@ def checkout(request):
 @require_POST
 def portal(request):
     try:
+        organization = _organization(request)
         url = stripe_services.portal_session_create(
-            actor=request.user, organization=_organization(request), return_url=site_url(request) + reverse("billing:page")
+            actor=request.user, organization=organization, return_url=site_url(request) + selectors.billing_page_path(organization.pk)
         )
     except ApplicationError as exc:
         messages.error(request, exc.message)
-        return redirect("billing:page")
+        return redirect(_back(request))
     return redirect(url)
+
+
+def _back(request) -> str:
+    """The billing page of the organization the form named, when it is one of the caller's."""
+    try:
+        organization = _organization(request)
+    except ApplicationError:
+        return reverse("billing:page")
+    return selectors.billing_page_path(organization.pk)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.shortcuts import redirect, render
-from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts import selectors as accounts_selectors
@@ -14,10 +13,6 @@ from billing import selectors, services, stripe_services
 from billing.forms import PlanChangeForm
 from config.errors import ApplicationError
 from config.http import site_url
-
-
-def _billing_url(organization_id) -> str:
-    return f"{reverse('billing:page')}?org={organization_id}"
 
 
 def _page(request, organization, *, status: int = 200, error: str | None = None):
@@ -36,7 +31,18 @@ def _page(request, organization, *, status: int = 200, error: str | None = None)
 @login_required
 @require_GET
 def billing_page(request):
-    return _page(request, accounts_selectors.organization_get_or_first(user=request.user, organization_id=request.GET.get("org")))
+    organization = accounts_selectors.organization_get_or_first(user=request.user, organization_id=request.GET.get("org"))
+    back_from_checkout = CHECKOUT_OUTCOMES.get(request.GET.get("checkout", ""))
+    if back_from_checkout:
+        messages.info(request, back_from_checkout)
+    return _page(request, organization)
+
+
+# What Stripe Checkout's return says (success_url and cancel_url, stripe_services.checkout_session_create).
+CHECKOUT_OUTCOMES = {
+    "success": "Payment received: the new plan applies as soon as Stripe confirms it, usually within seconds.",
+    "canceled": "Checkout was canceled: nothing was charged and your plan is unchanged.",
+}
 
 
 def _run(request, organization_id, action, success: str):
@@ -46,7 +52,7 @@ def _run(request, organization_id, action, success: str):
     except ApplicationError as exc:
         return _page(request, organization, status=exc.status_code, error=exc.message)
     messages.success(request, success)
-    return redirect(_billing_url(organization.pk))
+    return redirect(selectors.billing_page_path(organization.pk))
 
 
 def _change_message(subscription, plan) -> str:
@@ -74,14 +80,14 @@ def plan_change(request, organization_id):
             plan=plan,
             interval=form.cleaned_data["interval"],
             immediately=form.cleaned_data["immediately"],
-            return_url=site_url(request) + reverse("billing:page"),
+            return_url=site_url(request) + selectors.billing_page_path(organization.pk),
         )
     except ApplicationError as exc:
         return _page(request, organization, status=exc.status_code, error=exc.message)
     if isinstance(outcome, str):  # a paid upgrade: the URL of its Stripe Checkout page
         return redirect(outcome)
     messages.success(request, _change_message(outcome, plan))
-    return redirect(_billing_url(organization.pk))
+    return redirect(selectors.billing_page_path(organization.pk))
 
 
 @login_required

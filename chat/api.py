@@ -241,7 +241,8 @@ class SearchApi(APIView):
         url = request.build_absolute_uri()
         data = {
             "count": found.total,
-            "next": replace_query_param(url, "page", page + 1) if found.has_next else None,
+            # No link past the last page the API serves (SEARCH_PAGES_MAX), which it would refuse.
+            "next": replace_query_param(url, "page", page + 1) if found.has_next and page < selectors.SEARCH_PAGES_MAX else None,
             "previous": replace_query_param(url, "page", page - 1) if page > 1 else None,
             "results": found.hits,
         }

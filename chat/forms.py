@@ -120,7 +120,13 @@ class PersonaForm(forms.Form):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["model"].choices = [("", "The default model"), *model_choices()]
+        choices = [("", "The default model"), *model_choices()]
+        stored = self.initial.get("model")
+        if stored and stored not in {value for _, group in choices[1:] for value, _ in group}:
+            # The persona's own model, gone from the catalog since: offered (and selected) so that
+            # saving the page for another change keeps it, not the first option in its place.
+            choices.append((stored, f"{model_split(stored)[1]} (no longer offered)"))
+        self.fields["model"].choices = choices
 
     def service_fields(self) -> dict:
         provider, model = model_split(self.cleaned_data["model"])

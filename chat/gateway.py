@@ -38,6 +38,7 @@ from accounts.models import ApiKey
 from chat import selectors, services
 from chat.models import Message
 from chat.providers import PROVIDERS, ChatMessage
+from chat.providers.base import STATUS_CODES
 from chat.response_cache import HEADER as CACHE_HEADER
 from chat.response_cache import header_choice
 from chat.streaming import closes_unstarted
@@ -85,7 +86,10 @@ class GatewayInvalid(ApplicationError):
 
 
 class ProviderFailed(ApplicationError):
-    """The provider failed the call (it is on the ledger as failed): a 502 with its sentence."""
+    """The provider failed the call (it is on the ledger as failed): its sentence, with the status
+    of its kind (providers.STATUS_CODES: a prompt too long is the caller's 400, a rate limit a 429
+    with the provider's wait; a 502 when the kind is not known). No 502 for what a retry cannot
+    fix: the official SDKs retry a 502 at once, and each retry is a metered call."""
 
     status_code = 502
     code = "provider_error"
@@ -287,9 +291,19 @@ def _usage(message: Message) -> dict:
     }
 
 
+# How each provider's reason for ending reads in OpenAI's words; any other reason is a "stop".
+FINISH_REASONS = {
+    "length": "length",
+    "max_tokens": "length",  # Anthropic; Gemini's MAX_TOKENS, lowered
+    "content_filter": "content_filter",  # OpenAI, Azure and compatible servers
+    "refusal": "content_filter",  # Anthropic
+    **dict.fromkeys(("safety", "recitation", "blocklist", "prohibited_content", "spii", "image_safety"), "content_filter"),  # Gemini
+}
+
+
 def _finish_reason(message: Message) -> str:
-    reason = (message.metadata.get("finish_reason") or "").lower()
-    return "length" if reason in ("length", "max_tokens") else "stop"
+    """A cut or filtered reply says so: OpenAI's clients tell a whole answer from one by it."""
+    return FINISH_REASONS.get((message.metadata.get("finish_reason") or "").lower(), "stop")
 
 
 def _completion_id(pending_or_message) -> str:
@@ -302,7 +316,8 @@ def _answer_headers(conversation_id) -> dict:
 
 def _failure_of(message: Message) -> ProviderFailed | None:
     if message.error and message.status != Message.Status.COMPLETE:
-        return ProviderFailed(message.error)
+        kind = message.metadata.get("error_kind")
+        return ProviderFailed(message.error, status_code=STATUS_CODES.get(kind), retry_after=message.metadata.get("retry_after"))
     return None
 
 

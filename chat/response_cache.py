@@ -36,6 +36,7 @@ class CachedReply:
     text: str
     usage: Usage  # what the original call used: the tokens a hit saves
     cost: Decimal  # what the original call cost: the money a hit saves
+    finish_reason: str | None = None  # how the original reply ended: a reply cut at its cap says so again
 
 
 def header_choice(value: str | None) -> str | None:
@@ -84,11 +85,11 @@ def cached_reply_get(key: str) -> CachedReply | None:
     if raw is None:
         return None
     entry = json.loads(raw)
-    return CachedReply(entry["text"], Usage(**entry["usage"]), Decimal(entry["cost"]))
+    return CachedReply(entry["text"], Usage(**entry["usage"]), Decimal(entry["cost"]), entry.get("finish_reason"))
 
 
-def cached_reply_put(key: str, *, text: str, usage: Usage, cost: Decimal) -> None:
-    entry = {"text": text, "usage": usage.classes(), "cost": str(cost)}
+def cached_reply_put(key: str, *, text: str, usage: Usage, cost: Decimal, finish_reason: str | None) -> None:
+    entry = {"text": text, "usage": usage.classes(), "cost": str(cost), "finish_reason": finish_reason}
     try:
         redis_client().set(key, json.dumps(entry), ex=settings.CHAT_RESPONSE_CACHE_TTL)
     except REDIS_ERRORS as exc:

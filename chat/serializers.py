@@ -3,7 +3,7 @@ from rest_framework import serializers
 from chat.models import MAX_SYSTEM_PROMPT, MAX_TAG_LENGTH, MAX_TAGS, MONEY, Message, ModelPrice, Persona, validate_one_line
 from chat.selectors import SEARCH_LIMIT_MAX, SEARCH_MAX_LENGTH, SEARCH_PAGES_MAX
 from chat.services import MAX_CONTENT
-from config.api.inputs import StringField
+from config.api.inputs import ShortListField, StrictBooleanField, StringField
 
 
 def _no_comma(tag: str) -> None:
@@ -11,7 +11,7 @@ def _no_comma(tag: str) -> None:
         raise serializers.ValidationError("A tag cannot contain a comma.")
 
 
-TAG = serializers.CharField(max_length=MAX_TAG_LENGTH, validators=[_no_comma, validate_one_line])
+TAG = StringField(max_length=MAX_TAG_LENGTH, validators=[_no_comma, validate_one_line])
 
 
 # Output serializers declare their fields: a ModelSerializer rebuilds them from the model on
@@ -33,9 +33,9 @@ class ConversationOut(serializers.Serializer):
 
 class ConversationIn(serializers.Serializer):
     title = StringField(max_length=200, required=False, allow_blank=True, validators=[validate_one_line])
-    summary = serializers.CharField(max_length=10_000, required=False, allow_blank=True)
-    tags = serializers.ListField(child=TAG, max_length=MAX_TAGS, required=False)
-    is_archived = serializers.BooleanField(required=False)
+    summary = StringField(max_length=10_000, required=False, allow_blank=True)
+    tags = ShortListField(child=TAG, max_length=MAX_TAGS, required=False)
+    is_archived = StrictBooleanField(required=False)
     persona_id = serializers.UUIDField(required=False, allow_null=True)
     organization_id = serializers.UUIDField(required=False)
 
@@ -72,8 +72,8 @@ class MessageOut(serializers.Serializer):
 
 class MessageIn(serializers.Serializer):
     content = StringField(max_length=MAX_CONTENT, trim_whitespace=True)
-    provider = serializers.CharField(max_length=32, required=False, allow_blank=True)
-    model = serializers.CharField(max_length=100, required=False, allow_blank=True)
+    provider = StringField(max_length=32, required=False, allow_blank=True)
+    model = StringField(max_length=100, required=False, allow_blank=True)
 
 
 class StreamQuery(serializers.Serializer):
@@ -89,6 +89,9 @@ class ReplyOut(serializers.Serializer):
 class PersonaSerializer(serializers.ModelSerializer):
     name = StringField(max_length=100, validators=[validate_one_line])  # as the personas page refuses
     system_prompt = StringField(max_length=MAX_SYSTEM_PROMPT)
+    provider = StringField(max_length=32, required=False, allow_blank=True)
+    model = StringField(max_length=100, required=False, allow_blank=True)
+    response_cache = StrictBooleanField(required=False)
     temperature = serializers.DecimalField(max_digits=3, decimal_places=2, min_value=0, max_value=2, required=False, allow_null=True)
 
     class Meta:

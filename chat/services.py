@@ -41,7 +41,7 @@ from chat.errors import ModelUnavailable, ProviderKeyMissing
 from chat.models import MONEY_MAX, Conversation, Message, ModelPrice, PendingCall, Persona
 from chat.porting.base import title_clean
 from chat.pricing import COST_QUANTUM, CallCost, call_cost, call_cost_ceiling
-from chat.providers import PROVIDERS, ChatMessage, ChatRequest, Delta, Done, ProviderError, Usage, provider_for
+from chat.providers import PROVIDERS, ChatMessage, ChatRequest, Counted, Delta, Done, ProviderError, Usage, provider_for
 from chat.providers.base import connect_timeout, interrupted_usage, prompt_tokens_estimate, text_tokens_estimate, usage_recordable
 from config.cache import REDIS_ERRORS, redis_client
 from config.crypto import secret_decrypt
@@ -161,6 +161,8 @@ def _persona_model_check(fields: dict, *, stored: Persona | None = None) -> None
     stored with a model and no provider had its model ignored by every send."""
     provider = fields.get("provider", stored.provider if stored else "")
     model = fields.get("model", stored.model if stored else "")
+    if stored is not None and (provider, model) == (stored.provider, stored.model):
+        return  # untouched: a rename is not refused because the model has left the catalog since
     if provider or model:
         model_price_for(provider=provider or settings.CHAT_DEFAULT_PROVIDER, model=model or "")
     if model and not provider:
@@ -182,14 +184,18 @@ def persona_create(*, user: User, **fields) -> Persona:
 
 
 def persona_update(*, user: User, persona: Persona, **fields) -> Persona:
-    _persona_model_check(fields, stored=persona)
+    """The pair is checked over the row as locked, not as the caller read it: a concurrent edit of
+    the provider and one of the model alone would otherwise store a pair the catalog lacks."""
     _persona_temperature_plain(fields)
     with rls.atomic_as(user.pk):
-        _still_there(Persona, persona, "No such persona.")
+        current = Persona.objects.select_for_update().filter(pk=persona.pk, user_id=user.pk).first()
+        if current is None:
+            raise NotFoundError("No such persona.")
+        _persona_model_check(fields, stored=current)
         for name, value in fields.items():
-            setattr(persona, name, value)
-        persona.save(update_fields=[*fields, "updated_at"])
-    return persona
+            setattr(current, name, value)
+        current.save(update_fields=[*fields, "updated_at"])
+    return current
 
 
 def persona_delete(*, user: User, persona: Persona) -> None:
@@ -649,12 +655,13 @@ def _reply_finish(
     error: str = "",
     latency_ms: int,
     finish_reason: str | None = None,
-    provider_failed: bool = False,
+    failure: ProviderError | None = None,
     cached: response_caching.CachedReply | None = None,
 ) -> Message:
     """Store the reply and meter it, in one short transaction: the message, the
     conversation's totals and the ledger row agree or none is written. A provider's failure
-    is a failed ledger row (a client going away is not). A reply from the response cache
+    (`failure`) is a failed ledger row (a client going away is not), its kind kept on the reply
+    for the gateway's status. A reply from the response cache
     (`cached`) costs nothing and records what it saved; a complete reply the cache may keep is
     kept. A reply already closed (by the stale-stream task) is left as it is; for an unstored call
     that task deleted its PendingCall row, so the ledger row is the task's and none is written here."""
@@ -673,6 +680,9 @@ def _reply_finish(
         "estimated": usage.estimated or charge.estimated,
         "finish_reason": finish_reason,
     }
+    if failure is not None:
+        error = error or failure.message
+        metadata.update(error_kind=failure.kind, retry_after=failure.retry_after)
     if cached is not None:
         metadata.update(cached=True, saved_tokens=usage.input_total + usage.output, saved_cost=str(cached.cost))
     fields = {
@@ -691,7 +701,7 @@ def _reply_finish(
         "charge": charge,
         "key_source": pending.key_source,
         "latency_ms": latency_ms,
-        "success": not provider_failed,
+        "success": failure is None,
         "error": error,
         "cached": cached,
         "saved_tokens": usage.input_total + usage.output,
@@ -721,7 +731,7 @@ def _reply_finish(
                     _meter(message=message, **metering)
         pending.reservation.release(increments)
     if not closed and cached is None and status == Status.COMPLETE and pending.cache_key:
-        response_caching.cached_reply_put(pending.cache_key, text=text, usage=usage, cost=charge.cost)
+        response_caching.cached_reply_put(pending.cache_key, text=text, usage=usage, cost=charge.cost, finish_reason=finish_reason)
     return message
 
 
@@ -821,8 +831,8 @@ def _meter(
     return reply_update is None or updated > 0
 
 
-def _failure(exc: Exception, request: ChatRequest, text: str) -> tuple[str, Usage, str]:
-    """(status, usage, sentence) for a call that raised: what the provider reported, or the
+def _failure(exc: Exception, request: ChatRequest, text: str) -> tuple[str, Usage, ProviderError]:
+    """(status, usage, the failure as a ProviderError) for a call that raised: what the provider reported, or the
     part received (estimated), is metered; an unexpected error is the provider being unavailable."""
     if not isinstance(exc, ProviderError):
         # The traceback's messages may quote what a provider sent back, the key included.
@@ -836,19 +846,19 @@ def _failure(exc: Exception, request: ChatRequest, text: str) -> tuple[str, Usag
         usage = interrupted_usage(None, request=request, unreported_text=text, output_final=False)
     usage = usage or Usage()
     status = Status.INTERRUPTED if exc.kind == "interrupted" or text else Status.FAILED
-    return status, usage, exc.message
+    return status, usage, exc
 
 
-async def _complete(pending: PendingReply) -> tuple[str, Usage, str, str, str | None]:
+async def _complete(pending: PendingReply) -> tuple[str, Usage, str, ProviderError | None, str | None]:
     adapter = provider_for(pending.message.provider)
     try:
         text, usage = await adapter.complete(pending.request)
     except Exception as exc:  # every failure is metered and shown: see _failure
-        status, usage, sentence = _failure(exc, pending.request, "")
-        return "", usage, status, sentence, None
+        status, usage, failure = _failure(exc, pending.request, "")
+        return "", usage, status, failure, None
     # The adapters' whole replies carry no finish reason: a reply that used its whole output cap was cut.
     cut = pending.request.max_tokens is not None and usage.output >= pending.request.max_tokens
-    return text, usage, Status.COMPLETE, "", "length" if cut else "stop"
+    return text, usage, Status.COMPLETE, None, "length" if cut else "stop"
 
 
 def message_send(
@@ -880,21 +890,14 @@ def message_send(
     started = time.monotonic()
     hit = response_caching.cached_reply_get(pending.cache_key) if pending.cache_key else None
     if hit is not None:
-        message = _reply_finish(pending, text=hit.text, usage=hit.usage, status=Status.COMPLETE, latency_ms=0, cached=hit)
+        message = _reply_finish(
+            pending, text=hit.text, usage=hit.usage, status=Status.COMPLETE, latency_ms=0, finish_reason=hit.finish_reason, cached=hit
+        )
         return Reply(pending.conversation, pending.user_message, message)
     rls.connection_release()  # the provider may take a minute: the pool gets the connection back meanwhile
-    text, usage, status, error, finish = async_to_sync(_complete)(pending)
+    text, usage, status, failure, finish = async_to_sync(_complete)(pending)
     latency_ms = int((time.monotonic() - started) * 1000)
-    message = _reply_finish(
-        pending,
-        text=text,
-        usage=usage,
-        status=status,
-        error=error,
-        latency_ms=latency_ms,
-        finish_reason=finish,
-        provider_failed=bool(error),
-    )
+    message = _reply_finish(pending, text=text, usage=usage, status=status, latency_ms=latency_ms, finish_reason=finish, failure=failure)
     return Reply(pending.conversation, pending.user_message, message)
 
 
@@ -938,7 +941,15 @@ async def message_stream(*, pending: PendingReply) -> AsyncIterator[dict]:
                 raise
             if hit is not None:
                 message = await _shielded(
-                    finish_async(pending, text=hit.text, usage=hit.usage, status=Status.COMPLETE, latency_ms=0, cached=hit)
+                    finish_async(
+                        pending,
+                        text=hit.text,
+                        usage=hit.usage,
+                        status=Status.COMPLETE,
+                        latency_ms=0,
+                        finish_reason=hit.finish_reason,
+                        cached=hit,
+                    )
                 )
                 yield {"type": "delta", "text": hit.text}
                 yield _done_event(pending, message)
@@ -946,45 +957,45 @@ async def message_stream(*, pending: PendingReply) -> AsyncIterator[dict]:
         adapter = provider_for(pending.message.provider)
         parts: list[str] = []
         usage: Usage | None = None
+        counted, counted_parts = None, 0  # the last Counted, and how many parts it covered
         finish: str | None = None
-        status, error = Status.COMPLETE, ""
+        status, failure = Status.COMPLETE, None
         started = time.monotonic()
         events = adapter.stream(pending.request)
 
-        async def close(status: str, usage: Usage, error: str = "", provider_failed: bool = False) -> Message:
+        async def close(status: str, usage: Usage, error: str = "", failure: ProviderError | None = None) -> Message:
             latency_ms = int((time.monotonic() - started) * 1000)
             text = "".join(parts)
             return await finish_async(
-                pending,
-                text=text,
-                usage=usage,
-                status=status,
-                error=error,
-                latency_ms=latency_ms,
-                finish_reason=finish,
-                provider_failed=provider_failed,
+                pending, text=text, usage=usage, status=status, error=error, latency_ms=latency_ms, finish_reason=finish, failure=failure
             )
 
-        async def end(status: str, usage: Usage, error: str = "", provider_failed: bool = False) -> Message:
+        async def end(status: str, usage: Usage, error: str = "", failure: ProviderError | None = None) -> Message:
             await events.aclose()
-            return await close(status, usage, error, provider_failed)
+            return await close(status, usage, error, failure)
 
         try:
             async for event in events:
                 if isinstance(event, Delta):
                     parts.append(event.text)
                     yield {"type": "delta", "text": event.text}
+                elif isinstance(event, Counted):
+                    counted, counted_parts = event.usage, len(parts)
                 elif isinstance(event, Done):
                     usage, finish = event.usage, event.finish_reason
         except (asyncio.CancelledError, GeneratorExit):
-            gone = interrupted_usage(None, request=pending.request, unreported_text="".join(parts), output_final=False)
+            # What the provider counted before the reader left, and the text after it estimated.
+            after = "".join(parts[counted_parts:])
+            gone = interrupted_usage(
+                counted, request=pending.request, unreported_text=after, output_final=counted is not None and not after
+            )
             await _shielded(end(Status.INTERRUPTED, usage or gone, CLIENT_GONE))
             raise
         except Exception as exc:  # a provider failure: metered and shown (see _failure)
-            status, usage, error = _failure(exc, pending.request, "".join(parts))
+            status, usage, failure = _failure(exc, pending.request, "".join(parts))
         # Shielded too: a client that goes away after the last delta, while the reply is stored,
         # must not leave it `streaming` and unmetered.
-        message = await _shielded(end(status, usage or Usage(), error, provider_failed=bool(error)))
+        message = await _shielded(end(status, usage or Usage(), failure=failure))
         yield _done_event(pending, message)
     finally:
         heartbeat.cancel()

@@ -9,9 +9,10 @@ def streams_close_stale_task() -> int:
     return services.streams_close_stale()
 
 
-@shared_task
+@shared_task(soft_time_limit=exporter.SOFT_TIME_LIMIT, time_limit=exporter.TIME_LIMIT)
 def export_build_task(*, job_id: str, user_id: str) -> str:
-    return exporter.export_build(job_id=job_id, user_id=user_id).status
+    job = exporter.export_build(job_id=job_id, user_id=user_id)
+    return job.status if job else "gone"
 
 
 @shared_task

@@ -84,6 +84,8 @@ def _conversation_search(request, query: str):
     context, status = {"search_q": query, "search_page": page}, 200
     try:
         context["results"] = selectors.conversation_search(user=request.user, query=query, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
+        if page > 1 and not context["results"].hits:  # past the last page: not "no results", as the API says
+            raise Http404("No such page of results.")
     except SearchQueryInvalid as exc:
         context["search_error"], status = exc.message, 400
     if request.headers.get("HX-Request") == "true":
@@ -205,7 +207,8 @@ def message_send(request, conversation_id):
 
 
 def _persona_initial(persona) -> dict:
-    model = f"{persona.provider}/{persona.model}" if persona.provider and persona.model else ""
+    # A persona stored with a model and no provider uses the default provider's (as its sends do).
+    model = f"{persona.provider or settings.CHAT_DEFAULT_PROVIDER}/{persona.model}" if persona.model else ""
     return {
         "name": persona.name,
         "system_prompt": persona.system_prompt,
@@ -245,7 +248,7 @@ def persona_edit(request, persona_id):
     form = PersonaForm(request.POST or None, initial=_persona_initial(persona))
     if request.method == "POST" and form.is_valid():
         try:
-            services.persona_update(user=request.user, persona=persona, **form.service_fields())
+            persona = services.persona_update(user=request.user, persona=persona, **form.service_fields())
         except ApplicationError as exc:
             _add_service_error(form, exc)
         else:

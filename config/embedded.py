@@ -380,7 +380,7 @@ def _manage(env: dict, *args: str) -> None:
 def _prepare_database(env: dict) -> None:
     import psycopg
 
-    from config.db.roles import database_bootstrap
+    from config.db.roles import BootstrapRefused, database_bootstrap
 
     admin_url = env.get("DATABASE_ADMIN_URL")
     if admin_url:
@@ -391,6 +391,8 @@ def _prepare_database(env: dict) -> None:
         except psycopg.OperationalError as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise StartupRefused(f"DATABASE_ADMIN_URL does not answer ({reason}): start that server, or fix the URL.") from None
+        except BootstrapRefused as exc:  # a URL that names no user or database
+            raise StartupRefused(str(exc)) from None
     else:
         _say("DATABASE_ADMIN_URL unset: assuming the roles and database already exist.")
     _manage(env, "migrate", "--noinput", "-v", "0")

@@ -249,8 +249,8 @@ def test_a_call_in_flight_at_midnight_of_the_months_end_still_holds_its_tokens(a
             except QuotaExceeded:
                 second_refused = True
             # The first call's reply arrives now, after midnight, and is metered as message_send does.
-            text, usage, status, error, finish = async_to_sync(chat_services._complete)(first)
-            chat_services._reply_finish(first, text=text, usage=usage, status=status, error=error, latency_ms=1, finish_reason=finish)
+            text, usage, status, failure, finish = async_to_sync(chat_services._complete)(first)
+            chat_services._reply_finish(first, text=text, usage=usage, status=status, failure=failure, latency_ms=1, finish_reason=finish)
     finally:
         server.stop()
     with rls.privileged(reason="test: read the month"):

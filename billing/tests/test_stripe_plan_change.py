@@ -35,7 +35,7 @@ def test_the_page_sends_a_paid_plan_choice_to_checkout(client, owner, fake_strip
     assert response.status_code == 302 and response["Location"].startswith(CHECKOUT_PREFIX)
     session = fake_stripe.requests[-1]
     assert session["path"] == "/v1/checkout/sessions" and session["form"]["line_items[0][price]"] == "price_pro_year"
-    assert session["form"]["success_url"] == "http://testserver/billing/?checkout=success"
+    assert session["form"]["success_url"] == f"http://testserver/billing/?org={org.pk}&checkout=success"
     subscription = current_subscription(org)
     assert subscription.plan.slug == "free" and subscription.requested_plan_id is None  # the webhook changes the plan
 

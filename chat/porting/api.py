@@ -4,10 +4,12 @@ JSON or Markdown; an export of everything (POST starts it, GET says its status a
 download link once ready; the download itself streams to the owner's API key or session).
 Another user's id is 404."""
 
+from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.negotiation import DefaultContentNegotiation
+from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -89,8 +91,13 @@ class ExportDownloadApi(APIView):
         return export_file_response(*exporter.export_open(user=request.user, job_id=export_id))
 
 
+@extend_schema_field({"type": "string", "format": "binary", "minLength": 1, "maxLength": settings.CHAT_IMPORT_MAX_BYTES})
+class ImportFileField(serializers.FileField):
+    """The upload as the schema publishes it: not empty, and no larger than an import may be (ImportForm's 400s)."""
+
+
 class ImportUploadIn(serializers.Serializer):
-    file = serializers.FileField(help_text="ChatGPT's or Claude's export (ZIP or conversations.json), or a Confab JSON export.")
+    file = ImportFileField(help_text="ChatGPT's or Claude's export (ZIP or conversations.json), or a Confab JSON export.")
 
 
 class ImportJobOut(serializers.ModelSerializer):
@@ -104,6 +111,7 @@ class ImportJobOut(serializers.ModelSerializer):
 @rls.own_transactions("POST")  # the job commits before its task is queued, so a queue failure is a 503 here
 class ImportListApi(APIView):
     required_scopes = CHAT_SCOPES
+    parser_classes = [MultiPartParser]  # the API's one form body: a file upload (every other body is JSON)
 
     @extend_schema(
         request={"multipart/form-data": ImportUploadIn}, responses={202: ImportJobOut, **error_responses(400, 401, 403, 409, 503)}

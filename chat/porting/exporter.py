@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core import signing
 from django.db import IntegrityError, transaction
@@ -23,12 +24,22 @@ from accounts.models import User
 from chat import selectors
 from chat.models import Conversation, ExportJob
 from chat.porting import markdown, ours
+from chat.porting.jobs import WORKER_GONE_MARGIN, jobs_fail
 from config.cache import REDIS_ERRORS
 from config.db import rls
 from config.errors import ApplicationError, NotFoundError
 
 SALT = "chat.export.download"
 NOT_QUEUED = "The export could not be queued (the task queue is unreachable); start it again in a few minutes."
+# The export task's limits (chat.tasks): it reads every conversation of the user twice (JSON, then
+# Markdown), far longer for a large account than the default task limits allow.
+SOFT_TIME_LIMIT, TIME_LIMIT = 25 * 60, 30 * 60
+TOO_LONG = f"The export took longer than {SOFT_TIME_LIMIT // 60} minutes and was stopped; start it again later."
+FAILED_UNEXPECTEDLY = "The export failed unexpectedly; please start it again."
+# A job pending this long has no live build (a build holds its row until it ends, and none outlives
+# the hard limit): its worker died or its task was lost, and the user's next export waits on it.
+STALE_AFTER = timedelta(seconds=TIME_LIMIT) + WORKER_GONE_MARGIN
+STALE = "The export did not finish; please start it again."
 logger = logging.getLogger("confab.chat.exports")
 
 
@@ -109,32 +120,63 @@ def export_job_create(*, user: User) -> ExportJob:
     return job
 
 
-def export_build(*, job_id, user_id) -> ExportJob:
-    """Build the job's zip, streamed into a file (never whole in memory), under the owner's own context."""
+def export_build(*, job_id, user_id) -> ExportJob | None:
+    """Build the job's zip, streamed into a file (never whole in memory), under the owner's own
+    context, holding the job's row until it is done: a second delivery waits, then finds it built.
+    A build that fails (the disk, its time limit, anything else) leaves the job failed with the
+    reason and no file behind. None when the job is gone (deleted, or not this user's)."""
     target = export_path(job_id)
-    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     partial = target.with_suffix(".part")
+    error = None
     with rls.atomic_as(user_id):
-        job = ExportJob.objects.select_for_update().get(pk=job_id, user_id=user_id)
-        if job.status != ExportJob.Status.PENDING:
+        job = ExportJob.objects.select_for_update().filter(pk=job_id, user_id=user_id).first()
+        if job is None or job.status != ExportJob.Status.PENDING:
             return job
         try:
-            with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-                with archive.open("conversations.json", "w", force_zip64=True) as raw, io.TextIOWrapper(raw, encoding="utf-8") as out:
-                    count = conversations_document_write(user_id=user_id, out=out)
-                for n, conversation in enumerate(_all(user_id), start=1):
-                    text = markdown.conversation_markdown(conversation, selectors.message_list(conversation=conversation))
-                    archive.writestr(f"markdown/{n:05d}-{_slug(conversation.title)}.md", text)
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            count = _zip_write(user_id=user_id, path=partial)
             partial.rename(target)
-        except OSError as exc:
-            partial.unlink(missing_ok=True)
-            job.status, job.error = ExportJob.Status.FAILED, f"The export could not be written: {exc.strerror or exc}."
-        else:
             job.status, job.conversation_count, job.size = ExportJob.Status.READY, count, target.stat().st_size
+            job.finished_at = timezone.now()
+            job.save(update_fields=["status", "conversation_count", "size", "finished_at"])
             _older_exports_expire(user_id=user_id, newest=job)
-        job.finished_at = timezone.now()
-        job.save(update_fields=["status", "error", "conversation_count", "size", "finished_at"])
-    return job
+        except OSError as exc:
+            error = f"The export could not be written: {exc.strerror or exc}."
+        except SoftTimeLimitExceeded:
+            logger.warning("export %s stopped by its time limit", job_id)
+            error = TOO_LONG
+        except Exception:
+            logger.exception("export %s failed unexpectedly", job_id)
+            error = FAILED_UNEXPECTEDLY
+        if error:
+            # Undone whole (a save before the failure must not commit), its files removed while the
+            # row is still held, so that no other delivery of the job has begun writing them.
+            transaction.set_rollback(True, using=rls.current_alias())
+            target.unlink(missing_ok=True)
+            partial.unlink(missing_ok=True)
+    if error is None:
+        return job
+    return _export_fail(job_id=job_id, user_id=user_id, error=error)
+
+
+def _zip_write(*, user_id, path: Path) -> int:
+    """All the user's conversations into a zip at `path`: our JSON, then one Markdown file each."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("conversations.json", "w", force_zip64=True) as raw, io.TextIOWrapper(raw, encoding="utf-8") as out:
+            count = conversations_document_write(user_id=user_id, out=out)
+        for n, conversation in enumerate(_all(user_id), start=1):
+            text = markdown.conversation_markdown(conversation, selectors.message_list(conversation=conversation))
+            archive.writestr(f"markdown/{n:05d}-{_slug(conversation.title)}.md", text)
+    return count
+
+
+def _export_fail(*, job_id, user_id, error: str) -> ExportJob | None:
+    """Fail the job with `error` in a transaction of its own, after the build's rolled back."""
+    with rls.atomic_as(user_id):
+        ExportJob.objects.filter(pk=job_id, user_id=user_id, status=ExportJob.Status.PENDING).update(
+            status=ExportJob.Status.FAILED, error=error, finished_at=timezone.now()
+        )
+        return ExportJob.objects.filter(pk=job_id, user_id=user_id).first()
 
 
 def _older_exports_expire(*, user_id, newest: ExportJob) -> None:
@@ -182,8 +224,23 @@ def export_file(*, user: User, token: str) -> tuple[ExportJob, Path]:
     return export_open(user=user, job_id=job_id)
 
 
+def export_jobs_fail_stale() -> int:
+    """Fail the exports pending past STALE_AFTER whose row no build holds (their worker died or their
+    task was lost) and remove their files (a system job over every user's exports)."""
+    never_finished = ExportJob.objects.filter(status=ExportJob.Status.PENDING, created_at__lt=timezone.now() - STALE_AFTER)
+    with rls.privileged(reason="chat exports fail stale", audited=False):
+        stale = jobs_fail(never_finished, error=STALE, skip_locked=True)
+        for job_id in stale:
+            export_path(job_id).unlink(missing_ok=True)
+            export_path(job_id).with_suffix(".part").unlink(missing_ok=True)
+    return len(stale)
+
+
 def exports_expire() -> int:
-    """Remove the files of expired exports (a system job over every user's exports)."""
+    """What beat runs for exports: fail the stale ones (export_jobs_fail_stale), which block their
+    user's next export, then remove the files of expired ones (a system job over every user's
+    exports). Returns how many expired."""
+    export_jobs_fail_stale()
     with rls.privileged(reason="chat exports expire", audited=False):
         expired = list(ExportJob.objects.filter(expires_at__lte=timezone.now()).exclude(status=ExportJob.Status.EXPIRED))
         for job in expired:

@@ -1,7 +1,8 @@
 """Imports in the background: an upload is saved to a private file named by its job, the job
 committed, then a Celery task queued; the task claims the job once (a duplicate delivery does
 nothing), runs `conversations_import` on the file, keeps the report or the reason on the job,
-and removes the file. A periodic task fails jobs whose task never ran and removes their files."""
+and removes the file. A periodic task fails jobs whose task never ran and removes their files;
+exports' stale pass (chat.porting.exporter) shares its marking (`jobs_fail`) and margin."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerUnreachable
 
@@ -35,9 +36,10 @@ SOFT_TIME_LIMIT, TIME_LIMIT = 55 * 60, 60 * 60
 TOO_LONG = f"The import took longer than {SOFT_TIME_LIMIT // 60} minutes and was stopped; nothing was imported."
 # A job never started (a lost or backed-up queue) is failed after this.
 STALE_AFTER = timedelta(hours=3)
-# A job running past its task's hard time limit has lost its worker (killed, redelivered to find it
-# claimed): it is failed sooner, as one import at a time per user would wait on it otherwise.
-RUNNING_STALE_AFTER = timedelta(seconds=TIME_LIMIT) + timedelta(minutes=5)
+# A job running this long past its task's hard time limit has lost its worker (killed, redelivered to
+# find it claimed): it is failed sooner, as one import (or export) at a time per user would wait on it.
+WORKER_GONE_MARGIN = timedelta(minutes=5)
+RUNNING_STALE_AFTER = timedelta(seconds=TIME_LIMIT) + WORKER_GONE_MARGIN
 RECENT = 5  # import jobs the page lists
 ACTIVE = (ImportJob.Status.PENDING, ImportJob.Status.RUNNING)
 logger = logging.getLogger("confab.chat.imports")
@@ -174,11 +176,7 @@ def import_jobs_fail_stale() -> int:
     never_started = Q(status=ImportJob.Status.PENDING, created_at__lt=now - STALE_AFTER)
     worker_gone = Q(status=ImportJob.Status.RUNNING, started_at__lt=now - RUNNING_STALE_AFTER)
     with rls.privileged(reason="chat imports fail stale", audited=False):
-        # Locked as they are marked: a worker claiming one of them meanwhile waits and then finds it
-        # failed, instead of starting on a job whose file this removes (read, then marked, it could).
-        with transaction.atomic(using=rls.PRIVILEGED_ALIAS):
-            stale = list(ImportJob.objects.select_for_update().filter(never_started | worker_gone).values_list("pk", flat=True))
-            ImportJob.objects.filter(pk__in=stale).update(status=ImportJob.Status.FAILED, error=STALE, finished_at=timezone.now())
+        stale = jobs_fail(ImportJob.objects.filter(never_started | worker_gone), error=STALE)
         for job_id in stale:
             import_path(job_id).unlink(missing_ok=True)
             import_path(job_id).with_suffix(".part").unlink(missing_ok=True)
@@ -188,3 +186,15 @@ def import_jobs_fail_stale() -> int:
         if path.is_file() and path.stat().st_mtime < cutoff:
             path.unlink(missing_ok=True)
     return len(stale)
+
+
+def jobs_fail(stale: QuerySet, *, error: str, skip_locked: bool = False) -> list:
+    """Mark the `stale` import or export jobs failed with `error` and return their ids (the caller,
+    privileged, removes their files). Locked as they are marked: a worker claiming one meanwhile
+    waits and then finds it failed, instead of starting on a job whose files are removed (read,
+    then marked, it could). skip_locked leaves alone the jobs whose row a live worker holds (an
+    export's build holds it for as long as it runs)."""
+    with transaction.atomic(using=rls.PRIVILEGED_ALIAS):
+        ids = list(stale.select_for_update(skip_locked=skip_locked).values_list("pk", flat=True))
+        stale.model.objects.filter(pk__in=ids).update(status=stale.model.Status.FAILED, error=error, finished_at=timezone.now())
+    return ids

@@ -1,15 +1,26 @@
 """Chat providers: one small interface (see `base`), one module per provider.
 
 `provider_for(name)` returns the module for a provider name; each module offers
-`stream(request)` and `complete(request)`. The SDKs load only when their provider is used.
+`stream(request)` (Delta, Counted and one Done) and `complete(request)`. The SDKs load only when their provider is used.
 """
 
 from importlib import import_module
 from types import ModuleType
 
-from .base import ChatMessage, ChatRequest, Delta, Done, ProviderError, Usage
+from .base import ChatMessage, ChatRequest, Counted, Delta, Done, ProviderError, Usage
 
-__all__ = ["DEFAULT_PROVIDER", "PROVIDERS", "ChatMessage", "ChatRequest", "Delta", "Done", "ProviderError", "Usage", "provider_for"]
+__all__ = [
+    "DEFAULT_PROVIDER",
+    "PROVIDERS",
+    "ChatMessage",
+    "ChatRequest",
+    "Counted",
+    "Delta",
+    "Done",
+    "ProviderError",
+    "Usage",
+    "provider_for",
+]
 
 PROVIDERS = {"echo": "echo", "openai": "openai_api", "anthropic": "anthropic_api", "gemini": "gemini_api"}
 DEFAULT_PROVIDER = "echo"

@@ -18,7 +18,19 @@ from collections.abc import AsyncIterator
 
 import anthropic
 
-from .base import TRANSPORT_ERRORS, ChatRequest, Delta, Done, ProviderError, Usage, http_client, interrupted_usage, sdk_error
+from .base import (
+    TRANSPORT_ERRORS,
+    ChatRequest,
+    Counted,
+    Delta,
+    Done,
+    ProviderError,
+    Usage,
+    error_in_body,
+    http_client,
+    interrupted_usage,
+    sdk_error,
+)
 from .base import counted_number as _number
 from .base import counted_object as _object
 
@@ -99,7 +111,7 @@ async def complete(request: ChatRequest) -> tuple[str, Usage]:
     return text, usage_from_anthropic(reported)
 
 
-async def stream(request: ChatRequest) -> AsyncIterator[Delta | Done]:
+async def stream(request: ChatRequest) -> AsyncIterator[Delta | Counted | Done]:
     raw: dict = {}
     text = thinking = ""
     received = started = output_reported = False
@@ -115,22 +127,27 @@ async def stream(request: ChatRequest) -> AsyncIterator[Delta | Done]:
                 if event.type == "message_start":
                     raw = usage_merged(raw, getattr(event.message, "usage", None))
                     started = "input_tokens" in raw
+                    yield Counted(_usage_so_far(raw, started, output_reported, request, thinking + text))
                 elif event.type == "message_delta":
                     raw = usage_merged(raw, getattr(event, "usage", None))
                     output_reported = output_reported or getattr(getattr(event, "usage", None), "output_tokens", None) is not None
                     finish_reason = event.delta.stop_reason or finish_reason
+                    yield Counted(_usage_so_far(raw, started, output_reported, request, thinking + text))
                 elif event.type == "message_stop":
                     break  # the message is over: nothing after it is part of it
                 elif event.type == "content_block_delta" and event.delta.type == "text_delta":
                     text += event.delta.text
                     yield Delta(event.delta.text)
                 elif event.type == "content_block_delta" and event.delta.type == "thinking_delta":
-                    thinking += event.delta.thinking
+                    thinking += event.delta.thinking  # never shown: only a Counted tells the reader it was made
+                    yield Counted(_usage_so_far(raw, started, output_reported, request, thinking + text))
         except STREAM_DROPS as exc:
             if not received and isinstance(exc, anthropic.APIError) and not isinstance(exc, anthropic.APIConnectionError):
                 raise _error(exc) from exc  # an error event in place of an answer: nothing was generated
             usage = _usage_so_far(raw, started, output_reported, request, thinking + text)
             raise ProviderError("interrupted", usage=usage, partial_text=text, detail=str(exc))
+    if not received:  # a 200 with no event at all (an empty body, or a proxy's JSON error): nothing was answered
+        raise error_in_body(None)
     yield Done(_usage_so_far(raw, started, output_reported, request, thinking + text), finish_reason)
 
 

@@ -102,6 +102,16 @@ class Delta:
 
 
 @dataclass(frozen=True)
+class Counted:
+    """What the call has used so far, the text streamed before it included: as the provider counted
+    it where it has (a prompt's count at the start; a reasoning model's thinking, which is never
+    streamed as text), estimated where not. A reader that leaves is metered from the last of these,
+    with only the text after it estimated: never from an estimate of the visible text alone."""
+
+    usage: Usage
+
+
+@dataclass(frozen=True)
 class Done:
     usage: Usage
     finish_reason: str | None = None  # as the provider names it: "stop", "end_turn", "STOP", "length", ...

@@ -29,6 +29,7 @@ from .base import (
     TIMEOUT_ERRORS,
     TRANSPORT_ERRORS,
     ChatRequest,
+    Counted,
     Delta,
     Done,
     ProviderError,
@@ -157,7 +158,7 @@ async def complete(request: ChatRequest) -> tuple[str, Usage]:
     return text, _usage_so_far(response.usage_metadata.model_dump(exclude_none=True), "", request, output_counted=True)
 
 
-async def stream(request: ChatRequest) -> AsyncIterator[Delta | Done]:
+async def stream(request: ChatRequest) -> AsyncIterator[Delta | Counted | Done]:
     raw: dict = {}
     text = unreported = ""
     finish_reason = None
@@ -182,6 +183,8 @@ async def stream(request: ChatRequest) -> AsyncIterator[Delta | Done]:
             if reply:
                 text += reply
                 yield Delta(reply)
+            if chunk.usage_metadata is not None or thoughts:  # counts (or unshown thinking) the reader must not lose
+                yield Counted(_usage_so_far(raw, unreported, request, output_counted=output_counted))
     except (errors.APIError, *TRANSPORT_ERRORS) as exc:
         if not received and isinstance(exc, REQUEST_FAILURES):  # the SDK sends the request on the first iteration
             raise _error(exc)
@@ -196,6 +199,8 @@ async def stream(request: ChatRequest) -> AsyncIterator[Delta | Done]:
         # The SDK's nested generators would keep the response open when the caller stops early.
         for response in responses:
             await response.aclose()
+    if not received:  # a 200 with no chunk at all: nothing was answered
+        raise error_in_body(None)
     yield Done(_usage_so_far(raw, unreported, request, output_counted=output_counted), finish_reason)
 
 

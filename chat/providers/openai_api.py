@@ -17,7 +17,19 @@ from collections.abc import AsyncIterator
 
 import openai
 
-from .base import TRANSPORT_ERRORS, ChatRequest, Delta, Done, ProviderError, Usage, error_in_body, http_client, interrupted_usage, sdk_error
+from .base import (
+    TRANSPORT_ERRORS,
+    ChatRequest,
+    Counted,
+    Delta,
+    Done,
+    ProviderError,
+    Usage,
+    error_in_body,
+    http_client,
+    interrupted_usage,
+    sdk_error,
+)
 from .base import counted_number as _number
 from .base import counted_object as _object
 
@@ -89,8 +101,10 @@ async def complete(request: ChatRequest) -> tuple[str, Usage]:
     return text, usage or interrupted_usage(None, request=request, unreported_text=text, output_final=False)
 
 
-async def stream(request: ChatRequest) -> AsyncIterator[Delta | Done]:
-    text, usage, finish_reason = "", None, None
+async def stream(request: ChatRequest) -> AsyncIterator[Delta | Counted | Done]:
+    # `unreported`: the text after the last usage chunk (all of it until one comes), which no count covers.
+    text = unreported = ""
+    usage, finish_reason = None, None
     try:
         chunks = await _client(request).chat.completions.create(**_arguments(request), stream=True, stream_options={"include_usage": True})
     except openai.OpenAIError as exc:
@@ -100,18 +114,27 @@ async def stream(request: ChatRequest) -> AsyncIterator[Delta | Done]:
         try:
             async for chunk in chunks:
                 received = True
-                if chunk.usage is not None:
-                    usage = usage_from_openai(chunk.usage.model_dump(exclude_none=True)) or usage
                 for choice in chunk.choices:
                     finish_reason = choice.finish_reason or finish_reason
                     if choice.delta and choice.delta.content:
                         text += choice.delta.content
+                        unreported += choice.delta.content
                         yield Delta(choice.delta.content)
+                if chunk.usage is not None:
+                    # Usually last; some servers send running totals on every chunk (each covering its own text).
+                    usage = usage_from_openai(chunk.usage.model_dump(exclude_none=True)) or usage
+                    if usage is not None:
+                        unreported = ""
+                        yield Counted(usage)
         except STREAM_DROPS as exc:
             if not received and isinstance(exc, openai.APIError) and not isinstance(exc, openai.APIConnectionError):
                 raise _error(exc) from exc  # an error event in place of an answer: nothing was generated
-            # The usage chunk comes last: if it arrived, it counted everything.
-            estimate = interrupted_usage(usage, request=request, unreported_text="" if usage else text, output_final=usage is not None)
+            estimate = interrupted_usage(usage, request=request, unreported_text=unreported, output_final=not unreported)
             raise ProviderError("interrupted", usage=estimate, partial_text=text, detail=str(exc))
-    # A server that ignores include_usage still answered: meter it, flagged as estimated.
-    yield Done(usage or interrupted_usage(None, request=request, unreported_text=text, output_final=False), finish_reason)
+    if not received:  # a 200 with no chunk (only [DONE], an empty body, or a proxy's JSON error): nothing was answered
+        raise error_in_body(None)
+    # Text after the usage chunk, or a server that ignores include_usage: metered, the uncounted part estimated.
+    yield Done(
+        usage if not unreported else interrupted_usage(usage, request=request, unreported_text=unreported, output_final=False),
+        finish_reason,
+    )

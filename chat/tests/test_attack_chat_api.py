@@ -419,11 +419,12 @@ def test_held_a_session_write_needs_the_csrf_token(alice):
         assert Message.objects.filter(conversation_id=conversation.pk).count() == 2
 
 
-def test_held_a_form_body_past_the_upload_limit_is_a_400_not_parsed(alice, settings):
+def test_held_a_form_body_past_the_upload_limit_is_refused_not_parsed(alice, settings):
     client = _client(alice)
     conversation_id = client.post(f"{API}/conversations", {}, format="json").json()["id"]
     body = b"content=hi&pad=" + b"a" * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 1)
     response = client.post(f"{API}/conversations/{conversation_id}/messages", data=body, content_type="application/x-www-form-urlencoded")
-    assert response.status_code == 400 and "larger than" in response.json()["message"]
+    # The API reads JSON bodies only (415); before that, any form body past the limit was a 400.
+    assert response.status_code == 415 and response.json()["extra"]["code"] == "unsupported_media_type", response.content[:300]
     with rls.privileged(reason="test"):
         assert not Message.objects.filter(conversation_id=conversation_id).exists()

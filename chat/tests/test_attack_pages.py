@@ -405,6 +405,7 @@ def test_held_the_page_stream_of_a_deleted_conversation_and_a_finished_one(world
     ],
 )
 def test_held_bad_list_and_search_parameters_are_a_page_never_a_500(world, alice, query):
+    answers = (200, 400, 404) if query.startswith("q=a&page=9") else (200, 400)  # a search page past the last is a 404
     response = _signed_in(alice).get(f"/chat/?{query}")
-    assert response.status_code in (200, 400), response.status_code
-    assert _signed_in(alice).get(f"/chat/?{query}", headers={"HX-Request": "true"}).status_code in (200, 400)
+    assert response.status_code in answers, response.status_code
+    assert _signed_in(alice).get(f"/chat/?{query}", headers={"HX-Request": "true"}).status_code in answers

@@ -8,7 +8,7 @@ import time
 import anyio
 import pytest
 
-from chat.providers import PROVIDERS, ChatMessage, ChatRequest, Delta, Done, ProviderError, Usage, echo, provider_for
+from chat.providers import PROVIDERS, ChatMessage, ChatRequest, Counted, Delta, Done, ProviderError, Usage, echo, provider_for
 from chat.providers.openai_api import usage_from_openai
 from chat.tests.provider_servers import (
     ProviderServer,
@@ -39,13 +39,19 @@ def request_for(provider: str, server: ProviderServer, **overrides) -> ChatReque
 
 
 async def collect(provider: str, request: ChatRequest) -> tuple[list[str], Done]:
-    deltas, done = [], None
+    """The deltas and the one Done; a Counted (usage so far) may come between, never after the Done,
+    and never counts more than the Done does."""
+    deltas, done, counted = [], None, []
     async for event in provider_for(provider).stream(request):
         if isinstance(event, Delta):
             deltas.append(event.text)
+        elif isinstance(event, Counted):
+            assert done is None
+            counted.append(event.usage)
         else:
             assert done is None
             done = event
+    assert all(c.input_total <= done.usage.input_total and c.output <= done.usage.output for c in counted if not c.estimated)
     return deltas, done
 
 
@@ -412,7 +418,10 @@ async def test_a_caller_that_stops_early_closes_the_connection(server, provider)
     events, stall_after = STALLS[provider]
     server.queue(Reply(events=events, stall_after=stall_after))
     replies = provider_for(provider).stream(request_for(provider, server))
-    assert await anext(replies) == Delta("Hello ")
+    first = await anext(replies)
+    while isinstance(first, Counted):  # the usage so far (a prompt's count) may come first
+        first = await anext(replies)
+    assert first == Delta("Hello ")
     await replies.aclose()  # what a client going away does to the view's generator
     deadline = time.monotonic() + 2
     while server.disconnects == 0 and time.monotonic() < deadline:

@@ -234,15 +234,14 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated", "config.api.permissions.HasRequiredScope"],
-    # JSON bodies are bounded in size and nesting depth (a 400, not a RecursionError).
     # DRF's, safe for a lone surrogate quoted back from the request (config/api/renderers.py).
     "DEFAULT_RENDERER_CLASSES": ["config.api.renderers.JSONRenderer", "rest_framework.renderers.BrowsableAPIRenderer"],
     "DEFAULT_CONTENT_NEGOTIATION_CLASS": "config.api.negotiation.ContentNegotiation",  # the common Accept headers' answer kept
-    "DEFAULT_PARSER_CLASSES": [
-        "config.api.parsers.BoundedJSONParser",
-        "rest_framework.parsers.FormParser",
-        "rest_framework.parsers.MultiPartParser",
-    ],
+    # Request bodies are JSON only, bounded in size and nesting depth (a 400, not a RecursionError);
+    # any other body is a 415, and the schema offers JSON only. A form carries text alone, where an
+    # empty value meant "not given" and "0" a false: not the API's types (schemathesis, 2026-12-03).
+    # The file upload (POST /api/v1/imports) names its own multipart parser.
+    "DEFAULT_PARSER_CLASSES": ["config.api.parsers.BoundedJSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "config.api.pagination.Pagination",
     "EXCEPTION_HANDLER": "config.api.errors.exception_handler",
@@ -262,11 +261,15 @@ SPECTACULAR_SETTINGS = {
     # Two choice sets share the field name `role`; name each enum after its model.
     "ENUM_NAME_OVERRIDES": {"UserRoleEnum": "accounts.models.User.Role", "MembershipRoleEnum": "accounts.models.Membership.Role"},
     # The default enum hook, then paged lists' 404 for a page past the end and every operation's
-    # 429 from the API throttle (config/api/errors.py).
+    # 429 from the API throttle (config/api/errors.py); then a body's 415, the streamed send's 200
+    # and the search's `q` (config/api/schema.py).
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "config.api.errors.paging_documented",
         "config.api.errors.throttled_documented",
+        "config.api.schema.json_only_documented",
+        "config.api.schema.streams_documented",
+        "config.api.schema.search_query_documented",
     ],
     # A text field that may not be blank says so (minLength 1), as its 400 does.
     "ENFORCE_NON_BLANK_FIELDS": True,
@@ -379,7 +382,9 @@ CHAT_IMPORT_MAX_MESSAGES = env.int("CHAT_IMPORT_MAX_MESSAGES", default=500_000)
 # Where export zips are built (private: served only through the signed, owner-only link) and hours they live.
 CHAT_EXPORT_DIR = Path(env("CHAT_EXPORT_DIR", default=str(BASE_DIR / "var" / "exports")))
 CHAT_EXPORT_HOURS = env.int("CHAT_EXPORT_HOURS", default=24)
-CELERY_BEAT_SCHEDULE["chat-exports-expire"] = {"task": "chat.tasks.exports_expire_task", "schedule": crontab(minute=17)}
+# Every 10 minutes: an export whose worker died blocks its user's next export until this fails it
+# (then expired exports' files are removed).
+CELERY_BEAT_SCHEDULE["chat-exports-expire"] = {"task": "chat.tasks.exports_expire_task", "schedule": crontab(minute="*/10")}
 # Where uploads wait for their import task (private; named by job id), and the sweep of jobs that never finished.
 CHAT_IMPORT_DIR = Path(env("CHAT_IMPORT_DIR", default=str(BASE_DIR / "var" / "imports")))
 # Every 10 minutes: a job whose worker died blocks its user's next import until this fails it.

@@ -4,6 +4,9 @@ choice or a date, were quietly read as "use the default" (a 200 the schema did n
 API throttle's 429 was undocumented on every operation; text fields that refuse a blank value did
 not say so (minLength)."""
 
+import json
+import re
+
 import pytest
 
 from accounts.tests.factories import make_user
@@ -133,3 +136,117 @@ def test_text_fields_that_refuse_blank_say_so_in_the_schema_of_requests_only():
         assert request_body(path)[field].get("minLength") == 1, (path, field)
     answered = schema["paths"]["/api/v1/personas"]["post"]["responses"]["201"]["content"]["application/json"]["schema"]["$ref"]
     assert "minLength" not in components[answered.rsplit("/", 1)[1]]["properties"]["name"]  # an answer is not a request
+
+
+# --- schemathesis against the running API, 2026-12-03 ------------------------------------------------
+
+
+def _org(api) -> str:
+    return api.post(f"{API}/organizations", {"name": "Acme"}, format="json").json()["id"]
+
+
+def test_request_bodies_are_json_only_in_the_schema_and_in_the_api(api):
+    """A form carries text alone, where an empty value meant "not given" and "0" meant false: a
+    PATCH /me with `timezone` empty, or a conversation with `organization_id` empty, was a 200."""
+    for path, operations in published_schema()["paths"].items():
+        for method, operation in operations.items():
+            if "requestBody" in operation:
+                wanted = ["multipart/form-data"] if path == "/api/v1/imports" else ["application/json"]
+                assert sorted(operation["requestBody"]["content"]) == wanted, (method, path)
+                assert "415" in operation["responses"], (method, path)
+    for body, content_type in [
+        (b'--b\r\nContent-Disposition: form-data; name="timezone"\r\n\r\n\r\n--b--\r\n', "multipart/form-data; boundary=b"),
+        (b"timezone=", "application/x-www-form-urlencoded"),
+    ]:
+        response = api.generic("PATCH", f"{API}/me", body, content_type=content_type)
+        assert response.status_code == 415, response.content
+        assert response.json()["extra"] == {"code": "unsupported_media_type"}
+        assert_documented(response, path="/api/v1/me", method="PATCH")
+    assert api.patch(f"{API}/me", {"timezone": ""}, format="json").status_code == 400
+    assert api.patch(f"{API}/me", {"timezone": "Europe/Paris"}, format="json").json()["timezone"] == "Europe/Paris"
+    response = api.post(f"{API}/imports", {"file": "x"}, format="json")  # the upload takes multipart only
+    assert response.status_code == 415
+    assert_documented(response, path="/api/v1/imports", method="POST")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("POST", "/api/v1/organizations", {"name": 0}, "name"),
+        ("PATCH", "/api/v1/organizations/{organization_id}", {"name": 5}, "name"),
+        ("PATCH", "/api/v1/organizations/{organization_id}", {"auto_join_domain": 5}, "auto_join_domain"),
+        ("PATCH", "/api/v1/me", {"first_name": 5}, "first_name"),
+        ("PATCH", "/api/v1/me", {"display_name": 1.5}, "display_name"),
+        ("PATCH", "/api/v1/me", {"locale": 1}, "locale"),
+        ("POST", "/api/v1/api-keys", {"name": 7, "scopes": ["chat:read"]}, "name"),
+        ("POST", "/api/v1/provider-credentials", {"provider": "openai", "api_key": 12345678901234567890}, "api_key"),
+        ("PATCH", "/api/v1/preferences", {"language": 5}, "language"),
+        ("PATCH", "/api/v1/preferences", {"email_notifications": 0}, "email_notifications"),
+        ("PATCH", "/api/v1/preferences", {"analytics_opt_out": "yes"}, "analytics_opt_out"),
+        ("POST", "/api/v1/invitations/accept", {"token": 12345}, "token"),
+        ("POST", "/api/v1/organizations/{organization_id}/subscription", {"plan": 5}, "plan"),
+        ("POST", "/api/v1/organizations/{organization_id}/subscription", {"plan": "free", "immediately": 1}, "immediately"),
+    ],
+)
+def test_json_text_and_flags_take_only_json_strings_and_booleans(alice, method, path, body, field):
+    api = key_client(alice, scopes=[*SCOPES, "billing:read", "billing:write"])
+    url = path.replace("{organization_id}", _org(api)) if "{organization_id}" in path else path
+    response = api.generic(method, url, json.dumps(body), content_type="application/json")
+    assert response.status_code == 400, (response.status_code, response.content)
+    assert field in response.json()["extra"]["fields"], response.json()
+    assert_documented(response, path=path, method=method)
+
+
+def test_an_events_name_or_session_must_be_json_strings_and_the_schema_bounds_the_batch(api):
+    for event in ({"name": 5}, {"name": "page_view", "session_id": 7}):
+        response = api.post(f"{API}/events", {"events": [event]}, format="json")
+        assert response.status_code == 400, response.json()
+        assert_documented(response, path="/api/v1/events", method="POST")
+    components = published_schema()["components"]["schemas"]
+    events = components["EventBatchInRequest"]["properties"]["events"]
+    assert (events["minItems"], events["maxItems"]) == (1, 100)
+    assert components["EventInRequest"]["properties"]["properties"]["type"] == "object"
+
+
+def test_the_streamed_send_documents_its_200_event_stream(api, alice):
+    make_catalog()
+    conversation = services.conversation_create(user=alice, title="Tides")
+    path = "/api/v1/conversations/{conversation_id}/messages"
+    response = api.post(f"{API}/conversations/{conversation.pk}/messages?stream=true", {"content": "hi"}, format="json")
+    assert response.status_code == 200 and response["Content-Type"].startswith("text/event-stream")
+    assert b'"type": "done"' in b"".join(response)  # an async body, consumed as the test client can
+    assert_documented(response, path=path, method="POST")
+    assert "201" in published_schema()["paths"][path]["post"]["responses"]  # the JSON answer stays
+
+
+@pytest.mark.parametrize(
+    ("q", "taken"),
+    [
+        ("tides", True),
+        ("  tides\t\n", True),
+        ("a b", True),
+        ("x" * 500, True),
+        (" " + "x" * 500 + " ", True),
+        ("", False),
+        ("   ", False),
+        ("\t\n", False),
+        ("x" * 501, False),
+        ("a\tb", False),
+        ("\x07", False),
+        ("a\x85b", False),
+    ],
+)
+def test_the_search_query_is_published_as_the_search_takes_it(api, q, taken):
+    [parameter] = [p for p in published_schema()["paths"]["/api/v1/search"]["get"]["parameters"] if p["name"] == "q"]
+    assert parameter["schema"]["minLength"] == 1
+    assert bool(re.search(parameter["schema"]["pattern"], q)) is taken
+    response = api.get(f"{API}/search", {"q": q})
+    assert response.status_code == (200 if taken else 400), response.content
+    assert_documented(response, path="/api/v1/search", method="GET")
+
+
+def test_the_import_file_is_published_as_not_empty(api):
+    schema = published_schema()
+    ref = schema["paths"]["/api/v1/imports"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+    file = schema["components"]["schemas"][ref.rsplit("/", 1)[1]]["properties"]["file"]
+    assert (file["format"], file["minLength"]) == ("binary", 1)

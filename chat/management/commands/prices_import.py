@@ -32,7 +32,9 @@ KEYS = {
     "cache_creation_input_token_cost_above_1hr": "cache_write_1h",
 }
 # A long-context key: `<key>_above_<N>k_tokens`; service-tier suffixes (`_priority`, `_flex`) are not ours.
-TIER_KEY = re.compile(rf"^({'|'.join(KEYS)})_above_(\d+)k_tokens$")
+# ASCII digits (int() reads other scripts' too), unbounded here so _threshold refuses, rather than
+# skips unread, one the catalog cannot hold.
+TIER_KEY = re.compile(rf"^({'|'.join(KEYS)})_above_([0-9]+)k_tokens$")
 # LiteLLM's provider name: (ours, preference when both name one model: lower wins).
 PROVIDERS = {"openai": ("openai", 0), "anthropic": ("anthropic", 0), "gemini": ("gemini", 0), "vertex_ai-language-models": ("gemini", 1)}
 CHAT_MODES = {None, "chat", "responses"}
@@ -110,6 +112,18 @@ def _token_count(entry: dict, key: str, value: int) -> int:
     return value
 
 
+def _threshold(entry: dict, key: str, thousands: str) -> int:
+    """The tokens a `_above_<N>k_tokens` key names: from 1k up to what the catalog holds."""
+    digits = thousands.lstrip("0")
+    if not digits:  # chat_modelprice_tier_needs_threshold: above 0
+        raise CommandError(f"{entry['_key']}: {key} names a long-context threshold of 0 tokens; a tier needs one above 0.")
+    if len(digits) > len(str(TOKEN_COUNT_MAX)):  # past this, int() may refuse the digits (4,300 at most) before the bound does
+        raise CommandError(
+            f"{entry['_key']}: {key[:60]}... names a {len(digits):,}-digit threshold, more tokens than the catalog holds ({TOKEN_COUNT_MAX:,})."
+        )
+    return _token_count(entry, key, int(digits) * 1000)
+
+
 def _fields(entry: dict, current: ModelPrice) -> dict:
     """The new version's fields: the catalog's, with every price the file states."""
     fields = {field.name: getattr(current, field.name) for field in ModelPrice._meta.concrete_fields}
@@ -124,7 +138,7 @@ def _fields(entry: dict, current: ModelPrice) -> dict:
             fields[pricing.CLASS_FIELDS[KEYS[key]][0]] = _per_million(entry, key, value)
         elif match := TIER_KEY.match(key):
             fields[pricing.CLASS_FIELDS[KEYS[match.group(1)]][1]] = _per_million(entry, key, value)
-            thresholds.add(_token_count(entry, key, int(match.group(2)) * 1000))
+            thresholds.add(_threshold(entry, key, match.group(2)))
     if len(thresholds) > 1:
         raise CommandError(f"{entry['_key']} has several long-context thresholds ({sorted(thresholds)}); the catalog keeps one.")
     if thresholds:
