@@ -108,6 +108,33 @@ def test_an_export_whose_worker_died_hours_ago_does_not_block_the_users_next_exp
         pytest.fail(f"a four-hour-old export whose worker died still blocks the next one: {exc.message}")
 
 
+def test_the_stale_pass_leaves_an_export_a_live_build_holds_and_fails_it_once_let_go(alice, export_dir):
+    """A build holds its job's row for as long as it runs: the stale pass skips a row so held (a
+    slow export still being written is not failed under its worker), and fails it once let go."""
+    job = exporter.export_job_create(user=alice)
+    with rls.privileged(reason="test: an export queued long ago"):
+        ExportJob.objects.filter(pk=job.pk).update(created_at=timezone.now() - exporter.STALE_AFTER - timedelta(minutes=1))
+    held, release, errors = threading.Event(), threading.Event(), []
+
+    def build_holding_the_row():
+        with rls.atomic_as(alice.pk):
+            ExportJob.objects.select_for_update().get(pk=job.pk)
+            held.set()
+            assert release.wait(30)
+
+    builder = on_a_thread(build_holding_the_row, errors)
+    assert held.wait(30)
+    try:
+        assert exporter.export_jobs_fail_stale() == 0
+        assert [j.status for j in _export_jobs(alice)] == [ExportJob.Status.PENDING]
+    finally:
+        release.set()
+        builder.join(30)
+    assert errors == []
+    assert exporter.export_jobs_fail_stale() == 1
+    assert [(j.status, j.error) for j in _export_jobs(alice)] == [(ExportJob.Status.FAILED, exporter.STALE)]
+
+
 def test_an_export_task_for_a_job_that_is_gone_does_nothing(alice, export_dir):
     """An export is queued; before a worker takes it, staff delete the job (or the user, whose jobs
     go with it). export_build_task runs: exporter.export_build's ExportJob.objects...get() raises
