@@ -135,3 +135,20 @@ def test_the_usage_page_shows_the_organizations_plan_limit_not_no_plan_limit_yet
     section = re.search(r'id="by-member".*?data-testid="organization-limits".*?</div>\s*</div>\s*</div>', response.content.decode(), re.S)
     assert section, response.content.decode()[-3000:]
     assert "No plan limit yet" not in section.group(0) and "of 100,000 this month" in section.group(0), section.group(0)
+
+
+def test_the_billing_page_offers_plans_against_the_plan_in_force_once_a_cancelled_period_ends(client, plans):  # noqa: F811
+    """The page marked the cancelled Enterprise "Current" and offered no way back to it (its table
+    compared with the subscribed plan), while Free was in force: it now marks Free and offers
+    Enterprise again (bought as an upgrade), as the service decides."""
+    user = make_user()
+    org = organization_of(user)
+    ended = timezone.now() - timedelta(minutes=5)
+    put_on_plan(
+        org, plans["enterprise"], current_period_start=ended - timedelta(days=30), current_period_end=ended, cancel_at_period_end=True
+    )
+    client.force_login(user)
+    page = client.get(f"/billing/?org={org.pk}").content.decode()
+    head = re.search(r'data-testid="plan-table">\s*<thead>(.*?)</thead>', page, re.S).group(1)
+    assert re.search(r"Free <span class=\"badge badge-primary\">Current</span>", head), head
+    assert 'data-testid="choose-enterprise"' in page and 'data-testid="choose-free"' not in page
