@@ -852,11 +852,13 @@ def _failure(exc: Exception, request: ChatRequest, text: str) -> tuple[str, Usag
 async def _complete(pending: PendingReply) -> tuple[str, Usage, str, ProviderError | None, str | None]:
     adapter = provider_for(pending.message.provider)
     try:
-        text, usage = await adapter.complete(pending.request)
+        text, usage, reason = await adapter.complete(pending.request)
     except Exception as exc:  # every failure is metered and shown: see _failure
         status, usage, failure = _failure(exc, pending.request, "")
         return "", usage, status, failure, None
-    # The adapters' whole replies carry no finish reason: a reply that used its whole output cap was cut.
+    if reason:  # the provider's own ("content_filter", "max_tokens", "SAFETY"...): the gateway maps it
+        return text, usage, Status.COMPLETE, None, reason
+    # None given (some compatible servers): a reply that used its whole output cap was cut.
     cut = pending.request.max_tokens is not None and usage.output >= pending.request.max_tokens
     return text, usage, Status.COMPLETE, None, "length" if cut else "stop"
 

@@ -1,7 +1,8 @@
 """Chat providers: one small interface (see `base`), one module per provider.
 
 `provider_for(name)` returns the module for a provider name; each module offers
-`stream(request)` (Delta, Counted and one Done) and `complete(request)`. The SDKs load only when their provider is used.
+`stream(request)` (Delta, Counted and one Done) and `complete(request)` (text, usage and the
+provider's finish reason, None when it gave none). The SDKs load only when their provider is used.
 """
 
 from importlib import import_module

@@ -99,16 +99,17 @@ def _error(exc: Exception) -> ProviderError:
     return sdk_error(exc, anthropic, context_too_long=too_long)
 
 
-async def complete(request: ChatRequest) -> tuple[str, Usage]:
+async def complete(request: ChatRequest) -> tuple[str, Usage, str | None]:
     try:
         message = await _client(request).messages.create(**_arguments(request))
     except anthropic.AnthropicError as exc:
         raise _error(exc)
     text = "".join(block.text for block in message.content or () if block.type == "text")
     reported = usage_merged({}, getattr(message, "usage", None))
+    finish_reason = getattr(message, "stop_reason", None)
     if "input_tokens" not in reported or "output_tokens" not in reported:  # no usage, or no counts in it
-        return text, interrupted_usage(None, request=request, unreported_text=text, output_final=False)
-    return text, usage_from_anthropic(reported)
+        return text, interrupted_usage(None, request=request, unreported_text=text, output_final=False), finish_reason
+    return text, usage_from_anthropic(reported), finish_reason
 
 
 async def stream(request: ChatRequest) -> AsyncIterator[Delta | Counted | Done]:

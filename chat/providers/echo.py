@@ -49,7 +49,7 @@ async def stream(request: ChatRequest, *, delay: float | None = None) -> AsyncIt
     yield Done(usage_for(request, reply), _finish(request, reply))
 
 
-async def complete(request: ChatRequest, *, delay: float | None = None) -> tuple[str, Usage]:
+async def complete(request: ChatRequest, *, delay: float | None = None) -> tuple[str, Usage, str]:
     reply = reply_for(request)
     await asyncio.sleep(settings.CHAT_ECHO_DELAY if delay is None else delay)
-    return reply, usage_for(request, reply)
+    return reply, usage_for(request, reply), _finish(request, reply)

@@ -143,7 +143,7 @@ def _finish_reason(response: types.GenerateContentResponse) -> str | None:
     return reason.value if reason is not None else None
 
 
-async def complete(request: ChatRequest) -> tuple[str, Usage]:
+async def complete(request: ChatRequest) -> tuple[str, Usage, str | None]:
     try:
         response = await _client(request).models.generate_content(**_arguments(request))
     except (errors.APIError, *TRANSPORT_ERRORS) as exc:
@@ -154,8 +154,9 @@ async def complete(request: ChatRequest) -> tuple[str, Usage]:
     if not response.candidates and response.usage_metadata is None:  # `200 {"error": ...}`, as proxies answer
         raise error_in_body((response.model_extra or {}).get("error"))
     if response.usage_metadata is None:
-        return text, _usage_so_far({}, text + thoughts, request, output_counted=False)
-    return text, _usage_so_far(response.usage_metadata.model_dump(exclude_none=True), "", request, output_counted=True)
+        return text, _usage_so_far({}, text + thoughts, request, output_counted=False), _finish_reason(response)
+    usage = _usage_so_far(response.usage_metadata.model_dump(exclude_none=True), "", request, output_counted=True)
+    return text, usage, _finish_reason(response)
 
 
 async def stream(request: ChatRequest) -> AsyncIterator[Delta | Counted | Done]:

@@ -89,7 +89,7 @@ def _error(exc: Exception) -> ProviderError:
     return sdk_error(exc, openai, out_of_credit=code == "insufficient_quota", context_too_long=too_long)
 
 
-async def complete(request: ChatRequest) -> tuple[str, Usage]:
+async def complete(request: ChatRequest) -> tuple[str, Usage, str | None]:
     try:
         response = await _client(request).chat.completions.create(**_arguments(request))
     except openai.OpenAIError as exc:
@@ -98,7 +98,8 @@ async def complete(request: ChatRequest) -> tuple[str, Usage]:
     if not response.choices and response.usage is None:  # `200 {"error": ...}`, as proxies answer
         raise error_in_body((response.model_extra or {}).get("error"))
     usage = usage_from_openai(response.usage.model_dump(exclude_none=True)) if response.usage is not None else None
-    return text, usage or interrupted_usage(None, request=request, unreported_text=text, output_final=False)
+    finish_reason = response.choices[0].finish_reason if response.choices else None
+    return text, usage or interrupted_usage(None, request=request, unreported_text=text, output_final=False), finish_reason
 
 
 async def stream(request: ChatRequest) -> AsyncIterator[Delta | Counted | Done]:

@@ -260,7 +260,7 @@ def test_a_cached_reply_that_was_cut_at_max_tokens_keeps_finish_reason_length(al
 # --- 6. The gateway: a reply the provider filtered says it stopped --------------------------------
 
 
-@pytest.mark.parametrize("stream", [True])  # the whole-reply path does not read the provider's reason yet (Left)
+@pytest.mark.parametrize("stream", [False, True])
 def test_the_gateway_keeps_a_content_filter_finish_reason(wired, server, stream):  # noqa: F811
     """OpenAI (and Azure, and compatible servers) end a reply their filter cut with
     `finish_reason: "content_filter"`, which OpenAI's clients check to tell a filtered reply from a

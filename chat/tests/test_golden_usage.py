@@ -77,7 +77,7 @@ async def _usage(case: dict, mode: str, server: ProviderServer) -> Usage:
     server.queue(_reply(case, mode))
     request = request_for(case["provider"], server, messages=MESSAGES)
     if mode == "complete":
-        _, usage = await provider_for(case["provider"]).complete(request)
+        _, usage, _ = await provider_for(case["provider"]).complete(request)
         return usage
     if (case.get("stream") or {}).get("cut_after") is None:
         _, done = await collect(case["provider"], request)

@@ -73,5 +73,5 @@ async def test_a_redirect_to_the_metadata_service_is_refused(server, settings):
 async def test_a_host_staff_allowed_is_reached(server, settings):
     settings.OUTBOUND_ALLOWED_HOSTS = ["127.0.0.1"]
     server.queue(Reply(body=openai_completion("hello", USAGE)))
-    text, _ = await provider_for("openai").complete(_request(f"{server.url}/v1"))
+    text, _, _ = await provider_for("openai").complete(_request(f"{server.url}/v1"))
     assert text == "hello"

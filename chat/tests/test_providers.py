@@ -140,8 +140,8 @@ def test_registry_names_every_provider_and_refuses_unknown_ones():
 @pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini"])
 async def test_complete_normalizes_usage_exactly(server, provider):
     server.queue(SUCCESS[provider][0])
-    text, usage = await provider_for(provider).complete(request_for(provider, server))
-    assert text == "Paris."
+    text, usage, finish_reason = await provider_for(provider).complete(request_for(provider, server))
+    assert text == "Paris." and finish_reason in {"stop", "end_turn", "STOP"}
     assert classes(usage) == SUCCESS[provider][2]
     assert not usage.estimated
     assert usage.raw  # the provider's own usage object is kept for the message's metadata
@@ -196,7 +196,7 @@ def test_openai_responses_usage_normalizes_like_chat_completions():
 async def test_anthropic_writes_without_a_split_are_five_minute_writes(server):
     old = {"input_tokens": 10, "cache_creation_input_tokens": 700, "cache_read_input_tokens": 0, "output_tokens": 5}
     server.queue(Reply(body=anthropic_message("Paris.", old)))
-    _, usage = await provider_for("anthropic").complete(request_for("anthropic", server))
+    _, usage, _ = await provider_for("anthropic").complete(request_for("anthropic", server))
     assert classes(usage) == (10, 0, 700, 0, 5, 0)
 
 
@@ -481,4 +481,4 @@ async def test_echo_streams_the_reply_word_by_word_with_documented_counts():
     assert time.monotonic() - started >= 5 * 0.02
     # Whitespace words: prompt 2 + 3, reply 5; exact, nothing cached.
     assert classes(done.usage) == (5, 0, 0, 0, 5, 0) and not done.usage.estimated
-    assert await echo.complete(request, delay=0) == ("You said: hello  there world", done.usage)
+    assert await echo.complete(request, delay=0) == ("You said: hello  there world", done.usage, done.finish_reason)
