@@ -152,3 +152,5 @@ def test_the_billing_page_offers_plans_against_the_plan_in_force_once_a_cancelle
     head = re.search(r'data-testid="plan-table">\s*<thead>(.*?)</thead>', page, re.S).group(1)
     assert re.search(r"Free <span class=\"badge badge-primary\">Current</span>", head), head
     assert 'data-testid="choose-enterprise"' in page and 'data-testid="choose-free"' not in page
+    # Nor a "Resume" the service refuses once the period has ended ("The period has ended...").
+    assert f"/billing/{org.pk}/resume/" not in page and "Cancel at period end" not in page

@@ -56,8 +56,16 @@ class CheckedEnv(environ.Env):
 
 
 def postgres_url(var: str, value: str | None) -> str:
-    """`value` if it is a PostgreSQL URL naming a database and a host (or ?host=, a socket directory)."""
-    parts = urlsplit(value or "")
-    if parts.scheme not in POSTGRES_SCHEMES or not parts.path.strip("/") or not (parts.hostname or parse_qs(parts.query).get("host")):
-        raise ImproperlyConfigured(f"{var} must be a PostgreSQL URL like postgres://user:password@host:5432/name, not {value!r}.")
+    """`value` if it is a PostgreSQL URL naming a database and a host (or ?host=, a socket directory).
+    The refusal never quotes the value: it holds the role's password."""
+    try:
+        parts = urlsplit(value or "")
+        usable = parts.scheme in POSTGRES_SCHEMES and parts.path.strip("/") and (parts.hostname or parse_qs(parts.query).get("host"))
+        parts.port  # noqa: B018  (read to check it: a port that is not a number raises here, not in the driver later)
+    except ValueError:  # an unclosed IPv6 bracket, a port that is not a number
+        usable = False
+    if not usable:
+        raise ImproperlyConfigured(
+            f"{var} must be a PostgreSQL URL naming a host and a database, like postgres://user:password@host:5432/name."
+        )
     return value

@@ -248,6 +248,18 @@ def test_a_malformed_setting_stops_startup_with_a_sentence_naming_it(variable):
     assert "Traceback" not in output or "ImproperlyConfigured" in output, output[-1500:]
 
 
+@pytest.mark.parametrize(
+    "url", ["postgres://confab:s3cret-pw@[::1/confab", "postgres://confab:s3cret-pw@db:port/confab", "postgres://confab:s3cret-pw@db:5432/"]
+)
+def test_a_malformed_database_url_stops_startup_with_a_sentence_that_does_not_quote_its_password(url):
+    """Was a ValueError traceback for an unclosed IPv6 bracket, and a sentence quoting the whole
+    URL, password included, into the terminal and the logs."""
+    result = _check(DATABASE_URL=url)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "DATABASE_URL must be a PostgreSQL URL" in output, output[-1500:]
+    assert "s3cret-pw" not in output, output[-1500:]
+
+
 # --- Probed and held ---------------------------------------------------------------------------------
 
 
