@@ -114,7 +114,8 @@ async def complete(request: ChatRequest) -> tuple[str, Usage, str | None]:
 
 async def stream(request: ChatRequest) -> AsyncIterator[Delta | Counted | Done]:
     raw: dict = {}
-    text = thinking = ""
+    text = ""
+    thinking_chars = 0  # reasoning is never shown, only counted: keeping a count, not the text, keeps each Counted O(1)
     received = started = output_reported = False
     finish_reason = None
     try:
@@ -128,34 +129,34 @@ async def stream(request: ChatRequest) -> AsyncIterator[Delta | Counted | Done]:
                 if event.type == "message_start":
                     raw = usage_merged(raw, getattr(event.message, "usage", None))
                     started = "input_tokens" in raw
-                    yield Counted(_usage_so_far(raw, started, output_reported, request, thinking + text))
+                    yield Counted(_usage_so_far(raw, started, output_reported, request, text, thinking_chars))
                 elif event.type == "message_delta":
                     raw = usage_merged(raw, getattr(event, "usage", None))
                     output_reported = output_reported or getattr(getattr(event, "usage", None), "output_tokens", None) is not None
                     finish_reason = event.delta.stop_reason or finish_reason
-                    yield Counted(_usage_so_far(raw, started, output_reported, request, thinking + text))
+                    yield Counted(_usage_so_far(raw, started, output_reported, request, text, thinking_chars))
                 elif event.type == "message_stop":
                     break  # the message is over: nothing after it is part of it
                 elif event.type == "content_block_delta" and event.delta.type == "text_delta":
                     text += event.delta.text
                     yield Delta(event.delta.text)
                 elif event.type == "content_block_delta" and event.delta.type == "thinking_delta":
-                    thinking += event.delta.thinking  # never shown: only a Counted tells the reader it was made
-                    yield Counted(_usage_so_far(raw, started, output_reported, request, thinking + text))
+                    thinking_chars += len(event.delta.thinking)  # only a Counted tells the reader it was made
+                    yield Counted(_usage_so_far(raw, started, output_reported, request, text, thinking_chars))
         except STREAM_DROPS as exc:
             if not received and isinstance(exc, anthropic.APIError) and not isinstance(exc, anthropic.APIConnectionError):
                 raise _error(exc) from exc  # an error event in place of an answer: nothing was generated
-            usage = _usage_so_far(raw, started, output_reported, request, thinking + text)
+            usage = _usage_so_far(raw, started, output_reported, request, text, thinking_chars)
             raise ProviderError("interrupted", usage=usage, partial_text=text, detail=str(exc))
     if not received:  # a 200 with no event at all (an empty body, or a proxy's JSON error): nothing was answered
         raise error_in_body(None)
-    yield Done(_usage_so_far(raw, started, output_reported, request, thinking + text), finish_reason)
+    yield Done(_usage_so_far(raw, started, output_reported, request, text, thinking_chars), finish_reason)
 
 
-def _usage_so_far(raw: dict, started: bool, output_reported: bool, request: ChatRequest, received_text: str) -> Usage:
+def _usage_so_far(raw: dict, started: bool, output_reported: bool, request: ChatRequest, text: str, thinking_chars: int) -> Usage:
     """Exact when message_start and message_delta both came; otherwise the missing part estimated."""
     if started and output_reported:
         return usage_from_anthropic(raw)
     # message_start's output count is a placeholder, not the reply's: only message_delta's counts.
     reported = usage_from_anthropic({**raw, "output_tokens": 0, "output_tokens_details": {}}) if started else None
-    return interrupted_usage(reported, request=request, unreported_text=received_text, output_final=False)
+    return interrupted_usage(reported, request=request, unreported_text=text, unreported_chars=thinking_chars, output_final=False)

@@ -193,7 +193,12 @@ def wait_sane(seconds: float | None) -> float | None:
 
 def text_tokens_estimate(text: str) -> int:
     """ceil(characters / 4): the documented estimate for a text no provider counted."""
-    return math.ceil(len(text) / 4)
+    return chars_tokens_estimate(len(text))
+
+
+def chars_tokens_estimate(characters: int) -> int:
+    """The same estimate from a count of characters, for text a stream counts but does not keep."""
+    return math.ceil(characters / 4)
 
 
 def prompt_tokens_estimate(messages: tuple[ChatMessage, ...]) -> int:
@@ -321,17 +326,20 @@ def connect_timeout(exc: BaseException) -> bool:
     return _caused_by(exc, CONNECT_TIMEOUTS)
 
 
-def interrupted_usage(reported: Usage | None, *, request: ChatRequest, unreported_text: str, output_final: bool) -> Usage:
+def interrupted_usage(
+    reported: Usage | None, *, request: ChatRequest, unreported_text: str, output_final: bool, unreported_chars: int = 0
+) -> Usage:
     """Usage for a stream that dropped: every class the provider reported, exactly; the rest estimated.
 
     `reported` is None when no input count arrived: the whole prompt is estimated as
     uncached input. Unless the provider's output count was final for what arrived
     (`output_final`), the text received after its last output count (reply and reasoning
-    alike) is estimated and added. Any estimate flags the usage `estimated`.
+    alike) is estimated and added: `unreported_text`, plus `unreported_chars` of text counted
+    but not kept (reasoning). Any estimate flags the usage `estimated`.
     """
     usage = reported or Usage(input_uncached=prompt_tokens_estimate(request.messages))
     if not output_final:
-        usage = replace(usage, output=usage.output + text_tokens_estimate(unreported_text))
+        usage = replace(usage, output=usage.output + chars_tokens_estimate(len(unreported_text) + unreported_chars))
     return replace(usage, estimated=usage.estimated or reported is None or not output_final)
 
 
