@@ -22,6 +22,17 @@ def has_control_characters(value: str) -> bool:
     return any(unicodedata.category(c) == "Cc" or c in BIDI_CONTROLS for c in value or "")
 
 
+# Letters that draw nothing although Unicode files them as letters or symbols: the Hangul fillers
+# and the blank braille pattern, favourites for names that look empty.
+BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def shows_nothing(value: str) -> bool:
+    """Text of only characters that draw nothing (zero-width spaces and joiners, the byte-order
+    mark, spaces of every width, the fillers above): a name no one can see or click."""
+    return bool(value) and all(c in BLANK_LETTERS or unicodedata.category(c) in ("Cf", "Cc", "Zs", "Zl", "Zp") for c in value)
+
+
 def expiry_storable(moment):
     """An expiry PostgreSQL stores and Python reads back: the last day of 9999 west of UTC is in
     the year 10000 in UTC, which Python's datetime cannot hold (every later read a 500)."""
@@ -34,11 +45,14 @@ def expiry_storable(moment):
 
 
 def validate_name(value: str) -> None:
-    """Names reach mail headers and every page: no control characters (Cc) and no bidi controls."""
+    """Names reach mail headers and every page: no control characters (Cc), no bidi controls, and
+    not only characters that draw nothing."""
     if has_control_characters(value):
         raise ValidationError(
             "Remove the control characters (line breaks, tabs, text-direction marks) from this name.", code="control_characters"
         )
+    if shows_nothing(value):
+        raise ValidationError("This name shows nothing: use letters or symbols that can be seen.", code="invisible")
 
 
 class UserManager(BaseUserManager):

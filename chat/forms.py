@@ -93,6 +93,8 @@ class ConversationForm(forms.Form):
             tag = tag.strip()
             if len(tag) > MAX_TAG_LENGTH:
                 raise forms.ValidationError(f"A tag is at most {MAX_TAG_LENGTH} characters.")
+            if tag:
+                validate_one_line(tag)  # each tag, as the API checks them: one of zero-width spaces shows nothing
             if tag and tag not in tags:
                 tags.append(tag)
         if len(tags) > MAX_TAGS:

@@ -26,10 +26,12 @@ MAX_SYSTEM_PROMPT = 20_000
 def validate_one_line(value: str) -> None:
     """A title or tag is one line on every page, the public share page's too (import cleans them
     the same way: chat.porting.base.title_clean)."""
-    from accounts.models import has_control_characters  # the one list of such characters
+    from accounts.models import has_control_characters, shows_nothing  # the one list of such characters
 
     if has_control_characters(value):
         raise ValidationError("Remove the control characters (line breaks, tabs, text-direction marks).", code="control_characters")
+    if shows_nothing(value):
+        raise ValidationError("This shows nothing: use letters or symbols that can be seen.", code="invisible")
 
 
 class Persona(models.Model):

@@ -51,6 +51,24 @@ def test_services_refuse_names_with_control_characters(name):
     assert not User.objects.using("privileged").filter(email="new@example.com").exists()
 
 
+@pytest.mark.parametrize("name", ["\u200b", "\u200b\u200c\ufeff", "\u3164", "\u2800\u2800", "\u2060 \u2003"])
+def test_names_of_only_characters_that_draw_nothing_are_refused(name):
+    """Zero-width spaces, joiners, fillers and blank braille alone: a member list entry, an
+    organization in the switcher or a name in a mail that no one can see or click."""
+    user = make_user()
+    with rls.privileged(reason="test"), pytest.raises(OrganizationRuleBroken) as refused:
+        services.organization_create(user=user, name=name)
+    assert "shows nothing" in refused.value.message
+    with pytest.raises(ValidationError) as invalid:
+        services.user_update(user=user, display_name=name)
+    assert "shows nothing" in str(invalid.value.message_dict["display_name"])
+    response = _api(user).post("/api/v1/organizations", {"name": name}, format="json")
+    assert response.status_code == 400, response.json()
+    page = _page(user).post("/settings/organization/new/", {"name": name}, follow=True)
+    assert page.status_code == 200 and page.context["create_form"].errors["name"]
+    assert Organization.objects.using("privileged").filter(memberships__user=user).count() == 1  # the personal one only
+
+
 @pytest.mark.parametrize("name", FINE_NAMES)
 def test_ordinary_names_in_any_script_are_kept(name):
     user = make_user()

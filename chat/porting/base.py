@@ -9,7 +9,7 @@ from decimal import Decimal
 
 from django.utils import timezone
 
-from accounts.models import BIDI_CONTROLS  # the characters names refuse: one list
+from accounts.models import BIDI_CONTROLS, shows_nothing  # the characters names refuse: one list
 from config.errors import ApplicationError
 from config.text import text_clean
 
@@ -94,7 +94,8 @@ def title_clean(value) -> str:
     if not isinstance(value, str):
         return ""
     kept = (" " if unicodedata.category(c) == "Cc" or c in BIDI_CONTROLS else c for c in text_clean(value))
-    return " ".join("".join(kept).split())[:TITLE_MAX]
+    title = " ".join("".join(kept).split())[:TITLE_MAX]
+    return "" if shows_nothing(title) else title  # zero-width characters alone: no title, so the default one
 
 
 def when_epoch(value) -> datetime | None:

@@ -137,7 +137,8 @@ def conversation_parse(item: dict, *, skipped: Counter) -> ParsedConversation:
         updated_at=_when(item, "updated_at"),
         messages=[_message(message) for message in ordered],
         summary=text_clean(_field(item, "summary", str, "")),
-        tags=[title_clean(tag).replace(",", " ")[:MAX_TAG_LENGTH] for tag in tags][:MAX_TAGS],
+        # A comma would split the tag in two on the page; a tag that shows nothing is dropped.
+        tags=[cleaned for tag in tags if (cleaned := title_clean(tag.replace(",", " "))[:MAX_TAG_LENGTH])][:MAX_TAGS],
         is_archived=_field(item, "is_archived", bool, False),
         persona_name=text_clean(persona) if isinstance(persona, str) else "",
     )

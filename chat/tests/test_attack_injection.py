@@ -347,7 +347,8 @@ def test_page_titles_and_tags_refuse_control_and_bidi_characters(mallory):
     title could be spoofed with U+202E ("Invoice \u202efdp.exe" shows as "Invoice exe.pdf")."""
     conversation = services.conversation_create(user=mallory, title="x")
     client = _client(mallory)
-    for form in ({"title": "Invoice \u202efdp.exe", "tags": ""}, {"title": "ok", "tags": "\u202ework"}):
+    invisible = ({"title": "\u200b\ufeff", "tags": ""}, {"title": "ok", "tags": "work, \u200b"})  # zero-width only: shows nothing
+    for form in ({"title": "Invoice \u202efdp.exe", "tags": ""}, {"title": "ok", "tags": "\u202ework"}, *invisible):
         assert client.post(reverse("chat:update", args=[conversation.pk]), form).status_code == 400
     with rls.privileged(reason="test"):
         conversation.refresh_from_db()
@@ -359,7 +360,8 @@ def test_api_titles_and_tags_refuse_control_and_bidi_characters(mallory):
 
     conversation = services.conversation_create(user=mallory, title="x")
     api = session_client(mallory)
-    for body in ({"title": "Line\none"}, {"title": "Invoice \u202efdp.exe"}, {"tags": ["\u202ework"]}):
+    invisible = ({"title": "\u200b\u2060"}, {"tags": ["work", "\u3164"]})  # zero-width or filler only: shows nothing
+    for body in ({"title": "Line\none"}, {"title": "Invoice \u202efdp.exe"}, {"tags": ["\u202ework"]}, *invisible):
         r = api.patch(f"/api/v1/conversations/{conversation.pk}", body, format="json")
         assert r.status_code == 400 and set(r.json()["extra"]["fields"]) == set(body), r.json()
     assert api.post("/api/v1/conversations", {"title": "tab\there"}, format="json").status_code == 400
@@ -371,3 +373,5 @@ def test_api_titles_and_tags_refuse_control_and_bidi_characters(mallory):
 def test_a_first_message_titles_its_conversation_on_one_line_without_direction_marks(mallory):
     reply = services.message_send(user=mallory, content="Invoice \u202efdp.exe\nplease")
     assert reply.conversation.title == "Invoice fdp.exe please"
+    invisible = services.message_send(user=mallory, content="\u200b\u200c\u200d")
+    assert invisible.conversation.title == "New conversation"  # not a title that shows nothing

@@ -202,7 +202,7 @@ def test_a_form_posted_after_the_session_ended_leads_back_to_a_page_not_a_405(wo
     )
 
 
-@pytest.mark.parametrize("name", ["Helper\u202egpj.exe", "two\nlines", "tab\there", "bell\x07"])
+@pytest.mark.parametrize("name", ["Helper\u202egpj.exe", "two\nlines", "tab\there", "bell\x07", "\u200b\u200b", "\u3164"])
 def test_a_persona_name_with_control_or_direction_characters_is_a_form_error(alice, name):
     """Every other name a page shows is refused with control characters and text-direction marks
     (user and organization names, API key names: validate_name; titles and tags:

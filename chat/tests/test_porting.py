@@ -196,6 +196,13 @@ def test_titles_lose_control_and_direction_characters_and_content_its_nul(alice)
     assert messages[1].content == "nul byte and lone ? surrogate"
 
 
+def test_a_title_of_zero_width_characters_only_becomes_the_first_words(alice):
+    """A title that shows nothing (a link no one could see on the list) is no title."""
+    _import(alice, json.dumps([_one_chatgpt(title="\u200b\ufeff\u3164")]).encode())
+    ((title, messages),) = stored(alice).items()
+    assert title and title.split()[0] == messages[0].content.split()[0]
+
+
 TRUNCATED = CHATGPT_SINGLE.read_bytes()[:-300]
 
 
