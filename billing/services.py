@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db import IntegrityError, connections
@@ -150,6 +151,43 @@ if released > 0 then for k = 4, #KEYS do redis.call('DEL', KEYS[k]) end end
 return released
 """
 )
+# A rebuilt counter's calls in progress, held again: those whose reservation Redis lost (a
+# restart, a flush) or never had (decided while it was down). Held until the usual timeout, as
+# a reservation: one that finishes before is counted twice until then, never zero times.
+# KEYS: held hash, due set, global due set, last month's held hash. ARGV: global member prefix,
+# timeout ms, then (id, tokens, cost units) of each call.
+RESTORE_SCRIPT = (
+    _RESERVATION_LUA
+    + """
+local deadline, keep = now_ms() + tonumber(ARGV[2]), tonumber(ARGV[2]) + 3600000
+local restored = 0
+for i = 3, #ARGV, 3 do
+    local id = ARGV[i]
+    if redis.call('HEXISTS', KEYS[1], 't:' .. id) == 0 and redis.call('HEXISTS', KEYS[4], 't:' .. id) == 0 then
+        redis.call('HSET', KEYS[1], 't:' .. id, ARGV[i + 1], 'c:' .. id, ARGV[i + 2])
+        redis.call('HINCRBY', KEYS[1], 'tokens', ARGV[i + 1])
+        redis.call('HINCRBY', KEYS[1], 'cost', ARGV[i + 2])
+        redis.call('ZADD', KEYS[2], deadline, id)
+        redis.call('ZADD', KEYS[3], deadline, ARGV[1] .. id)
+        restored = restored + 1
+    end
+end
+if restored > 0 then
+    redis.call('PEXPIRE', KEYS[1], keep)
+    redis.call('PEXPIRE', KEYS[2], keep)
+end
+return restored
+"""
+)
+
+
+class CallHeld(NamedTuple):
+    """A call in progress as the database keeps it: its reservation's id (or one made of its
+    request's id, when it was decided without Redis) and the most it may still use."""
+
+    reservation: str
+    tokens: int
+    cost_units: int
 
 
 @dataclass(frozen=True)
@@ -264,7 +302,8 @@ def _decide_in_database(plan: Plan, organization_id, month: date, want: dict, in
     with connections[rls.current_alias()].cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"entitlement-without-redis:{organization_id}:{month}"])
     # In progress first, then settled: a call finishing in between is counted twice (conservative), never not at all.
-    held_calls, held_tokens, held_cost = in_progress(month) if in_progress is not None else (0, 0, 0)
+    calls = in_progress(month) if in_progress is not None else []
+    held_calls, held_tokens, held_cost = len(calls), sum(c.tokens for c in calls), sum(c.cost_units for c in calls)
     settled = counters.usage_from_database(scope="org", owner_id=organization_id, month=month)
     state = [settled.total_tokens, settled.calls, settled.cost_units, held_tokens, held_cost, held_calls]
     return _monthly_code(plan, {**dict(zip(_STATE, state)), **want}) or "ok", state
@@ -300,7 +339,9 @@ class CounterNotStored(Exception):
     never waved through for want of a counter."""
 
 
-def _decide_in_redis(*, plan: Plan, organization_id, api_key_id, tokens: int, cost: int, month: date, reservation: str) -> tuple[str, list]:
+def _decide_in_redis(
+    *, plan: Plan, organization_id, api_key_id, tokens: int, cost: int, month: date, reservation: str, in_progress
+) -> tuple[str, list]:
     client = redis_client()
     counters.counters_drop_unsure(client)
     held, due, every_due, prefix = _reservation_keys(organization_id, month)
@@ -316,7 +357,13 @@ def _decide_in_redis(*, plan: Plan, organization_id, api_key_id, tokens: int, co
     script = redis_script(ENTITLEMENT_SCRIPT)
     answer = script(keys=keys, args=args)
     if answer[0] in (b"missing", "missing"):
+        # In progress first, then settled (as without Redis): a call finishing in between is
+        # counted twice, never not at all.
+        calls = in_progress(month) if in_progress is not None else []
         counters.counters_read(scope="org", owner_id=organization_id, month=month)  # rebuilt from the database
+        if calls:
+            restore = redis_script(RESTORE_SCRIPT)
+            restore(keys=[held, due, every_due, held_before], args=[prefix, timeout_ms, *(v for c in calls for v in c)])
         answer = script(keys=keys, args=args)
         if answer[0] in (b"missing", "missing"):  # Redis would not store it (full, or a replica)
             raise CounterNotStored(counters.counter_key("org", organization_id, month))
@@ -343,11 +390,11 @@ def entitlement_check(
     model: str,
     estimated_tokens: int = 0,
     max_output_tokens: int | None = None,
-    max_cost: Decimal = Decimal(0),
+    max_cost: Decimal | Callable[[int], Decimal] = Decimal(0),
     api_key_id: uuid.UUID | str | None = None,
     conversations: Callable[[], int] | None = None,
     subscription: Subscription | None | object = selectors.SUBSCRIPTION_UNREAD,
-    in_progress: Callable[[date], tuple[int, int, int]] | None = None,
+    in_progress: Callable[[date], list[CallHeld]] | None = None,
 ) -> Entitlement:
     """May `user` make this model call for `organization` now? Checks, in order: the plan
     includes the provider and model; a new conversation stays within the plan (`conversations`
@@ -355,8 +402,9 @@ def entitlement_check(
     query); this month's tokens, messages and spend (UTC calendar month, live
     counters plus the calls in progress) leave room for this call's most: `estimated_tokens`
     of input plus its output cap (`max_output_tokens`, at most the plan's), and `max_cost`
-    (USD, the caller prices that from the catalog); the per-minute rate for the organization
-    and the API key.
+    (USD, the caller prices that from the catalog: an amount, or a function of the output cap
+    this check settles on, as the plan's may be lower than the caller's); the per-minute rate
+    for the organization and the API key.
 
     Allowed on a plan with a monthly limit, the call's most is reserved in the same Redis
     script (one database read, one script): pass `max_output_tokens` of the answer to the
@@ -364,12 +412,15 @@ def entitlement_check(
     reservation expires after ENTITLEMENT_RESERVATION_TIMEOUT seconds. When Redis is down
     the monthly limits are decided from the database totals, nothing can be reserved
     (`reservation` is None) and the rate limit is skipped (logged); `in_progress` then gives the
-    organization's calls in progress that month (calls, and the tokens and cost units they may
-    still use), which count as held, as their reservations would.
+    organization's calls in progress that month (CallHeld: the most each may still use), which
+    count as held, as their reservations would. When Redis has lost the organization's counter
+    (a restart, a flush, an expiry), it is rebuilt from the ledger and those calls whose
+    reservation Redis does not hold are held again, so a call decided during an outage, or
+    reserved before a restart, still counts once Redis answers.
 
     `subscription`: the organization's current one (or None), when the caller read it already
     in the same transaction (selectors.subscription_current_joined)."""
-    _validated(estimated_tokens, max_output_tokens, max_cost)
+    _validated(estimated_tokens, max_output_tokens, Decimal(0) if callable(max_cost) else max_cost)
     if subscription is selectors.SUBSCRIPTION_UNREAD:
         subscription = selectors.subscription_current(organization_id=organization_id)
     if subscription is None:
@@ -388,6 +439,9 @@ def entitlement_check(
             )
     if refusal is not None:
         return Entitlement(False, plan, refusal, max_output_tokens=output_cap)
+    if callable(max_cost):
+        max_cost = max_cost(output_cap)
+        _validated(estimated_tokens, max_output_tokens, max_cost)
     month = counters.month_of(now)
     want = {"reserved_tokens": estimated_tokens + output_cap, "reserved_cost_units": counters.cost_units(max_cost)}
     reservation = uuid.uuid4().hex
@@ -400,6 +454,7 @@ def entitlement_check(
             cost=want["reserved_cost_units"],
             month=month,
             reservation=reservation,
+            in_progress=in_progress,
         )
         degraded = False
     except (*selectors.REDIS_ERRORS, CounterNotStored) as exc:

@@ -241,6 +241,22 @@ def _store_choice(value: str | None) -> bool:
     return choice
 
 
+# Fields that shape or cut the reply (and so what is billed), which no provider call here
+# carries: refused unless given their no-op value, never dropped, so a client asking for a stop
+# sequence or JSON is not billed for a reply that ignores it. Sampling hints (top_p, seed, the
+# penalties, user) change nothing a client checks, and are ignored.
+REFUSED_FIELDS = {
+    "stop": (None, [], ""),
+    "response_format": (None, {"type": "text"}),
+    "logprobs": (None, False),
+    "top_logprobs": (None,),
+    "logit_bias": (None, {}),
+    "modalities": (None, ["text"]),
+    "audio": (None,),
+    "prediction": (None,),
+}
+
+
 def completion_parse(body, headers) -> tuple[dict, bool, bool]:
     """(message_send's keyword arguments, stream, include_usage) for a chat completion request."""
     if not isinstance(body, dict):
@@ -249,7 +265,11 @@ def completion_parse(body, headers) -> tuple[dict, bool, bool]:
         raise GatewayInvalid("Tools (function calling) are not supported by this gateway.", "tools", "tools_not_supported")
     if body.get("n") not in (None, 1):
         raise GatewayInvalid("Only n=1 is supported: one choice per request.", "n")
-    stream = body.get("stream") or False
+    for name, no_op in REFUSED_FIELDS.items():
+        if body.get(name) not in no_op:
+            raise GatewayInvalid(f"{name} is not supported by this gateway.", name, "unsupported_parameter")
+    stream = body.get("stream")
+    stream = False if stream is None else stream  # 0, "" or [] is no boolean: refused below, not read as false
     if not isinstance(stream, bool):
         raise GatewayInvalid("stream must be true or false.", "stream")
     options = body.get("stream_options")

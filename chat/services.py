@@ -34,7 +34,7 @@ from analytics import counters
 from analytics.models import KeySource
 from analytics.services import Alongside, usage_record_alongside
 from billing.selectors import SUBSCRIPTION_UNREAD, subscription_current_joined, subscription_from_row
-from billing.services import entitlement_check, reservation_extend, reservation_settle
+from billing.services import CallHeld, entitlement_check, reservation_extend, reservation_settle
 from chat import response_cache as response_caching
 from chat import selectors
 from chat.errors import ModelUnavailable, ProviderKeyMissing
@@ -467,29 +467,33 @@ def _conversations_counted(organization_id: uuid.UUID) -> int:
 # The organization's calls in progress in a month, and what they may still use: its members'
 # replies still streaming, and the calls kept only on the ledger (PendingCall) still running.
 _IN_PROGRESS_SQL = f"""
-SELECT count(*), coalesce(sum((held->>'reserved_tokens')::bigint), 0), coalesce(sum((held->>'reserved_cost_units')::bigint), 0)
+SELECT held->>'reservation', held->>'request_id', coalesce((held->>'reserved_tokens')::bigint, 0),
+       coalesce((held->>'reserved_cost_units')::bigint, 0)
 FROM (
     SELECT m.metadata AS held FROM {Message._meta.db_table} m JOIN {Conversation._meta.db_table} c ON c.id = m.conversation_id
     WHERE c.organization_id = %(organization)s AND m.status = '{Status.STREAMING}' AND m.created_at >= %(start)s
     UNION ALL
-    SELECT p.reservation FROM {PendingCall._meta.db_table} p WHERE p.organization_id = %(organization)s AND p.created_at >= %(start)s
+    SELECT p.reservation || jsonb_build_object('request_id', p.request_id)
+    FROM {PendingCall._meta.db_table} p WHERE p.organization_id = %(organization)s AND p.created_at >= %(start)s
 ) calls
 """
 
 
-def _calls_in_progress(organization_id: uuid.UUID, month: date) -> tuple[int, int, int]:
-    """(calls, tokens, cost units) for billing's check with Redis down: the members' rows are
-    not the user's to read, so through the privileged context. A call begun before the month
-    and still running is metered in this one (as Redis counts last month's open reservations,
-    for as long as a reservation lasts)."""
+def _calls_in_progress(organization_id: uuid.UUID, month: date) -> list[CallHeld]:
+    """The organization's calls in progress, for billing's check when Redis cannot say (down, or
+    its counter lost): the members' rows are not the user's to read, so through the privileged
+    context. A call begun before the month and still running is metered in this one (as Redis
+    counts last month's open reservations, for as long as a reservation lasts)."""
     start = datetime(month.year, month.month, 1, tzinfo=UTC) - timedelta(seconds=settings.ENTITLEMENT_RESERVATION_TIMEOUT)
     with (
-        rls.privileged(reason="entitlement with Redis down: the organization's calls in progress", audited=False),
+        rls.privileged(reason="entitlement without Redis's count: the organization's calls in progress", audited=False),
         connections[rls.PRIVILEGED_ALIAS].cursor() as cur,
     ):
         cur.execute(_IN_PROGRESS_SQL, {"organization": organization_id, "start": start})
-        calls, tokens, cost_units = cur.fetchone()
-    return int(calls), int(tokens), int(cost_units)
+        rows = cur.fetchall()
+    return [
+        CallHeld(reservation or f"call:{request_id}", int(tokens), int(cost_units)) for reservation, request_id, tokens, cost_units in rows
+    ]
 
 
 def message_prepare(
@@ -542,7 +546,8 @@ def message_prepare(
                 model=model,
                 estimated_tokens=estimated,
                 max_output_tokens=output_cap,
-                max_cost=call_cost_ceiling(input_tokens=estimated, output_tokens=output_cap, price=price),
+                # Priced at the output cap the check settles on: the plan's may be lower than ours.
+                max_cost=lambda output_tokens: call_cost_ceiling(input_tokens=estimated, output_tokens=output_tokens, price=price),
                 api_key_id=api_key_id,
                 conversations=functools.partial(_conversations_counted, organization_id) if new_conversation else None,
                 subscription=subscription,
