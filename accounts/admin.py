@@ -9,7 +9,7 @@ keys and sessions, setting provider keys) go through accounts.services.
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
-from django.contrib.auth.forms import AdminUserCreationForm
+from django.contrib.auth.forms import AdminPasswordChangeForm, AdminUserCreationForm
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Count, Q
@@ -18,9 +18,9 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from accounts import services
-from accounts.errors import MalformedProviderKey
+from accounts.errors import MalformedProviderKey, OrganizationRuleBroken
 from accounts.models import ApiKey, Integration, Invitation, Membership, Organization, Preferences, ProviderCredential, User, UserSession
-from accounts.services.organizations import invitations_sent_withdrawn
+from accounts.services.organizations import _personal_workspace_keeps_its_user, invitations_sent_withdrawn
 from config.admin import ReadOnlyAdmin, StorableJSONForm
 from config.outbound import base_url_refusal
 
@@ -56,10 +56,19 @@ class UserChangeAdminForm(StorableJSONForm):
             raise ValidationError(exc.message_dict["email"]) from None
 
 
+class UserPasswordAdminForm(AdminPasswordChangeForm):
+    def save(self, commit=True):
+        user = super().save(commit)
+        # As a reset does: every session ends, so none (an intruder's, say) is still listed as signed in.
+        services.user_sessions_end_all(user=user)
+        return user
+
+
 @admin.register(User)
 class UserAdmin(DjangoUserAdmin):
     form = UserChangeAdminForm
     add_form = UserCreationAdminForm
+    change_password_form = UserPasswordAdminForm
     list_display = ("email", "display_name", "role", "is_active", "email_verified", "created_at", "last_login")
     list_filter = ("role", "is_active", "email_verified", "is_superuser")
     search_fields = ("email", "display_name", "first_name", "last_name")
@@ -171,6 +180,14 @@ class MembershipFormSet(forms.BaseInlineFormSet):
         kept = [form.cleaned_data for form in self.forms if form.cleaned_data and not form.cleaned_data.get("DELETE")]
         if had_owner and not any(data.get("role") == owner for data in kept):
             raise forms.ValidationError("An organization needs at least one owner: make another member owner first.")
+        for form in self.initial_forms:
+            data = form.cleaned_data
+            if data.get("DELETE") or "user" in form.changed_data or ("role" in form.changed_data and data.get("role") != owner):
+                # Removed, given to someone else or demoted: refused for a personal workspace's own user, as the services do.
+                try:
+                    _personal_workspace_keeps_its_user(Membership(organization=self.instance, user_id=form.initial.get("user")))
+                except OrganizationRuleBroken as exc:
+                    raise forms.ValidationError(exc.message) from None
 
     def save(self, commit=True):
         """Removing or demoting someone here takes back their pending invitations, as the
@@ -219,9 +236,13 @@ class OrganizationAdmin(admin.ModelAdmin):
     ordering = ("name",)
     date_hierarchy = "created_at"
     autocomplete_fields = ("created_by",)
-    readonly_fields = ("id", "created_at", "updated_at")
+    # A personal workspace is made with its user (user_create) and found by both: new conversations are billed to it.
+    readonly_fields = ("id", "is_personal", "created_at", "updated_at")
     fields = ("id", "name", "slug", "is_personal", "auto_join_domain", "created_by", "created_at", "updated_at")
     inlines = [MembershipInline]
+
+    def get_readonly_fields(self, request, obj=None):
+        return (*self.readonly_fields, "created_by") if obj and obj.is_personal else self.readonly_fields
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(member_count=Count("memberships"))

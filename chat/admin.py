@@ -150,7 +150,9 @@ class ModelPriceAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         if not form.new_version:
-            super().save_model(request, obj, form, change)
+            # Only the display fields changed (clean() refuses a moved start): saving the start the page
+            # posts, to the second, would move one stored with microseconds, which the trigger refuses.
+            obj.save(update_fields=form.changed_data)
             return
         fixed = {"id", "provider", "model", "effective_from", "effective_to"}
         fields = {field.name: getattr(obj, field.name) for field in ModelPrice._meta.concrete_fields if field.name not in fixed}

@@ -50,13 +50,15 @@ class ConfabAdminSite(admin.AdminSite):
 
 
 def _drilldown_past_the_last_year(request) -> bool:
-    """A date drill-down (`<field>__year=`) in the last year a date holds, or past it."""
+    """A date drill-down (`<field>__year=`) in the last year a date holds, or past it. Every such
+    parameter is checked: which one is the date hierarchy's is the model admin's to say."""
     for name, value in request.GET.items():
         if name.endswith("__year"):
             try:
-                return int(value) >= date.max.year
+                if int(value) >= date.max.year:
+                    return True
             except ValueError:
-                return False  # Django refuses it itself
+                continue  # Django refuses it itself
     return False
 
 
