@@ -41,8 +41,9 @@ class OneHopASGIHandler(ResolveOnceMixin, ASGIHandler):
     thread.
 
     Django spools any body to disk before a view sees it, however large, and uvicorn sets
-    no bound: a body over REQUEST_BODY_MAX_BYTES (declared, or counted as it arrives) is
-    answered 413 before more of it is read.
+    no bound: a body over its path's bound (declared, or counted as it arrives) is answered 413
+    before more of it is read: UPLOAD_BODY_MAX_BYTES on the upload paths (UPLOAD_PATHS),
+    REQUEST_BODY_MAX_BYTES on every other.
     """
 
     def __init__(self):  # not super().__init__(): that loads the chain in async mode
@@ -58,7 +59,8 @@ class OneHopASGIHandler(ResolveOnceMixin, ASGIHandler):
             await self.handle(scope, receive, send)
 
     async def handle(self, scope, receive, send):
-        limit = settings.REQUEST_BODY_MAX_BYTES
+        upload = scope.get("path", "") in settings.UPLOAD_PATHS
+        limit = settings.UPLOAD_BODY_MAX_BYTES if upload else settings.REQUEST_BODY_MAX_BYTES
         declared = dict(scope.get("headers") or ()).get(b"content-length", b"")
         try:
             if declared.isdigit() and int(declared) > limit:

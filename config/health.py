@@ -7,7 +7,7 @@ from django.conf import settings
 from django.db import connections
 from django.http import JsonResponse
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_safe
 from kombu import Connection
 
 from config.cache import redis_client
@@ -43,13 +43,13 @@ def _run(check) -> dict:
 
 
 @never_cache
-@require_GET
+@require_safe  # GET and HEAD: monitors probe with either
 def live(request):
     return JsonResponse({"status": "ok"})
 
 
 @never_cache
-@require_GET
+@require_safe  # GET and HEAD: monitors probe with either
 def ready(request):
     results = {name: _run(check) for name, check in CHECKS.items()}
     failing = [name for name, r in results.items() if not r["ok"]]

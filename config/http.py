@@ -8,10 +8,13 @@ from django.conf import settings
 
 
 def _valid_ip(value: str | None) -> str | None:
+    """The address, written one way: an IPv4 client seen through a dual-stack socket
+    (::ffff:a.b.c.d) is that IPv4 address, not one of the IPv6 /64 all such clients share."""
     try:
-        return str(ipaddress.ip_address((value or "").strip()))
+        address = ipaddress.ip_address((value or "").strip())
     except ValueError:
         return None
+    return str(getattr(address, "ipv4_mapped", None) or address)
 
 
 def client_ip(request) -> str | None:

@@ -76,6 +76,7 @@ def _ip_bucket(ip: str | None) -> str:
     if not ip:
         return "unknown"
     address = ipaddress.ip_address(ip)  # client_ip() validated it
+    address = getattr(address, "ipv4_mapped", None) or address  # client_ip() unmaps; an address from elsewhere may not
     if address.version == 6:
         return str(ipaddress.ip_network(f"{address}/64", strict=False))
     return str(address)

@@ -374,8 +374,14 @@ CHAT_STREAM_STALE_MINUTES = env.int("CHAT_STREAM_STALE_MINUTES", default=15)
 CELERY_BEAT_SCHEDULE["chat-streams-close-stale"] = {"task": "chat.tasks.streams_close_stale_task", "schedule": crontab(minute="*/5")}
 # Import and export (chat/porting/): limits of one imported file (over one: refused, nothing imported).
 CHAT_IMPORT_MAX_BYTES = env.int("CHAT_IMPORT_MAX_BYTES", default=200 * 1024 * 1024)
-# Any request's body (config/asgi.py answers 413 past it): the largest upload, an import, plus its form's framing.
-REQUEST_BODY_MAX_BYTES = env.int("REQUEST_BODY_MAX_BYTES", default=CHAT_IMPORT_MAX_BYTES + 1024 * 1024)
+# Request bodies (config/asgi.py answers 413 past them, before reading more): an upload path's
+# the largest upload, an import, plus its form's framing; any other path's what Django reads of
+# a JSON or form body (DATA_UPLOAD_MAX_MEMORY_SIZE, Django's default written out) plus a little,
+# so an anonymous client cannot have hundreds of megabytes spooled to disk on any page.
+UPLOAD_PATHS = ("/chat/porting/", "/api/v1/imports")
+UPLOAD_BODY_MAX_BYTES = env.int("UPLOAD_BODY_MAX_BYTES", default=CHAT_IMPORT_MAX_BYTES + 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+REQUEST_BODY_MAX_BYTES = env.int("REQUEST_BODY_MAX_BYTES", default=DATA_UPLOAD_MAX_MEMORY_SIZE + 64 * 1024)
 CHAT_IMPORT_MAX_UNCOMPRESSED_BYTES = env.int("CHAT_IMPORT_MAX_UNCOMPRESSED_BYTES", default=1024 * 1024 * 1024)
 CHAT_IMPORT_MAX_CONVERSATIONS = env.int("CHAT_IMPORT_MAX_CONVERSATIONS", default=20_000)
 CHAT_IMPORT_MAX_MESSAGES = env.int("CHAT_IMPORT_MAX_MESSAGES", default=500_000)

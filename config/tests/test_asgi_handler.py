@@ -1,7 +1,8 @@
 """config/asgi.py's OneHopASGIHandler: request_started, the middleware chain, a sync view and the
 close run in one hop from the event loop to a thread reused from request to request (Django's
 own handler, chain in async mode, crosses nine times and starts two threads a request); a
-request body over REQUEST_BODY_MAX_BYTES is refused with 413 before the rest is read."""
+request body over its path's bound (REQUEST_BODY_MAX_BYTES, or UPLOAD_BODY_MAX_BYTES on an import
+upload) is refused with 413 before the rest is read."""
 
 import asyncio
 import contextlib
@@ -141,7 +142,7 @@ def test_a_body_over_the_limit_is_refused_as_it_arrives_without_reading_the_rest
 
 
 def test_a_declared_length_over_the_limit_is_refused_before_any_of_the_body_is_read(settings):
-    settings.REQUEST_BODY_MAX_BYTES = 2 * MIB
+    settings.UPLOAD_BODY_MAX_BYTES = 2 * MIB  # the import page: an upload path
     status, body, read = async_to_sync(_post)("/chat/porting/", iter([b"x" * MIB]), declared=10 * MIB)
     assert (status, read) == (413, 0)
     assert body.decode() == "The request body is larger than 2,097,152 bytes."
