@@ -6,15 +6,40 @@ from functools import wraps
 from django import forms
 from django.contrib import admin
 from django.contrib.admin.views.main import ERROR_FLAG
+from django.forms.fields import InvalidJSONInput
 from django.http import HttpResponseRedirect
 
+from config.api.parsers import MAX_DEPTH, json_nested_deeper_than
 from config.db import rls
 from config.text import json_storable
 
 
+class BoundedJSONFormField(forms.JSONField):
+    """Django's, refusing JSON nested deeper than the API takes: its parser recurses, and a few
+    thousand levels raise RecursionError, which Django's field does not catch (a 500)."""
+
+    def _too_deep(self, value) -> bool:
+        return isinstance(value, str) and json_nested_deeper_than(value, MAX_DEPTH)
+
+    def to_python(self, value):
+        if self._too_deep(value):
+            raise forms.ValidationError(f"Enter JSON nested at most {MAX_DEPTH} levels deep.", code="too_deep")
+        return super().to_python(value)
+
+    def bound_data(self, data, initial):
+        return InvalidJSONInput(data) if self._too_deep(data) else super().bound_data(data, initial)
+
+
 class StorableJSONForm(forms.ModelForm):
     """An admin change form whose JSON fields refuse what PostgreSQL's jsonb cannot store (NaN,
-    Infinity, a NUL character or a lone surrogate): a form error, not a 500 at save."""
+    Infinity, a NUL character or a lone surrogate) and JSON nested too deep to parse: a form
+    error, not a 500 at save."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for field in self.fields.values():
+            if type(field) is forms.JSONField:
+                field.__class__ = BoundedJSONFormField  # the same field, its parsing bounded
 
     def clean(self):
         cleaned = super().clean()
