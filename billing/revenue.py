@@ -42,10 +42,10 @@ def revenue_figures(*, now: datetime) -> dict:
     for interval, monthly, yearly in paying.values_list("interval", "plan__monthly_price", "plan__yearly_price"):
         # A plan sold only yearly is priced by the year whatever interval its row names.
         exact += yearly / 12 if interval == Subscription.Interval.YEAR or not monthly else monthly
-    # A trial that ended this month and was paid for: its row still current, or ended since
-    # (replaced by a plan change, cancelled) from a paying status.
+    # A trial that ended this month and was paid for: its row active, or ended since (replaced by
+    # a plan change, cancelled) from active. Past due after a trial is a first charge that failed.
     trial_ended = Subscription.objects.filter(trial_end__gte=month_start, trial_end__lte=now)
-    converted = _paid(trial_ended.filter(Q(status__in=PAYING) | Q(ended_from__in=PAYING)))
+    converted = _paid(trial_ended.filter(Q(status=Subscription.Status.ACTIVE) | Q(ended_from=Subscription.Status.ACTIVE)))
     # A paid subscription that ended this month, for an organization now on a free plan; not a
     # trial that ended unpaid (nothing was paid to lose).
     free_now = current.filter(plan__monthly_price=0, plan__yearly_price=0).values("organization_id")

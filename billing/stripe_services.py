@@ -6,8 +6,9 @@ carries the time Stripe created it (`object_version_at`). Subscription events an
 completed checkout carry the whole state; invoice events only the payment outcome. So a
 state event is stale when a newer state event for the same subscription is stored, and
 an invoice event is stale when any newer handled event is stored (subscription events
-carry the status too); a state event older than a stored invoice event keeps the status.
-Events of one subscription are applied one at a time (a transaction-level advisory lock).
+carry the status too); a state event older than an invoice event applied to its subscription
+keeps the status. Events of one subscription are applied one at a time (a transaction-level
+advisory lock).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import stripe
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connections, transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 from kombu.exceptions import OperationalError as QueueUnavailable
 
@@ -50,6 +51,9 @@ STATUSES = {
     "incomplete_expired": Subscription.Status.EXPIRED,
     "paused": Subscription.Status.EXPIRED,
 }
+# Stripe subscriptions that are over here (the organization is on Free): they block no checkout.
+# Any other status is one the customer has (or is paying for, or paying the first invoice of).
+ENDED_AT_STRIPE = frozenset(stripe_status for stripe_status, ours in STATUSES.items() if ours not in CURRENT_STATUSES)
 
 
 def _not_configured() -> ApplicationError:
@@ -141,10 +145,6 @@ def _with_query(url: str, **params: str) -> str:
     """The URL with `params` added to whatever query it has (the billing page names its organization)."""
     parts = urlsplit(url)
     return urlunsplit(parts._replace(query=urlencode([*parse_qsl(parts.query), *params.items()])))
-
-
-# Stripe subscriptions that are over; any other status is one the customer has (or is paying for).
-ENDED_AT_STRIPE = frozenset({"canceled", "incomplete_expired"})
 
 
 def _already_subscribed() -> ApplicationError:
@@ -327,7 +327,26 @@ def _apply(event: StripeEvent, obj: dict, subscription: dict | None, hint: dict)
     ended = StripeEvent.objects.filter(object_id=event.object_id, type=DELETED).exclude(pk=event.pk)
     if event.type != DELETED and ended.exists():
         return "stale"  # a deleted Stripe subscription is final: an event from its last second does not revive it
-    return _state_apply(event, subscription, hint, keep_status=newer.exists())
+    return _state_apply(event, subscription, hint, keep_status=_payments_applied(newer))
+
+
+def _replaced(organization_id, stripe_subscription_id: str) -> bool:
+    """Whether a row of this Stripe subscription was current here and has ended (replaced)."""
+    return Subscription.objects.filter(
+        organization_id=organization_id, stripe_subscription_id=stripe_subscription_id, ended_at__isnull=False
+    ).exists()
+
+
+def _payments_applied(events) -> bool:
+    """Whether any of `events` is an invoice event that changed a row: one processed while a row
+    naming its subscription was current. One processed before any did was ignored, and one not
+    processed yet applies itself after this."""
+    named_then = Subscription.objects.filter(
+        Q(ended_at__isnull=True) | Q(ended_at__gt=OuterRef("processed_at")),
+        stripe_subscription_id=OuterRef("object_id"),
+        created_at__lte=OuterRef("processed_at"),
+    )
+    return events.filter(Exists(named_then), type__in=INVOICE_EVENTS, processed_at__isnull=False).exists()
 
 
 def _organization_for(subscription: dict, hint: dict) -> Organization | None:
@@ -408,23 +427,32 @@ def _state_apply(event: StripeEvent, data: dict, hint: dict, *, keep_status: boo
     status = STATUSES.get(data["status"]) if isinstance(data.get("status"), str) else None
     organization = _organization_for(data, hint)
     plan_interval = _plan_for(price_id)
-    if status is None or organization is None or plan_interval is None:
+    # An end needs no plan: a subscription on a price staff have since replaced (grandfathered) ends too.
+    ended = event.type == DELETED or status not in CURRENT_STATUSES
+    if status is None or organization is None or (plan_interval is None and not ended):
         logger.warning("Stripe event %s: no status, organization or plan for price %r; nothing changed", event.event_id, price_id)
         return "ignored"
-    plan, interval = plan_interval
     current = _locked_current(organization.pk)
-    if event.type == "customer.subscription.deleted" or status not in CURRENT_STATUSES:
+    if ended:
         if current.stripe_subscription_id != data["id"]:
             return "ignored"  # an older Stripe subscription ended after a newer one replaced it
         services.subscription_plan_set(organization=organization, plan=selectors.plan_free())
-        ended = status if status not in CURRENT_STATUSES else Subscription.Status.CANCELED  # unpaid -> expired
-        Subscription.objects.filter(pk=current.pk).update(status=ended)
+        ended_as = status if status not in CURRENT_STATUSES else Subscription.Status.CANCELED  # unpaid -> expired
+        Subscription.objects.filter(pk=current.pk).update(status=ended_as)
         return "applied"
+    plan, interval = plan_interval
+    # A status is kept only within one Stripe subscription: a new one starts from its own state.
+    same_subscription = current.stripe_subscription_id == data["id"]
+    if not same_subscription and current.stripe_subscription_id and _replaced(organization.pk, data["id"]):
+        # A late event of a Stripe subscription another has replaced: it does not take the
+        # organization back (its deletion, next, would then end the plan the newer one pays for).
+        return "stale"
     if (current.stripe_subscription_id, current.plan_id, current.interval) != (data["id"], plan.pk, interval):
         kept = current.status, current.past_due_since
         current = services.subscription_plan_set(organization=organization, plan=plan, interval=interval)
-        current.status, current.past_due_since = kept  # the successor starts where its predecessor stood
-    if not keep_status:
+        if same_subscription:
+            current.status, current.past_due_since = kept  # a plan change at Stripe leaves what is owed as it was
+    if not (keep_status and same_subscription):
         current.status = status
         if status != Subscription.Status.PAST_DUE:
             current.past_due_since = None

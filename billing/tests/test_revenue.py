@@ -14,7 +14,8 @@ from django.utils import timezone
 
 from accounts.tests.factories import make_user
 from billing import services
-from billing.models import RevenueSnapshot
+from billing.models import RevenueSnapshot, Subscription
+from billing.revenue import revenue_figures
 from billing.tasks import revenue_snapshot_task
 from billing.tests.factories import organization_of, put_on_plan
 from config.celery import app as celery_app
@@ -61,6 +62,29 @@ def test_a_known_set_of_subscriptions_gives_exact_figures(book):
         ("enterprise", "active"): 1,
         ("enterprise", "past_due"): 1,
     }
+
+
+def test_a_trial_whose_first_charge_failed_is_not_a_trial_conversion(plans):
+    """A Pro trial ends this month and Stripe's first charge fails: the subscription is past due
+    (nothing was ever paid). Was: revenue_figures counted conversions as trials that ended this
+    month "and [were] paid for", but took PAYING = (active, past_due) for "paid": the failed trial
+    was a conversion on the staff revenue page. Should: 0 conversions until a charge succeeds."""
+    now = timezone.now()
+    month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    trial_end = max(month_start, now - timedelta(minutes=5))
+    org = organization_of(make_user())
+    put_on_plan(
+        org,
+        plans["pro"],
+        status=Subscription.Status.PAST_DUE,
+        trial_end=trial_end,
+        past_due_since=trial_end,
+        stripe_subscription_id="sub_1",
+        stripe_customer_id="cus_1",
+    )
+    with rls.privileged(reason="test: staff read the figures"):
+        figures = revenue_figures(now=now)
+    assert figures["trial_conversions"] == 0, figures
 
 
 def test_the_snapshot_task_is_scheduled():

@@ -4,15 +4,18 @@ bad input, goes back to the billing page with the reason."""
 
 import re
 import threading
+import time
 
 import pytest
 from django.contrib.messages import get_messages
 
 from accounts.models import Membership
 from accounts.tests.factories import make_user
-from billing import stripe_services
+from accounts.tests.test_api import session_client
+from billing import selectors, stripe_services
 from billing.tests.factories import current_subscription, organization_of, put_on_plan
-from billing.tests.stripe_server import subscription_object
+from billing.tests.stripe_server import event, subscription_object
+from billing.tests.test_attack_billing import delivered_and_applied, subscription_api
 from config.db import rls
 from config.errors import ApplicationError
 from config.tests.races import on_a_thread, until, waiting_locks
@@ -222,3 +225,58 @@ def test_two_checkouts_at_once_leave_one_open(owner, plans, fake_stripe):
     second.join(10)
     assert errors == [] and len(urls) == 2
     assert sorted(session["status"] for session in fake_stripe.sessions.values()) == ["expired", "open"]
+
+
+@pytest.mark.parametrize(
+    ("stripe_status", "refused"),
+    [
+        ("trialing", True),
+        ("active", True),
+        ("past_due", True),
+        ("incomplete", True),
+        ("canceled", False),
+        ("incomplete_expired", False),
+        ("unpaid", False),
+        ("paused", False),
+    ],
+)
+def test_a_subscription_at_stripe_refuses_a_checkout_unless_the_webhook_ends_it_here(owner, plans, fake_stripe, stripe_status, refused):
+    """A Stripe status the webhook puts on Free (canceled or expired here) is over; any other is
+    a subscription the customer has, or is paying the first invoice of."""
+    put_on_plan(organization_of(owner), plans["free"], stripe_customer_id="cus_1")
+    fake_stripe.subscriptions["sub_1"] = subscription_object("sub_1", price="price_pro_month", status=stripe_status, customer="cus_1")
+    if refused:
+        with pytest.raises(ApplicationError, match="already has a subscription at Stripe"):
+            _checkout(owner, plans)
+    else:
+        assert _checkout(owner, plans).startswith("https://checkout.stripe.com/")
+
+
+def test_a_paused_stripe_subscription_that_put_the_organization_on_free_does_not_block_buying_again(owner, fake_stripe):
+    """A Pro trial at Stripe (sub_1) ends without a payment method and Stripe pauses it. Confab
+    maps `paused` to an ended subscription (STATUSES: expired) and puts the organization on Free.
+    The owner then chooses Pro again: POST the subscription API plan=pro. Was: checkout listed the
+    customer's Stripe subscriptions and refused any whose status was not canceled or
+    incomplete_expired (ENDED_AT_STRIPE), so the paused sub_1 answered 400 use_portal, "This
+    organization already has a subscription at Stripe (it shows here within a minute)": it never
+    shows (Confab itself treats it as ended), and Confab has no way to resume it. The organization
+    could never pay again. Should: what Confab treats as ended does not block a checkout (or Confab
+    resumes the paused subscription)."""
+    org = organization_of(owner)
+    now = int(time.time())
+    trial = subscription_object(
+        "sub_1", price="price_pro_month", status="trialing", organization_id=org.pk, customer="cus_1", trial_end=now + 60
+    )
+    assert delivered_and_applied(event("customer.subscription.created", trial, created=now - 14 * 86400)) == "applied"
+    paused = {**trial, "status": "paused", "created": now - 14 * 86400}
+    assert delivered_and_applied(event("customer.subscription.updated", paused, created=now)) == "applied"
+    with rls.privileged(reason="test: the plan in force"):
+        in_force = selectors.plan_in_force(subscription=current_subscription(org)).slug
+    assert (current_subscription(org).plan.slug, in_force) == ("free", "free")
+    fake_stripe.subscriptions["sub_1"] = paused
+    fake_stripe.requests.clear()
+
+    response = session_client(owner).post(subscription_api(org), {"plan": "pro"}, format="json")
+
+    resumed = [r for r in fake_stripe.requests if r["path"] == "/v1/subscriptions/sub_1/resume"]
+    assert response.status_code == 201 or resumed, (response.status_code, response.json())

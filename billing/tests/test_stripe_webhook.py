@@ -4,17 +4,18 @@ stored once and applied once by the task, the newest state of a subscription win
 import threading
 import time
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import stripe
 from django.db import connections
 from django.db.migrations.executor import MigrationExecutor
 from django.test import Client
+from django.utils import timezone
 
 from accounts.tests.factories import make_user
-from billing import stripe_services
-from billing.models import StripeEvent, Subscription
+from billing import selectors, stripe_services
+from billing.models import Plan, StripeEvent, Subscription
 from billing.tests.factories import current_subscription, organization_of
 from billing.tests.stripe_server import event, signed, subscription_object
 from config.celery import app as celery_app
@@ -55,6 +56,16 @@ def org(fake_stripe):
 
 def created_event(org, *, price="price_pro_month", status="active", sub="sub_1", **kwargs):
     return event("customer.subscription.created", subscription_object(sub, price=price, status=status, organization_id=org.pk), **kwargs)
+
+
+def applied(client, evt: dict) -> str:
+    assert deliver(client, evt).status_code == 200
+    return process(evt)
+
+
+def in_force(org, now=None) -> str:
+    with rls.privileged(reason="test: the plan in force"):
+        return selectors.plan_in_force(subscription=current_subscription(org), now=now).slug
 
 
 def test_a_signed_delivery_is_stored_answered_and_queued_then_applied(client, org):
@@ -230,6 +241,95 @@ def test_a_subscription_update_older_than_a_failed_payment_keeps_past_due(client
     assert (current.interval, current.status) == ("year", "past_due")  # the newer failure's status stands
 
 
+def test_a_new_subscription_is_not_left_past_due_by_its_paid_invoice_arriving_first(client, org, settings):
+    """The organization pays Pro through Stripe (sub_0); a renewal failed two days ago, so it is
+    past due (grace: 7 days). Staff replace the failing subscription at Stripe with a new one paid
+    at once with a new card (sub_1, Enterprise, active), then cancel sub_0. Stripe does not order
+    deliveries: sub_1's invoice.paid (a second after sub_1 was created) is processed first. No
+    current row names sub_1 yet, so `_payment_apply` answers "ignored" (and the event is done).
+    Then sub_1's customer.subscription.created is applied. Was: `_apply` saw a *newer invoice
+    event* stored and passed keep_status=True, so `_state_apply` kept the status of the row it
+    replaces: sub_1's row started past due, with sub_0's past_due_since. Five days later the grace
+    "lapsed", Free applied (and the periods task replaced sub_1's row with Free) while Stripe
+    charged Enterprise every month. Should: an invoice event that changed nothing does not
+    overrule the subscription's own state (sub_1 is active, nothing is overdue)."""
+    now = int(time.time())
+    old = event(
+        "customer.subscription.created",
+        subscription_object("sub_0", price="price_pro_month", organization_id=org.pk, customer="cus_1"),
+        created=now - 20 * 86400,
+    )
+    assert applied(client, old) == "applied"
+    failed = event("invoice.payment_failed", {"id": "in_0", "object": "invoice", "subscription": "sub_0"}, created=now - 2 * 86400)
+    assert applied(client, failed) == "applied"
+    assert current_subscription(org).status == "past_due"
+
+    created = event(
+        "customer.subscription.created",
+        subscription_object("sub_1", price="price_ent_month", organization_id=org.pk, customer="cus_1"),
+        created=now - 60,
+    )
+    paid = event("invoice.paid", {"id": "in_1", "object": "invoice", "subscription": "sub_1"}, created=now - 59)
+    assert deliver(client, created).status_code == 200 and deliver(client, paid).status_code == 200
+    assert process(paid) == "ignored"  # not ours yet
+    assert process(created) == "applied"
+
+    current = current_subscription(org)
+    assert (current.stripe_subscription_id, current.plan.slug) == ("sub_1", "enterprise")
+    after_the_old_grace = timezone.now() + timedelta(days=settings.BILLING_GRACE_DAYS)
+    assert (current.status, current.past_due_since, in_force(org, after_the_old_grace)) == ("active", None, "enterprise")
+
+
+def test_a_late_event_of_a_replaced_stripe_subscription_does_not_take_the_organization_back(client, org):
+    """sub_0 (Pro) is replaced at Stripe by sub_1 (Enterprise), whose event is applied. Staff then
+    set sub_0 to cancel at its period end: its `updated` event arrives. Was: applied, putting the
+    organization back on sub_0 and Pro; sub_0's deletion at period end then moved it to Free while
+    Stripe charged Enterprise. Should: stale, sub_1 stays; sub_0's deletion is then ignored."""
+    now = int(time.time())
+    assert applied(client, created_event(org, sub="sub_0", created=now - 20 * 86400)) == "applied"
+    assert applied(client, created_event(org, sub="sub_1", price="price_ent_month", created=now - 60)) == "applied"
+    cancelling = subscription_object("sub_0", price="price_pro_month", organization_id=org.pk, cancel_at_period_end=True)
+    assert applied(client, event("customer.subscription.updated", cancelling, created=now - 30)) == "stale"
+    deleted = subscription_object("sub_0", price="price_pro_month", status="canceled", organization_id=org.pk)
+    assert applied(client, event("customer.subscription.deleted", deleted, created=now)) == "ignored"
+    current = current_subscription(org)
+    assert (current.stripe_subscription_id, current.plan.slug, current.status) == ("sub_1", "enterprise", "active")
+
+
+def test_a_new_subscription_that_is_past_due_starts_its_own_grace(client, org):
+    """sub_0 is past due since two days ago; sub_1 replaces it and its first event says past due
+    (its first invoice failed). The grace counts from sub_1's failure, not sub_0's: a plan change
+    within one Stripe subscription keeps what is owed, a new subscription does not inherit it."""
+    now = int(time.time())
+    assert applied(client, created_event(org, sub="sub_0", created=now - 20 * 86400)) == "applied"
+    failed = event("invoice.payment_failed", {"id": "in_0", "object": "invoice", "subscription": "sub_0"}, created=now - 2 * 86400)
+    assert applied(client, failed) == "applied"
+    assert applied(client, created_event(org, sub="sub_1", price="price_ent_month", status="past_due", created=now)) == "applied"
+    current = current_subscription(org)
+    assert (current.stripe_subscription_id, current.status, current.past_due_since) == (
+        "sub_1",
+        "past_due",
+        datetime.fromtimestamp(now, tz=UTC),
+    )
+
+
+def test_an_update_older_than_an_invoice_event_that_was_ignored_still_sets_the_status(client, org):
+    """A Stripe trial's invoice.paid arrives before any event of its subscription, so it is
+    ignored. The created event (trialing) is applied; then the update that ended the trial
+    (active), a second older than the invoice. Only an invoice event that was applied keeps the
+    status: the ignored one kept the trial's for good."""
+    now = int(time.time())
+    paid = event("invoice.paid", {"id": "in_1", "object": "invoice", "subscription": "sub_1"}, created=now)
+    assert applied(client, paid) == "ignored"
+    assert applied(client, created_event(org, status="trialing", created=now - 60)) == "applied"
+    assert current_subscription(org).status == "trialing"
+    ended_trial = event(
+        "customer.subscription.updated", subscription_object("sub_1", price="price_pro_month", organization_id=org.pk), created=now - 1
+    )
+    assert applied(client, ended_trial) == "applied"
+    assert current_subscription(org).status == "active"
+
+
 @pytest.mark.parametrize(("stripe_status", "ended_as"), [("canceled", "canceled"), ("unpaid", "expired")])
 def test_deleted_ends_the_paid_subscription_and_the_organization_is_on_free(client, org, stripe_status, ended_as):
     now = int(time.time())
@@ -254,6 +354,40 @@ def test_an_unknown_price_changes_nothing(client, org):
     deliver(client, evt)
     assert process(evt) == "ignored"
     assert current_subscription(org).plan.slug == "free"
+
+
+def test_a_deleted_stripe_subscription_on_a_price_staff_have_since_replaced_ends_the_plan(client, org):
+    """Stripe prices cannot change, so a price rise is a new price: staff set Enterprise's monthly
+    Stripe price id to the new one in admin, and existing subscribers stay on the old one
+    (grandfathered) at Stripe. One of them cancels; Stripe sends customer.subscription.deleted for
+    sub_1 on the old price. Was: `_state_apply` looked the price up first (`_plan_for`) and,
+    finding no plan for it, answered "ignored" before it ever reached the deletion branch, which
+    needs no plan at all. The event was marked processed, every later event of sub_1 was "stale"
+    (a deletion is stored), the admin refuses to touch a row billed by Stripe, and the owner was
+    sent to a portal with nothing in it: the organization kept Enterprise for ever, unpaid.
+    Should: a deletion (or any ended status) of the organization's own Stripe subscription moves
+    it to Free whatever the price."""
+    now = int(time.time())
+    created = event(
+        "customer.subscription.created",
+        subscription_object("sub_1", price="price_ent_month", organization_id=org.pk, customer="cus_1"),
+        created=now - 3600,
+    )
+    assert applied(client, created) == "applied"
+    assert current_subscription(org).plan.slug == "enterprise"
+    with rls.privileged(reason="test: staff put the new Enterprise price in admin"):
+        Plan.objects.filter(slug="enterprise").update(stripe_monthly_price_id="price_ent_month_2026")
+
+    deleted = event(
+        "customer.subscription.deleted",
+        subscription_object("sub_1", price="price_ent_month", status="canceled", organization_id=org.pk, customer="cus_1"),
+        created=now,
+    )
+    outcome = applied(client, deleted)
+
+    current = current_subscription(org)
+    assert (current.plan.slug, current.stripe_subscription_id) == ("free", ""), (outcome, current.plan.slug, current.status)
+    assert in_force(org) == "free"
 
 
 def test_the_same_event_delivered_twice_at_once_is_stored_once(org, fake_stripe):
