@@ -6,7 +6,7 @@ another tenant's id is answered 404, never 403. API keys need `account:read` to 
 """
 
 from drf_spectacular.utils import extend_schema
-from rest_framework import status
+from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
@@ -216,14 +216,18 @@ class ApiKeyListApi(APIView):
     )
     def post(self, request):
         data = validated_body(ApiKeyCreateIn, request)
-        if isinstance(request.auth, ApiKey) and not set(data["scopes"]) <= set(request.auth.scopes):
+        by_key = request.auth if isinstance(request.auth, ApiKey) else None
+        if by_key is not None and not set(data["scopes"]) <= set(by_key.scopes):
             # Otherwise a narrow key could mint itself a wider one.
             raise NotAllowed("An API key can only create keys with scopes it has itself.")
-        parent_ends = request.auth.expires_at if isinstance(request.auth, ApiKey) else None
+        parent_ends = by_key.expires_at if by_key is not None else None
         if parent_ends is not None and (data.get("expires_at") is None or data["expires_at"] > parent_ends):
             # Otherwise a short-lived key, leaked, could mint itself one that never expires.
             raise NotAllowed(f"An API key that expires can only create keys that expire no later: by {parent_ends.isoformat()}.")
-        api_key, secret = services.api_key_create(user=request.user, **data)
+        try:
+            api_key, secret = services.api_key_create(user=request.user, by_key=by_key, **data)
+        except services.ApiKeyRejected as exc:  # revoked since the request signed in: the answer a revoked key gets
+            raise exceptions.AuthenticationFailed(str(exc)) from exc
         api_key.key = secret
         return Response(ApiKeyCreatedOut(api_key).data, status=status.HTTP_201_CREATED)
 

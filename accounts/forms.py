@@ -18,7 +18,7 @@ from accounts import services
 from accounts.backends import user_id_for_login
 from accounts.catalog import model_catalog, preferred_model_problem
 from accounts.errors import LoginThrottled
-from accounts.models import ApiKey, Membership, Preferences, ProviderCredential, User, expiry_storable, validate_name
+from accounts.models import ApiKey, Membership, Preferences, ProviderCredential, User, expiry_storable, validate_language_tag, validate_name
 from accounts.tasks import mail_send_on_commit
 from config.db import rls
 from config.errors import ApplicationError
@@ -151,7 +151,7 @@ class ProfileForm(forms.Form):
     last_name = forms.CharField(label="Last name", max_length=150, required=False, validators=[validate_name])
     avatar_url = forms.URLField(label="Avatar URL", required=False, assume_scheme="https")
     timezone = forms.ChoiceField(choices=_timezone_choices)
-    locale = forms.CharField(max_length=16, help_text="A language tag such as en or fr-CA.")
+    locale = forms.CharField(max_length=16, validators=[validate_language_tag], help_text="A language tag such as en or fr-CA.")
 
 
 class PreferencesForm(forms.ModelForm):

@@ -1,8 +1,10 @@
+import re
 import unicodedata
 import uuid
 from datetime import UTC
 from decimal import Decimal
 
+import idna
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.contrib.auth.models import PermissionsMixin
 from django.contrib.postgres.fields import ArrayField
@@ -55,32 +57,59 @@ def validate_name(value: str) -> None:
         raise ValidationError("This name shows nothing: use letters or symbols that can be seen.", code="invisible")
 
 
+# A BCP 47 language tag, roughly: "en", "fr-CA", "zh-Hant-TW"; "pt_BR" too, the POSIX spelling
+# (chat's search reads either separator). ASCII only: nothing else belongs in a tag.
+LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,8}([-_][A-Za-z0-9]{1,8})*")
+
+
+def validate_language_tag(value: str) -> None:
+    """A locale or language is a tag (shown on pages, read by search): never free text that could
+    carry control characters or text-direction marks."""
+    if not LANGUAGE_TAG.fullmatch(value or ""):
+        raise ValidationError("Enter a language tag such as en or fr-CA.", code="language_tag")
+
+
+def email_domain_spelled(domain: str, *, ascii: bool = False) -> str | None:
+    """The domain as mail is delivered to it, by IDNA 2008 (UTS 46 non-transitional processing): its
+    one Unicode spelling, or with `ascii` its punycode one; None when it is no such domain. Never
+    Python's "idna" codec (IDNA 2003), which maps ß to ss: straße.de and strasse.de are two domains
+    with two owners."""
+    try:
+        spelled = idna.encode(domain, uts46=True)
+        return spelled.decode("ascii") if ascii else idna.decode(spelled)
+    except idna.IDNAError:
+        return None
+
+
 class UserManager(BaseUserManager):
     use_in_migrations = True
 
     @classmethod
     def normalize_email(cls, email):
         """Emails are the login and compare case-insensitively: stored lowercased, with a non-ASCII
-        domain in its one IDNA spelling (nameprep maps fullwidth letters and drops soft hyphens and
-        zero-width characters): `alice@ｅxample.com` is the mailbox `alice@example.com`, which mail
-        reaches under either spelling, so it must not open a second account."""
-        email = (email or "").strip().lower()
+        domain in its one IDNA spelling (email_domain_spelled: fullwidth letters mapped, soft hyphens
+        and zero-width spaces dropped): `alice@ｅxample.com` is the mailbox `alice@example.com`,
+        which mail reaches under either spelling, so it must not open a second account."""
+        email = (email or "").strip()
         local, at, domain = email.rpartition("@")
-        if at and domain and (not domain.isascii() or "xn--" in domain):
+        if at and domain and (not domain.isascii() or "xn--" in domain.lower()):
             # An ASCII `xn--` label is the same domain's punycode spelling: read back to the one
-            # spelling too, so `alice@xn--bcher-kva.com` is `alice@bücher.com`.
-            try:
-                email = f"{local}@{domain.encode('idna').decode('idna')}"
-            except UnicodeError:
-                pass  # not a domain IDNA can spell: the address's validation refuses it
-        return email
+            # spelling too, so `alice@xn--bcher-kva.com` is `alice@bücher.com`. Spelled as typed,
+            # not lowercased first: Python lowercases a final capital Σ to ς, another domain.
+            spelled = email_domain_spelled(domain)
+            if spelled is not None:
+                return f"{local.lower()}@{spelled}"
+        return email.lower()  # not a domain IDNA can spell: normalize_email_checked refuses it
 
     @classmethod
     def normalize_email_checked(cls, email) -> str:
-        """normalize_email, refused as the email's error when its one spelling no longer fits the
-        column: nameprep can lengthen a domain (each "ﬃ" becomes three letters) after a form
-        checked its length."""
+        """normalize_email, refused as the email's error when it names no domain mail can reach
+        (IDNA refuses it: a joiner in a word, a symbol) or when its one spelling no longer fits the
+        column: a domain can lengthen (each "ﬃ" becomes three letters) after a form checked it."""
         email = cls.normalize_email(email)
+        domain = email.rpartition("@")[2]
+        if (not domain.isascii() or "xn--" in domain) and email_domain_spelled(domain) is None:
+            raise ValidationError({"email": ["Mail cannot be delivered to this address's domain: check how it is spelled."]})
         limit = User._meta.get_field("email").max_length
         if len(email) > limit:
             raise ValidationError(
@@ -115,7 +144,7 @@ class User(AbstractBaseUser, PermissionsMixin):
     display_name = models.CharField(max_length=150, blank=True, validators=[validate_name])
     avatar_url = models.URLField(blank=True)
     timezone = models.CharField(max_length=64, default="UTC")
-    locale = models.CharField(max_length=16, default="en")
+    locale = models.CharField(max_length=16, default="en", validators=[validate_language_tag])
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
     email_verified = models.BooleanField(default=False)
     is_active = models.BooleanField(default=True)
@@ -204,10 +233,10 @@ class Preferences(models.Model):
         validators=[MinValueValidator(Decimal("0")), MaxValueValidator(Decimal("2"))],
     )
     theme = models.CharField(max_length=8, choices=Theme.choices, default=Theme.SYSTEM)
-    language = models.CharField(max_length=16, default="en")
+    language = models.CharField(max_length=16, default="en", validators=[validate_language_tag])
     email_notifications = models.BooleanField(default=True)
     analytics_opt_out = models.BooleanField(default=False)
-    default_persona = models.CharField(max_length=100, blank=True)
+    default_persona = models.CharField(max_length=100, blank=True, validators=[validate_name])
     extra = models.JSONField(default=dict, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -2,7 +2,7 @@
 tenant's row is simply not there: the `*_get` functions raise Http404 for it."""
 
 from django.core.exceptions import ValidationError
-from django.db.models import F, QuerySet
+from django.db.models import BooleanField, F, Func, QuerySet
 from django.http import Http404
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
@@ -115,8 +115,10 @@ def provider_credential_exists(*, user: User, provider: str) -> bool:
 
 
 def user_session_list(*, user: User) -> QuerySet[UserSession]:
-    """The user's signed-in sessions that have not ended, most recently active first."""
-    return UserSession.objects.filter(user=user, ended_at__isnull=True).order_by("-last_activity_at", "id")
+    """The user's sessions that still sign a browser in, most recently active first: not ended, and
+    not expired (a session runs out with no sign-out, so nothing ends its UserSession)."""
+    live = Func(F("session_key_digest"), function="accounts_session_live", output_field=BooleanField())  # accounts 0018
+    return UserSession.objects.filter(live, user=user, ended_at__isnull=True).order_by("-last_activity_at", "id")
 
 
 def user_session_get(*, user: User, user_session_id) -> UserSession:

@@ -16,6 +16,7 @@ from accounts.models import (
     User,
     UserSession,
     expiry_storable,
+    validate_language_tag,
     validate_name,
 )
 from config.api.inputs import StrictBooleanField, StringField
@@ -49,7 +50,7 @@ class MeIn(serializers.Serializer):
     display_name = StringField(max_length=150, required=False, allow_blank=True, validators=[validate_name])
     avatar_url = serializers.URLField(max_length=200, required=False, allow_blank=True)
     timezone = StringField(max_length=64, required=False, help_text="An IANA time zone, e.g. Europe/Paris.")
-    locale = StringField(max_length=16, required=False)
+    locale = StringField(max_length=16, required=False, validators=[validate_language_tag], help_text="A language tag, e.g. en or fr-CA.")
 
     def validate_timezone(self, value):
         if value not in zoneinfo.available_timezones():

@@ -11,6 +11,7 @@ from django.core.mail import send_mail
 from django.db import transaction
 from kombu.exceptions import OperationalError as BrokerUnreachable
 
+from accounts.models import email_domain_spelled
 from config.cache import REDIS_ERRORS
 from config.db import rls
 
@@ -22,9 +23,18 @@ def _one_line(text: str) -> str:
     return " ".join("".join(" " if unicodedata.category(c) == "Cc" else c for c in text).split())
 
 
+def _deliverable(address: str) -> str:
+    """The address with a non-ASCII domain in its punycode, by IDNA 2008: Django's mail would spell
+    it with Python's IDNA 2003 codec, sending anna@straße.de's mail to anna@strasse.de, another
+    domain's owner."""
+    local, at, domain = address.rpartition("@")
+    spelled = email_domain_spelled(domain, ascii=True) if at and not domain.isascii() else None
+    return f"{local}@{spelled}" if spelled else address
+
+
 @shared_task(acks_late=True, autoretry_for=(OSError,), retry_backoff=True, max_retries=5)
 def mail_send_task(*, subject: str, body: str, recipients: list[str]) -> int:
-    return send_mail(_one_line(subject), body, settings.DEFAULT_FROM_EMAIL, recipients)
+    return send_mail(_one_line(subject), body, settings.DEFAULT_FROM_EMAIL, [_deliverable(r) for r in recipients])
 
 
 def _queue_or_send(*, subject: str, body: str, recipients: list[str]) -> None:

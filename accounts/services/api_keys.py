@@ -25,8 +25,11 @@ from config.errors import ApplicationError
 API_KEY_PREFIX = "ck_"
 
 
-def api_key_create(*, user: User, name: str, scopes: list[str], expires_at: datetime | None = None) -> tuple[ApiKey, str]:
-    """A new key; the returned secret is the only time it exists outside the caller."""
+def api_key_create(
+    *, user: User, name: str, scopes: list[str], expires_at: datetime | None = None, by_key: ApiKey | None = None
+) -> tuple[ApiKey, str]:
+    """A new key; the returned secret is the only time it exists outside the caller. Asked for by
+    an API key (`by_key`), that key is held to the write: revoked before it, ApiKeyRejected."""
     name = (name or "").strip()
     if not name:
         raise ApplicationError("Give the key a name, so you can tell it apart later.", {"field": "name"})
@@ -41,6 +44,8 @@ def api_key_create(*, user: User, name: str, scopes: list[str], expires_at: date
     prefix = get_random_string(10, allowed_chars="abcdefghijkmnopqrstuvwxyz23456789")
     secret = f"{API_KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
     with rls.atomic():
+        if by_key is not None:
+            _api_key_held(by_key)
         key = ApiKey.objects.create(
             user=user, name=name[:100], prefix=prefix, key_hash=token_digest(secret), scopes=sorted(set(scopes)), expires_at=expires_at
         )
@@ -57,6 +62,19 @@ def api_key_revoke(*, user: User, api_key: ApiKey) -> ApiKey:
         api_key.save(update_fields=["is_active", "revoked_at"])
     _security_event("api_key_revoked", user_id=user.pk, detail={"api_key_id": str(api_key.pk), "name": api_key.name})
     return api_key
+
+
+def _api_key_held(api_key: ApiKey) -> None:
+    """Lock the key a request signed in with until its transaction ends, and refuse if it no
+    longer signs in: it was checked when the request began, and a revoke may have committed since
+    (FOR SHARE: a revoke waits for this write, so the key acts first or not at all)."""
+    held = next(iter(ApiKey.objects.raw(f"SELECT * FROM {ApiKey._meta.db_table} WHERE id = %s FOR SHARE", [api_key.pk])), None)
+    if held is None:
+        raise ApiKeyRejected("Unknown API key.")
+    held.user = api_key.user  # deactivating the owner revokes its keys in its transaction: the key's row says it
+    problem = _api_key_problem(held)
+    if problem:
+        raise ApiKeyRejected(problem)
 
 
 def _security_event(event: str, *, user_id, detail: dict) -> None:

@@ -13,12 +13,14 @@ from django.utils import timezone
 from openapi_spec_validator import validate
 from rest_framework.test import APIClient
 
+import accounts.services as services_module
 from accounts import services
 from accounts.models import ApiKey, Membership, ProviderCredential, UserSession
 from accounts.services import api_keys
 from accounts.tests.factories import mail_arrives, make_user
 from config.crypto import token_digest
 from config.db import rls
+from config.tests.races import Paused, hold_in_thread, until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -278,6 +280,38 @@ def test_api_key_revoke_keeps_the_row_and_stops_the_key(alice):
     assert_error(bearer(f"Bearer {created['key']}").get(f"{API}/me"), 401, "revoked")
     assert_error(client.get(f"{API}/api-keys/00000000-0000-0000-0000-000000000000"), 404)
     assert_error(client.delete(f"{API}/api-keys/00000000-0000-0000-0000-000000000000"), 404)
+
+
+def test_a_key_revoked_while_it_mints_a_key_leaves_no_key_behind(alice, monkeypatch):
+    """Whoever holds a leaked key (account:write) asks it for a new key; the owner revokes the
+    leaked key meanwhile, and the revoke commits first. The request, authenticated before the
+    revoke, then creates the child key anyway (201, a working secret): revoking the key did not
+    stop what it was doing, and the attacker keeps the account through the child. The
+    creation should re-check the parent under a lock (SELECT ... FOR SHARE WHERE is_active) in
+    its transaction and refuse (401/403) once it is revoked: it acts first or not at all."""
+    client = key_client(alice, scopes=[READ, WRITE])
+    client.raise_request_exception = False
+    assert client.get(f"{API}/me").status_code == 200  # its use recorded: the next request writes nothing on the key
+    reached, release = hold_in_thread(monkeypatch, services_module, "api_key_create", "minter", after=False)
+    minter = Paused(lambda: client.post(f"{API}/api-keys", {"name": "child", "scopes": [READ]}, format="json"), "minter")
+    minter.start()
+    assert reached.wait(60), "the request never reached the key's creation"
+
+    def revoke():
+        with rls.privileged(reason="test: the owner revokes the leaked key"):
+            services.api_key_revoke(user=alice, api_key=privileged(ApiKey).get(pk=client.api_key.pk))
+
+    revoker = Paused(revoke, "revoker")
+    revoker.start()
+    until(lambda: not revoker.is_alive(), "the revoke committed (nothing holds the key's row)")
+    release.set()
+    minter.join(60)
+    assert not isinstance(revoker.result, Exception), revoker.result
+    response = minter.result
+    assert not privileged(ApiKey).filter(user=alice, name="child").exists(), (
+        f"a key revoked before it minted a child still made one: {response.status_code} {response.content[:200]!r}"
+    )
+    assert_error(response, 401, "revoked")  # what the revoked key is answered from now on
 
 
 # --- Provider credentials -----------------------------------------------------------------

@@ -4,16 +4,28 @@ one mailbox), and provider base URLs with a port no connection can use. Each tes
 before its fix."""
 
 import pytest
+from django.core.mail.message import sanitize_address
+from django.db import connections
+from django.db.migrations.executor import MigrationExecutor
 from django.test import Client
 
 from accounts import services
 from accounts.models import Invitation, ProviderCredential, User
-from accounts.tests.factories import PASSWORD, make_user
+from accounts.tests.factories import PASSWORD, mail_arrives, make_user
 from accounts.tests.test_api import API, OPENAI_KEY, key_client, privileged, session_client
 from config.db import rls
 from config.tests.test_attack_review_today import _no_raise
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def accounts_migrations_restored():
+    """A test that takes accounts' migrations back leaves every one applied again."""
+    leaves = [key for key in MigrationExecutor(connections["owner"]).loader.graph.leaf_nodes() if key[0] == "accounts"]
+    yield
+    MigrationExecutor(connections["owner"]).migrate(leaves)
+
 
 # 97 characters, a valid address to Django's EmailValidator (and under every 254 limit); IDNA's
 # nameprep maps each U+FB03 (LATIN SMALL LIGATURE FFI) to "ffi", so normalize_email makes it 265.
@@ -77,13 +89,10 @@ def test_a_base_url_with_a_port_no_connection_can_use_is_refused_on_save(alice, 
     assert not privileged(ProviderCredential).filter(user=alice).exists()
 
 
-def test_accounts_stored_under_a_punycode_email_keep_signing_in_after_the_migration():
+def test_accounts_stored_under_a_punycode_email_keep_signing_in_after_the_migration(accounts_migrations_restored):
     """Sign-in now reads a punycode domain as its one spelling, so an account stored under
     `xn--` before would not be found by its own address: accounts 0016 rewrites it (and pending
     invitations), unless the other spelling has an account already (left as it is)."""
-    from django.db import connections
-    from django.db.migrations.executor import MigrationExecutor
-
     from accounts.backends import user_id_for_login
 
     stored = make_user(email="bob@example.com")
@@ -103,3 +112,62 @@ def test_accounts_stored_under_a_punycode_email_keep_signing_in_after_the_migrat
     assert emails["bob@bücher.com"] == stored.pk
     assert "carol@xn--bcher-kva.com" in emails and emails["carol@bücher.com"] == pair.pk  # both spellings had accounts: left
     assert user_id_for_login("bob@xn--bcher-kva.com") == user_id_for_login("bob@bücher.com") == stored.pk
+
+
+def test_an_eszett_domain_is_not_turned_into_another_domain(alice):
+    """Someone signs up as anna@straße.de. Since IDNA 2008 (DENIC, 2010) straße.de
+    (xn--strae-oqa.de) and strasse.de are two domains with two owners. normalize_email spells
+    the domain with Python's IDNA 2003 codec, which maps ß to ss: the account is stored as
+    anna@strasse.de, its confirmation and password-reset mails go to the other domain's owner
+    (who can reset the password and take the account), and anna@strasse.de can never open an
+    account of their own (EmailTaken). It should keep the domain as mail delivers to it
+    (UTS 46 non-transitional, as the `idna` package does: `idna.encode(d, uts46=True)`)."""
+    with rls.privileged(reason="test"):
+        user = services.user_create(email="anna@straße.de", password=PASSWORD)
+    assert user.email.rpartition("@")[2] != "strasse.de", f"anna@straße.de was stored as {user.email}"
+    with rls.privileged(reason="test"):
+        services.user_create(email="anna@strasse.de", password=PASSWORD)  # another person's mailbox
+
+
+def test_an_eszett_domain_gets_its_mail_not_the_other_domain(celery_worker):
+    """anna@straße.de signs up and is stored as such; Django's mail spells a recipient's domain with
+    Python's IDNA 2003 codec too (django.core.mail.message.sanitize_address), so her confirmation
+    mail would still go to anna@strasse.de, whose owner confirms the account and resets its
+    password. The mail should be addressed to straße.de's own punycode, xn--strae-oqa.de."""
+    client = Client()
+    response = client.post(
+        "/accounts/signup/", {"email": "anna@straße.de", "display_name": "", "password": PASSWORD, "password_confirm": PASSWORD}
+    )
+    assert response.status_code == 302, response.content[:500]
+    [sent] = mail_arrives()
+    assert [sanitize_address(to, "utf-8") for to in sent.recipients()] == ["anna@xn--strae-oqa.de"]
+
+
+def test_a_domain_idna_2008_cannot_spell_is_refused_not_stored_as_a_lookalike():
+    """alice@exa\\u200dmple.com (a zero-width joiner inside a word) is no domain IDNA 2008 spells: it
+    is refused at sign-up, not opened as an account that shows as alice@example.com."""
+    response = Client().post(
+        "/accounts/signup/", {"email": "alice@exa\u200dmple.com", "display_name": "", "password": PASSWORD, "password_confirm": PASSWORD}
+    )
+    assert response.status_code == 400
+    assert "delivered" in response.context["form"].errors["email"][0]
+    assert privileged(User).count() == 0
+
+
+def test_accounts_stored_under_a_punycode_email_idna_2003_could_not_read_keep_signing_in(accounts_migrations_restored):
+    """Python's IDNA 2003 codec could not read `xn--strae-oqa.de` back (it does not round-trip
+    through ss), so such an email stayed stored as typed. Sign-in now reads it as `straße.de`: accounts
+    0017 rewrites it to that spelling, the same domain its mail went to; `strasse.de` accounts, a
+    domain of their own, stay as they are."""
+    from accounts.backends import user_id_for_login
+
+    dora, eve = make_user(email="dora@example.com"), make_user(email="eve@strasse.de")
+    executor = MigrationExecutor(connections["owner"])
+    executor.migrate([("accounts", "0016_punycode_emails_one_spelling")])
+    with connections["owner"].cursor() as cur:
+        cur.execute("UPDATE accounts_user SET email = 'dora@xn--strae-oqa.de' WHERE id = %s", [dora.pk])
+    MigrationExecutor(connections["owner"]).migrate([("accounts", "0017_email_domains_spelled_by_idna_2008")])
+    emails = dict(privileged(User).values_list("id", "email"))
+    assert (emails[dora.pk], emails[eve.pk]) == ("dora@straße.de", "eve@strasse.de")
+    assert user_id_for_login("dora@xn--strae-oqa.de") == user_id_for_login("dora@straße.de") == dora.pk
+    assert user_id_for_login("eve@strasse.de") == eve.pk

@@ -12,7 +12,7 @@ from rest_framework.test import APIClient
 
 from accounts import services
 from accounts.errors import InvitationInvalid, OrganizationRuleBroken
-from accounts.models import Membership, Organization, User
+from accounts.models import Membership, Organization, Preferences, User
 from accounts.tasks import mail_send_task
 from accounts.tests.factories import PASSWORD, make_user
 from analytics import buffer
@@ -112,6 +112,41 @@ def test_the_pages_show_a_form_error_for_a_name_with_a_newline():
     assert response.status_code == 400 and "control" in response.context["form"].errors["display_name"][0]
     response = _page(user).post("/settings/organization/new/", {"name": "Acme\r\nX"}, follow=True)
     assert response.status_code == 200 and "control" in response.context["create_form"].errors["name"][0]
+
+
+@pytest.mark.parametrize("path,field", [("me", "locale"), ("preferences", "language"), ("preferences", "default_persona")])
+def test_account_text_fields_refuse_control_and_bidi_characters(path, field):
+    """PATCH /api/v1/me {"locale": "en\\x1b[2J\\u202e"} (or the preferences' language or default
+    persona) answers 200 and stores the escape sequence and the right-to-left override, which
+    then show on the settings pages and in admin. Names refuse these (validate_name); these
+    fields take anything but NUL. It should be a 400 naming the field."""
+    client = _api(make_user())
+    client.raise_request_exception = False
+    response = client.patch(f"/api/v1/{path}", {field: "en\x1b[2J\u202e"}, format="json")
+    assert response.status_code == 400, (response.status_code, response.content[:300])
+    assert set(response.json()) == {"message", "extra"}
+    assert field in response.json()["extra"]["fields"]
+
+
+def test_the_settings_pages_refuse_a_locale_or_language_that_is_no_language_tag():
+    """The profile and preferences pages show a form error on the field, and store nothing."""
+    user = make_user()
+    response = _page(user).post("/settings/profile/", {"display_name": "A", "timezone": "UTC", "locale": "en\u202e"})
+    assert response.status_code == 400 and "language tag" in response.context["form"].errors["locale"][0]
+    response = _page(user).post(
+        "/settings/preferences/", {"theme": "dark", "temperature": "0.7", "language": "de\nBcc", "default_persona": "x\u2066y"}
+    )
+    assert response.status_code == 400
+    assert {"language", "default_persona"} <= set(response.context["form"].errors)
+    assert User.objects.using("privileged").get(pk=user.pk).locale == "en"
+    assert not Preferences.objects.using("privileged").filter(user=user, theme="dark").exists()
+
+
+@pytest.mark.parametrize("tag", ["en", "fr-CA", "de-AT", "zh-Hant-TW", "pt_BR", "klingon"])
+def test_language_tags_are_kept(tag):
+    client = _api(make_user())
+    assert client.patch("/api/v1/me", {"locale": tag}, format="json").json()["locale"] == tag
+    assert client.patch("/api/v1/preferences", {"language": tag}, format="json").json()["language"] == tag
 
 
 def test_a_mail_subject_is_one_line_whatever_it_is_given():

@@ -512,6 +512,28 @@ def test_expired_invitation_is_refused_with_a_message():
     assert not db(Membership).filter(organization=org, user=bob).exists()
 
 
+def test_the_role_change_page_says_the_role_given_not_the_one_taken_away(alice, bob):
+    """An owner makes a member an admin on the organization page. The change is stored, but the
+    page then says "bob@example.com is now member.": the view words its message from the
+    membership it read before the change (the service changed a copy it read again under its
+    lock). It should say "bob@example.com is now admin."."""
+    with rls.privileged(reason="test"):
+        org = services.organization_create(user=alice, name="Team")
+        _, token = services.invitation_create(actor=alice, organization=org, email=bob.email)
+    member = Client()
+    sign_in(member, bob.email)
+    assert member.post(f"/accounts/invitations/{token}/").status_code == 302
+    bob_membership = db(Membership).get(organization=org, user=bob)
+
+    owner = Client()
+    sign_in(owner, alice.email)
+    response = owner.post(f"/settings/organization/{org.pk}/members/{bob_membership.pk}/role/", {"role": "admin"}, follow=True)
+
+    assert db(Membership).get(pk=bob_membership.pk).role == Membership.Role.ADMIN
+    said = [m.message for m in response.context["messages"]]
+    assert "bob@example.com is now admin." in said, said
+
+
 def test_organization_rename_domain_role_change_remove_and_leave():
     alice, bob = make_user(email="owner@example.com"), make_user(email="member@example.com")
     with rls.privileged(reason="test"):

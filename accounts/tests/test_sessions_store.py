@@ -8,12 +8,15 @@ import psycopg
 import pytest
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY
+from django.core.cache import caches
 from django.core.management import call_command
 from django.db import connections, transaction
 from django.test import Client
 from django_redis import get_redis_connection
 
+from accounts.session_store import CACHE_KEY_PREFIX
 from accounts.tests.factories import PASSWORD, make_user
+from accounts.tests.test_api import API, key_client
 from config import embedded
 from config.crypto import token_digest
 
@@ -219,6 +222,40 @@ def test_clearsessions_removes_only_expired_sessions():
     assert _owner_count("SELECT count(*) FROM accounts_session WHERE key_hash = %s", [token_digest(live.session_key)]) == 1
     assert _owner_count("SELECT count(*) FROM accounts_session WHERE key_hash = %s", [token_digest(expired.session_key)]) == 0
     assert _store(expired.session_key).load() == {}
+
+
+def test_a_session_that_expired_is_not_listed_as_signed_in():
+    """A browser's session runs out (its 14 days pass): that browser is signed out. The sessions
+    list (API and settings page: "Browsers signed in to your account") still lists it as signed
+    in, forever: only a sign-out, a revoke or a password reset ever ends a UserSession. It should
+    list only sessions that still sign a browser in."""
+    alice = make_user(email="alice@example.com")
+    browser, other = Client(), Client()
+    key = _sign_in(browser, alice.email)
+    _sign_in(other, alice.email)
+    digest = token_digest(key)
+    with connections["owner"].cursor() as cur:  # its time runs out
+        cur.execute("UPDATE accounts_session SET expire_date = now() - interval '1 day' WHERE key_hash = %s", [digest])
+        assert cur.rowcount == 1
+    caches[settings.SESSION_CACHE_ALIAS].delete(CACHE_KEY_PREFIX + digest)
+    assert browser.get("/settings/profile/").status_code == 302, "the expired session still signs the browser in"
+
+    listed = key_client(alice).get(f"{API}/sessions").json()["results"]
+    assert len(listed) == 1, f"an expired session is listed as signed in: {listed}"
+    page = other.get("/settings/sessions/")
+    assert [s.session_key_digest for s in page.context["sessions"]] == [token_digest(other.cookies[settings.SESSION_COOKIE_NAME].value)]
+
+
+def test_whoever_may_load_a_session_may_ask_whether_it_is_live_and_no_one_else():
+    """accounts 0018 grants accounts_session_live to the roles that may execute accounts_session_load, read from its grants."""
+    sql = "SELECT array_agg(rolname ORDER BY rolname) FROM pg_roles WHERE NOT rolsuper AND has_function_privilege(oid, %s, 'EXECUTE')"
+    with connections["owner"].cursor() as cur:
+        cur.execute(sql, ["accounts_session_live(text)"])
+        live = cur.fetchone()[0]
+        cur.execute(sql, ["accounts_session_load(text)"])
+        load = cur.fetchone()[0]
+    assert live == load
+    assert {settings.DATABASES[alias]["USER"] for alias in ("default", "privileged")} <= set(live)
 
 
 def test_must_create_refuses_an_existing_key_and_update_refuses_a_deleted_one():

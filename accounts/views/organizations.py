@@ -185,10 +185,11 @@ def membership_role(request, organization_id, membership_id):
     if not form.is_valid():
         return _refused(request, organization.pk, message="Choose one of the roles.")
     try:
-        services.membership_role_change(actor=request.user, membership=membership, role=form.cleaned_data["role"])
+        changed = services.membership_role_change(actor=request.user, membership=membership, role=form.cleaned_data["role"])
     except ApplicationError as exc:
         return _refused(request, organization.pk, message=exc.message)
-    messages.success(request, f"{membership.user.email} is now {membership.get_role_display().lower()}.")
+    # The role the service stored: it changes a copy it read again under its lock, not `membership`.
+    messages.success(request, f"{membership.user.email} is now {changed.get_role_display().lower()}.")
     return redirect(_organization_url(organization.pk))
 
 
