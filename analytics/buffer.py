@@ -158,10 +158,11 @@ def _write_through(kind: str, raws: list[str]) -> None:
     if not rows:
         return
     try:
-        with rls.privileged(reason=WRITE_THROUGH_REASON, audited=False):
-            try:
+        try:
+            with rls.privileged(reason=WRITE_THROUGH_REASON, audited=False):
                 _insert(kind, rows)
-            except (DataError, IntegrityError):  # one row's data: the others still go in
+        except (DataError, IntegrityError):  # one row's data: the others still go in, in a context (and transaction) of their own
+            with rls.privileged(reason=WRITE_THROUGH_REASON, audited=False):
                 _insert_each(kind, rows)
     except DatabaseError:
         logger.exception("%d buffered %s row(s) lost (Redis unreachable, write-through failed)", len(rows), kind)

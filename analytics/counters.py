@@ -71,13 +71,17 @@ return added
 """
 # Add a repair's drift only if the counter still holds what the repair measured: of two repairs
 # that measured the same drift (overlapping runs), the second finds it gone and adds nothing; an
-# increment landing meanwhile also defers the repair to the next run. ARGV: field, measured, delta.
+# increment landing meanwhile also defers the repair to the next run. The counter then keeps the
+# snapshot the repair's ledger read saw as 'seen', as a rebuild does: the drift counted the calls
+# committed in it, so their increments still in flight are not added again.
+# ARGV: the snapshot, then field, measured, delta triples.
 _ADD_IF_UNCHANGED = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-for i = 1, #ARGV, 3 do
+for i = 2, #ARGV, 3 do
   if tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0') ~= tonumber(ARGV[i + 1]) then return 0 end
 end
-for i = 1, #ARGV, 3 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 2]) end
+for i = 2, #ARGV, 3 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 2]) end
+redis.call('HSET', KEYS[1], 'seen', ARGV[1])
 return 1
 """
 # Write a rebuilt counter unless another process already has.
@@ -258,37 +262,39 @@ def _truth_params(*, owners: list[tuple[str, UUID]], month: date, start: datetim
     }
 
 
-def usages_from_database(*, owners: list[tuple[str, UUID]], month: date) -> dict[tuple[str, UUID], Usage]:
-    """The month's exact usage of each (scope, owner id): the monthly rollup plus the ledger
-    rows past its watermark, all read in one statement so they come from the same snapshot."""
-    start, end = _month_bounds(month)
-    params = _truth_params(owners=owners, month=month, start=start, end=end)
-    with rls.privileged(reason="usage counters: read the ledger", audited=False), connections[rls.PRIVILEGED_ALIAS].cursor() as cur:
-        cur.execute(_TRUTH_SQL, params)
-        found = {
-            (scope, owner): Usage(int(i), int(o), int(t), int(c), cost_units(cost)) for scope, owner, i, o, t, c, cost in cur.fetchall()
-        }
-    return {key: found.get(key, Usage()) for key in owners}
-
-
-# The truth of one counter and the snapshot it was read in (one statement: the same snapshot).
+# The counters' truth and the snapshot it was read in (one statement: the same snapshot).
 _TRUTH_AND_SNAPSHOT_SQL = (
     f"WITH truth AS ({_TRUTH_SQL}) SELECT pg_current_snapshot()::text, t.* FROM (SELECT 1) AS one LEFT JOIN truth t ON true"
 )
 
 
-def _usage_and_snapshot(*, scope: str, owner_id, month: date) -> tuple[Usage, str]:
-    """A rebuild's usage and the snapshot it saw, which later increments are compared with."""
-    owner = UUID(str(owner_id))
+def _usages_and_snapshot(*, owners: list[tuple[str, UUID]], month: date) -> tuple[dict[tuple[str, UUID], Usage], str]:
+    """usages_from_database, and the snapshot it saw: a rebuild or a repair keeps it as 'seen',
+    which later increments are compared with."""
     start, end = _month_bounds(month)
-    params = _truth_params(owners=[(scope, owner)], month=month, start=start, end=end)
+    params = _truth_params(owners=owners, month=month, start=start, end=end)
     with rls.privileged(reason="usage counters: read the ledger", audited=False), connections[rls.PRIVILEGED_ALIAS].cursor() as cur:
         cur.execute(_TRUTH_AND_SNAPSHOT_SQL, params)
-        seen, _scope, _owner, *totals = cur.fetchone()
-    if totals[0] is None:
-        return Usage(), seen
-    i, o, t, c, cost = totals
-    return Usage(int(i), int(o), int(t), int(c), cost_units(cost)), seen
+        rows = cur.fetchall()
+    found = {
+        (scope, owner): Usage(int(i), int(o), int(t), int(c), cost_units(cost))
+        for _seen, scope, owner, i, o, t, c, cost in rows
+        if scope is not None  # the one row with NULLs when no counter has usage
+    }
+    return {key: found.get(key, Usage()) for key in owners}, rows[0][0]
+
+
+def usages_from_database(*, owners: list[tuple[str, UUID]], month: date) -> dict[tuple[str, UUID], Usage]:
+    """The month's exact usage of each (scope, owner id): the monthly rollup plus the ledger
+    rows past its watermark, all read in one statement so they come from the same snapshot."""
+    return _usages_and_snapshot(owners=owners, month=month)[0]
+
+
+def _usage_and_snapshot(*, scope: str, owner_id, month: date) -> tuple[Usage, str]:
+    """A rebuild's usage and the snapshot it saw."""
+    key = (scope, UUID(str(owner_id)))
+    usages, seen = _usages_and_snapshot(owners=[key], month=month)
+    return usages[key], seen
 
 
 def usage_from_database(*, scope: str, owner_id, month: date) -> Usage:
@@ -327,14 +333,15 @@ def counters_read(*, scope: str, owner_id, month: date | None = None) -> Usage:
     return _parse(stored)
 
 
-def _drifts(client, month: date, keys: dict[str, tuple[str, UUID]]) -> dict[str, tuple[Usage, Usage, Usage]]:
-    """(live, ledger, ledger - live) of each key that differs. Live values are read just
-    before the ledger, so an increment landing meanwhile is in both or in the live one only."""
+def _drifts(client, month: date, keys: dict[str, tuple[str, UUID]]) -> tuple[dict[str, tuple[Usage, Usage, Usage]], str]:
+    """(live, ledger, ledger - live) of each key that differs, and the snapshot the ledger was
+    read in. Live values are read just before the ledger, so an increment landing meanwhile is
+    in both or in the live one only."""
     pipe = client.pipeline(transaction=False)
     for key in keys:
         pipe.hgetall(key)
     lives = dict(zip(keys, pipe.execute()))
-    truths = usages_from_database(owners=list(keys.values()), month=month)
+    truths, seen = _usages_and_snapshot(owners=list(keys.values()), month=month)
     drifts = {}
     for key, owner in keys.items():
         if not lives[key]:
@@ -343,7 +350,7 @@ def _drifts(client, month: date, keys: dict[str, tuple[str, UUID]]) -> dict[str,
         if live != truth:
             delta = Usage(**{name: getattr(truth, name) - getattr(live, name) for name in FIELDS})
             drifts[key] = (live, truth, delta)
-    return drifts
+    return drifts, seen
 
 
 def counters_reconcile(*, month: date | None = None) -> list[dict]:
@@ -352,7 +359,8 @@ def counters_reconcile(*, month: date | None = None) -> list[dict]:
     Never overwrites a counter: the drift is added to it atomically, and only while the counter
     still holds what was measured (_ADD_IF_UNCHANGED), so an overlapping run cannot add the same
     drift twice. A call between its ledger commit and its increment shows as a passing drift, so
-    only a drift seen twice, SETTLE_SECONDS apart, is repaired."""
+    only a drift seen twice, SETTLE_SECONDS apart, is repaired; an increment later still (a
+    stalled worker) is not added on top of the repair that counted its call (the repair's 'seen')."""
     month = month or month_of()
     client = redis_client()
     keys = {}
@@ -363,11 +371,11 @@ def counters_reconcile(*, month: date | None = None) -> list[dict]:
             keys[key] = (scope, UUID(owner_id))
         except ValueError:
             logger.warning("usage counter with a malformed owner id skipped: %s", key)
-    first = _drifts(client, month, keys) if keys else {}
+    first = _drifts(client, month, keys)[0] if keys else {}
     if not first:
         return []
     time.sleep(SETTLE_SECONDS)
-    second = _drifts(client, month, {key: keys[key] for key in first})
+    second, seen = _drifts(client, month, {key: keys[key] for key in first})
     add = redis_script(_ADD_IF_UNCHANGED)
     repaired = []
     for key, (live, truth, delta) in second.items():
@@ -375,7 +383,7 @@ def counters_reconcile(*, month: date | None = None) -> list[dict]:
             logger.info("usage counter %s still moving; reconciled on the next run", key)
             continue
         measured = live.as_fields()
-        if add(keys=[key], args=[x for name, change in delta.as_fields().items() for x in (name, measured[name], change)]):
+        if add(keys=[key], args=[seen, *(x for name, change in delta.as_fields().items() for x in (name, measured[name], change))]):
             drift = {"key": key, "live": live.as_fields(), "ledger": truth.as_fields()}
             logger.warning("usage counter drift repaired: %s", drift)
             repaired.append(drift)

@@ -74,7 +74,8 @@ class TokenUsage(models.Model):
 
 
 class UsageRequest(models.Model):
-    """Request ids already in the ledger: recording one twice records it once."""
+    """Request ids already in the ledger: recording one twice records it once. Written only by the
+    ledger's insert trigger (analytics 0011); the app role has no grant on it."""
 
     request_id = models.CharField(max_length=64, primary_key=True, db_collation="C")  # compared bytewise: see 0005
     created_at = models.DateTimeField(default=timezone.now)

@@ -120,15 +120,14 @@ CREATE TEMP TABLE IF NOT EXISTS usage_staging (
 """
 _batches = itertools.count(1)  # one number per call: a transaction may stage several batches
 _staging_ready: weakref.WeakSet = weakref.WeakSet()  # connections whose staging table is committed
-# The dedupe and the write in one statement, under the caller's row-level security: a request
-# id already recorded writes nothing (a batch is staged without repeats); the totals feed the live counters.
-_RECORD_CTES = f""", fresh AS (
-    INSERT INTO analytics_usagerequest (request_id, created_at)
-    SELECT request_id, %(now)s::timestamptz FROM staged
-    ON CONFLICT DO NOTHING RETURNING request_id
+# The write in one statement, under the caller's row-level security. `once` asks the ledger's insert
+# trigger to record each request id and skip a row whose id is already recorded (analytics 0011: the
+# app role cannot record ids itself); a batch is staged without repeats. The totals feed the live counters.
+_RECORD_CTES = f""", once AS (
+    SELECT set_config('confab.ledger_once', 'on', true)
 ), written AS (
     INSERT INTO analytics_tokenusage ({_LEDGER_COLUMNS})
-    SELECT {_LEDGER_COLUMNS} FROM staged JOIN fresh USING (request_id)
+    SELECT {_LEDGER_COLUMNS} FROM staged, once
     RETURNING id, organization_id, user_id, created_at, input_tokens, output_tokens, total_tokens, cost
 )"""
 _RECORD_TOTALS = """
@@ -148,7 +147,7 @@ class Alongside:
     """A caller's own writes, run in the ledger row's statement (a round trip fewer):
     data-modifying CTEs with named parameters `%(aN)s`, the last named `alongside`, whose rows
     are counted in the answer. The ledger row is written either way (a request id already
-    recorded is skipped, as always). The names staged, fresh, written and recorded are the ledger's."""
+    recorded is skipped, as always). The names staged, once, written and recorded are the ledger's."""
 
     sql: str
     params: dict
@@ -439,7 +438,7 @@ def _record_one(alongside: Alongside | None, alone_as: UUID | None, fields: dict
     """One call's ledger row written: (what `alongside` counted, the row's id or None, the staged row)."""
     now, batch = timezone.now(), next(_batches)
     row = _staged(batch, 0, now, **fields)
-    counted, ids = _ledger_write([row], batch=batch, now=now, alongside=alongside, alone_as=alone_as)
+    counted, ids = _ledger_write([row], batch=batch, alongside=alongside, alone_as=alone_as)
     return counted, (ids[0] if ids else None), row
 
 
@@ -451,11 +450,11 @@ def usage_record_batch(*, records: list[dict]) -> int:
     first = {}
     for row in rows:  # a request id repeated in the batch: its first call counts
         first.setdefault(row[_REQUEST_ID], row)
-    return len(_ledger_write(list(first.values()), batch=batch, now=now)[1]) if rows else 0
+    return len(_ledger_write(list(first.values()), batch=batch)[1]) if rows else 0
 
 
 def _ledger_write(
-    rows: list[tuple], *, batch: int, now: datetime, alongside: Alongside | None = None, alone_as: UUID | None = None
+    rows: list[tuple], *, batch: int, alongside: Alongside | None = None, alone_as: UUID | None = None
 ) -> tuple[int, list[int]]:
     """Dedupe and write the staged rows with one INSERT ... SELECT: a batch from a temporary
     table it was COPYed into (COPY cannot write to a table under row-level security), a single
@@ -466,7 +465,7 @@ def _ledger_write(
     connection = connections[alias]
     single = len(rows) == 1
     if single:  # one call: the same statement every time, prepared per connection
-        params = {f"c{i}": value for i, value in enumerate(rows[0])} | {"now": now}
+        params = {f"c{i}": value for i, value in enumerate(rows[0])}
         sql = _RECORD_ONE_SQL if alongside is None else _record_one_alongside_sql(alongside.sql)
         params = params if alongside is None else params | alongside.params
         if alone_as is not None:
@@ -476,7 +475,7 @@ def _ledger_write(
                 _count_live(_ledger_totals(written))
                 return counted, [i for *_, row_ids in written for i in row_ids]
             with rls.atomic_as(alone_as):
-                return _ledger_write(rows, batch=batch, now=now, alongside=alongside)
+                return _ledger_write(rows, batch=batch, alongside=alongside)
     # No savepoint (two round trips fewer): a failed write rolls the caller's transaction back whole.
     with transaction.atomic(using=alias, savepoint=False), prepared_cursor(alias) if single else connection.cursor() as cur:
         if single:
@@ -484,7 +483,7 @@ def _ledger_write(
             counted, written = _ledger_answer(cur.fetchall(), alongside)
         else:
             _staged_copy(cur, connection, alias, rows)
-            cur.execute(_RECORD_SQL, {"now": now, "batch": batch})
+            cur.execute(_RECORD_SQL, {"batch": batch})
             counted, written = 0, cur.fetchall()
         totals = _ledger_totals(written)
         transaction.on_commit(lambda: _count_live(totals), using=alias)

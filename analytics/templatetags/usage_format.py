@@ -13,11 +13,18 @@ def tokens(value) -> str:
     return f"{int(value or 0):,}"
 
 
+FOUR_PLACES = Decimal("0.0001")
+
+
 @register.filter
 def usd(value) -> str:
-    """Dollars to the cent; amounts under a cent keep four places so they do not read as $0.00."""
+    """Dollars to the cent; amounts under a cent keep four places so they do not read as $0.00,
+    and those that four places would round to zero show down to their first significant digit
+    ($0.000003): an amount that is not zero never reads as one."""
     amount = Decimal(value or 0)
     if amount and abs(amount) < Decimal("0.01"):
+        if amount.quantize(FOUR_PLACES) == 0:  # rounded to its first significant digit instead
+            return f"${amount.quantize(Decimal(1).scaleb(amount.adjusted())).normalize():f}"
         return f"${amount:.4f}"
     return f"${amount:,.2f}"
 

@@ -6,6 +6,7 @@ import html
 import json
 import re
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from django.db import connections
@@ -14,6 +15,7 @@ from django.test.utils import CaptureQueriesContext
 from analytics import counters, selectors, services
 from analytics.templatetags.usage_format import tokens, usd
 from analytics.tests.usage_data import ledger_totals, month_start, record, usage_world
+from config.db import rls
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -163,3 +165,43 @@ def test_staff_dashboard_query_count(client, world, django_assert_num_queries):
     # provider), the 30 days, the API log's hours, COMMIT, RESET ALL.
     with django_assert_num_queries(9, using="privileged"):
         client.get(STAFF)
+
+
+def test_a_cost_under_a_twentieth_of_a_cent_does_not_read_as_zero():
+    """The usage page shows costs through the `usd` filter, whose promise is that "amounts under a
+    cent keep four places so they do not read as $0.00". A user who sent one short message to a
+    cheap model (20 tokens of gpt-4o-mini: $0.000003) sees "Cost this month: $0.0000": a zero, the
+    same as an idle month. Now: "$0.0000". Should: a figure that is not zero (its significant
+    digits, e.g. "$0.000003", or "< $0.0001")."""
+    for amount in ("0.000003", "0.00004"):
+        shown = usd(Decimal(amount))
+        assert any(digit in shown for digit in "123456789") or "<" in shown, f"{amount} USD is shown as {shown}"
+
+
+def test_a_plan_with_a_zero_spend_budget_is_not_shown_as_having_no_budget(client):
+    """An organization's plan may set a limit of 0 (the admin allows it: MinValueValidator(0)), e.g.
+    a monthly spend budget of $0.00: every priced call is then refused ("spend"). The usage page's
+    "By member" section shows the organization's limits with `{% if limit %}`, so 0 reads as
+    "No spend budget on this plan" (and 0 tokens as "No limit on this plan"), the opposite of what
+    holds; the billing page says "0.00 USD". Now: "No spend budget on this plan". Should: "of $0.00
+    this month" with a full meter (`limit is not None`)."""
+    from accounts import services as accounts_services
+    from accounts.tests.factories import make_user
+    from billing.tests.factories import put_on_plan
+    from billing.tests.test_reservations import _plan
+
+    owner = make_user(email="zero-owner@example.com", display_name="Zed")
+    with rls.privileged(reason="test: organization"):
+        organization = accounts_services.organization_create(user=owner, name="Zero Co")
+    put_on_plan(organization, _plan("zero-budget", monthly_spend=Decimal("0.00"), monthly_tokens=0))
+    client.force_login(owner)
+    response = client.get("/usage/", {"organization": str(organization.pk)})
+    assert response.status_code == 200
+    content = response.content.decode()
+    section = content.split('data-testid="organization-limits"', 1)[1].split('<div class="table-wrap">', 1)[0]
+    stats = {block.split("</div>", 1)[0]: block for block in section.split('<div class="stat-label">')[1:]}
+    assert "No limit on this plan" in stats["Messages this month"]  # no message limit: said right
+    assert "No limit on this plan" not in stats["Tokens this month"], stats["Tokens this month"]
+    assert "No spend budget on this plan" not in stats["Spend this month"], stats["Spend this month"]
+    assert "of $0.00 this month" in stats["Spend this month"] and "of 0 this month" in stats["Tokens this month"]
+    assert all("width: 100%" in stats[label] for label in ("Spend this month", "Tokens this month"))  # reached from the start

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -13,6 +14,7 @@ import psycopg
 import pytest
 from django.conf import settings
 from django.db import connections, transaction
+from django.db.migrations.executor import MigrationExecutor
 from django_redis import get_redis_connection
 
 from analytics import counters, services
@@ -20,6 +22,7 @@ from analytics.errors import UsageInvalid
 from analytics.models import TokenUsage
 from analytics.tests.factories import make_member, usage_fields
 from config.db import rls
+from config.tests.races import on_a_thread
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -400,6 +403,50 @@ def test_reconciliation_keeps_increments_that_land_while_it_runs():
     assert drift == []
 
 
+def test_a_counter_repaired_while_a_calls_increment_is_in_flight_counts_the_call_once(monkeypatch):
+    """A user's live counters exist. A call's ledger row commits; its counter increment (sent after
+    the commit, held until the reservation settles) is delayed: a worker paused by GC or a CPU-starved
+    box, a slow Redis round trip. The hourly counters_reconcile sees the same drift twice,
+    SETTLE_SECONDS apart, and adds it. Then the increment arrives and is added too: the counter
+    reads the call twice, forever (every later repair measures from there only if the drift is seen
+    again; the plan limit is reached early). A rebuilt counter already guards against this with the
+    snapshot it read ('seen'); a repair should do the same (record the snapshot its ledger read saw,
+    so an increment of a transaction it counted is not added again).
+    Now: the live counter is the ledger plus one call. Should: equal the ledger."""
+    user, org = make_member()
+    counters.counters_read(scope="user", owner_id=user.pk)  # both counters exist, as on a busy day
+    counters.counters_read(scope="org", owner_id=org)
+    monkeypatch.setattr(counters, "SETTLE_SECONDS", 0.05)
+    committed, repaired = threading.Event(), threading.Event()
+    original = services._count_live
+
+    def delayed(totals):
+        committed.set()  # the ledger row is committed; its increment is in flight
+        assert repaired.wait(30)
+        original(totals)
+
+    monkeypatch.setattr(services, "_count_live", delayed)
+    errors = []
+
+    def call():
+        with transaction.atomic():
+            _as(user)
+            services.usage_record(**usage_fields(user, org))
+
+    thread = on_a_thread(call, errors)
+    assert committed.wait(30)
+    fixed = counters.counters_reconcile()
+    repaired.set()
+    thread.join(30)
+    assert not errors, errors
+    assert len(fixed) == 2  # both counters were missing the committed call
+    for scope, owner in (("user", user.pk), ("org", org)):
+        live = counters.counters_read(scope=scope, owner_id=owner)
+        truth = counters.usage_from_database(scope=scope, owner_id=owner, month=counters.month_of())
+        assert truth.calls == 1
+        assert live == truth, f"{scope} counter {live} != ledger {truth}: the call was counted twice"
+
+
 def test_request_ids_are_forgotten_after_the_dedupe_window_and_remembered_within_it():
     user, org = make_member()
     now = datetime.now(UTC)
@@ -426,3 +473,81 @@ def test_request_ids_are_forgotten_after_the_dedupe_window_and_remembered_within
         _as(user)
         assert services.usage_record(**recent) is None  # a retry inside the window still records nothing
     assert services.usage_requests_prune() == 0
+
+
+def test_the_web_role_cannot_make_its_own_call_unmetered_by_pre_recording_its_request_id(raw_app_connection):
+    """The ledger is append-only for the web role (UPDATE and DELETE revoked, rows only for its own
+    user), so that SQL run as that role cannot make usage disappear. But the ledger's once-only
+    table, analytics_usagerequest, has no row-level security and the web role may INSERT any id
+    into it (and SELECT every tenant's ids and times). A call's request id is known to its user
+    while the call runs (the gateway's `chatcmpl-<request_id>`, in the first chunk of a stream; the
+    reply's metadata): inserting it first makes usage_record skip the call as "already recorded".
+    The call is answered and never metered: no ledger row, no counter, no rollup, no bill.
+    Now: the raw INSERT succeeds and usage_record records nothing. Should: the web role cannot
+    write request ids except through the ledger write (e.g. a SECURITY DEFINER function, or a
+    policy tying the id to a ledger row written in the same statement), and cannot read other
+    tenants' ids; the call is metered."""
+    alice, alice_org = make_member()
+    request_id = uuid.uuid4().hex  # the id of alice's call in progress, as the gateway shows it
+    with raw_app_connection.cursor() as cur:
+        cur.execute("SELECT set_config('app.user_id', %s, false)", [str(alice.pk)])
+        try:
+            cur.execute("INSERT INTO analytics_usagerequest (request_id, created_at) VALUES (%s, now())", [request_id])
+            raw_app_connection.commit()
+        except psycopg.Error:
+            raw_app_connection.rollback()
+    with transaction.atomic():
+        _as(alice)
+        services.usage_record(**usage_fields(alice, alice_org, request_id=request_id, input_tokens=5000, output_tokens=2000))
+    metered = TokenUsage.objects.using("privileged").filter(request_id=request_id).count()
+    assert metered == 1, "the call was answered and never metered: its request id was pre-recorded by the web role"
+
+
+def test_request_ids_are_recorded_only_with_their_ledger_row(raw_app_connection):
+    """The web role reads no request ids, cannot run the trigger that records them, and a ledger
+    row that its row-level security refuses records no id: the call of that id is still metered."""
+    alice, alice_org = make_member()
+    bob, bob_org = make_member()
+    with transaction.atomic():
+        _as(bob)
+        services.usage_record(**usage_fields(bob, bob_org))
+    request_id = uuid.uuid4().hex
+    refused = (
+        "SELECT count(*) FROM analytics_usagerequest",
+        "SELECT analytics_tokenusage_request_once()",
+        "WITH once AS (SELECT set_config('confab.ledger_once', 'on', true)) "
+        "INSERT INTO analytics_tokenusage (created_at, user_id, organization_id, provider, model, input_tokens, output_tokens, "
+        "total_tokens, input_price, output_price, cost, request_id) "
+        f"SELECT now(), '{bob.pk}', '{bob_org}', 'openai', 'm', 0, 0, 0, 0, 0, 0, '{request_id}' FROM once",
+    )
+    with raw_app_connection.cursor() as cur:
+        for statement in refused:
+            cur.execute("SELECT set_config('app.user_id', %s, false)", [str(alice.pk)])
+            with pytest.raises(psycopg.Error):
+                cur.execute(statement)
+            raw_app_connection.rollback()
+    with transaction.atomic():
+        _as(bob)
+        assert services.usage_record(**usage_fields(bob, bob_org, request_id=request_id)) is not None
+
+
+def _request_ids_guarded() -> tuple:
+    """(the app role may read or write request ids, the ledger's trigger records them)."""
+    with connections["owner"].cursor() as cur:
+        cur.execute(
+            "SELECT has_table_privilege(%s, 'analytics_usagerequest', 'SELECT, INSERT'), "
+            "EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'analytics_tokenusage_request_once')",
+            [settings.DATABASES["default"]["USER"]],
+        )
+        return cur.fetchone()
+
+
+def test_the_request_id_migration_reverses_and_applies_again():
+    executor = MigrationExecutor(connections["owner"])
+    leaves = [key for key in executor.loader.graph.leaf_nodes() if key[0] == "analytics"]
+    executor.migrate([("analytics", "0010_audit_log_moves_between_partitions")])
+    try:
+        assert _request_ids_guarded() == (True, False)
+    finally:
+        MigrationExecutor(connections["owner"]).migrate(leaves)
+    assert _request_ids_guarded() == (False, True)

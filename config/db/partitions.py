@@ -98,6 +98,10 @@ def _partition_create(cur, table: str, start: date) -> str:
     end = month_add(start, 1)
     default = f"{table}_default"
     bounds = [f"{start.isoformat()} 00:00:00+00", f"{end.isoformat()} 00:00:00+00"]
+    # Writers wait from here to the commit, then route to the new partition: a row of the month reaching
+    # the default before the attach would fail it, and one routed there with only the default locked
+    # fails its own check after it. ACCESS EXCLUSIVE (PARTITION OF's own lock): none to upgrade, no deadlock.
+    cur.execute(f"LOCK TABLE {_q(table)} IN ACCESS EXCLUSIVE MODE")
     cur.execute(f"SELECT 1 FROM {_q(default)} WHERE created_at >= %s AND created_at < %s LIMIT 1", bounds)
     if cur.fetchone() is None:
         cur.execute(f"CREATE TABLE {_q(name)} PARTITION OF {_q(table)} FOR VALUES FROM ('{bounds[0]}') TO ('{bounds[1]}')")

@@ -2,14 +2,17 @@
 
 import threading
 import time
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connections, transaction
 
-from config.db import partitions
+from analytics import services
+from analytics.tests.factories import make_member, usage_fields
+from config.db import partitions, rls
+from config.tests.races import on_a_thread, until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 TABLE = "test_parted_log"
@@ -138,3 +141,94 @@ def test_two_concurrent_ensures_create_each_partition_once(parted_table):
 def test_partitions_command_refuses_bad_input(args, message):
     with pytest.raises(CommandError, match=message):
         call_command("partitions", *args)
+
+
+# --- A month's partition made while the ledger is being written -----------------------------
+
+LEDGER = ("analytics_tokenusage", "analytics_tokenusage_default")
+
+
+def _free_month() -> date:
+    """A month far ahead with no ledger partition yet (partitions made by earlier runs persist)."""
+    existing = {p.start for p in partitions.partitions_list("analytics_tokenusage") if not p.is_default}
+    month = date(2040, 1, 1)
+    while month in existing:
+        month = partitions.month_add(month, 1)
+    return month
+
+
+def _waiting_on(*relations: str) -> int:
+    with connections["owner"].cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = ANY (%s::regclass[])", [list(relations)])
+        return cur.fetchone()[0]
+
+
+def _metered(user, org, moment, written=None, release=None):
+    """A call of `moment` metered by `user`; with the events, held uncommitted until released."""
+    with transaction.atomic():
+        rls.context_set(user_id=user.pk)
+        services.usage_record(**usage_fields(user, org, created_at=moment))
+        if written is not None:
+            written.set()
+            assert release.wait(30)
+
+
+def _upkeep_racing_calls(*, late_call_while_waiting: bool) -> tuple[list, list, str]:
+    """A month's call already in the default partition, a second one uncommitted when the upkeep
+    starts (and, if asked, a third metered while the upkeep waits); returns (errors, created, name)."""
+    user, org = make_member()
+    month = _free_month()
+    moment = datetime(month.year, month.month, 15, 12, tzinfo=UTC)
+    _metered(user, org, moment)  # already in the default
+    written, release = threading.Event(), threading.Event()
+    errors, created = [], []
+    writer = on_a_thread(lambda: _metered(user, org, moment + timedelta(hours=1), written, release), errors)
+    assert written.wait(30)
+    keeper = on_a_thread(lambda: created.extend(partitions.partition_ensure("analytics_tokenusage", months_ahead=0)), errors)
+    until(lambda: _waiting_on(*LEDGER) >= 1, "the upkeep waits for the writer's locks on the ledger")
+    threads = [writer, keeper]
+    if late_call_while_waiting:
+        threads.append(on_a_thread(lambda: _metered(user, org, moment + timedelta(hours=2)), errors))
+        until(lambda: _waiting_on(*LEDGER) >= 2, "the third call waits behind the upkeep")
+    release.set()
+    for thread in threads:
+        thread.join(30)
+    return errors, created, partitions.partition_name("analytics_tokenusage", month)
+
+
+def _rows_in(relation: str) -> int:
+    with connections["owner"].cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM {relation}")
+        return cur.fetchone()[0]
+
+
+def test_partition_upkeep_succeeds_while_a_call_of_that_month_is_being_metered():
+    """A month's partition is missing (the beat was down over the month's change, or a partition
+    was never made ahead): its calls go to analytics_tokenusage_default. partition_ensure then
+    creates the month and moves its rows out of the default before ATTACH. But it does not stop
+    writers meanwhile: a call metered at that moment (uncommitted when the move ran, committed
+    before ATTACH got its lock) stays in the default partition, and ATTACH fails on it ("updated
+    partition constraint for default partition would be violated"). Under steady traffic every daily
+    upkeep fails the same way, and the default partition keeps growing with the month's rows.
+    Now: partition_ensure raises (IntegrityError, check violation). Should: lock the default
+    partition against inserts before the move (LOCK TABLE ... IN SHARE ROW EXCLUSIVE MODE), so the
+    late call waits and then goes into the new partition."""
+    errors, created, name = _upkeep_racing_calls(late_call_while_waiting=False)
+    assert errors == [], f"partition upkeep failed: {errors!r}"
+    assert name in created
+    assert _rows_in("analytics_tokenusage_default") == 0
+    assert _rows_in(name) == 2
+
+
+def test_a_call_metered_while_the_partition_upkeep_waits_goes_into_the_new_partition():
+    """As above, and a third call of that month is metered while the upkeep waits for the second.
+    With only the default partition locked, that call routes its row to the default (the month has
+    no partition yet), waits for the lock there, and fails its own partition check once the upkeep
+    has attached the month ("new row for relation ... violates partition constraint"): every call
+    of the month metered during the move fails. The upkeep locks the ledger itself, so such a call
+    waits before routing and then goes into the new partition."""
+    errors, created, name = _upkeep_racing_calls(late_call_while_waiting=True)
+    assert errors == [], f"a call metered during the upkeep failed: {errors!r}"
+    assert name in created
+    assert _rows_in("analytics_tokenusage_default") == 0
+    assert _rows_in(name) == 3

@@ -18,7 +18,7 @@ ALLOWLIST = {
     "django_session": ("Django's session table, unused since sessions moved to accounts_session (accounts 0007)", ()),
     "accounts_session": ("sessions by key hash; forced RLS with no policy, reached only through accounts_session_* functions", ()),
     "analytics_rollupwatermark": ("rollup bookkeeping written by the worker role; no user data", ()),
-    "analytics_usagerequest": ("request ids already metered (idempotency), insert-only; no user data", ("SELECT", "INSERT")),
+    "analytics_usagerequest": ("metered request ids (once-only); forced RLS, no policy, no app grant; the ledger trigger writes them", ()),
     "analytics_reconciliationreport": ("staff-only platform data (provider bill vs ledger); forced RLS, no policy, no app grant", ()),
     "analytics_reconciliationline": ("staff-only platform data (a reconciliation report's lines); forced RLS, no policy, no app grant", ()),
 }
