@@ -36,6 +36,7 @@ from accounts.serializers import (
 from accounts.session_store import session_digest
 from config.api.errors import error_responses
 from config.api.inputs import validated_body
+from config.db import rls
 from config.http import site_url
 
 READ, WRITE = ApiKey.Scope.ACCOUNT_READ.value, ApiKey.Scope.ACCOUNT_WRITE.value
@@ -248,6 +249,7 @@ class ApiKeyDetailApi(APIView):
 # --- Provider credentials ---------------------------------------------------------------
 
 
+@rls.own_transactions("POST")  # a base URL's host is looked up (config.outbound), perhaps slowly: no transaction held across it
 class ProviderCredentialListApi(APIView):
     required_scopes = ACCOUNT_SCOPES
     pagination_class = api_settings.DEFAULT_PAGINATION_CLASS
@@ -264,7 +266,8 @@ class ProviderCredentialListApi(APIView):
     )
     def post(self, request):
         data = validated_body(ProviderCredentialIn, request)
-        replacing = selectors.provider_credential_exists(user=request.user, provider=data["provider"])
+        with rls.atomic_as(request.user.pk):
+            replacing = selectors.provider_credential_exists(user=request.user, provider=data["provider"])
         credential = services.provider_credential_set(user=request.user, **data)
         return Response(ProviderCredentialOut(credential).data, status=status.HTTP_200_OK if replacing else status.HTTP_201_CREATED)
 

@@ -41,7 +41,9 @@ def provider_key_validate(*, provider: str, api_key: str, base_url: str = "") ->
 def provider_credential_set(
     *, user: User, provider: str, api_key: str = "", access_type: str = ProviderCredential.AccessType.USER_API_KEY, base_url: str = ""
 ) -> ProviderCredential:
-    """Add or replace the user's credential for a provider; the key is encrypted and masked."""
+    """Add or replace the user's credential for a provider; the key is encrypted and masked. A
+    base URL's host is looked up first, before the transaction: callers hold none across it
+    (rls.own_transactions), as a slow nameserver would keep a pooled connection waiting."""
     if provider not in ProviderCredential.Provider.values:
         raise MalformedProviderKey(f"Unknown provider '{provider}'.")
     if access_type not in ProviderCredential.AccessType.values:
@@ -53,7 +55,7 @@ def provider_credential_set(
     if access_type == ProviderCredential.AccessType.USER_API_KEY:
         key = provider_key_validate(provider=provider, api_key=api_key, base_url=base_url)
         ciphertext, mask = secret_encrypt(key), secret_mask(key)
-    with rls.atomic():
+    with rls.atomic_as(user.pk):
         credential, _ = ProviderCredential.objects.update_or_create(
             user=user,
             provider=provider,

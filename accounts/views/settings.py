@@ -17,6 +17,7 @@ from accounts.forms import ApiKeyCreateForm, PreferencesForm, ProfileForm, Provi
 from accounts.models import ApiKey
 from accounts.session_store import session_digest
 from accounts.views._common import _htmx_redirect, _is_htmx
+from config.db import rls
 from config.errors import ApplicationError
 
 
@@ -58,6 +59,7 @@ def preferences(request):
     return render(request, "accounts/settings/preferences.html", {"form": form}, status=400 if form.errors else 200)
 
 
+@rls.own_transactions("POST")  # a base URL's host is looked up (config.outbound), perhaps slowly: no transaction held across it
 @login_required
 @require_http_methods(["GET", "POST"])
 def credentials(request):
@@ -70,8 +72,9 @@ def credentials(request):
         else:
             messages.success(request, f"{credential.get_provider_display()} key saved.")
             return redirect("settings:credentials")
-    context = {"form": form, "credentials": selectors.provider_credential_list(user=request.user)}
-    return render(request, "accounts/settings/credentials.html", context, status=400 if form.errors else 200)
+    with rls.atomic_as(request.user.pk):  # a POST holds no request transaction (own_transactions)
+        context = {"form": form, "credentials": selectors.provider_credential_list(user=request.user)}
+        return render(request, "accounts/settings/credentials.html", context, status=400 if form.errors else 200)
 
 
 @login_required
