@@ -50,6 +50,8 @@ class UserChangeAdminForm(StorableJSONForm):
         fields = ["email"]  # the admin's fieldsets name the rest (never the password hash)
 
     def clean_email(self):
+        if "email" not in self.changed_data:  # the stored address, kept as it is (it may predate today's spelling rules)
+            return self.instance.email
         try:
             return User.objects.normalize_email_checked(self.cleaned_data["email"])
         except ValidationError as exc:

@@ -519,11 +519,11 @@ def reservations_expire() -> int:
         return 0
     by_owner: dict[str, list[str]] = {}
     for member in due:
-        owner, _, reservation = (member.decode() if isinstance(member, bytes) else member).rpartition(":")
-        by_owner.setdefault(owner, []).append(reservation)
+        # <month>:<organization>:<reservation>; a restored hold's id has colons of its own (call:<request id>).
+        month_text, organization_id, reservation = (member.decode() if isinstance(member, bytes) else member).split(":", 2)
+        by_owner.setdefault((month_text, organization_id), []).append(reservation)
     released = 0
-    for owner, reservations in by_owner.items():
-        month_text, organization_id = owner.split(":")
+    for (month_text, organization_id), reservations in by_owner.items():
         month = date(int(month_text[:4]), int(month_text[4:]), 1)
         held, due_key, every_due, prefix = _reservation_keys(organization_id, month)
         # A call checked late in one month may be metered early in the next: both months' counters
