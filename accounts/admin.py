@@ -20,7 +20,7 @@ from django.utils.html import format_html
 from accounts import services
 from accounts.errors import MalformedProviderKey, OrganizationRuleBroken
 from accounts.models import ApiKey, Integration, Invitation, Membership, Organization, Preferences, ProviderCredential, User, UserSession
-from accounts.services.organizations import _personal_workspace_keeps_its_user, invitations_sent_withdrawn
+from accounts.services.organizations import invitations_sent_withdrawn, personal_workspace_keeps_its_user
 from config.admin import ReadOnlyAdmin, StorableJSONForm
 from config.outbound import base_url_refusal
 
@@ -187,7 +187,7 @@ class MembershipFormSet(forms.BaseInlineFormSet):
             if data.get("DELETE") or "user" in form.changed_data or ("role" in form.changed_data and data.get("role") != owner):
                 # Removed, given to someone else or demoted: refused for a personal workspace's own user, as the services do.
                 try:
-                    _personal_workspace_keeps_its_user(Membership(organization=self.instance, user_id=form.initial.get("user")))
+                    personal_workspace_keeps_its_user(Membership(organization=self.instance, user_id=form.initial.get("user")))
                 except OrganizationRuleBroken as exc:
                     raise forms.ValidationError(exc.message) from None
 

@@ -293,7 +293,7 @@ def invitations_sent_withdrawn(membership: Membership, *, new_role: str | None =
     (pending if granting is None else pending.filter(role__in=granting)).update(revoked_at=timezone.now())
 
 
-def _personal_workspace_keeps_its_user(membership: Membership) -> None:
+def personal_workspace_keeps_its_user(membership: Membership) -> None:
     """Whoever else is let into a personal workspace, as owner even, cannot take it from the user
     it was made for (who cannot leave it either)."""
     organization = membership.organization
@@ -311,7 +311,7 @@ def membership_role_change(*, actor: User, membership: Membership, role: str) ->
         if Membership.Role.OWNER in (role, membership.role) and actor_membership.role != Membership.Role.OWNER:
             raise NotAllowed("Only owners can make or unmake owners.")
         if role != Membership.Role.OWNER:
-            _personal_workspace_keeps_its_user(membership)
+            personal_workspace_keeps_its_user(membership)
         if membership.role == Membership.Role.OWNER and role != Membership.Role.OWNER:
             _another_owner_remains(membership, "An organization needs at least one owner: make someone else owner first.")
         invitations_sent_withdrawn(membership, new_role=role)
@@ -327,7 +327,7 @@ def membership_remove(*, actor: User, membership: Membership) -> None:
     with rls.atomic():
         actor_membership = _require_admin(actor, membership.organization, lock=True, target=membership)
         membership = _as_it_is_now(membership)
-        _personal_workspace_keeps_its_user(membership)
+        personal_workspace_keeps_its_user(membership)
         if membership.role == Membership.Role.OWNER:
             if actor_membership.role != Membership.Role.OWNER:
                 raise NotAllowed("Only owners can remove an owner.")

@@ -54,6 +54,22 @@ def make_plans() -> dict[str, Plan]:
         return {slug: Plan.objects.update_or_create(slug=slug, defaults=values)[0] for slug, values in PLANS.items()}
 
 
+def plan_with_limits(slug: str, **limits) -> Plan:
+    """A plan with no limit but the ones given (and the tier's other fields at their defaults)."""
+    values = {
+        "name": slug.title(),
+        "monthly_tokens": None,
+        "monthly_messages": None,
+        "requests_per_minute": None,
+        "max_conversations": None,
+        "allowed_providers": [],
+        "allowed_models": [],
+        **limits,
+    }
+    with rls.privileged(reason="test factory: a plan with chosen limits"):
+        return Plan.objects.update_or_create(slug=slug, defaults=values)[0]
+
+
 def organization_of(user) -> Organization:
     with rls.privileged(reason="test factory"):
         return Membership.objects.select_related("organization").get(user=user, organization__is_personal=True).organization

@@ -23,19 +23,13 @@ from analytics.services import usage_record
 from billing import services
 from billing.models import Plan
 from billing.services import entitlement_check, reservation_settle, reservations_expire
-from billing.tests.factories import organization_of, put_on_plan
+from billing.tests.factories import organization_of, plan_with_limits, put_on_plan
 from config import embedded
 from config.db import rls
 from config.errors import ApplicationError
 
 pytestmark = pytest.mark.django_db(transaction=True)
 FORK = multiprocessing.get_context("fork")
-
-
-def _plan(slug: str, **limits) -> Plan:
-    values = {"name": slug.title(), "monthly_tokens": None, "monthly_messages": None, "requests_per_minute": None, **limits}
-    with rls.privileged(reason="test: a plan with one limit"):
-        return Plan.objects.update_or_create(slug=slug, defaults=values)[0]
 
 
 def _member(plan: Plan):
@@ -139,10 +133,10 @@ def _race(user, org) -> list[tuple]:
 @pytest.mark.parametrize("budget", ["tokens", "spend"])
 def test_50_processes_racing_for_the_last_percent_never_exceed_it_and_leave_nothing_open(budget):
     if budget == "tokens":
-        plan = _plan("race-tokens", monthly_tokens=1_000_000)
+        plan = plan_with_limits("race-tokens", monthly_tokens=1_000_000)
         limit, used = 1_000_000, 990_000  # 10,000 left: five reservations at a time
     else:
-        plan = _plan("race-spend", monthly_spend=Decimal("10.00"))
+        plan = plan_with_limits("race-spend", monthly_spend=Decimal("10.00"))
         limit, used = counters.cost_units(Decimal("10.00")), counters.cost_units(Decimal("9.90"))  # $0.10 left
     user, org = _member(plan)
     if budget == "tokens":
@@ -198,7 +192,7 @@ def _reserve_and_die(user, org) -> str:
 
 def test_a_killed_workers_reservation_is_released_after_the_timeout(settings):
     settings.ENTITLEMENT_RESERVATION_TIMEOUT = 1
-    user, org = _member(_plan("killed", monthly_tokens=10_000))
+    user, org = _member(plan_with_limits("killed", monthly_tokens=10_000))
     _record(user, org, input_tokens=1_000)
 
     _reserve_and_die(user, org)
@@ -224,7 +218,7 @@ def test_a_killed_workers_reservation_is_released_after_the_timeout(settings):
 
 
 def test_a_refused_check_reserves_nothing_and_settling_twice_releases_once():
-    user, org = _member(_plan("small", monthly_tokens=10_000))
+    user, org = _member(plan_with_limits("small", monthly_tokens=10_000))
     first = _check(user, org, estimated_tokens=2_000, max_output_tokens=4_000)
     assert first.allowed and _open(org) == {"tokens": 6_000, "cost": 0, "calls": 1, "global": 1}
     second = _check(user, org, estimated_tokens=0, max_output_tokens=4_000)  # exactly the rest
@@ -245,7 +239,7 @@ def test_a_refused_check_reserves_nothing_and_settling_twice_releases_once():
 
 
 def test_open_reservations_count_against_the_message_limit():
-    user, org = _member(_plan("two-messages", monthly_messages=2))
+    user, org = _member(plan_with_limits("two-messages", monthly_messages=2))
     first, second = _check(user, org), _check(user, org)
     assert first.allowed and second.allowed
     refused = _check(user, org)
@@ -259,11 +253,11 @@ def test_open_reservations_count_against_the_message_limit():
 
 def test_the_output_cap_is_the_plans_or_the_setting_and_the_caller_may_ask_less(settings):
     settings.CHAT_MAX_OUTPUT_TOKENS = 3_000
-    user, org = _member(_plan("capped", monthly_tokens=10**9, max_output_tokens=2_000))
+    user, org = _member(plan_with_limits("capped", monthly_tokens=10**9, max_output_tokens=2_000))
     assert _check(user, org, estimated_tokens=10).max_output_tokens == 2_000
     assert _check(user, org, estimated_tokens=10, max_output_tokens=50_000).usage["reserved_tokens"] == 2_010
     assert _check(user, org, estimated_tokens=10, max_output_tokens=500).max_output_tokens == 500
-    other, other_org = _member(_plan("uncapped", monthly_tokens=10**9))
+    other, other_org = _member(plan_with_limits("uncapped", monthly_tokens=10**9))
     assert _check(other, other_org).max_output_tokens == 3_000
 
 
@@ -279,7 +273,7 @@ def test_the_output_cap_is_the_plans_or_the_setting_and_the_caller_may_ask_less(
     ],
 )
 def test_bad_reservation_input_is_a_clear_400(kwargs, field):
-    user, org = _member(_plan("small", monthly_tokens=10_000))
+    user, org = _member(plan_with_limits("small", monthly_tokens=10_000))
     with pytest.raises(ApplicationError) as raised:
         _check(user, org, **kwargs)
     assert raised.value.status_code == 400 and raised.value.extra["field"] == field
@@ -290,7 +284,7 @@ def test_bad_reservation_input_is_a_clear_400(kwargs, field):
 
 
 def test_redis_stopped_then_back_with_its_old_data_decides_from_the_ledger_then_rebuilds(settings):
-    user, org = _member(_plan("outage", monthly_tokens=10_000))
+    user, org = _member(plan_with_limits("outage", monthly_tokens=10_000))
     with tempfile.TemporaryDirectory(prefix="confab-r-") as tmp:
         sock = embedded.redis_start(Path(tmp), persist=True)
         settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"], "LOCATION": f"unix://{sock}?db=0"}}
@@ -320,7 +314,7 @@ def test_redis_stopped_then_back_with_its_old_data_decides_from_the_ledger_then_
 
 
 def test_increments_held_and_not_taken_are_sent_as_the_block_ends():
-    user, org = _member(_plan("held", monthly_tokens=10_000))
+    user, org = _member(plan_with_limits("held", monthly_tokens=10_000))
     counters.counters_read(scope="org", owner_id=org.pk)  # the counter exists: increments apply
     key = counters.counter_key("org", org.pk, counters.month_of())
     client = get_redis_connection("default")
@@ -334,7 +328,7 @@ def test_a_settlement_redis_does_not_answer_marks_the_held_increments_counters_u
     """The increments and the settlement go in one round trip: with Redis unreachable neither is
     known to have run, so the increments' counters are dropped at the next Redis call (rebuilt
     from the ledger) and the reservation is left to expire."""
-    user, org = _member(_plan("held-outage", monthly_tokens=10_000))
+    user, org = _member(plan_with_limits("held-outage", monthly_tokens=10_000))
     settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"], "LOCATION": f"unix://{tmp_path}/no-redis.sock?db=0"}}
     held = counters.HeldIncrements()
     held.add(counters.Increment(("usage:test:org", "usage:test:user"), ("total_tokens", 5)))
@@ -350,7 +344,7 @@ def test_a_settlement_redis_refuses_with_an_error_is_left_to_expire_and_its_incr
     """A Redis that answers but refuses writes (a replica after a failover: READONLY) must not
     fail the call after its ledger row committed: the reservation is left to expire and the
     increments' counters are dropped at the next Redis call."""
-    user, org = _member(_plan("held-readonly", monthly_tokens=10_000))
+    user, org = _member(plan_with_limits("held-readonly", monthly_tokens=10_000))
     entitlement = _check(user, org, estimated_tokens=10)
     assert entitlement.allowed and entitlement.reservation
     held = counters.HeldIncrements()
@@ -390,7 +384,7 @@ def test_an_entitlement_redis_refuses_writes_is_decided_from_the_database_never_
     """Redis answers but cannot store the counter rebuilt from the ledger (missing), or the
     reservation (there): the limits are decided from the database (degraded), not skipped for
     want of a counter, and the check does not fail."""
-    user, org = _member(_plan(f"refusing-{how[:3]}-{warm}", monthly_tokens=10_000))
+    user, org = _member(plan_with_limits(f"refusing-{how[:3]}-{warm}", monthly_tokens=10_000))
     _record(user, org, input_tokens=9_000)
     if warm:
         counters.counters_read(scope="org", owner_id=org.pk)

@@ -16,7 +16,7 @@ from accounts.tests.factories import make_user
 from analytics import counters
 from analytics.models import TokenUsage
 from billing.models import Plan
-from billing.tests.factories import organization_of, put_on_plan
+from billing.tests.factories import organization_of, plan_with_limits, put_on_plan
 from chat import services
 from chat.models import Conversation, Message
 from chat.providers import echo
@@ -28,21 +28,6 @@ from config.errors import QuotaExceeded
 
 pytestmark = pytest.mark.django_db(transaction=True)
 HELLO = {"model": "echo-1", "messages": [{"role": "user", "content": "hi"}]}
-
-
-def _plan(slug: str, **limits) -> Plan:
-    values = {
-        "name": slug.title(),
-        "monthly_tokens": None,
-        "monthly_messages": None,
-        "requests_per_minute": None,
-        "max_conversations": None,
-        "allowed_providers": [],
-        "allowed_models": [],
-        **limits,
-    }
-    with rls.privileged(reason="test: a plan with chosen limits"):
-        return Plan.objects.update_or_create(slug=slug, defaults=values)[0]
 
 
 def _member(plan: Plan):
@@ -72,7 +57,7 @@ def test_a_send_that_fits_the_spend_budget_at_the_plans_output_cap_is_not_refuse
 
     Should: the call is allowed (and reserves what a 10-token reply can cost)."""
     price_add(provider="echo", model="echo-dear", input_price="1", output_price="10")
-    user = _member(_plan("dear-capped", monthly_spend=Decimal("0.01"), max_output_tokens=10))
+    user = _member(plan_with_limits("dear-capped", monthly_spend=Decimal("0.01"), max_output_tokens=10))
     try:
         reply = services.message_send(user=user, content="hello", provider="echo", model="echo-dear")
     except QuotaExceeded as exc:
@@ -225,7 +210,7 @@ def test_a_call_still_running_from_a_redis_outage_holds_its_place_when_redis_ret
 
     Should: B is refused (402, monthly_messages) while A runs: a counter rebuilt from the ledger
     holds the organization's calls in progress again (billing.services.RESTORE_SCRIPT)."""
-    user = _member(_plan("two-messages", monthly_messages=2))
+    user = _member(plan_with_limits("two-messages", monthly_messages=2))
     services.message_send(user=user, content="the first of two")  # 1 used, Redis up
     embedded.redis_stop(own_redis)
     outcome = {}
@@ -243,7 +228,7 @@ def test_a_counter_rebuilt_while_a_reserved_call_runs_holds_that_call_once(catal
     and replies of at most 100, none used: A runs, holding about 105. B, wanting as much, must be
     allowed (0 + 105 + 105 <= 250): holding A again from the database as well would count it
     twice (315) and refuse B."""
-    user = _member(_plan("two-fifty-tokens", monthly_tokens=250, max_output_tokens=100))
+    user = _member(plan_with_limits("two-fifty-tokens", monthly_tokens=250, max_output_tokens=100))
     outcome = {}
     with _send_held_at_provider(user, monkeypatch, outcome):
         month = counters.month_of(timezone.now())

@@ -136,7 +136,7 @@ def test_staff_unticking_personal_on_a_users_workspace_does_not_leave_them_unabl
 
 def test_staff_cannot_take_a_personal_workspace_from_its_user_in_the_members_inline(staff, alice):
     """membership_role_change and membership_remove refuse to demote or remove the user a personal
-    workspace was made for (_personal_workspace_keeps_its_user: "A personal workspace stays its own
+    workspace was made for (personal_workspace_keeps_its_user: "A personal workspace stays its own
     user's"). The organization admin's Members inline checks only that an owner remains: staff add
     Bob as owner and delete Alice's row, it saves, and Alice no longer belongs to her own workspace
     (her new conversations have nowhere to be billed: 404). Correct: the inline refuses it with a

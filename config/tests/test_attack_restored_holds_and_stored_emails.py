@@ -9,9 +9,8 @@ from django.urls import reverse
 
 from accounts.models import Membership, User
 from accounts.tests.factories import make_user
-from billing.models import Plan
 from billing.services import RESERVATIONS_DUE_KEY, entitlement_check, reservations_expire
-from billing.tests.factories import organization_of, put_on_plan
+from billing.tests.factories import organization_of, plan_with_limits, put_on_plan
 from chat import services as chat_services
 from chat.models import PendingCall
 from config.cache import redis_client
@@ -26,21 +25,6 @@ def plans(django_db_blocker):
 
     with django_db_blocker.unblock():
         return make_plans()
-
-
-def _plan(slug: str, **limits) -> Plan:
-    values = {
-        "name": slug.title(),
-        "monthly_tokens": None,
-        "monthly_messages": None,
-        "requests_per_minute": None,
-        "max_conversations": None,
-        "allowed_providers": [],
-        "allowed_models": [],
-        **limits,
-    }
-    with rls.privileged(reason="test: a plan with chosen limits"):
-        return Plan.objects.update_or_create(slug=slug, defaults=values)[0]
 
 
 # --- 1. A restored hold of a call decided without Redis breaks the expiry task -----------------
@@ -64,7 +48,7 @@ def test_reservations_expire_survives_a_restored_hold_of_a_call_decided_without_
     split(":", 2)), returning 1."""
     user = make_user()
     organization = organization_of(user)
-    put_on_plan(organization, _plan("thousand-tokens", monthly_tokens=1000))
+    put_on_plan(organization, plan_with_limits("thousand-tokens", monthly_tokens=1000))
     price = next(p for p in chat_services.selectors.model_price_list() if p.provider == "echo")
     request_id = uuid.uuid4().hex
     with rls.privileged(reason="test: a gateway call decided while Redis was down, still running"):
