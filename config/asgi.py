@@ -8,7 +8,9 @@ from django.conf import settings
 from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.db import close_old_connections
 from django.http import FileResponse, HttpResponse, JsonResponse
+from django.http.cookie import parse_cookie
 from django.urls import set_script_prefix
 
 from config.collector import garbage_collector_tune
@@ -42,8 +44,9 @@ class OneHopASGIHandler(ResolveOnceMixin, ASGIHandler):
 
     Django spools any body to disk before a view sees it, however large, and uvicorn sets
     no bound: a body over its path's bound (declared, or counted as it arrives) is answered 413
-    before more of it is read: UPLOAD_BODY_MAX_BYTES on the upload paths (UPLOAD_PATHS),
-    REQUEST_BODY_MAX_BYTES on every other.
+    before more of it is read: UPLOAD_BODY_MAX_BYTES on the upload paths (UPLOAD_PATHS) for a
+    caller signed in (a session or an API key, checked first), REQUEST_BODY_MAX_BYTES on every
+    other request.
     """
 
     def __init__(self):  # not super().__init__(): that loads the chain in async mode
@@ -59,15 +62,20 @@ class OneHopASGIHandler(ResolveOnceMixin, ASGIHandler):
             await self.handle(scope, receive, send)
 
     async def handle(self, scope, receive, send):
-        upload = scope.get("path", "") in settings.UPLOAD_PATHS
-        limit = settings.UPLOAD_BODY_MAX_BYTES if upload else settings.REQUEST_BODY_MAX_BYTES
-        declared = dict(scope.get("headers") or ()).get(b"content-length", b"")
+        path, headers = scope.get("path", ""), dict(scope.get("headers") or ())
+        limit, signed_in = settings.REQUEST_BODY_MAX_BYTES, None
+        if path in settings.UPLOAD_PATHS:
+            # An upload's larger bound only for someone signed in, checked before its body is read.
+            signed_in = await sync_to_async(_caller_signed_in, thread_sensitive=True)(headers)
+            if signed_in:
+                limit = settings.UPLOAD_BODY_MAX_BYTES
+        declared = headers.get(b"content-length", b"")
         try:
             if declared.isdigit() and int(declared) > limit:
                 raise BodyTooLarge
             body_file = await self.read_body(_bounded(receive, limit))
         except BodyTooLarge:
-            await self.send_response(_too_large(scope.get("path", ""), limit), send)
+            await self.send_response(_too_large(path, limit, anonymous_upload=signed_in is False), send)
             return
         except RequestAborted:
             return
@@ -176,8 +184,23 @@ def _bounded(receive, limit: int):
     return bounded_receive
 
 
-def _too_large(path: str, limit: int) -> HttpResponse:
+def _caller_signed_in(headers: dict[bytes, bytes]) -> bool:
+    """accounts' check of the request's session cookie or API key, on the request's thread; the
+    connection it used goes back to the pool (no request_started follows a refused body)."""
+    from accounts.services import caller_signed_in  # at request time: the apps are loaded by then
+
+    try:
+        cookies = parse_cookie(headers.get(b"cookie", b"").decode("latin-1"))
+        authorization = headers.get(b"authorization", b"").decode("latin-1")
+        return caller_signed_in(session_key=cookies.get(settings.SESSION_COOKIE_NAME), authorization=authorization)
+    finally:
+        close_old_connections()
+
+
+def _too_large(path: str, limit: int, *, anonymous_upload: bool = False) -> HttpResponse:
     sentence = f"The request body is larger than {limit:,} bytes."
+    if anonymous_upload:
+        sentence += " Sign in (or send an API key) to upload a larger file."
     if path.startswith("/api/"):
         return JsonResponse({"message": sentence, "extra": {"code": "too_large"}}, status=413)
     if path.startswith("/v1/"):  # the OpenAI-compatible gateway answers in OpenAI's shape, which its SDKs read

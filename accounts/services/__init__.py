@@ -25,6 +25,7 @@ from accounts.services.organizations import (  # noqa: F401
 )
 from accounts.services.sessions import (  # noqa: F401
     ACTIVITY_WRITE_INTERVAL,
+    caller_signed_in,
     user_session_end,
     user_session_revoke,
     user_session_start,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import user_agents
+from django.contrib.auth import SESSION_KEY
 from django.utils import timezone
 
 from accounts.errors import NotAllowed
 from accounts.models import User, UserSession
-from accounts.session_store import session_cache_call, session_delete_by_digest, session_digest
+from accounts.session_store import SessionStore, session_cache_call, session_delete_by_digest, session_digest
 from config.db import rls
 from config.http import client_ip
 
@@ -67,3 +68,20 @@ def user_session_revoke(*, user: User, user_session: UserSession) -> None:
     with rls.atomic():
         user_session.ended_at = user_session.ended_at or timezone.now()
         user_session.save(update_fields=["ended_at"])
+
+
+def caller_signed_in(*, session_key: str | None, authorization: str) -> bool:
+    """Whether a request comes from someone signed in: a live API key (`Bearer ck_...`) or a
+    session with a user in it. Asked before an upload's body is read (config/asgi.py), so only
+    a known caller can make the server take a large file; the view still authenticates as ever."""
+    from accounts.services.api_keys import ApiKeyRejected, api_key_authenticate  # that module imports this one
+
+    parts = authorization.split()
+    if len(parts) == 2 and parts[0].lower() == "bearer":
+        try:
+            api_key_authenticate(raw_key=parts[1])
+        except ApiKeyRejected:
+            return False
+        return True
+    # SessionStore drops a malformed key (it then reads as an empty session).
+    return bool(session_key) and SessionStore(session_key).get(SESSION_KEY) is not None

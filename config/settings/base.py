@@ -375,7 +375,8 @@ CELERY_BEAT_SCHEDULE["chat-streams-close-stale"] = {"task": "chat.tasks.streams_
 # Import and export (chat/porting/): limits of one imported file (over one: refused, nothing imported).
 CHAT_IMPORT_MAX_BYTES = env.int("CHAT_IMPORT_MAX_BYTES", default=200 * 1024 * 1024)
 # Request bodies (config/asgi.py answers 413 past them, before reading more): an upload path's
-# the largest upload, an import, plus its form's framing; any other path's what Django reads of
+# the largest upload, an import, plus its form's framing, for a caller signed in (a session or an
+# API key, checked before the body is read); any other request's what Django reads of
 # a JSON or form body (DATA_UPLOAD_MAX_MEMORY_SIZE, Django's default written out) plus a little,
 # so an anonymous client cannot have hundreds of megabytes spooled to disk on any page.
 UPLOAD_PATHS = ("/chat/porting/", "/api/v1/imports")

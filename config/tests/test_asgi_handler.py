@@ -15,8 +15,10 @@ from unittest import mock
 import pytest
 from asgiref.sync import AsyncToSync, SyncToAsync, async_to_sync
 from asgiref.testing import ApplicationCommunicator
+from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 
+from accounts.tests.factories import make_user
 from config.asgi import OneHopASGIHandler
 from config.tests.asgi_scope import http_scope
 
@@ -102,10 +104,10 @@ def test_requests_reuse_a_thread_where_djangos_handler_starts_two_each():
     assert _thread_starts(ASGIHandler(), CHAIN_PATH, 5) == 1 + 10  # each request's thread, and one to join it
 
 
-async def _post(path: str, body_chunks, *, declared: int | None = None) -> tuple[int, bytes, int]:
+async def _post(path: str, body_chunks, *, declared: int | None = None, headers=()) -> tuple[int, bytes, int]:
     """POST the chunks (an iterator: more_body until it ends) to a fresh handler; the status,
     the response body, and how many chunks the handler read."""
-    headers = [(b"content-type", b"application/json")]
+    headers = [(b"content-type", b"application/json"), *headers]
     if declared is not None:
         headers.append((b"content-length", str(declared).encode()))
     scope = http_scope("POST", path, headers)
@@ -141,11 +143,56 @@ def test_a_body_over_the_limit_is_refused_as_it_arrives_without_reading_the_rest
     assert json.loads(body) == {"message": "The request body is larger than 2,097,152 bytes.", "extra": {"code": "too_large"}}
 
 
-def test_a_declared_length_over_the_limit_is_refused_before_any_of_the_body_is_read(settings):
+def _signed_in_cookie(client) -> tuple[bytes, bytes]:
+    client.force_login(make_user())
+    return b"cookie", f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}".encode()
+
+
+def test_a_declared_length_over_the_limit_is_refused_before_any_of_the_body_is_read(settings, client):
     settings.UPLOAD_BODY_MAX_BYTES = 2 * MIB  # the import page: an upload path
-    status, body, read = async_to_sync(_post)("/chat/porting/", iter([b"x" * MIB]), declared=10 * MIB)
+    cookie = _signed_in_cookie(client)
+    status, body, read = async_to_sync(_post)("/chat/porting/", iter([b"x" * MIB]), declared=10 * MIB, headers=[cookie])
     assert (status, read) == (413, 0)
     assert body.decode() == "The request body is larger than 2,097,152 bytes."
+
+
+def test_an_upload_path_takes_a_large_body_only_from_someone_signed_in(settings, client):
+    """An anonymous client POSTs 5 MiB to the import page. Was: the upload path's bound (201 MB by
+    default) held for anyone, so anyone could have hundreds of megabytes spooled to disk before
+    the page said they were not signed in. Should: without a live session or API key, the upload
+    path has every other path's bound; signed in, the upload's."""
+    settings.REQUEST_BODY_MAX_BYTES = 2 * MIB
+    five = [b"x" * MIB] * 5
+    status, body, read = async_to_sync(_post)("/chat/porting/", iter(five), declared=5 * MIB)
+    assert (status, read) == (413, 0)
+    assert body.decode() == "The request body is larger than 2,097,152 bytes. Sign in (or send an API key) to upload a larger file."
+    forged = (b"cookie", f"{settings.SESSION_COOKIE_NAME}={'a' * 32}".encode())  # well-formed, no such session
+    assert async_to_sync(_post)("/chat/porting/", iter(five), headers=[forged])[::2] == (413, 3)
+    # Signed in, the whole body is read and the page answers (403: this raw POST has no CSRF token).
+    status, _body, read = async_to_sync(_post)("/chat/porting/", iter(five), declared=5 * MIB, headers=[_signed_in_cookie(client)])
+    assert (status, read) == (403, 5)
+
+
+def test_an_upload_to_the_import_api_takes_a_large_body_only_with_a_live_api_key(settings):
+    """As above for /api/v1/imports with `Authorization: Bearer ck_...`: a revoked or unknown key
+    is nobody."""
+    from accounts.services import api_key_create, api_key_revoke
+    from config.db import rls
+
+    settings.REQUEST_BODY_MAX_BYTES = 2 * MIB
+    user = make_user()
+    with rls.privileged(reason="test: a key to upload with"):
+        key, secret = api_key_create(user=user, name="imports", scopes=["chat:write"])
+    bearer = (b"authorization", f"Bearer {secret}".encode())
+    status, body, read = async_to_sync(_post)("/api/v1/imports", iter([b"x" * MIB] * 5), headers=[bearer])
+    assert read == 5 and status == 400, body  # the view read it: not a zip upload
+    with rls.privileged(reason="test: revoke"):
+        api_key_revoke(user=user, api_key=key)
+    status, body, read = async_to_sync(_post)("/api/v1/imports", iter([b"x" * MIB] * 5), headers=[bearer])
+    assert (status, read) == (413, 3)
+    assert json.loads(body)["extra"] == {"code": "too_large"}
+    unknown = (b"authorization", b"Bearer ck_abcdefghij_" + b"z" * 30)
+    assert async_to_sync(_post)("/api/v1/imports", iter([b"x" * MIB] * 5), headers=[unknown])[::2] == (413, 3)
 
 
 def test_the_gateway_refuses_a_body_over_the_limit_in_openais_shape(settings):
