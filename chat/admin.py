@@ -8,7 +8,8 @@ Every view runs in ConfabAdminSite's audited privileged context (config/admin.py
 from datetime import timedelta
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.http import HttpResponseRedirect
 from django.utils import timezone
 
 from chat import pricing
@@ -102,8 +103,10 @@ class ModelPriceForm(forms.ModelForm):
         elif self.new_version and not adding and self.instance.effective_to is not None:
             raise forms.ValidationError("This version has ended: change the version in force instead.")
         if self.new_version and not self.errors:
-            # Left as it was, the start means now; a given start is the new version's.
-            self.start = cleaned["effective_from"] if adding or "effective_from" in self.changed_data else timezone.now()
+            # Left as it was, the start means now, read again under the service's lock when saved
+            # (start_given None): a version another writer adds meanwhile is then ended, not refused.
+            self.start_given = cleaned["effective_from"] if adding or "effective_from" in self.changed_data else None
+            self.start = self.start_given or timezone.now()
             if self.start < timezone.now() - START_LEEWAY:
                 # Started in the past, it would say the calls metered since were charged at it.
                 self.add_error(
@@ -148,6 +151,14 @@ class ModelPriceAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False  # ledger rows name the version they were charged at: retire a model with is_active
 
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except PriceVersionRefused as refused:
+            # A start given here that another writer's version, added since the form's check, now precedes.
+            self.message_user(request, refused.message, level=messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
+
     def save_model(self, request, obj, form, change):
         if not form.new_version:
             # Only the display fields changed (clean() refuses a moved start): saving the start the page
@@ -156,7 +167,7 @@ class ModelPriceAdmin(admin.ModelAdmin):
             return
         fixed = {"id", "provider", "model", "effective_from", "effective_to"}
         fields = {field.name: getattr(obj, field.name) for field in ModelPrice._meta.concrete_fields if field.name not in fixed}
-        version = pricing.model_price_version_add(provider=obj.provider, model=obj.model, fields=fields, effective_from=form.start)
+        version = pricing.model_price_version_add(provider=obj.provider, model=obj.model, fields=fields, effective_from=form.start_given)
         # The admin logs and links the object it saved: the new version, not the one it ended.
         obj.pk, obj.effective_from, obj.effective_to = version.pk, version.effective_from, version.effective_to
         obj._state.adding = False

@@ -104,8 +104,10 @@ def model_price_version_start_check(*, provider: str, model: str, at: datetime, 
     versions = list(versions.select_for_update() if lock else versions)
     for version in versions:
         if version.effective_from >= at:
+            began = "is scheduled to begin" if version.effective_from > timezone.now() else "began"
             raise PriceVersionRefused(
-                f"A new price for {provider}/{model} must start after {version.effective_from:%Y-%m-%d %H:%M} UTC, when the price in force began.",
+                f"A new price for {provider}/{model} must start after {version.effective_from:%Y-%m-%d %H:%M} UTC, "
+                f"when its latest price {began}.",
                 {"field": "effective_from"},
             )
     return versions

@@ -85,11 +85,13 @@ def cached_reply_get(key: str) -> CachedReply | None:
     if raw is None:
         return None
     entry = json.loads(raw)
-    return CachedReply(entry["text"], Usage(**entry["usage"]), Decimal(entry["cost"]), entry.get("finish_reason"))
+    # An estimated usage replays as estimated (entries written before the flag was kept: counted).
+    usage = Usage(**entry["usage"], estimated=entry.get("estimated", False))
+    return CachedReply(entry["text"], usage, Decimal(entry["cost"]), entry.get("finish_reason"))
 
 
 def cached_reply_put(key: str, *, text: str, usage: Usage, cost: Decimal, finish_reason: str | None) -> None:
-    entry = {"text": text, "usage": usage.classes(), "cost": str(cost), "finish_reason": finish_reason}
+    entry = {"text": text, "usage": usage.classes(), "estimated": usage.estimated, "cost": str(cost), "finish_reason": finish_reason}
     try:
         redis_client().set(key, json.dumps(entry), ex=settings.CHAT_RESPONSE_CACHE_TTL)
     except REDIS_ERRORS as exc:

@@ -214,3 +214,48 @@ def test_migration_0003_reverses_and_applies_again(catalog):
     assert (gpt5.input_price, gpt5.cache_read_price) == (Decimal("1.5"), Decimal("0.125"))  # filled again
     with pytest.raises(IntegrityError, match="never changes in place"), connections["owner"].cursor() as cur:
         cur.execute("UPDATE chat_modelprice SET input_price = 2 WHERE model = 'gpt-5'")
+
+
+def _with_another_writer_after_the_check(monkeypatch, price: ModelPrice, start=None):
+    """The form is checked; then another writer (staff elsewhere, prices_import) adds a version."""
+    from chat import admin as chat_admin
+
+    real_clean = chat_admin.ModelPriceForm.clean
+
+    def clean_then_another_writer(form):
+        cleaned = real_clean(form)
+        with rls.privileged(reason="test: a concurrent writer"):
+            fields = {"display_name": price.display_name, "input_price": Decimal("0.20"), "output_price": price.output_price}
+            pricing.model_price_version_add(provider=price.provider, model=price.model, fields=fields, effective_from=start)
+        return cleaned
+
+    monkeypatch.setattr(chat_admin.ModelPriceForm, "clean", clean_then_another_writer)
+
+
+def test_a_price_from_now_saved_after_another_writers_version_ends_that_version(staff_client, catalog, monkeypatch):
+    """Staff change a price, start left as is (now); another version is added between the form's
+    check and its save. Was: the start was fixed at the check, before the other version's, and the
+    save was refused: a 500. Should: now is read under the service's lock: the other version ends
+    where this one starts."""
+    price = catalog["gpt-4o-mini"]
+    _with_another_writer_after_the_check(monkeypatch, price)
+    response = _change(staff_client, price, input_price="0.30")
+    assert response.status_code == 302
+    first, other, mine = _versions("gpt-4o-mini")
+    assert (other.input_price, mine.input_price) == (Decimal("0.20"), Decimal("0.30"))
+    assert first.effective_to == other.effective_from < other.effective_to == mine.effective_from and mine.effective_to is None
+
+
+def test_a_chosen_start_that_another_writers_later_version_precedes_is_an_error_message_not_a_500(staff_client, catalog, monkeypatch):
+    """Staff give a start in an hour; between the form's check and its save another writer adds a
+    version starting in two. Was: PriceVersionRefused from the save: a 500. Should: the page comes
+    back with the sentence, and nothing of this edit is written."""
+    price = catalog["gpt-4o-mini"]
+    _with_another_writer_after_the_check(monkeypatch, price, start=timezone.now() + timedelta(hours=2))
+    start = (timezone.now() + timedelta(hours=1)).replace(microsecond=0)
+    response = _change(staff_client, price, input_price="0.30", effective_from_0=f"{start:%Y-%m-%d}", effective_from_1=f"{start:%H:%M:%S}")
+    assert response.status_code == 302 and response.url == reverse("admin:chat_modelprice_change", args=[price.pk])
+    page = staff_client.get(response.url).content.decode()
+    assert "A new price for openai/gpt-4o-mini must start after" in page and "when its latest price is scheduled to begin" in page
+    # (The other writer ran inside the page's transaction here, so it is rolled back with it.)
+    assert Decimal("0.30") not in [v.input_price for v in _versions("gpt-4o-mini")]

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from decimal import Decimal
 from io import StringIO
 from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
-from chat import selectors
+from chat import pricing, selectors
 from chat.models import ModelPrice
 from config.db import rls
 
@@ -113,3 +115,48 @@ def test_a_bad_file_is_refused_with_a_sentence_and_writes_nothing(catalog, tmp_p
 def test_a_missing_file_is_refused_with_a_sentence(tmp_path):
     with pytest.raises(CommandError, match="Cannot read"):
         _import(tmp_path / "absent.json")
+
+
+def test_a_model_whose_next_price_staff_scheduled_is_skipped_and_said_the_rest_imported(catalog):
+    """Staff schedule gpt-5's next price for next week; the file's gpt-5 price differs from the one
+    in force. Was: a price from now could not start before the scheduled one (PriceVersionRefused),
+    the command died with a traceback and every other model's update was rolled back. Should:
+    gpt-5 keeps staff's schedule, the output says so, and the other models are imported."""
+    current = catalog["gpt-5"]
+    later = timezone.now() + timedelta(days=7)
+    with rls.privileged(reason="test: staff schedule a price"):
+        fields = {"display_name": current.display_name, "input_price": Decimal("1.00"), "output_price": current.output_price}
+        pricing.model_price_version_add(provider="openai", model="gpt-5", fields=fields, effective_from=later)
+    lines = _import(FIXTURE).splitlines()
+    assert lines[0] == f"openai/gpt-5: skipped, staff scheduled a price from {later:%Y-%m-%d %H:%M} UTC."
+    assert lines[-1] == "2 new price version(s) in force from now."
+    versions = _versions()
+    assert [v.input_price for v in versions["gpt-5"]] == [Decimal("1.25"), Decimal("1.00")]
+    assert len(versions["claude-haiku-4-5"]) == len(versions["gemini-2.0-flash"]) == 2
+
+
+def test_a_price_scheduled_while_the_import_runs_ends_it_with_a_sentence_and_writes_nothing(catalog, monkeypatch):
+    """Staff schedule a price between the command's reading of the catalog and its write: the
+    write is refused (a price from now cannot start before it), as a sentence, all or nothing."""
+    from chat.management.commands import prices_import
+
+    real = prices_import._scheduled_starts
+
+    def then_staff_schedule():
+        starts = real()
+        with rls.privileged(reason="test: staff schedule a price meanwhile"):
+            current = catalog["gemini-2.0-flash"]
+            fields = {"display_name": current.display_name, "input_price": Decimal("0.2"), "output_price": current.output_price}
+            pricing.model_price_version_add(
+                provider="gemini", model="gemini-2.0-flash", fields=fields, effective_from=timezone.now() + timedelta(days=1)
+            )
+        return starts
+
+    monkeypatch.setattr(prices_import, "_scheduled_starts", then_staff_schedule)
+    with pytest.raises(
+        CommandError,
+        match=r"^A new price for gemini/gemini-2\.0-flash must start after .* when its latest price is scheduled to begin\. Nothing was imported; run it again\.$",
+    ):
+        _import(FIXTURE)
+    versions = _versions()
+    assert len(versions["gpt-5"]) == len(versions["claude-haiku-4-5"]) == 1

@@ -217,3 +217,30 @@ def test_a_reply_from_a_members_own_key_answers_only_that_member(alice, plans, c
     assert (bobs.content, bobs.metadata.get("cached")) == ("Paris.", None) and len(platforms.received) == 1
     again = ask(alice)
     assert again.content.startswith("Lyon.") and again.metadata["cached"] is True and len(members_own.received) == 1
+
+
+def test_a_hit_of_an_estimated_reply_is_still_flagged_estimated(alice, cached_plan, server):
+    """Alice's own OpenAI key points at a compatible server that answers without a usage object
+    (many do). The first call is metered from an estimate and its ledger row says `estimated`;
+    the same call again is answered from the response cache with the first call's tokens. Was:
+    the entry kept the token classes, not the flag, so the hit's ledger row and reply said
+    `estimated: false`. Should: the hit's row is `estimated` like the call it repeats."""
+    put_on_plan(organization_of(alice), cached_plan)
+    with rls.privileged(reason="test: Alice's own key at her own server"):
+        provider_credential_set(user=alice, provider="openai", api_key="sk-alice-own-key-1234567890", base_url=f"{server.url}/v1")
+    body = openai_completion("Paris is the capital of France.", {})
+    body.pop("usage")  # a compatible server that reports no usage
+    server.queue(Reply(body=body))
+
+    def ask():
+        conversation = services.conversation_create(user=alice)
+        return services.message_send(
+            user=alice, content=QUESTION, conversation_id=conversation.pk, provider="openai", model="gpt-4o-mini", response_cache="any"
+        ).message
+
+    first, again = ask(), ask()
+    assert len(server.received) == 1 and again.metadata.get("cached") is True  # the second was a hit
+    miss, hit = _ledger()
+    assert miss.estimated and first.metadata["estimated"]
+    assert (hit.input_tokens, hit.output_tokens) == (miss.input_tokens, miss.output_tokens)  # the estimate, counted again
+    assert hit.estimated and again.metadata["estimated"], (hit.estimated, again.metadata["estimated"])

@@ -6,18 +6,22 @@ its `gemini` entries, else its `vertex_ai-language-models` ones), are read. A mo
 new version, in force from now, only where a price differs; a price the file does not
 state keeps the catalog's. The file's per-token USD prices are read as exact decimals
 (2.5e-06 is 2.5 per million). All or nothing: a bad file writes nothing and exits non-zero.
+A model whose next price staff scheduled for later is left as it is (and said so).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from datetime import datetime
 from decimal import Decimal, DecimalException
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
 
 from chat import pricing, selectors
+from chat.errors import PriceVersionRefused
 from chat.models import PRICE_FIELDS, ModelPrice
 from config.db import rls
 
@@ -51,9 +55,14 @@ class Command(BaseCommand):
         entries = _entries(_load(Path(file)))
         with rls.privileged(reason=f"prices_import {file}"):
             changes = []
+            scheduled = _scheduled_starts()
             for current in selectors.model_price_list():
                 entry = entries.get((current.provider, current.model))
-                if entry is not None:
+                if (current.provider, current.model) in scheduled:
+                    # Staff's price for later stands; a price from now would have to end it first.
+                    at = scheduled[(current.provider, current.model)]
+                    self.stdout.write(f"{current.provider}/{current.model}: skipped, staff scheduled a price from {at:%Y-%m-%d %H:%M} UTC.")
+                elif entry is not None:
                     fields = _fields(entry, current)
                     differences = {
                         name: (getattr(current, name), fields[name]) for name in PRICE_FIELDS if getattr(current, name) != fields[name]
@@ -67,8 +76,17 @@ class Command(BaseCommand):
                 self.stdout.write(f"Dry run: {len(changes)} model(s) would get a new price version; nothing was written.")
                 return
             for current, fields, _ in changes:
-                pricing.model_price_version_add(provider=current.provider, model=current.model, fields=fields)
+                try:
+                    pricing.model_price_version_add(provider=current.provider, model=current.model, fields=fields)
+                except PriceVersionRefused as refused:  # staff scheduled a price since the list was read
+                    raise CommandError(f"{refused.message} Nothing was imported; run it again.") from None
         self.stdout.write(f"{len(changes)} new price version(s) in force from now.")
+
+
+def _scheduled_starts() -> dict[tuple[str, str], datetime]:
+    """(provider, model) -> the start of a version staff set to begin later."""
+    later = ModelPrice.objects.filter(effective_from__gt=timezone.now(), effective_to__isnull=True)
+    return {(provider, model): start for provider, model, start in later.values_list("provider", "model", "effective_from")}
 
 
 def _load(path: Path) -> dict:
