@@ -21,7 +21,7 @@ from accounts import services
 from accounts.errors import MalformedProviderKey, OrganizationRuleBroken
 from accounts.models import ApiKey, Integration, Invitation, Membership, Organization, Preferences, ProviderCredential, User, UserSession
 from accounts.services.organizations import invitations_sent_withdrawn, personal_workspace_keeps_its_user
-from config.admin import ReadOnlyAdmin, StorableJSONForm
+from config.admin import ChangedColumnsAdmin, ReadOnlyAdmin, StorableJSONForm
 from config.outbound import base_url_refusal
 
 # Django 6 assumes https for scheme-less URLs; say so now (merged with the admin's URL widget).
@@ -398,7 +398,7 @@ class ProviderCredentialAdminForm(forms.ModelForm):
 
 
 @admin.register(ProviderCredential)
-class ProviderCredentialAdmin(admin.ModelAdmin):
+class ProviderCredentialAdmin(ChangedColumnsAdmin):
     form = ProviderCredentialAdminForm
     list_display = ("provider", "user", "access_type", "api_key_mask", "base_url", "is_active", "updated_at")
     list_filter = ("provider", "access_type", "is_active")
@@ -434,7 +434,7 @@ class ProviderCredentialAdmin(admin.ModelAdmin):
 
 
 @admin.register(Integration)
-class IntegrationAdmin(admin.ModelAdmin):
+class IntegrationAdmin(ChangedColumnsAdmin):
     list_display = ("service", "user", "access_token_mask", "is_connected", "expires_at", "last_used_at", "created_at")
     list_filter = ("is_connected", "service")
     list_select_related = ("user",)

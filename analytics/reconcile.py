@@ -129,8 +129,10 @@ def usage_report_fetch(*, provider: str, start: date, end: date) -> list[dict]:
                 )
             try:
                 page = response.json()
-            except ValueError:
-                raise ReconciliationFailed(f"The {provider} usage report answered with something that is not JSON.") from None
+            except (ValueError, RecursionError):
+                raise ReconciliationFailed(
+                    f"The {provider} usage report answered with something that is not JSON (or nests deeper than a usage report does)."
+                ) from None
             pages.append(page)
             if not (isinstance(page, dict) and page.get("has_more") and page.get("next_page")):
                 return pages
@@ -293,7 +295,8 @@ def usage_reconcile_run(*, arguments: ReconcileArguments, file: str | None = Non
             raise ReconciliationFailed(
                 f"The file '{file}' is not JSON (or nests deeper than a usage report does).", {"field": "file"}
             ) from None
-        source = f"file {file}"
+        # A name that is not UTF-8 reaches Python with surrogates, which the database cannot store.
+        source = f"file {file.encode('utf-8', 'backslashreplace').decode()}"
     return usage_reconcile(arguments=arguments, pages=pages, source=source)
 
 

@@ -61,6 +61,10 @@ def usage_reconcile_task() -> dict:
             logger.error("usage reconciliation for %s failed: %s", provider, exc.message)
             done[provider] = {"failed": exc.message}
             continue
+        except Exception as exc:  # noqa: BLE001 - whatever one provider's report did, the next is still reconciled
+            logger.exception("usage reconciliation for %s failed", provider)
+            done[provider] = {"failed": f"{type(exc).__name__}: {exc}"}
+            continue
         if not report.within_tolerance:
             logger.warning("usage reconciliation beyond tolerance: %s", report.summary)
         done[provider] = {"report": str(report.pk), "within_tolerance": report.within_tolerance}

@@ -163,7 +163,7 @@ class ModelPriceAdmin(admin.ModelAdmin):
         if not form.new_version:
             # Only the display fields changed (clean() refuses a moved start): saving the start the page
             # posts, to the second, would move one stored with microseconds, which the trigger refuses.
-            obj.save(update_fields=form.changed_data)
+            obj.save(update_fields=config_admin.changed_columns(obj, form))
             return
         fixed = {"id", "provider", "model", "effective_from", "effective_to"}
         fields = {field.name: getattr(obj, field.name) for field in ModelPrice._meta.concrete_fields if field.name not in fixed}

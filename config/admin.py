@@ -87,6 +87,26 @@ def _drilldown_past_the_last_year(request) -> bool:
     return False
 
 
+def changed_columns(obj, form) -> list[str]:
+    """The model fields an admin form changed, with the row's auto_now stamps: what an edit
+    saves. Saving every column would write back the page's copy of the ones it did not show or
+    change, over what another writer stored since it was read (a secret re-encrypted by
+    rotate_encryption_keys meanwhile, left under a key about to be retired)."""
+    concrete = {field.name: field for field in obj._meta.concrete_fields}
+    stamps = [name for name, field in concrete.items() if getattr(field, "auto_now", False)]
+    return [name for name in form.changed_data if name in concrete and name not in stamps] + stamps
+
+
+class ChangedColumnsAdmin(admin.ModelAdmin):
+    """An edit saves only the columns its form changed (changed_columns)."""
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            obj.save(update_fields=changed_columns(obj, form))
+        else:
+            super().save_model(request, obj, form, change)
+
+
 class ReadOnlyAdmin(admin.ModelAdmin):
     """Facts written by the product and its workers (ledgers, logs, sessions): staff look, never edit."""
 

@@ -172,6 +172,8 @@ def privileged(*, reason: str, audited: bool = True) -> Iterator[None]:
     passes audited=False and is only logged, or it would fill the audit log by itself."""
     if not reason or not reason.strip():
         raise ValueError("A privileged context needs a reason; it is written to the audit log.")
+    # A command's argument (a file name that is not UTF-8) can carry surrogates no log or row can store.
+    reason = reason.encode("utf-8", "backslashreplace").decode()
     token = _privileged_reason.set(reason)
     try:
         with transaction.atomic(using=PRIVILEGED_ALIAS):

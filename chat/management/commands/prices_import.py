@@ -148,8 +148,11 @@ def _fields(entry: dict, current: ModelPrice) -> dict:
     for name in ("id", "provider", "model", "effective_from", "effective_to"):
         del fields[name]
     fields["is_active"] = True
-    if isinstance(entry.get("max_input_tokens"), int) and entry["max_input_tokens"] > 0:
-        fields["context_window"] = _token_count(entry, "max_input_tokens", entry["max_input_tokens"])
+    window = entry.get("max_input_tokens")
+    if window is not None and (type(window) is not int or window <= 0):  # `true` is an int to isinstance
+        raise CommandError(f"{entry['_key']}: max_input_tokens must be a whole number of tokens above 0, not {json.dumps(window)[:40]}.")
+    if window is not None:
+        fields["context_window"] = _token_count(entry, "max_input_tokens", window)
     thresholds = set()
     for key, value in entry.items():
         if key in KEYS:
