@@ -20,6 +20,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
@@ -356,9 +357,10 @@ async def _chunks(pending: services.PendingReply, *, include_usage: bool) -> Asy
         return [{"index": 0, "delta": content, "logprobs": None, "finish_reason": finish}]
 
     yield event(delta({"role": "assistant", "content": ""}))
-    async for item in services.message_stream(pending=pending):
-        if item["type"] == "delta":
-            yield event(delta({"content": item["text"]}))
+    async with aclosing(services.message_stream(pending=pending)) as stream:  # as chat.streaming's body
+        async for item in stream:
+            if item["type"] == "delta":
+                yield event(delta({"content": item["text"]}))
     failure = _failure_of(message)
     if failure is not None:
         yield f"data: {json.dumps(openai_error(failure.status_code, failure.message, code=failure.code))}\n\n"

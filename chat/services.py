@@ -152,7 +152,34 @@ def conversation_delete(*, user: User, conversation: Conversation) -> None:
     after the messages were collected, and the delete failed on them."""
     with rls.atomic_as(user.pk):
         _still_there(Conversation, conversation, "No such conversation.")
+        _calls_kept_from(conversation)
         conversation.delete()
+
+
+def _calls_kept_from(conversation: Conversation) -> None:
+    """A reply still `streaming` goes with its conversation, but its call is not over: it stays
+    as a PendingCall (an unstored call's row), so that its own finish, or the stale pass for a
+    worker that died, still meters it, once (the ledger takes a request id once). Deleted with
+    the reply alone, the call of a worker that died went unmetered."""
+    replies = Message.objects.filter(conversation_id=conversation.pk, status=Status.STREAMING, metadata__has_key="request_id")
+    PendingCall.objects.bulk_create(
+        [
+            PendingCall(
+                user_id=reply.user_id,
+                organization_id=conversation.organization_id,
+                request_id=reply.metadata["request_id"],
+                provider=reply.provider,
+                model=reply.model,
+                price_id=reply.metadata["price_id"],
+                prompt_tokens_estimate=reply.metadata.get("prompt_tokens_estimate", 0),
+                key_source=reply.metadata.get("key_source", KeySource.NONE),
+                reservation=Reservation.from_metadata(conversation.organization_id, reply.metadata).as_metadata(),
+                created_at=reply.created_at,
+            )
+            for reply in replies
+        ],
+        ignore_conflicts=True,
+    )
 
 
 def _persona_model_check(fields: dict, *, stored: Persona | None = None) -> None:
@@ -728,7 +755,7 @@ def _reply_finish(
                     try:
                         message.refresh_from_db()
                     except Message.DoesNotExist:  # deleted with its conversation while it streamed: metered, not stored
-                        pass
+                        PendingCall.objects.filter(request_id=pending.request_id).delete()  # its stand-in (_calls_kept_from)
         else:
             with rls.atomic_as(pending.user_id):  # one DELETE; waits for a stale pass that holds the row, then finds it gone
                 closed = not PendingCall.objects.filter(request_id=pending.request_id).delete()[0]
@@ -750,10 +777,22 @@ def _reply_update(message: Message, fields: dict, *, tokens: int, now) -> Alongs
     columns = [Message._meta.get_field(name) for name in fields]
     assignments = ", ".join(f"{quote(field.column)} = %(a{n})s" for n, field in enumerate(columns))
     params = {f"a{n}": field.get_db_prep_save(fields[field.name], connection) for n, field in enumerate(columns)}
-    params.update(a_id=message.pk, a_streaming=Status.STREAMING, a_tokens=tokens, a_cost=fields["cost"], a_cost_max=MONEY_MAX, a_now=now)
+    params.update(
+        a_id=message.pk,
+        a_conversation=message.conversation_id,
+        a_streaming=Status.STREAMING,
+        a_tokens=tokens,
+        a_cost=fields["cost"],
+        a_cost_max=MONEY_MAX,
+        a_now=now,
+    )
+    # The conversation is locked before the reply (the reply's UPDATE joins the locked row), the
+    # order conversation_delete and the sends take: the other order deadlocked with a delete.
     sql = (
-        f"reply AS (UPDATE {quote(Message._meta.db_table)} SET {assignments} WHERE id = %(a_id)s AND status = %(a_streaming)s "
-        f"RETURNING conversation_id), conversation_totals AS (UPDATE {quote(Conversation._meta.db_table)} AS c SET "
+        f"held AS (SELECT id FROM {quote(Conversation._meta.db_table)} WHERE id = %(a_conversation)s FOR NO KEY UPDATE), "
+        f"reply AS (UPDATE {quote(Message._meta.db_table)} AS m SET {assignments} FROM held "
+        "WHERE m.id = %(a_id)s AND m.conversation_id = held.id AND m.status = %(a_streaming)s "
+        f"RETURNING m.conversation_id), conversation_totals AS (UPDATE {quote(Conversation._meta.db_table)} AS c SET "
         "total_tokens = c.total_tokens + %(a_tokens)s, total_cost = LEAST(c.total_cost + %(a_cost)s, %(a_cost_max)s), updated_at = %(a_now)s "
         "FROM reply WHERE c.id = reply.conversation_id RETURNING c.id), alongside AS (SELECT 1 FROM reply)"
     )
@@ -981,11 +1020,21 @@ async def message_stream(*, pending: PendingReply) -> AsyncIterator[dict]:
             await events.aclose()
             return await close(status, usage, error, failure)
 
+        cap = _StreamCap(pending.request.max_tokens)
         try:
             async for event in events:
                 if isinstance(event, Delta):
-                    parts.append(event.text)
-                    yield {"type": "delta", "text": event.text}
+                    text = cap.within(event.text)
+                    if text:
+                        parts.append(text)
+                        yield {"type": "delta", "text": text}
+                    if cap.reached:
+                        # A server that ignores max_tokens (at a user's base URL) is cut where any
+                        # provider stops: what arrived within the cap is the reply, its usage estimated.
+                        finish = "length"
+                        after = "".join(parts[counted_parts:])
+                        usage = interrupted_usage(counted, request=pending.request, unreported_text=after, output_final=False)
+                        break
                 elif isinstance(event, Counted):
                     counted, counted_parts = event.usage, len(parts)
                 elif isinstance(event, Done):
@@ -1007,6 +1056,34 @@ async def message_stream(*, pending: PendingReply) -> AsyncIterator[dict]:
     finally:
         heartbeat.cancel()
 
+
+class _StreamCap:
+    """Whether a stream's reply has gone past the output cap it was asked for. Every delta with
+    text holds at least one token, so more of them than the cap is past it for any tokenizer;
+    characters bound a server sending the reply in a few huge deltas (no tokenizer averages
+    OUTPUT_CHARS_PER_TOKEN_MAX over a whole reply). A reply within its cap is never cut."""
+
+    def __init__(self, max_tokens: int | None):
+        self.max_tokens, self.deltas, self.chars, self.reached = max_tokens, 0, 0, False
+
+    def within(self, text: str) -> str:
+        """The part of a delta within the cap (all of it, or the characters left, or nothing);
+        `reached` once the stream has gone past it."""
+        if self.max_tokens is None or not text:
+            return text
+        self.deltas += 1
+        if self.deltas > self.max_tokens:
+            self.reached = True
+            return ""
+        room = self.max_tokens * OUTPUT_CHARS_PER_TOKEN_MAX - self.chars
+        self.chars += min(len(text), room)
+        if len(text) > room:
+            self.reached = True
+            return text[:room]
+        return text
+
+
+OUTPUT_CHARS_PER_TOKEN_MAX = 32
 
 STREAM_ALIVE_KEY = "chat:stream-alive:v1:{}"
 STREAM_HEARTBEAT_SECONDS = 30  # the mark lasts four beats: a worker that died loses it within two minutes
@@ -1109,6 +1186,18 @@ def _stale_close(message: Message) -> None:
         _meter(message=message, usage=usage, charge=charge, key_source=key_source, latency_ms=0, success=True, error=sentence)
 
 
+def _stale_reply_held(pk) -> Message | None:
+    """A stale reply, locked with its conversation first (the order the sends, their finish and a
+    delete take: the other order deadlocked with a delete); None when it is gone, no longer
+    `streaming`, or a send, finish or delete holds either row (the next pass looks again)."""
+    conversation_id = Message.objects.filter(pk=pk).values_list("conversation_id", flat=True).first()
+    held = Conversation.objects.select_for_update(no_key=True, skip_locked=True).filter(pk=conversation_id)
+    if conversation_id is None or not held.exists():
+        return None
+    replies = Message.objects.select_for_update(skip_locked=True, of=("self",)).select_related("conversation")
+    return replies.filter(pk=pk, status=Status.STREAMING).first()
+
+
 def streams_close_stale(*, older_than_minutes: int | None = None) -> int:
     """Close replies still `streaming` long after they started (their worker died) as
     `interrupted`, metered from what is stored (estimated), each exactly once: the row is
@@ -1118,18 +1207,18 @@ def streams_close_stale(*, older_than_minutes: int | None = None) -> int:
     cutoff = timezone.now() - timezone.timedelta(minutes=minutes)
     closed, reservations = 0, []
     with rls.privileged(reason="close stale chat streams", audited=False):
-        stale = (
-            Message.objects.select_for_update(skip_locked=True, of=("self",))
-            .select_related("conversation")
-            .filter(status=Status.STREAMING, created_at__lt=cutoff)
-        )
+        found = list(Message.objects.filter(status=Status.STREAMING, created_at__lt=cutoff).values_list("pk", "metadata__request_id"))
+        found_calls = list(PendingCall.objects.filter(created_at__lt=cutoff).values_list("pk", "request_id"))
+    # Asked before any row is locked: no lock is held while Redis answers.
+    alive = _streams_alive([request_id or "" for _, request_id in [*found, *found_calls]])
+    with rls.privileged(reason="close stale chat streams", audited=False):
+        # A live stream, however old, is left to its own end, which meters it.
+        replies = (_stale_reply_held(pk) for pk, request_id in found if request_id not in alive)
         # A row locked by its finishing call is skipped: that call meters it.
-        calls = list(PendingCall.objects.select_for_update(skip_locked=True).filter(created_at__lt=cutoff))
-        candidates = [*stale, *map(_pending_call_reply, calls)]
-        alive = _streams_alive([message.metadata.get("request_id", "") for message in candidates])
+        calls = list(PendingCall.objects.select_for_update(skip_locked=True).filter(pk__in=[pk for pk, r in found_calls if r not in alive]))
         failed = set()
-        for message in candidates:
-            if message.metadata.get("request_id") in alive:  # a live stream, however old: its own end meters it
+        for message in [*replies, *map(_pending_call_reply, calls)]:
+            if message is None:
                 continue
             try:
                 # Each in a savepoint: one that cannot be closed (logged) must not keep every other
@@ -1142,8 +1231,7 @@ def streams_close_stale(*, older_than_minutes: int | None = None) -> int:
                 continue
             reservations.append(Reservation.from_metadata(message.conversation.organization_id, message.metadata))
             closed += 1
-        done = [call.pk for call in calls if call.request_id not in alive and call.request_id not in failed]
-        PendingCall.objects.filter(pk__in=done).delete()
+        PendingCall.objects.filter(pk__in=[call.pk for call in calls if call.request_id not in failed]).delete()
     for reservation in reservations:  # after the commit, as for any metered reply
         reservation.release()
     return closed

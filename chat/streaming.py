@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+from contextlib import aclosing
 
 from django.http import StreamingHttpResponse
 
@@ -11,8 +12,11 @@ from chat import services
 
 
 async def _server_sent_events(events):
-    async for event in events:
-        yield f"data: {json.dumps(event)}\n\n"
+    # Closed with this body (config/asgi.py closes it), the reply's stream ends at once: left to
+    # the garbage collector, it stayed open, alive and reserved, until a collection found it.
+    async with aclosing(events):
+        async for event in events:
+            yield f"data: {json.dumps(event)}\n\n"
 
 
 def reply_stream_response(pending: services.PendingReply) -> StreamingHttpResponse:

@@ -107,12 +107,14 @@ class OneHopASGIHandler(ResolveOnceMixin, ASGIHandler):
             # thread closes when it is (_response_in_thread).
             response = made.abandon()
             if response is not None and response.streaming:
+                await _streamed_body_close(response)
                 await sync_to_async(response.close, thread_sensitive=True)()
             else:
                 await signals.request_finished.asend(sender=self.__class__)
             return
         response = task.result()
         if response.streaming:
+            await _streamed_body_close(response)
             await sync_to_async(response.close, thread_sensitive=True)()
 
     async def _respond(self, scope, body_file, send, made):
@@ -133,6 +135,15 @@ class OneHopASGIHandler(ResolveOnceMixin, ASGIHandler):
         elif made.made(response):  # the client left while it was made: nothing will send it
             response.close()
         return response
+
+
+async def _streamed_body_close(response) -> None:
+    """Close a streamed response's async body, on the loop it runs on. Django's close() runs only
+    sync closers and its send_response closes only its own wrapper: a body left suspended (the
+    client went while a send waited) ran on until the garbage collector found it."""
+    body = getattr(response, "_iterator", None)  # where StreamingHttpResponse keeps the body it was given
+    if getattr(response, "is_async", False) and hasattr(body, "aclose"):
+        await body.aclose()
 
 
 async def _lifespan(receive, send) -> None:

@@ -41,10 +41,11 @@ def test_a_reservation_from_last_month_expiring_rebuilds_the_counter_its_call_wa
     its ledger holds 9,000, and a second call of 9,000 is allowed: 18,000 on a plan of 10,000.
     The entitlement script's own release (expired reservations of last month) drops THIS month's
     counter; the task must do the same."""
-    from billing.tests.test_reservations import _check, _member, _plan, _record
+    from billing.tests.factories import plan_with_limits
+    from billing.tests.test_reservations import _check, _member, _record
 
     settings.ENTITLEMENT_RESERVATION_TIMEOUT = 1
-    user, org = _member(_plan("boundary-expiry", monthly_tokens=10_000))
+    user, org = _member(plan_with_limits("boundary-expiry", monthly_tokens=10_000))
     midnight = _midnight_after_this_month()
     clock = [midnight - timedelta(seconds=1)]
     monkeypatch.setattr(timezone, "now", lambda: clock[0])
@@ -131,9 +132,10 @@ def test_held_the_ledger_row_its_counter_and_its_rollup_agree_on_the_month_at_th
     key and the monthly rollup all put each call in the same UTC month, once."""
     from analytics.models import UsageRollup
     from analytics.services import usage_rollup
-    from billing.tests.test_reservations import _member, _plan, _record
+    from billing.tests.factories import plan_with_limits
+    from billing.tests.test_reservations import _member, _record
 
-    user, org = _member(_plan("edges", monthly_tokens=None))
+    user, org = _member(plan_with_limits("edges", monthly_tokens=None))
     midnight = _midnight_after_this_month()
     before, after = counters.month_of(midnight - timedelta(microseconds=1)), counters.month_of(midnight)
     assert after == month_add(before, 1)

@@ -187,13 +187,12 @@ def test_a_plan_with_a_zero_spend_budget_is_not_shown_as_having_no_budget(client
     this month" with a full meter (`limit is not None`)."""
     from accounts import services as accounts_services
     from accounts.tests.factories import make_user
-    from billing.tests.factories import put_on_plan
-    from billing.tests.test_reservations import _plan
+    from billing.tests.factories import plan_with_limits, put_on_plan
 
     owner = make_user(email="zero-owner@example.com", display_name="Zed")
     with rls.privileged(reason="test: organization"):
         organization = accounts_services.organization_create(user=owner, name="Zero Co")
-    put_on_plan(organization, _plan("zero-budget", monthly_spend=Decimal("0.00"), monthly_tokens=0))
+    put_on_plan(organization, plan_with_limits("zero-budget", monthly_spend=Decimal("0.00"), monthly_tokens=0))
     client.force_login(owner)
     response = client.get("/usage/", {"organization": str(organization.pk)})
     assert response.status_code == 200

@@ -98,14 +98,15 @@ def test_a_call_reserved_before_midnight_and_metered_after_counts_against_the_ne
     messages against a limit of one. Whatever month a call is metered in, the check for that
     month must have counted it (or it must be metered in the month it reserved in)."""
     from analytics import counters
-    from billing.tests.test_reservations import _member, _plan
+    from billing.tests.factories import plan_with_limits
+    from billing.tests.test_reservations import _member
     from chat import services as chat_services
     from chat.tests.test_pending_calls import _finish
     from config.db.partitions import month_add
     from config.errors import QuotaExceeded
 
     settings.CHAT_ECHO_DELAY = 0
-    user, org = _member(_plan("one-a-month", monthly_messages=1))
+    user, org = _member(plan_with_limits("one-a-month", monthly_messages=1))
     boundary = month_add(counters.month_of(), 1)
     midnight = datetime(boundary.year, boundary.month, 1, tzinfo=UTC)
     clock = [midnight - timedelta(seconds=1)]
@@ -141,14 +142,15 @@ def test_the_expiry_task_does_not_release_the_reservation_of_a_stream_still_aliv
     from asgiref.sync import async_to_sync
 
     from billing.services import reservations_expire
-    from billing.tests.test_reservations import _check, _member, _open, _plan
+    from billing.tests.factories import plan_with_limits
+    from billing.tests.test_reservations import _check, _member, _open
     from chat import services as chat_services
 
     settings.CHAT_ECHO_DELAY = 0
     settings.ENTITLEMENT_RESERVATION_TIMEOUT = 1
     monkeypatch.setattr(chat_services, "STREAM_HEARTBEAT_SECONDS", 0.1)  # beats well within the timeout, as 30 s in 15 minutes
     limit = 8_000  # room for the stream's hold (its prompt and 4,096 out), not for a second one beside it
-    user, org = _member(_plan("long-stream", monthly_tokens=limit))
+    user, org = _member(plan_with_limits("long-stream", monthly_tokens=limit))
     pending = chat_services.message_prepare(user=user, content="a reply a slow reader takes its time over")
     held_by_stream = _open(org)["tokens"]
     assert 4_096 < held_by_stream and held_by_stream + 4_096 > limit

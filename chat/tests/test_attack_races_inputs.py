@@ -196,13 +196,14 @@ def test_concurrent_sends_do_not_exceed_the_monthly_limits_with_redis_up_or_down
     all passed (each waits at a barrier of three, which only completes if all three were allowed):
     4 messages of 2. The calls in progress now count as held, and the checks queue per organization
     and month."""
-    from billing.tests.test_reservations import _member, _plan, _record
+    from billing.tests.factories import plan_with_limits
+    from billing.tests.test_reservations import _member, _record
     from chat.providers import echo
     from config import embedded
     from config.errors import QuotaExceeded
 
     senders = 3
-    user, org = _member(_plan(f"race-{code}", **limits))
+    user, org = _member(plan_with_limits(f"race-{code}", **limits))
     _record(user, org, input_tokens=1)  # one message, one token used
     if redis_down:
         embedded.redis_stop(own_redis)

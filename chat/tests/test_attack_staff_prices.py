@@ -9,7 +9,8 @@ from django.utils import timezone
 
 from accounts.tests.factories import make_user
 from analytics.models import TokenUsage
-from billing.tests.test_reservations import _member, _plan
+from billing.tests.factories import plan_with_limits
+from billing.tests.test_reservations import _member
 from chat import pricing, selectors, services
 from chat.models import Message, ModelPrice
 from chat.tests.test_price_versions import _form
@@ -55,7 +56,7 @@ def test_a_version_staff_delete_mid_call_does_not_make_the_call_free(catalog, pl
     ledger row at all: a model call that was made is never metered nor counted."""
     settings.CHAT_ECHO_DELAY = 0
     version = _echo_priced()
-    user, org = _member(_plan("staff-deletes", monthly_tokens=10_000))
+    user, org = _member(plan_with_limits("staff-deletes", monthly_tokens=10_000))
     message_id = worker_killed_mid_call(user)["message_id"]
     staff = make_user(email="staff2@example.com", role="staff", is_superuser=True)
     client.force_login(staff)
@@ -79,7 +80,7 @@ def test_a_price_change_cannot_start_before_calls_already_metered(staff_client, 
     no longer tells what the ledger charged (and the old version's effective_to moves back)."""
     settings.CHAT_ECHO_DELAY = 0
     old = _echo_priced("1", "1", start=timezone.now() - timedelta(days=2))
-    user, org = _member(_plan("retro", monthly_tokens=None))
+    user, org = _member(plan_with_limits("retro", monthly_tokens=None))
     reply = services.message_send(user=user, content="metered at the old price")
     with rls.privileged(reason="test"):
         [row] = TokenUsage.objects.filter(message_id=reply.message.pk)

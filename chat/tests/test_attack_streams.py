@@ -424,6 +424,53 @@ def test_a_slow_reader_gone_from_an_api_stream_leaves_its_reply_closed_and_meter
     assert closed and message.status != "streaming" and len(rows) == 1, (message.status, len(rows))
 
 
+@pytest.mark.parametrize("path", ["gateway", "api"])
+def test_a_slow_reader_gone_has_its_reply_closed_at_once_not_when_the_garbage_collector_runs(key, settings, monkeypatch, path):
+    """As above, with the garbage collector off and the reply checked while the server's loop
+    still runs. Was: Django closes only its own wrapper of the body; the reply's stream stayed
+    suspended, `streaming`, marked alive and reserved, until a collection found the cycle (the
+    tests above passed only because their loop ended). Should: closed when the handler is done."""
+    import gc
+
+    user, secret, plans = key
+    settings.CHAT_ECHO_DELAY = 0
+    headers = [(b"authorization", f"Bearer {secret}".encode())]
+    if path == "gateway":
+        url, headers = "/v1/chat/completions", [*headers, (b"x-confab-store", b"true")]
+        body = {"model": "echo-1", "messages": [{"role": "user", "content": "one two three four five six"}], "stream": True}
+    else:
+        url, body = f"/api/v1/conversations/{services.conversation_create(user=user).pk}/messages", {"content": "one two three"}
+        _requests_stream(monkeypatch)
+    body = json.dumps(body).encode()
+    streaming_when_done = []
+
+    async def scenario():
+        blocked = asyncio.Event()
+        receive = _body_then_disconnect(body, blocked)
+
+        async def send(message):
+            if message["type"] == "http.response.body" and message.get("body"):
+                blocked.set()
+                await asyncio.Event().wait()  # the reader never reads again
+
+        scope = http_scope("POST", url, [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers])
+        await OneHopASGIHandler()(scope, receive, send)
+        await services.stream_endings_wait()
+        for _ in range(20):  # the loop runs on a while, as a server's does
+            await asyncio.sleep(0.05)
+        streaming_when_done.extend(await asyncio.get_running_loop().run_in_executor(None, _streaming_replies))
+
+    gc.disable()
+    try:
+        async_to_sync(scenario)()
+    finally:
+        gc.enable()
+    assert streaming_when_done == []
+    with rls.privileged(reason="test"):
+        [message] = Message.objects.filter(role="assistant")
+        assert len(TokenUsage.objects.filter(request_id=message.metadata["request_id"])) == 1
+
+
 # --- 8. Two streams on one conversation at once ----------------------------------------------------
 
 

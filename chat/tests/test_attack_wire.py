@@ -16,6 +16,7 @@ from decimal import Decimal
 
 import pytest
 from asgiref.sync import async_to_sync
+from django.conf import settings
 
 from accounts.services import api_key_create, provider_credential_set
 from analytics.models import TokenUsage
@@ -651,11 +652,16 @@ def test_held_a_stream_without_its_closing_event_keeps_the_usage_it_got(wired, s
     _metered_once(wired)
 
 
-def test_held_a_single_enormous_chunk_is_stored_and_metered_as_reported(wired, server):
+def test_held_a_single_enormous_chunk_is_cut_at_the_output_cap_stored_and_metered(wired, server):
+    """2,000,000 characters in one delta, counted 500,000 tokens, past any reply the request's cap
+    allows: the reply is cut where the cap's characters end (chat.services._StreamCap), its
+    output estimated from what was kept (the provider's count covers what was thrown away)."""
     big = "x" * 2_000_000
     server.queue(Reply(events=openai_stream([big], {"prompt_tokens": 12, "completion_tokens": 500_000, "total_tokens": 500_012})))
     message, _events = _send(wired, "openai", "stream")
-    assert message.content == big and message.output_tokens == 500_000
+    kept = settings.CHAT_MAX_OUTPUT_TOKENS * services.OUTPUT_CHARS_PER_TOKEN_MAX
+    assert message.content == big[:kept] and message.metadata["finish_reason"] == "length" and message.metadata["estimated"]
+    assert message.output_tokens == kept // 4
     _metered_once(wired)
 
 

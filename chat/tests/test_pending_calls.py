@@ -17,7 +17,8 @@ from django.db import connections, transaction
 from django.utils import timezone
 
 from analytics.models import TokenUsage
-from billing.tests.test_reservations import NOTHING_OPEN, _counters_equal_ledger, _member, _open, _plan
+from billing.tests.factories import plan_with_limits
+from billing.tests.test_reservations import NOTHING_OPEN, _counters_equal_ledger, _member, _open
 from chat import services
 from chat.models import PendingCall
 from chat.tests.test_send_race import worker_killed_mid_call
@@ -30,7 +31,7 @@ LIMIT = 10_000  # a monthly limit, so every call holds a reservation
 
 
 def _tenant(slug: str = "pending-calls"):
-    return _member(_plan(slug, monthly_tokens=LIMIT))
+    return _member(plan_with_limits(slug, monthly_tokens=LIMIT))
 
 
 def _prepare(user) -> services.PendingReply:

@@ -15,7 +15,8 @@ from django.utils import timezone
 from analytics import counters
 from analytics.models import TokenUsage
 from billing.services import reservations_expire
-from billing.tests.test_reservations import FORK, NOTHING_OPEN, _counters_equal_ledger, _member, _open, _plan, _record
+from billing.tests.factories import plan_with_limits
+from billing.tests.test_reservations import FORK, NOTHING_OPEN, _counters_equal_ledger, _member, _open, _record
 from chat import services
 from chat.models import Message
 from config.db import rls
@@ -43,7 +44,7 @@ def _sender(user, start, results) -> None:
 
 def test_50_senders_on_the_last_percent_never_exceed_it_and_leave_nothing_reserved(catalog, settings):
     settings.CHAT_MAX_OUTPUT_TOKENS = 20  # each reservation: 5 + 20 = 25 tokens, four at a time in the 100 left
-    user, org = _member(_plan("race-chat", monthly_tokens=LIMIT))
+    user, org = _member(plan_with_limits("race-chat", monthly_tokens=LIMIT))
     _record(user, org, input_tokens=USED)
     counters.counters_read(scope="org", owner_id=org.pk)
     connections.close_all()  # a forked child must not share the parent's database sockets
@@ -95,7 +96,7 @@ def worker_killed_mid_call(user, *, content: str = "a long answer please", suppl
 
 def test_a_worker_killed_mid_call_is_released_after_the_timeout_and_its_reply_metered(catalog, settings):
     settings.ENTITLEMENT_RESERVATION_TIMEOUT = 1
-    user, org = _member(_plan("killed-chat", monthly_tokens=LIMIT))
+    user, org = _member(plan_with_limits("killed-chat", monthly_tokens=LIMIT))
     message_id = worker_killed_mid_call(user)["message_id"]
     assert _open(org)["calls"] == 1
     time.sleep(1.2)
