@@ -8,6 +8,7 @@ from django.dispatch import Signal
 from django.utils import timezone
 
 from accounts import services
+from accounts.models import User
 from accounts.session_store import session_digest
 from config.db import rls
 from config.http import client_ip
@@ -21,7 +22,12 @@ def on_login(sender, request, user, **kwargs):
     with rls.atomic():
         rls.context_set(user_id=user.pk)
         user.last_login = timezone.now()
-        user.save(update_fields=["last_login"])
+        # Only while the account is active, holding its row (as user_held_active): a deactivation
+        # committed since the password was checked leaves this sign-in without a session.
+        if not User.objects.filter(pk=user.pk, is_active=True).update(last_login=user.last_login):
+            if request is not None and hasattr(request, "session"):
+                request.session.flush()
+            return
         if request is not None and hasattr(request, "session"):
             services.user_session_start(request=request, user=user)
             services.login_failures_clear(email=user.email, ip=client_ip(request))

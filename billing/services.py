@@ -14,7 +14,7 @@ from django.db import IntegrityError, connections
 from django.db.models import Q
 from django.utils import timezone
 
-from accounts.models import Organization, User
+from accounts.models import Membership, Organization, User
 from analytics import counters
 from billing import selectors
 from billing.models import CURRENT_STATUSES, Plan, Subscription
@@ -592,6 +592,16 @@ def subscription_plan_set(*, organization: Organization, plan: Plan, interval: s
             raise ApplicationError("The subscription changed at the same time; try again.", {"code": "conflict"}) from exc
 
 
+def _lock_as_manager(actor: User, organization: Organization) -> Subscription:
+    """The current subscription, locked for a change `actor` makes, with the actor's membership
+    held first (as accounts' _require_admin(lock=True)) and their role read again under it: a
+    demotion waits for the change, or comes first and the change is refused. Checked only before,
+    a role taken away meanwhile made the save match no row under its policy: a 500."""
+    list(Membership.objects.select_for_update().filter(organization_id=organization.pk, user_id=actor.pk).values_list("pk"))
+    _require_manager(actor, organization)
+    return lock_current(organization.pk)
+
+
 def _require_manager(actor: User, organization: Organization) -> None:
     if not selectors.caller_manages(user=actor, organization_id=organization.pk):
         raise ForbiddenError("Only the organization's owners and admins can change its billing.", {"code": "not_allowed"})
@@ -617,7 +627,7 @@ def subscription_change(
     with rls.atomic():
         # Decided on the row as it is under its lock: a checkout's webhook that put a plan billed
         # by Stripe in place meanwhile is seen here, not replaced behind Stripe's back.
-        current = lock_current(organization.pk)
+        current = _lock_as_manager(actor, organization)
         # Ranked against the plan in force, not the row's: once a period ends, its cancellation or
         # scheduled downgrade applies before the periods task writes it down, and Pro chosen after
         # a cancelled Enterprise is an upgrade from Free, bought through checkout.
@@ -655,7 +665,7 @@ def subscription_request(*, actor: User, organization: Organization, plan: Plan)
     """Record that an owner or admin asked for a paid plan while payment is not configured."""
     _require_manager(actor, organization)
     with rls.atomic():
-        current = lock_current(organization.pk)
+        current = _lock_as_manager(actor, organization)
         current.requested_plan, current.requested_at = plan, timezone.now()
         current.save(update_fields=["requested_plan", "requested_at", "updated_at"])
     logger.info("organization %s requested the %s plan", organization.pk, plan.slug)
@@ -666,7 +676,7 @@ def subscription_cancel(*, actor: User, organization: Organization) -> Subscript
     """Cancel at the period's end: the plan stays until then, then the free plan applies."""
     _require_manager(actor, organization)
     with rls.atomic():
-        current = lock_current(organization.pk)
+        current = _lock_as_manager(actor, organization)
         if current.plan.is_free:
             raise ApplicationError("The free plan has nothing to cancel.", {"code": "nothing_to_cancel"})
         refuse_if_billed_by_stripe(current)
@@ -679,7 +689,7 @@ def subscription_resume(*, actor: User, organization: Organization) -> Subscript
     """Undo a cancellation or a scheduled downgrade before the period ends."""
     _require_manager(actor, organization)
     with rls.atomic():
-        current = lock_current(organization.pk)
+        current = _lock_as_manager(actor, organization)
         refuse_if_billed_by_stripe(current)
         if current.current_period_end is not None and current.current_period_end <= timezone.now():
             # The change applied at the period's end (the limits follow it at once; the periods task

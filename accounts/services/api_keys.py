@@ -15,6 +15,7 @@ from django.utils.crypto import get_random_string
 from accounts import api_key_cache
 from accounts.errors import InvalidScopes, NotAllowed
 from accounts.models import ApiKey, User
+from accounts.services.organizations import user_held_active
 from accounts.services.sessions import ACTIVITY_WRITE_INTERVAL
 from config.cache import REDIS_ERRORS
 from config.crypto import token_digest
@@ -46,6 +47,7 @@ def api_key_create(
     with rls.atomic():
         if by_key is not None:
             _api_key_held(by_key)
+        user_held_active(user.pk)  # a deactivation revokes this key, or comes first and refuses it
         key = ApiKey.objects.create(
             user=user, name=name[:100], prefix=prefix, key_hash=token_digest(secret), scopes=sorted(set(scopes)), expires_at=expires_at
         )

@@ -86,6 +86,14 @@ def _membership_of(user: User, organization: Organization, *, lock: bool = False
     return membership
 
 
+def user_held_active(user_id) -> None:
+    """Hold the user's row to the caller's transaction and refuse an account deactivated: a grant
+    (an API key, an invitation, a sign-in) and user_deactivate, which updates the row first, then
+    queue, so the deactivation revokes what came before it and what comes after sees it."""
+    if not User.objects.select_for_update(no_key=True).filter(pk=user_id, is_active=True).exists():
+        raise NotAllowed("This account has been deactivated.")
+
+
 def _require_admin(user: User, organization: Organization, *, lock: bool = False, target: Membership | None = None) -> Membership:
     membership = _membership_of(user, organization, lock=lock, target=target)
     if membership.role not in ADMIN_ROLES:
@@ -178,6 +186,7 @@ def invitation_create(
     with rls.atomic():
         # The role checked and held to the insert: an admin demoted meanwhile invites first or not at all.
         inviter = _require_admin(actor, organization, lock=True)
+        user_held_active(actor.pk)  # a deactivation's withdrawal of the inviter's invitations comes before or after this one
         if role == Membership.Role.OWNER and inviter.role != Membership.Role.OWNER:
             raise NotAllowed("Only owners can invite owners.")
         if Membership.objects.filter(organization=organization, user__email=email).exists():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib.auth import password_validation
 from django.core import signing
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, connections
+from django.db import IntegrityError, ProgrammingError, connections, transaction
 from django.utils import timezone
 
 from accounts.catalog import model_catalog, preferred_model_problem
@@ -76,7 +76,17 @@ def _auto_join(user: User) -> None:
         cur.execute("SELECT unnest(accounts_auto_join_organizations())")
         organization_ids = [row[0] for row in cur.fetchall()]
     for organization_id in organization_ids:
-        Membership.objects.create(organization_id=organization_id, user=user, role=Membership.Role.MEMBER)
+        try:
+            with transaction.atomic(using=rls.current_alias()):  # a savepoint: a refused join is skipped alone
+                Membership.objects.create(organization_id=organization_id, user=user, role=Membership.Role.MEMBER)
+        except ProgrammingError as exc:
+            # The organization stopped admitting the domain since it was listed: its join policy
+            # refuses the row (insufficient_privilege), as it would have a moment later.
+            if getattr(exc.__cause__, "sqlstate", None) != INSUFFICIENT_PRIVILEGE:
+                raise
+
+
+INSUFFICIENT_PRIVILEGE = "42501"  # PostgreSQL's code for a row a policy refuses
 
 
 def user_update(*, user: User, **fields) -> User:
@@ -115,6 +125,8 @@ def user_deactivate(*, user: User) -> User:
     with rls.atomic():
         now = timezone.now()
         user.is_active = False
+        # First: the row's lock makes a grant in flight (user_held_active) commit before the
+        # statements below read, or wait and see the account deactivated.
         user.save(update_fields=["is_active", "updated_at"])
         ApiKey.objects.filter(user=user, is_active=True).update(is_active=False, revoked_at=now)
         Invitation.objects.filter(invited_by=user, accepted_at__isnull=True, revoked_at__isnull=True).update(revoked_at=now)
