@@ -52,6 +52,20 @@ def _no_raise(client):
     return client
 
 
+def owner_demotes_meanwhile(owner, organization, membership) -> Paused:
+    """The owner makes `membership` a member, in a thread, while another request is paused;
+    returns once the demotion waits on that request's locks (or is done)."""
+    demote = Paused(
+        lambda: session_client(owner).patch(
+            f"{API}/organizations/{organization.pk}/members/{membership.pk}", {"role": "member"}, format="json"
+        ),
+        "alice",
+    )
+    demote.start()
+    until(lambda: waiting_locks() > 0 or not demote.is_alive(), "the demotion waits for the change, or is done")
+    return demote
+
+
 # --- 1. A role read before the lock --------------------------------------------------------------
 
 
@@ -290,14 +304,7 @@ def test_an_admin_demoted_while_inviting_or_renaming_acts_first_or_not_at_all(al
     act = Paused(request, "adam")
     act.start()
     assert reached.wait(60), "Adam's request never checked his role"
-    demote = Paused(
-        lambda: session_client(alice).patch(
-            f"{API}/organizations/{acme.pk}/members/{adam_membership.pk}", {"role": "member"}, format="json"
-        ),
-        "alice",
-    )
-    demote.start()
-    until(lambda: waiting_locks() > 0 or not demote.is_alive(), "Alice's demotion waits for Adam's change, or is done")
+    demote = owner_demotes_meanwhile(alice, acme, adam_membership)
     release.set()
     act.join(60), demote.join(60)
     assert demote.result.status_code == 200, demote.result.content[:300]

@@ -19,6 +19,7 @@ from accounts.services import organizations as org_services
 from accounts.services import users as user_services
 from accounts.tests.factories import PASSWORD, make_user
 from accounts.tests.test_api import API, bearer, key_client, privileged, session_client
+from accounts.tests.test_attack_lifecycle import _join, _no_raise, acme, owner_demotes_meanwhile  # noqa: F401  (acme: a fixture)
 from billing import services as billing_services
 from billing.models import Subscription
 from billing.tests.conftest import plans  # noqa: F401  (a fixture)
@@ -32,22 +33,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture
 def alice(plans):  # noqa: F811
     return make_user(email="alice@example.com", display_name="Alice")
-
-
-@pytest.fixture
-def acme(alice):
-    with rls.privileged(reason="test"):
-        return services.organization_create(user=alice, name="Acme")
-
-
-def _join(organization, user, role=Membership.Role.MEMBER) -> Membership:
-    with rls.privileged(reason="test: join"):
-        return Membership.objects.create(organization=organization, user=user, role=role)
-
-
-def _no_raise(client):
-    client.raise_request_exception = False
-    return client
 
 
 def _staff_deactivates(user_id) -> Paused:
@@ -70,7 +55,7 @@ def _staff_reactivates(user_id) -> None:
 # --- 1. Deactivation racing a request that grants access -------------------------------------------
 
 
-def test_an_admin_deactivated_while_inviting_keeps_an_invitation_that_lets_her_back_in(alice, acme, monkeypatch):
+def test_an_admin_deactivated_while_inviting_keeps_an_invitation_that_lets_her_back_in(alice, acme, monkeypatch):  # noqa: F811
     """Mallory (admin of Acme) is banned by staff (deactivated) while her request inviting her other
     address as admin is in flight: it has checked her role and inserted the invitation, not yet
     committed. user_deactivate withdraws her pending invitations with one UPDATE whose snapshot
@@ -262,14 +247,7 @@ def test_an_admin_demoted_while_changing_the_plan_acts_first_or_is_refused_not_a
     )
     change.start()
     assert reached.wait(60), "Adam's change never locked the subscription"
-    demote = Paused(
-        lambda: session_client(alice).patch(
-            f"{API}/organizations/{acme.pk}/members/{adam_membership.pk}", {"role": "member"}, format="json"
-        ),
-        "alice",
-    )
-    demote.start()
-    until(lambda: waiting_locks() > 0 or not demote.is_alive(), "Alice's demotion waits for Adam's change, or is done")
+    demote = owner_demotes_meanwhile(alice, acme, adam_membership)
     release.set()
     change.join(60), demote.join(60)
     assert demote.result.status_code == 200, demote.result.content[:300]
