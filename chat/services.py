@@ -161,25 +161,30 @@ def _calls_kept_from(conversation: Conversation) -> None:
     as a PendingCall (an unstored call's row), so that its own finish, or the stale pass for a
     worker that died, still meters it, once (the ledger takes a request id once). Deleted with
     the reply alone, the call of a worker that died went unmetered."""
-    replies = Message.objects.filter(conversation_id=conversation.pk, status=Status.STREAMING, metadata__has_key="request_id")
-    PendingCall.objects.bulk_create(
-        [
-            PendingCall(
-                user_id=reply.user_id,
-                organization_id=conversation.organization_id,
-                request_id=reply.metadata["request_id"],
-                provider=reply.provider,
-                model=reply.model,
-                price_id=reply.metadata["price_id"],
-                prompt_tokens_estimate=reply.metadata.get("prompt_tokens_estimate", 0),
-                key_source=reply.metadata.get("key_source", KeySource.NONE),
-                reservation=Reservation.from_metadata(conversation.organization_id, reply.metadata).as_metadata(),
-                created_at=reply.created_at,
-            )
-            for reply in replies
-        ],
-        ignore_conflicts=True,
-    )
+    replies = list(Message.objects.filter(conversation_id=conversation.pk, status=Status.STREAMING, metadata__has_key="request_id"))
+    if not replies:
+        return
+    # Privileged: a member who has left still deletes their own conversations, and the row is the
+    # organization's, which their context no longer admits (its policy refused it: a 500).
+    with rls.privileged(reason="keep a deleted conversation's call in progress for its metering", audited=False):
+        PendingCall.objects.bulk_create(
+            [
+                PendingCall(
+                    user_id=reply.user_id,
+                    organization_id=conversation.organization_id,
+                    request_id=reply.metadata["request_id"],
+                    provider=reply.provider,
+                    model=reply.model,
+                    price_id=reply.metadata["price_id"],
+                    prompt_tokens_estimate=reply.metadata.get("prompt_tokens_estimate", 0),
+                    key_source=reply.metadata.get("key_source", KeySource.NONE),
+                    reservation=Reservation.from_metadata(conversation.organization_id, reply.metadata).as_metadata(),
+                    created_at=reply.created_at,
+                )
+                for reply in replies
+            ],
+            ignore_conflicts=True,
+        )
 
 
 def _persona_model_check(fields: dict, *, stored: Persona | None = None) -> None:
@@ -1020,7 +1025,7 @@ async def message_stream(*, pending: PendingReply) -> AsyncIterator[dict]:
             await events.aclose()
             return await close(status, usage, error, failure)
 
-        cap = _StreamCap(pending.request.max_tokens)
+        cap = _StreamCap(None if getattr(adapter, "STOPS_AT_MAX_TOKENS", False) else pending.request.max_tokens)
         try:
             async for event in events:
                 if isinstance(event, Delta):

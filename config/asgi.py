@@ -107,15 +107,19 @@ class OneHopASGIHandler(ResolveOnceMixin, ASGIHandler):
             # thread closes when it is (_response_in_thread).
             response = made.abandon()
             if response is not None and response.streaming:
-                await _streamed_body_close(response)
-                await sync_to_async(response.close, thread_sensitive=True)()
+                try:
+                    await _streamed_body_close(response)
+                finally:
+                    await sync_to_async(response.close, thread_sensitive=True)()
             else:
                 await signals.request_finished.asend(sender=self.__class__)
             return
         response = task.result()
         if response.streaming:
-            await _streamed_body_close(response)
-            await sync_to_async(response.close, thread_sensitive=True)()
+            try:
+                await _streamed_body_close(response)
+            finally:
+                await sync_to_async(response.close, thread_sensitive=True)()
 
     async def _respond(self, scope, body_file, send, made):
         response = await sync_to_async(self._response_in_thread, thread_sensitive=True)(scope, body_file, made)

@@ -46,7 +46,7 @@ def api_key_create(
     secret = f"{API_KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
     with rls.atomic():
         if by_key is not None:
-            _api_key_held(by_key)
+            _api_key_held(by_key)  # a key before its user, as user_deactivate locks them
         user_held_active(user.pk)  # a deactivation revokes this key, or comes first and refuses it
         key = ApiKey.objects.create(
             user=user, name=name[:100], prefix=prefix, key_hash=token_digest(secret), scopes=sorted(set(scopes)), expires_at=expires_at

@@ -80,8 +80,7 @@ def caller_signed_in(*, session_key: str | None, authorization: str) -> bool:
     if len(parts) == 2 and parts[0].lower() == "bearer":
         try:
             api_key_authenticate(raw_key=parts[1])
+            return True
         except ApiKeyRejected:
-            return False
-        return True
-    # SessionStore drops a malformed key (it then reads as an empty session).
+            pass  # not a live key (a proxy's own token, say): the session may still be signed in
     return bool(session_key) and SessionStore(session_key).get(SESSION_KEY) is not None

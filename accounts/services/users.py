@@ -125,8 +125,11 @@ def user_deactivate(*, user: User) -> User:
     with rls.atomic():
         now = timezone.now()
         user.is_active = False
-        # First: the row's lock makes a grant in flight (user_held_active) commit before the
-        # statements below read, or wait and see the account deactivated.
+        # The user's keys, then the user's row: the order a grant made with a key locks them (the
+        # key as it authenticates or is held, then user_held_active); the other order deadlocked.
+        list(ApiKey.objects.select_for_update().filter(user=user).order_by("pk").values_list("pk"))
+        # The row's lock makes a grant in flight (user_held_active) commit before the statements
+        # below read, or wait and see the account deactivated.
         user.save(update_fields=["is_active", "updated_at"])
         ApiKey.objects.filter(user=user, is_active=True).update(is_active=False, revoked_at=now)
         Invitation.objects.filter(invited_by=user, accepted_at__isnull=True, revoked_at__isnull=True).update(revoked_at=now)

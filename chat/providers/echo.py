@@ -40,6 +40,11 @@ def usage_for(request: ChatRequest, reply: str) -> Usage:
     return Usage(input_uncached=prompt_words, output=output_words, raw={"prompt_words": prompt_words, "reply_words": output_words})
 
 
+# Built in, it cuts its own reply at max_tokens (reply_for), a word a token however long: the
+# stream's guard against servers that ignore the cap (chat.services._StreamCap) is not for it.
+STOPS_AT_MAX_TOKENS = True
+
+
 async def stream(request: ChatRequest, *, delay: float | None = None) -> AsyncIterator[Delta | Done]:
     delay = settings.CHAT_ECHO_DELAY if delay is None else delay
     reply = reply_for(request)

@@ -173,6 +173,16 @@ def test_an_upload_path_takes_a_large_body_only_from_someone_signed_in(settings,
     assert (status, read) == (403, 5)
 
 
+def test_a_signed_in_upload_behind_a_proxy_that_adds_its_own_bearer_token_keeps_the_upload_bound(settings, client):
+    """A sign-in proxy (oauth2-proxy and the like) adds `Authorization: Bearer <its token>` to a
+    signed-in browser's requests. Was: a bearer that was not a live Confab key answered "not signed
+    in" without looking at the session: a 413 at the small bound. Should: the session decides."""
+    settings.REQUEST_BODY_MAX_BYTES = 2 * MIB
+    proxy = (b"authorization", b"Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJib2IifQ.c2lnbmF0dXJl")
+    status, _body, read = async_to_sync(_post)("/chat/porting/", iter([b"x" * MIB] * 5), headers=[_signed_in_cookie(client), proxy])
+    assert (status, read) == (403, 5)  # read whole; the page answered (no CSRF token in this raw POST)
+
+
 def test_an_upload_to_the_import_api_takes_a_large_body_only_with_a_live_api_key(settings):
     """As above for /api/v1/imports with `Authorization: Bearer ck_...`: a revoked or unknown key
     is nobody."""
