@@ -12,29 +12,13 @@ from accounts.models import ApiKey, Membership, User
 from accounts.services import api_keys as api_key_services
 from accounts.tests.factories import make_user
 from accounts.tests.test_api import API, key_client, privileged
-from billing.tests.factories import make_plans
+from accounts.tests.test_attack_lifecycle import _no_raise
 from chat import services
 from chat.models import Conversation, Message
 from config.db import rls
 from config.tests.races import Paused, hold_in_thread, until, waiting_locks
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def plans(django_db_blocker):
-    with django_db_blocker.unblock():
-        return make_plans()
-
-
-@pytest.fixture
-def alice(catalog, plans):
-    return make_user(email="alice@example.com")
-
-
-def _no_raise(client):
-    client.raise_request_exception = False
-    return client
 
 
 # --- user_held_active against user_deactivate ------------------------------------------------------
