@@ -23,9 +23,9 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent
 from django.db import connections, transaction
-from django.http import JsonResponse, StreamingHttpResponse
+from django.http import Http404, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions
@@ -43,6 +43,7 @@ from chat.providers.base import STATUS_CODES
 from chat.response_cache import HEADER as CACHE_HEADER
 from chat.response_cache import header_choice
 from chat.streaming import closes_unstarted
+from config.api.negotiation import FirstRendererNegotiation
 from config.api.parsers import BoundedJSONParser
 from config.api.permissions import HasRequiredScope
 from config.db import rls
@@ -126,6 +127,13 @@ def exception_handler(exc, context):
             headers["WWW-Authenticate"] = exc.auth_header
         if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
             headers["Retry-After"] = str(int(exc.wait))
+    elif isinstance(exc, Http404):
+        status, message, code, param = 404, "Not found.", "not_found", None
+    elif isinstance(exc, PermissionDenied):
+        status, message, code, param = 403, "You do not have permission to do that.", "permission_denied", None
+    elif isinstance(exc, TooManyFieldsSent):  # Django refuses the query before the view reads it
+        status, message, code = 400, f"The request has more than {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS:,} parameters.", "bad_request"
+        param = None
     elif isinstance(exc, RequestDataTooBig):  # Django refuses the body before the parser sees it
         status, message, code, param = (
             400,
@@ -133,6 +141,8 @@ def exception_handler(exc, context):
             "too_large",
             None,
         )
+    elif isinstance(exc, SuspiciousOperation):
+        status, message, code, param = 400, "The request was malformed.", "bad_request", None
     else:
         logger.exception("gateway request failed", exc_info=exc)
         status, message, code, param = 500, "Internal server error; it has been logged.", "server_error", None
@@ -373,6 +383,7 @@ async def _chunks(pending: services.PendingReply, *, include_usage: bool) -> Asy
 
 class _GatewayView(APIView):
     authentication_classes = [ApiKeyAuthentication]  # keys only: no session, no CSRF
+    content_negotiation_class = FirstRendererNegotiation  # OpenAI's API has no `format`: `?format=xml` was a 500
     permission_classes = [IsAuthenticated, HasRequiredScope]
     parser_classes = [BoundedJSONParser]
     renderer_classes = [JSONRenderer]

@@ -8,7 +8,6 @@ from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
-from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -21,6 +20,7 @@ from chat.porting import exporter, jobs
 from chat.porting.views import conversation_download, export_file_response
 from config.api.errors import error_responses
 from config.api.inputs import validated_query
+from config.api.negotiation import FirstRendererNegotiation
 from config.db import rls
 from config.errors import ApplicationError
 
@@ -40,16 +40,9 @@ class ExportJobOut(serializers.ModelSerializer):
         return f"/api/v1/exports/{job.pk}/download" if exporter.export_download_url(job) else None
 
 
-class ExportFormatNegotiation(DefaultContentNegotiation):
-    """`?format=` names the export's format here (json|md), not one of DRF's renderers."""
-
-    def select_renderer(self, request, renderers, format_suffix=None):
-        return renderers[0], renderers[0].media_type
-
-
 class ConversationExportApi(APIView):
     required_scopes = CHAT_SCOPES
-    content_negotiation_class = ExportFormatNegotiation
+    content_negotiation_class = FirstRendererNegotiation
 
     @extend_schema(
         parameters=[ExportFormatQuery],

@@ -10,6 +10,8 @@ string is kept (the cache's keys are these headers only, times the views' render
 
 from __future__ import annotations
 
+from django.http import Http404
+from rest_framework.exceptions import ParseError
 from rest_framework.negotiation import DefaultContentNegotiation
 
 COMMON_ACCEPT = frozenset({"*/*", "application/json"})
@@ -20,7 +22,7 @@ class ContentNegotiation(DefaultContentNegotiation):
     def select_renderer(self, request, renderers, format_suffix=None):
         accept = request.META.get("HTTP_ACCEPT", "*/*")  # request.headers would build every header's entry
         if format_suffix or accept not in COMMON_ACCEPT or self.settings.URL_FORMAT_OVERRIDE in request.query_params:
-            return super().select_renderer(request, renderers, format_suffix)
+            return self._negotiated(request, renderers, format_suffix)
         key = (accept, tuple(type(renderer) for renderer in renderers))
         answer = _answers.get(key)
         if answer is None:
@@ -28,3 +30,19 @@ class ContentNegotiation(DefaultContentNegotiation):
             answer = _answers[key] = (renderers.index(renderer), media_type)
         index, media_type = answer
         return renderers[index], media_type
+
+    def _negotiated(self, request, renderers, format_suffix):
+        try:
+            return super().select_renderer(request, renderers, format_suffix)
+        except Http404:  # DRF's answer to a `?format=` no renderer has: a 404 for an endpoint that exists
+            formats = ", ".join(sorted({renderer.format for renderer in renderers}))
+            raise ParseError(f"Unknown format: `format` must be one of {formats}.") from None
+
+
+class FirstRendererNegotiation(ContentNegotiation):
+    """The view's first renderer whatever the client asks, for views where `?format=` is not
+    DRF's: the OpenAI-compatible gateway (no such parameter, one answer type), a conversation's
+    export (`format` names the export's own format, json or md)."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type

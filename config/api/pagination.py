@@ -1,3 +1,4 @@
+from rest_framework.exceptions import NotFound
 from rest_framework.pagination import CursorPagination, PageNumberPagination
 
 from config.errors import ApplicationError
@@ -36,8 +37,16 @@ class StrictPageSize:
 
 
 class Pagination(StrictPageSize, PageNumberPagination):
-    pass
+    def get_page_number(self, request, paginator):
+        # An empty `page` is checked like any other value (DRF took it as the first page).
+        if request.query_params.get(self.page_query_param) == "":
+            raise NotFound(self.invalid_page_message.format(page_number="", message="a page number is required"))
+        return super().get_page_number(request, paginator)
 
 
 class StrictCursorPagination(StrictPageSize, CursorPagination):
-    pass
+    def decode_cursor(self, request):
+        # An empty `cursor` is checked like any other value (DRF took it as no position at all).
+        if request.query_params.get(self.cursor_query_param) == "":
+            raise NotFound(self.invalid_cursor_message)
+        return super().decode_cursor(request)
