@@ -28,6 +28,7 @@ from types import ModuleType
 
 import httpcore2
 import httpx2
+from django.conf import settings
 
 from config.errors import ApplicationError
 from config.outbound import AddressRefused, GuardedBackend
@@ -386,6 +387,29 @@ class _Utf8Repaired(httpx2.AsyncByteStream):
         await self._stream.aclose()
 
 
+class _SizeBounded(httpx2.AsyncByteStream):
+    """A response's bytes, refused past `limit`: a server at a user's base URL could send a body
+    without end, which the SDKs read into the worker's memory."""
+
+    def __init__(self, stream: httpx2.AsyncByteStream, limit: int):
+        self._stream, self._limit = stream, limit
+
+    async def __aiter__(self):
+        received = 0
+        async for chunk in self._stream:
+            received += len(chunk)
+            if received > self._limit:
+                raise httpx2.RemoteProtocolError(f"The provider's response is larger than {self._limit:,} bytes.")
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+async def _size_bounded(response: httpx2.Response) -> None:
+    response.stream = _SizeBounded(response.stream, settings.CHAT_PROVIDER_RESPONSE_MAX_BYTES)
+
+
 async def _event_stream_repaired(response: httpx2.Response) -> None:
     """One byte that is not UTF-8 in a server-sent event stream (a server that cut a character
     between two tokens) makes the openai and anthropic SDKs' decoders raise, losing the rest of
@@ -419,5 +443,5 @@ def http_client(*, on_response: Callable[[httpx2.Response], Awaitable[None]] | N
                 max_keepalive_connections=limits.max_keepalive_connections,
                 network_backend=GuardedBackend(),
             )
-    hooks = [_event_stream_repaired, *([on_response] if on_response else [])]
+    hooks = [_size_bounded, _event_stream_repaired, *([on_response] if on_response else [])]
     return _KeysStayHome(transport=pool, follow_redirects=True, event_hooks={"response": hooks})

@@ -815,3 +815,20 @@ def test_held_a_price_changed_while_the_call_runs_meters_the_price_in_force_at_t
     message = _stored(pending.message.pk)
     assert message.cost == Decimal("0.75")  # 1M × $0.15 + 1M × $0.60, the version in force at the check
     _metered_once(wired)
+
+
+@pytest.mark.parametrize("mode", ["whole", "stream"])
+def test_a_provider_response_larger_than_its_bound_fails_the_call_without_reading_it_all(wired, server, settings, mode):
+    """A server at the user's base URL answers with a body past CHAT_PROVIDER_RESPONSE_MAX_BYTES.
+    Was: the SDK read all of it into the worker's memory, however large. Should: the read stops
+    at the bound and the call fails (or, streamed, keeps what arrived), stored and metered once."""
+    settings.CHAT_PROVIDER_RESPONSE_MAX_BYTES = 1024 * 1024
+    big = "x" * (2 * 1024 * 1024)
+    if mode == "whole":
+        server.queue(Reply(body=openai_completion(big, OK_OPENAI)))
+    else:
+        server.queue(Reply(events=openai_stream(["Par", "is. ", big], OK_OPENAI)))
+    message, _events = _send(wired, "openai", mode)
+    assert message.status in ("failed", "interrupted") and big not in message.content
+    assert message.content in ("", "Paris. ")
+    _metered_once(wired)

@@ -337,6 +337,9 @@ BILLING_GRACE_DAYS = env.int("BILLING_GRACE_DAYS", default=7)
 # Output tokens one call may ask for: its plan's cap when lower, this when the plan sets none (the
 # reservation's upper bound). A plan's cap above it is refused in admin (billing/admin.py).
 CHAT_MAX_OUTPUT_TOKENS = env.int("CHAT_MAX_OUTPUT_TOKENS", default=4096)
+# The most bytes one provider response may send (as sent, before any decompression): past it the
+# call fails. A server at a user's base URL could otherwise send a body without end.
+CHAT_PROVIDER_RESPONSE_MAX_BYTES = env.int("CHAT_PROVIDER_RESPONSE_MAX_BYTES", default=64 * 1024 * 1024)
 # Seconds an unsettled reservation holds quota (a killed worker's); longer than a provider call may take.
 ENTITLEMENT_RESERVATION_TIMEOUT = env.int("ENTITLEMENT_RESERVATION_TIMEOUT", default=900)
 CELERY_BEAT_SCHEDULE["billing-reservations-expire"] = {"task": "billing.tasks.reservations_expire_task", "schedule": crontab(minute="*")}
