@@ -21,6 +21,7 @@ import math
 import ssl
 import threading
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cache
@@ -388,34 +389,73 @@ class _Utf8Repaired(httpx2.AsyncByteStream):
 
 
 class _SizeBounded(httpx2.AsyncByteStream):
-    """A response's bytes, refused past `limit`: a server at a user's base URL could send a body
-    without end, which the SDKs read into the worker's memory."""
+    """A response's bytes, decoded here and refused past `limit` decoded bytes: a server at a
+    user's base URL could send a body without end, or a small compressed one that inflates
+    a thousandfold, which the SDKs would read into the worker's memory. httpx would decode
+    each chunk whole; here no piece inflates past `PIECE` at a time."""
 
-    def __init__(self, stream: httpx2.AsyncByteStream, limit: int):
-        self._stream, self._limit = stream, limit
+    PIECE = 64 * 1024
+
+    def __init__(self, stream: httpx2.AsyncByteStream, limit: int, encoding: str | None):
+        self._stream, self._limit, self._encoding = stream, limit, encoding
 
     async def __aiter__(self):
         received = 0
+        inflater = _Inflater(self._encoding) if self._encoding else None
         async for chunk in self._stream:
-            received += len(chunk)
-            if received > self._limit:
-                raise httpx2.RemoteProtocolError(f"The provider's response is larger than {self._limit:,} bytes.")
-            yield chunk
+            for piece in inflater.pieces(chunk, self.PIECE) if inflater else (chunk,):
+                received += len(piece)
+                if received > self._limit:
+                    raise httpx2.RemoteProtocolError(f"The provider's response is larger than {self._limit:,} bytes.")
+                yield piece
 
     async def aclose(self) -> None:
         await self._stream.aclose()
 
 
+class _Inflater:
+    """gzip or deflate (zlib-wrapped, or raw as some servers send it), inflated in bounded pieces."""
+
+    def __init__(self, encoding: str):
+        self._encoding = encoding
+        self._zlib = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib, by its header
+        self._started = False
+
+    def pieces(self, data: bytes, size: int):
+        try:
+            piece = self._zlib.decompress(data, size)
+        except zlib.error:
+            if self._encoding != "deflate" or self._started:
+                raise httpx2.RemoteProtocolError(f"The provider's {self._encoding} response could not be decoded.") from None
+            self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)
+            piece = self._zlib.decompress(data, size)
+        self._started = True
+        while piece:
+            yield piece
+            piece = self._zlib.decompress(self._zlib.unconsumed_tail, size) if self._zlib.unconsumed_tail else b""
+
+
+ACCEPT_ENCODING = "gzip, deflate"  # what `_Inflater` reads; httpx would add br or zstd were their decoders installed
+
+
 async def _size_bounded(response: httpx2.Response) -> None:
-    response.stream = _SizeBounded(response.stream, settings.CHAT_PROVIDER_RESPONSE_MAX_BYTES)
+    """Decoding moves here from httpx (so it is bounded): the header goes, the bytes arrive decoded."""
+    encodings = [value.strip().lower() for value in response.headers.get_list("content-encoding", split_commas=True)]
+    encodings = [value for value in encodings if value != "identity"]
+    if len(encodings) > 1 or (encodings and encodings[0] not in ("gzip", "deflate")):
+        # The client asks for these two only (`ACCEPT_ENCODING`).
+        raise httpx2.RemoteProtocolError(f"The provider's response is encoded as {', '.join(encodings)}, which Confab does not read.")
+    if encodings:
+        del response.headers["content-encoding"]
+    response.stream = _SizeBounded(response.stream, settings.CHAT_PROVIDER_RESPONSE_MAX_BYTES, encodings[0] if encodings else None)
 
 
 async def _event_stream_repaired(response: httpx2.Response) -> None:
     """One byte that is not UTF-8 in a server-sent event stream (a server that cut a character
     between two tokens) makes the openai and anthropic SDKs' decoders raise, losing the rest of
-    the reply and its usage; replaced, it is one odd character. Only an unencoded stream: a
-    compressed one's raw bytes are not text."""
-    if response.headers.get("content-type", "").startswith("text/event-stream") and not response.headers.get("content-encoding"):
+    the reply and its usage; replaced, it is one odd character. Runs after `_size_bounded`, which
+    has decoded a compressed stream."""
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
         response.stream = _Utf8Repaired(response.stream)
 
 
@@ -444,4 +484,6 @@ def http_client(*, on_response: Callable[[httpx2.Response], Awaitable[None]] | N
                 network_backend=GuardedBackend(),
             )
     hooks = [_size_bounded, _event_stream_repaired, *([on_response] if on_response else [])]
-    return _KeysStayHome(transport=pool, follow_redirects=True, event_hooks={"response": hooks})
+    return _KeysStayHome(
+        transport=pool, follow_redirects=True, headers={"accept-encoding": ACCEPT_ENCODING}, event_hooks={"response": hooks}
+    )

@@ -2,7 +2,7 @@
 
 A test queues `Reply` values on a `ProviderServer`; each request it receives takes the
 next one and is recorded (path, headers, JSON body). A reply is a JSON body, or SSE
-events sent chunk by chunk, optionally cut (the socket closed mid-body, with no final
+events sent chunk by chunk, optionally compressed, optionally cut (the socket closed mid-body, with no final
 chunk) after some events, or a hang until the server stops (for client timeouts).
 The payload builders below follow the shapes the pinned SDKs parse.
 """
@@ -13,6 +13,7 @@ import json
 import select
 import socket
 import threading
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,6 +28,7 @@ class Reply:
     cut_after: int | None = None  # close the connection after this many events
     stall_after: int | None = None  # send nothing more after this many events, until the server stops
     hang: bool = False  # send nothing until the server stops
+    compressed: str | None = None  # "gzip" or "deflate": the body or events sent so, with the header saying it
 
 
 @dataclass
@@ -81,8 +83,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.stopping.wait(30)
             self.close_connection = True
             return
+        compressor = _compressor(reply.compressed)
         if reply.body is not None:
             payload = json.dumps(reply.body).encode()
+            payload = compressor.compress(payload) + compressor.flush() if compressor else payload
             self.send_response(reply.status)
             self._headers(reply, {"content-type": "application/json", "content-length": str(len(payload))})
             self.wfile.write(payload)
@@ -97,15 +101,20 @@ class _Handler(BaseHTTPRequestHandler):
                 self._stall()
                 return
             data = event.encode()
+            data = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH) if compressor else data
             self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
             self.wfile.flush()
         if reply.cut_after is not None and reply.cut_after >= len(reply.events):
             self._cut()
             return
+        if compressor:
+            data = compressor.flush()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.write(b"0\r\n\r\n")
 
     def _headers(self, reply: Reply, defaults: dict[str, str]) -> None:
-        for name, value in {**defaults, **reply.headers}.items():
+        encoded = {"content-encoding": reply.compressed} if reply.compressed else {}
+        for name, value in {**defaults, **encoded, **reply.headers}.items():
             self.send_header(name, value)
         self.end_headers()
 
@@ -123,6 +132,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
         self.connection.shutdown(socket.SHUT_RDWR)
         self.close_connection = True
+
+
+def _compressor(encoding: str | None):
+    if encoding is None:
+        return None
+    return zlib.compressobj(wbits=zlib.MAX_WBITS | 16 if encoding == "gzip" else zlib.MAX_WBITS)
 
 
 def sse(data: dict | str, event: str | None = None) -> str:

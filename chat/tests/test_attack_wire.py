@@ -616,6 +616,44 @@ def test_odd_values_the_reply_metadata_keeps_raw_do_not_break_the_send(wired, se
     _metered_once(wired)
 
 
+# --- 11. A compressed response -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["whole", "stream"])
+def test_a_compressed_provider_response_is_bounded_by_its_decoded_size(wired, server, settings, mode):
+    """A server at the user's base URL answers with a small gzip body that inflates past the bound.
+    Was: the bound counted the compressed bytes (about 2 KB here), so httpx inflated all of it
+    into memory (a 64 MB body could have been 64 GB). Should: the bound counts decoded bytes."""
+    settings.CHAT_PROVIDER_RESPONSE_MAX_BYTES = 1024 * 1024
+    big = "x" * (4 * 1024 * 1024)
+    if mode == "whole":
+        server.queue(Reply(body=openai_completion(big, OK_OPENAI), compressed="gzip"))
+    else:
+        server.queue(Reply(events=openai_stream(["Par", "is. ", big], OK_OPENAI), compressed="gzip"))
+    message, _events = _send(wired, "openai", mode)
+    assert message.status in ("failed", "interrupted") and big not in message.content
+    assert message.content in ("", "Paris. ")
+    _metered_once(wired)
+
+
+def test_a_compressed_event_stream_with_an_invalid_utf8_byte_keeps_its_reply(wired, server):
+    """The UTF-8 repair ran on unencoded streams only; decoded first, a compressed one is repaired too."""
+    events = openai_stream(["caf@", " au lait"], OK_OPENAI)
+    server.queue(Reply(events=[_Raw(e.encode().replace(b"caf@", b"caf\xff")) for e in events], compressed="gzip"))
+    message, _events = _send(wired, "openai", "stream")
+    assert message.status == "complete" and message.content == "caf\ufffd au lait", (message.status, message.error, message.content)
+    assert not message.metadata["estimated"]
+    _metered_once(wired)
+
+
+def test_a_provider_response_in_an_encoding_not_asked_for_fails_the_call(wired, server):
+    """Was: an encoding httpx has no decoder for was read as if plain. Should: the call fails."""
+    server.queue(Reply(body=openai_completion("Paris.", OK_OPENAI), headers={"content-encoding": "br"}))
+    message, _events = _send(wired, "openai", "whole")
+    assert message.status == "failed" and message.content == ""
+    _metered_once(wired)
+
+
 # --- What held ------------------------------------------------------------------------------------
 
 
@@ -831,4 +869,17 @@ def test_a_provider_response_larger_than_its_bound_fails_the_call_without_readin
     message, _events = _send(wired, "openai", mode)
     assert message.status in ("failed", "interrupted") and big not in message.content
     assert message.content in ("", "Paris. ")
+    _metered_once(wired)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+@pytest.mark.parametrize("mode", ["whole", "stream"])
+def test_a_compressed_provider_response_under_its_bound_is_read_whole(wired, server, mode, encoding):
+    if mode == "whole":
+        server.queue(Reply(body=openai_completion("Paris.", OK_OPENAI), compressed=encoding))
+    else:
+        server.queue(Reply(events=openai_stream(["Par", "is."], OK_OPENAI), compressed=encoding))
+    message, _events = _send(wired, "openai", mode)
+    assert (message.status, message.content, message.output_tokens) == ("complete", "Paris.", 2)
+    assert server.received[-1].headers["accept-encoding"] == "gzip, deflate"
     _metered_once(wired)
