@@ -19,9 +19,10 @@ BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u206
 
 
 def has_control_characters(value: str) -> bool:
-    """Control characters (Cc: line breaks, tabs) or text-direction marks, which make a line of
-    text on a page say something else (U+202E shows "Invoice \u202efdp.exe" as "Invoice exe.pdf")."""
-    return any(unicodedata.category(c) == "Cc" or c in BIDI_CONTROLS for c in value or "")
+    """Control characters (Cc: line breaks, tabs), Unicode's own line and paragraph separators
+    (Zl, Zp: a second, forged line under a shared title) or text-direction marks, which make a
+    line of text on a page say something else (U+202E shows "Invoice \u202efdp.exe" as "Invoice exe.pdf")."""
+    return any(unicodedata.category(c) in ("Cc", "Zl", "Zp") or c in BIDI_CONTROLS for c in value or "")
 
 
 # Letters that draw nothing although Unicode files them as letters or symbols: the Hangul fillers
