@@ -14,6 +14,7 @@ from accounts.models import ApiKey
 from billing import selectors, stripe_services
 from billing.serializers import CheckoutOut, PlanOut, SubscriptionChangeIn, SubscriptionOut
 from config.api.errors import error_responses
+from config.db import rls
 from config.errors import NotFoundError
 from config.http import site_url
 
@@ -29,6 +30,7 @@ class PlanListApi(APIView):
         return Response(PlanOut(selectors.plan_list(), many=True).data)
 
 
+@rls.own_transactions("POST")  # a paid upgrade calls Stripe: no transaction is held while it answers
 class SubscriptionApi(APIView):
     required_scopes = BILLING_SCOPES
 
@@ -46,10 +48,11 @@ class SubscriptionApi(APIView):
         },
     )
     def post(self, request, organization_id):
-        organization = accounts_selectors.organization_get(user=request.user, organization_id=organization_id)
-        data = SubscriptionChangeIn(data=request.data)
-        data.is_valid(raise_exception=True)
-        plan = selectors.plan_get(slug=data.validated_data["plan"])
+        with rls.atomic_as(request.user.pk):
+            organization = accounts_selectors.organization_get(user=request.user, organization_id=organization_id)
+            data = SubscriptionChangeIn(data=request.data)
+            data.is_valid(raise_exception=True)
+            plan = selectors.plan_get(slug=data.validated_data["plan"])
         if plan is None:
             raise NotFoundError(f"There is no plan called '{data.validated_data['plan']}'.", {"code": "plan_not_found"})
         outcome = stripe_services.subscription_change_or_checkout(
@@ -62,4 +65,5 @@ class SubscriptionApi(APIView):
         )
         if isinstance(outcome, str):
             return Response(CheckoutOut({"checkout_url": outcome}).data, status=status.HTTP_201_CREATED)
-        return Response(SubscriptionOut(selectors.subscription_overview(organization=organization)).data)
+        with rls.atomic_as(request.user.pk):
+            return Response(SubscriptionOut(selectors.subscription_overview(organization=organization)).data)

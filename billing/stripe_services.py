@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -25,10 +26,12 @@ from django.db import connections, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 from kombu.exceptions import OperationalError as QueueUnavailable
+from redis.exceptions import LockError
 
 from accounts.models import Organization, User
 from billing import selectors, services
 from billing.models import CURRENT_STATUSES, Plan, StripeEvent, Subscription
+from config.cache import REDIS_ERRORS, redis_client
 from config.db import rls
 from config.errors import ApplicationError
 from config.text import json_clean
@@ -56,6 +59,14 @@ STATUSES = {
 ENDED_AT_STRIPE = frozenset(stripe_status for stripe_status, ours in STATUSES.items() if ours not in CURRENT_STATUSES)
 
 
+STRIPE_TIMEOUT_SECONDS = 20
+# One checkout at a time per organization: held across its Stripe calls (a Redis lock: no database
+# connection is held while Stripe answers), renewed before the last, which it outlasts with its
+# retries (3 × 20 s); a second checkout waits this long for it, then is refused.
+CHECKOUT_LOCK_SECONDS = 90
+CHECKOUT_WAIT_SECONDS = 15
+
+
 def _not_configured() -> ApplicationError:
     return ApplicationError("Payment is not configured.", {"code": "payment_not_configured"})
 
@@ -63,7 +74,12 @@ def _not_configured() -> ApplicationError:
 def stripe_client() -> stripe.StripeClient:
     if not selectors.payment_configured():
         raise _not_configured()
-    return stripe.StripeClient(settings.STRIPE_SECRET_KEY, base_addresses={"api": settings.STRIPE_API_BASE}, max_network_retries=2)
+    return stripe.StripeClient(
+        settings.STRIPE_SECRET_KEY,
+        base_addresses={"api": settings.STRIPE_API_BASE},
+        max_network_retries=2,
+        http_client=stripe.new_default_http_client(timeout=STRIPE_TIMEOUT_SECONDS),  # the library's default waits 80 s
+    )
 
 
 def _stripe_call(method, *args, tolerate: tuple[type[stripe.StripeError], ...] = (), **kwargs):
@@ -92,39 +108,41 @@ def _customer_id(*, client: stripe.StripeClient, actor: User, organization: Orga
         params={"name": organization.name, "email": actor.email, "metadata": {"organization_id": str(organization.pk)}},
         options={"idempotency_key": f"confab-customer-{organization.pk}"},
     )
-    with rls.atomic():
+    with rls.atomic_as(actor.pk):
         Subscription.objects.filter(pk=subscription.pk).update(stripe_customer_id=customer.id, updated_at=timezone.now())
     return customer.id
 
 
 def checkout_session_create(*, actor: User, organization: Organization, plan: Plan, interval: str, return_url: str) -> str:
     """An owner or admin starts paying for `plan`: the URL of a Stripe Checkout page. The
-    subscription changes when Stripe's webhook says the checkout completed."""
+    subscription changes when Stripe's webhook says the checkout completed. Opens its own short
+    transactions: none is held while Stripe answers (the caller holds none either)."""
     client = stripe_client()
-    services._require_manager(actor, organization)
+    with rls.atomic_as(actor.pk):
+        services._require_manager(actor, organization)
     if interval not in Subscription.Interval.values:
         raise ApplicationError("Choose a monthly or yearly interval.", {"code": "invalid", "field": "interval"})
     price = plan.stripe_yearly_price_id if interval == Subscription.Interval.YEAR else plan.stripe_monthly_price_id
     if plan.is_free or not plan.is_active or not price:
         raise ApplicationError(f"The {plan.name} plan cannot be bought online with {interval}ly billing.", {"code": "plan_not_for_sale"})
     # At most one open Checkout per organization, or two tabs (a double click, a second try) could
-    # each be paid and start two subscriptions. One checkout is made at a time per organization
-    # (a lock held across these few Stripe calls, for a rare owner's action): a subscription the
-    # customer already has at Stripe (its webhook not applied yet) refuses it; an open checkout is
-    # expired, so only the newest can be paid.
-    with rls.atomic():
-        with connections[rls.current_alias()].cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"checkout:{organization.pk}"])
-        current = selectors.subscription_current(organization_id=organization.pk)  # read under the lock: the customer made before it
-        services.refuse_if_billed_by_stripe(current)
+    # each be paid and start two subscriptions. One checkout is made at a time per organization:
+    # a subscription the customer already has at Stripe (its webhook not applied yet) refuses it;
+    # an open checkout is expired, so only the newest can be paid.
+    with _one_checkout_at_a_time(organization) as lock:
+        with rls.atomic_as(actor.pk):
+            current = selectors.subscription_current(organization_id=organization.pk)  # read under the lock: the customer made before it
+            services.refuse_if_billed_by_stripe(current)
+            trial = plan.trial_days and not selectors.organization_has_trialed(organization_id=organization.pk)
         customer = _customer_id(client=client, actor=actor, organization=organization, subscription=current)
         _refuse_if_subscribed_at_stripe(client, customer)
         _open_checkouts_expire(client, customer)
         metadata = {"organization_id": str(organization.pk), "plan": plan.slug}
         # Subscription events then name the organization even before the checkout event arrives.
         subscription_data = {"metadata": metadata}
-        if plan.trial_days and not selectors.organization_has_trialed(organization_id=organization.pk):
+        if trial:
             subscription_data["trial_period_days"] = plan.trial_days  # the plan's trial, once an organization
+        _lock_renewed(lock)
         session = _stripe_call(
             client.v1.checkout.sessions.create,
             params={
@@ -139,6 +157,47 @@ def checkout_session_create(*, actor: User, organization: Organization, plan: Pl
             },
         )
     return session.url
+
+
+def _checkout_in_progress() -> ApplicationError:
+    return ApplicationError(
+        "A checkout for this organization is being prepared in another window; try again in a moment.",
+        {"code": "checkout_in_progress"},
+        status_code=409,
+    )
+
+
+def _checkout_unavailable() -> ApplicationError:
+    return ApplicationError("Checkout is unavailable for a moment; try again shortly.", {"code": "checkout_unavailable"}, status_code=503)
+
+
+@contextmanager
+def _one_checkout_at_a_time(organization: Organization):
+    lock = redis_client().lock(f"billing:checkout:{organization.pk}", timeout=CHECKOUT_LOCK_SECONDS, blocking_timeout=CHECKOUT_WAIT_SECONDS)
+    try:
+        acquired = lock.acquire()
+    except REDIS_ERRORS as exc:  # without the lock two tabs could each start a subscription
+        raise _checkout_unavailable() from exc
+    if not acquired:
+        raise _checkout_in_progress()
+    try:
+        yield lock
+    finally:
+        try:
+            lock.release()
+        except (LockError, *REDIS_ERRORS):
+            pass  # lapsed, or Redis gone: it expires by itself
+
+
+def _lock_renewed(lock) -> None:
+    """The lock back to its whole time before the call that opens the checkout; lapsed and taken
+    by another checkout (Stripe slow past it), this one gives way to the newer."""
+    try:
+        lock.reacquire()
+    except LockError as exc:
+        raise _checkout_in_progress() from exc
+    except REDIS_ERRORS as exc:
+        raise _checkout_unavailable() from exc
 
 
 def _with_query(url: str, **params: str) -> str:
@@ -176,7 +235,10 @@ def subscription_change_or_checkout(
     """`services.subscription_change`, except that a paid upgrade (or a paid plan during a
     trial) with payment configured answers the URL of the Stripe Checkout page that buys it (the plan changes on the webhook)."""
     try:
-        return services.subscription_change(actor=actor, organization=organization, plan=plan, interval=interval, immediately=immediately)
+        with rls.atomic_as(actor.pk):
+            return services.subscription_change(
+                actor=actor, organization=organization, plan=plan, interval=interval, immediately=immediately
+            )
     except services.CheckoutRequired:
         return checkout_session_create(actor=actor, organization=organization, plan=plan, interval=interval, return_url=return_url)
 
@@ -184,8 +246,9 @@ def subscription_change_or_checkout(
 def portal_session_create(*, actor: User, organization: Organization, return_url: str) -> str:
     """An owner or admin manages payment methods, invoices and the paid plan at Stripe."""
     client = stripe_client()
-    services._require_manager(actor, organization)
-    current = selectors.subscription_current(organization_id=organization.pk)
+    with rls.atomic_as(actor.pk):
+        services._require_manager(actor, organization)
+        current = selectors.subscription_current(organization_id=organization.pk)
     if not current.stripe_customer_id:
         raise ApplicationError("There is no payment account yet: choose a paid plan first.", {"code": "no_customer"})
     session = _stripe_call(

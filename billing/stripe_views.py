@@ -11,6 +11,7 @@ from accounts import selectors as accounts_selectors
 from accounts.decorators import login_required
 from accounts.models import Organization
 from billing import selectors, stripe_services
+from config.db import rls
 from config.errors import ApplicationError
 from config.http import site_url
 
@@ -23,13 +24,15 @@ def _organization(request) -> Organization:
         raise ApplicationError("Choose one of your organizations.", {"code": "invalid", "field": "organization"})
 
 
+@rls.own_transactions("POST")  # Stripe is called: no transaction is held while it answers
 @login_required
 @require_POST
 def checkout(request):
     try:
-        organization = _organization(request)
-        slug = request.POST.get("plan", "")
-        plan = selectors.plan_get(slug=slug) if slug.isascii() and slug.replace("-", "").replace("_", "").isalnum() else None
+        with rls.atomic_as(request.user.pk):
+            organization = _organization(request)
+            slug = request.POST.get("plan", "")
+            plan = selectors.plan_get(slug=slug) if slug.isascii() and slug.replace("-", "").replace("_", "").isalnum() else None
         if plan is None:
             raise ApplicationError("Choose one of the plans offered.", {"code": "invalid", "field": "plan"})
         url = stripe_services.checkout_session_create(
@@ -45,11 +48,13 @@ def checkout(request):
     return redirect(url)
 
 
+@rls.own_transactions("POST")  # Stripe is called: no transaction is held while it answers
 @login_required
 @require_POST
 def portal(request):
     try:
-        organization = _organization(request)
+        with rls.atomic_as(request.user.pk):
+            organization = _organization(request)
         url = stripe_services.portal_session_create(
             actor=request.user, organization=organization, return_url=site_url(request) + selectors.billing_page_path(organization.pk)
         )
@@ -62,7 +67,8 @@ def portal(request):
 def _back(request) -> str:
     """The billing page of the organization the form named, when it is one of the caller's."""
     try:
-        organization = _organization(request)
+        with rls.atomic_as(request.user.pk):
+            organization = _organization(request)
     except ApplicationError:
         return reverse("billing:page")
     return selectors.billing_page_path(organization.pk)

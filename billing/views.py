@@ -11,6 +11,7 @@ from accounts import selectors as accounts_selectors
 from accounts.decorators import login_required
 from billing import selectors, services, stripe_services
 from billing.forms import PlanChangeForm
+from config.db import rls
 from config.errors import ApplicationError
 from config.http import site_url
 
@@ -63,16 +64,18 @@ def _change_message(subscription, plan) -> str:
     return f"Your request for the {plan.name} plan was sent; staff will set it up with you (payment is not configured)."
 
 
+@rls.own_transactions("POST")  # a paid upgrade calls Stripe: no transaction is held while it answers
 @login_required
 @require_POST
 def plan_change(request, organization_id):
-    organization = accounts_selectors.organization_get_or_first(user=request.user, organization_id=organization_id)
-    form = PlanChangeForm(request.POST)
-    if not form.is_valid():
-        return _page(request, organization, status=400, error=" ".join(e for errors in form.errors.values() for e in errors))
-    plan = selectors.plan_get(slug=form.cleaned_data["plan"])
-    if plan is None:
-        return _page(request, organization, status=400, error="There is no such plan.")
+    with rls.atomic_as(request.user.pk):
+        organization = accounts_selectors.organization_get_or_first(user=request.user, organization_id=organization_id)
+        form = PlanChangeForm(request.POST)
+        if not form.is_valid():
+            return _page(request, organization, status=400, error=" ".join(e for errors in form.errors.values() for e in errors))
+        plan = selectors.plan_get(slug=form.cleaned_data["plan"])
+        if plan is None:
+            return _page(request, organization, status=400, error="There is no such plan.")
     try:
         outcome = stripe_services.subscription_change_or_checkout(
             actor=request.user,
@@ -83,7 +86,8 @@ def plan_change(request, organization_id):
             return_url=site_url(request) + selectors.billing_page_path(organization.pk),
         )
     except ApplicationError as exc:
-        return _page(request, organization, status=exc.status_code, error=exc.message)
+        with rls.atomic_as(request.user.pk):
+            return _page(request, organization, status=exc.status_code, error=exc.message)
     if isinstance(outcome, str):  # a paid upgrade: the URL of its Stripe Checkout page
         return redirect(outcome)
     messages.success(request, _change_message(outcome, plan))

@@ -16,9 +16,10 @@ from billing import selectors, stripe_services
 from billing.tests.factories import current_subscription, organization_of, put_on_plan
 from billing.tests.stripe_server import event, subscription_object
 from billing.tests.test_attack_billing import delivered_and_applied, subscription_api
+from config.cache import redis_client
 from config.db import rls
 from config.errors import ApplicationError
-from config.tests.races import on_a_thread, until, waiting_locks
+from config.tests.races import on_a_thread, open_transactions, until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 CHECKOUT, PORTAL = "/billing/checkout/", "/billing/portal/"
@@ -154,11 +155,10 @@ ALREADY = "This organization already has a subscription at Stripe (it shows here
 
 
 def _checkout(owner, plans, plan="pro") -> str:
-    """As the checkout page does, inside the owner's request transaction."""
-    with rls.atomic_as(owner.pk):
-        return stripe_services.checkout_session_create(
-            actor=owner, organization=organization_of(owner), plan=plans[plan], interval="month", return_url="http://testserver/billing/"
-        )
+    """As the checkout page does, outside any transaction (it opens its own)."""
+    return stripe_services.checkout_session_create(
+        actor=owner, organization=organization_of(owner), plan=plans[plan], interval="month", return_url="http://testserver/billing/"
+    )
 
 
 def _created(fake_stripe) -> list[dict]:
@@ -196,8 +196,8 @@ def test_a_checkout_paid_while_the_next_is_made_refuses_the_next(owner, plans, f
 
 def test_two_checkouts_at_once_leave_one_open(owner, plans, fake_stripe):
     """A double click: the second request waits for the first's checkout, then expires it. Held
-    in order by PostgreSQL's lock table: the first is kept inside Stripe's create until the second
-    waits on the organization's lock (or, without the lock, has listed the open checkouts)."""
+    in order: the first is kept inside Stripe's create until the second has tried the
+    organization's lock (Redis counts the attempts) or, without the lock, has listed the open checkouts."""
     first_creating, release, second_listed = threading.Event(), threading.Event(), threading.Event()
     listings = []
 
@@ -216,15 +216,53 @@ def test_two_checkouts_at_once_leave_one_open(owner, plans, fake_stripe):
     def send():
         urls.append(_checkout(owner, plans))
 
+    def lock_attempts() -> int:
+        return redis_client().info("commandstats").get("cmdstat_set", {}).get("calls", 0)
+
     first = on_a_thread(send, errors)
     assert first_creating.wait(10)
+    attempts = lock_attempts()
     second = on_a_thread(send, errors)
-    until(lambda: waiting_locks() >= 1 or second_listed.is_set(), "the second checkout waiting, or listing")
+    until(lambda: lock_attempts() >= attempts + 3 or second_listed.is_set(), "the second checkout waiting, or listing")
     release.set()
     first.join(10)
     second.join(10)
     assert errors == [] and len(urls) == 2
     assert sorted(session["status"] for session in fake_stripe.sessions.values()) == ["expired", "open"]
+
+
+def test_a_checkout_waiting_past_its_time_is_refused_with_a_sentence(owner, plans, fake_stripe, monkeypatch):
+    """Another window's checkout holds the organization's lock past the wait: a 409 sentence, nothing made."""
+    monkeypatch.setattr(stripe_services, "CHECKOUT_WAIT_SECONDS", 0.2)
+    held = redis_client().lock(f"billing:checkout:{organization_of(owner).pk}", timeout=30)
+    assert held.acquire(blocking=False)
+    try:
+        with pytest.raises(ApplicationError, match="being prepared in another window") as refusal:
+            _checkout(owner, plans)
+    finally:
+        held.release()
+    assert refusal.value.status_code == 409 and _created(fake_stripe) == []
+
+
+@pytest.mark.parametrize("path", ["checkout page", "plan change page", "subscription API", "portal page"])
+def test_no_transaction_is_open_while_stripe_answers(client, owner, plans, fake_stripe, path):
+    """Was: the request's transaction (the middleware's, and the checkout's own lock with it) stayed
+    open across every Stripe call, a pooled connection with it: a slow Stripe, or an owner's script
+    sending checkouts, took the worker's connections one by one. Should: none is open while Stripe answers."""
+    org = organization_of(owner)
+    seen = []
+    fake_stripe.before = lambda method, path: seen.append(open_transactions())
+    if path == "portal page":
+        put_on_plan(org, plans["free"], stripe_customer_id="cus_1")
+        response = client.post(PORTAL, {"organization": org.pk})
+    elif path == "checkout page":
+        response = client.post(CHECKOUT, {"organization": org.pk, "plan": "pro", "interval": "month"})
+    elif path == "plan change page":
+        response = client.post(f"/billing/{org.pk}/change/", {"plan": "pro", "interval": "month"})
+    else:
+        response = client.post(subscription_api(org), {"plan": "pro"}, content_type="application/json")
+    assert response.status_code in (201, 302), response.content[:300]
+    assert seen and set(seen) == {0}, seen
 
 
 @pytest.mark.parametrize(

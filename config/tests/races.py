@@ -16,6 +16,18 @@ def waiting_locks() -> int:
         return cur.fetchone()[0]
 
 
+def open_transactions() -> int:
+    """How many client sessions of this database are inside a transaction, besides the caller's
+    (each holds its virtual transaction id's lock while it is; a session with no user is a
+    background process, autovacuum's; another role's backend_type is hidden from this one)."""
+    with rls.privileged(reason="test: read the lock table"), connections[rls.PRIVILEGED_ALIAS].cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'virtualxid'"
+            " AND a.usename IS NOT NULL AND a.datname = current_database() AND l.pid <> pg_backend_pid()"
+        )
+        return cur.fetchone()[0]
+
+
 def until(predicate, what: str, tries: int = 3000) -> None:
     """Wait (up to 30 s) until predicate() holds, or fail saying what never happened."""
     for _ in range(tries):
