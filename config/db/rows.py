@@ -66,7 +66,24 @@ class _PreparedCursor(psycopg.Cursor):
     """Binds on the server and prepares: the statement is parsed and planned once per connection."""
 
     def execute(self, query, params=None, *, prepare=True, binary=None):
-        return super().execute(query, params, prepare=prepare, binary=binary)
+        try:
+            return super().execute(query, params, prepare=prepare, binary=binary)
+        except psycopg.Error:
+            self._prepared_forgotten()
+            raise
+
+    def _prepared_forgotten(self) -> None:
+        """A statement that failed is prepared afresh next time, as the backend's pipelines do:
+        psycopg forgets its prepared statements only at a rollback, so one a schema change made
+        stale (a column's type changed) failed for good on a connection in autocommit. The old
+        one is deallocated with the connection's next command."""
+        if self._query is None:
+            return
+        cache = self._conn._prepared
+        key = cache.key(self._query)
+        cache._counts.pop(key, None)
+        if name := cache._names.pop(key, None):
+            cache._to_flush.append(name)
 
     def _send_query_prepared(self, name, pgq, *, binary=None):
         # psycopg keeps the query it ran only when it did not prepare it; Django's query log

@@ -1,6 +1,7 @@
 """The pool (config/db/backend): a connection goes back with no session state, reset at check-in
 or with its last COMMIT if nothing ran after it; one reset moments ago is handed out without
-another round trip; one idle longer is pinged and, if dead, replaced.
+another round trip unless the server has sent it something (its end); one idle longer is pinged
+and, if dead, replaced.
 
 A dead connection is made the way a restarted server or a dropped link makes one: its backend is
 terminated from another session while it sits in the pool, so the client does not know."""
@@ -58,13 +59,23 @@ def test_a_connection_goes_back_to_the_pool_without_its_session_state(pooled):
     assert pooled.connection.execute("SELECT current_setting('app.user_id', true)").fetchone() == ("",)
 
 
+def _last_statement(pid: int) -> str:
+    with connections["default"].cursor() as cur:
+        cur.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", [pid])
+        return cur.fetchone()[0]
+
+
 def test_a_connection_checked_in_moments_ago_is_handed_out_without_a_ping(pooled):
-    pid = _checked_in_dead(pooled, idle_seconds=0)
-    # Not pinged: the dead connection comes back as it is, and its next statement fails.
+    pid = _backend_pid(pooled)
+    pooled.close()
     assert _backend_pid(pooled) == pid
-    with pytest.raises(psycopg.OperationalError):
-        pooled.connection.execute("SELECT 1")
-    pooled.close()  # broken: the pool discards it and opens another
+    assert _last_statement(pid) == "RESET ALL"  # the check-in's reset; a ping would show as an empty query
+
+
+def test_a_connection_checked_in_moments_ago_and_ended_since_is_replaced(pooled):
+    """Its socket has the server's goodbye to read: seen without a round trip, so the check runs.
+    Was: handed out as it was, its next statement failed (a send's finish, after the provider was paid)."""
+    pid = _checked_in_dead(pooled, idle_seconds=0)
     assert _backend_pid(pooled) != pid
     assert pooled.connection.execute("SELECT 1").fetchone() == (1,)
 

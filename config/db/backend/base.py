@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import select
 from time import monotonic
 
 import psycopg
@@ -78,10 +79,23 @@ def adapters_with_fast_timestamptz(use_tz: bool, timezone) -> AdaptersMap:
 
 
 def check_unless_recent(connection) -> None:
-    """psycopg_pool's check, skipped for a connection checked in (and reset) moments ago."""
+    """psycopg_pool's check (a round trip), skipped for a connection checked in (and reset)
+    moments ago unless its socket has something to read. The server sends an idle connection
+    nothing, so a readable one has most likely been ended (a restart, a failover,
+    pg_terminate_backend: its FATAL and end of file wait there), and a send's finish, after
+    the provider was paid, must not be handed it."""
     checked_in_at = getattr(connection, _CHECKED_IN_AT, None)
-    if checked_in_at is None or monotonic() - checked_in_at > RECENTLY_CHECKED_SECONDS:
+    if checked_in_at is None or monotonic() - checked_in_at > RECENTLY_CHECKED_SECONDS or _has_unread(connection):
         ConnectionPool.check_connection(connection)
+
+
+def _has_unread(connection) -> bool:
+    """Whether the server has sent this idle connection anything, asked without waiting (no round trip)."""
+    try:
+        readable, _, _ = select.select([connection.pgconn.socket], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):  # no socket any more
+        return True
+    return bool(readable)
 
 
 class SessionTrackingConnection(psycopg.Connection):
