@@ -96,8 +96,16 @@ def session_delete_by_digest(*, digest: str) -> bool:
     return deleted
 
 
+_KEY_CHARS = frozenset(VALID_KEY_CHARS)
+
+
 class SessionStore(SessionBase):
     """Django's session interface over the accounts_session_* functions."""
+
+    def _validate_session_key(self, key) -> bool:
+        """Only a key this store could have made: a cookie's value is anyone's text, and one with
+        a NUL in it (`"\\000..."`, which Django's cookie parser unquotes) made the lookup a 500."""
+        return isinstance(key, str) and 8 <= len(key) <= 64 and _KEY_CHARS.issuperset(key)
 
     def load(self):
         cache_key = _cache_key(self.session_key)

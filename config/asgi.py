@@ -217,12 +217,16 @@ def _too_large(path: str, limit: int, *, anonymous_upload: bool = False) -> Http
     if anonymous_upload:
         sentence += " Sign in (or send an API key) to upload a larger file."
     if path.startswith("/api/"):
-        return JsonResponse({"message": sentence, "extra": {"code": "too_large"}}, status=413)
-    if path.startswith("/v1/"):  # the OpenAI-compatible gateway answers in OpenAI's shape, which its SDKs read
+        response = JsonResponse({"message": sentence, "extra": {"code": "too_large"}}, status=413)
+    elif path.startswith("/v1/"):  # the OpenAI-compatible gateway answers in OpenAI's shape, which its SDKs read
         from chat.gateway import openai_error  # at request time: the apps are loaded by then
 
-        return JsonResponse(openai_error(413, sentence, code="request_too_large"), status=413)
-    return HttpResponse(sentence, status=413, content_type="text/plain; charset=utf-8")
+        response = JsonResponse(openai_error(413, sentence, code="request_too_large"), status=413)
+    else:
+        response = HttpResponse(sentence, status=413, content_type="text/plain; charset=utf-8")
+    # Else uvicorn keeps the connection and reads the refused body to its end, however large.
+    response["Connection"] = "close"
+    return response
 
 
 django.setup(set_prefix=False)

@@ -36,11 +36,14 @@ def user_session_start(*, request, user: User) -> UserSession:
 
 
 def user_session_touch(*, request) -> None:
-    """Last activity, written at most once a minute per session (skipped while Redis is unreachable)."""
+    """Last activity, written at most once a minute per session (skipped while Redis is unreachable).
+    Under the user's context of its own: a view that opens its own transactions (own_transactions)
+    runs with none held, and the update saw no row."""
     digest = session_digest(request.session)
     if not digest or not session_cache_call("add", f"session-touch:{digest}", 1, ACTIVITY_WRITE_INTERVAL, default=False):
         return
-    UserSession.objects.filter(session_key_digest=digest, ended_at__isnull=True).update(last_activity_at=timezone.now())
+    with rls.atomic_as(request.user.pk):
+        UserSession.objects.filter(session_key_digest=digest, ended_at__isnull=True).update(last_activity_at=timezone.now())
 
 
 def user_session_end(*, session_key_digest: str) -> None:

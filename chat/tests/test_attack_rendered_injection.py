@@ -61,9 +61,9 @@ def test_titles_and_names_refuse_unicode_line_and_paragraph_separators(alice):
         pass
     else:
         name_refused = False
-    assert (LINE_SEPARATOR not in stored.title, LINE_SEPARATOR not in "".join(stored.tags), LINE_SEPARATOR not in heading, name_refused) == (
-        True,
-        True,
-        True,
-        True,
-    ), (stored.title, stored.tags, heading)
+    assert (
+        LINE_SEPARATOR not in stored.title,
+        LINE_SEPARATOR not in "".join(stored.tags),
+        LINE_SEPARATOR not in heading,
+        name_refused,
+    ) == (True, True, True, True), (stored.title, stored.tags, heading)
