@@ -62,7 +62,8 @@ class OneHopASGIHandler(ResolveOnceMixin, ASGIHandler):
             await self.handle(scope, receive, send)
 
     async def handle(self, scope, receive, send):
-        path, headers = scope.get("path", ""), dict(scope.get("headers") or ())
+        # The path as Django resolves it: without the prefix the app is served under, if any.
+        path, headers = scope.get("path", "").removeprefix(scope.get("root_path", "")), dict(scope.get("headers") or ())
         limit, signed_in = settings.REQUEST_BODY_MAX_BYTES, None
         if path in settings.UPLOAD_PATHS:
             # An upload's larger bound only for someone signed in, checked before its body is read.

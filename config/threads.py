@@ -53,6 +53,9 @@ class _RequestExecutor(ThreadPoolExecutor):
 
 
 _idle: list[_RequestExecutor] = []  # touched only from the event loop's thread
+# Idle threads kept for the next requests; past them a finished request's thread ends, or a burst
+# of N requests at once (N streams open) would leave N threads in the process for good.
+IDLE_THREADS_KEPT = 64
 _kept: ContextVar[list[asyncio.Task] | None] = ContextVar("request_tasks_kept", default=None)
 
 
@@ -77,6 +80,9 @@ async def request_thread() -> AsyncIterator[None]:
             # A client that went away while a sync view was still running (a plain send waiting on
             # its provider): the view runs on to its end, and the next request must not queue
             # behind it. This thread ends when that work does.
+            executor.shutdown(wait=False)
+        elif len(_idle) >= IDLE_THREADS_KEPT:
+            executor.submit(connections.close_all)
             executor.shutdown(wait=False)
         else:
             _idle.append(executor)

@@ -104,13 +104,14 @@ def test_requests_reuse_a_thread_where_djangos_handler_starts_two_each():
     assert _thread_starts(ASGIHandler(), CHAIN_PATH, 5) == 1 + 10  # each request's thread, and one to join it
 
 
-async def _post(path: str, body_chunks, *, declared: int | None = None, headers=()) -> tuple[int, bytes, int]:
+async def _post(path: str, body_chunks, *, declared: int | None = None, headers=(), root_path: str = "") -> tuple[int, bytes, int]:
     """POST the chunks (an iterator: more_body until it ends) to a fresh handler; the status,
-    the response body, and how many chunks the handler read."""
+    the response body, and how many chunks the handler read. `root_path`: served under a prefix
+    (the scope's path then starts with it, as ASGI servers send it)."""
     headers = [(b"content-type", b"application/json"), *headers]
     if declared is not None:
         headers.append((b"content-length", str(declared).encode()))
-    scope = http_scope("POST", path, headers)
+    scope = {**http_scope("POST", root_path + path, headers), "root_path": root_path}
     chunks, read, answer = iter(body_chunks), 0, {"status": 0, "body": b""}
     pending = next(chunks, None)
 
@@ -171,6 +172,18 @@ def test_an_upload_path_takes_a_large_body_only_from_someone_signed_in(settings,
     # Signed in, the whole body is read and the page answers (403: this raw POST has no CSRF token).
     status, _body, read = async_to_sync(_post)("/chat/porting/", iter(five), declared=5 * MIB, headers=[_signed_in_cookie(client)])
     assert (status, read) == (403, 5)
+
+
+def test_an_upload_path_under_a_root_path_keeps_its_bounds(settings, client):
+    """Served under a prefix (uvicorn --root-path /confab), the scope's path starts with it. Was:
+    the upload paths were matched against it whole, so a signed-in upload had every other path's
+    bound, and an API path's 413 was plain text. Should: matched as Django matches, without the prefix."""
+    settings.REQUEST_BODY_MAX_BYTES = 2 * MIB
+    five = [b"x" * MIB] * 5
+    cookie = _signed_in_cookie(client)
+    assert async_to_sync(_post)("/chat/porting/", iter(five), declared=5 * MIB, headers=[cookie], root_path="/confab")[::2] == (403, 5)
+    status, body, _read = async_to_sync(_post)("/api/v1/conversations", iter(five), declared=5 * MIB, root_path="/confab")
+    assert (status, json.loads(body)["extra"]["code"]) == (413, "too_large")
 
 
 def test_a_signed_in_upload_behind_a_proxy_that_adds_its_own_bearer_token_keeps_the_upload_bound(settings, client):
@@ -284,3 +297,30 @@ def test_a_thread_still_running_an_abandoned_view_is_not_handed_to_the_next_requ
 
     first, second, waited = async_to_sync(serve)()
     assert second != first and waited < 2  # queued behind the view, it would wait until release (10 s)
+
+
+def test_a_burst_of_requests_leaves_no_more_idle_threads_than_the_cap(monkeypatch):
+    """N requests at once (N streams open) each need a thread; once they end, at most
+    IDLE_THREADS_KEPT wait for the next requests and the rest end. Was: all N stayed, for good."""
+    from asgiref.sync import sync_to_async
+
+    from config import threads
+
+    threads.idle_threads_stop()
+    monkeypatch.setattr(threads, "IDLE_THREADS_KEPT", 3, raising=False)
+    gate = asyncio.Event()
+
+    async def one():
+        async with threads.request_thread():
+            await gate.wait()
+            return await sync_to_async(threading.get_ident, thread_sensitive=True)()
+
+    async def burst():
+        requests = [asyncio.ensure_future(one()) for _ in range(8)]
+        await asyncio.sleep(0)
+        gate.set()
+        return await asyncio.gather(*requests)
+
+    idents = async_to_sync(burst)()
+    assert len(set(idents)) == 8 and len(threads._idle) == 3
+    threads.idle_threads_stop()
