@@ -12,7 +12,6 @@ import psycopg
 import pytest
 from django.db import connections
 
-from accounts.tests.factories import make_user
 from accounts.tests.test_api import key_client
 from analytics.models import TokenUsage
 from chat import services
@@ -25,19 +24,6 @@ from config.db.rows import direct_connection_params
 pytestmark = pytest.mark.django_db(transaction=True)
 
 API = "/api/v1"
-
-
-@pytest.fixture
-def plans(django_db_blocker):
-    from billing.tests.factories import make_plans
-
-    with django_db_blocker.unblock():
-        return make_plans()
-
-
-@pytest.fixture
-def alice(catalog, plans):
-    return make_user(email="alice@example.com")
 
 
 @pytest.fixture
@@ -85,6 +71,18 @@ def _api(user):
     return client
 
 
+def _sent_once(user, pooled):
+    """An API client of `user`, a conversation with one send through the pooled connection (its
+    statements prepared), that connection's backend pid; the connection back in the pool."""
+    client = _api(user)
+    conversation = services.conversation_create(user=user, title="kept")
+    url = f"{API}/conversations/{conversation.pk}/messages"
+    assert client.post(url, {"content": "warm up"}, format="json").status_code == 201
+    pid = _pid(pooled)
+    pooled.close()
+    return client, conversation, url, pid
+
+
 def test_a_finish_on_a_pooled_connection_killed_moments_after_its_check_in_loses_the_paid_reply(pooled_default, alice, monkeypatch):
     """A metered send: the prepare commits and gives its connection back to the pool
     (rls.connection_release), the provider answers (paid), then the finish checks a connection
@@ -101,12 +99,7 @@ def test_a_finish_on_a_pooled_connection_killed_moments_after_its_check_in_loses
     Should: a dead pooled connection is not handed to the finish (or the finish, which is
     idempotent by its request id and its `status = streaming` guard, is retried once on a fresh
     connection): the send answers 201 with the reply stored `complete` and metered exactly once."""
-    client = _api(alice)
-    conversation = services.conversation_create(user=alice, title="kept")
-    url = f"{API}/conversations/{conversation.pk}/messages"
-    assert client.post(url, {"content": "warm up"}, format="json").status_code == 201
-    pid = _pid(pooled_default)
-    pooled_default.close()
+    client, conversation, url, pid = _sent_once(alice, pooled_default)
 
     from chat.providers import echo
 
@@ -142,12 +135,7 @@ def test_a_prepared_statement_a_schema_change_made_stale_fails_every_api_key_sen
 
     Should: at most the first send after the change fails; the failed prepared statement is
     dropped from psycopg's cache and prepared afresh, so the next send on that connection works."""
-    client = _api(alice)
-    conversation = services.conversation_create(user=alice, title="kept")
-    url = f"{API}/conversations/{conversation.pk}/messages"
-    assert client.post(url, {"content": "before the migration"}, format="json").status_code == 201
-    pid = _pid(pooled_default)
-    pooled_default.close()
+    client, _conversation, url, pid = _sent_once(alice, pooled_default)
     with connections["owner"].cursor() as cur:
         cur.execute("ALTER TABLE accounts_user ALTER COLUMN display_name TYPE text")
     try:
