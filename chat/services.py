@@ -116,13 +116,16 @@ def conversation_create(
 def conversation_update(*, user: User, conversation: Conversation, **fields) -> Conversation:
     """Change title, summary, tags, is_archived or persona (the caller validated them)."""
     allowed = {"title", "summary", "tags", "is_archived", "persona"}
+    for name in fields:
+        if name not in allowed:
+            raise ApplicationError(f"The field '{name}' cannot be changed.", {"field": name})
     with rls.atomic_as(user.pk):
+        # The persona before the conversation, the order its delete locks them in (the persona,
+        # then, clearing it, each conversation that names it): the other order deadlocked.
+        if fields.get("persona") is not None:
+            _persona_held(user, fields["persona"])
         _still_there(Conversation, conversation, "No such conversation.")
         for name, value in fields.items():
-            if name not in allowed:
-                raise ApplicationError(f"The field '{name}' cannot be changed.", {"field": name})
-            if name == "persona" and value is not None:
-                _persona_held(user, value)
             setattr(conversation, name, value)
         conversation.save(update_fields=[*fields, "updated_at"])
     return conversation
@@ -410,9 +413,13 @@ def _send_target(
     split = len(Conversation._meta.concrete_fields)
     persona_end = split + len(Persona._meta.concrete_fields)
     conversation = model_from_row(Conversation, alias, row[:split])
-    persona = None
-    if row[split] is not None:
-        persona = model_from_row(Persona, alias, row[split:persona_end])
+    persona = model_from_row(Persona, alias, row[split:persona_end]) if row[split] is not None else None
+    if conversation.persona_id is not None and (persona is None or persona.pk != conversation.persona_id):
+        # The row changed while this read waited for its lock (its persona switched): PostgreSQL
+        # checks the join again with the new row but the persona row read before, which no longer
+        # matches, so the send had no persona at all. Read under the lock, it is the new one.
+        persona = Persona.objects.filter(pk=conversation.persona_id).first()
+    if persona is not None:
         conversation.persona = persona  # cached: no query when something reads it
     current, history = row[-2], row[-1]  # psycopg parses the json
     subscription = subscription_from_row(alias, row[persona_end:-2])

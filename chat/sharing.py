@@ -89,9 +89,11 @@ def share_link_revoke(*, user: User, share_link: ShareLink) -> ShareLink:
     with rls.atomic_as(user.pk):
         # Locked first: gone since the caller read it (its conversation deleted) is a 404, not a
         # save that updates nothing (a 500).
-        if not ShareLink.objects.select_for_update().filter(pk=share_link.pk).exists():
+        locked = ShareLink.objects.select_for_update().filter(pk=share_link.pk).first()
+        if locked is None:
             raise NotFoundError("No such share link.")
-        share_link.revoked_at = share_link.revoked_at or timezone.now()
+        # As the locked row has it: a revoke that waited for another keeps the first one's time.
+        share_link.revoked_at = locked.revoked_at or timezone.now()
         share_link.save(update_fields=["revoked_at"])
     share_page_forget(link_id=share_link.pk)
     return share_link

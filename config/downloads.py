@@ -7,8 +7,8 @@ Here the chunks come from an async iterator, each read in a thread as the previo
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import BinaryIO
 
 from asgiref.sync import sync_to_async
@@ -27,11 +27,11 @@ async def _chunks(file: BinaryIO) -> AsyncIterator[bytes]:
         file.close()
 
 
-def file_download_response(path: Path, *, filename: str, content_type: str) -> StreamingHttpResponse:
-    """The file at `path` as an attachment named `filename`; opened now, so a missing file fails here."""
-    file = path.open("rb")
+def file_download_response(file: BinaryIO, *, filename: str, content_type: str) -> StreamingHttpResponse:
+    """An open file as an attachment named `filename` (the caller opened it, so a file removed
+    meanwhile is the caller's 404, not a 500 here)."""
     response = StreamingHttpResponse(_chunks(file), content_type=content_type)
-    response["Content-Length"] = str(path.stat().st_size)
+    response["Content-Length"] = str(os.fstat(file.fileno()).st_size)
     response["Content-Disposition"] = content_disposition_header(as_attachment=True, filename=filename)
     response._resource_closers.append(file.close)  # a client gone before the first chunk: closed all the same
     return response

@@ -7,10 +7,13 @@ from __future__ import annotations
 import io
 import logging
 import re
+import shutil
+import tempfile
 import zipfile
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import BinaryIO
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
@@ -160,13 +163,25 @@ def export_build(*, job_id, user_id) -> ExportJob | None:
 
 
 def _zip_write(*, user_id, path: Path) -> int:
-    """All the user's conversations into a zip at `path`: our JSON, then one Markdown file each."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+    """All the user's conversations into a zip at `path`: one Markdown file each, and our JSON.
+    One pass, each conversation read once with its messages, so both parts name the same ones (two
+    passes let a conversation deleted between them be in the JSON and not in the Markdown): the
+    Markdown goes in as it is read, the JSON document to a temporary file beside it, added last."""
+    with (
+        zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive,
+        tempfile.TemporaryFile("w+", encoding="utf-8", dir=path.parent) as spool,
+    ):
+
+        def documents() -> Iterator[dict]:
+            for n, conversation in enumerate(_all(user_id), start=1):
+                messages = list(selectors.message_list(conversation=conversation))
+                archive.writestr(f"markdown/{n:05d}-{_slug(conversation.title)}.md", markdown.conversation_markdown(conversation, messages))
+                yield ours.conversation_document(conversation, messages)
+
+        count = ours.document_write(spool, documents(), exported_at=timezone.now())
+        spool.seek(0)
         with archive.open("conversations.json", "w", force_zip64=True) as raw, io.TextIOWrapper(raw, encoding="utf-8") as out:
-            count = conversations_document_write(user_id=user_id, out=out)
-        for n, conversation in enumerate(_all(user_id), start=1):
-            text = markdown.conversation_markdown(conversation, selectors.message_list(conversation=conversation))
-            archive.writestr(f"markdown/{n:05d}-{_slug(conversation.title)}.md", text)
+            shutil.copyfileobj(spool, out)
     return count
 
 
@@ -206,16 +221,21 @@ def export_job_list(*, user: User):
     return ExportJob.objects.filter(user_id=user.pk).order_by("-created_at")[:10]
 
 
-def export_open(*, user: User, job_id) -> tuple[ExportJob, Path]:
-    """The caller's ready export and its file: NotFoundError when it is not theirs, not ready, expired or gone."""
+def export_open(*, user: User, job_id) -> tuple[ExportJob, BinaryIO]:
+    """The caller's ready export and its file, opened: NotFoundError when it is not theirs, not
+    ready, expired or gone (a newer export's commit removes the older file: opened here, not
+    checked here and opened later, that is a 404 whenever it happens)."""
     job = export_job_get(user=user, job_id=job_id)
-    path = export_path(job.pk)
-    if job.status != ExportJob.Status.READY or job.expires_at <= timezone.now() or not path.exists():
-        raise NotFoundError("This export is not ready or has expired; start a new one.")
-    return job, path
+    gone = NotFoundError("This export is not ready or has expired; start a new one.")
+    if job.status != ExportJob.Status.READY or job.expires_at <= timezone.now():
+        raise gone
+    try:
+        return job, export_path(job.pk).open("rb")
+    except FileNotFoundError:
+        raise gone from None
 
 
-def export_file(*, user: User, token: str) -> tuple[ExportJob, Path]:
+def export_file(*, user: User, token: str) -> tuple[ExportJob, BinaryIO]:
     """The export a signed download link names (NotFoundError when the link is forged or past its age)."""
     try:
         job_id = signing.loads(token, salt=SALT, max_age=timedelta(hours=settings.CHAT_EXPORT_HOURS))

@@ -29,7 +29,7 @@ from typing import BinaryIO
 
 import ijson
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connections, transaction
 from ijson.common import ObjectBuilder
 
 from accounts.models import User
@@ -225,13 +225,25 @@ def _total_check(parsed: ParsedConversation) -> None:
         raise ConversationUnusable(f"its messages' costs add up to {MONEY_CEILING} or more, more than a conversation's total holds")
 
 
+def _persona_kept(user: User, name: str) -> Persona | None:
+    """The user's persona of that name, kept from deletion until the import commits (FOR KEY
+    SHARE: edits go on, a delete waits, then clears the imported conversations' persona as it
+    clears the others'). Unlocked, a delete meanwhile failed the whole import."""
+    persona = Persona.objects.filter(user_id=user.pk, name=name).first()
+    if persona is None:
+        return None
+    with connections[rls.current_alias()].cursor() as cur:
+        cur.execute(f"SELECT 1 FROM {Persona._meta.db_table} WHERE id = %s FOR KEY SHARE", [persona.pk])
+        return persona if cur.fetchone() else None
+
+
 def _store(*, user: User, organization_id, source: str, parsed: ParsedConversation, personas: dict) -> bool:
     """Store one conversation and its messages, marked imported and never metered; False when it was imported before."""
     found = Conversation.objects.filter(user_id=user.pk, imported_from=source, external_id=parsed.external_id)
     if found.exists():
         return False
     if parsed.persona_name and parsed.persona_name not in personas:
-        personas[parsed.persona_name] = Persona.objects.filter(user_id=user.pk, name=parsed.persona_name).first()
+        personas[parsed.persona_name] = _persona_kept(user, parsed.persona_name)
     try:
         # A savepoint: a racing import that stored it first leaves this file's transaction usable.
         with transaction.atomic(using=rls.current_alias()):

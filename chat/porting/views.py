@@ -70,15 +70,15 @@ def export_start(request):
 @require_GET
 def export_download(request, token):
     try:
-        job, path = exporter.export_file(user=request.user, token=token)
+        job, file = exporter.export_file(user=request.user, token=token)
     except NotFoundError as exc:
         raise Http404(exc.message) from exc
-    return export_file_response(job, path)
+    return export_file_response(job, file)
 
 
-def export_file_response(job, path) -> StreamingHttpResponse:
-    """The zip, streamed from its file (never read whole)."""
-    return file_download_response(path, filename=f"confab-export-{job.created_at:%Y-%m-%d}.zip", content_type="application/zip")
+def export_file_response(job, file) -> StreamingHttpResponse:
+    """The zip, streamed from its open file (never read whole)."""
+    return file_download_response(file, filename=f"confab-export-{job.created_at:%Y-%m-%d}.zip", content_type="application/zip")
 
 
 @login_required

@@ -17,8 +17,8 @@ from analytics.models import TokenUsage
 from billing.tests.factories import organization_of
 from chat import selectors, services, sharing
 from chat.models import Conversation, Message, Persona, ShareLink
-from chat.tests.test_attack_races_inputs import _race_while_held
 from config.db import rls
+from config.tests.races import race_while_held
 
 pytestmark = pytest.mark.django_db(transaction=True)
 API = "/api/v1"
@@ -372,7 +372,7 @@ def test_held_two_concurrent_deletes_of_one_conversation_are_204_and_404(alice, 
     client = _client(alice)
     conversation = services.message_send(user=alice, content="hello").conversation
     url = f"{API}/conversations/{conversation.pk}"
-    outcome = _race_while_held(
+    outcome = race_while_held(
         monkeypatch,
         Conversation,
         "delete",
@@ -389,7 +389,7 @@ def test_held_two_concurrent_deletes_of_one_conversation_are_204_and_404(alice, 
 def test_held_a_patch_racing_a_send_loses_neither_the_title_nor_the_tags_nor_the_messages(alice, monkeypatch):
     client = _client(alice)
     conversation = services.message_send(user=alice, content="hello").conversation
-    outcome = _race_while_held(
+    outcome = race_while_held(
         monkeypatch,
         services,
         "entitlement_check",

@@ -12,7 +12,7 @@ from analytics.models import TokenUsage
 from chat import services
 from chat.models import Conversation, Message, Persona
 from config.db import rls
-from config.tests.races import until, waiting_locks
+from config.tests.races import race_while_held
 
 pytestmark = pytest.mark.django_db(transaction=True)
 API = "/api/v1"
@@ -23,41 +23,6 @@ def _client(user):
     client = key_client(user, scopes=SCOPES)
     client.raise_request_exception = False
     return client
-
-
-def _race_while_held(monkeypatch, owner, name: str, first, second, waits: str) -> dict:
-    """`first` runs on its own thread until it has called owner.name (inside its transaction,
-    holding its locks); then `second` starts, on another, and must wait on a lock `first` holds
-    (pg_locks shows it waiting); then `first` goes on. Their results (or errors), by name."""
-    held, go, outcome = threading.Event(), threading.Event(), {}
-    real = getattr(owner, name)
-
-    def holding(*args, **kwargs):
-        result = real(*args, **kwargs)
-        if threading.current_thread().name == "first":
-            held.set()
-            assert go.wait(30)
-        return result
-
-    monkeypatch.setattr(owner, name, holding)
-
-    def run(which, call):
-        try:
-            outcome[which] = call()
-        except Exception as exc:  # noqa: BLE001  surfaced by the caller's assertion
-            outcome[which] = repr(exc)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=run, args=(which, call), name=which) for which, call in (("first", first), ("second", second))]
-    threads[0].start()
-    assert held.wait(30)
-    threads[1].start()
-    until(lambda: waiting_locks() >= 1, waits)
-    go.set()
-    for thread in threads:
-        thread.join(30)
-    return outcome
 
 
 # --- Inputs ----------------------------------------------------------------------------
@@ -74,7 +39,7 @@ def test_deleting_a_conversation_while_a_send_to_it_is_being_stored_is_a_204_not
     conversation stays. The delete should wait for the send and take its messages with it."""
     client = _client(alice)
     conversation_id = services.message_send(user=alice, content="hello").conversation.pk
-    outcome = _race_while_held(
+    outcome = race_while_held(
         monkeypatch,
         services,
         "entitlement_check",  # inside message_prepare's transaction, after the row lock
@@ -147,7 +112,7 @@ def test_a_persona_deleted_while_a_conversation_holds_it_waits_and_clears_it(ali
     persona = services.persona_create(user=alice, name="Held", system_prompt="Be brief.")
     existing = services.conversation_create(user=alice, title="existing")
     body = {"persona_id": str(persona.pk), "title": "with persona"}
-    outcome = _race_while_held(
+    outcome = race_while_held(
         monkeypatch,
         services,
         "_persona_held",
@@ -251,7 +216,7 @@ def test_a_persona_deleted_while_a_send_uses_it_waits_and_both_finish(alice, mon
         reply = services.message_send(user=alice, content="hello", conversation_id=conversation.pk)
         return reply.message.status, reply.message.input_tokens
 
-    outcome = _race_while_held(
+    outcome = race_while_held(
         monkeypatch,
         services,
         "entitlement_check",

@@ -90,3 +90,39 @@ def hold_in_thread(monkeypatch, module, name: str, thread_name: str, *, after: b
 
     monkeypatch.setattr(module, name, wrapper)
     return reached, release
+
+
+def race_while_held(monkeypatch, owner, name: str, first, second, waits: str) -> dict:
+    """`first` runs on a thread of its own until it has called owner.name (inside its transaction,
+    holding what it locked so far); then `second` starts on another and must wait on a lock `first`
+    holds (the lock table shows a waiter: `waits` says which); then `first` goes on. Their results
+    (or errors, as repr), by name: "first", "second"."""
+    held, go, outcome = threading.Event(), threading.Event(), {}
+    real = getattr(owner, name)
+
+    def holding(*args, **kwargs):
+        result = real(*args, **kwargs)
+        if threading.current_thread().name == "first" and not held.is_set():
+            held.set()
+            assert go.wait(30)
+        return result
+
+    monkeypatch.setattr(owner, name, holding)
+
+    def run(which, call):
+        try:
+            outcome[which] = call()
+        except Exception as exc:  # noqa: BLE001  surfaced by the caller's assertion
+            outcome[which] = repr(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run, args=(which, call), name=which) for which, call in (("first", first), ("second", second))]
+    threads[0].start()
+    assert held.wait(30)
+    threads[1].start()
+    until(lambda: waiting_locks() >= 1, waits)
+    go.set()
+    for thread in threads:
+        thread.join(30)
+    return outcome
