@@ -84,7 +84,9 @@ def stripe_client() -> stripe.StripeClient:
 
 def _stripe_call(method, *args, tolerate: tuple[type[stripe.StripeError], ...] = (), **kwargs):
     """Call Stripe; its failures become one sentence for the user (the detail is logged), but
-    for those the caller `tolerate`s: None."""
+    for those the caller `tolerate`s: None. The thread's database connections go back to the
+    pool first: none is held while Stripe answers."""
+    rls.connection_release()
     try:
         return method(*args, **kwargs)
     except tolerate:
@@ -174,6 +176,7 @@ def _checkout_unavailable() -> ApplicationError:
 @contextmanager
 def _one_checkout_at_a_time(organization: Organization):
     lock = redis_client().lock(f"billing:checkout:{organization.pk}", timeout=CHECKOUT_LOCK_SECONDS, blocking_timeout=CHECKOUT_WAIT_SECONDS)
+    rls.connection_release()  # none held while waiting for another window's checkout
     try:
         acquired = lock.acquire()
     except REDIS_ERRORS as exc:  # without the lock two tabs could each start a subscription

@@ -408,6 +408,10 @@ class _SizeBounded(httpx2.AsyncByteStream):
                 if received > self._limit:
                     raise httpx2.RemoteProtocolError(f"The provider's response is larger than {self._limit:,} bytes.")
                 yield piece
+        if inflater and (rest := inflater.rest()):
+            if received + len(rest) > self._limit:
+                raise httpx2.RemoteProtocolError(f"The provider's response is larger than {self._limit:,} bytes.")
+            yield rest
 
     async def aclose(self) -> None:
         await self._stream.aclose()
@@ -416,23 +420,37 @@ class _SizeBounded(httpx2.AsyncByteStream):
 class _Inflater:
     """gzip or deflate (zlib-wrapped, or raw as some servers send it), inflated in bounded pieces."""
 
+    SEEN_MAX = 64 * 1024  # input kept until the first output, to start over as raw deflate
+
     def __init__(self, encoding: str):
         self._encoding = encoding
         self._zlib = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib, by its header
-        self._started = False
+        self._seen: bytes | None = b"" if encoding == "deflate" else None
 
     def pieces(self, data: bytes, size: int):
+        if self._seen is not None:
+            self._seen = self._seen + data if len(self._seen) < self.SEEN_MAX else None
         try:
-            piece = self._zlib.decompress(data, size)
+            try:
+                piece = self._zlib.decompress(data, size)
+            except zlib.error:
+                if self._seen is None:
+                    raise
+                self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)  # no zlib header: raw deflate
+                piece, self._seen = self._zlib.decompress(self._seen, size), None
+            while piece:
+                self._seen = None  # it decodes: no starting over now
+                yield piece
+                piece = self._zlib.decompress(self._zlib.unconsumed_tail, size) if self._zlib.unconsumed_tail else b""
         except zlib.error:
-            if self._encoding != "deflate" or self._started:
-                raise httpx2.RemoteProtocolError(f"The provider's {self._encoding} response could not be decoded.") from None
-            self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)
-            piece = self._zlib.decompress(data, size)
-        self._started = True
-        while piece:
-            yield piece
-            piece = self._zlib.decompress(self._zlib.unconsumed_tail, size) if self._zlib.unconsumed_tail else b""
+            raise httpx2.RemoteProtocolError(f"The provider's {self._encoding} response could not be decoded.") from None
+
+    def rest(self) -> bytes:
+        """What the decoder still holds once the input has ended (a raw deflate stream's last bytes)."""
+        try:
+            return self._zlib.flush()
+        except zlib.error:
+            raise httpx2.RemoteProtocolError(f"The provider's {self._encoding} response could not be decoded.") from None
 
 
 ACCEPT_ENCODING = "gzip, deflate"  # what `_Inflater` reads; httpx would add br or zstd were their decoders installed
@@ -441,7 +459,7 @@ ACCEPT_ENCODING = "gzip, deflate"  # what `_Inflater` reads; httpx would add br 
 async def _size_bounded(response: httpx2.Response) -> None:
     """Decoding moves here from httpx (so it is bounded): the header goes, the bytes arrive decoded."""
     encodings = [value.strip().lower() for value in response.headers.get_list("content-encoding", split_commas=True)]
-    encodings = [value for value in encodings if value != "identity"]
+    encodings = [value for value in encodings if value not in ("", "identity")]  # an empty list element is no encoding (RFC 9110 5.6.1)
     if len(encodings) > 1 or (encodings and encodings[0] not in ("gzip", "deflate")):
         # The client asks for these two only (`ACCEPT_ENCODING`).
         raise httpx2.RemoteProtocolError(f"The provider's response is encoded as {', '.join(encodings)}, which Confab does not read.")

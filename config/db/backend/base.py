@@ -92,10 +92,11 @@ def check_unless_recent(connection) -> None:
 def _has_unread(connection) -> bool:
     """Whether the server has sent this idle connection anything, asked without waiting (no round trip)."""
     try:
-        readable, _, _ = select.select([connection.pgconn.socket], [], [], 0)
+        poller = select.poll()  # not select(): it refuses a descriptor past 1024, which a busy worker's sockets reach
+        poller.register(connection.pgconn.socket, select.POLLIN)
+        return bool(poller.poll(0))
     except (OSError, ValueError, psycopg.Error):  # no socket any more
         return True
-    return bool(readable)
 
 
 class SessionTrackingConnection(psycopg.Connection):
