@@ -38,15 +38,16 @@ _missed: set[str] = set()
 _FAILED = object()
 
 
-def session_cache_call(method: str, *args, default=None):
-    """One call on the session cache; when Redis is unreachable, log it and return `default`."""
+def session_cache_call(method, *args, default=None):
+    """One call on the session cache (a method's name, or a function of the cache and `args`);
+    when Redis is unreachable, log it and return `default`."""
     cache = caches[settings.SESSION_CACHE_ALIAS]
     try:
         if _missed:
             missed = set(_missed)
             cache.delete_many(list(missed))
             _missed.difference_update(missed)
-        return getattr(cache, method)(*args)
+        return method(cache, *args) if callable(method) else getattr(cache, method)(*args)
     except CACHE_ERRORS as exc:
         logger.warning("session cache unavailable, using the database: %s %s", method, exc)
         return default
@@ -61,12 +62,28 @@ def session_digest(session: SessionBase) -> str:
     return token_digest(session.session_key) if session.session_key else ""
 
 
-def _cache_write(method: str, cache_key: str, *args) -> None:
+# A save's write: SET unless a delete left DELETED there. A save committed just before a revoke
+# (its data in the database, its cache write after the revoke's) brought the revoked session back
+# for CACHE_SECONDS: a stolen cookie that kept writing its session stayed signed in.
+_SET_UNLESS_DELETED = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return 0 end redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) return 1"
+)
+
+
+def _set_unless_deleted(cache, cache_key: str, data: dict, timeout: int) -> bool:
+    if timeout <= 0:
+        return False  # expiring now: nothing to keep
+    client = cache.client
+    raw = client.get_client(write=True)
+    return bool(raw.eval(_SET_UNLESS_DELETED, 1, client.make_key(cache_key), client.encode(DELETED), client.encode(data), int(timeout)))
+
+
+def _cache_write(method, cache_key: str, *args) -> None:
     if session_cache_call(method, cache_key, *args, default=_FAILED) is _FAILED:
         _missed.add(cache_key)
 
 
-def _after_commit(method: str, cache_key: str, *args) -> None:
+def _after_commit(method, cache_key: str, *args) -> None:
     """The cache follows what the database committed (at once outside a transaction)."""
     transaction.on_commit(lambda: _cache_write(method, cache_key, *args), using=APP_ALIAS)
 
@@ -149,7 +166,7 @@ class SessionStore(SessionBase):
         function = "accounts_session_create" if must_create else "accounts_session_update"
         if not _call(function, self.session_key, self.encode(data), self.get_expiry_date()):
             raise CreateError if must_create else UpdateError
-        _after_commit("set", _cache_key(self.session_key), dict(data), min(CACHE_SECONDS, self.get_expiry_age()))
+        _after_commit(_set_unless_deleted, _cache_key(self.session_key), dict(data), min(CACHE_SECONDS, self.get_expiry_age()))
 
     def delete(self, session_key=None):
         session_key = session_key or self.session_key

@@ -110,18 +110,17 @@ if rpm >= 0 then
         redis.call('PEXPIRE', KEYS[i], window)
     end
 end
-if limited then
-    local id, deadline, keep = ARGV[8], now + tonumber(ARGV[9]), tonumber(ARGV[9]) + 3600000
-    redis.call('HSET', KEYS[2], 't:' .. id, ARGV[4], 'c:' .. id, ARGV[5])
-    redis.call('HINCRBY', KEYS[2], 'tokens', ARGV[4])
-    redis.call('HINCRBY', KEYS[2], 'cost', ARGV[5])
-    redis.call('ZADD', KEYS[3], deadline, id)
-    redis.call('ZADD', KEYS[4], deadline, ARGV[10] .. id)
-    redis.call('PEXPIRE', KEYS[2], keep)
-    redis.call('PEXPIRE', KEYS[3], keep)
-    return {'reserved', unpack(state)}
-end
-return {'ok', unpack(state)}
+-- Reserved on every plan, limited or not: a plan with limits put in force while the call runs
+-- (staff, or a downgrade at the period's end) counts it with the others in progress.
+local id, deadline, keep = ARGV[8], now + tonumber(ARGV[9]), tonumber(ARGV[9]) + 3600000
+redis.call('HSET', KEYS[2], 't:' .. id, ARGV[4], 'c:' .. id, ARGV[5])
+redis.call('HINCRBY', KEYS[2], 'tokens', ARGV[4])
+redis.call('HINCRBY', KEYS[2], 'cost', ARGV[5])
+redis.call('ZADD', KEYS[3], deadline, id)
+redis.call('ZADD', KEYS[4], deadline, ARGV[10] .. id)
+redis.call('PEXPIRE', KEYS[2], keep)
+redis.call('PEXPIRE', KEYS[3], keep)
+return {'reserved', unpack(state)}
 """
 )
 # KEYS: held hash, due set, global due set. ARGV: global member prefix, reservation id.
@@ -406,8 +405,8 @@ def entitlement_check(
     this check settles on, as the plan's may be lower than the caller's); the per-minute rate
     for the organization and the API key.
 
-    Allowed on a plan with a monthly limit, the call's most is reserved in the same Redis
-    script (one database read, one script): pass `max_output_tokens` of the answer to the
+    Allowed, the call's most is reserved in the same Redis script (one database read, one
+    script), on every plan: one with limits put in force while the call runs counts it: pass `max_output_tokens` of the answer to the
     provider and call `reservation_settle` once the ledger row has committed; an unsettled
     reservation expires after ENTITLEMENT_RESERVATION_TIMEOUT seconds. When Redis is down
     the monthly limits are decided from the database totals, nothing can be reserved
