@@ -128,6 +128,9 @@ def conversation_update(*, user: User, conversation: Conversation, **fields) -> 
         for name, value in fields.items():
             setattr(conversation, name, value)
         conversation.save(update_fields=[*fields, "updated_at"])
+        # The answer shows the row as it is: a send this update waited for changed its count,
+        # totals and perhaps its title since the caller read it.
+        conversation.refresh_from_db()
     return conversation
 
 

@@ -113,6 +113,24 @@ def test_a_send_that_waited_for_a_persona_switch_uses_the_old_or_the_new_persona
     assert system in (["You are the new persona."], ["You are the old persona."]), seen[0]
 
 
+def test_a_rename_that_waited_for_a_send_answers_the_conversation_as_it_is(alice, monkeypatch):
+    """PATCH /conversations/{id} {title} while a send to it holds the row (between its lock and its
+    insert). Was: the answer was the copy read before the PATCH waited: message_count 0 though the
+    send stored two messages. Should: the answer shows the row as stored."""
+    client = _client(alice)
+    conversation = services.conversation_create(user=alice, title="t")
+    outcome = race_while_held(
+        monkeypatch,
+        services,
+        "_send_target",  # the send holds the conversation's row
+        lambda: services.message_send(user=alice, content="hello", conversation_id=conversation.pk).message.status,
+        lambda: client.patch(f"{API}/conversations/{conversation.pk}", {"title": "renamed"}, format="json").json(),
+        "the PATCH waits on the conversation the send holds",
+    )
+    assert outcome["first"] == "complete"
+    assert (outcome["second"]["title"], outcome["second"]["message_count"]) == ("renamed", 2), outcome["second"]
+
+
 # --- Imports ------------------------------------------------------------------------------
 
 
