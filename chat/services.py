@@ -147,7 +147,8 @@ def _persona_held(user: User, persona: Persona, *, count: bool = False) -> None:
     (persona_delete), so the two queue: a delete that comes second clears the conversation's
     persona as it clears the others'; one that came first leaves nothing to name."""
     found = Persona.objects.filter(pk=persona.pk, user_id=user.pk)
-    held = found.update(usage_count=F("usage_count") + 1) if count else len(found.select_for_update().values_list("pk"))
+    # NO KEY, as an update of a column takes: it queues with the delete's lock, not an import's (FOR KEY SHARE).
+    held = found.update(usage_count=F("usage_count") + 1) if count else len(found.select_for_update(no_key=True).values_list("pk"))
     if not held:
         raise NotFoundError("No such persona.")
 
@@ -226,7 +227,8 @@ def persona_update(*, user: User, persona: Persona, **fields) -> Persona:
     the provider and one of the model alone would otherwise store a pair the catalog lacks."""
     _persona_temperature_plain(fields)
     with rls.atomic_as(user.pk):
-        current = Persona.objects.select_for_update().filter(pk=persona.pk, user_id=user.pk).first()
+        # NO KEY: an import holding the persona (FOR KEY SHARE, to its end) does not hold its edits up.
+        current = Persona.objects.select_for_update(no_key=True).filter(pk=persona.pk, user_id=user.pk).first()
         if current is None:
             raise NotFoundError("No such persona.")
         _persona_model_check(fields, stored=current)

@@ -201,6 +201,77 @@ def test_deleting_a_persona_while_an_import_names_it_does_not_fail_the_whole_imp
         assert not Persona.objects.filter(pk=persona.pk).exists()
 
 
+def _import_paused_after_first(monkeypatch, user, persona_name):
+    """An import on a thread of its own, paused (its transaction open) after storing its first conversation."""
+    paused, go, outcome = threading.Event(), threading.Event(), {}
+    real = importer._store
+
+    def store_then_pause(**kwargs):
+        stored = real(**kwargs)
+        if threading.current_thread().name == "import" and not paused.is_set():
+            paused.set()
+            assert go.wait(60)
+        return stored
+
+    monkeypatch.setattr(importer, "_store", store_then_pause)
+
+    def run():
+        try:
+            outcome["import"] = importer.conversations_import(user=user, file=_confab_file(persona_name, 2)).imported
+        except Exception as exc:  # noqa: BLE001
+            outcome["import"] = repr(exc)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run, name="import")
+    thread.start()
+    assert paused.wait(30)
+    return thread, go, outcome
+
+
+@pytest.mark.parametrize("edit", ["persona_update", "conversation_rename"])
+def test_editing_a_persona_an_import_names_does_not_wait_for_the_whole_import(alice, monkeypatch, edit):
+    """The user imports a Confab export whose conversations name the persona "Brief" (a Celery task:
+    one transaction that may run up to 55 minutes, chat/porting/jobs.py). The importer now keeps the
+    persona with FOR KEY SHARE (importer._persona_kept), whose docstring says "edits go on, a delete
+    waits". Meanwhile the user edits the persona's system prompt (PATCH /personas/{id}: persona_update
+    locks the row with select_for_update(), FOR UPDATE), or saves a conversation's details form, which
+    always posts its persona (conversation_update -> _persona_held: FOR UPDATE too). FOR UPDATE
+    conflicts with FOR KEY SHARE.
+    Was: the edit (a web request, holding its pooled connection and transaction) waits on the lock
+    for as long as the import runs: minutes, up to the import's time limit.
+    Should: edits go on while an import holds the persona (lock it FOR NO KEY UPDATE, i.e.
+    select_for_update(no_key=True), where the key is not changed): the edit commits at once."""
+    persona = services.persona_create(user=alice, name="Brief", system_prompt="Be brief.")
+    conversation = services.conversation_create(user=alice, title="old", persona=persona)
+    importing, go, outcome = _import_paused_after_first(monkeypatch, alice, "Brief")
+    done = threading.Event()
+
+    def do_edit():
+        try:
+            if edit == "persona_update":
+                services.persona_update(user=alice, persona=persona, system_prompt="Be very brief.")
+            else:
+                services.conversation_update(user=alice, conversation=conversation, title="renamed", persona=persona)
+            outcome["edit"] = "done"
+        except Exception as exc:  # noqa: BLE001
+            outcome["edit"] = repr(exc)
+        finally:
+            done.set()
+            connections.close_all()
+
+    editing = threading.Thread(target=do_edit, name="edit")
+    editing.start()
+    finished_while_importing = done.wait(30)
+    blocked = waiting_locks()
+    go.set()
+    for thread in (importing, editing):
+        thread.join(60)
+    assert outcome.get("import") == 2, outcome
+    assert finished_while_importing, f"the edit waited on the import's lock ({blocked} lock waiter(s)) until the import ended"
+    assert outcome["edit"] == "done", outcome
+
+
 # --- Share links --------------------------------------------------------------------------
 
 
