@@ -35,6 +35,8 @@ class EmailBackend(BaseBackend):
             login_attempt_take(email=email, ip=client_ip(request))  # counted before the password is checked
         except LoginThrottled as exc:
             raise PermissionDenied(exc.message) from exc
+        if request is not None:
+            request.login_attempt_counted = True  # a success takes back only an attempt it counted (signals.on_login)
         user_id = user_id_for_login(email)
         if user_id is None:
             User().set_password(password)  # same work as a real check: no timing oracle for unknown emails

@@ -108,7 +108,11 @@ class UserManager(BaseUserManager):
         (IDNA refuses it: a joiner in a word, a symbol) or when its one spelling no longer fits the
         column: a domain can lengthen (each "ﬃ" becomes three letters) after a form checked it."""
         email = cls.normalize_email(email)
-        domain = email.rpartition("@")[2]
+        local, _, domain = email.rpartition("@")
+        if '"' in local or "@" in local or has_control_characters(email):
+            # A quoted local part may hold an "@" (`"x@acme.test@"@attacker.test`: mail goes to
+            # attacker.test, a careless reader sees acme.test) or control characters.
+            raise ValidationError({"email": ["Use a plain address, without quotes (name@example.com)."]})
         if (not domain.isascii() or "xn--" in domain) and email_domain_spelled(domain) is None:
             raise ValidationError({"email": ["Mail cannot be delivered to this address's domain: check how it is spelled."]})
         limit = User._meta.get_field("email").max_length

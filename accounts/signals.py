@@ -30,7 +30,9 @@ def on_login(sender, request, user, **kwargs):
             return
         if request is not None and hasattr(request, "session"):
             services.user_session_start(request=request, user=user)
-            services.login_failures_clear(email=user.email, ip=client_ip(request))
+            if getattr(request, "login_attempt_counted", False):
+                # Not a sign-up's login, which counted none: each would have bought one more guess.
+                services.login_failures_clear(email=user.email, ip=client_ip(request))
     security_event.send(sender=None, event="login", user_id=user.pk, ip=client_ip(request), detail={})
 
 

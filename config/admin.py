@@ -73,6 +73,27 @@ class ConfabAdminSite(admin.AdminSite):
 
         return privileged_view
 
+    def password_change(self, request, extra_context=None):
+        """Django's own page; on success every other session of the staff member ends with its
+        record (it no longer matched the password, but stayed listed as signed in)."""
+        from accounts.models import UserSession  # accounts' admin imports this module
+        from accounts.services import user_sessions_end_all
+        from accounts.session_store import session_digest
+
+        before = session_digest(request.session)
+        response = super().password_change(request, extra_context)
+        if request.method == "POST" and response.status_code == 302:
+            # Django gave this session a new key (update_session_auth_hash): its record follows it.
+            kept = session_digest(request.session)
+            # In the request's own transaction, which holds this record (its activity was written there).
+            UserSession.objects.using(rls.APP_ALIAS).filter(
+                user_id=request.user.pk, session_key_digest=before, ended_at__isnull=True
+            ).update(session_key_digest=kept)
+            with rls.privileged(reason=f"admin password change by {request.user.pk}: end the other sessions"):
+                # Both digests kept: this transaction does not see the request's (uncommitted) changes.
+                user_sessions_end_all(user=request.user, keep=(before, kept))
+        return response
+
 
 def _drilldown_past_the_last_year(request) -> bool:
     """A date drill-down (`<field>__year=`) in the last year a date holds, or past it. Every such

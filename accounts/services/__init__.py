@@ -47,6 +47,7 @@ from accounts.services.users import (  # noqa: F401
     email_verification_token,
     email_verify,
     preferences_update,
+    unproven_access_revoked,
     user_create,
     user_deactivate,
     user_update,

@@ -22,10 +22,15 @@ def user_session_start(*, request, user: User) -> UserSession:
     device = "mobile" if ua.is_mobile else "tablet" if ua.is_tablet else "bot" if ua.is_bot else "desktop" if ua.is_pc else "other"
     if not request.session.session_key:
         request.session.save()
+    digest = session_digest(request.session)
     with rls.atomic():
+        # Signed in again as the same user, Django keeps the session's key: its record goes on.
+        kept = UserSession.objects.filter(user=user, session_key_digest=digest, ended_at__isnull=True).first()
+        if kept is not None:
+            return kept
         return UserSession.objects.create(
             user=user,
-            session_key_digest=session_digest(request.session),
+            session_key_digest=digest,
             ip_address=client_ip(request),
             user_agent=ua_string,
             device_type=device,
@@ -51,11 +56,12 @@ def user_session_end(*, session_key_digest: str) -> None:
         UserSession.objects.filter(session_key_digest=session_key_digest, ended_at__isnull=True).update(ended_at=timezone.now())
 
 
-def user_sessions_end_all(*, user: User) -> int:
-    """End every session of the user at once (a password reset): each one's data is deleted, so
-    its browser is signed out, and its record ended, so the sessions page does not list it as
+def user_sessions_end_all(*, user: User, keep: tuple[str, ...] = ()) -> int:
+    """End every session of the user at once (a password reset), but those whose digests `keep`
+    names (a password changed from a signed-in page keeps its own): each one's data is deleted,
+    so its browser is signed out, and its record ended, so the sessions page does not list it as
     signed in. Under the user's own context. The number ended."""
-    sessions = list(UserSession.objects.filter(user_id=user.pk, ended_at__isnull=True))
+    sessions = list(UserSession.objects.filter(user_id=user.pk, ended_at__isnull=True).exclude(session_key_digest__in=keep))
     for user_session in sessions:
         session_delete_by_digest(digest=user_session.session_key_digest)
     with rls.atomic():

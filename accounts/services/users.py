@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from accounts.catalog import model_catalog, preferred_model_problem
 from accounts.errors import EmailTaken, InvitationInvalid
-from accounts.models import ApiKey, Invitation, Membership, Preferences, User, validate_name
+from accounts.models import ApiKey, Invitation, Membership, Preferences, ProviderCredential, User, validate_name
 from accounts.services.organizations import _organization_create
 from accounts.services.sessions import user_sessions_end_all
 from accounts.tasks import mail_send_on_commit
@@ -135,6 +135,17 @@ def user_deactivate(*, user: User) -> User:
         Invitation.objects.filter(invited_by=user, accepted_at__isnull=True, revoked_at__isnull=True).update(revoked_at=now)
     user_sessions_end_all(user=user)
     return user
+
+
+def unproven_access_revoked(*, user: User) -> None:
+    """A password reset of an account whose email was never confirmed: whoever signed up with the
+    address need not be its owner, who has just proven the mailbox. What the account's earlier
+    holder could have left goes: its API keys are revoked (a reset ends sessions only) and its
+    provider keys switched off (a base URL of theirs would receive the owner's prompts)."""
+    with rls.atomic_as(user.pk):
+        now = timezone.now()
+        ApiKey.objects.filter(user=user, is_active=True).update(is_active=False, revoked_at=now)
+        ProviderCredential.objects.filter(user=user, is_active=True).update(is_active=False, updated_at=now)
 
 
 def email_verification_token(*, user: User) -> str:

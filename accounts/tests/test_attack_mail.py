@@ -169,15 +169,16 @@ def test_held_x_forwarded_host_and_unlisted_hosts_never_reach_a_link(client, ali
 
 @pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\u0085", "\r\n"], ids=["LS", "PS", "NEL", "CRLF"])
 def test_held_line_separators_in_names_never_split_a_mail_header(alice, separator, celery_worker):
-    """NEL and CR/LF are refused by validate_name; LS/PS are accepted but Python encodes the
-    subject as encoded-words, so no raw header line is ever produced."""
+    """NEL, CR/LF and (since they forged a second line of a shared title) LS/PS are refused by
+    validate_name; were one accepted, Python would encode the subject as encoded-words, so no raw
+    header line is ever produced."""
     name = f"Eve{separator}Bcc: loot@evil.example"
     with rls.privileged(reason="test"):
         try:
             services.user_update(user=alice, display_name=name)
             org = services.organization_create(user=alice, name=f"Org{separator}X-Evil: 1")
         except Exception as exc:  # refused with a sentence: nothing reaches a header
-            assert separator in ("\u0085", "\r\n") and "control characters" in str(exc)
+            assert "control characters" in str(exc)
             return
         services.invitation_create(actor=alice, organization=org, email="guest@example.com", base_url="http://testserver")
     raw = mail_arrives()[0].message().as_bytes()

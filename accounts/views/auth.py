@@ -132,6 +132,8 @@ class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
         # Every browser signed in is signed out (their auth hash no longer matches), and the
         # sessions page must say so: whoever reset because of an intruder sees the intruder gone.
         services.user_sessions_end_all(user=form.user)
+        if not form.user.email_verified:
+            services.unproven_access_revoked(user=form.user)  # the address's owner taking back an account someone else opened
         return response
 
     template_name = "accounts/password_reset_confirm.html"

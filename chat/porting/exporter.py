@@ -61,11 +61,6 @@ class ExportBusy(ApplicationError):
 BUSY = "An export is already being prepared; its download link appears below when it is ready."
 
 
-def _documents(conversations) -> Iterator[dict]:
-    for conversation in conversations:
-        yield ours.conversation_document(conversation, selectors.message_list(conversation=conversation))
-
-
 def _all(user_id) -> Iterator[Conversation]:
     return Conversation.objects.filter(user_id=user_id).select_related("persona").order_by("created_at", "id").iterator(chunk_size=200)
 
@@ -79,11 +74,6 @@ def conversation_export(*, user: User, conversation: Conversation, kind: str) ->
     out = io.StringIO()
     ours.document_write(out, [ours.conversation_document(conversation, messages)], exported_at=timezone.now())
     return f"{stem}.json", out.getvalue()
-
-
-def conversations_document_write(*, user_id, out) -> int:
-    """All of a user's conversations in our format, written to `out` (the caller holds their context)."""
-    return ours.document_write(out, _documents(_all(user_id)), exported_at=timezone.now())
 
 
 def _slug(title: str) -> str:

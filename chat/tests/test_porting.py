@@ -4,9 +4,11 @@ twice (also racing) never duplicates; imported messages are never metered."""
 
 import io
 import json
+import tempfile
 import threading
 import zipfile
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from django.core.management import call_command
@@ -19,7 +21,7 @@ from analytics.models import TokenUsage
 from chat import services
 from chat.models import Conversation, Message
 from chat.porting.base import ImportRejected
-from chat.porting.exporter import conversations_document_write
+from chat.porting.exporter import _zip_write
 from chat.porting.importer import MAX_REPLY_CONTENT, conversations_import
 from chat.tests.porting_files import CHATGPT_SINGLE, CLAUDE_SINGLE, FIXTURES, chatgpt_zip, claude_zip, zip_bytes
 from config.db import rls
@@ -99,10 +101,12 @@ def test_claude_export_imports_and_reports_the_empty_conversation(alice, shape):
 
 
 def _export(user) -> dict:
-    out = io.StringIO()
-    with rls.atomic_as(user.pk):
-        conversations_document_write(user_id=user.pk, out=out)
-    return json.loads(out.getvalue())
+    """The JSON document of a full export's zip."""
+    with tempfile.TemporaryDirectory() as folder, rls.atomic_as(user.pk):
+        path = Path(folder) / "export.zip"
+        _zip_write(user_id=user.pk, path=path)
+        with zipfile.ZipFile(path) as archive:
+            return json.loads(archive.read("conversations.json"))
 
 
 def _without_ids(document: dict) -> dict:

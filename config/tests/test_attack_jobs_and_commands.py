@@ -79,7 +79,7 @@ def test_an_export_stopped_by_its_time_limit_fails_with_a_sentence_and_frees_the
     def too_slow(**kwargs):
         raise SoftTimeLimitExceeded()
 
-    monkeypatch.setattr(exporter, "conversations_document_write", too_slow)
+    monkeypatch.setattr(exporter.ours, "document_write", too_slow)
     with suppress(SoftTimeLimitExceeded):
         exporter.export_build(job_id=job.pk, user_id=alice.pk)
 
