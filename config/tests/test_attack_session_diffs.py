@@ -14,79 +14,23 @@ from accounts.tests.factories import make_user
 from billing import stripe_services
 from billing.tests.factories import organization_of, put_on_plan
 from chat.tests.provider_servers import Reply, openai_completion
-from chat.tests.test_attack_wire import KEYS, MODELS, OK_OPENAI, _metered_once, _send
+from chat.tests.test_attack_wire import OK_OPENAI, _metered_once, _send
 from config.db import rls
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-# --- Fixtures (chat's, which config's tests do not see) ----------------------------------------
-
-
-@pytest.fixture
-def plans(django_db_blocker):
-    from billing.tests.factories import make_plans
-
-    with django_db_blocker.unblock():
-        return make_plans()
-
-
-@pytest.fixture
-def alice(catalog, plans):
-    from accounts.tests.factories import make_user
-
-    return make_user(email="alice@example.com")
-
-
-@pytest.fixture
-def server():
-    from chat.tests.provider_servers import ProviderServer
-
-    server = ProviderServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def wired(alice, plans, server):
-    """Alice on a paid plan, with her own key for each provider pointing at the local server."""
-    from accounts.services import provider_credential_set
-
-    put_on_plan(organization_of(alice), plans["pro"])
-    with rls.privileged(reason="test: provider keys"):
-        for provider in MODELS:
-            base_url = f"{server.url}/v1" if provider == "openai" else server.url
-            provider_credential_set(user=alice, provider=provider, api_key=KEYS[provider], base_url=base_url)
-    return alice
-
-
-@pytest.fixture
-def fake_stripe(settings, plans, django_db_blocker):
-    """billing's: payment configured against a local server in Stripe's wire format."""
-    from billing.tests import stripe_server
-
-    with django_db_blocker.unblock(), rls.privileged(reason="test factory"):
-        for plan, monthly, yearly in ((plans["pro"], "price_pro_month", "price_pro_year"), (plans["enterprise"], "price_ent_month", "")):
-            plan.stripe_monthly_price_id, plan.stripe_yearly_price_id = monthly, yearly
-            plan.save(update_fields=["stripe_monthly_price_id", "stripe_yearly_price_id"])
-    with stripe_server.fake_stripe_running() as fake:
-        settings.STRIPE_SECRET_KEY, settings.STRIPE_WEBHOOK_SECRET = stripe_server.SECRET_KEY, stripe_server.WEBHOOK_SECRET
-        settings.STRIPE_API_BASE = fake.url
-        yield fake
-
-
-@pytest.fixture
-def owner(client, fake_stripe):
-    user = make_user()
-    client.force_login(user)
-    return user
-
+# Chat's and billing's fixtures, which config's tests do not see otherwise.
+from billing.tests.conftest import fake_stripe  # noqa: E402, F401
+from billing.tests.test_stripe_checkout import owner  # noqa: E402, F401
+from chat.tests.conftest import alice, plans, server  # noqa: E402, F401
+from chat.tests.test_attack_wire import wired  # noqa: E402, F401
 
 # --- 1. A provider response decoded by Confab -----------------------------------------------------
 
 
 @pytest.mark.parametrize(("header", "compressed"), [("gzip, ", "gzip"), (", gzip", "gzip"), ("", None), ("identity, ", None)])
-def test_a_content_encoding_list_with_an_empty_element_is_read_not_a_failed_call(wired, server, header, compressed):
+def test_a_content_encoding_list_with_an_empty_element_is_read_not_a_failed_call(wired, server, header, compressed):  # noqa: F811  (the imported fixtures)
     """A provider (or the proxy before it) answers `Content-Encoding: gzip, ` (a trailing comma),
     `, gzip` or an empty `Content-Encoding:`. Was: `_size_bounded` keeps the empty list element as
     an encoding of its own (""), so the answer reads "encoded as gzip, , which Confab does not
@@ -120,7 +64,7 @@ def test_a_raw_deflate_body_is_decoded_to_its_last_byte_whatever_its_chunks(firs
 
 
 @pytest.mark.parametrize("path", ["checkout page", "plan change page", "subscription API", "portal page"])
-def test_no_database_connection_is_held_while_stripe_answers(client, owner, plans, fake_stripe, monkeypatch, path):
+def test_no_database_connection_is_held_while_stripe_answers(client, owner, plans, fake_stripe, monkeypatch, path):  # noqa: F811  (the imported fixtures)
     """An owner starts a checkout (or opens the portal) while Stripe is slow: each call may take
     20 s, three times with the library's retries, and a second checkout of the organization waits
     15 s on the Redis lock first. Was: the views now hold no transaction, but the request's
@@ -206,7 +150,7 @@ def test_a_connection_checked_in_moments_ago_is_not_pinged_when_its_descriptor_i
     assert pings == [], "a connection checked in moments ago, with nothing to read, was pinged"
 
 
-def test_the_404_of_the_plan_change_form_shows_the_users_theme(client, plans):
+def test_the_404_of_the_plan_change_form_shows_the_users_theme(client, plans):  # noqa: F811  (the imported fixtures)
     """Bob, who chose the dark theme, posts the plan change form of an organization that is not
     his (a stale tab after he left it, or a forged id). Was: plan_change is now marked
     own_transactions, so Django renders its 404 page outside any transaction: the theme context
