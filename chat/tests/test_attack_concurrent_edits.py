@@ -150,57 +150,6 @@ def _confab_file(persona_name: str, count: int) -> io.BytesIO:
     return io.BytesIO(json.dumps({"format": "confab.conversations", "version": 1, "conversations": conversations}).encode())
 
 
-def test_deleting_a_persona_while_an_import_names_it_does_not_fail_the_whole_import(alice, monkeypatch):
-    """An import (a Celery task, one transaction that may run for most of an hour) of a Confab export
-    whose conversations name the persona "Brief": the importer looks the persona up once, unlocked
-    (chat/porting/importer.py _store), and gives every conversation its id. The user deletes the
-    persona on the personas page meanwhile: nothing waits (the foreign key is checked at COMMIT), the
-    delete's SET NULL sees none of the import's uncommitted conversations, the persona goes.
-    Was: the import's next conversation is refused by the conversation's row policy (persona_id must
-    be one of the user's personas; or, at COMMIT, by the deferred foreign key): the whole import
-    fails, nothing of the file imported (the job says "failed unexpectedly").
-    Should: as when a conversation takes a persona (services._persona_held): the delete waits for the
-    import and clears its conversations' persona, or the import stores them without it."""
-    persona = services.persona_create(user=alice, name="Brief", system_prompt="Be brief.")
-    paused, go, outcome = threading.Event(), threading.Event(), {}
-    real = importer._store
-
-    def store_then_pause(**kwargs):
-        stored = real(**kwargs)
-        if threading.current_thread().name == "import" and not paused.is_set():
-            paused.set()
-            assert go.wait(30)
-        return stored
-
-    monkeypatch.setattr(importer, "_store", store_then_pause)
-
-    def run(which, call):
-        try:
-            outcome[which] = call()
-        except Exception as exc:  # noqa: BLE001  the assertion shows it
-            outcome[which] = repr(exc)
-        finally:
-            connections.close_all()
-
-    importing = threading.Thread(
-        target=run,
-        args=("import", lambda: importer.conversations_import(user=alice, file=_confab_file("Brief", 2)).imported),
-        name="import",
-    )
-    importing.start()
-    assert paused.wait(30)
-    deleting = threading.Thread(target=run, args=("delete", lambda: services.persona_delete(user=alice, persona=persona) or "deleted"))
-    deleting.start()
-    until(lambda: "delete" in outcome or waiting_locks() >= 1, "the persona's delete ends or waits on the import")
-    go.set()
-    for thread in (importing, deleting):
-        thread.join(30)
-    assert outcome == {"import": 2, "delete": "deleted"}, outcome
-    with rls.privileged(reason="test"):
-        assert Conversation.objects.filter(user_id=alice.pk, imported_from="confab").count() == 2
-        assert not Persona.objects.filter(pk=persona.pk).exists()
-
-
 def _import_paused_after_first(monkeypatch, user, persona_name):
     """An import on a thread of its own, paused (its transaction open) after storing its first conversation."""
     paused, go, outcome = threading.Event(), threading.Event(), {}
@@ -227,6 +176,41 @@ def _import_paused_after_first(monkeypatch, user, persona_name):
     thread.start()
     assert paused.wait(30)
     return thread, go, outcome
+
+
+def test_deleting_a_persona_while_an_import_names_it_does_not_fail_the_whole_import(alice, monkeypatch):
+    """An import (a Celery task, one transaction that may run for most of an hour) of a Confab export
+    whose conversations name the persona "Brief": the importer looks the persona up once, unlocked
+    (chat/porting/importer.py _store), and gives every conversation its id. The user deletes the
+    persona on the personas page meanwhile: nothing waits (the foreign key is checked at COMMIT), the
+    delete's SET NULL sees none of the import's uncommitted conversations, the persona goes.
+    Was: the import's next conversation is refused by the conversation's row policy (persona_id must
+    be one of the user's personas; or, at COMMIT, by the deferred foreign key): the whole import
+    fails, nothing of the file imported (the job says "failed unexpectedly").
+    Should: as when a conversation takes a persona (services._persona_held): the delete waits for the
+    import and clears its conversations' persona, or the import stores them without it."""
+    persona = services.persona_create(user=alice, name="Brief", system_prompt="Be brief.")
+    importing, go, outcome = _import_paused_after_first(monkeypatch, alice, "Brief")
+
+    def delete():
+        try:
+            services.persona_delete(user=alice, persona=persona)
+            outcome["delete"] = "deleted"
+        except Exception as exc:  # noqa: BLE001  the assertion shows it
+            outcome["delete"] = repr(exc)
+        finally:
+            connections.close_all()
+
+    deleting = threading.Thread(target=delete)
+    deleting.start()
+    until(lambda: "delete" in outcome or waiting_locks() >= 1, "the persona's delete ends or waits on the import")
+    go.set()
+    for thread in (importing, deleting):
+        thread.join(30)
+    assert outcome == {"import": 2, "delete": "deleted"}, outcome
+    with rls.privileged(reason="test"):
+        assert Conversation.objects.filter(user_id=alice.pk, imported_from="confab").count() == 2
+        assert not Persona.objects.filter(pk=persona.pk).exists()
 
 
 @pytest.mark.parametrize("edit", ["persona_update", "conversation_rename"])

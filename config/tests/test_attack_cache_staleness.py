@@ -3,29 +3,18 @@ check the very next request sees the change (or within the staleness the README 
 test's docstring: what is done, what happens now ("Was:"), what should ("Should:")."""
 
 import threading
-from importlib import import_module
 
 import pytest
-from django.conf import settings
 from django.test import Client
 
 from accounts import session_store
 from accounts.models import UserSession
-from accounts.tests.factories import PASSWORD, make_user
+from accounts.tests.factories import make_user
+from accounts.tests.test_sessions_store import _sign_in, _store
 from billing.tests.conftest import plans  # noqa: F401  (a fixture)
 from config.crypto import token_digest
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def _store(session_key=None):
-    return import_module(settings.SESSION_ENGINE).SessionStore(session_key)
-
-
-def _sign_in(client, email):
-    response = client.post("/accounts/login/", {"username": email, "password": PASSWORD})
-    assert response.status_code == 302, response.content[:500]
-    return client.cookies[settings.SESSION_COOKIE_NAME].value
 
 
 # --- Sessions (accounts/session_store.py) ----------------------------------------------------------
