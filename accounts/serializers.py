@@ -19,7 +19,7 @@ from accounts.models import (
     validate_language_tag,
     validate_name,
 )
-from config.api.inputs import StrictBooleanField, StringField
+from config.api.inputs import StrictBooleanField, StringField, ZonedDateTimeField
 from config.text import json_clean
 
 # --- Me and preferences ------------------------------------------------------------
@@ -195,7 +195,7 @@ class ApiKeyCreatedOut(ApiKeyOut):
 class ApiKeyCreateIn(serializers.Serializer):
     name = StringField(max_length=100, validators=[validate_name])
     scopes = serializers.ListField(child=serializers.ChoiceField(choices=ApiKey.Scope.choices), allow_empty=False)
-    expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None, validators=[expiry_storable])
+    expires_at = ZonedDateTimeField(required=False, allow_null=True, default=None, validators=[expiry_storable])
 
 
 # --- Provider credentials ---------------------------------------------------------------

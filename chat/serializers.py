@@ -45,7 +45,7 @@ class ConversationIn(serializers.Serializer):
 
 
 class ConversationFilter(serializers.Serializer):
-    archived = serializers.BooleanField(required=False, allow_null=True, default=None)
+    archived = serializers.BooleanField(required=False, default=None)  # no allow_null: "?archived=" is a 400, not "both"
     q = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
     tag = serializers.CharField(max_length=MAX_TAG_LENGTH, required=False, allow_blank=True, default="")
     persona_id = serializers.UUIDField(required=False, default=None)

@@ -16,7 +16,7 @@ from chat.api import CHAT_SCOPES, _page
 from chat.models import ShareLink
 from chat.share_views import share_url
 from config.api.errors import error_responses
-from config.api.inputs import validated_body
+from config.api.inputs import ZonedDateTimeField, validated_body
 
 
 class ShareLinkOut(serializers.Serializer):
@@ -39,7 +39,7 @@ class ShareLinkIn(serializers.Serializer):
         default=ShareLink.Audience.ORGANIZATION,
         error_messages={"invalid_choice": "The audience must be 'organization' (signed-in members) or 'anyone'."},
     )
-    expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    expires_at = ZonedDateTimeField(required=False, allow_null=True, default=None)
 
 
 class ShareLinkCreateApi(APIView):

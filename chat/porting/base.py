@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import unicodedata
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 
 from django.utils import timezone
 
-from accounts.models import BIDI_CONTROLS, shows_nothing  # the characters names refuse: one list
+from accounts.models import has_control_characters, shows_nothing  # the characters names refuse: one list
 from config.errors import ApplicationError
 from config.text import text_clean
 
@@ -90,12 +90,17 @@ def size_text(n: int) -> str:
 
 
 def title_clean(value) -> str:
-    """A title shown on every page: control and text-direction characters become spaces, runs of spaces one."""
+    """A title or tag shown on every page: each run of what a typed one may not hold (control,
+    line-separator and text-direction characters: `has_control_characters`), with the spaces
+    around it, becomes one space; other spacing is kept, so a title Confab stored comes back as it was."""
     if not isinstance(value, str):
         return ""
-    kept = (" " if unicodedata.category(c) == "Cc" or c in BIDI_CONTROLS else c for c in text_clean(value))
-    title = " ".join("".join(kept).split())[:TITLE_MAX]
+    marked = "".join("\x00" if has_control_characters(c) else c for c in text_clean(value))
+    title = _REFUSED_RUN.sub(" ", marked).strip()[:TITLE_MAX].rstrip()
     return "" if shows_nothing(title) else title  # zero-width characters alone: no title, so the default one
+
+
+_REFUSED_RUN = re.compile(r"\s*\x00[\x00\s]*")  # "\x00" marks a refused character (NUL is one itself)
 
 
 def when_epoch(value) -> datetime | None:

@@ -65,7 +65,10 @@ CREATE = {
     "audience with NUL": ({"audience": "anyone\x00"}, 400),
     "expires_at a number": ({"expires_at": 1e308}, 400),
     "body a list": ([{"audience": "anyone"}], 400),
-    "naive time (read in the server's zone)": ({"expires_at": (timezone.now() + timedelta(days=1)).replace(tzinfo=None).isoformat()}, 201),
+    "naive time (no time zone: refused, not read in the server's)": (
+        {"expires_at": (timezone.now() + timedelta(days=1)).replace(tzinfo=None).isoformat()},
+        400,
+    ),
 }
 
 

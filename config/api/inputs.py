@@ -11,6 +11,7 @@ import functools
 import re
 
 from django.core.validators import MaxLengthValidator, MinLengthValidator, ProhibitNullCharactersValidator
+from django.utils import timezone
 from rest_framework import serializers
 from rest_framework.fields import empty
 from rest_framework.request import Request
@@ -49,6 +50,18 @@ class StrictBooleanField(serializers.BooleanField):
         if data is True or data is False:
             return data
         self.fail("invalid", input=data)
+
+
+class ZonedDateTimeField(serializers.DateTimeField):
+    """DRF's DateTimeField, refusing a time without its offset: DRF reads one in the server's zone
+    (UTC), so a client in New York asking for its own 09:00 got a time five hours early."""
+
+    default_error_messages = {"naive": "Give the time with its time zone (an offset such as +02:00, or Z for UTC)."}
+
+    def enforce_timezone(self, value):
+        if timezone.is_naive(value):
+            self.fail("naive")
+        return super().enforce_timezone(value)
 
 
 def validated_body(serializer_class: type[serializers.Serializer], request: Request, **kwargs) -> dict:
