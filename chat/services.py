@@ -23,13 +23,13 @@ from decimal import Decimal
 
 from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
-from django.db import connections
+from django.db import ProgrammingError, connections
 from django.db.models import F, Value
 from django.db.models.functions import Least
 from django.utils import timezone
 
 from accounts import selectors as accounts_selectors
-from accounts.models import ProviderCredential, User
+from accounts.models import Membership, ProviderCredential, User
 from analytics import counters
 from analytics.models import KeySource
 from analytics.services import Alongside, usage_record_alongside
@@ -766,7 +766,16 @@ def _reply_finish(
             # transaction, one round trip with its BEGIN and COMMIT (reads its conversation from
             # the message, cached when the send stored it).
             reply_update = _reply_update(message, fields, tokens=counted.input_total + counted.output, now=now)
-            closed = not _meter(message=message, reply_update=reply_update, alone_as=pending.user_id, **metering)
+            try:
+                closed = not _meter(message=message, reply_update=reply_update, alone_as=pending.user_id, **metering)
+            except ProgrammingError as exc:
+                if not rls.refused_by_policy(exc) or _still_member(pending.user_id, message.conversation.organization_id):
+                    raise
+                # The user left the organization, or was removed, while the call ran: the ledger's
+                # policy takes only their organizations now, but the call was checked and reserved
+                # while they belonged, so it is stored and metered to it, once, as any other.
+                with rls.privileged(reason="a reply metered to the organization its call was checked for; its user has left it since"):
+                    closed = not _meter(message=message, reply_update=reply_update, **metering)
             if closed:
                 with rls.atomic_as(pending.user_id):
                     try:
@@ -782,6 +791,11 @@ def _reply_finish(
     if not closed and cached is None and status == Status.COMPLETE and pending.cache_key:
         response_caching.cached_reply_put(pending.cache_key, text=text, usage=usage, cost=charge.cost, finish_reason=finish_reason)
     return message
+
+
+def _still_member(user_id: uuid.UUID, organization_id: uuid.UUID) -> bool:
+    with rls.privileged(reason="whether a user is still a member of the organization their call was checked for", audited=False):
+        return Membership.objects.filter(user_id=user_id, organization_id=organization_id).exists()
 
 
 def _reply_update(message: Message, fields: dict, *, tokens: int, now) -> Alongside:

@@ -82,11 +82,8 @@ def _auto_join(user: User) -> None:
         except ProgrammingError as exc:
             # The organization stopped admitting the domain since it was listed: its join policy
             # refuses the row (insufficient_privilege), as it would have a moment later.
-            if getattr(exc.__cause__, "sqlstate", None) != INSUFFICIENT_PRIVILEGE:
+            if not rls.refused_by_policy(exc):
                 raise
-
-
-INSUFFICIENT_PRIVILEGE = "42501"  # PostgreSQL's code for a row a policy refuses
 
 
 def user_update(*, user: User, **fields) -> User:

@@ -153,6 +153,14 @@ def statement_alone(user_id: UUID | str | None, sql: str, params) -> list[tuple]
     return run_alone([command], sql, params)
 
 
+INSUFFICIENT_PRIVILEGE = "42501"  # PostgreSQL's code for a row a policy refuses
+
+
+def refused_by_policy(exc: Exception) -> bool:
+    """A database error (Django's, wrapping psycopg's) that is a row policy refusing a row."""
+    return getattr(exc.__cause__, "sqlstate", None) == INSUFFICIENT_PRIVILEGE
+
+
 def context_clear(*, using: str | None = None) -> None:
     context_set(user_id=None, using=using)
 
