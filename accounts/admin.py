@@ -216,7 +216,7 @@ class MembershipInline(admin.TabularInline):
 class OrganizationAdminForm(forms.ModelForm):
     def clean(self):
         cleaned = super().clean()
-        domain = (cleaned.get("auto_join_domain") or "").strip().lower().lstrip("@")
+        domain = services.auto_join_domain_spelled(cleaned.get("auto_join_domain") or "")
         if domain and domain != self.instance.auto_join_domain:
             # Staff need not be at the domain, but webmail admits anyone for staff too.
             is_personal = cleaned.get("is_personal", self.instance.is_personal)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zoneinfo
 from contextlib import contextmanager
-from datetime import datetime, time
+from datetime import UTC, datetime, time, timedelta
 from urllib.parse import urlsplit
 
 from django import forms
@@ -242,7 +242,13 @@ class ApiKeyCreateForm(forms.Form):
             tz = zoneinfo.ZoneInfo(self.user_timezone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             tz = zoneinfo.ZoneInfo("UTC")
-        return expiry_storable(datetime.combine(day, time(23, 59, 59), tzinfo=tz))
+        try:
+            next_day = datetime.combine(day + timedelta(days=1), time(0), tzinfo=tz)
+        except OverflowError:  # 31 December 9999 has no next day
+            return expiry_storable(datetime.combine(day, time(23, 59, 59), tzinfo=tz))
+        # The second before the next day starts, counted in UTC: where the day's last hour happens
+        # twice (Cairo's summer time ends at midnight), its first 23:59:59 came an hour early.
+        return expiry_storable(next_day.astimezone(UTC) - timedelta(seconds=1))
 
 
 class OrganizationCreateForm(forms.Form):

@@ -32,8 +32,12 @@ BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 
 def shows_nothing(value: str) -> bool:
     """Text of only characters that draw nothing (zero-width spaces and joiners, the byte-order
-    mark, spaces of every width, the fillers above): a name no one can see or click."""
-    return bool(value) and all(c in BLANK_LETTERS or unicodedata.category(c) in ("Cf", "Cc", "Zs", "Zl", "Zp") for c in value)
+    mark, spaces of every width, the fillers above, and marks with no letter to sit on: variation
+    selectors, the grapheme joiner, combining accents): a name no one can see or click."""
+    return bool(value) and all(c in BLANK_LETTERS or unicodedata.category(c) in NOTHING_DRAWN for c in value)
+
+
+NOTHING_DRAWN = ("Cf", "Cc", "Zs", "Zl", "Zp", "Mn", "Me")  # the categories of characters that draw nothing alone
 
 
 def expiry_storable(moment):

@@ -194,7 +194,7 @@ class ApiKeyCreatedOut(ApiKeyOut):
 
 class ApiKeyCreateIn(serializers.Serializer):
     name = StringField(max_length=100, validators=[validate_name])
-    scopes = serializers.ListField(child=serializers.ChoiceField(choices=ApiKey.Scope.choices), allow_empty=False)
+    scopes = serializers.ListField(child=serializers.ChoiceField(choices=ApiKey.Scope.choices), allow_empty=False, min_length=1)
     expires_at = ZonedDateTimeField(required=False, allow_null=True, default=None, validators=[expiry_storable])
 
 

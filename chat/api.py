@@ -35,6 +35,7 @@ from chat.serializers import (
 from chat.streaming import reply_stream_response
 from config.api.errors import error_responses
 from config.api.inputs import validated_body, validated_query
+from config.api.negotiation import EventStreamNegotiation
 from config.api.outputs import Representation
 from config.api.pagination import StrictCursorPagination
 from config.db import rls
@@ -136,6 +137,7 @@ _REPLY_OUT = Representation(ReplyOut())
 class MessageListApi(APIView):
     required_scopes = CHAT_SCOPES
     pagination_class = MessageCursor
+    content_negotiation_class = EventStreamNegotiation  # `Accept: text/event-stream` alone gets its stream
 
     @extend_schema(responses={200: MessageOut(many=True), **error_responses(401, 403, 404)})
     def get(self, request, conversation_id):

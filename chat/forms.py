@@ -8,7 +8,7 @@ from django import forms
 from django.conf import settings
 
 from chat import selectors
-from chat.models import MAX_SYSTEM_PROMPT, MAX_TAG_LENGTH, MAX_TAGS, validate_one_line
+from chat.models import MAX_SYSTEM_PROMPT, MAX_TAG_LENGTH, MAX_TAGS, tags_kept, validate_one_line
 from chat.porting.base import size_text
 
 ARCHIVED_CHOICES = [("", "Active"), ("archived", "Archived"), ("all", "All")]
@@ -95,8 +95,9 @@ class ConversationForm(forms.Form):
                 raise forms.ValidationError(f"A tag is at most {MAX_TAG_LENGTH} characters.")
             if tag:
                 validate_one_line(tag)  # each tag, as the API checks them: one of zero-width spaces shows nothing
-            if tag and tag not in tags:
+            if tag:
                 tags.append(tag)
+        tags = tags_kept(tags)
         if len(tags) > MAX_TAGS:
             raise forms.ValidationError(f"At most {MAX_TAGS} tags.")
         return tags

@@ -226,10 +226,12 @@ def model_route(name) -> tuple[str, str]:
         raise GatewayInvalid("model is required: one of the ids GET /v1/models lists.", "model")
     if len(name) > MAX_MODEL_NAME or not _control_free(name, keep_newlines=False):
         raise GatewayInvalid("model must be a model id without control characters (see GET /v1/models).", "model")
+    priced = [provider for provider in PROVIDERS if selectors.model_price_current(provider=provider, model=name)]
+    if len(priced) == 1:  # a catalog name, listed as it is: first, as a name may hold a "/" ("openai/gpt-4o-mini" at a router)
+        return priced[0], name
     provider, _, rest = name.partition("/")
     if provider in PROVIDERS and rest and selectors.model_price_current(provider=provider, model=rest):
         return provider, rest
-    priced = [provider for provider in PROVIDERS if selectors.model_price_current(provider=provider, model=name)]
     if len(priced) > 1:
         choices = " or ".join(f"'{provider}/{name}'" for provider in priced)
         raise GatewayInvalid(f"The model '{name}' is offered by several providers: ask for {choices}.", "model", "model_ambiguous")
@@ -274,7 +276,7 @@ def completion_parse(body, headers) -> tuple[dict, bool, bool]:
         raise GatewayInvalid("The request body must be a JSON object.")
     if body.get("tools") or body.get("functions") or body.get("tool_choice") not in (None, "none"):
         raise GatewayInvalid("Tools (function calling) are not supported by this gateway.", "tools", "tools_not_supported")
-    if body.get("n") not in (None, 1):
+    if body.get("n") is not None and (isinstance(body["n"], bool) or body["n"] != 1):  # True == 1 in Python, not in JSON
         raise GatewayInvalid("Only n=1 is supported: one choice per request.", "n")
     for name, no_op in REFUSED_FIELDS.items():
         if body.get(name) not in no_op:
@@ -286,7 +288,9 @@ def completion_parse(body, headers) -> tuple[dict, bool, bool]:
     options = body.get("stream_options")
     if options is not None and (not stream or not isinstance(options, dict)):
         raise GatewayInvalid("stream_options is an object, allowed only when stream is true.", "stream_options")
-    include_usage = bool((options or {}).get("include_usage"))
+    include_usage = (options or {}).get("include_usage", False)
+    if not isinstance(include_usage, bool):  # bool("false") is True: a wrong type is refused, as for `stream`
+        raise GatewayInvalid("stream_options.include_usage must be true or false.", "stream_options.include_usage")
     provider, model = model_route(body.get("model"))
     messages = _messages(body.get("messages"))
     cap = _number(body, "max_completion_tokens", kind=int, low=1) or _number(body, "max_tokens", kind=int, low=1)

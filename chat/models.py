@@ -6,6 +6,7 @@ Portable to MongoDB (a later issue): no foreign keys to other apps' tables (`use
 catalog is read by everyone and written by staff.
 """
 
+import unicodedata
 import uuid
 from decimal import Decimal
 
@@ -32,6 +33,12 @@ def validate_one_line(value: str) -> None:
         raise ValidationError("Remove the control characters (line breaks, tabs, text-direction marks).", code="control_characters")
     if shows_nothing(value):
         raise ValidationError("This shows nothing: use letters or symbols that can be seen.", code="invisible")
+
+
+def tags_kept(tags) -> list[str]:
+    """Tags as stored and looked up: each in Unicode's composed form (NFC: "café" typed and "café"
+    pasted from macOS, with a combining accent, are one tag), once, in the order given."""
+    return list(dict.fromkeys(unicodedata.normalize("NFC", tag) for tag in tags))
 
 
 class Persona(models.Model):

@@ -17,7 +17,7 @@ from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
 from chat.errors import SearchQueryInvalid
-from chat.models import Conversation, Message, ModelPrice, Persona
+from chat.models import Conversation, Message, ModelPrice, Persona, tags_kept
 from config.db import rls
 from config.errors import NotFoundError
 
@@ -31,7 +31,7 @@ def conversation_list(
     if q:
         conversations = conversations.filter(Q(title__icontains=q) | Q(summary__icontains=q))
     if tag:
-        conversations = conversations.filter(tags__contains=[tag])
+        conversations = conversations.filter(tags__contains=tags_kept([tag]))
     if persona_id:  # another user's persona is a 404, not an empty page that confirms nothing
         conversations = conversations.filter(persona_id=persona_get(user=user, persona_id=persona_id).pk)
     if organization_id:

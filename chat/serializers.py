@@ -1,9 +1,9 @@
 from rest_framework import serializers
 
-from chat.models import MAX_SYSTEM_PROMPT, MAX_TAG_LENGTH, MAX_TAGS, MONEY, Message, ModelPrice, Persona, validate_one_line
+from chat.models import MAX_SYSTEM_PROMPT, MAX_TAG_LENGTH, MAX_TAGS, MONEY, Message, ModelPrice, Persona, tags_kept, validate_one_line
 from chat.selectors import SEARCH_LIMIT_MAX, SEARCH_MAX_LENGTH, SEARCH_PAGES_MAX
 from chat.services import MAX_CONTENT
-from config.api.inputs import ShortListField, StrictBooleanField, StringField
+from config.api.inputs import ShortListField, StrictBooleanField, StringField, UUIDStringField
 
 
 def _no_comma(tag: str) -> None:
@@ -36,12 +36,12 @@ class ConversationIn(serializers.Serializer):
     summary = StringField(max_length=10_000, required=False, allow_blank=True)
     tags = ShortListField(child=TAG, max_length=MAX_TAGS, required=False)
     is_archived = StrictBooleanField(required=False)
-    persona_id = serializers.UUIDField(required=False, allow_null=True)
-    organization_id = serializers.UUIDField(required=False)
+    persona_id = UUIDStringField(required=False, allow_null=True)
+    organization_id = UUIDStringField(required=False)
 
     def validate_tags(self, tags: list[str]) -> list[str]:
         """Each tag once, in the order given, as the conversation page keeps them."""
-        return list(dict.fromkeys(tags))
+        return tags_kept(tags)
 
 
 class ConversationFilter(serializers.Serializer):

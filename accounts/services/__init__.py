@@ -13,6 +13,7 @@ from accounts.services.credentials import (  # noqa: F401
 from accounts.services.organizations import (  # noqa: F401
     INVITATION_LIFETIME,
     auto_join_domain_problem,
+    auto_join_domain_spelled,
     invitation_accept,
     invitation_create,
     invitation_for_token,

@@ -15,7 +15,7 @@ from django.utils.crypto import get_random_string
 from django.utils.text import slugify
 
 from accounts.errors import InvitationInvalid, NotAllowed, OrganizationRuleBroken
-from accounts.models import Invitation, Membership, Organization, User, validate_name
+from accounts.models import Invitation, Membership, Organization, User, email_domain_spelled, validate_name
 from accounts.services.throttling import invitation_throttle
 from accounts.tasks import mail_send_on_commit
 from config.crypto import token_digest
@@ -110,10 +110,20 @@ def _email_domain_is_public(domain: str) -> bool:
     return country_domain and labels[0] in PUBLIC_EMAIL_BRANDS
 
 
+def auto_join_domain_spelled(value: str) -> str:
+    """A domain as typed (`@Bücher.test`, `xn--bcher-kva.test`) in the one spelling emails are
+    stored in (email_domain_spelled), so the database's join rule compares like with like; as
+    typed, lowercased, when it is no domain (auto_join_domain_problem then says so)."""
+    domain = value.strip().lower().lstrip("@")
+    return (email_domain_spelled(domain) or domain) if domain else ""
+
+
 def auto_join_domain_problem(organization: Organization, domain: str) -> str | None:
-    """Why no one may make `domain` admit people to this organization (staff in admin included),
-    or None: not a domain, a personal workspace, or webmail anyone can have an address at."""
-    if not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", domain):
+    """Why no one may make `domain` (auto_join_domain_spelled) admit people to this organization
+    (staff in admin included), or None: not a domain, a personal workspace, or webmail anyone can
+    have an address at."""
+    letters = email_domain_spelled(domain, ascii=True) or ""  # an internationalized domain by its punycode
+    if not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", letters.lower()):
         return "Enter a domain like example.com (no @, no spaces)."
     if organization.is_personal:
         return "A personal workspace cannot admit people by domain: create an organization for your team."
@@ -150,7 +160,7 @@ def organization_update(
             fields.append("name")
             transaction.on_commit(lambda: _pending_invitations_renamed(organization), using=rls.current_alias())
         if auto_join_domain is not None:
-            domain = auto_join_domain.strip().lower().lstrip("@")
+            domain = auto_join_domain_spelled(auto_join_domain)
             if domain and domain != organization.auto_join_domain:
                 _auto_join_domain_check(actor, organization, domain)
             organization.auto_join_domain = domain

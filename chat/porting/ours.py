@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import TextIO
 
-from chat.models import MAX_TAG_LENGTH, MAX_TAGS, MONEY_CEILING, Conversation, Message
+from chat.models import MAX_TAG_LENGTH, MAX_TAGS, MONEY_CEILING, Conversation, Message, tags_kept
 from chat.porting.base import ConversationUnusable, ParsedConversation, ParsedMessage, title_clean, when_iso
 from config.text import json_clean, text_clean
 
@@ -138,7 +138,7 @@ def conversation_parse(item: dict, *, skipped: Counter) -> ParsedConversation:
         messages=[_message(message) for message in ordered],
         summary=text_clean(_field(item, "summary", str, "")),
         # A comma would split the tag in two on the page; a tag that shows nothing is dropped.
-        tags=[cleaned for tag in tags if (cleaned := title_clean(tag.replace(",", " "))[:MAX_TAG_LENGTH])][:MAX_TAGS],
+        tags=tags_kept(cleaned for tag in tags if (cleaned := title_clean(tag.replace(",", " "))[:MAX_TAG_LENGTH].rstrip()))[:MAX_TAGS],
         is_archived=_field(item, "is_archived", bool, False),
         persona_name=text_clean(persona) if isinstance(persona, str) else "",
     )

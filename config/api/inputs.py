@@ -31,6 +31,16 @@ class StringField(serializers.CharField):
         return super().to_internal_value(data)
 
 
+class UUIDStringField(serializers.UUIDField):
+    """DRF's UUIDField, taking only a JSON string: DRF's reads an integer as UUID(int=...), and
+    true or false as 1 or 0, so `"persona_id": true` was looked up as an id."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid", value=data)
+        return super().to_internal_value(data)
+
+
 class ShortListField(serializers.ListField):
     """DRF's ListField, counting the items before checking each: DRF checks every item first, so
     a list of 100,000 bad items cost seconds and answered megabytes of errors to refuse."""

@@ -11,7 +11,7 @@ string is kept (the cache's keys are these headers only, times the views' render
 from __future__ import annotations
 
 from django.http import Http404
-from rest_framework.exceptions import ParseError
+from rest_framework.exceptions import NotAcceptable, ParseError
 from rest_framework.negotiation import DefaultContentNegotiation
 
 COMMON_ACCEPT = frozenset({"*/*", "application/json"})
@@ -46,3 +46,21 @@ class FirstRendererNegotiation(ContentNegotiation):
 
     def select_renderer(self, request, renderers, format_suffix=None):
         return renderers[0], renderers[0].media_type
+
+
+EVENT_STREAM = "text/event-stream"
+
+
+class EventStreamNegotiation(ContentNegotiation):
+    """For a view that may answer with server-sent events (a send with `?stream=true`): a client
+    that accepts only `text/event-stream`, as EventSource and its kin send, is not refused before
+    the view runs; the stream is the view's own response, and anything else it answers (a refusal,
+    a reply without `stream`) is the first renderer's JSON."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        try:
+            return super().select_renderer(request, renderers, format_suffix)
+        except NotAcceptable:
+            if EVENT_STREAM not in request.META.get("HTTP_ACCEPT", ""):
+                raise
+            return renderers[0], renderers[0].media_type

@@ -2,6 +2,7 @@
 `extend_schema` says (found by schemathesis against the running API, 2026-12-03)."""
 
 from config.api.errors import _error_documented
+from config.api.negotiation import FirstRendererNegotiation
 
 _CONTROL = r"\x00-\x1f\x7f-\x9f"  # Unicode's Cc
 
@@ -16,13 +17,30 @@ def search_query_pattern(max_length: int) -> str:
 def json_only_documented(result, generator, request, public):
     """Every operation that takes a body answers 415 for a body of another media type (JSON
     everywhere, multipart for the import's file): DRF's UnsupportedMediaType, in the API's one
-    error shape."""
+    error shape; and 413 for one larger than the server takes (config/asgi.py, before reading it)."""
     for operations in result.get("paths", {}).values():
         for operation in operations.values():
             body = operation.get("requestBody")
             if body and "415" not in operation["responses"]:
                 taken = ", ".join(sorted(body.get("content", {})))
                 operation["responses"]["415"] = _error_documented(f"The body is not {taken}.")
+            if body:
+                operation["responses"].setdefault("413", _error_documented("The body is larger than the server takes (see the README)."))
+    return result
+
+
+def not_acceptable_documented(result, generator, request, public):
+    """Every operation whose view negotiates its answer answers 406 for an Accept header none of its
+    media types meets (all but the views that always answer their one type: FirstRendererNegotiation)."""
+    fixed = {
+        (path, method.lower())
+        for path, _regex, method, callback in generator.endpoints or ()
+        if issubclass(getattr(callback.cls, "content_negotiation_class", object), FirstRendererNegotiation)
+    }
+    for path, operations in result.get("paths", {}).items():
+        for method, operation in operations.items():
+            if (path, method) not in fixed:
+                operation["responses"].setdefault("406", _error_documented("No answer of a media type the Accept header takes."))
     return result
 
 

@@ -65,6 +65,8 @@ MIDDLEWARE = [
     # Audit entries made during the request name its user, IP and user agent.
     "analytics.middleware.AuditContextMiddleware",
     "accounts.middleware.SessionActivityMiddleware",
+    # A signed-in user's pages show times in their own time zone.
+    "accounts.middleware.UserTimeZoneMiddleware",
     # A signed-in user's responses are private, not kept by shared caches (unless a view says otherwise).
     "accounts.middleware.PrivateResponseMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -268,6 +270,7 @@ SPECTACULAR_SETTINGS = {
         "config.api.errors.paging_documented",
         "config.api.errors.throttled_documented",
         "config.api.schema.json_only_documented",
+        "config.api.schema.not_acceptable_documented",
         "config.api.schema.streams_documented",
         "config.api.schema.search_query_documented",
     ],
