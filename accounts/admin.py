@@ -121,6 +121,11 @@ class UserAdmin(DjangoUserAdmin):
 
     def save_model(self, request, obj, form, change):
         if change:
+            if "email" in form.changed_data and "email_verified" not in form.changed_data and obj.email_verified:
+                # A new address no one has confirmed: a typo fixed to a stranger's mailbox, or an
+                # owner's moved to a company's domain, would otherwise pass as proven (auto-join).
+                obj.email_verified = False
+                self.message_user(request, f"{obj.email} is not confirmed yet: tick “email verified” to vouch for it.", messages.WARNING)
             super().save_model(request, obj, form, change)
             if "is_active" in form.changed_data and not obj.is_active:
                 services.user_deactivate(user=obj)  # unticking "active" also revokes the keys

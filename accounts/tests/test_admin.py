@@ -287,3 +287,36 @@ def test_non_staff_is_sent_to_the_admin_login_and_sees_no_data(client, world):
     page = client.get(_url("accounts_user_changelist"), follow=True)
     html = page.content.decode()
     assert "bob@example.com" not in html and "alice&#x27;s key" not in html
+
+
+def _user_form(user, **changes):
+    data = {
+        "email": user.email,
+        "display_name": "",
+        "first_name": "",
+        "last_name": "",
+        "avatar_url": "",
+        "timezone": "UTC",
+        "locale": "en",
+        "role": "member",
+        "metadata": "{}",
+        "is_active": "on",
+        "email_verified": "on" if user.email_verified else "",
+    }
+    return {name: value for name, value in {**data, **changes}.items() if value != ""}
+
+
+def test_an_email_changed_in_admin_is_not_confirmed_unless_staff_vouch_for_it(staff_client, world):
+    """Staff fix Bob's address: the new one was never confirmed, so it is not marked so (it would
+    pass as proven, say for an organization's auto-join domain); ticking the box in the same save vouches."""
+    bob = _privileged(User).get(pk=world["bob"].pk)
+    _privileged(User).filter(pk=bob.pk).update(email_verified=True)
+    bob.email_verified = True
+    response = staff_client.post(_url("accounts_user_change", bob.pk), _user_form(bob, email="bob@acme.test", email_verified="on"))
+    assert response.status_code == 302, response.content.decode()[:2000]
+    stored = _privileged(User).get(pk=bob.pk)
+    assert (stored.email, stored.email_verified) == ("bob@acme.test", False)
+    # Unticked and ticked again: staff vouch for the address now shown.
+    response = staff_client.post(_url("accounts_user_change", bob.pk), _user_form(stored, email_verified="on"))
+    assert response.status_code == 302
+    assert _privileged(User).get(pk=bob.pk).email_verified is True
