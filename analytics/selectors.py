@@ -224,7 +224,7 @@ def staff_usage_overview(*, today: date | None = None, now: datetime | None = No
         }
         hours = list(
             ApiLog.objects.filter(created_at__gte=since, created_at__lte=now)
-            .annotate(hour=TruncHour("created_at"))
+            .annotate(hour=TruncHour("created_at", tzinfo=UTC))  # UTC hours, as laid out below, whatever the page's zone
             .values("hour")
             .annotate(
                 requests=Count("id"),

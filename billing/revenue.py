@@ -4,7 +4,7 @@ snapshot every hour; the staff page reads the snapshots."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
 from django.db.models import Count, Q
@@ -78,7 +78,7 @@ def revenue_overview(*, now: datetime | None = None) -> dict:
         latest = RevenueSnapshot.objects.first()
         daily = list(
             RevenueSnapshot.objects.filter(taken_at__gte=since)
-            .annotate(day=TruncDate("taken_at"))
+            .annotate(day=TruncDate("taken_at", tzinfo=UTC))  # UTC days, whatever the staff page's zone
             .order_by("day", "-taken_at")
             .distinct("day")
             .values("day", "mrr", "paying_organizations")

@@ -8,7 +8,7 @@ from django import forms
 from django.conf import settings
 
 from chat import selectors
-from chat.models import MAX_SYSTEM_PROMPT, MAX_TAG_LENGTH, MAX_TAGS, tags_kept, validate_one_line
+from chat.models import MAX_SYSTEM_PROMPT, MAX_TAG_LENGTH, MAX_TAGS, tag_composed, tags_kept, validate_one_line
 from chat.porting.base import size_text
 
 ARCHIVED_CHOICES = [("", "Active"), ("archived", "Archived"), ("all", "All")]
@@ -90,7 +90,7 @@ class ConversationForm(forms.Form):
     def clean_tags(self) -> list[str]:
         tags = []
         for tag in (self.cleaned_data.get("tags") or "").split(","):
-            tag = tag.strip()
+            tag = tag_composed(tag.strip())  # its length as stored
             if len(tag) > MAX_TAG_LENGTH:
                 raise forms.ValidationError(f"A tag is at most {MAX_TAG_LENGTH} characters.")
             if tag:

@@ -35,10 +35,15 @@ def validate_one_line(value: str) -> None:
         raise ValidationError("This shows nothing: use letters or symbols that can be seen.", code="invisible")
 
 
+def tag_composed(tag: str) -> str:
+    """A tag in Unicode's composed form (NFC: "café" typed and "café" pasted from macOS, with a
+    combining accent, are one tag). A few characters take two in it (U+0958): lengths are checked after."""
+    return unicodedata.normalize("NFC", tag)
+
+
 def tags_kept(tags) -> list[str]:
-    """Tags as stored and looked up: each in Unicode's composed form (NFC: "café" typed and "café"
-    pasted from macOS, with a combining accent, are one tag), once, in the order given."""
-    return list(dict.fromkeys(unicodedata.normalize("NFC", tag) for tag in tags))
+    """Tags as stored and looked up: each composed (tag_composed), once, in the order given."""
+    return list(dict.fromkeys(tag_composed(tag) for tag in tags))
 
 
 class Persona(models.Model):

@@ -40,8 +40,11 @@ class ConversationIn(serializers.Serializer):
     organization_id = UUIDStringField(required=False)
 
     def validate_tags(self, tags: list[str]) -> list[str]:
-        """Each tag once, in the order given, as the conversation page keeps them."""
-        return tags_kept(tags)
+        """Each tag once, in the order given, as the conversation page keeps them; its length as stored."""
+        kept = tags_kept(tags)
+        if any(len(tag) > MAX_TAG_LENGTH for tag in kept):
+            raise serializers.ValidationError(f"A tag is at most {MAX_TAG_LENGTH} characters in Unicode's composed form (NFC).")
+        return kept
 
 
 class ConversationFilter(serializers.Serializer):

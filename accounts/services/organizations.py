@@ -114,8 +114,9 @@ def auto_join_domain_spelled(value: str) -> str:
     """A domain as typed (`@Bücher.test`, `xn--bcher-kva.test`) in the one spelling emails are
     stored in (email_domain_spelled), so the database's join rule compares like with like; as
     typed, lowercased, when it is no domain (auto_join_domain_problem then says so)."""
-    domain = value.strip().lower().lstrip("@")
-    return (email_domain_spelled(domain) or domain) if domain else ""
+    domain = value.strip().lstrip("@")
+    # IDNA lowercases as domains do; Python's lower() makes a final capital sigma ς, another domain.
+    return (email_domain_spelled(domain) or domain.lower()) if domain else ""
 
 
 def auto_join_domain_problem(organization: Organization, domain: str) -> str | None:

@@ -10,6 +10,7 @@ from decimal import Decimal
 from django.utils import timezone
 
 from accounts.models import has_control_characters, shows_nothing  # the characters names refuse: one list
+from chat.models import MAX_TAG_LENGTH, tag_composed
 from config.errors import ApplicationError
 from config.text import text_clean
 
@@ -98,6 +99,14 @@ def title_clean(value) -> str:
     marked = "".join("\x00" if has_control_characters(c) else c for c in text_clean(value))
     title = _REFUSED_RUN.sub(" ", marked).strip()[:TITLE_MAX].rstrip()
     return "" if shows_nothing(title) else title  # zero-width characters alone: no title, so the default one
+
+
+def tag_clean(value: str) -> str:
+    """An imported tag as the API and the page would store it: one line (title_clean), composed
+    (NFC), no comma (it would split the tag on the page), at most MAX_TAG_LENGTH characters once
+    composed and cut; "" (dropped) when what is left shows nothing."""
+    tag = title_clean(tag_composed(value).replace(",", " "))[:MAX_TAG_LENGTH].rstrip()
+    return "" if shows_nothing(tag) else tag
 
 
 _REFUSED_RUN = re.compile(r"\s*\x00[\x00\s]*")  # "\x00" marks a refused character (NUL is one itself)

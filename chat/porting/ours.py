@@ -11,8 +11,8 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import TextIO
 
-from chat.models import MAX_TAG_LENGTH, MAX_TAGS, MONEY_CEILING, Conversation, Message, tags_kept
-from chat.porting.base import ConversationUnusable, ParsedConversation, ParsedMessage, title_clean, when_iso
+from chat.models import MAX_TAGS, MONEY_CEILING, Conversation, Message, tags_kept
+from chat.porting.base import ConversationUnusable, ParsedConversation, ParsedMessage, tag_clean, title_clean, when_iso
 from config.text import json_clean, text_clean
 
 SOURCE = "confab"
@@ -137,8 +137,7 @@ def conversation_parse(item: dict, *, skipped: Counter) -> ParsedConversation:
         updated_at=_when(item, "updated_at"),
         messages=[_message(message) for message in ordered],
         summary=text_clean(_field(item, "summary", str, "")),
-        # A comma would split the tag in two on the page; a tag that shows nothing is dropped.
-        tags=tags_kept(cleaned for tag in tags if (cleaned := title_clean(tag.replace(",", " "))[:MAX_TAG_LENGTH].rstrip()))[:MAX_TAGS],
+        tags=tags_kept(cleaned for tag in tags if (cleaned := tag_clean(tag)))[:MAX_TAGS],
         is_archived=_field(item, "is_archived", bool, False),
         persona_name=text_clean(persona) if isinstance(persona, str) else "",
     )

@@ -61,6 +61,20 @@ class EventStreamNegotiation(ContentNegotiation):
         try:
             return super().select_renderer(request, renderers, format_suffix)
         except NotAcceptable:
-            if EVENT_STREAM not in request.META.get("HTTP_ACCEPT", ""):
+            if request.method != "POST" or "stream" not in request.query_params or not _accepts_events(request):
                 raise
             return renderers[0], renderers[0].media_type
+
+
+def _accepts_events(request) -> bool:
+    """Whether the Accept header takes text/event-stream (not with q=0)."""
+    for element in request.META.get("HTTP_ACCEPT", "").split(","):
+        media_type, *parameters = (piece.strip() for piece in element.split(";"))
+        if media_type.lower() != EVENT_STREAM:
+            continue
+        weights = [value for name, _, value in (p.partition("=") for p in parameters) if name.strip().lower() == "q"]
+        try:
+            return not weights or float(weights[0]) > 0
+        except ValueError:
+            return False
+    return False

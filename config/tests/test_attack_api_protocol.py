@@ -154,3 +154,21 @@ def test_the_gateway_refuses_openai_fields_of_the_wrong_json_type(alice, extra, 
     assert response.status_code == 400, (response.status_code, extra)
     assert (response.json()["error"]["param"] or "").startswith(param), response.json()
     assert selectors.conversation_list(user=alice).count() == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "query", "accept"),
+    [("GET", "", "text/event-stream"), ("POST", "", "text/event-stream"), ("POST", "?stream=true", "text/event-stream;q=0")],
+)
+def test_only_a_streamed_send_takes_an_accept_of_events_alone(api, alice, method, query, accept):
+    """The stream's way through negotiation is for a send that asks for one: a list, a send
+    without `stream`, or an Accept that refuses events (q=0) is the documented 406."""
+    conversation = services.conversation_create(user=alice, title="Tides")
+    response = api.generic(
+        method,
+        f"{API}/conversations/{conversation.pk}/messages{query}",
+        json.dumps({"content": "hi"}),
+        "application/json",
+        HTTP_ACCEPT=accept,
+    )
+    assert response.status_code == 406, (response.status_code, response.content[:200])
