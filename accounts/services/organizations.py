@@ -16,6 +16,7 @@ from django.utils.text import slugify
 
 from accounts.errors import InvitationInvalid, NotAllowed, OrganizationRuleBroken
 from accounts.models import Invitation, Membership, Organization, User, email_domain_spelled, validate_name
+from accounts.services.changes import each_saved
 from accounts.services.throttling import invitation_throttle
 from accounts.tasks import mail_send_on_commit
 from config.crypto import token_digest
@@ -206,8 +207,9 @@ def invitation_create(
         # One invitation pending per email: two at once (a double click) queue here, and the second replaces the first.
         with connections[rls.current_alias()].cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"invitation:{organization.pk}:{email}"])
-        Invitation.objects.filter(organization=organization, email=email, accepted_at__isnull=True, revoked_at__isnull=True).update(
-            revoked_at=timezone.now()
+        each_saved(
+            Invitation.objects.filter(organization=organization, email=email, accepted_at__isnull=True, revoked_at__isnull=True),
+            revoked_at=timezone.now(),
         )
         invitation = Invitation.objects.create(
             organization=organization,
@@ -310,7 +312,7 @@ def invitations_sent_withdrawn(membership: Membership, *, new_role: str | None =
     pending = Invitation.objects.filter(
         organization_id=membership.organization_id, invited_by_id=membership.user_id, accepted_at__isnull=True, revoked_at__isnull=True
     )
-    (pending if granting is None else pending.filter(role__in=granting)).update(revoked_at=timezone.now())
+    each_saved(pending if granting is None else pending.filter(role__in=granting), revoked_at=timezone.now())
 
 
 def personal_workspace_keeps_its_user(membership: Membership) -> None:

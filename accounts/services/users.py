@@ -11,6 +11,7 @@ from django.utils import timezone
 from accounts.catalog import model_catalog, preferred_model_problem
 from accounts.errors import EmailTaken, InvitationInvalid
 from accounts.models import ApiKey, Invitation, Membership, Preferences, ProviderCredential, User, validate_name
+from accounts.services.changes import each_saved
 from accounts.services.organizations import _organization_create
 from accounts.services.sessions import user_sessions_end_all
 from accounts.tasks import mail_send_on_commit
@@ -128,8 +129,8 @@ def user_deactivate(*, user: User) -> User:
         # The row's lock makes a grant in flight (user_held_active) commit before the statements
         # below read, or wait and see the account deactivated.
         user.save(update_fields=["is_active", "updated_at"])
-        ApiKey.objects.filter(user=user, is_active=True).update(is_active=False, revoked_at=now)
-        Invitation.objects.filter(invited_by=user, accepted_at__isnull=True, revoked_at__isnull=True).update(revoked_at=now)
+        each_saved(ApiKey.objects.filter(user=user, is_active=True), is_active=False, revoked_at=now)
+        each_saved(Invitation.objects.filter(invited_by=user, accepted_at__isnull=True, revoked_at__isnull=True), revoked_at=now)
     user_sessions_end_all(user=user)
     return user
 
@@ -141,8 +142,8 @@ def unproven_access_revoked(*, user: User) -> None:
     provider keys switched off (a base URL of theirs would receive the owner's prompts)."""
     with rls.atomic_as(user.pk):
         now = timezone.now()
-        ApiKey.objects.filter(user=user, is_active=True).update(is_active=False, revoked_at=now)
-        ProviderCredential.objects.filter(user=user, is_active=True).update(is_active=False, updated_at=now)
+        each_saved(ApiKey.objects.filter(user=user, is_active=True), is_active=False, revoked_at=now)
+        each_saved(ProviderCredential.objects.filter(user=user, is_active=True), is_active=False, updated_at=now)
 
 
 def email_verification_token(*, user: User) -> str:
