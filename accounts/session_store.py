@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from config.crypto import token_digest
 from config.db.rls import APP_ALIAS, PRIVILEGED_ALIAS, current_alias
+from config.db.rows import prepared_cursor
 
 logger = logging.getLogger("confab.sessions")
 
@@ -97,7 +98,9 @@ def _cache_evict(cache_key: str, *, using: str) -> None:
 
 
 def _call(function: str, *args):
-    with connections[APP_ALIAS].cursor() as cur:
+    # Bound on the server (a prepared cursor): a session key in the statement's text would show in
+    # pg_stat_activity to every connection of the web role while it runs, and sign anyone in.
+    with prepared_cursor(APP_ALIAS) as cur:
         cur.execute(f"SELECT {function}({', '.join(['%s'] * len(args))})", args)
         return cur.fetchone()[0]
 
@@ -132,7 +135,7 @@ class SessionStore(SessionBase):
             return {}
         if data is not None:
             return data
-        with connections[APP_ALIAS].cursor() as cur:
+        with prepared_cursor(APP_ALIAS) as cur:  # the key bound on the server, as in _call
             cur.execute("SELECT session_data, expire_date FROM accounts_session_load(%s)", [self.session_key])
             row = cur.fetchone()
         if row is None:

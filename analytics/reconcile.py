@@ -123,9 +123,10 @@ def usage_report_fetch(*, provider: str, start: date, end: date) -> list[dict]:
             except httpx2.HTTPError as exc:
                 raise ReconciliationFailed(f"The {provider} usage report could not be fetched: {exc}.") from exc
             if response.status_code != 200:
+                # Its words without the admin key, which a refusal may quote (a proxy's echo, an old API).
+                said = response.text[:300].replace(admin_key(provider), "[admin key]")
                 raise ReconciliationFailed(
-                    f"The {provider} usage report answered HTTP {response.status_code}: {response.text[:300]}",
-                    {"status": response.status_code},
+                    f"The {provider} usage report answered HTTP {response.status_code}: {said}", {"status": response.status_code}
                 )
             try:
                 page = response.json()

@@ -92,7 +92,10 @@ def _stripe_call(method, *args, tolerate: tuple[type[stripe.StripeError], ...] =
     except tolerate:
         return None
     except stripe.StripeError as exc:
-        logger.warning("Stripe call failed: %s", exc)
+        # Not its message: one quoting the request (a key, a customer's details) would be written down.
+        logger.warning(
+            "Stripe call failed: %s (HTTP %s, code %s, request %s)", type(exc).__name__, exc.http_status, exc.code, exc.request_id
+        )
         raise ApplicationError(
             "The payment provider could not complete the request; try again in a moment.", {"code": "stripe_error"}, status_code=502
         ) from exc

@@ -29,6 +29,7 @@ from chat.services import _still_there
 from config.cache import REDIS_ERRORS
 from config.crypto import token_digest
 from config.db import rls
+from config.db.rows import prepared_cursor
 from config.errors import ApplicationError, NotFoundError
 
 logger = logging.getLogger("confab.chat.sharing")
@@ -123,7 +124,9 @@ def share_link_open(*, token: str) -> OpenedLink:
     """The live link this token names, and whether the caller (the request's context) may see it; else NotFoundError."""
     if not TOKEN_SHAPE.fullmatch(token or ""):
         raise NotFoundError(NO_SUCH_LINK)
-    with connection.cursor() as cur:
+    # Bound on the server (a prepared cursor): a token in the statement's text would show in
+    # pg_stat_activity to every connection of the web role while it runs.
+    with prepared_cursor(connection.alias) as cur:
         cur.execute("SELECT link_id, audience, permitted FROM chat_share_link_open(%s)", [token])
         row = cur.fetchone()
     if row is None:
@@ -133,7 +136,7 @@ def share_link_open(*, token: str) -> OpenedLink:
 
 def shared_conversation_get(*, token: str) -> SharedConversation:
     """The title and the user and assistant messages of the conversation a permitted link shows."""
-    with connection.cursor() as cur:
+    with prepared_cursor(connection.alias) as cur:  # the token bound on the server, as above
         cur.execute("SELECT title, role, content, model FROM chat_share_messages(%s)", [token])
         rows = cur.fetchall()
     if not rows:

@@ -13,6 +13,7 @@ from django.http import FileResponse, HttpResponse, JsonResponse
 from django.http.cookie import parse_cookie
 from django.urls import set_script_prefix
 
+from config.access_log import access_log_masked
 from config.collector import garbage_collector_tune
 from config.lifecycle import process_stop
 from config.resolving import ResolveOnceMixin
@@ -231,5 +232,6 @@ def _too_large(path: str, limit: int, *, anonymous_upload: bool = False) -> Http
 
 
 django.setup(set_prefix=False)
+access_log_masked()
 application = OneHopASGIHandler()
 garbage_collector_tune()

@@ -312,6 +312,8 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))},
+    # The stripe library logs each error's message at INFO, word for word; billing logs what it needs.
+    "loggers": {"stripe": {"level": "WARNING"}},
 }
 
 # --- Partitioned tables (config/db/partitions.py) ----------------------------
