@@ -54,8 +54,15 @@ class ComposerForm(forms.Form):
         return self.cleaned_data["model"]
 
 
+class ComposedTagField(forms.CharField):
+    """A tag composed (tag_composed) before its length is checked, as stored and looked up."""
+
+    def to_python(self, value):
+        return tag_composed(super().to_python(value))
+
+
 class ConversationFilterForm(forms.Form):
-    tag = forms.CharField(required=False, max_length=MAX_TAG_LENGTH)
+    tag = ComposedTagField(required=False, max_length=MAX_TAG_LENGTH)
     archived = forms.ChoiceField(required=False, choices=ARCHIVED_CHOICES, label="Show")
 
     def selector_filters(self) -> dict:

@@ -1,6 +1,17 @@
 from rest_framework import serializers
 
-from chat.models import MAX_SYSTEM_PROMPT, MAX_TAG_LENGTH, MAX_TAGS, MONEY, Message, ModelPrice, Persona, tags_kept, validate_one_line
+from chat.models import (
+    MAX_SYSTEM_PROMPT,
+    MAX_TAG_LENGTH,
+    MAX_TAGS,
+    MONEY,
+    Message,
+    ModelPrice,
+    Persona,
+    tag_composed,
+    tags_kept,
+    validate_one_line,
+)
 from chat.selectors import SEARCH_LIMIT_MAX, SEARCH_MAX_LENGTH, SEARCH_PAGES_MAX
 from chat.services import MAX_CONTENT
 from config.api.inputs import ShortListField, StrictBooleanField, StringField, UUIDStringField
@@ -11,7 +22,15 @@ def _no_comma(tag: str) -> None:
         raise serializers.ValidationError("A tag cannot contain a comma.")
 
 
-TAG = StringField(max_length=MAX_TAG_LENGTH, validators=[_no_comma, validate_one_line])
+class TagField(StringField):
+    """A tag composed (tag_composed) before its checks: its length is the stored one, so a tag
+    pasted with combining accents is taken, and found, as the same tag typed."""
+
+    def to_internal_value(self, data):
+        return tag_composed(super().to_internal_value(data))
+
+
+TAG = TagField(max_length=MAX_TAG_LENGTH, validators=[_no_comma, validate_one_line])
 
 
 # Output serializers declare their fields: a ModelSerializer rebuilds them from the model on
@@ -40,17 +59,14 @@ class ConversationIn(serializers.Serializer):
     organization_id = UUIDStringField(required=False)
 
     def validate_tags(self, tags: list[str]) -> list[str]:
-        """Each tag once, in the order given, as the conversation page keeps them; its length as stored."""
-        kept = tags_kept(tags)
-        if any(len(tag) > MAX_TAG_LENGTH for tag in kept):
-            raise serializers.ValidationError(f"A tag is at most {MAX_TAG_LENGTH} characters in Unicode's composed form (NFC).")
-        return kept
+        """Each tag once (each composed by TagField), in the order given, as the conversation page keeps them."""
+        return tags_kept(tags)
 
 
 class ConversationFilter(serializers.Serializer):
     archived = serializers.BooleanField(required=False, default=None)  # no allow_null: "?archived=" is a 400, not "both"
     q = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
-    tag = serializers.CharField(max_length=MAX_TAG_LENGTH, required=False, allow_blank=True, default="")
+    tag = TagField(max_length=MAX_TAG_LENGTH, required=False, allow_blank=True, default="")
     persona_id = serializers.UUIDField(required=False, default=None)
     organization_id = serializers.UUIDField(required=False, default=None)
 

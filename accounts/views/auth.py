@@ -128,12 +128,20 @@ class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
     """Reads the user under the link's own id: without a context the user table is empty."""
 
     def form_valid(self, form):
+        unproven = not form.user.email_verified
+        if unproven:
+            # The address's owner taking back an account someone else opened. Its keys are locked
+            # before the user's row (the new password), the order a key minting a key takes (the
+            # key, then user_held_active); the other order deadlocked and the reset failed.
+            services.unproven_access_revoked(user=form.user)
         response = super().form_valid(form)
+        if unproven:
+            # Again, now the user's row is held: a key minted while the first pass waited for the
+            # minting key committed after that pass had read the keys.
+            services.unproven_access_revoked(user=form.user)
         # Every browser signed in is signed out (their auth hash no longer matches), and the
         # sessions page must say so: whoever reset because of an intruder sees the intruder gone.
         services.user_sessions_end_all(user=form.user)
-        if not form.user.email_verified:
-            services.unproven_access_revoked(user=form.user)  # the address's owner taking back an account someone else opened
         return response
 
     template_name = "accounts/password_reset_confirm.html"
