@@ -209,18 +209,7 @@ def test_deactivate_action_deactivates_users_and_revokes_their_keys(staff_client
 
 def test_unticking_active_on_the_change_form_also_revokes_keys(staff_client, world):
     bob = _privileged(User).get(pk=world["bob"].pk)
-    data = {
-        "email": bob.email,
-        "display_name": "",
-        "first_name": "",
-        "last_name": "",
-        "avatar_url": "",
-        "timezone": "UTC",
-        "locale": "en",
-        "role": "member",
-        "metadata": "{}",
-    }
-    response = staff_client.post(_url("accounts_user_change", bob.pk), data)
+    response = staff_client.post(_url("accounts_user_change", bob.pk), _user_form(bob, is_active=""))
     assert response.status_code == 302, response.content.decode()[:2000]
     assert _privileged(User).get(pk=bob.pk).is_active is False
     assert _privileged(ApiKey).get(pk=world["bob_key"].pk).is_active is False

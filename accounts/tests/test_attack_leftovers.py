@@ -9,23 +9,13 @@ from accounts import services
 from accounts.models import Membership, User
 from accounts.tests.factories import make_user
 from accounts.tests.test_api import API, session_client
+from accounts.tests.test_attack_lifecycle import acme, alice  # noqa: F401  (fixtures)
 from analytics import buffer
 from analytics.models import AuditLog
 from billing.tests.conftest import plans  # noqa: F401  (a fixture)
 from config.db import rls
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def alice(catalog, plans):  # noqa: F811
-    return make_user(email="alice@example.com", display_name="Alice")
-
-
-@pytest.fixture
-def acme(alice):
-    with rls.privileged(reason="test"):
-        return services.organization_create(user=alice, name="Acme")
 
 
 @pytest.fixture
@@ -43,7 +33,7 @@ def _audit(**filters) -> list[AuditLog]:
 # --- 1. Ends that leave no trace in the audit log --------------------------------------------------
 
 
-def test_staff_deactivating_an_account_leaves_an_audit_entry_for_each_api_key_it_revokes(staff, alice):
+def test_staff_deactivating_an_account_leaves_an_audit_entry_for_each_api_key_it_revokes(staff, alice):  # noqa: F811
     """Alice revokes her own key: the audit log records it (an `update` of accounts_apikey with
     is_active going False, and an `api_key_revoked` event). Staff deactivate her account, which
     revokes her two other keys. Was: the keys are revoked by one queryset UPDATE, which fires no
@@ -64,7 +54,7 @@ def test_staff_deactivating_an_account_leaves_an_audit_entry_for_each_api_key_it
         assert changes or events, f"no audit entry says key {key.name!r} was revoked by the deactivation"
 
 
-def test_removing_an_admin_leaves_an_audit_entry_for_each_invitation_it_withdraws(alice, acme):
+def test_removing_an_admin_leaves_an_audit_entry_for_each_invitation_it_withdraws(alice, acme):  # noqa: F811
     """Adam (admin of Acme) invited two addresses. Alice removes Adam; the removal withdraws both
     invitations (invitations_sent_withdrawn). Invitations are audited models: Alice withdrawing one
     herself leaves an `update` entry with revoked_at. Was: the removal withdraws them with a
@@ -84,7 +74,7 @@ def test_removing_an_admin_leaves_an_audit_entry_for_each_invitation_it_withdraw
         assert changes, f"no audit entry says the invitation to {invitation.email} was withdrawn"
 
 
-def test_a_password_reset_of_an_unconfirmed_account_leaves_an_audit_entry_for_the_keys_it_switches_off(alice):
+def test_a_password_reset_of_an_unconfirmed_account_leaves_an_audit_entry_for_the_keys_it_switches_off(alice):  # noqa: F811
     """Alice's email was never confirmed; the mailbox's owner resets the password, which revokes the
     account's API keys and switches off its provider keys (unproven_access_revoked). Both are
     audited models. Was: both changes are queryset UPDATEs, no signal fires, and the audit log has

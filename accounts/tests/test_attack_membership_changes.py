@@ -12,11 +12,8 @@ import pytest
 from django.db import connections
 from django.db.migrations.executor import MigrationExecutor
 
-from accounts import services as account_services
-from accounts.models import Membership
-from accounts.tests.factories import make_user
 from accounts.tests.test_api import API, key_client, session_client
-from accounts.tests.test_attack_lifecycle import _no_raise
+from accounts.tests.test_attack_lifecycle import _join, _no_raise, acme, alice, bob  # noqa: F401  (fixtures)
 from analytics.models import TokenUsage
 from billing.tests.conftest import plans  # noqa: F401  (a fixture)
 from chat import services as chat_services
@@ -27,27 +24,6 @@ from config.tests.races import Paused, hold_in_thread
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def alice(catalog, plans):  # noqa: F811
-    return make_user(email="alice@example.com", display_name="Alice")
-
-
-@pytest.fixture
-def bob(catalog, plans):  # noqa: F811
-    return make_user(email="bob@example.com", display_name="Bob")
-
-
-@pytest.fixture
-def acme(alice):
-    with rls.privileged(reason="test"):
-        return account_services.organization_create(user=alice, name="Acme")
-
-
-def _join(organization, user, role=Membership.Role.MEMBER) -> Membership:
-    with rls.privileged(reason="test: join"):
-        return Membership.objects.create(organization=organization, user=user, role=role)
-
-
 def _as(cur, user) -> None:
     cur.execute("SELECT set_config('app.user_id', %s, true)", [str(user.pk)])
 
@@ -56,7 +32,7 @@ def _as(cur, user) -> None:
 
 
 @pytest.mark.parametrize("how", ["removed", "leaves"])
-def test_a_member_removed_while_their_reply_is_being_made_is_answered_and_metered_exactly(alice, bob, acme, settings, monkeypatch, how):
+def test_a_member_removed_while_their_reply_is_being_made_is_answered_and_metered_exactly(alice, bob, acme, settings, monkeypatch, how):  # noqa: F811
     """Bob (member of Acme) sends a message in a conversation of Acme through the API; the check
     passes and the call goes to the provider. Meanwhile Alice removes him (or he leaves Acme in
     another tab). The reply comes back and _reply_finish writes the ledger row under Bob's own
@@ -99,7 +75,7 @@ def test_a_member_removed_while_their_reply_is_being_made_is_answered_and_metere
 
 
 @pytest.mark.parametrize("where", ["his old conversation", "a new conversation", "his old reply set back", "his own conversation moved"])
-def test_a_removed_members_raw_sql_cannot_put_calls_on_the_organizations_ledger(alice, bob, acme, raw_app_connection, where):
+def test_a_removed_members_raw_sql_cannot_put_calls_on_the_organizations_ledger(alice, bob, acme, raw_app_connection, where):  # noqa: F811
     """Bob was a member of Acme (he keeps the conversations he had there, and knows Acme's id);
     Alice removes him. As the web role, under his own context, he writes a `streaming` reply
     whose metadata names a price and a prompt estimate of a billion tokens, into his old Acme
